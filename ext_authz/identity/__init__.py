@@ -1,0 +1,1 @@
+"""Workload identity: SPIFFE IDs and trust domains."""

@@ -1,0 +1,66 @@
+"""Load one Engine generation from a config file and the trust files it names (edge code)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.verification import Store
+
+from .config import Config, load_config
+from .errors import TrustError
+from .identity.jwt import TokenSettings
+from .pipeline import Engine
+from .policy import compile_policy
+from .trust.bundles import IssuerTrust, JwtKeys, TrustDomainTrust, TrustSnapshot, parse_jwks, parse_x509_bundle
+
+__all__ = ["load_engine", "load_trust"]
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TrustError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+
+
+def load_trust(cfg: Config) -> TrustSnapshot:
+    digest = hashlib.sha256()
+    domains: dict[str, TrustDomainTrust] = {}
+    for name, td in sorted(cfg.trust_domains.items()):
+        roots: tuple[x509.Certificate, ...] = ()
+        jwt_keys = JwtKeys()
+        digest.update(b"td\0" + name.encode())
+        if td.x509_bundle is not None:
+            data = _read(td.x509_bundle, f"X.509 bundle of {name}")
+            digest.update(b"x509\0" + data)
+            roots = parse_x509_bundle(data, str(td.x509_bundle))
+        if td.jwt_bundle is not None:
+            data = _read(td.jwt_bundle, f"JWT bundle of {name}")
+            digest.update(b"jwt\0" + data)
+            jwt_keys = parse_jwks(data, str(td.jwt_bundle), require_use="jwt-svid")
+        domains[name] = TrustDomainTrust(
+            name=name, x509_roots=roots, jwt_keys=jwt_keys, store=Store(list(roots)) if roots else None
+        )
+    issuers: dict[str, IssuerTrust] = {}
+    for iss, ic in sorted(cfg.issuers.items()):
+        data = _read(ic.jwks, f"JWKS of issuer {iss}")
+        digest.update(b"iss\0" + iss.encode() + b"\0" + data)
+        issuers[iss] = IssuerTrust(issuer=iss, keys=parse_jwks(data, str(ic.jwks), require_use=None))
+    return TrustSnapshot(revision=digest.hexdigest()[:16], domains=domains, issuers=issuers)
+
+
+def load_engine(path: str | Path) -> Engine:
+    """Config, trust material and compiled policy, or a ConfigError/TrustError naming the file."""
+    cfg = load_config(path)
+    trust = load_trust(cfg)
+    policy = compile_policy(cfg.rules, str(cfg.source))
+    config_digest = hashlib.sha256(Path(cfg.source).read_bytes()).hexdigest()[:12]
+    return Engine(
+        config=cfg,
+        trust=trust,
+        policy=policy,
+        tokens=TokenSettings(cfg.jwt_svid, cfg.issuers),
+        revision=f"{config_digest}.{trust.revision}",
+    )

@@ -1,0 +1,1 @@
+"""Observers: the decision log (metrics and the live stream arrive in later versions)."""

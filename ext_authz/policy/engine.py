@@ -1,0 +1,203 @@
+"""Rule compilation (once, at load) and evaluation (per request, pure).
+
+Semantics: deny rules win; then allow rules; otherwise deny. A rule applies to authenticated
+callers only unless it says ``anonymous: true``. ``mode: shadow`` rules are evaluated and
+reported, never enforced. A CEL error in an allow rule means "does not match"; in a deny rule
+it means "deny" (reason ``policy_error``): faults fail closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cel_expr_python import cel
+
+from ..config import RuleConfig
+from ..errors import ConfigError
+from ..model import RequestContext, ShadowResult
+
+__all__ = ["CompiledRule", "Policy", "PolicyResult", "compile_policy"]
+
+_DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
+_ENV = cel.NewEnv(
+    variables={
+        "request": _DYN_MAP,
+        "source": _DYN_MAP,
+        "identity": _DYN_MAP,
+        "signals": _DYN_MAP,
+        "grants": cel.Type.List(cel.Type.DYN),
+        "now": cel.Type.TIMESTAMP,
+    }
+)
+
+Activation = Callable[[], Mapping[str, Any]]
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.DOTALL)
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]")
+        return host[: end + 1] if end >= 0 else host
+    head, sep, tail = host.rpartition(":")
+    return head if sep and tail.isdigit() else host
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    effect: str
+    shadow: bool
+    anonymous: bool
+    hosts: tuple[re.Pattern[str], ...]
+    hosts_with_port: bool
+    paths: tuple[re.Pattern[str], ...]
+    methods: frozenset[str]
+    context_extensions: tuple[tuple[str, str], ...]
+    when: Any  # cel Expression | None
+    when_source: str
+
+    def selects(self, ctx: RequestContext, authenticated: bool) -> bool:
+        """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
+        if not authenticated and not self.anonymous:
+            return False
+        for key, value in self.context_extensions:
+            if ctx.context_extensions.get(key) != value:
+                return False
+        if not (self.hosts or self.paths or self.methods):
+            return True
+        http = ctx.http
+        if http is None:  # an L4 check has no host, path or method to match
+            return False
+        if self.methods and http.method not in self.methods:
+            return False
+        if self.hosts:
+            host = http.host.lower() if self.hosts_with_port else _strip_port(http.host.lower())
+            if not any(p.match(host) for p in self.hosts):
+                return False
+        if self.paths:
+            path = http.path_only
+            if not any(p.match(path) for p in self.paths):
+                return False
+        return True
+
+    def condition(self, activation: Activation) -> bool | str:
+        """True/False, or an error message when the CEL condition cannot be evaluated."""
+        if self.when is None:
+            return True
+        try:
+            value = self.when.eval(data=activation())
+        except Exception as exc:  # cel-cpp raises plain RuntimeError/TypeError: translate here, once
+            return f"evaluation failed ({type(exc).__name__})"
+        if str(value.type()) == "ERROR":
+            return "evaluation error: " + str(value.value()).split(":", 1)[0]
+        result = value.value()
+        if isinstance(result, bool) and str(value.type()) == "BOOL":
+            return result
+        return f"condition did not yield a boolean (it yielded {value.type()})"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    allowed: bool
+    reason: str  # allowed | no_rule | no_credential | policy_denied | policy_error
+    rule: str = ""
+    shadow: tuple[ShadowResult, ...] = ()
+    shadow_allowed: bool | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[CompiledRule, ...]
+
+    @property
+    def uses_cel(self) -> bool:
+        return any(r.when is not None for r in self.rules)
+
+    def evaluate(self, ctx: RequestContext, authenticated: bool, activation: Activation) -> PolicyResult:
+        cached: dict[str, Mapping[str, Any]] = {}
+
+        def data() -> Mapping[str, Any]:
+            if "v" not in cached:
+                cached["v"] = activation()
+            return cached["v"]
+
+        result: PolicyResult | None = None
+        for r in self.rules:
+            if r.shadow or r.effect != "deny" or not r.selects(ctx, authenticated):
+                continue
+            cond = r.condition(data)
+            if cond is True:
+                result = PolicyResult(False, "policy_denied", r.name)
+                break
+            if isinstance(cond, str):
+                result = PolicyResult(False, "policy_error", r.name, detail=cond)
+                break
+        if result is None:
+            for r in self.rules:
+                if r.shadow or r.effect != "allow" or not r.selects(ctx, authenticated):
+                    continue
+                if r.condition(data) is True:
+                    result = PolicyResult(True, "allowed", r.name)
+                    break
+        if result is None:
+            result = PolicyResult(False, "no_rule" if authenticated else "no_credential")
+
+        shadow: list[ShadowResult] = []
+        for r in self.rules:
+            if not r.shadow:
+                continue
+            cond = r.condition(data) if r.selects(ctx, authenticated) else False
+            if isinstance(cond, str):
+                shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
+            else:
+                shadow.append(ShadowResult(r.name, r.effect, cond))
+        if not shadow:
+            return result
+        if result.reason in ("policy_denied", "policy_error") or any(
+            s.matched and s.effect == "deny" for s in shadow
+        ):
+            would = False
+        else:
+            would = result.allowed or any(s.matched and s.effect == "allow" for s in shadow)
+        return PolicyResult(
+            result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail
+        )
+
+
+def compile_policy(rules: tuple[RuleConfig, ...], file: str) -> Policy:
+    compiled: list[CompiledRule] = []
+    for rc in rules:
+        when = None
+        if rc.when is not None:
+            try:
+                when = _ENV.compile(rc.when)
+            except Exception as exc:  # cel-cpp reports compile errors as RuntimeError
+                msg = str(exc).replace("\n", " ")
+                raise ConfigError(file, f"{rc.key}.when", f"not a valid CEL expression: {msg}") from exc
+            rtype = str(when.return_type())
+            if rtype not in ("BOOL", "DYN", "bool", "dyn"):
+                raise ConfigError(file, f"{rc.key}.when", f"must be a boolean expression, it yields {rtype}")
+        hosts = rc.match.hosts
+        compiled.append(
+            CompiledRule(
+                name=rc.name,
+                effect=rc.effect,
+                shadow=rc.mode == "shadow",
+                anonymous=rc.anonymous,
+                hosts=tuple(_glob(h) for h in hosts),
+                hosts_with_port=any(":" in h for h in hosts),
+                paths=tuple(_glob(p) for p in rc.match.paths),
+                methods=frozenset(rc.match.methods),
+                context_extensions=tuple(sorted(rc.match.context_extensions.items())),
+                when=when,
+                when_source=rc.when or "",
+            )
+        )
+    return Policy(tuple(compiled))
