@@ -121,7 +121,9 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ext-authz", description="Continuous zero-trust authorization for Envoy")
+    parser = argparse.ArgumentParser(
+        prog="ext-authz", description="Continuous zero-trust authorization for Envoy"
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -129,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True, help="configuration file (YAML)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("validate", help="check a configuration and the files it names; exit 0 valid, 2 invalid")
+    p = sub.add_parser(
+        "validate", help="check a configuration and the files it names; exit 0 valid, 2 invalid"
+    )
     p.add_argument("file")
     p.set_defaults(func=_cmd_validate)
 

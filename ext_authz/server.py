@@ -64,7 +64,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rt = self.runtime
         started = time.perf_counter()
         now = rt.clock.now()
@@ -82,7 +82,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             fault = type(exc).__name__
             log.exception("Check %s failed", decision_id)
             decision = None
-            await context.abort(grpc.StatusCode.INTERNAL, f"ext-authz internal error (decision {decision_id})")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"ext-authz internal error (decision {decision_id})"
+            )
             raise  # abort raises; this keeps type checkers honest
         finally:
             rt.decision_log.write(
@@ -112,7 +114,9 @@ def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[str, int, int, int], ..
 class Reloader:
     """Polls the config and every trust file it names; a broken file keeps the last good state."""
 
-    def __init__(self, config_path: Path, runtime: Runtime, on_swap: Callable[[Engine], None] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, runtime: Runtime, on_swap: Callable[[Engine], None] | None = None
+    ) -> None:
         self.config_path = config_path
         self.runtime = runtime
         self.on_swap = on_swap
@@ -194,7 +198,9 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.runtime.engine.config
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(self.runtime), self.grpc)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.runtime), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

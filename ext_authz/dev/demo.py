@@ -99,8 +99,9 @@ def init_demo(directory: Path, *, now: datetime | None = None, days: float = 30)
     now = now or datetime.now(UTC)
     d = directory.resolve()
     root = pki.make_ca("example.org demo root", spiffe_td=DEMO_TD, now=now, days=3650)
-    inter = pki.make_ca("example.org demo intermediate", parent=root, spiffe_td=DEMO_TD, now=now, days=365,
-                        path_length=0)
+    inter = pki.make_ca(
+        "example.org demo intermediate", parent=root, spiffe_td=DEMO_TD, now=now, days=365, path_length=0
+    )
     _write(d / "bundle/root.pem", root.pem)
     _write(d / "ca/intermediate.pem", inter.pem)
     _write(d / "ca/root.key", root.key_pem, secret=True)
@@ -109,8 +110,9 @@ def init_demo(directory: Path, *, now: datetime | None = None, days: float = 30)
         leaf = pki.make_leaf(inter, [sid], now=now, days=days, common_name=name)
         _write(d / f"svid/{name}.pem", leaf.pem + inter.pem)
         _write(d / f"svid/{name}.key", leaf.key_pem, secret=True)
-    server = pki.make_leaf(inter, [BACKEND_ID], dns=["localhost"], ips=["127.0.0.1"], now=now, days=days,
-                           common_name="localhost")
+    server = pki.make_leaf(
+        inter, [BACKEND_ID], dns=["localhost"], ips=["127.0.0.1"], now=now, days=days, common_name="localhost"
+    )
     _write(d / "envoy/server.pem", server.pem + inter.pem)
     _write(d / "envoy/server.key", server.key_pem, secret=True)
 
@@ -119,7 +121,9 @@ def init_demo(directory: Path, *, now: datetime | None = None, days: float = 30)
     _write(d / f"bundle/{DEMO_TD}.spiffe.json", pki.spiffe_bundle([root.cert], [jwt_key]))
     idp_key = pki.new_jwt_key("RS256", kid="idp-1")
     _write(d / "idp/idp.key.json", json.dumps(idp_key.as_dict(private=True)), secret=True)
-    _write(d / "idp/jwks.json", json.dumps({"keys": [pki.jwk_public(idp_key, use="sig", alg="RS256")]}, indent=2))
+    _write(
+        d / "idp/jwks.json", json.dumps({"keys": [pki.jwk_public(idp_key, use="sig", alg="RS256")]}, indent=2)
+    )
     _write(d / "config.yaml", CONFIG.format(dir=d, backend=BACKEND_ID, issuer=ISSUER))
     mint_demo_tokens(d, now=now)
 

@@ -61,7 +61,9 @@ def key_pem(key: PrivateKey) -> str:
     ).decode("ascii")
 
 
-def _window(now: datetime | None, days: float, not_before: datetime | None, not_after: datetime | None) -> tuple[datetime, datetime]:
+def _window(
+    now: datetime | None, days: float, not_before: datetime | None, not_after: datetime | None
+) -> tuple[datetime, datetime]:
     now = now or datetime.now(UTC)
     return (not_before or now - timedelta(minutes=5), not_after or now + timedelta(days=days))
 
@@ -81,8 +83,12 @@ def make_ca(
     """A root (no parent) or intermediate CA. ``spiffe_td`` adds the trust domain's URI SAN."""
     key = key or new_ec_key()
     nb, na = _window(now, days, not_before, not_after)
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ext-authz demo"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ext-authz demo"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
     issuer_name = parent.cert.subject if parent else subject
     signer = parent.key if parent else key
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -97,9 +103,15 @@ def make_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -111,7 +123,8 @@ def make_ca(
         )
     if spiffe_td:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{spiffe_td}")]), critical=False
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{spiffe_td}")]),
+            critical=False,
         )
     return Issued(builder.sign(signer, hashes.SHA256()), key)
 
@@ -131,7 +144,10 @@ def make_leaf(
     digital_signature: bool = True,
     key_cert_sign: bool = False,
     key_usage: bool = True,
-    eku: Sequence[x509.ObjectIdentifier] | None = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    eku: Sequence[x509.ObjectIdentifier] | None = (
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    ),
     common_name: str = "workload",
 ) -> Issued:
     """An end-entity certificate; every SPIFFE leaf rule can be broken on purpose by a flag."""
@@ -146,17 +162,24 @@ def make_leaf(
         .not_valid_before(nb)
         .not_valid_after(na)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
     )
     if ca is not None:
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     if key_usage:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=digital_signature, content_commitment=False,
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey), data_encipherment=False,
-                key_agreement=False, key_cert_sign=key_cert_sign, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=digital_signature,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=key_cert_sign,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -184,7 +207,9 @@ def jwk_public(key: Key, **extra: str) -> dict[str, Any]:
     return out
 
 
-def spiffe_bundle(roots: Sequence[x509.Certificate], jwt_keys: Sequence[Key], *, refresh_hint: int = 300) -> str:
+def spiffe_bundle(
+    roots: Sequence[x509.Certificate], jwt_keys: Sequence[Key], *, refresh_hint: int = 300
+) -> str:
     """A SPIFFE trust bundle (JWK set): x509-svid roots and jwt-svid keys."""
     keys: list[dict[str, Any]] = []
     for c in roots:

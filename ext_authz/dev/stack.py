@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def envoy_binary() -> str:
 
 def render_envoy_config(template: Path, demo_dir: Path, ports: Ports, out: Path) -> Path:
     """envoy.yaml with its ports and demo/ paths rewritten; everything else exactly as written."""
-    mapping = {p_default: p_new for p_default, p_new in zip(Ports().__dict__.values(), ports.__dict__.values(), strict=True)}
+    mapping = dict(zip(astuple(Ports()), astuple(ports), strict=True))
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
@@ -77,10 +77,9 @@ def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], name: s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode} while starting")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback
+            if r.status == 200:
+                return
         time.sleep(0.1)
     raise TimeoutError(f"{name} did not become ready at {url}")
 
@@ -114,11 +113,13 @@ class Stack:
         for iss in cfg.get("issuers", {}).values():
             iss["jwks"] = str((self.demo_dir / iss["jwks"]).resolve())
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        render_envoy_config(self.envoy_template, self.demo_dir.resolve(), self.ports, self.run_dir / "envoy.json")
+        render_envoy_config(
+            self.envoy_template, self.demo_dir.resolve(), self.ports, self.run_dir / "envoy.json"
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = self.log_path(name).open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with self.log_path(name).open("wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
@@ -127,11 +128,21 @@ class Stack:
         deadline = time.monotonic() + timeout
         py = sys.executable
         up = self._spawn("upstream", [py, "-m", "ext_authz.dev.upstream", "--port", str(self.ports.upstream)])
-        authz = self._spawn("ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(self.config_path)])
+        authz = self._spawn(
+            "ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(self.config_path)]
+        )
         envoy = self._spawn(
             "envoy",
-            [envoy_binary(), "-c", str(self.run_dir / "envoy.json"), "--log-level", "warn",
-             "--base-id", str(self.ports.envoy_admin), "--disable-hot-restart"],
+            [
+                envoy_binary(),
+                "-c",
+                str(self.run_dir / "envoy.json"),
+                "--log-level",
+                "warn",
+                "--base-id",
+                str(self.ports.envoy_admin),
+                "--disable-hot-restart",
+            ],
         )
         _wait_http(f"http://127.0.0.1:{self.ports.ext_authz_http}/readyz", deadline, authz, "ext-authz")
         _wait_http(f"http://127.0.0.1:{self.ports.envoy_admin}/ready", deadline, envoy, "envoy")
@@ -180,11 +191,12 @@ Decision log and Envoy access log: {d}/.run/*.log   Stop with Ctrl-C.
 # 1. frontend workload (X.509-SVID) reads the API: 200, and the upstream echo shows x-spiffe-id
 curl -s {ca} {fe} {mesh}/api/orders
 
-# 2. billing workload: 403, no rule allows it (x-ext-authz-reason: no_rule; a shadow rule would have)
+# 2. billing workload: 403, no rule allows it (reason no_rule; a shadow rule would have allowed it)
 curl -si {ca} {bi} {mesh}/api/orders
 
 # 3. forged identity headers: x-spiffe-id is overwritten, x-ext-authz-subject removed upstream
-curl -s {ca} {fe} -H 'x-spiffe-id: spiffe://example.org/ns/admin/sa/root' -H 'x-ext-authz-subject: root' {mesh}/api/orders
+curl -s {ca} {fe} -H 'x-spiffe-id: spiffe://example.org/ns/admin/sa/root' \\
+     -H 'x-ext-authz-subject: root' {mesh}/api/orders
 
 # 4. /admin is denied to everyone by a deny rule: 403 policy_denied
 curl -si {ca} {fe} {mesh}/admin/users
@@ -200,17 +212,22 @@ curl -s {ca} -H "Authorization: Bearer $(cat {tok}/alice.jwt)" {edge}/user/profi
 # 7. a workload with a JWT-SVID: 200 on /internal
 curl -s {ca} -H "Authorization: Bearer $(cat {tok}/frontend-jwt-svid.jwt)" {edge}/internal/jobs
 
-# 8. decide a request offline (what CI can do with policy):  ext-authz check --config {d}/config.yaml --request REQ.json
+# 8. decide a request offline, as CI can:
+#    ext-authz check --config {d}/config.yaml --request REQ.json
 """
 
 
 def run_demo(demo_dir: Path, envoy_template: Path) -> int:
     from datetime import UTC, datetime, timedelta
 
-    if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(hours=1):
+    if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(
+        hours=1
+    ):
         init_demo(demo_dir)
     mint_demo_tokens(demo_dir)
-    stack = Stack(demo_dir=demo_dir.resolve(), envoy_template=envoy_template, run_dir=demo_dir.resolve() / ".run")
+    stack = Stack(
+        demo_dir=demo_dir.resolve(), envoy_template=envoy_template, run_dir=demo_dir.resolve() / ".run"
+    )
     try:
         with stack:
             print(_try_these(demo_dir.resolve(), stack.ports), flush=True)

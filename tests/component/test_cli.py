@@ -1,0 +1,118 @@
+"""The command line as a user runs it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.component.checkreq import check_request
+from tests.component.test_server import write_config
+
+CLI = [sys.executable, "-m", "ext_authz.cli"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin, timeout=60, check=False)
+
+
+def test_validate_ok_and_invalid(demo_dir: Path, tmp_path: Path) -> None:
+    ok = run("validate", str(demo_dir / "config.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "6 rules" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - name: r\n    effect: maybe\n")
+    res = run("validate", str(bad))
+    assert res.returncode == 2
+    assert str(bad) in res.stderr and "rules[0].effect" in res.stderr and "allow" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_validate_names_a_missing_bundle(demo_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trust_domains:\n  example.org:\n    x509_bundle: nowhere.pem\n")
+    res = run("validate", str(cfg))
+    assert res.returncode == 2
+    assert str(tmp_path / "nowhere.pem") in res.stderr and "Traceback" not in res.stderr
+
+
+def test_check_offline_allow_and_deny(demo_dir: Path, tmp_path: Path) -> None:
+    allow = tmp_path / "allow.json"
+    allow.write_text(json_format.MessageToJson(check_request(demo_dir, workload="frontend")))
+    res = run("check", "--config", str(demo_dir / "config.yaml"), "--request", str(allow))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["allowed"] is True and out["rule"] == "frontend-reads"
+    assert out["identity"]["spiffe_id"] == "spiffe://example.org/ns/frontend/sa/web"
+
+    deny = json_format.MessageToJson(check_request(demo_dir, workload="frontend", path="/admin/users"))
+    res = run("check", "--config", str(demo_dir / "config.yaml"), "--request", "-", stdin=deny)
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["reason"] == "policy_denied"
+
+
+def test_check_with_pinned_time_sees_an_expired_certificate(demo_dir: Path, tmp_path: Path) -> None:
+    req = tmp_path / "r.json"
+    req.write_text(json_format.MessageToJson(check_request(demo_dir, workload="frontend")))
+    res = run("check", "-c", str(demo_dir / "config.yaml"), "-r", str(req), "--now", "2099-01-01T00:00:00Z")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["reason"] == "cert_expired"
+
+
+def test_check_rejects_a_malformed_request_file(demo_dir: Path, tmp_path: Path) -> None:
+    req = tmp_path / "r.json"
+    req.write_text('{"attributes": {"request": {"http": {"nope": 1}}}}')
+    res = run("check", "-c", str(demo_dir / "config.yaml"), "-r", str(req))
+    assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    res = run("dev", "init", str(d))
+    assert res.returncode == 0, res.stderr
+    for f in ("config.yaml", "bundle/root.pem", "svid/frontend.pem", "tokens/alice.jwt", "idp/jwks.json"):
+        assert (d / f).exists(), f
+    assert (d / "svid/frontend.key").stat().st_mode & 0o077 == 0  # private keys are not world-readable
+    assert run("validate", str(d / "config.yaml")).returncode == 0
+    again = run("dev", "init", str(d))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_serve_turns_not_serving_on_sigterm_then_exits(demo_dir: Path, tmp_path: Path) -> None:
+    config = write_config(demo_dir, tmp_path)
+    listen = yaml.safe_load(config.read_text())["listen"]
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        with grpc.insecure_channel(listen) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            os.kill(proc.pid, signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+    assert b"draining" in err and b"stopped" in err
+
+
+def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("listen: nowhere\n")
+    start = time.monotonic()
+    res = run("serve", "--config", str(cfg))
+    assert res.returncode == 2 and "listen" in res.stderr and "Traceback" not in res.stderr
+    assert time.monotonic() - start < 30

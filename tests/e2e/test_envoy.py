@@ -1,0 +1,190 @@
+"""End to end: the real Envoy binary, ext-authz and the demo upstream, real TLS and tokens."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ext_authz.dev.stack import Ports, Stack, envoy_binary, render_envoy_config
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    def echo(self) -> dict[str, str]:
+        """The headers the upstream received (the demo upstream echoes them)."""
+        data: dict[str, str] = json.loads(self.body)["headers"]
+        return data
+
+
+@pytest.fixture(scope="module")
+def stack(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(demo_dir, REPO / "envoy.yaml", tmp_path_factory.mktemp("run"), Ports.free()) as s:
+        yield s
+
+
+def request(
+    stack: Stack,
+    path: str,
+    *,
+    listener: str = "mesh",
+    workload: str | None = "frontend",
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    demo = stack.demo_dir
+    ctx = ssl.create_default_context(cafile=str(demo / "bundle/root.pem"))
+    if workload is not None:
+        ctx.load_cert_chain(demo / f"svid/{workload}.pem", demo / f"svid/{workload}.key")
+    port = stack.ports.mesh if listener == "mesh" else stack.ports.edge
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+    hdrs = dict(headers or {})
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("GET", path, headers=hdrs)
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode())
+    finally:
+        conn.close()
+
+
+def token(stack: Stack, name: str) -> str:
+    return (stack.demo_dir / "tokens" / f"{name}.jwt").read_text().strip()
+
+
+def test_allowed_workload_reaches_upstream_with_its_identity(stack: Stack) -> None:
+    r = request(stack, "/api/orders")
+    assert r.status == 200
+    echo = r.echo()
+    assert echo["x-spiffe-id"] == "spiffe://example.org/ns/frontend/sa/web"
+    assert echo["x-ext-authz-identity-kind"] == "x509_svid"
+    assert re.fullmatch(r"[0-9a-f]{32}", echo["x-ext-authz-decision-id"])
+
+
+def test_other_workload_is_refused_with_403(stack: Stack) -> None:
+    r = request(stack, "/api/orders", workload="billing")
+    assert r.status == 403
+    assert r.headers["x-ext-authz-reason"] == "no_rule"
+    assert json.loads(r.body)["reason"] == "no_rule"
+
+
+def test_deny_rule_wins(stack: Stack) -> None:
+    r = request(stack, "/admin/users")
+    assert r.status == 403 and r.headers["x-ext-authz-reason"] == "policy_denied"
+
+
+def test_forged_identity_headers_never_reach_upstream(stack: Stack) -> None:
+    forged = {
+        "x-spiffe-id": "spiffe://example.org/ns/admin/sa/root",
+        "x-ext-authz-subject": "root",
+        "x-ext-authz-issuer": "https://evil.example",
+        "x-ext-authz-decision-id": "0" * 32,
+    }
+    echo = request(stack, "/api/orders", headers=forged).echo()
+    assert echo["x-spiffe-id"] == "spiffe://example.org/ns/frontend/sa/web"
+    assert "x-ext-authz-subject" not in echo and "x-ext-authz-issuer" not in echo
+    assert echo["x-ext-authz-decision-id"] != "0" * 32
+
+
+def test_forged_xfcc_is_replaced_by_envoy(stack: Stack) -> None:
+    echo = request(
+        stack, "/api/orders", headers={"x-forwarded-client-cert": "URI=spiffe://example.org/ns/admin"}
+    ).echo()
+    assert "ns/admin" not in echo["x-forwarded-client-cert"]
+
+
+def test_no_token_is_401_with_a_challenge(stack: Stack) -> None:
+    r = request(stack, "/user/profile", listener="edge", workload=None)
+    assert r.status == 401
+    assert r.headers["x-ext-authz-reason"] == "no_credential"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("forged", "token_signature"), ("alice-expired", "token_expired")]
+)
+def test_bad_token_is_401_invalid_token(stack: Stack, name: str, reason: str) -> None:
+    r = request(stack, "/user/profile", listener="edge", workload=None, token=token(stack, name))
+    assert r.status == 401
+    assert r.headers["x-ext-authz-reason"] == reason
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_garbage_bearer_is_401_not_an_error(stack: Stack) -> None:
+    r = request(stack, "/user/profile", listener="edge", workload=None, token="a.b.c")
+    assert r.status == 401 and r.headers["x-ext-authz-reason"] == "token_malformed"
+
+
+def test_person_with_valid_token_is_allowed_and_upstream_sees_subject(stack: Stack) -> None:
+    r = request(stack, "/user/profile", listener="edge", workload=None, token=token(stack, "alice"))
+    assert r.status == 200
+    echo = r.echo()
+    assert echo["x-ext-authz-subject"] == "alice"
+    assert echo["x-ext-authz-issuer"] == "https://idp.example.com"
+    assert "x-spiffe-id" not in echo
+
+
+def test_jwt_svid_bearer_is_allowed(stack: Stack) -> None:
+    r = request(
+        stack, "/internal/jobs", listener="edge", workload=None, token=token(stack, "frontend-jwt-svid")
+    )
+    assert r.status == 200
+    assert r.echo()["x-spiffe-id"] == "spiffe://example.org/ns/frontend/sa/web"
+
+
+def test_svid_plus_bad_token_is_401_even_where_the_svid_alone_is_allowed(stack: Stack) -> None:
+    r = request(stack, "/api/orders", token=token(stack, "forged"))
+    assert r.status == 401 and r.headers["x-ext-authz-reason"] == "token_signature"
+
+
+def test_anonymous_rule_allows_health_without_credentials(stack: Stack) -> None:
+    assert request(stack, "/healthz", listener="edge", workload=None).status == 200
+
+
+def test_access_log_carries_the_decision_id(stack: Stack) -> None:
+    denied = request(stack, "/api/orders?probe=1", workload="billing")
+    did = denied.headers["x-ext-authz-decision-id"]
+    allowed = request(stack, "/api/orders?probe=2").echo()["x-ext-authz-decision-id"]
+    deadline = time.monotonic() + 10
+    log = ""
+    while time.monotonic() < deadline:
+        log = stack.log_path("envoy").read_text()
+        if did in log and allowed in log:
+            break
+        time.sleep(0.1)
+    line = next(ln for ln in log.splitlines() if f"decision_id={did}" in ln)
+    assert " 403 " in line and "reason=no_rule" in line
+    assert any(f"decision_id={allowed}" in ln and " 200 " in ln for ln in log.splitlines())
+    decisions = [
+        json.loads(x) for x in stack.log_path("ext-authz").read_text().splitlines() if x.startswith("{")
+    ]
+    assert {did, allowed} <= {d["decision_id"] for d in decisions}
+
+
+def test_envoy_yaml_validates(demo_dir: Path, tmp_path: Path) -> None:
+    cfg = render_envoy_config(REPO / "envoy.yaml", demo_dir, Ports(), tmp_path / "envoy.json")
+    res = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "OK" in res.stdout + res.stderr
