@@ -6,6 +6,7 @@ security configuration a typo must not silently turn into a default.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,6 +133,8 @@ def parse_duration(value: object, file: str, key: str) -> float:
         if m is None:
             raise ConfigError(file, key, f"expected a duration such as 30s, 15m or 4h, got {value!r}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(file, key, f"expected a finite duration, got {value!r}")
     if seconds < 0:
         raise ConfigError(file, key, "a duration cannot be negative")
     return seconds
@@ -147,7 +150,9 @@ class _Section:
             raise ConfigError(file, key or "(top level)", f"expected a mapping, got {_kind(data)}")
         for k in data:
             if not isinstance(k, str) or k not in allowed:
-                raise ConfigError(file, self._join(key, str(k)), f"unknown key; expected one of {sorted(allowed)}")
+                raise ConfigError(
+                    file, self._join(key, str(k)), f"unknown key; expected one of {sorted(allowed)}"
+                )
         self.data: dict[str, Any] = data
         self.file = file
         self.key = key
@@ -162,7 +167,7 @@ class _Section:
     def has(self, name: str) -> bool:
         return name in self.data and self.data[name] is not None
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         if not self.has(name):
             if required:
                 raise ConfigError(self.file, self.where(name), "is required")
@@ -172,7 +177,7 @@ class _Section:
             raise ConfigError(self.file, self.where(name), f"expected a non-empty string, got {_kind(value)}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         if not self.has(name):
             return default
         value = self.data[name]
@@ -191,7 +196,7 @@ class _Section:
         return tuple(value)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         assert value is not None
         if value not in choices:
             raise ConfigError(self.file, self.where(name), f"expected one of {list(choices)}, got {value!r}")
@@ -201,12 +206,14 @@ class _Section:
         return _Section(self.data.get(name), self.file, self.where(name), allowed)
 
     def path(self, name: str, base: Path) -> Path | None:
-        value = self.str(name)
+        value = self.text(name)
         if value is None:
             return None
         if "://" in value:
             raise ConfigError(
-                self.file, self.where(name), "expected a file path (URL sources arrive with live trust sources)"
+                self.file,
+                self.where(name),
+                "expected a file path (URL sources arrive with live trust sources)",
             )
         p = Path(value)
         return p if p.is_absolute() else base / p
@@ -221,20 +228,26 @@ def _kind(value: object) -> str:
 
 
 def _listen(section: _Section, name: str, default: str | None) -> str | None:
-    value = section.str(name, default)
+    value = section.text(name, default)
     if value is None:
         return None
     if value.startswith("unix://"):
         if not value[len("unix://") :].startswith("/"):
-            raise ConfigError(section.file, section.where(name), "a unix socket address is unix:///absolute/path")
+            raise ConfigError(
+                section.file, section.where(name), "a unix socket address is unix:///absolute/path"
+            )
         return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(section.file, section.where(name), f"expected HOST:PORT or unix:///path, got {value!r}")
+        raise ConfigError(
+            section.file, section.where(name), f"expected HOST:PORT or unix:///path, got {value!r}"
+        )
     return value
 
 
-def _algorithms(section: _Section, name: str, default: tuple[str, ...], allowed: frozenset[str]) -> tuple[str, ...]:
+def _algorithms(
+    section: _Section, name: str, default: tuple[str, ...], allowed: frozenset[str]
+) -> tuple[str, ...]:
     algs = section.str_list(name) or default
     for alg in algs:
         if alg not in allowed:
@@ -299,10 +312,12 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             name=td.name,
             x509_bundle=sec.path("x509_bundle", base),
             jwt_bundle=sec.path("jwt_bundle", base),
-            workload_api=sec.str("workload_api"),
+            workload_api=sec.text("workload_api"),
         )
         if cfg.workload_api is not None:
-            raise ConfigError(file, f"{key}.workload_api", "the Workload API source is not available in this version")
+            raise ConfigError(
+                file, f"{key}.workload_api", "the Workload API source is not available in this version"
+            )
         if cfg.x509_bundle is None and cfg.jwt_bundle is None:
             raise ConfigError(file, key, "needs at least one of x509_bundle, jwt_bundle")
         trust_domains[td.name] = cfg
@@ -339,7 +354,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             audiences=audiences,
             algorithms=_algorithms(sec, "algorithms", ("RS256", "ES256"), _ASYMMETRIC_ALGORITHMS),
             leeway=parse_duration(sec.data.get("leeway", 30), file, sec.where("leeway")),
-            subject_claim=sec.str("subject_claim", "sub") or "sub",
+            subject_claim=sec.text("subject_claim", "sub") or "sub",
         )
 
     mtls = top.section("mtls", frozenset(("source",)))
@@ -348,7 +363,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigError(file, "cache.size", "expected a whole number of entries (0 disables caching)")
 
-    state = top.str("state", DEFAULT_STATE) or DEFAULT_STATE
+    state = top.text("state", DEFAULT_STATE) or DEFAULT_STATE
     if not state.startswith(("memory://", "sqlite:///", "redis://", "rediss://")):
         raise ConfigError(file, "state", "expected memory://, sqlite:///PATH or redis://HOST:PORT/DB")
 
@@ -365,7 +380,9 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         state=state,
         rules=rules,
         cache=CacheConfig(size=size),
-        reload_interval=max(0.05, parse_duration(top.data.get("reload_interval", 1), file, "reload_interval")),
+        reload_interval=max(
+            0.05, parse_duration(top.data.get("reload_interval", 1), file, "reload_interval")
+        ),
         shutdown_grace=parse_duration(top.data.get("shutdown_grace", 10), file, "shutdown_grace"),
     )
 
@@ -385,7 +402,7 @@ def _rules(top: _Section, file: str) -> tuple[RuleConfig, ...]:
     for i, item in enumerate(raw):
         key = f"rules[{i}]"
         sec = _Section(item, file, key, _RULE_KEYS)
-        name = sec.str("name", required=True)
+        name = sec.text("name", required=True)
         assert name is not None
         if name in seen:
             raise ConfigError(file, sec.where("name"), f"duplicate rule name {name!r}")
@@ -403,7 +420,7 @@ def _rules(top: _Section, file: str) -> tuple[RuleConfig, ...]:
             isinstance(k, str) and isinstance(v, str) for k, v in ext_raw.items()
         ):
             raise ConfigError(file, m.where("context_extensions"), "expected a mapping of string to string")
-        when = sec.str("when")
+        when = sec.text("when")
         rules.append(
             RuleConfig(
                 name=name,
@@ -416,7 +433,7 @@ def _rules(top: _Section, file: str) -> tuple[RuleConfig, ...]:
                     context_extensions=dict(ext_raw),
                 ),
                 when=when,
-                anonymous=sec.bool("anonymous", False),
+                anonymous=sec.flag("anonymous", False),
                 key=key,
             )
         )

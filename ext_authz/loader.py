@@ -13,7 +13,14 @@ from .errors import TrustError
 from .identity.jwt import TokenSettings
 from .pipeline import Engine
 from .policy import compile_policy
-from .trust.bundles import IssuerTrust, JwtKeys, TrustDomainTrust, TrustSnapshot, parse_jwks, parse_x509_bundle
+from .trust.bundles import (
+    IssuerTrust,
+    JwtKeys,
+    TrustDomainTrust,
+    TrustSnapshot,
+    parse_jwks,
+    parse_x509_bundle,
+)
 
 __all__ = ["load_engine", "load_trust"]
 

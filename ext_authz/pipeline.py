@@ -45,7 +45,9 @@ class Caches:
         return cls(LruCache(size), LruCache(size))
 
 
-def _workload(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime, ts: float) -> Identity | None:
+def _workload(
+    ctx: RequestContext, engine: Engine, caches: Caches, now: datetime, ts: float
+) -> Identity | None:
     creds = ctx.credentials
     if engine.config.mtls_source == "principal":
         if not creds.principal:
@@ -53,13 +55,22 @@ def _workload(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime
         try:
             sid = SpiffeId.parse(creds.principal)
         except SpiffeIdError as exc:
-            raise CredentialError("cert_not_svid", f"source.principal is not a SPIFFE ID ({exc})", credential="x509") from exc
+            raise CredentialError(
+                "cert_not_svid", f"source.principal is not a SPIFFE ID ({exc})", credential="x509"
+            ) from exc
         if sid.trust_domain.name not in engine.trust.domains:
             raise CredentialError(
-                "unknown_trust_domain", f"trust domain {sid.trust_domain.name!r} is not configured", credential="x509"
+                "unknown_trust_domain",
+                f"trust domain {sid.trust_domain.name!r} is not configured",
+                credential="x509",
             )
-        return Identity(kind="x509_svid", spiffe_id=str(sid), trust_domain=sid.trust_domain.name, path=sid.path,
-                        subject=str(sid))
+        return Identity(
+            kind="x509_svid",
+            spiffe_id=str(sid),
+            trust_domain=sid.trust_domain.name,
+            path=sid.path,
+            subject=str(sid),
+        )
     if creds.peer_certificate is None:
         return None
     key = (creds.peer_certificate, creds.chain)
@@ -69,7 +80,9 @@ def _workload(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime
         caches.x509.put(key, engine.trust.revision, ident)
     if creds.principal and creds.principal != ident.spiffe_id:
         raise CredentialError(
-            "principal_mismatch", "source.principal differs from the certificate's SPIFFE ID", credential="x509"
+            "principal_mismatch",
+            "source.principal differs from the certificate's SPIFFE ID",
+            credential="x509",
         )
     return ident
 
@@ -77,13 +90,17 @@ def _workload(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime
 def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Identity | None:
     creds = ctx.credentials
     if creds.bearer_malformed:
-        raise CredentialError("token_malformed", "Authorization: Bearer without a well-formed token", credential="token")
+        raise CredentialError(
+            "token_malformed", "Authorization: Bearer without a well-formed token", credential="token"
+        )
     if creds.bearer is None:
         return None
-    ident = caches.tokens.get(creds.bearer, engine.trust.revision, ts)
+    # A token's verdict depends on the trust material *and* the config (audiences, algorithms, leeway).
+    revision = f"{engine.revision}/{engine.trust.revision}"
+    ident = caches.tokens.get(creds.bearer, revision, ts)
     if ident is None:
         ident = verify_token(creds.bearer, engine.trust, engine.tokens, ts)
-        caches.tokens.put(creds.bearer, engine.trust.revision, ident)
+        caches.tokens.put(creds.bearer, revision, ident)
     return ident
 
 

@@ -98,7 +98,8 @@ def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
 def _address(peer: Any) -> str:
     sock = peer.address.socket_address
     if sock.address:
-        return f"{sock.address}:{sock.port_value}"
+        host = f"[{sock.address}]" if ":" in sock.address else sock.address  # IPv6: [::1]:port
+        return f"{host}:{sock.port_value}"
     pipe = peer.address.pipe.path
     return f"unix:{pipe}" if pipe else ""
 

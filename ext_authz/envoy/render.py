@@ -78,7 +78,9 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
     """Build the CheckResponse. ``request_headers`` are the caller's, to strip forged copies."""
     if decision.allowed:
         set_headers = identity_headers(decision)
-        forged = [h for h in IDENTITY_HEADERS if h not in set_headers and request_headers and h in request_headers]
+        forged = [
+            h for h in IDENTITY_HEADERS if h not in set_headers and request_headers and h in request_headers
+        ]
         return CheckResponse(
             status=Status(code=_GRPC_OK),
             ok_response=OkHttpResponse(
@@ -87,8 +89,11 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
             ),
             dynamic_metadata=_metadata(decision),
         )
-    headers = [_option(H_REASON, decision.reason), _option(H_DECISION, decision.decision_id),
-               _option("content-type", "application/json")]
+    headers = [
+        _option(H_REASON, decision.reason),
+        _option(H_DECISION, decision.decision_id),
+        _option("content-type", "application/json"),
+    ]
     if decision.status == 401:
         if decision.credential_failed == "token":
             challenge = f'Bearer error="invalid_token", error_description="{decision.reason}"'
@@ -96,8 +101,11 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
             challenge = 'Bearer realm="ext-authz"'
         headers.append(_option("www-authenticate", challenge))
     body = json.dumps(
-        {"error": "unauthenticated" if decision.status == 401 else "forbidden", "reason": decision.reason,
-         "decision_id": decision.decision_id},
+        {
+            "error": "unauthenticated" if decision.status == 401 else "forbidden",
+            "reason": decision.reason,
+            "decision_id": decision.decision_id,
+        },
         separators=(",", ":"),
     )
     return CheckResponse(
@@ -105,6 +113,8 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
             code=_GRPC_UNAUTHENTICATED if decision.status == 401 else _GRPC_PERMISSION_DENIED,
             message=decision.reason,
         ),
-        denied_response=DeniedHttpResponse(status=HttpStatus(code=decision.status), headers=headers, body=body + "\n"),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=decision.status), headers=headers, body=body + "\n"
+        ),
         dynamic_metadata=_metadata(decision),
     )

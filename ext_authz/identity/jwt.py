@@ -103,7 +103,8 @@ def _numeric(claims: Mapping[str, Any], name: str, *, required: bool) -> int | N
         if required:
             raise _fail("token_claims", f"token has no {name} claim")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # ``not abs(value) < 2**53`` also refuses NaN, ±Infinity and integers too large for a float.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) < 2**53:
         raise _fail("token_claims", f"{name} is not a number")
     return int(value)
 

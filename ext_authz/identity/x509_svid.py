@@ -12,7 +12,6 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtensionOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, VerificationError
 
 from ..errors import CredentialError
@@ -39,7 +38,7 @@ def _load_pem(pem: str, what: str) -> x509.Certificate:
 def spiffe_id_from_leaf(leaf: x509.Certificate) -> SpiffeId:
     """Apply the X.509-SVID leaf rules and return the SPIFFE ID the leaf names."""
     try:
-        san = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise _fail("cert_not_svid", "leaf has no subjectAltName extension") from exc
     except ValueError as exc:
@@ -83,7 +82,9 @@ def verify_x509_svid(
     if td is None or td.store is None:
         raise _fail("unknown_trust_domain", f"no X.509 bundle for trust domain {sid.trust_domain.name!r}")
     if now < leaf.not_valid_before_utc or now > leaf.not_valid_after_utc:
-        raise _fail("cert_expired", f"leaf is valid {leaf.not_valid_before_utc} .. {leaf.not_valid_after_utc}")
+        raise _fail(
+            "cert_expired", f"leaf is valid {leaf.not_valid_before_utc} .. {leaf.not_valid_after_utc}"
+        )
     leaf_der = leaf.public_bytes(_DER)
     intermediates: list[x509.Certificate] = []
     for i, pem in enumerate(chain_pems[: MAX_CHAIN + 1]):

@@ -49,7 +49,9 @@ def record(
             },
         )
         if decision.shadow:
-            rec["shadow"] = [{"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow]
+            rec["shadow"] = [
+                {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow
+            ]
             rec["shadow_decision"] = "allow" if decision.shadow_allowed else "deny"
         if decision.detail:
             rec["detail"] = decision.detail

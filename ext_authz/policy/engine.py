@@ -48,14 +48,21 @@ def _strip_port(host: str) -> str:
     return head if sep and tail.isdigit() else host
 
 
+def _names_port(pattern: str) -> bool:
+    """Does a host pattern name a port (``host:8443``, ``[v6]:8443``)? ``[::1]`` does not."""
+    if pattern.startswith("["):
+        return "]:" in pattern
+    return ":" in pattern
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
     effect: str
     shadow: bool
     anonymous: bool
-    hosts: tuple[re.Pattern[str], ...]
-    hosts_with_port: bool
+    hosts: tuple[re.Pattern[str], ...]  # no port in the pattern: matched against the host minus its port
+    hosts_with_port: tuple[re.Pattern[str], ...]  # matched against host:port as sent
     paths: tuple[re.Pattern[str], ...]
     methods: frozenset[str]
     context_extensions: tuple[tuple[str, str], ...]
@@ -69,16 +76,19 @@ class CompiledRule:
         for key, value in self.context_extensions:
             if ctx.context_extensions.get(key) != value:
                 return False
-        if not (self.hosts or self.paths or self.methods):
+        if not (self.hosts or self.hosts_with_port or self.paths or self.methods):
             return True
         http = ctx.http
         if http is None:  # an L4 check has no host, path or method to match
             return False
         if self.methods and http.method not in self.methods:
             return False
-        if self.hosts:
-            host = http.host.lower() if self.hosts_with_port else _strip_port(http.host.lower())
-            if not any(p.match(host) for p in self.hosts):
+        if self.hosts or self.hosts_with_port:
+            host = http.host.lower()
+            bare = _strip_port(host)
+            if not (
+                any(p.match(bare) for p in self.hosts) or any(p.match(host) for p in self.hosts_with_port)
+            ):
                 return False
         if self.paths:
             path = http.path_only
@@ -166,9 +176,7 @@ class Policy:
             would = False
         else:
             would = result.allowed or any(s.matched and s.effect == "allow" for s in shadow)
-        return PolicyResult(
-            result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail
-        )
+        return PolicyResult(result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail)
 
 
 def compile_policy(rules: tuple[RuleConfig, ...], file: str) -> Policy:
@@ -191,8 +199,8 @@ def compile_policy(rules: tuple[RuleConfig, ...], file: str) -> Policy:
                 effect=rc.effect,
                 shadow=rc.mode == "shadow",
                 anonymous=rc.anonymous,
-                hosts=tuple(_glob(h) for h in hosts),
-                hosts_with_port=any(":" in h for h in hosts),
+                hosts=tuple(_glob(h) for h in hosts if not _names_port(h)),
+                hosts_with_port=tuple(_glob(h) for h in hosts if _names_port(h)),
                 paths=tuple(_glob(p) for p in rc.match.paths),
                 methods=frozenset(rc.match.methods),
                 context_extensions=tuple(sorted(rc.match.context_extensions.items())),

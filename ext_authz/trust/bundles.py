@@ -112,6 +112,7 @@ def parse_jwks(data: bytes, source: str, *, require_use: str | None) -> JwtKeys:
 
     ``require_use="jwt-svid"`` for SPIFFE bundles: only entries with that ``use`` are taken.
     For OIDC issuers (``require_use=None``) entries with ``use`` other than ``sig`` are skipped.
+    Entries whose ``key_ops`` is present but does not include ``verify`` are skipped as well.
     Symmetric (``oct``) keys and private keys are refused: a verifier holds public keys only.
     """
     doc = _load_json(data, source)
@@ -126,6 +127,9 @@ def parse_jwks(data: bytes, source: str, *, require_use: str | None) -> JwtKeys:
                 continue
         elif use not in (None, "sig"):
             continue
+        key_ops = entry.get("key_ops")
+        if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+            continue  # RFC 7517 §4.3: not published for verifying signatures
         if entry.get("kty") == "oct":
             raise TrustError(f"{source}: keys[{i}]: symmetric (oct) keys are not accepted")
         if any(p in entry for p in ("d", "p", "q", "dp", "dq", "qi")):

@@ -1,0 +1,556 @@
+"""Policy compilation and evaluation: deny wins, default deny, selectors, CEL, shadow rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from ext_authz.config import MatchConfig, RuleConfig
+from ext_authz.errors import ConfigError, status_for
+from ext_authz.model import Credentials, HttpRequest, RequestContext, ShadowResult
+from ext_authz.policy.engine import Policy, compile_policy
+
+FILE = "/etc/ext-authz/config.yaml"
+FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
+
+
+def rule(
+    name: str,
+    effect: str = "allow",
+    *,
+    mode: str = "enforce",
+    hosts: tuple[str, ...] = (),
+    paths: tuple[str, ...] = (),
+    methods: tuple[str, ...] = (),
+    ext: Mapping[str, str] | None = None,
+    when: str | None = None,
+    anonymous: bool = False,
+) -> RuleConfig:
+    return RuleConfig(
+        name=name,
+        effect=effect,
+        mode=mode,
+        match=MatchConfig(hosts=hosts, paths=paths, methods=methods, context_extensions=dict(ext or {})),
+        when=when,
+        anonymous=anonymous,
+        key="",  # set by policy()
+    )
+
+
+def policy(*rules: RuleConfig) -> Policy:
+    keyed = tuple(
+        RuleConfig(r.name, r.effect, r.mode, r.match, r.when, r.anonymous, f"rules[{i}]")
+        for i, r in enumerate(rules)
+    )
+    return compile_policy(keyed, FILE)
+
+
+def request(
+    path: str = "/api/orders",
+    *,
+    method: str = "GET",
+    host: str = "backend.internal",
+    ext: Mapping[str, str] | None = None,
+    l4: bool = False,
+) -> RequestContext:
+    http = None
+    if not l4:
+        http = HttpRequest(
+            method=method,
+            path=path,
+            host=host,
+            scheme="https",
+            protocol="HTTP/2",
+            headers=MappingProxyType({":path": path}),
+        )
+    return RequestContext(
+        http=http,
+        source_address="10.0.0.7:40000",
+        destination_address="10.0.0.1:8443",
+        source_principal="",
+        context_extensions=MappingProxyType(dict(ext or {})),
+        credentials=Credentials(),
+    )
+
+
+class Activation:
+    """The lazy CEL input: counts how often the policy asked for it."""
+
+    def __init__(self, spiffe_id: str = FRONTEND, **identity: Any) -> None:
+        self.calls = 0
+        self.identity: dict[str, Any] = {"authenticated": True, "spiffe_id": spiffe_id, **identity}
+
+    def __call__(self) -> Mapping[str, Any]:
+        self.calls += 1
+        return {
+            "request": {"method": "GET", "path": "/api/orders", "headers": {}},
+            "source": {"address": "10.0.0.7:40000", "principal": ""},
+            "identity": self.identity,
+            "signals": {},
+            "grants": [],
+        }
+
+
+AUTH = True
+ANON = False
+
+
+# --- outcome: deny wins, then allow, otherwise deny ------------------------------------------
+
+
+def test_deny_rule_overrides_an_allow_rule_listed_before_it() -> None:
+    p = policy(rule("everything"), rule("no-admin", "deny", paths=("/admin/*",)))
+
+    denied = p.evaluate(request("/admin/users"), AUTH, Activation())
+    allowed = p.evaluate(request("/api/orders"), AUTH, Activation())
+
+    assert (denied.allowed, denied.reason, denied.rule) == (False, "policy_denied", "no-admin")
+    assert status_for(denied.reason) == 403
+    assert (allowed.allowed, allowed.reason, allowed.rule) == (True, "allowed", "everything")
+
+
+def test_first_matching_allow_rule_is_reported() -> None:
+    p = policy(rule("reads", methods=("GET",)), rule("everything"))
+
+    assert p.evaluate(request(method="GET"), AUTH, Activation()).rule == "reads"
+    assert p.evaluate(request(method="POST"), AUTH, Activation()).rule == "everything"
+
+
+def test_no_rules_deny_an_authenticated_caller_with_no_rule() -> None:
+    result = policy().evaluate(request(), AUTH, Activation())
+
+    assert (result.allowed, result.reason, result.rule) == (False, "no_rule", "")
+    assert status_for(result.reason) == 403
+
+
+def test_no_rules_deny_an_unauthenticated_caller_with_no_credential() -> None:
+    result = policy().evaluate(request(), ANON, Activation())
+
+    assert (result.allowed, result.reason) == (False, "no_credential")
+    assert status_for(result.reason) == 401
+
+
+def test_unselected_allow_rule_leaves_the_default_deny() -> None:
+    result = policy(rule("reads", paths=("/api/*",))).evaluate(request("/other"), AUTH, Activation())
+
+    assert (result.allowed, result.reason) == (False, "no_rule")
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [
+        request("/anything", method="DELETE", host="elsewhere.example:1"),
+        request("/", method="OPTIONS"),
+        request(l4=True),
+    ],
+    ids=["delete-elsewhere", "options-root", "l4"],
+)
+def test_rule_without_match_or_when_selects_every_authenticated_request(ctx: RequestContext) -> None:
+    p = policy(rule("everyone"))
+
+    assert p.evaluate(ctx, AUTH, Activation()).reason == "allowed"
+    assert p.evaluate(ctx, ANON, Activation()).reason == "no_credential"
+
+
+# --- anonymous ---------------------------------------------------------------------------------
+
+
+def test_rules_skip_unauthenticated_callers_unless_anonymous() -> None:
+    plain = policy(rule("health", paths=("/healthz",)))
+    anonymous = policy(rule("health", paths=("/healthz",), anonymous=True))
+
+    assert plain.evaluate(request("/healthz"), ANON, Activation()).reason == "no_credential"
+    assert anonymous.evaluate(request("/healthz"), ANON, Activation()).reason == "allowed"
+    # anonymous: true widens the audience, it does not exclude authenticated callers
+    assert anonymous.evaluate(request("/healthz"), AUTH, Activation()).reason == "allowed"
+
+
+def test_non_anonymous_deny_rule_does_not_apply_to_unauthenticated_callers() -> None:
+    p = policy(rule("health", paths=("/healthz",), anonymous=True), rule("block", "deny"))
+
+    assert p.evaluate(request("/healthz"), ANON, Activation()).reason == "allowed"
+    assert p.evaluate(request("/healthz"), AUTH, Activation()).reason == "policy_denied"
+
+
+def test_anonymous_deny_rule_denies_an_unauthenticated_caller_with_policy_denied() -> None:
+    p = policy(
+        rule("public", anonymous=True),
+        rule("block-scrapers", "deny", paths=("/export/*",), anonymous=True),
+    )
+
+    result = p.evaluate(request("/export/all"), ANON, Activation())
+
+    assert (result.allowed, result.reason, result.rule) == (False, "policy_denied", "block-scrapers")
+    assert status_for(result.reason) == 403
+    assert p.evaluate(request("/index"), ANON, Activation()).reason == "allowed"
+
+
+# --- match selectors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "selected"),
+    [
+        ("backend.internal", "backend.internal", True),
+        ("backend.internal", "backend.internal:8443", True),  # port stripped: pattern has none
+        ("backend.internal", "BACKEND.Internal", True),
+        ("backend.internal", "BACKEND.INTERNAL:443", True),
+        ("backend.internal", "other.internal", False),
+        ("backend.internal", "xbackend.internal", False),
+        ("backend.internal", "backend.internal.evil.example", False),
+        ("*.example.com", "api.example.com", True),
+        ("*.example.com", "API.Example.COM:8080", True),
+        ("*.example.com", "a.b.example.com", True),
+        ("*.example.com", "example.com", False),
+        ("*.example.com", "api.example.com.evil.org", False),
+        ("*.example.com", "api-example.com", False),
+        ("backend.internal:8443", "backend.internal:8443", True),
+        ("backend.internal:8443", "backend.internal:9000", False),
+        ("backend.internal:8443", "backend.internal", False),
+        ("[::1]", "[::1]:8080", True),
+        ("[::1]", "[::2]:8080", False),
+        ("[::1]", "[::1]", True),
+        ("[::1]:8080", "[::1]:8080", True),
+        ("[::1]:8080", "[::1]:9090", False),
+        ("[::1]:8080", "[::1]", False),
+        ("*.example.com:*", "api.example.com:8443", True),
+    ],
+)
+def test_hosts(pattern: str, host: str, selected: bool) -> None:
+    p = policy(rule("by-host", hosts=(pattern,)))
+
+    assert (p.evaluate(request(host=host), AUTH, Activation()).reason == "allowed") is selected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "selected"),
+    [
+        ("/api/*", "/api/orders", True),
+        ("/api/*", "/api/orders/7/lines", True),
+        ("/api/*", "/api/orders?debug=1", True),
+        ("/api/*", "/api/", True),
+        ("/api/*", "/api", False),
+        ("/api/*", "/apiary", False),
+        ("/api/*", "/public?next=/api/orders", False),  # the query string is not the path
+        ("/api/*", "/public#/api/orders", False),
+        ("/api/orders", "/api/orders?id=7", True),
+        ("/api/orders", "/api/orders/7", False),
+        ("/api/*/lines", "/api/orders/lines", True),
+        ("/api/*/lines", "/api/orders/7", False),
+        ("/a.c", "/abc", False),  # only * is special
+        ("*", "/anything", True),
+    ],
+)
+def test_paths(pattern: str, path: str, selected: bool) -> None:
+    p = policy(rule("by-path", paths=(pattern,)))
+
+    assert (p.evaluate(request(path), AUTH, Activation()).reason == "allowed") is selected
+
+
+def test_each_host_pattern_decides_for_itself_whether_the_port_counts() -> None:
+    p = policy(rule("r", hosts=("a.internal", "b.internal:8443")))
+
+    assert p.evaluate(request(host="a.internal:443"), AUTH, Activation()).reason == "allowed"
+    assert p.evaluate(request(host="b.internal:8443"), AUTH, Activation()).reason == "allowed"
+    assert p.evaluate(request(host="b.internal:443"), AUTH, Activation()).reason == "no_rule"
+
+
+def test_any_of_several_hosts_or_paths_selects() -> None:
+    p = policy(rule("r", hosts=("a.internal", "b.internal"), paths=("/x/*", "/y/*")))
+
+    assert p.evaluate(request("/y/1", host="b.internal"), AUTH, Activation()).reason == "allowed"
+    assert p.evaluate(request("/z/1", host="b.internal"), AUTH, Activation()).reason == "no_rule"
+    assert p.evaluate(request("/x/1", host="c.internal"), AUTH, Activation()).reason == "no_rule"
+
+
+@pytest.mark.parametrize(
+    ("method", "selected"), [("GET", True), ("HEAD", True), ("POST", False), ("DELETE", False)]
+)
+def test_methods(method: str, selected: bool) -> None:
+    p = policy(rule("reads", methods=("GET", "HEAD")))
+
+    assert (p.evaluate(request(method=method), AUTH, Activation()).reason == "allowed") is selected
+
+
+@pytest.mark.parametrize(
+    ("ext", "selected"),
+    [
+        ({"listener": "mesh"}, True),
+        ({"listener": "mesh", "route": "orders"}, True),  # extra extensions do not matter
+        ({"listener": "edge"}, False),
+        ({"listener": "MESH"}, False),
+        ({}, False),
+    ],
+)
+def test_context_extensions(ext: dict[str, str], selected: bool) -> None:
+    p = policy(rule("mesh-only", ext={"listener": "mesh"}))
+
+    assert (p.evaluate(request(ext=ext), AUTH, Activation()).reason == "allowed") is selected
+
+
+@pytest.mark.parametrize(
+    ("ctx", "selected"),
+    [
+        (request("/api/x", method="GET", host="backend.internal", ext={"l": "mesh"}), True),
+        (request("/x", method="GET", host="backend.internal", ext={"l": "mesh"}), False),
+        (request("/api/x", method="PUT", host="backend.internal", ext={"l": "mesh"}), False),
+        (request("/api/x", method="GET", host="other", ext={"l": "mesh"}), False),
+        (request("/api/x", method="GET", host="backend.internal", ext={"l": "edge"}), False),
+    ],
+    ids=["all-agree", "path", "method", "host", "context-extension"],
+)
+def test_all_selectors_must_agree(ctx: RequestContext, selected: bool) -> None:
+    p = policy(rule("r", hosts=("backend.internal",), paths=("/api/*",), methods=("GET",), ext={"l": "mesh"}))
+
+    assert (p.evaluate(ctx, AUTH, Activation()).reason == "allowed") is selected
+
+
+@pytest.mark.parametrize(
+    ("selector", "selected"),
+    [
+        ({}, True),
+        ({"ext": {"listener": "tcp"}}, True),
+        ({"hosts": ("backend.internal",)}, False),
+        ({"paths": ("*",)}, False),
+        ({"methods": ("GET",)}, False),
+    ],
+    ids=["none", "context-extensions", "hosts", "paths", "methods"],
+)
+def test_l4_request_matches_only_rules_without_http_selectors(
+    selector: dict[str, Any], selected: bool
+) -> None:
+    allow = policy(rule("r", **selector))
+    deny = policy(rule("everything"), rule("r", "deny", **selector))
+    ctx = request(l4=True, ext={"listener": "tcp"})
+
+    assert (allow.evaluate(ctx, AUTH, Activation()).reason == "allowed") is selected
+    assert (deny.evaluate(ctx, AUTH, Activation()).reason == "policy_denied") is selected
+
+
+# --- CEL: compilation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["identity.spiffe_id.startsWith(", "nonexistent == 1", "1 +"])
+def test_cel_compile_error_is_a_config_error_naming_the_rule(source: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        policy(rule("fine", when="true"), rule("broken", when=source))
+
+    assert info.value.file == FILE
+    assert info.value.key == "rules[1].when"
+    assert FILE in str(info.value)
+    assert "rules[1].when" in str(info.value)
+    assert "CEL" in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["1", '"yes"', "[true]", "identity.spiffe_id.size()"])
+def test_non_boolean_when_is_a_config_error(source: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        policy(rule("r", when=source))
+
+    assert info.value.key == "rules[0].when"
+    assert FILE in str(info.value)
+    assert "boolean" in str(info.value)
+
+
+def test_boolean_and_dynamic_when_compile() -> None:
+    p = policy(rule("a", when="true"), rule("b", when="identity.authenticated"))
+
+    assert p.uses_cel
+    assert not policy(rule("a")).uses_cel
+
+
+# --- CEL: evaluation -----------------------------------------------------------------------------
+
+
+def test_when_sees_the_activation() -> None:
+    p = policy(rule("frontend", when='identity.spiffe_id.startsWith("spiffe://example.org/ns/frontend/")'))
+
+    assert p.evaluate(request(), AUTH, Activation(FRONTEND)).reason == "allowed"
+    billing = Activation("spiffe://example.org/ns/billing/sa/worker")
+    assert p.evaluate(request(), AUTH, billing).reason == "no_rule"
+
+
+def test_deny_rule_with_a_false_condition_does_not_deny() -> None:
+    p = policy(rule("everything"), rule("no-billing", "deny", when='identity.spiffe_id.contains("billing")'))
+
+    assert p.evaluate(request(), AUTH, Activation(FRONTEND)).reason == "allowed"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['identity.missing == "x"', "identity.count > 1", "identity.flag"],
+    ids=["missing-key", "type-mismatch", "non-boolean-value"],
+)
+def test_runtime_cel_error_in_an_allow_rule_is_no_match(source: str) -> None:
+    p = policy(rule("broken", when=source))
+
+    result = p.evaluate(request(), AUTH, Activation(count="many", flag=1))
+
+    assert (result.allowed, result.reason, result.rule) == (False, "no_rule", "")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['identity.missing == "x"', "identity.count > 1", "identity.flag"],
+    ids=["missing-key", "type-mismatch", "non-boolean-value"],
+)
+def test_runtime_cel_error_in_a_deny_rule_denies_with_policy_error(source: str) -> None:
+    p = policy(rule("everything"), rule("broken-deny", "deny", when=source))
+
+    result = p.evaluate(request(), AUTH, Activation(count="many", flag=1))
+
+    assert (result.allowed, result.reason, result.rule) == (False, "policy_error", "broken-deny")
+    assert result.detail
+    assert status_for(result.reason) == 403
+
+
+def test_runtime_error_in_allow_rule_falls_through_to_the_next_allow_rule() -> None:
+    p = policy(rule("broken", when='identity.missing == "x"'), rule("fallback"))
+
+    assert p.evaluate(request(), AUTH, Activation()).rule == "fallback"
+
+
+def test_activation_is_not_built_when_no_rule_has_a_condition() -> None:
+    p = policy(
+        rule("no-admin", "deny", paths=("/admin/*",)),
+        rule("reads", methods=("GET",)),
+        rule("shadow", mode="shadow"),
+    )
+    act = Activation()
+
+    assert p.evaluate(request(), AUTH, act).reason == "allowed"
+    assert p.evaluate(request(method="POST"), AUTH, act).reason == "no_rule"
+    assert act.calls == 0
+
+
+def test_activation_is_not_built_when_no_conditional_rule_is_selected() -> None:
+    p = policy(rule("admin", paths=("/admin/*",), when="identity.authenticated"), rule("everything"))
+    act = Activation()
+
+    assert p.evaluate(request("/api/x"), AUTH, act).rule == "everything"
+    assert act.calls == 0
+
+
+def test_activation_is_built_once_however_many_conditions_run() -> None:
+    p = policy(
+        rule("d1", "deny", when='identity.spiffe_id == "x"'),
+        rule("d2", "deny", when='identity.spiffe_id == "y"'),
+        rule("a1", when='identity.spiffe_id == "z"'),
+        rule("a2", when="identity.authenticated"),
+        rule("s1", mode="shadow", when="identity.authenticated"),
+    )
+    act = Activation()
+
+    assert p.evaluate(request(), AUTH, act).rule == "a2"
+    assert act.calls == 1
+
+
+# --- shadow rules ----------------------------------------------------------------------------------
+
+
+def test_without_shadow_rules_there_is_no_shadow_result() -> None:
+    result = policy(rule("everything")).evaluate(request(), AUTH, Activation())
+
+    assert result.shadow == ()
+    assert result.shadow_allowed is None
+
+
+def test_matching_shadow_allow_is_reported_and_not_enforced() -> None:
+    p = policy(
+        rule("reads", paths=("/api/*",), methods=("GET",)),
+        rule("writes-shadow", mode="shadow", paths=("/api/*",), methods=("POST",)),
+    )
+
+    result = p.evaluate(request(method="POST"), AUTH, Activation())
+
+    assert (result.allowed, result.reason, result.rule) == (False, "no_rule", "")
+    assert result.shadow == (ShadowResult("writes-shadow", "allow", True),)
+    assert result.shadow_allowed is True
+
+
+def test_matching_shadow_deny_is_reported_and_not_enforced() -> None:
+    p = policy(rule("everything"), rule("block-shadow", "deny", mode="shadow", paths=("/api/*",)))
+
+    result = p.evaluate(request("/api/orders"), AUTH, Activation())
+
+    assert (result.allowed, result.reason, result.rule) == (True, "allowed", "everything")
+    assert result.shadow == (ShadowResult("block-shadow", "deny", True),)
+    assert result.shadow_allowed is False
+
+
+def test_unmatched_shadow_rules_leave_the_outcome_as_it_is() -> None:
+    p = policy(
+        rule("reads", methods=("GET",)),
+        rule("a-shadow", mode="shadow", paths=("/never/*",)),
+        rule("d-shadow", "deny", mode="shadow", when="false"),
+    )
+
+    allowed = p.evaluate(request(method="GET"), AUTH, Activation())
+    denied = p.evaluate(request(method="PUT"), AUTH, Activation())
+
+    expected = (ShadowResult("a-shadow", "allow", False), ShadowResult("d-shadow", "deny", False))
+    assert (allowed.allowed, allowed.shadow, allowed.shadow_allowed) == (True, expected, True)
+    assert (denied.allowed, denied.shadow, denied.shadow_allowed) == (False, expected, False)
+
+
+def test_shadow_allow_cannot_override_an_enforced_deny() -> None:
+    p = policy(rule("no-admin", "deny", paths=("/admin/*",)), rule("admin-shadow", mode="shadow"))
+
+    result = p.evaluate(request("/admin/x"), AUTH, Activation())
+
+    assert (result.allowed, result.reason) == (False, "policy_denied")
+    assert result.shadow == (ShadowResult("admin-shadow", "allow", True),)
+    assert result.shadow_allowed is False
+
+
+def test_shadow_deny_beats_shadow_allow() -> None:
+    p = policy(rule("a-shadow", mode="shadow"), rule("d-shadow", "deny", mode="shadow"))
+
+    result = p.evaluate(request(), AUTH, Activation())
+
+    assert result.reason == "no_rule"
+    assert [s.matched for s in result.shadow] == [True, True]
+    assert result.shadow_allowed is False
+
+
+def test_shadow_rules_follow_the_anonymous_audience() -> None:
+    p = policy(rule("a-shadow", mode="shadow"), rule("anon-shadow", mode="shadow", anonymous=True))
+
+    result = p.evaluate(request(), ANON, Activation())
+
+    assert result.reason == "no_credential"
+    assert result.shadow == (
+        ShadowResult("a-shadow", "allow", False),
+        ShadowResult("anon-shadow", "allow", True),
+    )
+    assert result.shadow_allowed is True
+
+
+def test_shadow_rule_cel_error_is_reported_failing_closed() -> None:
+    p = policy(
+        rule("everything"),
+        rule("a-shadow", mode="shadow", when='identity.missing == "x"'),
+        rule("d-shadow", "deny", mode="shadow", when='identity.missing == "x"'),
+    )
+
+    result = p.evaluate(request(), AUTH, Activation())
+
+    assert (result.allowed, result.reason) == (True, "allowed")
+    a, d = result.shadow
+    assert (a.rule, a.matched) == ("a-shadow", False)
+    assert (d.rule, d.matched) == ("d-shadow", True)
+    assert a.error
+    assert d.error
+    assert result.shadow_allowed is False
+
+
+def test_shadow_only_policy_never_allows() -> None:
+    p = policy(rule("everything-shadow", mode="shadow"))
+
+    result = p.evaluate(request(), AUTH, Activation())
+
+    assert (result.allowed, result.reason) == (False, "no_rule")
+    assert result.shadow_allowed is True

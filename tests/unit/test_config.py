@@ -1,0 +1,543 @@
+"""The v1 configuration contract: defaults, validation, paths, durations and error messages."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ext_authz.config import (
+    DEFAULT_ADMIN_LISTEN,
+    DEFAULT_HTTP_LISTEN,
+    DEFAULT_LISTEN,
+    DEFAULT_STATE,
+    JWT_SVID_ALGORITHMS,
+    Config,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from ext_authz.errors import ConfigError
+
+SOURCE = Path("/etc/ext-authz/config.yaml")
+FILE = str(SOURCE)
+
+
+def parse(text: str, source: Path = SOURCE) -> Config:
+    return parse_config(textwrap.dedent(text), source)
+
+
+def parse_error(text: str, source: Path = SOURCE) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(text, source)
+    return info.value
+
+
+# --- defaults ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "{}", "# nothing but a comment\n"], ids=["empty", "mapping", "comment"])
+def test_every_top_level_key_is_optional(text: str) -> None:
+    cfg = parse(text)
+
+    assert cfg.source == SOURCE
+    assert cfg.listen == DEFAULT_LISTEN == "127.0.0.1:9191"
+    assert cfg.http_listen == DEFAULT_HTTP_LISTEN == "127.0.0.1:9192"
+    assert cfg.admin_listen == DEFAULT_ADMIN_LISTEN
+    assert cfg.state == DEFAULT_STATE == "sqlite:///var/lib/ext-authz/state.db"
+    assert cfg.mtls_source == "certificate"
+    assert dict(cfg.trust_domains) == {}
+    assert dict(cfg.issuers) == {}
+    assert cfg.jwt_svid.audiences == ()
+    assert cfg.jwt_svid.algorithms == JWT_SVID_ALGORITHMS
+    assert cfg.jwt_svid.leeway == 30.0
+    assert cfg.rules == ()
+    assert cfg.cache.size == 10_000
+    assert cfg.reload_interval == 1.0
+    assert cfg.shutdown_grace == 10.0
+
+
+def test_empty_sections_take_their_defaults() -> None:
+    cfg = parse(
+        """
+        mtls:
+        jwt_svid:
+        cache:
+        trust_domains:
+        issuers:
+        rules:
+        """
+    )
+
+    assert cfg.mtls_source == "certificate"
+    assert cfg.cache.size == 10_000
+    assert cfg.rules == ()
+
+
+def test_a_full_config_is_read() -> None:
+    cfg = parse(
+        """
+        listen: 0.0.0.0:9000
+        http_listen: "[::1]:9001"
+        admin_listen: unix:///run/ext-authz/admin.sock
+        state: redis://redis:6379/0
+        trust_domains:
+          example.org:
+            x509_bundle: /etc/bundles/example.org.pem
+            jwt_bundle: /etc/bundles/example.org.jwks.json
+        jwt_svid:
+          audiences: [spiffe://example.org/ns/backend/sa/api]
+          algorithms: [ES256]
+          leeway: 15s
+        issuers:
+          https://idp.example.com:
+            jwks: /etc/idp.json
+            audiences: backend-api
+            algorithms: [RS256, EdDSA]
+            leeway: 1m
+            subject_claim: email
+        mtls:
+          source: principal
+        cache:
+          size: 0
+        rules:
+          - name: frontend-reads
+            description: reads from the web tier
+            effect: allow
+            mode: shadow
+            anonymous: false
+            match:
+              hosts: [Backend.Internal]
+              paths: ["/api/*"]
+              methods: [get, HEAD]
+              context_extensions: {listener: mesh}
+            when: identity.authenticated
+        """
+    )
+
+    assert (cfg.listen, cfg.http_listen, cfg.state) == ("0.0.0.0:9000", "[::1]:9001", "redis://redis:6379/0")
+    td = cfg.trust_domains["example.org"]
+    assert td.x509_bundle == Path("/etc/bundles/example.org.pem")
+    assert td.jwt_bundle == Path("/etc/bundles/example.org.jwks.json")
+    assert cfg.jwt_svid.audiences == ("spiffe://example.org/ns/backend/sa/api",)
+    assert cfg.jwt_svid.algorithms == ("ES256",)
+    assert cfg.jwt_svid.leeway == 15.0
+    iss = cfg.issuers["https://idp.example.com"]
+    assert iss.audiences == ("backend-api",)  # a single string is a one-element list
+    assert iss.algorithms == ("RS256", "EdDSA")
+    assert (iss.leeway, iss.subject_claim) == (60.0, "email")
+    assert cfg.mtls_source == "principal"
+    assert cfg.cache.size == 0
+    (r,) = cfg.rules
+    assert (r.name, r.effect, r.mode, r.anonymous, r.key) == (
+        "frontend-reads",
+        "allow",
+        "shadow",
+        False,
+        "rules[0]",
+    )
+    assert r.match.hosts == ("backend.internal",)  # hosts are case-insensitive: stored lower-case
+    assert r.match.paths == ("/api/*",)
+    assert r.match.methods == ("GET", "HEAD")
+    assert dict(r.match.context_extensions) == {"listener": "mesh"}
+    assert r.when == "identity.authenticated"
+
+
+def test_rule_defaults_are_allow_enforce_authenticated_only() -> None:
+    (r,) = parse("rules: [{name: everything}]").rules
+
+    assert (r.effect, r.mode, r.anonymous, r.when) == ("allow", "enforce", False, None)
+    assert (r.match.hosts, r.match.paths, r.match.methods) == ((), (), ())
+    assert dict(r.match.context_extensions) == {}
+
+
+def test_rule_keys_name_their_position() -> None:
+    cfg = parse("rules: [{name: a}, {name: b}, {name: c}]")
+
+    assert [r.key for r in cfg.rules] == ["rules[0]", "rules[1]", "rules[2]"]
+
+
+# --- listen addresses ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address", ["unix:///run/ext-authz/authz.sock", "0.0.0.0:0", "localhost:65535", "[::]:9191"]
+)
+def test_listen_accepts_host_port_and_unix_sockets(address: str) -> None:
+    assert parse(f'listen: "{address}"').listen == address
+
+
+@pytest.mark.parametrize("key", ["listen", "http_listen", "admin_listen"])
+@pytest.mark.parametrize(
+    "address", ["9191", ":9191", "localhost", "localhost:http", "localhost:65536", "unix://run/x.sock"]
+)
+def test_bad_listen_address(key: str, address: str) -> None:
+    err = parse_error(f'{key}: "{address}"')
+
+    assert err.key == key
+    assert str(err).startswith(f"{FILE}: {key}: ")
+    assert "unix:///" in str(err)
+
+
+# --- trust domains and issuers ---------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(tmp_path: Path) -> None:
+    source = tmp_path / "conf" / "config.yaml"
+    cfg = parse(
+        """
+        trust_domains:
+          example.org:
+            x509_bundle: bundles/example.org.pem
+            jwt_bundle: /abs/example.org.jwks.json
+        jwt_svid: {audiences: [api]}
+        issuers:
+          https://idp.example.com: {jwks: ../idp/jwks.json, audiences: [api]}
+        """,
+        source,
+    )
+
+    td = cfg.trust_domains["example.org"]
+    assert td.x509_bundle == tmp_path / "conf" / "bundles" / "example.org.pem"
+    assert td.jwt_bundle == Path("/abs/example.org.jwks.json")
+    assert cfg.issuers["https://idp.example.com"].jwks == tmp_path / "conf" / ".." / "idp" / "jwks.json"
+    assert cfg.watched_files() == (
+        source,
+        tmp_path / "conf" / "bundles" / "example.org.pem",
+        Path("/abs/example.org.jwks.json"),
+        tmp_path / "conf" / ".." / "idp" / "jwks.json",
+    )
+
+
+def test_one_file_serving_both_bundles_is_watched_once() -> None:
+    cfg = parse(
+        """
+        trust_domains:
+          example.org: {x509_bundle: b.json, jwt_bundle: b.json}
+        jwt_svid: {audiences: [api]}
+        """
+    )
+
+    assert cfg.watched_files() == (SOURCE, SOURCE.parent / "b.json")
+
+
+def test_a_trust_domain_with_only_an_x509_bundle_needs_no_jwt_audiences() -> None:
+    cfg = parse("trust_domains: {example.org: {x509_bundle: b.pem}}")
+
+    assert cfg.trust_domains["example.org"].jwt_bundle is None
+    assert cfg.jwt_svid.audiences == ()
+
+
+def test_jwt_svid_algorithms_default_to_the_asymmetric_set() -> None:
+    assert set(JWT_SVID_ALGORITHMS) == {f"{f}{n}" for f in ("RS", "ES", "PS") for n in (256, 384, 512)}
+
+
+def test_issuer_algorithms_default_to_rs256_and_es256() -> None:
+    cfg = parse("issuers: {https://idp: {jwks: j.json, audiences: [api]}}")
+
+    assert cfg.issuers["https://idp"].algorithms == ("RS256", "ES256")
+    assert cfg.issuers["https://idp"].leeway == 30.0
+    assert cfg.issuers["https://idp"].subject_claim == "sub"
+
+
+# --- durations ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("15m", 900.0),
+        ("4h", 14_400.0),
+        ("7d", 604_800.0),
+        ("90s", 90.0),
+        ("1.5s", 1.5),
+        ("90", 90.0),
+        (" 30s ", 30.0),
+        (90, 90.0),
+        (0, 0.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value, FILE, "reload_interval") == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["10x", "s", "", "-5s", "5 s", "1e3", True, None, [1], -1, float("inf"), float("nan")]
+)
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(value, FILE, "jwt_svid.leeway")
+
+    assert info.value.key == "jwt_svid.leeway"
+    assert FILE in str(info.value)
+    assert "jwt_svid.leeway" in str(info.value)
+
+
+def test_durations_in_the_config() -> None:
+    cfg = parse(
+        """
+        reload_interval: 250ms
+        shutdown_grace: 4h
+        jwt_svid: {leeway: 15m}
+        issuers: {https://idp: {jwks: j.json, audiences: [api], leeway: 5}}
+        """
+    )
+
+    assert cfg.reload_interval == 0.25
+    assert cfg.shutdown_grace == 14_400.0
+    assert cfg.jwt_svid.leeway == 900.0
+    assert cfg.issuers["https://idp"].leeway == 5.0
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_a_leeway_cannot_be_infinite(value: str) -> None:
+    # an infinite leeway would accept every expired token
+    err = parse_error(f"issuers: {{https://idp: {{jwks: j.json, audiences: [api], leeway: {value}}}}}")
+
+    assert err.key == "issuers.https://idp.leeway"
+
+
+def test_reload_interval_has_a_floor() -> None:
+    assert parse("reload_interval: 1ms").reload_interval == 0.05
+
+
+# --- errors: each names the file and the key ---------------------------------------------------------
+
+TD = "trust_domains: {example.org: {x509_bundle: b.pem, jwt_bundle: b.json}}\n"
+ISS = "issuers:\n  https://idp.example.com:\n"
+
+BAD = [
+    # (id, yaml, key, words the message must contain)
+    ("top-level-list", "- listen", "(top level)", "mapping"),
+    ("unknown-top-key", "listne: 127.0.0.1:1", "listne", "unknown key"),
+    ("unknown-mtls-key", "mtls: {sorce: principal}", "mtls.sorce", "unknown key"),
+    ("unknown-cache-key", "cache: {entries: 1}", "cache.entries", "unknown key"),
+    ("unknown-jwt-svid-key", "jwt_svid: {audience: [a]}", "jwt_svid.audience", "unknown key"),
+    (
+        "unknown-td-key",
+        "trust_domains: {example.org: {bundle: b.pem}}",
+        "trust_domains.example.org.bundle",
+        "unknown",
+    ),
+    (
+        "unknown-issuer-key",
+        ISS + "    jwks: j.json\n    audiences: [a]\n    aud: [b]",
+        "issuers.https://idp.example.com.aud",
+        "unknown",
+    ),
+    ("unknown-rule-key", "rules: [{name: a, efect: deny}]", "rules[0].efect", "unknown key"),
+    ("unknown-match-key", "rules: [{name: a, match: {path: [/x]}}]", "rules[0].match.path", "unknown key"),
+    ("mtls-not-mapping", "mtls: principal", "mtls", "mapping"),
+    ("td-needs-a-bundle", "trust_domains: {example.org: {}}", "trust_domains.example.org", "x509_bundle"),
+    ("td-null-needs-a-bundle", "trust_domains: {example.org: }", "trust_domains.example.org", "jwt_bundle"),
+    (
+        "td-uppercase",
+        "trust_domains: {Example.org: {x509_bundle: b.pem}}",
+        "trust_domains.Example.org",
+        "trust domain",
+    ),
+    (
+        "td-spiffe-id",
+        'trust_domains: {"spiffe://example.org": {x509_bundle: b.pem}}',
+        "trust_domains.spiffe://example.org",
+        "trust domain",
+    ),
+    (
+        "td-with-path",
+        'trust_domains: {"example.org/ns": {x509_bundle: b.pem}}',
+        "trust_domains.example.org/ns",
+        "trust domain",
+    ),
+    ("td-list", "trust_domains: [example.org]", "trust_domains", "mapping"),
+    (
+        "td-bundle-url",
+        "trust_domains: {example.org: {x509_bundle: 'https://x/b.pem'}}",
+        "trust_domains.example.org.x509_bundle",
+        "file path",
+    ),
+    (
+        "td-bundle-empty",
+        "trust_domains: {example.org: {x509_bundle: ''}}",
+        "trust_domains.example.org.x509_bundle",
+        "non-empty",
+    ),
+    (
+        "td-workload-api",
+        "trust_domains: {example.org: {workload_api: 'unix:///s.sock'}}",
+        "trust_domains.example.org.workload_api",
+        "Workload API",
+    ),
+    (
+        "jwt-bundle-needs-audiences",
+        "trust_domains: {example.org: {jwt_bundle: b.json}}",
+        "jwt_svid.audiences",
+        "required",
+    ),
+    (
+        "jwt-svid-hs256",
+        TD + "jwt_svid: {audiences: [a], algorithms: [ES256, HS256]}",
+        "jwt_svid.algorithms",
+        "'HS256'",
+    ),
+    ("jwt-svid-none", TD + "jwt_svid: {audiences: [a], algorithms: [none]}", "jwt_svid.algorithms", "'none'"),
+    (
+        "jwt-svid-eddsa",
+        TD + "jwt_svid: {audiences: [a], algorithms: [EdDSA]}",
+        "jwt_svid.algorithms",
+        "'EdDSA'",
+    ),
+    ("issuers-list", "issuers: [https://idp]", "issuers", "mapping"),
+    ("issuer-needs-jwks", ISS + "    audiences: [a]", "issuers.https://idp.example.com.jwks", "required"),
+    ("issuer-null", ISS, "issuers.https://idp.example.com.jwks", "required"),
+    (
+        "issuer-needs-audiences",
+        ISS + "    jwks: j.json",
+        "issuers.https://idp.example.com.audiences",
+        "required",
+    ),
+    (
+        "issuer-empty-audiences",
+        ISS + "    jwks: j.json\n    audiences: []",
+        "issuers.https://idp.example.com.audiences",
+        "required",
+    ),
+    (
+        "issuer-hs256",
+        ISS + "    jwks: j.json\n    audiences: [a]\n    algorithms: [HS256]",
+        "issuers.https://idp.example.com.algorithms",
+        "'HS256'",
+    ),
+    (
+        "issuer-none",
+        ISS + "    jwks: j.json\n    audiences: [a]\n    algorithms: [RS256, none]",
+        "issuers.https://idp.example.com.algorithms",
+        "'none'",
+    ),
+    (
+        "issuer-spiffe",
+        "issuers: {'spiffe://example.org': {jwks: j.json, audiences: [a]}}",
+        "issuers.spiffe://example.org",
+        "trust_domains",
+    ),
+    (
+        "issuer-bad-leeway",
+        ISS + "    jwks: j.json\n    audiences: [a]\n    leeway: soon",
+        "issuers.https://idp.example.com.leeway",
+        "duration",
+    ),
+    ("bad-reload-interval", "reload_interval: often", "reload_interval", "duration"),
+    ("negative-grace", "shutdown_grace: -1", "shutdown_grace", "negative"),
+    ("bad-mtls-source", "mtls: {source: spiffe}", "mtls.source", "'spiffe'"),
+    ("bad-state", "state: postgres://db/authz", "state", "memory://"),
+    ("state-number", "state: 5", "state", "string"),
+    ("cache-size-negative", "cache: {size: -1}", "cache.size", "whole number"),
+    ("cache-size-bool", "cache: {size: true}", "cache.size", "whole number"),
+    ("cache-size-string", "cache: {size: lots}", "cache.size", "whole number"),
+    ("rules-mapping", "rules: {a: {effect: allow}}", "rules", "list"),
+    ("rule-not-mapping", "rules: [allow-all]", "rules[0]", "mapping"),
+    ("rule-needs-name", "rules: [{effect: allow}]", "rules[0].name", "required"),
+    (
+        "rule-duplicate-name",
+        "rules: [{name: a}, {name: b}, {name: a}]",
+        "rules[2].name",
+        "duplicate rule name 'a'",
+    ),
+    ("rule-bad-effect", "rules: [{name: a, effect: permit}]", "rules[0].effect", "'permit'"),
+    ("rule-bad-mode", "rules: [{name: a, mode: audit}]", "rules[0].mode", "'audit'"),
+    (
+        "rule-bad-method",
+        "rules: [{name: a, match: {methods: [GET, FETCH]}}]",
+        "rules[0].match.methods",
+        "'FETCH'",
+    ),
+    ("rule-bad-path", "rules: [{name: a, match: {paths: ['api/*']}}]", "rules[0].match.paths", "'api/*'"),
+    ("rule-hosts-number", "rules: [{name: a, match: {hosts: [1]}}]", "rules[0].match.hosts", "list"),
+    (
+        "rule-extensions-list",
+        "rules: [{name: a, match: {context_extensions: [a]}}]",
+        "rules[0].match.context_extensions",
+        "mapping",
+    ),
+    (
+        "rule-extensions-number",
+        "rules: [{name: a, match: {context_extensions: {port: 1}}}]",
+        "rules[0].match.context_extensions",
+        "string",
+    ),
+    ("rule-anonymous-string", "rules: [{name: a, anonymous: 'yes'}]", "rules[0].anonymous", "true or false"),
+    ("rule-when-number", "rules: [{name: a, when: 1}]", "rules[0].when", "string"),
+    ("second-rule", "rules: [{name: a}, {name: b, effect: maybe}]", "rules[1].effect", "'maybe'"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_config_error_names_the_file_and_the_key(text: str, key: str, words: str) -> None:
+    err = parse_error(text)
+
+    assert err.reason == "config_invalid"
+    assert (err.file, err.key) == (FILE, key)
+    assert str(err).startswith(f"{FILE}: {key}: ")
+    assert words in str(err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["listen: [", "rules:\n  - name: a\n   effect: deny", "a: b: c", "state: 'memory://"],
+    ids=["unclosed-flow", "bad-indent", "nested-mapping", "unclosed-quote"],
+)
+def test_yaml_syntax_error_names_the_file_and_the_line(text: str) -> None:
+    err = parse_error(text)
+
+    assert err.file == FILE
+    assert str(err).startswith(f"{FILE}: not valid YAML")
+    assert "line" in str(err)
+
+
+def test_unknown_key_message_lists_the_keys_expected() -> None:
+    err = parse_error("mtls: {sorce: principal}")
+
+    assert "['source']" in str(err)
+
+
+# --- load_config ---------------------------------------------------------------------------------
+
+
+def test_load_config_reads_the_file_and_remembers_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("listen: unix:///run/authz.sock\ntrust_domains: {example.org: {x509_bundle: b.pem}}\n")
+
+    cfg = load_config(path)
+
+    assert cfg.source == path
+    assert cfg.listen == "unix:///run/authz.sock"
+    assert cfg.trust_domains["example.org"].x509_bundle == tmp_path / "b.pem"
+
+
+def test_load_config_accepts_a_string_path(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("state: memory://\n")
+
+    assert load_config(str(path)).state == "memory://"
+
+
+def test_load_config_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert info.value.file == str(path)
+    assert str(info.value).startswith(f"{path}: cannot read the file")
+
+
+def test_load_config_errors_name_the_loaded_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("rules: [{name: a, effect: permit}]\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert str(info.value).startswith(f"{path}: rules[0].effect: ")
