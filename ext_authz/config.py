@@ -371,7 +371,10 @@ def parse_config(text: bytes | str, source: Path) -> Config:
     return Config(
         source=source,
         listen=_listen(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
-        http_listen=_listen(top, "http_listen", DEFAULT_HTTP_LISTEN),
+        # `http_listen: null` (or "") turns the HTTP health endpoints off.
+        http_listen=None
+        if "http_listen" in top.data and top.data["http_listen"] in (None, "")
+        else _listen(top, "http_listen", DEFAULT_HTTP_LISTEN),
         admin_listen=_listen(top, "admin_listen", DEFAULT_ADMIN_LISTEN) or DEFAULT_ADMIN_LISTEN,
         trust_domains=trust_domains,
         jwt_svid=jwt_svid,

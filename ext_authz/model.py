@@ -48,8 +48,8 @@ class HttpRequest:
 class Credentials:
     """What the caller presented, unverified."""
 
-    peer_certificate: str | None = None  # PEM leaf (URL-decoded)
-    chain: tuple[str, ...] = ()  # PEM certificates from XFCC Chain (untrusted)
+    peer_certificate: str | None = None  # the leaf as Envoy sent it: URL-encoded PEM (decoded on demand)
+    xfcc: str = ""  # the x-forwarded-client-cert header; its Chain holds untrusted intermediates
     principal: str | None = None  # Envoy's source.principal (URI SAN of a verified peer)
     bearer: str | None = None  # the raw token after "Bearer "
     bearer_malformed: bool = False  # an Authorization: Bearer header that is not a token

@@ -17,6 +17,7 @@ from .identity.cache import LruCache
 from .identity.jwt import TokenSettings, verify_token
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .identity.x509_svid import verify_x509_svid
+from .identity.xfcc import chain_from_xfcc, decode_certificate
 from .model import EMPTY_MAP, Decision, Identity, Principal, RequestContext
 from .policy import Policy
 from .trust.bundles import TrustSnapshot
@@ -37,7 +38,7 @@ class Engine:
 
 @dataclass(slots=True)
 class Caches:
-    x509: LruCache[tuple[str, tuple[str, ...]]] = field(default_factory=lambda: LruCache(10_000))
+    x509: LruCache[str] = field(default_factory=lambda: LruCache(10_000))
     tokens: LruCache[str] = field(default_factory=lambda: LruCache(10_000))
 
     @classmethod
@@ -73,10 +74,14 @@ def _workload(
         )
     if creds.peer_certificate is None:
         return None
-    key = (creds.peer_certificate, creds.chain)
+    # Keyed on the leaf as Envoy sent it: once a leaf is proven to chain to a root of its trust
+    # domain (under this trust revision), the intermediates that proved it are not needed again.
+    # The entry expires with the first certificate of that path to expire.
+    key = creds.peer_certificate
     ident = caches.x509.get(key, engine.trust.revision, ts)
     if ident is None:
-        ident = verify_x509_svid(creds.peer_certificate, creds.chain, engine.trust, now)
+        leaf = decode_certificate(creds.peer_certificate)
+        ident = verify_x509_svid(leaf, chain_from_xfcc(creds.xfcc), engine.trust, now)
         caches.x509.put(key, engine.trust.revision, ident)
     if creds.principal and creds.principal != ident.spiffe_id:
         raise CredentialError(

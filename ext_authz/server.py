@@ -55,9 +55,14 @@ class Runtime:
         return cls(engine=engine, caches=Caches.sized(engine.config.cache.size), **kw)
 
     def swap(self, engine: Engine) -> None:
-        if engine.config.cache.size != self.engine.config.cache.size:
+        """Install a new generation. Verified credentials are kept only if nothing changed."""
+        if (
+            engine.revision != self.engine.revision
+            or engine.config.cache.size != self.engine.config.cache.size
+        ):
             self.caches = Caches.sized(engine.config.cache.size)
-        self.engine = engine  # one reference assignment: in-flight Checks keep the old one
+        # In-flight Checks keep the engine and caches they started with.
+        self.engine = engine
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -69,13 +74,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         started = time.perf_counter()
         now = rt.clock.now()
         decision_id = uuid.uuid4().hex
-        engine = rt.engine
+        engine, caches = rt.engine, rt.caches
         ctx: RequestContext | None = None
         decision: Decision | None = None
         fault = ""
         try:
             ctx = normalize(request)
-            decision = decide(ctx, engine, rt.caches, now, decision_id)
+            decision = decide(ctx, engine, caches, now, decision_id)
             return render(decision, ctx.http.headers if ctx.http else None)
         except Exception as exc:
             # A fault is never an allow: Envoy's failure_mode_allow=false / status_on_error decide.

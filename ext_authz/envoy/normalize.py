@@ -5,81 +5,13 @@ from __future__ import annotations
 import re
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import unquote
 
+from ..identity.xfcc import MAX_XFCC_BYTES, parse_xfcc, split_pem_chain
 from ..model import Credentials, HttpRequest, RequestContext
 
 __all__ = ["MAX_XFCC_BYTES", "normalize", "parse_xfcc", "split_pem_chain"]
 
-MAX_XFCC_BYTES = 64 * 1024
-_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-_.~+/]+=*$")
-
-
-def parse_xfcc(value: str) -> list[dict[str, list[str]]]:
-    """Split an ``x-forwarded-client-cert`` value into elements of ``key -> [values]``.
-
-    Elements are separated by ``,``, pairs by ``;``, key and value by ``=``; a value may be
-    double-quoted (then ``,``, ``;`` and ``=`` are literal and ``\\"`` is a quote). Keys are
-    case-insensitive and returned lower-case.
-    """
-    elements: list[dict[str, list[str]]] = []
-    current: dict[str, list[str]] = {}
-    buf: list[str] = []
-    in_quotes = False
-    escaped = False
-
-    def end_pair() -> None:
-        pair = "".join(buf).strip()
-        buf.clear()
-        if not pair:
-            return
-        key, sep, val = pair.partition("=")
-        if not sep:
-            return
-        val = val.strip()
-        if len(val) >= 2 and val[0] == val[-1] == '"':
-            val = val[1:-1].replace('\\"', '"')
-        current.setdefault(key.strip().lower(), []).append(val)
-
-    for ch in value:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-        elif ch == "\\" and in_quotes:
-            buf.append(ch)
-            escaped = True
-        elif ch == '"':
-            in_quotes = not in_quotes
-            buf.append(ch)
-        elif ch == ";" and not in_quotes:
-            end_pair()
-        elif ch == "," and not in_quotes:
-            end_pair()
-            if current:
-                elements.append(current)
-            current = {}
-        else:
-            buf.append(ch)
-    end_pair()
-    if current:
-        elements.append(current)
-    return elements
-
-
-def split_pem_chain(text: str) -> tuple[str, ...]:
-    return tuple(m.group(0) for m in _PEM_CERT.finditer(text))
-
-
-def _chain_from_xfcc(value: str) -> tuple[str, ...]:
-    if not value or len(value) > MAX_XFCC_BYTES:
-        return ()
-    elements = parse_xfcc(value)
-    if not elements:
-        return ()
-    # The last element was appended by the Envoy in front of us (SANITIZE_SET leaves only it).
-    chains = elements[-1].get("chain", [])
-    return split_pem_chain(unquote(chains[-1])) if chains else ()
 
 
 def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
@@ -129,8 +61,8 @@ def normalize(request: Any) -> RequestContext:
     cert = attrs.source.certificate
     bearer, malformed = _bearer(headers)
     creds = Credentials(
-        peer_certificate=unquote(cert) if cert else None,
-        chain=_chain_from_xfcc(headers.get("x-forwarded-client-cert", "")),
+        peer_certificate=cert or None,
+        xfcc=headers.get("x-forwarded-client-cert", ""),
         principal=attrs.source.principal or None,
         bearer=bearer,
         bearer_malformed=malformed,

@@ -173,6 +173,8 @@ def _verify_jwt_svid(
         sid = SpiffeId.parse(str(claims["sub"]))
     except SpiffeIdError as exc:
         raise _fail("token_claims", f"sub is not a valid SPIFFE ID ({exc})") from exc
+    if not sid.path:
+        raise _fail("token_claims", "sub names a trust domain, not a workload (no path)")
     td = trust.domains.get(sid.trust_domain.name)
     if td is None or not len(td.jwt_keys):
         raise _fail("unknown_trust_domain", f"no JWT bundle for trust domain {sid.trust_domain.name!r}")

@@ -100,7 +100,7 @@ def verify_x509_svid(
         .build_client_verifier()
     )
     try:
-        verifier.verify(leaf, intermediates[:MAX_CHAIN])
+        verified = verifier.verify(leaf, intermediates[:MAX_CHAIN])
     except VerificationError as exc:
         raise _fail("cert_untrusted", f"no valid path to a root of {sid.trust_domain.name!r}: {exc}") from exc
     return Identity(
@@ -110,7 +110,8 @@ def verify_x509_svid(
         path=sid.path,
         subject=str(sid),
         issued_at=int(leaf.not_valid_before_utc.timestamp()),
-        expires_at=int(leaf.not_valid_after_utc.timestamp()),
+        # Usable until the first certificate of the validated path expires.
+        expires_at=int(min(c.not_valid_after_utc for c in verified.chain).timestamp()),
         cert_sha256=hashlib.sha256(leaf_der).hexdigest(),
         cert_serial=format(leaf.serial_number, "x"),
         issuer=leaf.issuer.rfc4514_string(),

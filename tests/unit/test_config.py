@@ -168,6 +168,12 @@ def test_listen_accepts_host_port_and_unix_sockets(address: str) -> None:
     assert parse(f'listen: "{address}"').listen == address
 
 
+@pytest.mark.parametrize("value", ["null", '""', "~"])
+def test_http_listen_can_be_turned_off(value: str) -> None:
+    assert parse(f"http_listen: {value}").http_listen is None
+    assert parse("listen: 127.0.0.1:1").http_listen == DEFAULT_HTTP_LISTEN
+
+
 @pytest.mark.parametrize("key", ["listen", "http_listen", "admin_listen"])
 @pytest.mark.parametrize(
     "address", ["9191", ":9191", "localhost", "localhost:http", "localhost:65536", "unix://run/x.sock"]

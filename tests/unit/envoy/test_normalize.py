@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from ext_authz.dev import pki
 from ext_authz.envoy.normalize import MAX_XFCC_BYTES, normalize, parse_xfcc, split_pem_chain
+from ext_authz.identity.xfcc import chain_from_xfcc, decode_certificate
 from ext_authz.model import Credentials, RequestContext
 
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -276,15 +277,21 @@ def test_url_encoded_certificate_is_decoded(chain: tuple[str, str, str]) -> None
     ctx = normalize(req)
 
     assert "%0A" in req.attributes.source.certificate
-    assert ctx.credentials.peer_certificate == leaf
-    assert split_pem_chain(ctx.credentials.peer_certificate) == (leaf.strip(),)
+    # Kept as Envoy sent it (the cache key); decoded only when it must be verified.
+    encoded = ctx.credentials.peer_certificate
+    assert encoded is not None
+    assert encoded == req.attributes.source.certificate
+    assert decode_certificate(encoded) == leaf
+    assert split_pem_chain(decode_certificate(encoded)) == (leaf.strip(),)
 
 
 def test_certificate_decoding_keeps_plus_signs() -> None:
     req = CheckRequest()
     req.attributes.source.certificate = "MII%2BAb+c%2F%3D%3D%0A%20x"
 
-    assert normalize(req).credentials.peer_certificate == "MII+Ab+c/==\n x"
+    encoded = normalize(req).credentials.peer_certificate
+    assert encoded is not None
+    assert decode_certificate(encoded) == "MII+Ab+c/==\n x"
 
 
 def test_no_certificate_is_none() -> None:
@@ -342,6 +349,11 @@ def test_split_pem_chain(chain: tuple[str, str, str]) -> None:
     assert split_pem_chain("") == ()
 
 
+def chain_of(req: Any) -> tuple[str, ...]:
+    """The untrusted intermediates a verifier would get from this request's XFCC header."""
+    return chain_from_xfcc(normalize(req).credentials.xfcc)
+
+
 def _xfcc_request(xfcc: str) -> Any:
     return with_headers({"x-forwarded-client-cert": xfcc, ":path": "/"})
 
@@ -352,11 +364,9 @@ def test_xfcc_chain_is_url_decoded_into_pem_certificates(chain: tuple[str, str, 
     encoded = quote(leaf + inter, safe="")
     value = f'"{encoded}"' if quoted else encoded
 
-    ctx = normalize(
-        _xfcc_request(f"By=spiffe://example.org/ns/backend/sa/api;Hash=abc;Chain={value};URI={FRONTEND}")
-    )
+    req = _xfcc_request(f"By=spiffe://example.org/ns/backend/sa/api;Hash=abc;Chain={value};URI={FRONTEND}")
 
-    assert ctx.credentials.chain == (leaf.strip(), inter.strip())
+    assert chain_of(req) == (leaf.strip(), inter.strip())
 
 
 def test_xfcc_chain_is_taken_from_the_last_element(chain: tuple[str, str, str]) -> None:
@@ -365,23 +375,23 @@ def test_xfcc_chain_is_taken_from_the_last_element(chain: tuple[str, str, str]) 
     latest = quote(leaf + inter, safe="")
     xfcc = f'By=spiffe://a/b;Chain="{earlier}";Subject="CN=x,O=y",By=spiffe://example.org/ns/backend/sa/api;Chain="{latest}"'
 
-    assert normalize(_xfcc_request(xfcc)).credentials.chain == (leaf.strip(), inter.strip())
+    assert chain_of(_xfcc_request(xfcc)) == (leaf.strip(), inter.strip())
 
 
 def test_xfcc_chain_missing_from_the_last_element_is_empty(chain: tuple[str, str, str]) -> None:
     encoded = quote(chain[0] + chain[1], safe="")
     xfcc = f'By=spiffe://a/b;Chain="{encoded}",By=spiffe://c/d;URI={FRONTEND}'
 
-    assert normalize(_xfcc_request(xfcc)).credentials.chain == ()
+    assert chain_of(_xfcc_request(xfcc)) == ()
 
 
 def test_oversized_xfcc_is_ignored(chain: tuple[str, str, str]) -> None:
     encoded = quote(chain[0] + chain[1], safe="")
     xfcc = f'Chain="{encoded}";Subject="{"x" * MAX_XFCC_BYTES}"'
 
-    assert normalize(_xfcc_request(xfcc)).credentials.chain == ()
-    assert normalize(_xfcc_request(f'Chain="{encoded}"')).credentials.chain != ()
+    assert chain_of(_xfcc_request(xfcc)) == ()
+    assert chain_of(_xfcc_request(f'Chain="{encoded}"')) != ()
 
 
 def test_no_xfcc_is_no_chain() -> None:
-    assert normalize(check_request(HTTP_REQUEST)).credentials.chain == ()
+    assert chain_of(check_request(HTTP_REQUEST)) == ()

@@ -521,8 +521,14 @@ def test_token_not_spiffe_and_unknown_issuer(sub: Any, keys: Keys, trust: TrustS
 
 @pytest.mark.parametrize(
     "sub",
-    [f"spiffe://{TD_A}/a//b", "spiffe://Example.org/billing", f"spiffe://{TD_A}/billing/", "spiffe://"],
-    ids=["empty_segment", "uppercase_td", "trailing_slash", "no_trust_domain"],
+    [
+        f"spiffe://{TD_A}/a//b",
+        "spiffe://Example.org/billing",
+        f"spiffe://{TD_A}/billing/",
+        "spiffe://",
+        f"spiffe://{TD_A}",
+    ],
+    ids=["empty_segment", "uppercase_td", "trailing_slash", "no_trust_domain", "trust_domain_not_workload"],
 )
 def test_jwt_svid_sub_invalid_spiffe_id(sub: str, keys: Keys, trust: TrustSnapshot) -> None:
     assert reason(mint_jwt(keys.a_es256, svid_claims(sub=sub)), trust) == "token_claims"

@@ -236,6 +236,23 @@ def test_intermediate_expired(leaf: LeafFactory, root_a: Issued, trust: TrustSna
     assert _reason(leaf(expired_ca), [expired_ca], trust) == "cert_untrusted"
 
 
+def test_identity_expires_with_the_first_certificate_of_the_path(
+    leaf: LeafFactory, root_a: Issued, trust: TrustSnapshot
+) -> None:
+    """A cached identity must not outlive an intermediate that expires before the leaf."""
+    short_ca = make_ca(
+        f"{TD_A} short-lived intermediate",
+        parent=root_a,
+        spiffe_td=TD_A,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + timedelta(hours=1),
+    )
+    long_leaf = leaf(short_ca, not_before=NOW - timedelta(hours=1), not_after=NOW + timedelta(days=2))
+    ident = _verify(long_leaf, [short_ca], trust)
+    assert ident.expires_at == int(short_ca.cert.not_valid_after_utc.timestamp())
+    assert ident.expires_at < int(long_leaf.cert.not_valid_after_utc.timestamp())
+
+
 def test_root_expired(leaf: LeafFactory) -> None:
     expired_root = make_ca(
         f"{TD_A} expired root",
