@@ -40,9 +40,9 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# No generated code yet: the Envoy API stubs come from the xds-protos wheel.
+# Our admin API: protos/ → ext_authz/_proto/ (committed). Envoy stubs come from the xds-protos wheel.
 protos: venv
-	@echo "nothing to generate: Envoy stubs come from xds-protos; our own admin API arrives with protos/"
+	$(PY) scripts/gen_protos.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info demo

@@ -24,7 +24,10 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_STATE",
     "JWT_SVID_ALGORITHMS",
+    "AdminConfig",
     "CacheConfig",
+    "DeviceConfig",
+    "QuarantineConfig",
     "Config",
     "IssuerConfig",
     "JwtSvidConfig",
@@ -93,6 +96,33 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineConfig:
+    """An identity denied ``denials`` times within ``window`` is revoked for ``duration``."""
+
+    denials: int
+    window: float
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """Where a request's device id comes from: a token claim, else a request header."""
+
+    claim: str = "device_id"
+    header: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """TCP admin listeners need mTLS and an allow-list of caller SPIFFE IDs."""
+
+    allowed_spiffe_ids: tuple[str, ...] = ()
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     size: int = 10_000
 
@@ -112,6 +142,12 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     reload_interval: float = 1.0
     shutdown_grace: float = 10.0
+    quarantine: QuarantineConfig | None = None
+    exceptions_max_duration: float = 4 * 3600.0
+    max_token_age: float | None = None
+    max_session_age: float | None = None
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""
@@ -273,6 +309,12 @@ _TOP = frozenset(
         "cache",
         "reload_interval",
         "shutdown_grace",
+        "quarantine",
+        "exceptions",
+        "max_token_age",
+        "max_session_age",
+        "device",
+        "admin",
     )
 )
 
@@ -368,6 +410,48 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         raise ConfigError(file, "state", "expected memory://, sqlite:///PATH or redis://HOST:PORT/DB")
 
     rules = _rules(top, file)
+
+    quarantine = None
+    if top.has("quarantine"):
+        q = top.section("quarantine", frozenset(("denials", "window", "duration")))
+        denials = q.data.get("denials")
+        if isinstance(denials, bool) or not isinstance(denials, int) or denials < 1:
+            raise ConfigError(file, "quarantine.denials", "expected a whole number of denials, at least 1")
+        quarantine = QuarantineConfig(
+            denials=denials,
+            window=parse_duration(q.data.get("window", "60s"), file, "quarantine.window"),
+            duration=parse_duration(q.data.get("duration", "15m"), file, "quarantine.duration"),
+        )
+    exc_sec = top.section("exceptions", frozenset(("max_duration",)))
+    max_exc = parse_duration(exc_sec.data.get("max_duration", "4h"), file, "exceptions.max_duration")
+    if max_exc <= 0:
+        raise ConfigError(
+            file, "exceptions.max_duration", "must be longer than zero: exceptions are time-boxed"
+        )
+    dev = top.section("device", frozenset(("claim", "header")))
+    admin = top.section("admin", frozenset(("allowed_spiffe_ids", "cert", "key", "client_ca")))
+    allowed = admin.str_list("allowed_spiffe_ids")
+    for i, sid in enumerate(allowed):
+        spiffe_id_or_error(sid, file, f"admin.allowed_spiffe_ids[{i}]")
+    admin_cfg = AdminConfig(
+        allowed_spiffe_ids=allowed,
+        cert=admin.path("cert", base),
+        key=admin.path("key", base),
+        client_ca=admin.path("client_ca", base),
+    )
+    admin_listen = _listen(top, "admin_listen", DEFAULT_ADMIN_LISTEN) or DEFAULT_ADMIN_LISTEN
+    if not admin_listen.startswith("unix://") and not (
+        allowed and admin_cfg.cert and admin_cfg.key and admin_cfg.client_ca
+    ):
+        raise ConfigError(
+            file,
+            "admin_listen",
+            "a TCP admin address needs admin.cert, admin.key, admin.client_ca (mTLS) and admin.allowed_spiffe_ids",
+        )
+
+    def _age(name: str) -> float | None:
+        return parse_duration(top.data[name], file, name) if top.has(name) else None
+
     return Config(
         source=source,
         listen=_listen(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
@@ -375,7 +459,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         http_listen=None
         if "http_listen" in top.data and top.data["http_listen"] in (None, "")
         else _listen(top, "http_listen", DEFAULT_HTTP_LISTEN),
-        admin_listen=_listen(top, "admin_listen", DEFAULT_ADMIN_LISTEN) or DEFAULT_ADMIN_LISTEN,
+        admin_listen=admin_listen,
         trust_domains=trust_domains,
         jwt_svid=jwt_svid,
         issuers=issuers,
@@ -387,6 +471,14 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             0.05, parse_duration(top.data.get("reload_interval", 1), file, "reload_interval")
         ),
         shutdown_grace=parse_duration(top.data.get("shutdown_grace", 10), file, "shutdown_grace"),
+        quarantine=quarantine,
+        exceptions_max_duration=max_exc,
+        max_token_age=_age("max_token_age"),
+        max_session_age=_age("max_session_age"),
+        device=DeviceConfig(
+            claim=dev.text("claim", "device_id") or "device_id", header=(dev.text("header", "") or "").lower()
+        ),
+        admin=admin_cfg,
     )
 
 

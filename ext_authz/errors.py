@@ -35,11 +35,16 @@ REASON_STATUS: dict[str, int] = {
     "token_audience": 401,
     "token_issuer": 401,
     "token_claims": 401,
+    "token_too_old": 401,
+    "session_too_old": 401,
     # 403: authenticated (or anonymous) but not permitted.
     "no_rule": 403,
     "policy_denied": 403,
     "policy_error": 403,
     "request_invalid": 403,
+    "revoked": 403,
+    "quarantined": 403,
+    "exception": 200,
 }
 
 

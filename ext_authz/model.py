@@ -148,3 +148,8 @@ class Decision:
     shadow_allowed: bool | None = None  # what the decision would be if shadow rules were enforced
     credential_failed: str = ""  # "x509" | "token" when a presented credential was refused
     detail: str = ""  # log-only explanation, never sent to a client
+    revocation_id: str = ""  # the revocation that refused this request
+    revocation_kind: str = ""
+    exception_id: str = ""  # the break-glass exception that changed this decision to allow
+    grant_ids: tuple[str, ...] = ()  # active grants covering this request (visible to policy)
+    new_session: tuple[str, float] | None = None  # (sid, first use) to record: a session seen first here

@@ -18,8 +18,9 @@ from .identity.jwt import TokenSettings, verify_token
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .identity.x509_svid import verify_x509_svid
 from .identity.xfcc import chain_from_xfcc, decode_certificate
-from .model import EMPTY_MAP, Decision, Identity, Principal, RequestContext
+from .model import Decision, Identity, Principal, RequestContext
 from .policy import Policy
+from .state.model import StateSnapshot
 from .trust.bundles import TrustSnapshot
 
 __all__ = ["Caches", "Engine", "decide", "verify_principal"]
@@ -154,7 +155,13 @@ def identity_for_cel(principal: Principal) -> Mapping[str, Any]:
     return out
 
 
-def activation(ctx: RequestContext, principal: Principal, now: datetime) -> dict[str, Any]:
+def activation(
+    ctx: RequestContext,
+    principal: Principal,
+    now: datetime,
+    signals: Mapping[str, Any] | None = None,
+    grants: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     http = ctx.http
     request: dict[str, Any] = {
         "method": http.method if http else "",
@@ -169,13 +176,92 @@ def activation(ctx: RequestContext, principal: Principal, now: datetime) -> dict
         "request": request,
         "source": {"address": ctx.source_address, "principal": ctx.source_principal},
         "identity": identity_for_cel(principal),
-        "signals": dict(EMPTY_MAP),
-        "grants": [],
+        "signals": dict(signals) if signals is not None else {"device": {}, "workload": {}, "user": {}},
+        "grants": grants if grants is not None else [],
         "now": now,
     }
 
 
-def decide(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime, decision_id: str) -> Decision:
+_EMPTY_STATE = StateSnapshot()
+# Decisions an open exception may turn into an allow: policy outcomes, never credential failures,
+# revocations or quarantine.
+_EXCEPTABLE = frozenset(("no_rule", "policy_denied", "policy_error"))
+
+
+def _device_id(ctx: RequestContext, principal: Principal, engine: Engine) -> str:
+    dev = engine.config.device
+    if principal.token is not None:
+        value = principal.token.claims.get(dev.claim)
+        if isinstance(value, str) and value:
+            return value
+    if dev.header and ctx.http is not None:
+        return ctx.http.headers.get(dev.header, "")
+    return ""
+
+
+def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str]]:
+    checks: list[tuple[str, str]] = []
+    w, t = principal.workload, principal.token
+    for ident in (w, t):
+        if ident is not None and ident.spiffe_id:
+            checks.append(("spiffe_id", ident.spiffe_id))
+    if w is not None and w.cert_sha256:
+        checks.append(("cert", w.cert_sha256))
+        checks.append(("cert", f"{w.cert_serial}@{w.issuer}"))
+    if t is not None:
+        jti, sid = t.claims.get("jti"), t.claims.get("sid")
+        if isinstance(jti, str):
+            checks.append(("jti", jti))
+        checks.append(("sub", t.subject))
+        if isinstance(sid, str):
+            checks.append(("sid", sid))
+    if device:
+        checks.append(("device", device))
+    for key in quarantine_keys(principal):
+        checks.append(("quarantine", key))
+    return checks
+
+
+def quarantine_keys(principal: Principal) -> list[str]:
+    """The identities a quarantine can hold: SPIFFE IDs and token subjects."""
+    keys = [i.spiffe_id for i in (principal.workload, principal.token) if i is not None and i.spiffe_id]
+    if principal.token is not None and principal.token.subject and principal.token.kind == "oidc":
+        keys.append(principal.token.subject)
+    return list(dict.fromkeys(keys))
+
+
+def _credential_age(
+    principal: Principal, engine: Engine, state: StateSnapshot, ts: float
+) -> tuple[str, str, tuple[str, float] | None]:
+    """('', '', new_session) when fine, else (reason, detail, None)."""
+    tok = principal.token
+    if tok is None:
+        return "", "", None
+    cfg = engine.config
+    if cfg.max_token_age is not None:
+        if tok.issued_at is None:
+            return "token_too_old", "max_token_age is set and the token has no iat", None
+        if ts - tok.issued_at > cfg.max_token_age:
+            return "token_too_old", f"token issued {int(ts - tok.issued_at)}s ago", None
+    sid = tok.claims.get("sid")
+    if cfg.max_session_age is None or not isinstance(sid, str) or not sid:
+        return "", "", None
+    first = state.sessions.get(sid)
+    if first is None:
+        return "", "", (sid, ts)
+    if ts - first > cfg.max_session_age:
+        return "session_too_old", f"session first used {int(ts - first)}s ago", None
+    return "", "", None
+
+
+def decide(
+    ctx: RequestContext,
+    engine: Engine,
+    caches: Caches,
+    now: datetime,
+    decision_id: str,
+    state: StateSnapshot = _EMPTY_STATE,
+) -> Decision:
     try:
         principal = verify_principal(ctx, engine, caches, now)
     except CredentialError as exc:
@@ -187,15 +273,76 @@ def decide(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime, d
             credential_failed=exc.credential,
             detail=exc.detail,
         )
-    result = engine.policy.evaluate(ctx, principal.authenticated, lambda: activation(ctx, principal, now))
+    ts = now.timestamp()
+    age_reason, age_detail, new_session = _credential_age(principal, engine, state, ts)
+    if age_reason:
+        return Decision(
+            decision_id=decision_id,
+            allowed=False,
+            status=401,
+            reason=age_reason,
+            principal=principal,
+            credential_failed="token",
+            detail=age_detail,
+        )
+    device = _device_id(ctx, principal, engine)
+    if principal.authenticated or device:
+        for kind, value in _revocation_checks(principal, device):
+            rev = state.revoked(kind, value, ts)
+            if rev is not None:
+                return Decision(
+                    decision_id=decision_id,
+                    allowed=False,
+                    status=403,
+                    reason="quarantined" if kind == "quarantine" else "revoked",
+                    principal=principal,
+                    revocation_id=rev.id,
+                    revocation_kind=kind,
+                    detail=f"{kind} revoked by {rev.created_by}: {rev.reason}",
+                    new_session=new_session,
+                )
+
+    principals = quarantine_keys(principal) if principal.authenticated else []
+    http = ctx.http
+    method, host, path = (http.method, http.host, http.path) if http else ("", "", "")
+    covering = [g for g in state.grants_for(principals, ts) if g.scope.covers(method, host, path)]
+
+    def build() -> dict[str, Any]:
+        sig = {
+            "device": state.signals_for("device", device, ts),
+            "workload": state.signals_for("workload", principal.spiffe_id, ts),
+            "user": state.signals_for("user", principal.token.subject if principal.token else "", ts),
+        }
+        grants = [
+            {
+                "id": g.id,
+                "principal": g.principal,
+                "reason": g.reason,
+                "approver": g.approver,
+                "not_after": int(g.not_after),
+            }
+            for g in covering
+        ]
+        return activation(ctx, principal, now, sig, grants)
+
+    result = engine.policy.evaluate(ctx, principal.authenticated, build)
+    allowed, reason, exception_id = result.allowed, result.reason, ""
+    if not allowed and reason in _EXCEPTABLE and principals:
+        for exc_grant in state.exceptions_for(principals, ts):
+            if exc_grant.scope.covers(method, host, path):
+                allowed, reason, exception_id = True, "exception", exc_grant.id
+                break
     return Decision(
         decision_id=decision_id,
-        allowed=result.allowed,
-        status=200 if result.allowed else (401 if result.reason == "no_credential" else 403),
-        reason=result.reason,
+        allowed=allowed,
+        status=200 if allowed else (401 if reason == "no_credential" else 403),
+        reason=reason,
         rule=result.rule,
         principal=principal,
         shadow=result.shadow,
         shadow_allowed=result.shadow_allowed,
         detail=result.detail,
+        exception_id=exception_id,
+        grant_ids=tuple(g.id for g in covering),
+        new_session=new_session,
     )

@@ -1,0 +1,289 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Scope(_message.Message):
+    __slots__ = ("hosts", "paths", "methods")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    value: str
+    reason: str
+    created_by: str
+    created_at: float
+    expires_at: float
+    source: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("kind", "value", "reason", "duration_seconds")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    value: str
+    reason: str
+    duration_seconds: float
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("revocation",)
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    revocation: Revocation
+    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class UnrevokeRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UnrevokeResponse(_message.Message):
+    __slots__ = ("revocation",)
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    revocation: Revocation
+    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class ListRevocationsRequest(_message.Message):
+    __slots__ = ("include_expired", "kind")
+    INCLUDE_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    include_expired: bool
+    kind: str
+    def __init__(self, include_expired: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class ListRevocationsResponse(_message.Message):
+    __slots__ = ("revocations",)
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("id", "principal", "scope", "not_before", "not_after", "reason", "approver", "created_by", "created_at", "ended_at", "ended_by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    principal: str
+    scope: Scope
+    not_before: float
+    not_after: float
+    reason: str
+    approver: str
+    created_by: str
+    created_at: float
+    ended_at: float
+    ended_by: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., not_after: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ...) -> None: ...
+
+class CreateGrantRequest(_message.Message):
+    __slots__ = ("principal", "scope", "not_before", "duration_seconds", "reason", "approver")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    scope: Scope
+    not_before: float
+    duration_seconds: float
+    reason: str
+    approver: str
+    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class CreateGrantResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: Grant
+    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ...) -> None: ...
+
+class EndGrantRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EndGrantResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: Grant
+    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ("include_inactive",)
+    INCLUDE_INACTIVE_FIELD_NUMBER: _ClassVar[int]
+    include_inactive: bool
+    def __init__(self, include_inactive: _Optional[bool] = ...) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[Grant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ...) -> None: ...
+
+class Exception(_message.Message):
+    __slots__ = ("id", "principal", "scope", "reason", "opened_by", "opened_at", "expires_at", "closed_at", "closed_by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPENED_BY_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    principal: str
+    scope: Scope
+    reason: str
+    opened_by: str
+    opened_at: float
+    expires_at: float
+    closed_at: float
+    closed_by: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., opened_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., closed_by: _Optional[str] = ...) -> None: ...
+
+class OpenExceptionRequest(_message.Message):
+    __slots__ = ("principal", "scope", "reason", "duration_seconds")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    scope: Scope
+    reason: str
+    duration_seconds: float
+    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class OpenExceptionResponse(_message.Message):
+    __slots__ = ("exception",)
+    EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    exception: Exception
+    def __init__(self, exception: _Optional[_Union[Exception, _Mapping]] = ...) -> None: ...
+
+class CloseExceptionRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloseExceptionResponse(_message.Message):
+    __slots__ = ("exception",)
+    EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    exception: Exception
+    def __init__(self, exception: _Optional[_Union[Exception, _Mapping]] = ...) -> None: ...
+
+class ListExceptionsRequest(_message.Message):
+    __slots__ = ("include_closed",)
+    INCLUDE_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    include_closed: bool
+    def __init__(self, include_closed: _Optional[bool] = ...) -> None: ...
+
+class ListExceptionsResponse(_message.Message):
+    __slots__ = ("exceptions",)
+    EXCEPTIONS_FIELD_NUMBER: _ClassVar[int]
+    exceptions: _containers.RepeatedCompositeFieldContainer[Exception]
+    def __init__(self, exceptions: _Optional[_Iterable[_Union[Exception, _Mapping]]] = ...) -> None: ...
+
+class Signal(_message.Message):
+    __slots__ = ("subject_kind", "subject", "key", "value", "set_by", "set_at", "expires_at")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
+    SET_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: str
+    subject: str
+    key: str
+    value: str
+    set_by: str
+    set_at: float
+    expires_at: float
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., set_by: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class PutSignalRequest(_message.Message):
+    __slots__ = ("subject_kind", "subject", "key", "value", "ttl_seconds")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: str
+    subject: str
+    key: str
+    value: str
+    ttl_seconds: float
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class PutSignalResponse(_message.Message):
+    __slots__ = ("signal",)
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    signal: Signal
+    def __init__(self, signal: _Optional[_Union[Signal, _Mapping]] = ...) -> None: ...
+
+class ListSignalsRequest(_message.Message):
+    __slots__ = ("include_stale",)
+    INCLUDE_STALE_FIELD_NUMBER: _ClassVar[int]
+    include_stale: bool
+    def __init__(self, include_stale: _Optional[bool] = ...) -> None: ...
+
+class ListSignalsResponse(_message.Message):
+    __slots__ = ("signals",)
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    signals: _containers.RepeatedCompositeFieldContainer[Signal]
+    def __init__(self, signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ...) -> None: ...
+
+class WatchRevocationsRequest(_message.Message):
+    __slots__ = ("replay_active",)
+    REPLAY_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    replay_active: bool
+    def __init__(self, replay_active: _Optional[bool] = ...) -> None: ...
+
+class RevocationEvent(_message.Message):
+    __slots__ = ("op", "revocation", "at")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    revocation: Revocation
+    at: float
+    def __init__(self, op: _Optional[str] = ..., revocation: _Optional[_Union[Revocation, _Mapping]] = ..., at: _Optional[float] = ...) -> None: ...

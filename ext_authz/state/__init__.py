@@ -1,0 +1,1 @@
+"""Continuous trust state: revocations, signals, grants, exceptions; snapshots and stores."""
