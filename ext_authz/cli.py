@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .admin_cli import add_admin_commands
+
 __all__ = ["main"]
 
 
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", "-r", required=True, help="CheckRequest as protobuf JSON, or - for stdin")
     p.add_argument("--now", help="decide as of this ISO 8601 time (default: now)")
     p.set_defaults(func=_cmd_check)
+
+    add_admin_commands(sub)
 
     dev = sub.add_parser("dev", help="demo identities and a local Envoy stack").add_subparsers(
         dest="dev_command", required=True

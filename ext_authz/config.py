@@ -26,12 +26,12 @@ __all__ = [
     "JWT_SVID_ALGORITHMS",
     "AdminConfig",
     "CacheConfig",
-    "DeviceConfig",
-    "QuarantineConfig",
     "Config",
+    "DeviceConfig",
     "IssuerConfig",
     "JwtSvidConfig",
     "MatchConfig",
+    "QuarantineConfig",
     "RuleConfig",
     "TrustDomainConfig",
     "load_config",
@@ -446,7 +446,8 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         raise ConfigError(
             file,
             "admin_listen",
-            "a TCP admin address needs admin.cert, admin.key, admin.client_ca (mTLS) and admin.allowed_spiffe_ids",
+            "a TCP admin address needs mTLS (admin.cert, admin.key, admin.client_ca)"
+            " and admin.allowed_spiffe_ids",
         )
 
     def _age(name: str) -> float | None:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from .admin import start_admin_server
 from .clock import Clock, SystemClock
 from .envoy.normalize import normalize
 from .envoy.render import render
@@ -30,7 +32,10 @@ from .errors import AuthzError
 from .loader import load_engine
 from .model import Decision, RequestContext
 from .observe.decision_log import DecisionLog, record
-from .pipeline import Caches, Engine, decide
+from .pipeline import Caches, Engine, decide, quarantine_keys
+from .state.model import Revocation
+from .state.quarantine import DenialCounter
+from .state.store import MemoryStore, Store, open_store
 
 __all__ = ["AUTH_SERVICE", "Runtime", "Server", "serve"]
 
@@ -46,13 +51,60 @@ class Runtime:
     caches: Caches
     clock: Clock = field(default_factory=SystemClock)
     decision_log: DecisionLog = field(default_factory=DecisionLog)
+    store: Store = field(default_factory=MemoryStore)
     ready: bool = False
     reloads_failed: int = 0
     last_reload_error: str = ""
+    quarantine: DenialCounter | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def from_engine(cls, engine: Engine, **kw: Any) -> Runtime:
-        return cls(engine=engine, caches=Caches.sized(engine.config.cache.size), **kw)
+        rt = cls(engine=engine, caches=Caches.sized(engine.config.cache.size), **kw)
+        rt.configure_quarantine()
+        return rt
+
+    def configure_quarantine(self) -> None:
+        q = self.engine.config.quarantine
+        if q is None:
+            self.quarantine = None
+        elif self.quarantine is None or self.quarantine.cfg != q:
+            self.quarantine = DenialCounter(q)
+
+    def after(self, decision: Decision, now: float) -> None:
+        """Edge effects of a decision: remember new sessions, count denials toward quarantine."""
+        if decision.new_session is not None:
+            self.store.note_session(*decision.new_session)
+        if (
+            self.quarantine is not None
+            and decision.status == 403
+            and decision.reason in ("no_rule", "policy_denied", "policy_error")
+        ):
+            for key in quarantine_keys(decision.principal):
+                if self.quarantine.record(key, now):
+                    self._spawn(self._quarantine(key, now))
+
+    async def _quarantine(self, key: str, now: float) -> None:
+        q = self.engine.config.quarantine
+        if q is None:
+            return
+        rev = Revocation(
+            id=f"qtn_{uuid.uuid4().hex[:12]}",
+            kind="quarantine",
+            value=key,
+            reason=f"{q.denials} denials within {int(q.window)}s",
+            created_by="ext-authz quarantine",
+            created_at=now,
+            expires_at=now + q.duration,
+            source="quarantine",
+        )
+        log.warning("quarantined %s for %ds: %s", key, int(q.duration), rev.reason)
+        await self.store.put("revocation", rev, at=now)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def swap(self, engine: Engine) -> None:
         """Install a new generation. Verified credentials are kept only if nothing changed."""
@@ -63,6 +115,7 @@ class Runtime:
             self.caches = Caches.sized(engine.config.cache.size)
         # In-flight Checks keep the engine and caches they started with.
         self.engine = engine
+        self.configure_quarantine()
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -80,7 +133,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         fault = ""
         try:
             ctx = normalize(request)
-            decision = decide(ctx, engine, caches, now, decision_id)
+            decision = decide(ctx, engine, caches, now, decision_id, rt.store.snapshot)
+            rt.after(decision, now.timestamp())
             return render(decision, ctx.http.headers if ctx.http else None)
         except Exception as exc:
             # A fault is never an allow: Envoy's failure_mode_allow=false / status_on_error decide.
@@ -200,6 +254,8 @@ class Server:
         self.reloader = Reloader(config_path, runtime)
         self._tasks: list[asyncio.Task[None]] = []
         self.bound_port = 0
+        self.admin: grpc.aio.Server | None = None
+        self.admin_servicer: Any = None
 
     async def start(self) -> None:
         cfg = self.runtime.engine.config
@@ -209,6 +265,10 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.runtime.store.start()  # durable state is loaded before anything is decided
+        self.admin, self.admin_servicer = await start_admin_server(
+            self.runtime.store, lambda: self.runtime.engine.config, self.runtime.clock
+        )
         if cfg.listen.startswith("unix://"):
             sock = Path(cfg.listen[len("unix://") :])
             with contextlib.suppress(FileNotFoundError):
@@ -233,7 +293,12 @@ class Server:
         await self.health.enter_graceful_shutdown()
         for t in self._tasks:
             t.cancel()
-        await self.grpc.stop(self.runtime.engine.config.shutdown_grace if grace is None else grace)
+        grace = self.runtime.engine.config.shutdown_grace if grace is None else grace
+        stops = [self.grpc.stop(grace)]
+        if self.admin is not None:
+            stops.append(self.admin.stop(min(grace, 1.0)))
+        await asyncio.gather(*stops)
+        await self.runtime.store.close()
         if self.http is not None:
             self.http.close()
             await self.http.wait_closed()
@@ -246,8 +311,17 @@ async def serve(config_path: Path) -> int:
     except AuthzError as exc:
         log.error("cannot start: %s", exc.detail)
         return 2
-    server = Server(config_path, Runtime.from_engine(engine))
-    await server.start()
+    try:
+        store = open_store(engine.config.state)
+    except ValueError as exc:
+        log.error("cannot start: %s: state: %s", config_path, exc)
+        return 2
+    server = Server(config_path, Runtime.from_engine(engine, store=store))
+    try:
+        await server.start()
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,7 +28,7 @@ CONFIG = """\
 listen: 127.0.0.1:9191
 http_listen: 127.0.0.1:9192
 admin_listen: unix://{dir}/admin.sock
-state: memory://
+state: sqlite://{dir}/state.db
 
 trust_domains:
   example.org:

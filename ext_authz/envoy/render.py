@@ -60,6 +60,12 @@ def _metadata(decision: Decision) -> Struct:
             "spiffe_id": p.spiffe_id,
         }
     )
+    if decision.revocation_id:
+        md.update({"revocation_id": decision.revocation_id, "revocation_kind": decision.revocation_kind})
+    if decision.exception_id:
+        md["exception_id"] = decision.exception_id
+    if decision.grant_ids:
+        md["grant_ids"] = list(decision.grant_ids)
     if decision.shadow:
         md.update(
             {

@@ -48,6 +48,12 @@ def record(
                 "trust_domain": p.primary.trust_domain if p.primary else "",
             },
         )
+        if decision.revocation_id:
+            rec["revocation"] = {"id": decision.revocation_id, "kind": decision.revocation_kind}
+        if decision.exception_id:
+            rec["exception_id"] = decision.exception_id
+        if decision.grant_ids:
+            rec["grant_ids"] = list(decision.grant_ids)
         if decision.shadow:
             rec["shadow"] = [
                 {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow

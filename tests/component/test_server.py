@@ -34,6 +34,8 @@ def write_config(demo: Path, dest: Path, *, listen: str | None = None, **overrid
     cfg = yaml.safe_load((demo / "config.yaml").read_text())
     cfg["listen"] = listen or f"127.0.0.1:{free_port()}"
     cfg["http_listen"] = f"127.0.0.1:{free_port()}"
+    cfg["admin_listen"] = f"unix://{dest}/admin.sock"
+    cfg["state"] = "memory://"
     cfg["reload_interval"] = "50ms"
     cfg["shutdown_grace"] = "2s"
     dest.mkdir(parents=True, exist_ok=True)
