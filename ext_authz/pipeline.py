@@ -60,6 +60,10 @@ def _workload(
             raise CredentialError(
                 "cert_not_svid", f"source.principal is not a SPIFFE ID ({exc})", credential="x509"
             ) from exc
+        if not sid.path:
+            raise CredentialError(
+                "cert_not_svid", "source.principal names a trust domain, not a workload", credential="x509"
+            )
         if sid.trust_domain.name not in engine.trust.domains:
             raise CredentialError(
                 "unknown_trust_domain",
@@ -111,9 +115,29 @@ def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Id
 
 
 def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime) -> Principal:
-    """Verify every credential presented. Raises CredentialError if any one fails."""
+    """Verify every credential presented. Raises CredentialError if any one fails.
+
+    Whatever a hostile credential makes a verifier raise, it is that credential's failure (401),
+    never an internal fault that Envoy's failure_mode_allow could turn into an allow.
+    """
     ts = now.timestamp()
-    return Principal(workload=_workload(ctx, engine, caches, now, ts), token=_token(ctx, engine, caches, ts))
+    try:
+        workload = _workload(ctx, engine, caches, now, ts)
+    except CredentialError:
+        raise
+    except Exception as exc:
+        raise CredentialError(
+            "cert_malformed", f"certificate could not be verified ({type(exc).__name__})", credential="x509"
+        ) from exc
+    try:
+        token = _token(ctx, engine, caches, ts)
+    except CredentialError:
+        raise
+    except Exception as exc:
+        raise CredentialError(
+            "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
+        ) from exc
+    return Principal(workload=workload, token=token)
 
 
 _ANONYMOUS: Mapping[str, Any] = {

@@ -199,7 +199,14 @@ class Reloader:
             self.runtime.last_reload_error = exc.detail
             log.error("reload failed, keeping the last good configuration and trust: %s", exc.detail)
             return False
-        self._seen = _fingerprint(engine.config.watched_files())
+        after = _fingerprint(engine.config.watched_files())
+        before = {entry[0]: entry for entry in seen}
+        if any(entry[0] in before and before[entry[0]] != entry for entry in after):
+            # A file changed while we were reading it: what we loaded may be a mix. Load again
+            # on the next tick instead of recording the new state as seen.
+            self._seen = ()
+        else:
+            self._seen = after
         old = self.runtime.engine.revision
         self.runtime.swap(engine)
         self.runtime.last_reload_error = ""

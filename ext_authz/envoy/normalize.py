@@ -18,10 +18,13 @@ def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
     auth = headers.get("authorization")
     if auth is None:
         return None, False
-    scheme, _, rest = auth.strip().partition(" ")
+    parts = auth.strip().split(None, 1)
+    scheme = parts[0] if parts else ""
     if scheme.lower() != "bearer":
+        if scheme.lower().startswith("bearer"):
+            return None, True  # "Bearer<junk>": meant as a token, not well formed
         return None, False  # another scheme (Basic, …) is not our credential
-    token = rest.strip()
+    token = parts[1].strip() if len(parts) > 1 else ""
     if not token or not _TOKEN_CHARS.match(token):
         return None, True
     return token, False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = ["MAX_TOKEN_BYTES", "TokenSettings", "peek_unverified", "verify_token"
 
 MAX_TOKEN_BYTES = 16 * 1024
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}
 
 
@@ -47,7 +49,7 @@ def _b64json(segment: str, what: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
         raise _fail("token_malformed", f"token {what} is not base64url JSON") from exc
     if not isinstance(value, dict):
         raise _fail("token_malformed", f"token {what} is not a JSON object")
@@ -219,6 +221,8 @@ def _verify_oidc(
     subject = claims.get(cfg.subject_claim)
     if not isinstance(subject, str) or not subject:
         raise _fail("token_claims", f"token has no {cfg.subject_claim} claim")
+    if _CONTROL.search(subject):
+        raise _fail("token_claims", f"{cfg.subject_claim} contains control characters")
     return Identity(
         kind="oidc",
         subject=subject,

@@ -40,6 +40,19 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.DOTALL)
 
 
+def _canonical_host(host: str) -> str:
+    """Lower-case; no empty port (``h:``); no trailing dot (``h.`` and ``h.:443`` are ``h``)."""
+    host = host.lower()
+    if host.endswith(":"):
+        host = host[:-1]
+    head, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and not head.endswith("]") and ":" in head:
+        head, sep, port = host, "", ""  # a bare IPv6 literal, not host:port
+    if sep and port.isdigit():
+        return f"{head.rstrip('.')}:{port}"
+    return host.rstrip(".")
+
+
 def _strip_port(host: str) -> str:
     if host.startswith("["):  # [v6]:port
         end = host.find("]")
@@ -71,7 +84,8 @@ class CompiledRule:
 
     def selects(self, ctx: RequestContext, authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
-        if not authenticated and not self.anonymous:
+        # Deny rules apply to every caller; `anonymous` only widens who an allow rule admits.
+        if not authenticated and not self.anonymous and self.effect == "allow":
             return False
         for key, value in self.context_extensions:
             if ctx.context_extensions.get(key) != value:
@@ -84,7 +98,7 @@ class CompiledRule:
         if self.methods and http.method not in self.methods:
             return False
         if self.hosts or self.hosts_with_port:
-            host = http.host.lower()
+            host = _canonical_host(http.host)
             bare = _strip_port(host)
             if not (
                 any(p.match(bare) for p in self.hosts) or any(p.match(host) for p in self.hosts_with_port)

@@ -241,3 +241,29 @@ async def test_internal_fault_is_a_grpc_error_and_still_logged(running: Running,
     assert err.value.code() == grpc.StatusCode.INTERNAL
     (rec,) = running.records()
     assert rec["decision"] == "error" and rec["reason"] == "internal" and rec["fault"] == "RuntimeError"
+
+
+async def test_a_file_written_while_it_is_being_loaded_is_loaded_again(
+    running: Running, demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that lands during a reload must not be recorded as seen and then never loaded."""
+    import ext_authz.server as server_module
+
+    real_load = server_module.load_engine  # type: ignore[attr-defined]
+    cfg = yaml.safe_load(running.config.read_text())
+    cfg["rules"].append({"name": "billing-too", "match": {"paths": ["/api/*"]}})
+    late_write = yaml.safe_dump(cfg)
+
+    def load_then_someone_writes(path: Path) -> Any:
+        engine = real_load(path)
+        running.config.write_text(late_write)  # lands after we read the file
+        return engine
+
+    running.config.write_text(running.config.read_text() + "\n# touched\n")
+    monkeypatch.setattr(server_module, "load_engine", load_then_someone_writes)
+    assert await running.server.reloader.check()
+    monkeypatch.setattr(server_module, "load_engine", real_load)
+    billing = check_request(demo_dir, workload="billing")
+    assert (await running.stub.Check(billing)).status.code == PERMISSION_DENIED
+    assert await running.server.reloader.check()  # the late write is picked up on the next tick
+    assert (await running.stub.Check(billing)).status.code == 0

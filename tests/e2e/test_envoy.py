@@ -188,3 +188,15 @@ def test_envoy_yaml_validates(demo_dir: Path, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "OK" in res.stdout + res.stderr
+
+
+def test_underscore_lookalike_of_an_identity_header_is_rejected(stack: Stack) -> None:
+    r = request(
+        stack, "/healthz", listener="edge", workload=None, headers={"x_spiffe_id": "spiffe://example.org/x"}
+    )
+    assert r.status == 400
+
+
+def test_deny_rule_holds_for_anonymous_callers(stack: Stack) -> None:
+    r = request(stack, "/admin/users", listener="edge", workload=None)
+    assert r.status == 403 and r.headers["x-ext-authz-reason"] == "policy_denied"

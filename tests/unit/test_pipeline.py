@@ -341,7 +341,11 @@ def test_principal_mode_trusts_source_principal_without_a_certificate(
 
 @pytest.mark.parametrize(
     ("principal", "reason"),
-    [("spiffe://other.org/ns/frontend/sa/web", "unknown_trust_domain"), ("frontend", "cert_not_svid")],
+    [
+        ("spiffe://other.org/ns/frontend/sa/web", "unknown_trust_domain"),
+        ("frontend", "cert_not_svid"),
+        ("spiffe://example.org", "cert_not_svid"),  # a trust domain, not a workload
+    ],
 )
 def test_principal_mode_refuses_a_principal_it_cannot_trust(
     demo: Demo, principal_engine: Engine, principal: str, reason: str

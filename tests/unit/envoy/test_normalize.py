@@ -395,3 +395,14 @@ def test_oversized_xfcc_is_ignored(chain: tuple[str, str, str]) -> None:
 
 def test_no_xfcc_is_no_chain() -> None:
     assert chain_of(check_request(HTTP_REQUEST)) == ()
+
+
+@pytest.mark.parametrize("value", ["Bearer\tabc.def.ghi", "Bearer  abc.def.ghi", "bearer \t abc.def.ghi "])
+def test_bearer_separated_by_any_whitespace_is_a_token(value: str) -> None:
+    assert normalize(with_headers({"authorization": value})).credentials.bearer == "abc.def.ghi"
+
+
+@pytest.mark.parametrize("value", ["Bearerabc.def.ghi", "Bearer:abc", "Bearer"])
+def test_bearer_lookalikes_are_malformed_not_anonymous(value: str) -> None:
+    creds = normalize(with_headers({"authorization": value})).credentials
+    assert creds.bearer is None and creds.bearer_malformed

@@ -702,3 +702,21 @@ def test_wycheproof_jws(public: dict[str, Any], case: dict[str, Any]) -> None:
         return
     assert header["alg"] in JWT_SVID_ALGORITHMS
     _wycheproof_verify(token, public)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile shapes found in review: they must be denials with a reason, never an escaping exception.
+
+
+@pytest.mark.parametrize("part", ["header", "payload"])
+def test_deeply_nested_json_is_malformed_not_a_crash(part: str, keys: Keys, trust: TrustSnapshot) -> None:
+    nested = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).rstrip(b"=").decode()
+    good = mint_jwt(keys.idp_ec, oidc_claims()).split(".")
+    parts = [nested, good[1], good[2]] if part == "header" else [good[0], nested, good[2]]
+    assert reason(".".join(parts), trust) == "token_malformed"
+
+
+@pytest.mark.parametrize("sub", ["alice\r\nx-spiffe-id: spiffe://example.org/admin", "alice\x00", "a\x7fb"])
+def test_subject_with_control_characters_is_refused(sub: str, keys: Keys, trust: TrustSnapshot) -> None:
+    """A subject becomes an upstream header value: control characters must never get that far."""
+    assert reason(mint_jwt(keys.idp_ec, _with(oidc_claims(), {"sub": sub})), trust) == "token_claims"

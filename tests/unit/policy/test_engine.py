@@ -168,11 +168,13 @@ def test_rules_skip_unauthenticated_callers_unless_anonymous() -> None:
     assert anonymous.evaluate(request("/healthz"), AUTH, Activation()).reason == "allowed"
 
 
-def test_non_anonymous_deny_rule_does_not_apply_to_unauthenticated_callers() -> None:
-    p = policy(rule("health", paths=("/healthz",), anonymous=True), rule("block", "deny"))
+def test_deny_rules_apply_to_unauthenticated_callers_too() -> None:
+    """`anonymous` widens allow rules only: a deny rule never lets the least-trusted callers through."""
+    p = policy(rule("site", anonymous=True), rule("no-admin", "deny", paths=("/admin/*",)))
 
-    assert p.evaluate(request("/healthz"), ANON, Activation()).reason == "allowed"
-    assert p.evaluate(request("/healthz"), AUTH, Activation()).reason == "policy_denied"
+    assert p.evaluate(request("/index.html"), ANON, Activation()).reason == "allowed"
+    assert p.evaluate(request("/admin/users"), ANON, Activation()).reason == "policy_denied"
+    assert p.evaluate(request("/admin/users"), AUTH, Activation()).reason == "policy_denied"
 
 
 def test_anonymous_deny_rule_denies_an_unauthenticated_caller_with_policy_denied() -> None:
@@ -554,3 +556,11 @@ def test_shadow_only_policy_never_allows() -> None:
 
     assert (result.allowed, result.reason) == (False, "no_rule")
     assert result.shadow_allowed is True
+
+
+@pytest.mark.parametrize(
+    "host", ["secret.internal.", "secret.internal:", "SECRET.internal.:443", "secret.internal:443"]
+)
+def test_host_spellings_do_not_escape_a_deny_rule(host: str) -> None:
+    p = policy(rule("all"), rule("no-secret", "deny", hosts=("secret.internal",)))
+    assert p.evaluate(request("/x", host=host), AUTH, Activation()).reason == "policy_denied"
