@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,7 +143,17 @@ def mint_demo_tokens(directory: Path, *, now: datetime | None = None, hours: flo
     idp = _import_private(d / "idp/idp.key.json")
     jwt_key = _import_private(d / "jwt/jwt-svid.key.json")
     stranger = pki.new_jwt_key("RS256", kid="idp-1")  # same kid, different key: a forgery
-    user = {"iss": ISSUER, "aud": "backend-api", "sub": "alice", "roles": ["reader"], "iat": iat, "exp": exp}
+    user = {
+        "iss": ISSUER,
+        "aud": "backend-api",
+        "sub": "alice",
+        "roles": ["reader"],
+        "jti": secrets.token_hex(8),
+        "sid": "sess-alice-1",
+        "device_id": "LAPTOP-7",
+        "iat": iat,
+        "exp": exp,
+    }
     tokens = {
         "alice": pki.mint_jwt(idp, user, alg="RS256"),
         "alice-expired": pki.mint_jwt(idp, {**user, "iat": iat - 7200, "exp": iat - 3600}, alg="RS256"),

@@ -1,0 +1,327 @@
+"""Continuous trust through the admin API and the next Check: every kind's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import io
+import json
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from ext_authz._proto import admin_pb2 as pb
+from ext_authz._proto import admin_pb2_grpc
+from ext_authz.dev.stack import free_port
+from ext_authz.loader import load_engine
+from ext_authz.observe.decision_log import DecisionLog
+from ext_authz.server import Runtime, Server
+from ext_authz.state.store import MemoryStore
+from tests.component.checkreq import check_request
+from tests.component.test_server import Running, write_config
+
+BILLING = "spiffe://example.org/ns/billing/sa/worker"
+FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
+EXTRA_RULES = [
+    {
+        "name": "risky-workloads",
+        "effect": "deny",
+        "when": 'has(signals.workload.risk) && signals.workload.risk == "high"',
+    },
+    {"name": "granted-reports", "match": {"paths": ["/reports/*"]}, "when": "size(grants) > 0"},
+]
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **kw: float) -> None:
+        self.at += timedelta(**kw)
+
+
+@dataclasses.dataclass
+class Admin:
+    running: Running
+    clock: MovableClock
+    stub: Any
+    channel: grpc.aio.Channel
+
+    async def check(self, demo: Path, **kw: Any) -> Any:
+        return await self.running.stub.Check(check_request(demo, **kw))
+
+    async def reason(self, demo: Path, **kw: Any) -> str:
+        resp = await self.check(demo, **kw)
+        return str(resp.dynamic_metadata.fields["reason"].string_value)
+
+
+async def start_admin(demo: Path, dest: Path, **overrides: Any) -> Admin:
+    cfg_path = write_config(demo, dest, **overrides)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["rules"] = EXTRA_RULES + cfg["rules"]
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    clock = MovableClock()
+    log = io.StringIO()
+    runtime = Runtime.from_engine(
+        load_engine(cfg_path), decision_log=DecisionLog(log), clock=clock, store=MemoryStore()
+    )
+    server = Server(cfg_path, runtime)
+    await server.start()
+    channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
+    admin_channel = grpc.aio.insecure_channel(runtime.engine.config.admin_listen)
+    running = Running(server, runtime, cfg_path, channel, log)
+    return Admin(running, clock, admin_pb2_grpc.AdminStub(admin_channel), admin_channel)
+
+
+@pytest.fixture
+async def admin(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Admin]:
+    a = await start_admin(demo_dir, tmp_path, quarantine={"denials": 3, "window": "60s", "duration": "15m"})
+    yield a
+    await a.channel.close()
+    await a.running.channel.close()
+    await a.running.server.stop(0)
+
+
+async def test_admin_socket_is_private(admin: Admin) -> None:
+    path = Path(admin.running.runtime.engine.config.admin_listen[len("unix://") :])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_revoke_then_next_check_is_403_and_unrevoke_restores(admin: Admin, demo_dir: Path) -> None:
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"
+    resp = await admin.stub.Revoke(pb.RevokeRequest(kind="spiffe_id", value=FRONTEND, reason="key leaked"))
+    rev = resp.revocation
+    assert rev.created_by.startswith("local:") and rev.reason == "key leaked" and rev.created_at > 0
+    check = await admin.check(demo_dir, workload="frontend")
+    assert check.denied_response.status.code == 403
+    md = check.dynamic_metadata.fields
+    assert md["reason"].string_value == "revoked"
+    assert md["revocation_kind"].string_value == "spiffe_id" and md["revocation_id"].string_value == rev.id
+    listed = await admin.stub.ListRevocations(pb.ListRevocationsRequest())
+    assert [r.id for r in listed.revocations] == [rev.id]
+    await admin.stub.Unrevoke(pb.UnrevokeRequest(id=rev.id, reason="rotated"))
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"
+
+
+async def test_revocation_expires_by_itself(admin: Admin, demo_dir: Path) -> None:
+    await admin.stub.Revoke(
+        pb.RevokeRequest(value=FRONTEND, kind="spiffe_id", reason="cool-off", duration_seconds=60)
+    )
+    assert await admin.reason(demo_dir, workload="frontend") == "revoked"
+    admin.clock.advance(seconds=61)
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"
+    assert (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations == []
+    assert (
+        len((await admin.stub.ListRevocations(pb.ListRevocationsRequest(include_expired=True))).revocations)
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "claim"), [("jti", "jti"), ("sub", "sub"), ("sid", "sid"), ("device", "device_id")]
+)
+async def test_token_revocations(admin: Admin, demo_dir: Path, kind: str, claim: str) -> None:
+    token = (demo_dir / "tokens/alice.jwt").read_text().strip()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    value = claims[claim]
+    kw = {"token": token, "path": "/user/me", "listener": "edge"}
+    assert await admin.reason(demo_dir, **kw) == "allowed"
+    await admin.stub.Revoke(pb.RevokeRequest(kind=kind, value=value, reason="stolen laptop"))
+    assert await admin.reason(demo_dir, **kw) == "revoked"
+
+
+async def test_certificate_revocation_by_fingerprint(admin: Admin, demo_dir: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    leaf = x509.load_pem_x509_certificates((demo_dir / "svid/frontend.pem").read_bytes())[0]
+    fp = leaf.fingerprint(hashes.SHA256()).hex(":").upper()  # as openssl prints it
+    await admin.stub.Revoke(pb.RevokeRequest(kind="cert", value=fp, reason="mis-issued"))
+    assert await admin.reason(demo_dir, workload="frontend") == "revoked"
+
+
+async def test_grant_covers_then_ends(admin: Admin, demo_dir: Path) -> None:
+    kw = {"workload": "billing", "path": "/reports/q3"}
+    assert await admin.reason(demo_dir, **kw) == "no_rule"
+    g = (
+        await admin.stub.CreateGrant(
+            pb.CreateGrantRequest(
+                principal=BILLING,
+                scope=pb.Scope(paths=["/reports/*"], methods=["GET"]),
+                duration_seconds=3600,
+                reason="quarter close",
+                approver="cfo",
+            )
+        )
+    ).grant
+    resp = await admin.check(demo_dir, **kw)
+    assert resp.status.code == 0
+    assert [v.string_value for v in resp.dynamic_metadata.fields["grant_ids"].list_value.values] == [g.id]
+    assert await admin.reason(demo_dir, workload="billing", path="/other") == "no_rule"  # outside the scope
+    await admin.stub.EndGrant(pb.EndGrantRequest(id=g.id, reason="task done"))
+    assert await admin.reason(demo_dir, **kw) == "no_rule"
+    assert (await admin.stub.ListGrants(pb.ListGrantsRequest())).grants == []
+
+
+async def test_grant_expires_by_itself(admin: Admin, demo_dir: Path) -> None:
+    await admin.stub.CreateGrant(
+        pb.CreateGrantRequest(
+            principal=BILLING,
+            scope=pb.Scope(paths=["/reports/*"]),
+            duration_seconds=600,
+            reason="audit",
+            approver="cfo",
+        )
+    )
+    assert await admin.reason(demo_dir, workload="billing", path="/reports/x") == "allowed"
+    admin.clock.advance(seconds=601)
+    assert await admin.reason(demo_dir, workload="billing", path="/reports/x") == "no_rule"
+
+
+async def test_exception_is_time_boxed_visible_and_marked(admin: Admin, demo_dir: Path) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.OpenException(
+            pb.OpenExceptionRequest(principal=BILLING, reason="incident", duration_seconds=5 * 3600)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_duration" in (
+        err.value.details() or ""
+    )
+    e = (
+        await admin.stub.OpenException(
+            pb.OpenExceptionRequest(
+                principal=BILLING, scope=pb.Scope(paths=["/api/*"]), reason="INC-42", duration_seconds=3600
+            )
+        )
+    ).exception
+    resp = await admin.check(demo_dir, workload="billing")
+    assert resp.status.code == 0
+    md = resp.dynamic_metadata.fields
+    assert md["reason"].string_value == "exception" and md["exception_id"].string_value == e.id
+    assert [x.id for x in (await admin.stub.ListExceptions(pb.ListExceptionsRequest())).exceptions] == [e.id]
+    # outside the exception's scope the policy decides as usual
+    assert await admin.reason(demo_dir, workload="billing", path="/admin/x") == "policy_denied"
+    await admin.stub.CloseException(pb.CloseExceptionRequest(id=e.id))
+    assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+
+
+async def test_exception_never_overrides_a_revocation(admin: Admin, demo_dir: Path) -> None:
+    await admin.stub.OpenException(
+        pb.OpenExceptionRequest(principal=BILLING, reason="INC", duration_seconds=60)
+    )
+    await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="compromised"))
+    assert await admin.reason(demo_dir, workload="billing") == "revoked"
+
+
+async def test_signal_is_seen_while_fresh(admin: Admin, demo_dir: Path) -> None:
+    await admin.stub.PutSignal(
+        pb.PutSignalRequest(
+            subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=300
+        )
+    )
+    assert await admin.reason(demo_dir, workload="frontend") == "policy_denied"
+    admin.clock.advance(seconds=301)  # stale: unknown again
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"
+
+
+async def test_quarantine_triggers_and_lifts(admin: Admin, demo_dir: Path) -> None:
+    for _ in range(3):
+        assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+    await asyncio.sleep(0.05)  # the quarantine revocation is written off the Check path
+    assert await admin.reason(demo_dir, workload="billing") == "quarantined"
+    (rev,) = (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations
+    assert (
+        rev.kind == "quarantine"
+        and rev.source == "quarantine"
+        and rev.value == BILLING
+        and "3 denials" in rev.reason
+    )
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"  # others are not affected
+    admin.clock.advance(minutes=16)
+    assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+
+
+@pytest.mark.parametrize(
+    ("request_", "needle"),
+    [
+        (pb.RevokeRequest(value="spiffe://Example.org/x", reason="r"), "SPIFFE ID"),
+        (pb.RevokeRequest(value="abc", kind="nope", reason="r"), "unknown kind"),
+        (pb.RevokeRequest(value=FRONTEND, reason=" "), "reason"),
+        (pb.RevokeRequest(value="abc", kind="cert", reason="r"), "fingerprint"),
+    ],
+)
+async def test_bad_revocations_are_refused_and_change_nothing(
+    admin: Admin, request_: Any, needle: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.Revoke(request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in (err.value.details() or "")
+    assert (
+        await admin.stub.ListRevocations(pb.ListRevocationsRequest(include_expired=True))
+    ).revocations == []
+
+
+async def test_watch_revocations_streams_changes(admin: Admin) -> None:
+    stream = admin.stub.WatchRevocations(pb.WatchRevocationsRequest())
+    await asyncio.sleep(0.05)
+    rev = (await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="r"))).revocation
+    created = await asyncio.wait_for(stream.read(), 5)
+    assert created.op == "created" and created.revocation.id == rev.id
+    await admin.stub.Unrevoke(pb.UnrevokeRequest(id=rev.id))
+    removed = await asyncio.wait_for(stream.read(), 5)
+    assert removed.op == "removed" and removed.revocation.id == rev.id
+    stream.cancel()
+
+
+async def test_tcp_admin_requires_mtls_and_an_allowed_spiffe_id(demo_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    a = await start_admin(
+        demo_dir,
+        tmp_path,
+        admin_listen=f"127.0.0.1:{port}",
+        admin={
+            "allowed_spiffe_ids": [FRONTEND],
+            "cert": str(demo_dir / "envoy/server.pem"),
+            "key": str(demo_dir / "envoy/server.key"),
+            "client_ca": str(demo_dir / "bundle/root.pem"),
+        },
+    )
+    try:
+        root = (demo_dir / "bundle/root.pem").read_bytes()
+
+        async def call(workload: str | None) -> grpc.StatusCode:
+            if workload is None:
+                creds = grpc.ssl_channel_credentials(root_certificates=root)
+            else:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=root,
+                    private_key=(demo_dir / f"svid/{workload}.key").read_bytes(),
+                    certificate_chain=(demo_dir / f"svid/{workload}.pem").read_bytes(),
+                )
+            async with grpc.aio.secure_channel(f"localhost:{port}", creds) as ch:
+                try:
+                    await admin_pb2_grpc.AdminStub(ch).ListRevocations(pb.ListRevocationsRequest(), timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+        assert await call("frontend") == grpc.StatusCode.OK
+        assert await call("billing") == grpc.StatusCode.PERMISSION_DENIED
+        assert await call(None) == grpc.StatusCode.UNAVAILABLE  # no client certificate: no TLS session
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin_pb2_grpc.AdminStub(plain).ListRevocations(pb.ListRevocationsRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await a.channel.close()
+        await a.running.channel.close()
+        await a.running.server.stop(0)
