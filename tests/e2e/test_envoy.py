@@ -7,6 +7,7 @@ import json
 import re
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,3 +201,32 @@ def test_underscore_lookalike_of_an_identity_header_is_rejected(stack: Stack) ->
 def test_deny_rule_holds_for_anonymous_callers(stack: Stack) -> None:
     r = request(stack, "/admin/users", listener="edge", workload=None)
     assert r.status == 403 and r.headers["x-ext-authz-reason"] == "policy_denied"
+
+
+def test_workload_revoked_from_the_cli_is_refused_on_its_next_request(stack: Stack) -> None:
+    cli = [sys.executable, "-m", "ext_authz.cli"]
+    assert request(stack, "/api/orders").status == 200
+    res = subprocess.run(
+        [
+            *cli,
+            "revoke",
+            "spiffe://example.org/ns/frontend/sa/web",
+            "--reason",
+            "e2e",
+            "-c",
+            str(stack.config_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    rid = json.loads(res.stdout)["revocation"]["id"]
+    try:
+        r = request(stack, "/api/orders")
+        assert r.status == 403 and r.headers["x-ext-authz-reason"] == "revoked"
+    finally:
+        subprocess.run([*cli, "unrevoke", rid, "-c", str(stack.config_path)], timeout=60, check=True)
+    assert request(stack, "/api/orders").status == 200
