@@ -249,8 +249,11 @@ def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str
 def quarantine_keys(principal: Principal) -> list[str]:
     """The identities a quarantine can hold: SPIFFE IDs and token subjects."""
     keys = [i.spiffe_id for i in (principal.workload, principal.token) if i is not None and i.spiffe_id]
-    if principal.token is not None and principal.token.subject and principal.token.kind == "oidc":
-        keys.append(principal.token.subject)
+    tok = principal.token
+    # An OIDC subject that looks like a SPIFFE ID is not one: it must not pick up a workload's
+    # grants or exceptions, nor count toward quarantining it.
+    if tok is not None and tok.subject and tok.kind == "oidc" and not tok.subject.startswith("spiffe://"):
+        keys.append(tok.subject)
     return list(dict.fromkeys(keys))
 
 
@@ -298,17 +301,6 @@ def decide(
             detail=exc.detail,
         )
     ts = now.timestamp()
-    age_reason, age_detail, new_session = _credential_age(principal, engine, state, ts)
-    if age_reason:
-        return Decision(
-            decision_id=decision_id,
-            allowed=False,
-            status=401,
-            reason=age_reason,
-            principal=principal,
-            credential_failed="token",
-            detail=age_detail,
-        )
     device = _device_id(ctx, principal, engine)
     if principal.authenticated or device:
         for kind, value in _revocation_checks(principal, device):
@@ -323,8 +315,18 @@ def decide(
                     revocation_id=rev.id,
                     revocation_kind=kind,
                     detail=f"{kind} revoked by {rev.created_by}: {rev.reason}",
-                    new_session=new_session,
                 )
+    age_reason, age_detail, new_session = _credential_age(principal, engine, state, ts)
+    if age_reason:
+        return Decision(
+            decision_id=decision_id,
+            allowed=False,
+            status=401,
+            reason=age_reason,
+            principal=principal,
+            credential_failed="token",
+            detail=age_detail,
+        )
 
     principals = quarantine_keys(principal) if principal.authenticated else []
     http = ctx.http

@@ -15,8 +15,9 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .model import ExceptionGrant, Grant, Revocation, Scope, Signal, StateSnapshot
@@ -49,6 +50,20 @@ def from_json(kind: str, body: str) -> Any:
     if "scope" in data:
         data["scope"] = Scope(**{k: tuple(v) for k, v in data["scope"].items()})
     return RECORD_TYPES[kind](**data)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction. The connection is in autocommit mode (``isolation_level=None``),
+    where ``with db:`` opens none and every statement would commit on its own."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def signal_id(s: Signal) -> str:
@@ -89,14 +104,17 @@ class Store:
 
     def _rebuild(self) -> None:
         self._revision += 1
-        self.snapshot = StateSnapshot.build(
+        snapshot = StateSnapshot.build(
             self._revision,
             revocations=self._records["revocation"].values(),
             grants=self._records["grant"].values(),
             exceptions=self._records["exception"].values(),
             signals=self._records["signal"].values(),
-            sessions=self._sessions,
         )
+        # First uses of sessions are only ever added (or moved earlier), never withdrawn: the
+        # snapshot reads them live, so a session counts from its first request rather than from
+        # the next unrelated change that happens to rebuild the snapshot.
+        self.snapshot = dataclasses.replace(snapshot, sessions=MappingProxyType(self._sessions))
 
     # -- writing -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,7 +212,8 @@ class SqliteStore(Store):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        await asyncio.to_thread(self._flush_sessions)
+        with contextlib.suppress(sqlite3.Error):
+            await self._flush_sessions()
         if self._db is not None:
             self._run(lambda db: db.close())
             self._db = None
@@ -220,7 +239,7 @@ class SqliteStore(Store):
         body = to_json(record)
 
         def write(db: sqlite3.Connection) -> int:
-            with db:  # one transaction: the record and its change-log entry
+            with _transaction(db):  # the record and its change-log entry, together or not at all
                 db.execute(
                     "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)", (kind, rid, body)
                 )
@@ -236,7 +255,7 @@ class SqliteStore(Store):
         body = to_json(record)
 
         def write(db: sqlite3.Connection) -> None:
-            with db:
+            with _transaction(db):
                 db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (kind, rid))
                 db.execute(
                     "INSERT INTO changes (at, op, kind, id, body) VALUES (?, 'delete', ?, ?, ?)",
@@ -248,18 +267,25 @@ class SqliteStore(Store):
     def _queue_session(self, sid: str, first_seen: float) -> None:
         self._pending_sessions[sid] = first_seen
 
-    def _flush_sessions(self) -> None:
+    async def _flush_sessions(self) -> None:
+        """Persist newly seen sessions. The queue is swapped on the event loop (where Checks add to
+        it), and only the detached batch goes to the worker thread."""
         if not self._pending_sessions or self._db is None:
             return
         pending, self._pending_sessions = self._pending_sessions, {}
 
         def write(db: sqlite3.Connection) -> None:
-            with db:
+            with _transaction(db):
                 db.executemany(
                     "INSERT OR IGNORE INTO sessions (sid, first_seen) VALUES (?, ?)", pending.items()
                 )
 
-        self._run(write)
+        try:
+            await asyncio.to_thread(self._run, write)
+        except BaseException:  # not written: keep them for the next attempt
+            for sid, first in pending.items():
+                self._pending_sessions.setdefault(sid, first)
+            raise
 
     def _changes_since(self) -> list[tuple[int, float, str, str, str, str]]:
         rows: list[tuple[int, float, str, str, str, str]] = self._run(
@@ -277,10 +303,13 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:  # locked or unavailable: keep serving the last snapshot
                 self.poll_errors += 1
                 log.warning("state poll failed, serving the last snapshot: %s", exc)
+            except Exception:  # never let the loop die: a dead poller would stop seeing revocations
+                self.poll_errors += 1
+                log.exception("state poll failed unexpectedly, serving the last snapshot")
 
     async def poll(self) -> bool:
         """Pick up changes written by any process (our own included: re-applying is harmless)."""
-        await asyncio.to_thread(self._flush_sessions)
+        await self._flush_sessions()
         changes = await asyncio.to_thread(self._changes_since)
         if not changes:
             return False

@@ -1,0 +1,677 @@
+"""Continuous trust in the pure pipeline: revocations, quarantine, grants, exceptions, signals, ages.
+
+Real demo certificates and tokens, the demo policy plus a few rules that read ``grants`` and
+``signals``, and state passed in as a StateSnapshot. ``now`` is pinned: the demo PKI is issued at NOW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from joserfc.jwk import ECKey, RSAKey
+
+from ext_authz.dev.demo import WORKLOADS, init_demo
+from ext_authz.dev.pki import mint_jwt
+from ext_authz.envoy.normalize import normalize
+from ext_authz.loader import load_engine
+from ext_authz.model import Decision, RequestContext
+from ext_authz.pipeline import Caches, Engine, decide
+from ext_authz.state.model import ExceptionGrant, Grant, Revocation, Scope, Signal, StateSnapshot
+from tests.component.checkreq import check_request
+
+NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)
+TS = NOW.timestamp()
+FRONTEND = WORKLOADS["frontend"]
+BILLING = WORKLOADS["billing"]
+BACKEND = "spiffe://example.org/ns/backend/sa/api"
+ISSUER = "https://idp.example.com"
+EMPTY = StateSnapshot()
+
+EXTRA_RULES: list[dict[str, Any]] = [
+    {
+        "name": "fragile-deny",  # its condition cannot be evaluated: a policy_error denial
+        "effect": "deny",
+        "match": {"paths": ["/fragile/*"]},
+        "when": 'identity.claims.no_such_claim == "x"',
+    },
+    {"name": "reports-under-grant", "match": {"paths": ["/reports/*"]}, "when": "size(grants) > 0"},
+    {
+        "name": "incident-grant",
+        "match": {"paths": ["/incident/*"]},
+        "when": 'grants.exists(g, g.reason == "INC-42" && g.approver == "bob")',
+    },
+    {
+        "name": "compliant-devices",
+        "match": {"paths": ["/secure/*"]},
+        "when": 'signals.device.posture == "compliant"',
+    },
+    {
+        "name": "low-risk-workloads",
+        "match": {"paths": ["/batch/*"]},
+        "when": 'signals.workload.risk == "low"',
+    },
+    {"name": "trained-users", "match": {"paths": ["/training/*"]}, "when": 'signals.user.training == "done"'},
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trust:
+    dir: Path
+    engine: Engine  # demo policy + EXTRA_RULES, device id from the token claim or x-device-id
+    aged: Engine  # the same with max_token_age 5m and max_session_age 10m
+    hw_claim: Engine  # the same with the device id in the token claim hw_id
+    idp: RSAKey
+    svid_key: ECKey
+    cert_sha256: str
+    cert_serial_issuer: str
+
+    def token(self, **changes: Any) -> str:
+        """A token for alice from the demo IdP; a change to None removes that claim."""
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": "backend-api",
+            "sub": "alice",
+            "roles": ["reader"],
+            "jti": "jti-alice-1",
+            "sid": "sess-alice-1",
+            "device_id": "LAPTOP-7",
+            "iat": int(TS),
+            "exp": int(TS) + 12 * 3600,
+        }
+        claims.update(changes)
+        return mint_jwt(self.idp, {k: v for k, v in claims.items() if v is not None}, alg="RS256")
+
+    def svid_token(self, sub: str = FRONTEND, **changes: Any) -> str:
+        claims = {"sub": sub, "aud": [BACKEND], "iat": int(TS), "exp": int(TS) + 3600, **changes}
+        return mint_jwt(self.svid_key, {k: v for k, v in claims.items() if v is not None}, alg="ES256")
+
+    def ctx(self, path: str = "/api/orders", **kw: Any) -> RequestContext:
+        return normalize(check_request(self.dir, path=path, **kw))
+
+
+def variant(directory: Path, name: str, **changes: Any) -> Engine:
+    cfg = yaml.safe_load((directory / "config.yaml").read_text())
+    cfg["rules"] = [*cfg["rules"], *EXTRA_RULES]
+    cfg.update(changes)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_engine(path)
+
+
+@pytest.fixture(scope="module")
+def trust(tmp_path_factory: pytest.TempPathFactory) -> Trust:
+    d = tmp_path_factory.mktemp("trust-demo")
+    init_demo(d, now=NOW)
+    leaf = x509.load_pem_x509_certificates((d / "svid/frontend.pem").read_bytes())[0]
+    device = {"header": "x-device-id"}
+    return Trust(
+        dir=d,
+        engine=variant(d, "trust", device=device),
+        aged=variant(d, "aged", device=device, max_token_age="5m", max_session_age="10m"),
+        hw_claim=variant(d, "hw", device={"claim": "hw_id"}),
+        idp=RSAKey.import_key(json.loads((d / "idp/idp.key.json").read_text())),
+        svid_key=ECKey.import_key(json.loads((d / "jwt/jwt-svid.key.json").read_text())),
+        cert_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+        cert_serial_issuer=f"{leaf.serial_number:x}@{leaf.issuer.rfc4514_string()}",
+    )
+
+
+def check(
+    t: Trust,
+    ctx: RequestContext,
+    state: StateSnapshot = EMPTY,
+    *,
+    at: datetime = NOW,
+    engine: Engine | None = None,
+) -> Decision:
+    return decide(ctx, engine or t.engine, Caches(), at, "decision-1", state)
+
+
+def outcome(d: Decision) -> tuple[bool, int, str]:
+    return d.allowed, d.status, d.reason
+
+
+ALLOWED = (True, 200, "allowed")
+NO_RULE = (False, 403, "no_rule")
+
+
+def revocation(
+    kind: str, value: str, rid: str = "rev_1", *, expires_at: float | None = None, source: str = "api"
+) -> Revocation:
+    return Revocation(
+        id=rid,
+        kind=kind,
+        value=value,
+        reason="credential leaked",
+        created_by="ops@example.org",
+        created_at=TS - 60,
+        expires_at=expires_at,
+        source=source,
+    )
+
+
+def revoked(*revs: Revocation) -> StateSnapshot:
+    return StateSnapshot.build(1, revocations=revs)
+
+
+def grant(
+    principal: str = FRONTEND,
+    scope: Scope = Scope(paths=("/reports/*",), methods=("GET",)),  # noqa: B008 - frozen value
+    gid: str = "grt_1",
+    *,
+    not_before: float = TS - 60,
+    not_after: float = TS + 3600,
+    ended_at: float | None = None,
+    reason: str = "INC-42",
+) -> Grant:
+    return Grant(
+        id=gid,
+        principal=principal,
+        scope=scope,
+        not_before=not_before,
+        not_after=not_after,
+        reason=reason,
+        approver="bob",
+        created_by="alice",
+        created_at=TS - 60,
+        ended_at=ended_at,
+        ended_by="alice" if ended_at is not None else "",
+    )
+
+
+def exception(
+    principal: str = FRONTEND,
+    paths: tuple[str, ...] = ("/payroll/*",),
+    eid: str = "exc_1",
+    *,
+    opened_at: float = TS - 60,
+    expires_at: float = TS + 600,
+    closed_at: float | None = None,
+) -> ExceptionGrant:
+    return ExceptionGrant(
+        id=eid,
+        principal=principal,
+        scope=Scope(paths=paths),
+        reason="payroll run blocked by a policy bug",
+        opened_by="oncall",
+        opened_at=opened_at,
+        expires_at=expires_at,
+        closed_at=closed_at,
+        closed_by="oncall" if closed_at is not None else "",
+    )
+
+
+def signal(kind: str, subject: str, key: str, value: str, *, expires_at: float = TS + 300) -> Signal:
+    return Signal(
+        subject_kind=kind,
+        subject=subject,
+        key=key,
+        value=value,
+        set_by="mdm",
+        set_at=TS - 10,
+        expires_at=expires_at,
+    )
+
+
+# --- revocations ----------------------------------------------------------------------------------
+
+REVOCATION_CASES = [
+    "spiffe_id-x509",
+    "spiffe_id-jwt_svid",
+    "cert-sha256",
+    "cert-serial@issuer",
+    "jti",
+    "sub",
+    "sid",
+    "device-claim",
+    "device-header",
+]
+
+
+def revocation_case(t: Trust, case: str) -> tuple[RequestContext, str, str]:
+    """(a request the demo policy allows, the kind and the value that revoke it)."""
+    frontend = t.ctx(workload="frontend")
+    alice = t.ctx("/user/me", token=t.token())
+    cases = {
+        "spiffe_id-x509": (frontend, "spiffe_id", FRONTEND),
+        "spiffe_id-jwt_svid": (t.ctx("/internal/jobs", token=t.svid_token()), "spiffe_id", FRONTEND),
+        "cert-sha256": (frontend, "cert", t.cert_sha256),
+        "cert-serial@issuer": (frontend, "cert", t.cert_serial_issuer),
+        "jti": (alice, "jti", "jti-alice-1"),
+        "sub": (alice, "sub", "alice"),
+        "sid": (alice, "sid", "sess-alice-1"),
+        "device-claim": (alice, "device", "LAPTOP-7"),
+        "device-header": (
+            t.ctx(workload="frontend", headers={"x-device-id": "KIOSK-3"}),
+            "device",
+            "KIOSK-3",
+        ),
+    }
+    return cases[case]
+
+
+@pytest.mark.parametrize("case", REVOCATION_CASES)
+def test_each_revocation_kind_refuses_the_next_request(trust: Trust, case: str) -> None:
+    ctx, kind, value = revocation_case(trust, case)
+    assert outcome(check(trust, ctx)) == ALLOWED
+
+    d = check(trust, ctx, revoked(revocation(kind, value, "rev_42")))
+    assert outcome(d) == (False, 403, "revoked")
+    assert (d.revocation_kind, d.revocation_id) == (kind, "rev_42")
+    assert d.credential_failed == ""
+    assert "ops@example.org" in d.detail
+    assert "credential leaked" in d.detail
+    assert d.principal.authenticated
+
+
+def test_revocations_of_other_values_or_kinds_change_nothing(trust: Trust) -> None:
+    state = revoked(
+        revocation("spiffe_id", BILLING, "r1"),
+        revocation("sub", FRONTEND, "r2"),  # the right value under the wrong kind
+        revocation("jti", "alice", "r3"),
+        revocation("sid", "sess-alice-2", "r4"),
+        revocation("device", "LAPTOP-8", "r5"),
+        revocation("cert", "00" * 32, "r6"),
+        revocation("sub", "bob", "r7"),
+    )
+    assert outcome(check(trust, trust.ctx(workload="frontend"), state)) == ALLOWED
+    assert outcome(check(trust, trust.ctx("/user/me", token=trust.token()), state)) == ALLOWED
+
+
+def test_a_revoked_device_header_refuses_even_an_anonymous_caller(trust: Trust) -> None:
+    health = trust.ctx("/healthz", headers={"x-device-id": "KIOSK-3"})
+    assert outcome(check(trust, health)) == ALLOWED
+    d = check(trust, health, revoked(revocation("device", "KIOSK-3")))
+    assert outcome(d) == (False, 403, "revoked")
+    assert d.revocation_kind == "device"
+
+
+def test_the_device_claim_wins_over_the_header(trust: Trust) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token(), headers={"x-device-id": "KIOSK-3"})
+    assert outcome(check(trust, ctx, revoked(revocation("device", "KIOSK-3")))) == ALLOWED
+    assert outcome(check(trust, ctx, revoked(revocation("device", "LAPTOP-7"))))[2] == "revoked"
+
+
+def test_the_device_claim_is_configurable(trust: Trust) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token(hw_id="LAPTOP-9"))
+    by_hw = revoked(revocation("device", "LAPTOP-9"))
+    by_default_claim = revoked(revocation("device", "LAPTOP-7"))
+    assert outcome(check(trust, ctx, by_hw, engine=trust.hw_claim))[2] == "revoked"
+    assert outcome(check(trust, ctx, by_default_claim, engine=trust.hw_claim)) == ALLOWED
+    assert outcome(check(trust, ctx, by_hw)) == ALLOWED  # the default claim is device_id
+
+
+@pytest.mark.parametrize("case", ["spiffe_id-x509", "jti", "device-header"])
+def test_an_expired_revocation_allows_again(trust: Trust, case: str) -> None:
+    ctx, kind, value = revocation_case(trust, case)
+    state = revoked(revocation(kind, value, expires_at=TS + 60))
+    assert outcome(check(trust, ctx, state))[2] == "revoked"
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=59)))[2] == "revoked"
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=60))) == ALLOWED
+
+
+# --- quarantine -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "key"),
+    [("x509", FRONTEND), ("jwt_svid", FRONTEND), ("oidc", "alice")],
+)
+def test_a_quarantined_identity_is_refused_and_says_so(trust: Trust, who: str, key: str) -> None:
+    ctx = {
+        "x509": trust.ctx(workload="frontend"),
+        "jwt_svid": trust.ctx("/internal/jobs", token=trust.svid_token()),
+        "oidc": trust.ctx("/user/me", token=trust.token()),
+    }[who]
+    q = revocation("quarantine", key, "qtn_1", expires_at=TS + 900, source="quarantine")
+    d = check(trust, ctx, revoked(q))
+    assert outcome(d) == (False, 403, "quarantined")
+    assert (d.revocation_kind, d.revocation_id) == ("quarantine", "qtn_1")
+    assert outcome(check(trust, ctx, revoked(q), at=NOW + timedelta(seconds=900))) == ALLOWED  # lifted
+
+
+def test_a_quarantine_holds_only_its_identity(trust: Trust) -> None:
+    state = revoked(revocation("quarantine", "alice", expires_at=TS + 900, source="quarantine"))
+    assert outcome(check(trust, trust.ctx(workload="frontend"), state)) == ALLOWED
+    state = revoked(revocation("quarantine", BILLING, expires_at=TS + 900, source="quarantine"))
+    assert outcome(check(trust, trust.ctx("/user/me", token=trust.token()), state)) == ALLOWED
+
+
+# --- just-in-time grants --------------------------------------------------------------------------
+
+
+def with_grants(*grants: Grant) -> StateSnapshot:
+    return StateSnapshot.build(1, grants=grants)
+
+
+def test_a_covering_grant_allows(trust: Trust) -> None:
+    ctx = trust.ctx("/reports/q1", workload="frontend")
+    assert outcome(check(trust, ctx)) == NO_RULE
+    d = check(trust, ctx, with_grants(grant()))
+    assert outcome(d) == ALLOWED
+    assert d.rule == "reports-under-grant"
+    assert d.grant_ids == ("grt_1",)
+
+
+def test_a_grant_to_a_subject_covers_that_user(trust: Trust) -> None:
+    user = trust.ctx("/reports/q1", token=trust.token())
+    workload = trust.ctx("/reports/q1", workload="frontend")
+    state = with_grants(grant("alice"))
+    assert outcome(check(trust, user, state)) == ALLOWED
+    assert check(trust, user, state).grant_ids == ("grt_1",)
+    assert outcome(check(trust, workload, state)) == NO_RULE
+
+
+@pytest.mark.parametrize(
+    ("scope", "method", "path"),
+    [
+        (Scope(paths=("/reports/*",), methods=("GET",)), "POST", "/reports/q1"),
+        (Scope(paths=("/reports/2033/*",)), "GET", "/reports/2032/q1"),
+        (Scope(hosts=("other.internal",), paths=("/reports/*",)), "GET", "/reports/q1"),
+    ],
+    ids=["method", "path", "host"],
+)
+def test_a_grant_outside_its_scope_does_not_allow(trust: Trust, scope: Scope, method: str, path: str) -> None:
+    ctx = trust.ctx(path, workload="frontend", method=method)
+    d = check(trust, ctx, with_grants(grant(scope=scope)))
+    assert outcome(d) == NO_RULE
+    assert d.grant_ids == ()
+
+
+def test_a_grant_with_a_matching_host_allows(trust: Trust) -> None:
+    scope = Scope(hosts=("*.internal",), paths=("/reports/*",))
+    ctx = trust.ctx("/reports/q1", workload="frontend")
+    assert outcome(check(trust, ctx, with_grants(grant(scope=scope)))) == ALLOWED
+
+
+@pytest.mark.parametrize(
+    "inactive",
+    [
+        grant(ended_at=TS - 1),
+        grant(not_after=TS),
+        grant(not_before=TS + 1),
+        grant(BILLING),
+    ],
+    ids=["ended", "expired", "not-yet", "someone-else"],
+)
+def test_an_inactive_or_foreign_grant_does_not_allow(trust: Trust, inactive: Grant) -> None:
+    d = check(trust, trust.ctx("/reports/q1", workload="frontend"), with_grants(inactive))
+    assert outcome(d) == NO_RULE
+    assert d.grant_ids == ()
+
+
+def test_a_grant_expires_by_itself(trust: Trust) -> None:
+    ctx = trust.ctx("/reports/q1", workload="frontend")
+    state = with_grants(grant(not_after=TS + 3600))
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=3599))) == ALLOWED
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=3600))) == NO_RULE
+
+
+def test_cel_sees_the_grant_fields(trust: Trust) -> None:
+    ctx = trust.ctx("/incident/42", workload="frontend")
+    scope = Scope(paths=("/incident/*",))
+    assert outcome(check(trust, ctx, with_grants(grant(scope=scope)))) == ALLOWED
+    other = with_grants(grant(scope=scope, reason="INC-7"))
+    assert outcome(check(trust, ctx, other)) == NO_RULE
+
+
+def test_covering_grants_are_reported_whichever_rule_allows(trust: Trust) -> None:
+    state = with_grants(
+        grant(scope=Scope(paths=("/api/*",)), gid="grt_api"),
+        grant(scope=Scope(paths=("/reports/*",)), gid="grt_reports"),
+    )
+    d = check(trust, trust.ctx("/api/orders", workload="frontend"), state)
+    assert outcome(d) == ALLOWED
+    assert d.rule == "frontend-reads"
+    assert d.grant_ids == ("grt_api",)
+
+
+def test_a_grant_never_lifts_a_revocation(trust: Trust) -> None:
+    state = StateSnapshot.build(1, revocations=[revocation("spiffe_id", FRONTEND)], grants=[grant()])
+    assert outcome(check(trust, trust.ctx("/reports/q1", workload="frontend"), state))[2] == "revoked"
+
+
+# --- exceptions (break-glass) ---------------------------------------------------------------------
+
+
+def with_exceptions(*exceptions: ExceptionGrant, revocations: tuple[Revocation, ...] = ()) -> StateSnapshot:
+    return StateSnapshot.build(1, revocations=revocations, exceptions=exceptions)
+
+
+@pytest.mark.parametrize(
+    ("path", "denied_as"),
+    [("/payroll/run", "no_rule"), ("/admin/users", "policy_denied"), ("/fragile/x", "policy_error")],
+)
+def test_an_exception_turns_a_policy_denial_into_an_allow(trust: Trust, path: str, denied_as: str) -> None:
+    ctx = trust.ctx(path, workload="frontend")
+    assert outcome(check(trust, ctx)) == (False, 403, denied_as)
+    d = check(trust, ctx, with_exceptions(exception(paths=(path,))))
+    assert outcome(d) == (True, 200, "exception")
+    assert d.exception_id == "exc_1"
+
+
+def test_an_exception_for_a_user(trust: Trust) -> None:
+    user = trust.ctx("/payroll/run", token=trust.token())
+    d = check(trust, user, with_exceptions(exception("alice")))
+    assert outcome(d) == (True, 200, "exception")
+    assert d.exception_id == "exc_1"
+    assert (
+        outcome(
+            check(trust, trust.ctx("/payroll/run", workload="frontend"), with_exceptions(exception("alice")))
+        )
+        == NO_RULE
+    )
+
+
+def test_an_allowed_request_is_not_marked_with_an_exception(trust: Trust) -> None:
+    d = check(trust, trust.ctx(workload="frontend"), with_exceptions(exception(paths=("/api/*",))))
+    assert outcome(d) == ALLOWED
+    assert d.exception_id == ""
+
+
+@pytest.mark.parametrize(
+    "inactive",
+    [
+        exception(paths=("/other/*",)),
+        exception(closed_at=TS - 1),
+        exception(expires_at=TS),
+        exception(opened_at=TS + 1),
+        exception(BILLING),
+    ],
+    ids=["other-path", "closed", "expired", "not-yet", "someone-else"],
+)
+def test_an_exception_that_does_not_apply_changes_nothing(trust: Trust, inactive: ExceptionGrant) -> None:
+    d = check(trust, trust.ctx("/payroll/run", workload="frontend"), with_exceptions(inactive))
+    assert outcome(d) == NO_RULE
+    assert d.exception_id == ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("spiffe_id", "revoked"), ("cert", "revoked"), ("quarantine", "quarantined")]
+)
+def test_an_exception_never_overrides_a_revocation(trust: Trust, kind: str, reason: str) -> None:
+    value = trust.cert_sha256 if kind == "cert" else FRONTEND
+    state = with_exceptions(exception(), revocations=(revocation(kind, value),))
+    d = check(trust, trust.ctx("/payroll/run", workload="frontend"), state)
+    assert outcome(d) == (False, 403, reason)
+    assert d.exception_id == ""
+
+
+def test_an_exception_never_overrides_a_401(trust: Trust) -> None:
+    state = with_exceptions(exception("alice"), exception(FRONTEND, eid="exc_2"))
+    forged = trust.ctx("/payroll/run", token=(trust.dir / "tokens/forged.jwt").read_text().strip())
+    wrong_audience = trust.ctx("/payroll/run", token=trust.token(aud="someone-else"))
+    expired = trust.ctx("/payroll/run", token=trust.token(exp=int(TS) - 3600, iat=int(TS) - 7200))
+    too_old = trust.ctx("/payroll/run", token=trust.token(iat=int(TS) - 3600))
+    anonymous = trust.ctx("/payroll/run")
+    good_cert_bad_token = trust.ctx("/payroll/run", workload="frontend", token=trust.token(aud="x"))
+    assert outcome(check(trust, forged, state)) == (False, 401, "token_signature")
+    assert outcome(check(trust, wrong_audience, state)) == (False, 401, "token_audience")
+    assert outcome(check(trust, expired, state)) == (False, 401, "token_expired")
+    assert outcome(check(trust, too_old, state, engine=trust.aged)) == (False, 401, "token_too_old")
+    assert outcome(check(trust, anonymous, state)) == (False, 401, "no_credential")
+    assert outcome(check(trust, good_cert_bad_token, state)) == (False, 401, "token_audience")
+    for ctx in (forged, wrong_audience, expired, anonymous):
+        assert check(trust, ctx, state).exception_id == ""
+
+
+# --- signals --------------------------------------------------------------------------------------
+
+
+def with_signals(*signals: Signal) -> StateSnapshot:
+    return StateSnapshot.build(1, signals=signals)
+
+
+def test_a_fresh_device_signal_is_visible_to_cel(trust: Trust) -> None:
+    ctx = trust.ctx("/secure/vault", token=trust.token())
+    assert outcome(check(trust, ctx)) == NO_RULE
+    d = check(trust, ctx, with_signals(signal("device", "LAPTOP-7", "posture", "compliant")))
+    assert outcome(d) == ALLOWED
+    assert d.rule == "compliant-devices"
+
+
+def test_a_stale_signal_is_absent(trust: Trust) -> None:
+    ctx = trust.ctx("/secure/vault", token=trust.token())
+    state = with_signals(signal("device", "LAPTOP-7", "posture", "compliant", expires_at=TS + 60))
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=59))) == ALLOWED
+    assert outcome(check(trust, ctx, state, at=NOW + timedelta(seconds=60))) == NO_RULE
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [
+        signal("device", "LAPTOP-7", "posture", "noncompliant"),
+        signal("device", "LAPTOP-8", "posture", "compliant"),
+        signal("user", "LAPTOP-7", "posture", "compliant"),
+    ],
+    ids=["other-value", "other-device", "other-subject-kind"],
+)
+def test_a_signal_about_something_else_does_not_count(trust: Trust, sig: Signal) -> None:
+    assert (
+        outcome(check(trust, trust.ctx("/secure/vault", token=trust.token()), with_signals(sig))) == NO_RULE
+    )
+
+
+def test_the_device_signal_follows_the_device_header(trust: Trust) -> None:
+    state = with_signals(signal("device", "KIOSK-3", "posture", "compliant"))
+    kiosk = trust.ctx("/secure/vault", workload="frontend", headers={"x-device-id": "KIOSK-3"})
+    assert outcome(check(trust, kiosk, state)) == ALLOWED
+    assert outcome(check(trust, trust.ctx("/secure/vault", workload="frontend"), state)) == NO_RULE
+
+
+def test_workload_and_user_signals(trust: Trust) -> None:
+    state = with_signals(
+        signal("workload", FRONTEND, "risk", "low", expires_at=TS + 60),
+        signal("user", "alice", "training", "done"),
+    )
+    batch = trust.ctx("/batch/run", workload="frontend")
+    assert outcome(check(trust, batch, state)) == ALLOWED
+    assert outcome(check(trust, batch, state, at=NOW + timedelta(seconds=60))) == NO_RULE
+    assert outcome(check(trust, trust.ctx("/batch/run", workload="billing"), state)) == NO_RULE
+    assert outcome(check(trust, trust.ctx("/training/x", token=trust.token()), state)) == ALLOWED
+    assert outcome(check(trust, trust.ctx("/training/x", workload="frontend"), state)) == NO_RULE
+
+
+# --- credential age -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("age", "ok"), [(0, True), (300, True), (301, False), (3600, False)])
+def test_max_token_age(trust: Trust, age: int, ok: bool) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token(iat=int(TS) - age))
+    d = check(trust, ctx, engine=trust.aged, state=StateSnapshot.build(1, sessions={"sess-alice-1": TS}))
+    if ok:
+        assert outcome(d) == ALLOWED
+    else:
+        assert outcome(d) == (False, 401, "token_too_old")
+        assert d.credential_failed == "token"
+    assert outcome(check(trust, ctx)) == ALLOWED  # no max_token_age: age does not matter
+
+
+def test_max_token_age_applies_to_jwt_svids(trust: Trust) -> None:
+    ctx = trust.ctx("/internal/jobs", token=trust.svid_token(iat=int(TS) - 301))
+    assert outcome(check(trust, ctx, engine=trust.aged)) == (False, 401, "token_too_old")
+    assert outcome(check(trust, ctx)) == ALLOWED
+
+
+def test_a_token_without_iat_is_too_old_when_age_is_limited(trust: Trust) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token(iat=None))
+    d = check(trust, ctx, engine=trust.aged)
+    assert outcome(d) == (False, 401, "token_too_old")
+    assert "iat" in d.detail
+    assert outcome(check(trust, ctx)) == ALLOWED
+
+
+def test_workloads_have_no_token_age(trust: Trust) -> None:
+    assert outcome(check(trust, trust.ctx(workload="frontend"), engine=trust.aged)) == ALLOWED
+
+
+def sessions(first_use: Mapping[str, float]) -> StateSnapshot:
+    return StateSnapshot.build(1, sessions=first_use)
+
+
+def test_first_use_of_a_session_is_reported(trust: Trust) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token())
+    d = check(trust, ctx, engine=trust.aged)
+    assert outcome(d) == ALLOWED
+    assert d.new_session == ("sess-alice-1", TS)
+    d = check(trust, ctx, sessions({"sess-alice-1": TS - 10}), engine=trust.aged)
+    assert outcome(d) == ALLOWED
+    assert d.new_session is None
+
+
+def test_no_session_to_record_without_a_limit_or_a_sid(trust: Trust) -> None:
+    assert check(trust, trust.ctx("/user/me", token=trust.token())).new_session is None
+    no_sid = trust.ctx("/user/me", token=trust.token(sid=None))
+    assert check(trust, no_sid, engine=trust.aged).new_session is None
+    assert check(trust, trust.ctx(workload="frontend"), engine=trust.aged).new_session is None
+
+
+@pytest.mark.parametrize(("age", "ok"), [(0, True), (600, True), (601, False), (86400, False)])
+def test_max_session_age(trust: Trust, age: int, ok: bool) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token())  # freshly issued: only the session is old
+    d = check(trust, ctx, sessions({"sess-alice-1": TS - age, "sess-other": TS}), engine=trust.aged)
+    if ok:
+        assert outcome(d) == ALLOWED
+    else:
+        assert outcome(d) == (False, 401, "session_too_old")
+        assert d.credential_failed == "token"
+        assert d.new_session is None
+    assert outcome(check(trust, ctx, sessions({"sess-alice-1": TS - age}))) == ALLOWED  # no limit
+
+
+def test_a_session_ages_while_its_tokens_are_renewed(trust: Trust) -> None:
+    state = sessions({"sess-alice-1": TS})
+    later = NOW + timedelta(minutes=11)
+    renewed = trust.ctx("/user/me", token=trust.token(iat=int(later.timestamp())))
+    assert outcome(check(trust, renewed, state, at=later, engine=trust.aged)) == (
+        False,
+        401,
+        "session_too_old",
+    )
+    new_session = trust.ctx("/user/me", token=trust.token(iat=int(later.timestamp()), sid="sess-alice-2"))
+    d = check(trust, new_session, state, at=later, engine=trust.aged)
+    assert outcome(d) == ALLOWED
+    assert d.new_session == ("sess-alice-2", later.timestamp())
+
+
+def test_an_oidc_subject_that_looks_like_a_spiffe_id_is_not_that_workload(trust: Trust) -> None:
+    """A user token with sub=spiffe://… must not pick up the workload's grants or exceptions."""
+    impostor = trust.ctx("/reports/q1", token=trust.token(sub=FRONTEND), listener="edge")
+    assert outcome(check(trust, impostor, with_grants(grant(FRONTEND)))) == NO_RULE
+    assert check(trust, impostor, with_grants(grant(FRONTEND))).grant_ids == ()
+
+
+def test_a_revoked_token_reports_the_revocation_even_when_it_is_also_too_old(trust: Trust) -> None:
+    ctx = trust.ctx("/user/me", token=trust.token(iat=int(TS) - 3600))
+    d = check(trust, ctx, revoked(revocation("jti", "jti-alice-1")), engine=trust.aged)
+    assert outcome(d) == (False, 403, "revoked")
+    assert d.revocation_id == "rev_1"
