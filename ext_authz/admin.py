@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from ._proto import admin_pb2_grpc
 from .clock import Clock
 from .config import Config
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
+from .observe.stream import DecisionFilter, DecisionHub
 from .state.model import REVOCATION_KINDS, SIGNAL_SUBJECTS, ExceptionGrant, Grant, Revocation, Scope, Signal
 from .state.store import RevocationEvent, Store
 
@@ -164,10 +166,13 @@ def signal_pb(s: Signal) -> Any:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    def __init__(self, store: Store, config: Callable[[], Config], clock: Clock) -> None:
+    def __init__(
+        self, store: Store, config: Callable[[], Config], clock: Clock, hub: DecisionHub | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.hub = hub or DecisionHub()
         self.watch_dropped = 0
 
     def _actor(self, context: Any) -> str:
@@ -392,6 +397,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             unsubscribe()
 
 
+async def _watch_decisions(hub: DecisionHub, request: Any) -> AsyncIterator[Any]:
+    sub = hub.subscribe(DecisionFilter(deny_only=request.deny_only, identity_glob=request.identity_glob))
+    try:
+        while True:
+            rec = await sub.queue.get()
+            yield pb.DecisionEvent(json=json.dumps(rec, separators=(",", ":"), default=str))
+    finally:
+        hub.unsubscribe(sub)
+
+
 async def _not_found(context: Any, message: str) -> NoReturn:
     await context.abort(grpc.StatusCode.NOT_FOUND, message)
     raise AssertionError("abort returned")  # grpc's abort always raises
@@ -462,7 +477,7 @@ async def _check(context: Any, allowed: tuple[str, ...]) -> None:
 
 
 async def start_admin_server(
-    store: Store, config: Callable[[], Config], clock: Clock
+    store: Store, config: Callable[[], Config], clock: Clock, hub: DecisionHub | None = None
 ) -> tuple[grpc.aio.Server, AdminServicer]:
     cfg = config()
     addr = cfg.admin_listen
@@ -470,7 +485,7 @@ async def start_admin_server(
         [] if addr.startswith("unix://") else [_AllowList(lambda: config().admin.allowed_spiffe_ids)]
     )
     server = grpc.aio.server(interceptors=interceptors)
-    servicer = AdminServicer(store, config, clock)
+    servicer = AdminServicer(store, config, clock, hub)
     admin_pb2_grpc.add_AdminServicer_to_server(servicer, server)
     if addr.startswith("unix://"):
         path = Path(addr[len("unix://") :])

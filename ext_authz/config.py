@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -27,6 +27,7 @@ __all__ = [
     "AdminConfig",
     "CacheConfig",
     "Config",
+    "DecisionLogConfig",
     "DeviceConfig",
     "IssuerConfig",
     "JwtSvidConfig",
@@ -123,6 +124,28 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionLogConfig:
+    path: str = "stdout"  # stdout, or a file (appended)
+    headers: bool = False  # include request headers (redacted) in each record
+    redact_headers: tuple[str, ...] = (
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+    )
+    queue: int = 10_000
+
+    redact_headers_default: ClassVar[tuple[str, ...]] = (
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+    )  # records waiting for a slow sink before they are dropped (and counted)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     size: int = 10_000
 
@@ -148,6 +171,7 @@ class Config:
     max_session_age: float | None = None
     device: DeviceConfig = field(default_factory=DeviceConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""
@@ -315,6 +339,7 @@ _TOP = frozenset(
         "max_session_age",
         "device",
         "admin",
+        "decision_log",
     )
 )
 
@@ -450,6 +475,22 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             " and admin.allowed_spiffe_ids",
         )
 
+    dl = top.section("decision_log", frozenset(("path", "headers", "redact_headers", "queue")))
+    dl_queue = dl.data.get("queue", 10_000)
+    if isinstance(dl_queue, bool) or not isinstance(dl_queue, int) or dl_queue < 1:
+        raise ConfigError(file, "decision_log.queue", "expected a whole number of records, at least 1")
+    redact = (
+        dl.str_list("redact_headers")
+        if dl.has("redact_headers")
+        else DecisionLogConfig.redact_headers_default
+    )
+    decision_log = DecisionLogConfig(
+        path=dl.text("path", "stdout") or "stdout",
+        headers=dl.flag("headers", False),
+        redact_headers=tuple(h.lower() for h in redact),
+        queue=dl_queue,
+    )
+
     def _age(name: str) -> float | None:
         return parse_duration(top.data[name], file, name) if top.has(name) else None
 
@@ -480,6 +521,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             claim=dev.text("claim", "device_id") or "device_id", header=(dev.text("header", "") or "").lower()
         ),
         admin=admin_cfg,
+        decision_log=decision_log,
     )
 
 

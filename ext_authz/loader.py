@@ -38,17 +38,24 @@ def load_trust(cfg: Config) -> TrustSnapshot:
     for name, td in sorted(cfg.trust_domains.items()):
         roots: tuple[x509.Certificate, ...] = ()
         jwt_keys = JwtKeys()
+        td_digest = hashlib.sha256(name.encode())
         digest.update(b"td\0" + name.encode())
         if td.x509_bundle is not None:
             data = _read(td.x509_bundle, f"X.509 bundle of {name}")
             digest.update(b"x509\0" + data)
+            td_digest.update(b"x509\0" + data)
             roots = parse_x509_bundle(data, str(td.x509_bundle))
         if td.jwt_bundle is not None:
             data = _read(td.jwt_bundle, f"JWT bundle of {name}")
             digest.update(b"jwt\0" + data)
+            td_digest.update(b"jwt\0" + data)
             jwt_keys = parse_jwks(data, str(td.jwt_bundle), require_use="jwt-svid")
         domains[name] = TrustDomainTrust(
-            name=name, x509_roots=roots, jwt_keys=jwt_keys, store=Store(list(roots)) if roots else None
+            name=name,
+            x509_roots=roots,
+            jwt_keys=jwt_keys,
+            store=Store(list(roots)) if roots else None,
+            revision=td_digest.hexdigest()[:16],
         )
     issuers: dict[str, IssuerTrust] = {}
     for iss, ic in sorted(cfg.issuers.items()):

@@ -31,7 +31,9 @@ from .envoy.render import render
 from .errors import AuthzError
 from .loader import load_engine
 from .model import Decision, RequestContext
-from .observe.decision_log import DecisionLog, record
+from .observe.decision_log import DecisionLog, Redactor, record
+from .observe.metrics import CONTENT_TYPE, Metrics
+from .observe.stream import DecisionHub
 from .pipeline import Caches, Engine, decide, quarantine_keys
 from .state.model import Revocation
 from .state.quarantine import DenialCounter
@@ -56,7 +58,56 @@ class Runtime:
     reloads_failed: int = 0
     last_reload_error: str = ""
     quarantine: DenialCounter | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    hub: DecisionHub = field(default_factory=DecisionHub)
+    redactor: Redactor = field(default_factory=Redactor)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _retired_cache: dict[tuple[str, str], int] = field(default_factory=dict)
+    _trust_seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hub.on_drop = self.metrics.stream_dropped.get("decisions").inc
+        self.decision_log.on_drop = self.metrics.log_dropped.inc
+        self.metrics.add_state_collector(self.state_metrics)
+        self.store.watch(self._count_revocation)
+        self._configure_edges()
+
+    def _count_revocation(self, event: Any) -> None:
+        if event.op == "created":
+            self.metrics.revocations_created.get(event.revocation.source).inc()
+
+    def _configure_edges(self) -> None:
+        self.redactor = Redactor(self.engine.config.decision_log.redact_headers)
+        now = time.time()
+        for name, td in self.engine.trust.domains.items():
+            seen = self._trust_seen.get(name)
+            if seen is None or seen[0] != td.revision:
+                self._trust_seen[name] = (td.revision, now)
+        for name in list(self._trust_seen):
+            if name not in self.engine.trust.domains:
+                del self._trust_seen[name]
+
+    def cache_totals(self) -> dict[tuple[str, str], int]:
+        totals = dict(self._retired_cache)
+        for name, cache in (("x509", self.caches.x509), ("token", self.caches.tokens)):
+            totals[(name, "hit")] = totals.get((name, "hit"), 0) + cache.hits
+            totals[(name, "miss")] = totals.get((name, "miss"), 0) + cache.misses
+        return totals
+
+    def state_metrics(self) -> dict[str, Any]:
+        now = self.clock.now().timestamp()
+        snap = self.store.snapshot
+        by_kind: dict[str, int] = {}
+        for r in snap.active_revocations(now):
+            by_kind[r.kind] = by_kind.get(r.kind, 0) + 1
+        return {
+            "revocations": by_kind,
+            "grants": sum(1 for g in snap.grants if g.active(now)),
+            "exceptions": sum(1 for e in snap.exceptions if e.active(now)),
+            "bundle_age": {name: max(0.0, time.time() - at) for name, (_, at) in self._trust_seen.items()},
+            "cache": self.cache_totals(),
+            "ready": 1 if self.ready else 0,
+        }
 
     @classmethod
     def from_engine(cls, engine: Engine, **kw: Any) -> Runtime:
@@ -112,10 +163,12 @@ class Runtime:
             engine.revision != self.engine.revision
             or engine.config.cache.size != self.engine.config.cache.size
         ):
+            self._retired_cache = self.cache_totals()
             self.caches = Caches.sized(engine.config.cache.size)
         # In-flight Checks keep the engine and caches they started with.
         self.engine = engine
         self.configure_quarantine()
+        self._configure_edges()
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -146,17 +199,22 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             )
             raise  # abort raises; this keeps type checkers honest
         finally:
-            rt.decision_log.write(
-                record(
-                    decision_id=decision_id,
-                    at=now,
-                    ctx=ctx,
-                    decision=decision,
-                    latency_s=time.perf_counter() - started,
-                    revision=engine.revision,
-                    fault=fault,
-                )
+            latency = time.perf_counter() - started
+            rec = record(
+                decision_id=decision_id,
+                at=now,
+                ctx=ctx,
+                decision=decision,
+                latency_s=latency,
+                revision=engine.revision,
+                fault=fault,
+                state_revision=rt.store.snapshot.revision,
+                redactor=rt.redactor,
+                include_headers=engine.config.decision_log.headers,
             )
+            rt.decision_log.write(rec)
+            rt.hub.publish(rec)
+            rt.metrics.observe(decision, latency)
 
 
 def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[str, int, int, int], ...]:
@@ -195,6 +253,7 @@ class Reloader:
         try:
             engine = await asyncio.to_thread(load_engine, self.config_path)
         except AuthzError as exc:
+            self.runtime.metrics.reloads.get("failure").inc()
             self.runtime.reloads_failed += 1
             self.runtime.last_reload_error = exc.detail
             log.error("reload failed, keeping the last good configuration and trust: %s", exc.detail)
@@ -208,6 +267,7 @@ class Reloader:
         else:
             self._seen = after
         old = self.runtime.engine.revision
+        self.runtime.metrics.reloads.get("success").inc()
         self.runtime.swap(engine)
         self.runtime.last_reload_error = ""
         if old != engine.revision:
@@ -224,7 +284,10 @@ async def _http_health(runtime: Runtime, reader: asyncio.StreamReader, writer: a
             pass
         parts = line.decode("latin-1").split()
         path = parts[1] if len(parts) >= 2 else ""
-        if path == "/healthz":
+        ctype = "text/plain"
+        if path == "/metrics":
+            code, body, ctype = 200, runtime.metrics.scrape().decode(), CONTENT_TYPE
+        elif path == "/healthz":
             code, body = 200, "ok\n"
         elif path == "/readyz":
             if runtime.ready:
@@ -235,7 +298,7 @@ async def _http_health(runtime: Runtime, reader: asyncio.StreamReader, writer: a
             code, body = 404, "not found\n"
         reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
         writer.write(
-            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body.encode())}\r\n"
             f"Connection: close\r\n\r\n{body}".encode()
         )
         await writer.drain()
@@ -274,7 +337,7 @@ class Server:
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.runtime.store.start()  # durable state is loaded before anything is decided
         self.admin, self.admin_servicer = await start_admin_server(
-            self.runtime.store, lambda: self.runtime.engine.config, self.runtime.clock
+            self.runtime.store, lambda: self.runtime.engine.config, self.runtime.clock, self.runtime.hub
         )
         if cfg.listen.startswith("unix://"):
             sock = Path(cfg.listen[len("unix://") :])
@@ -323,7 +386,13 @@ async def serve(config_path: Path) -> int:
     except ValueError as exc:
         log.error("cannot start: %s: state: %s", config_path, exc)
         return 2
-    server = Server(config_path, Runtime.from_engine(engine, store=store))
+    dl = engine.config.decision_log
+    try:
+        decision_log = DecisionLog.open(dl.path, background=True, max_queue=dl.queue)
+    except OSError as exc:
+        log.error("cannot start: %s: decision_log.path: %s", config_path, exc)
+        return 2
+    server = Server(config_path, Runtime.from_engine(engine, store=store, decision_log=decision_log))
     try:
         await server.start()
     except (OSError, sqlite3.Error, RuntimeError) as exc:
@@ -337,4 +406,5 @@ async def serve(config_path: Path) -> int:
     await stop.wait()
     log.info("signal received: draining (pid %d)", os.getpid())
     await server.stop()
+    decision_log.close()
     return 0

@@ -287,3 +287,17 @@ class RevocationEvent(_message.Message):
     revocation: Revocation
     at: float
     def __init__(self, op: _Optional[str] = ..., revocation: _Optional[_Union[Revocation, _Mapping]] = ..., at: _Optional[float] = ...) -> None: ...
+
+class WatchDecisionsRequest(_message.Message):
+    __slots__ = ("deny_only", "identity_glob")
+    DENY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_GLOB_FIELD_NUMBER: _ClassVar[int]
+    deny_only: bool
+    identity_glob: str
+    def __init__(self, deny_only: _Optional[bool] = ..., identity_glob: _Optional[str] = ...) -> None: ...
+
+class DecisionEvent(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -94,6 +94,11 @@ class AdminStub:
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.RevocationEvent.FromString,
                 _registered_method=True)
+        self.WatchDecisions = channel.unary_stream(
+                '/ext_authz.admin.v1.Admin/WatchDecisions',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -171,6 +176,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDecisions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +244,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.RevocationEvent.SerializeToString,
+            ),
+            'WatchDecisions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDecisions,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +575,33 @@ class Admin:
             '/ext_authz.admin.v1.Admin/WatchRevocations',
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchRevocationsRequest.SerializeToString,
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.RevocationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/WatchDecisions',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,15 +1,58 @@
-"""One JSON record per Check, written even on faults. Never a token, cookie or key."""
+"""One JSON record per Check, written even on faults. Never a token, cookie or key.
+
+Redaction is on by default: the configured headers (authorization, cookies, API keys …), any header
+value that parses as a token, and every query value are replaced before a record is built. A slow
+or blocked sink never stalls a Check: records queue up to a bound, then are dropped and counted.
+"""
 
 from __future__ import annotations
 
 import json
+import queue
+import re
 import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from ..model import Decision, RequestContext
 
-__all__ = ["DecisionLog", "record"]
+__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "record"]
+
+REDACTED = "[REDACTED]"
+DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key")
+# Compact JWS/JWE, or a long opaque secret-looking run of base64url characters.
+_TOKENISH = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}|[A-Za-z0-9_\-+/=]{40,}"
+)
+# Headers never worth logging: Envoy's own client-certificate details are long and not secret,
+# but they are not needed either (the identity fields say who it was).
+_SKIP = frozenset(("x-forwarded-client-cert",))
+
+
+class Redactor:
+    def __init__(self, headers: Iterable[str] = DEFAULT_REDACT_HEADERS) -> None:
+        self.headers = frozenset(h.lower() for h in headers)
+
+    def header(self, name: str, value: str) -> str:
+        if name in self.headers:
+            return REDACTED
+        return _TOKENISH.sub(REDACTED, value)
+
+    def headers_map(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {k: self.header(k, v) for k, v in headers.items() if k not in _SKIP and not k.startswith(":")}
+
+    @staticmethod
+    def path(path: str) -> str:
+        """The path with every query value replaced: keys are kept, values never are."""
+        base, sep, query = path.partition("?")
+        base = base.split("#", 1)[0]
+        if not sep:
+            return base
+        keys = [part.split("=", 1)[0] for part in query.split("#", 1)[0].split("&") if part]
+        return base + "?" + "&".join(f"{k}={REDACTED}" for k in keys)
 
 
 def record(
@@ -21,7 +64,11 @@ def record(
     latency_s: float,
     revision: str,
     fault: str = "",
+    state_revision: int = 0,
+    redactor: Redactor | None = None,
+    include_headers: bool = False,
 ) -> dict[str, Any]:
+    redactor = redactor or Redactor()
     rec: dict[str, Any] = {
         "time": at.isoformat(timespec="milliseconds"),
         "decision_id": decision_id,
@@ -31,8 +78,10 @@ def record(
         rec["request_id"] = ctx.request_id
         rec["method"] = http.method if http else ""
         rec["host"] = http.host if http else ""
-        rec["path"] = http.path_only if http else ""  # never the query string: it may carry secrets
+        rec["path"] = redactor.path(http.path) if http else ""
         rec["source"] = ctx.source_address
+        if include_headers and http is not None:
+            rec["headers"] = redactor.headers_map(http.headers)
     if decision is not None:
         p = decision.principal
         rec.update(
@@ -62,19 +111,76 @@ def record(
         if decision.detail:
             rec["detail"] = decision.detail
     if fault:
-        rec.update(decision="error", reason="internal", fault=fault)
+        rec.update(decision="error", status=0, reason="internal", fault=fault)
     rec["latency_ms"] = round(latency_s * 1000, 3)
-    rec["revision"] = revision
+    config_rev, _, trust_rev = revision.partition(".")
+    rec["revision"] = {"config": config_rev, "trust": trust_rev, "state": state_revision}
     return rec
 
 
 class DecisionLog:
-    def __init__(self, sink: TextIO | None = None) -> None:
-        self.sink = sink or sys.stdout
+    """JSON lines to a sink. ``background=True`` writes from a thread through a bounded queue."""
+
+    def __init__(
+        self,
+        sink: TextIO | None = None,
+        *,
+        background: bool = False,
+        max_queue: int = 10_000,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        self.sink = sink if sink is not None else sys.stdout
+        self.dropped = 0
+        self.on_drop = on_drop
+        self._queue: queue.Queue[str | None] | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(max_queue)
+            self._thread = threading.Thread(target=self._drain, name="decision-log", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def open(cls, where: str, **kw: Any) -> DecisionLog:
+        if where in ("", "stdout", "-"):
+            return cls(sys.stdout, **kw)
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path.open("a", buffering=1, encoding="utf-8"), **kw)
 
     def write(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(rec, separators=(",", ":"), default=str) + "\n"
+        if self._queue is None:
+            self._emit(line)
+            return
         try:
-            self.sink.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
+
+    def _emit(self, line: str) -> None:
+        try:
+            self.sink.write(line)
             self.sink.flush()
         except (OSError, ValueError):
-            pass  # a broken sink must never fail a Check (drop counting arrives with metrics)
+            self._drop()  # a broken sink must never fail a Check
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            line = self._queue.get()
+            if line is None:
+                return
+            self._emit(line)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._queue is not None and self._thread is not None:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)

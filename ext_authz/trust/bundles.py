@@ -50,6 +50,7 @@ class TrustDomainTrust:
     x509_roots: tuple[x509.Certificate, ...] = ()
     jwt_keys: JwtKeys = field(default_factory=JwtKeys)
     store: Store | None = None
+    revision: str = ""  # changes exactly when this trust domain's material changes
 
 
 @dataclass(frozen=True, slots=True)

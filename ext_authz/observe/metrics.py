@@ -1,0 +1,138 @@
+"""Prometheus metrics (prefix ``ext_authz_``). Labels are bounded: never a SPIFFE ID, subject or
+path; rule names and trust domains come from config. Labelled children are created once and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..model import Decision
+
+__all__ = ["CONTENT_TYPE", "Metrics", "kind_label"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+def kind_label(decision: Decision | None) -> str:
+    if decision is None:
+        return "unknown"
+    kinds = decision.principal.kinds
+    return "+".join(kinds) if kinds else "none"
+
+
+class _Children:
+    """label values → child, created on first use and kept (never ``.labels()`` per Check)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def get(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the current state, trust and caches."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Any]:
+        data = self.read()
+        rev = GaugeMetricFamily(
+            "ext_authz_active_revocations", "Revocations in force, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(data.get("revocations", {}).items()):
+            rev.add_metric([kind], n)
+        yield rev
+        yield GaugeMetricFamily(
+            "ext_authz_active_grants", "Just-in-time grants in force", value=data.get("grants", 0)
+        )
+        yield GaugeMetricFamily(
+            "ext_authz_open_exceptions", "Break-glass exceptions open now", value=data.get("exceptions", 0)
+        )
+        age = GaugeMetricFamily(
+            "ext_authz_trust_bundle_age_seconds",
+            "Seconds since the trust material of each trust domain last changed",
+            labels=["trust_domain"],
+        )
+        for td, seconds in sorted(data.get("bundle_age", {}).items()):
+            age.add_metric([td], seconds)
+        yield age
+        cache = CounterMetricFamily(
+            "ext_authz_verification_cache", "Verified-credential cache lookups", labels=["cache", "result"]
+        )
+        for (name, result), n in sorted(data.get("cache", {}).items()):
+            cache.add_metric([name, result], n)
+        yield cache
+        yield GaugeMetricFamily(
+            "ext_authz_ready", "1 when config, trust and policy are loaded", value=data.get("ready", 0)
+        )
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = _Children(
+            Counter("ext_authz_decisions", "Checks decided", ["decision", "reason", "kind"], registry=r)
+        )
+        self.shadow = _Children(
+            Counter("ext_authz_shadow_decisions", "Shadow rule evaluations", ["rule", "outcome"], registry=r)
+        )
+        self.latency = Histogram(
+            "ext_authz_check_duration_seconds", "Time to decide one Check", buckets=_BUCKETS, registry=r
+        )
+        self.revocations_created = _Children(
+            Counter("ext_authz_revocations_created", "Revocations created", ["source"], registry=r)
+        )
+        self.revoked_denials = _Children(
+            Counter("ext_authz_revoked_denials", "Requests denied by a revocation", ["kind"], registry=r)
+        )
+        self.reloads = _Children(
+            Counter("ext_authz_config_reloads", "Config reloads", ["result"], registry=r)
+        )
+        self.log_dropped = Counter(
+            "ext_authz_decision_log_dropped", "Decision-log records dropped (slow sink)", registry=r
+        )
+        self.stream_dropped = _Children(
+            Counter(
+                "ext_authz_stream_dropped",
+                "Live-stream events dropped (slow subscriber)",
+                ["stream"],
+                registry=r,
+            )
+        )
+        for result in ("success", "failure"):
+            self.reloads.get(result)
+        for source in ("api", "quarantine", "feed"):
+            self.revocations_created.get(source)
+        self.log_dropped.inc(0)
+
+    def add_state_collector(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_StateCollector(read))
+
+    def observe(self, decision: Decision | None, seconds: float) -> None:
+        self.latency.observe(seconds)
+        if decision is None:
+            self.decisions.get("error", "internal", "unknown").inc()
+            return
+        self.decisions.get(
+            "allow" if decision.allowed else "deny", decision.reason, kind_label(decision)
+        ).inc()
+        if decision.revocation_kind:
+            self.revoked_denials.get(decision.revocation_kind).inc()
+        for s in decision.shadow:
+            self.shadow.get(s.rule, "matched" if s.matched else "unmatched").inc()
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
