@@ -374,6 +374,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         ss.sort(key=lambda s: (s.subject_kind, s.subject, s.key))
         return pb.ListSignalsResponse(signals=[signal_pb(s) for s in ss])
 
+    async def WatchDecisions(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for event in _watch_decisions(self.hub, request):
+            yield event
+
     async def WatchRevocations(self, request: Any, context: Any) -> AsyncIterator[Any]:
         queue: asyncio.Queue[RevocationEvent] = asyncio.Queue(MAX_WATCH_QUEUE)
 

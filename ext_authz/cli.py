@@ -104,6 +104,44 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from .config import parse_duration
+    from .errors import AuthzError, ConfigError
+    from .loader import load_engine
+    from .observe.report import build_report, read_records, render_report
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since, "--since", ""))
+        except ConfigError:
+            print(
+                f"ext-authz: --since: expected a duration such as 24h or 7d, got {args.since!r}",
+                file=sys.stderr,
+            )
+            return 2
+    engine = None
+    if args.config:
+        try:
+            engine = load_engine(args.config)
+        except AuthzError as exc:
+            print(f"ext-authz: invalid config: {exc.detail}", file=sys.stderr)
+            return 2
+    try:
+        with sys.stdin if args.log == "-" else open(args.log, encoding="utf-8", errors="replace") as f:
+            report = build_report(read_records(f, since), engine)
+    except OSError as exc:
+        print(f"ext-authz: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([u.as_dict() for u in report], indent=2))
+    else:
+        print(render_report(report, with_policy=engine is not None))
+    return 0
+
+
 def _cmd_dev_init(args: argparse.Namespace) -> int:
     from .dev.demo import init_demo
 
@@ -146,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     add_admin_commands(sub)
+
+    p = sub.add_parser("report", help="least-privilege review: what each identity actually used")
+    p.add_argument("--log", required=True, help="decision log (JSON lines), or - for stdin")
+    p.add_argument("--since", help="only records newer than this, e.g. 7d")
+    p.add_argument(
+        "--config", "-c", help="the policy, to list allow rules an identity is covered by but never used"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_report)
 
     dev = sub.add_parser("dev", help="demo identities and a local Envoy stack").add_subparsers(
         dest="dev_command", required=True

@@ -340,6 +340,7 @@ async def test_a_locked_database_delays_changes_but_the_snapshot_is_still_served
         store._run(lambda conn: conn.execute("PRAGMA busy_timeout=100"))
         held = revocation("rev_1")
         await store.put("revocation", held, at=T)
+        await store.poll()  # consume our own change-log entry (the background poller may not have yet)
         locker = sqlite3.connect(db, isolation_level=None)
         try:
             locker.execute("BEGIN EXCLUSIVE")

@@ -1,0 +1,393 @@
+"""Metrics, the decision log, the live stream and the least-privilege report, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from ext_authz._proto import admin_pb2 as pb
+from ext_authz._proto import admin_pb2_grpc
+from ext_authz.loader import load_engine
+from ext_authz.observe.decision_log import DecisionLog
+from ext_authz.server import Runtime, Server
+from tests.component.checkreq import check_request
+from tests.component.test_server import Running, _http_get, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "ext_authz.cli"]
+FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
+
+
+def sample(scrape: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text scrape (0 if absent)."""
+    for line in scrape.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return 0.0
+
+
+async def start(demo: Path, dest: Path, log: Any = None, **overrides: Any) -> Running:
+    config = write_config(demo, dest, **overrides)
+    buf = log if log is not None else io.StringIO()
+    runtime = Runtime.from_engine(
+        load_engine(config), decision_log=buf if isinstance(buf, DecisionLog) else DecisionLog(buf)
+    )
+    server = Server(config, runtime)
+    await server.start()
+    channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
+    return Running(server, runtime, config, channel, buf if isinstance(buf, io.StringIO) else io.StringIO())
+
+
+@pytest.fixture
+async def running(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    r = await start(
+        demo_dir,
+        tmp_path,
+        quarantine={"denials": 2, "window": "60s", "duration": "1m"},
+        decision_log={"headers": True},
+    )
+    yield r
+    await r.channel.close()
+    await r.server.stop(0)
+
+
+async def scrape(r: Running) -> str:
+    http = r.runtime.engine.config.http_listen
+    assert http is not None
+    code, body = await _http_get(http, "/metrics")
+    assert code == 200
+    return body
+
+
+def admin_stub(r: Running) -> tuple[grpc.aio.Channel, Any]:
+    ch = grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen)
+    return ch, admin_pb2_grpc.AdminStub(ch)
+
+
+async def test_metrics_move_with_checks(running: Running, demo_dir: Path) -> None:
+    token = (demo_dir / "tokens/alice.jwt").read_text().strip()
+    forged = (demo_dir / "tokens/forged.jwt").read_text().strip()
+    checks = [
+        check_request(demo_dir, workload="frontend"),  # allow, x509
+        check_request(demo_dir, workload="frontend"),  # allow again: cache hit
+        check_request(demo_dir, workload="billing"),  # no_rule + shadow match
+        check_request(demo_dir, workload="frontend", path="/admin/x"),  # policy_denied
+        check_request(demo_dir, path="/user/me", listener="edge"),  # no_credential
+        check_request(demo_dir, token=forged, path="/user/me", listener="edge"),  # token_signature
+        check_request(demo_dir, token=token, path="/user/me", listener="edge"),  # allow, oidc
+    ]
+    for c in checks:
+        await running.stub.Check(c)
+    m = await scrape(running)
+    assert sample(m, "ext_authz_decisions_total", decision="allow", reason="allowed", kind="x509_svid") == 2
+    assert sample(m, "ext_authz_decisions_total", decision="allow", reason="allowed", kind="oidc") == 1
+    assert sample(m, "ext_authz_decisions_total", decision="deny", reason="no_rule", kind="x509_svid") == 1
+    assert sample(m, "ext_authz_decisions_total", decision="deny", reason="policy_denied") == 1
+    assert sample(m, "ext_authz_decisions_total", decision="deny", reason="no_credential", kind="none") == 1
+    assert sample(m, "ext_authz_decisions_total", decision="deny", reason="token_signature", kind="none") == 1
+    assert sample(m, "ext_authz_shadow_decisions_total", rule="billing-reads-shadow", outcome="matched") == 1
+    assert sample(m, "ext_authz_check_duration_seconds_count") == len(checks)
+    assert sample(m, "ext_authz_verification_cache_total", cache="x509", result="hit") >= 1
+    assert sample(m, "ext_authz_trust_bundle_age_seconds", trust_domain="example.org") >= 0
+    assert "ext_authz_trust_bundle_age_seconds{" in m
+    assert sample(m, "ext_authz_ready") == 1
+    # No SPIFFE ID, subject or path ever becomes a label.
+    assert FRONTEND not in m and "alice" not in m and "/api/orders" not in m
+
+
+async def test_revocation_and_quarantine_metrics(running: Running, demo_dir: Path) -> None:
+    ch, admin = admin_stub(running)
+    try:
+        await admin.Revoke(pb.RevokeRequest(value=FRONTEND, reason="test"))
+        await running.stub.Check(check_request(demo_dir, workload="frontend"))
+        for _ in range(2):  # billing: two policy denials → quarantined
+            await running.stub.Check(check_request(demo_dir, workload="billing"))
+        await asyncio.sleep(0.05)
+        m = await scrape(running)
+        assert sample(m, "ext_authz_revocations_created_total", source="api") == 1
+        assert sample(m, "ext_authz_revocations_created_total", source="quarantine") == 1
+        assert sample(m, "ext_authz_active_revocations", kind="spiffe_id") == 1
+        assert sample(m, "ext_authz_active_revocations", kind="quarantine") == 1
+        assert sample(m, "ext_authz_revoked_denials_total", kind="spiffe_id") == 1
+        await admin.OpenException(
+            pb.OpenExceptionRequest(principal=FRONTEND, reason="r", duration_seconds=60)
+        )
+        await admin.CreateGrant(
+            pb.CreateGrantRequest(principal=FRONTEND, duration_seconds=60, reason="r", approver="a")
+        )
+        m = await scrape(running)
+        assert sample(m, "ext_authz_open_exceptions") == 1 and sample(m, "ext_authz_active_grants") == 1
+    finally:
+        await ch.close()
+
+
+async def test_reload_metrics(running: Running) -> None:
+    cfg = yaml.safe_load(running.config.read_text())
+    cfg["rules"].append({"name": "extra"})
+    running.config.write_text(yaml.safe_dump(cfg))
+    assert await running.server.reloader.check()
+    running.config.write_text("rules: [ {name: broken, effect: maybe} ]\n")
+    assert not await running.server.reloader.check()
+    m = await scrape(running)
+    assert sample(m, "ext_authz_config_reloads_total", result="success") == 1
+    assert sample(m, "ext_authz_config_reloads_total", result="failure") == 1
+
+
+SECRETS = {
+    "cookie": "session=c00kie-s3cret-value",
+    "x-api-key": "k3y-0123456789abcdef",
+    "proxy-authorization": "Basic cHJveHk6c2VjcmV0",
+}
+
+
+async def test_one_record_per_check_and_no_secrets_anywhere(running: Running, demo_dir: Path) -> None:
+    token = (demo_dir / "tokens/alice.jwt").read_text().strip()
+    svid_token = (demo_dir / "tokens/frontend-jwt-svid.jwt").read_text().strip()
+    reqs = [
+        check_request(
+            demo_dir,
+            token=token,
+            path="/user/me?access_token=q-s3cret&page=2",
+            listener="edge",
+            headers=SECRETS,
+        ),
+        check_request(
+            demo_dir,
+            token=svid_token,
+            path="/internal/jobs",
+            listener="edge",
+            headers={"x-debug": f"copied {svid_token}"},
+        ),
+        check_request(demo_dir, workload="frontend", headers={"cookie": "sid=another-s3cret"}),
+        check_request(demo_dir, token="garbage", listener="edge"),
+    ]
+    for r in reqs:
+        await running.stub.Check(r)
+    records = running.records()
+    assert len(records) == len(reqs)
+    assert len({r["decision_id"] for r in records}) == len(reqs)
+    text = running.log.getvalue()
+    for secret in [
+        token,
+        svid_token,
+        *[t.split(".")[2] for t in (token, svid_token)],
+        "q-s3cret",
+        "another-s3cret",
+        *SECRETS.values(),
+    ]:
+        assert secret not in text, secret
+    first = records[0]
+    assert first["path"] == "/user/me?access_token=[REDACTED]&page=[REDACTED]"
+    assert first["headers"]["cookie"] == "[REDACTED]" and first["headers"]["x-api-key"] == "[REDACTED]"
+    assert first["headers"]["authorization"] == "[REDACTED]"
+    assert "[REDACTED]" in records[1]["headers"]["x-debug"]
+    assert set(first["revision"]) == {"config", "trust", "state"}
+    for key in (
+        "time",
+        "decision_id",
+        "request_id",
+        "decision",
+        "status",
+        "reason",
+        "rule",
+        "identity",
+        "method",
+        "host",
+        "path",
+        "source",
+        "latency_ms",
+    ):
+        assert key in first, key
+
+
+class BlockedSink(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.release.wait(10)
+        return super().write(s)
+
+
+async def test_a_blocked_log_sink_never_stalls_checks(demo_dir: Path, tmp_path: Path) -> None:
+    sink = BlockedSink()
+    log = DecisionLog(sink, background=True, max_queue=3)
+    r = await start(demo_dir, tmp_path, log=log)
+    try:
+        t0 = time.monotonic()
+        for _ in range(20):
+            resp = await r.stub.Check(check_request(demo_dir, workload="frontend"))
+            assert resp.status.code == 0
+        assert time.monotonic() - t0 < 5  # the sink is blocked for 10 s: no Check waited for it
+        m = await scrape(r)
+        assert log.dropped >= 15
+        assert sample(m, "ext_authz_decision_log_dropped_total") == log.dropped
+    finally:
+        sink.release.set()
+        log.close()
+        await r.channel.close()
+        await r.server.stop(0)
+
+
+async def test_watch_decisions_streams_live_with_filters(running: Running, demo_dir: Path) -> None:
+    ch, admin = admin_stub(running)
+    try:
+        everything = admin.WatchDecisions(pb.WatchDecisionsRequest())
+        denials = admin.WatchDecisions(pb.WatchDecisionsRequest(deny_only=True))
+        billing = admin.WatchDecisions(
+            pb.WatchDecisionsRequest(identity_glob="spiffe://example.org/ns/billing/*")
+        )
+        await asyncio.sleep(0.1)
+        await running.stub.Check(check_request(demo_dir, workload="frontend"))
+        await running.stub.Check(check_request(demo_dir, workload="billing"))
+        got = [json.loads((await asyncio.wait_for(everything.read(), 5)).json) for _ in range(2)]
+        assert [g["decision"] for g in got] == ["allow", "deny"]
+        assert json.loads((await asyncio.wait_for(denials.read(), 5)).json)["identity"]["spiffe_id"].endswith(
+            "worker"
+        )
+        assert json.loads((await asyncio.wait_for(billing.read(), 5)).json)["reason"] == "no_rule"
+        for s in (everything, denials, billing):
+            s.cancel()
+    finally:
+        await ch.close()
+
+
+async def test_tail_prints_decisions_as_they_happen(running: Running, demo_dir: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "tail",
+        "--deny-only",
+        "--json",
+        "--count",
+        "1",
+        "--admin",
+        running.runtime.engine.config.admin_listen,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        line = b""
+        while not line and time.monotonic() < deadline:
+            await running.stub.Check(check_request(demo_dir, workload="frontend"))  # allowed: filtered out
+            await running.stub.Check(check_request(demo_dir, workload="frontend", path="/admin/x"))
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 0.5)
+            except TimeoutError:
+                continue
+        rec = json.loads(line)
+        assert rec["decision"] == "deny" and rec["reason"] == "policy_denied"
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_tail_revocations(running: Running, demo_dir: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "tail",
+        "--revocations",
+        "--count",
+        "1",
+        "--admin",
+        running.runtime.engine.config.admin_listen,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    ch, admin = admin_stub(running)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        deadline = time.monotonic() + 20
+        while not line and time.monotonic() < deadline:
+            await admin.Revoke(pb.RevokeRequest(value=FRONTEND, reason="watch me", duration_seconds=60))
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 1)
+            except TimeoutError:
+                continue
+        text = line.decode()
+        assert "created" in text and FRONTEND in text and "watch me" in text
+    finally:
+        await ch.close()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_report_from_a_real_log(running: Running, demo_dir: Path, tmp_path: Path) -> None:
+    token = (demo_dir / "tokens/alice.jwt").read_text().strip()
+    for _ in range(3):
+        await running.stub.Check(check_request(demo_dir, workload="frontend"))
+    await running.stub.Check(check_request(demo_dir, workload="billing"))
+    await running.stub.Check(check_request(demo_dir, token=token, path="/user/me", listener="edge"))
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("[envoy] an access log line that is not ours\n" + running.log.getvalue())
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "report",
+        "--log",
+        str(log),
+        "--config",
+        str(demo_dir / "config.yaml"),
+        "--json",
+        "--since",
+        "1h",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    report = {u["identity"]: u for u in json.loads(out)}
+    fe = report[FRONTEND]
+    assert fe["requests"] == 3 and fe["allowed_by_rule"] == {"frontend-reads": 3}
+    assert "frontend-reads" not in fe["unused_allow_rules"] and "public-health" in fe["unused_allow_rules"]
+    billing = report["spiffe://example.org/ns/billing/sa/worker"]
+    assert billing["denials_by_reason"] == {"no_rule": 1} and billing["allowed"] == 0
+    alice = report["alice (https://idp.example.com)"]
+    assert alice["allowed_by_rule"] == {"people-read-profile": 1}
+    text = await asyncio.create_subprocess_exec(
+        *CLI, "report", "--log", str(log), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, _ = await text.communicate()
+    assert "allowed by rules:      frontend-reads (3)" in out.decode()
+
+
+async def test_dashboard_queries_only_metrics_that_exist(running: Running, demo_dir: Path) -> None:
+    ch, admin = admin_stub(running)
+    try:
+        await admin.Revoke(pb.RevokeRequest(value="spiffe://example.org/ns/x/sa/y", reason="r"))
+        await running.stub.Check(check_request(demo_dir, workload="billing"))
+        await running.stub.Check(check_request(demo_dir, workload="frontend"))
+    finally:
+        await ch.close()
+    m = await scrape(running)
+    present = {line.split("{")[0].split()[0] for line in m.splitlines() if line and not line.startswith("#")}
+    present |= {line.split()[2] for line in m.splitlines() if line.startswith("# TYPE")}
+    dash = json.loads((REPO / "deploy/grafana/ext-authz.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bext_authz_[a-z_]+", e)}
+    assert used, "the dashboard queries no ext-authz metric"
+    missing = sorted(used - present)
+    assert not missing, f"dashboard queries metrics that /metrics does not expose: {missing}"
