@@ -230,3 +230,24 @@ def test_workload_revoked_from_the_cli_is_refused_on_its_next_request(stack: Sta
     finally:
         subprocess.run([*cli, "unrevoke", rid, "-c", str(stack.config_path)], timeout=60, check=True)
     assert request(stack, "/api/orders").status == 200
+
+
+def test_no_secret_reaches_any_log(stack: Stack) -> None:
+    """After everything above: neither ext-authz's nor Envoy's log holds a token, cookie or key."""
+    request(
+        stack,
+        "/user/profile?api_key=qs3cr3t",
+        listener="edge",
+        workload=None,
+        token=token(stack, "alice"),
+        headers={"cookie": "session=c00kie-value", "x-api-key": "apikey-123456"},
+    )
+    time.sleep(0.5)  # let the access log and the background decision-log writer flush
+    logs = stack.log_path("ext-authz").read_text() + stack.log_path("envoy").read_text()
+    secrets = [token(stack, n) for n in ("alice", "alice-expired", "forged", "frontend-jwt-svid")]
+    secrets += [t.split(".")[2] for t in secrets]  # signatures alone
+    secrets += ["qs3cr3t", "c00kie-value", "apikey-123456"]
+    for key in (stack.demo_dir / "svid").glob("*.key"):
+        secrets.append(key.read_text().splitlines()[1])  # a line of private key material
+    for s in secrets:
+        assert s not in logs, s[:20]
