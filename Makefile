@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps
 
 venv: $(STAMP)
 
@@ -23,13 +23,20 @@ $(STAMP): pyproject.toml
 run: venv
 	$(VENV)/bin/ext-authz dev up demo --envoy-config envoy.yaml
 
-test: venv
+# Tests run a real redis-server (Debian's package) on a free port: install it when missing.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server for the tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi; }
+
+test: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: venv
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
-test-e2e: venv
+test-e2e: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 lint: venv

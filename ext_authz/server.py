@@ -23,6 +23,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from redis.exceptions import RedisError
 
 from .admin import start_admin_server
 from .clock import Clock, SystemClock
@@ -39,10 +40,11 @@ from .state.model import Revocation
 from .state.quarantine import DenialCounter
 from .state.store import MemoryStore, Store, open_store
 
-__all__ = ["AUTH_SERVICE", "Runtime", "Server", "serve"]
+__all__ = ["AUTH_SERVICE", "STATE_SERVICE", "Runtime", "Server", "serve"]
 
 log = logging.getLogger("ext_authz")
 AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
+STATE_SERVICE = "ext_authz.state"  # health of the shared state store (degraded is not down)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Runtime:
             "bundle_age": {name: max(0.0, time.time() - at) for name, (_, at) in self._trust_seen.items()},
             "cache": self.cache_totals(),
             "ready": 1 if self.ready else 0,
+            "state_connected": 1 if self.store.healthy else 0,
         }
 
     @classmethod
@@ -290,7 +293,16 @@ async def _http_health(runtime: Runtime, reader: asyncio.StreamReader, writer: a
         elif path == "/healthz":
             code, body = 200, "ok\n"
         elif path == "/readyz":
-            if runtime.ready:
+            if runtime.ready and not runtime.store.healthy:
+                # Still enforcing (on the last snapshot of shared state): ready, but say so.
+                code, body = (
+                    200,
+                    (
+                        "degraded: state store unreachable, enforcing the last snapshot "
+                        f"revision={runtime.engine.revision}\n"
+                    ),
+                )
+            elif runtime.ready:
                 code, body = 200, f"ready revision={runtime.engine.revision}\n"
             else:
                 code, body = 503, "not ready\n"
@@ -355,7 +367,21 @@ class Server:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.reloader.run()))
+        self._tasks.append(asyncio.create_task(self._watch_state_health()))
         log.info("ext-authz serving Check on %s (revision %s)", cfg.listen, self.runtime.engine.revision)
+
+    async def _watch_state_health(self) -> None:
+        """grpc.health.v1 service `ext_authz.state`: NOT_SERVING while shared state is unreachable."""
+        last: bool | None = None
+        while True:
+            healthy = self.runtime.store.healthy
+            if healthy != last:
+                serving = health_pb2.HealthCheckResponse.SERVING
+                await self.health.set(
+                    STATE_SERVICE, serving if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                last = healthy
+            await asyncio.sleep(0.2)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first, then stop accepting, answer in-flight Checks, then close."""
@@ -395,7 +421,7 @@ async def serve(config_path: Path) -> int:
     server = Server(config_path, Runtime.from_engine(engine, store=store, decision_log=decision_log))
     try:
         await server.start()
-    except (OSError, sqlite3.Error, RuntimeError) as exc:
+    except (OSError, sqlite3.Error, RuntimeError, RedisError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     stop = asyncio.Event()

@@ -77,6 +77,11 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "ext_authz_ready", "1 when config, trust and policy are loaded", value=data.get("ready", 0)
         )
+        yield GaugeMetricFamily(
+            "ext_authz_state_connected",
+            "1 when the state store is reachable (0: enforcing the last snapshot)",
+            value=data.get("state_connected", 1),
+        )
 
 
 class Metrics:

@@ -84,6 +84,11 @@ class Store:
         self.snapshot = StateSnapshot()
         self._watchers: list[Callable[[RevocationEvent], None]] = []
 
+    @property
+    def healthy(self) -> bool:
+        """False while a shared store is unreachable (Checks go on with the last snapshot)."""
+        return True
+
     # -- reading -------------------------------------------------------------------------------
     def get(self, kind: str, rid: str) -> Any | None:
         return self._records[kind].get(rid)
@@ -342,4 +347,8 @@ def open_store(url: str) -> Store:
         return MemoryStore()
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url[len("sqlite://") :]))
-    raise ValueError(f"unsupported state store {url!r} (memory:// or sqlite:///PATH)")
+    if url.startswith(("redis://", "rediss://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"unsupported state store {url!r} (memory://, sqlite:///PATH or redis://HOST:PORT/DB)")

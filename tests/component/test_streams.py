@@ -22,6 +22,7 @@ from ext_authz._proto import admin_pb2_grpc
 from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
 from ext_authz.server import Runtime, Server
+from ext_authz.state.store import open_store
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, _http_get, write_config
 
@@ -47,8 +48,11 @@ def sample(scrape: str, name: str, **labels: str) -> float:
 async def start(demo: Path, dest: Path, log: Any = None, **overrides: Any) -> Running:
     config = write_config(demo, dest, **overrides)
     buf = log if log is not None else io.StringIO()
+    engine = load_engine(config)
     runtime = Runtime.from_engine(
-        load_engine(config), decision_log=buf if isinstance(buf, DecisionLog) else DecisionLog(buf)
+        engine,
+        decision_log=buf if isinstance(buf, DecisionLog) else DecisionLog(buf),
+        store=open_store(engine.config.state),
     )
     server = Server(config, runtime)
     await server.start()
