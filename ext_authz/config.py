@@ -70,11 +70,20 @@ class JwtSvidConfig:
 @dataclass(frozen=True, slots=True)
 class IssuerConfig:
     issuer: str
-    jwks: Path
+    jwks: Path | None  # a JWKS file, or None when the keys come from jwks_url / discovery
     audiences: tuple[str, ...]
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     leeway: float = 30.0
     subject_claim: str = "sub"
+    jwks_url: str = ""  # https URL of the JWKS (given, or found through OIDC discovery)
+    discovery: bool = False  # find jwks_uri at {issuer}/.well-known/openid-configuration
+    refresh: float = 300.0  # refetch this often
+    max_stale: float = 86_400.0  # keep using the last keys this long when fetching fails
+    ca: Path | None = None  # extra CA bundle to verify the issuer's HTTPS server
+
+    @property
+    def remote(self) -> bool:
+        return self.jwks is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +187,7 @@ class Config:
         files: list[Path] = [self.source]
         for td in self.trust_domains.values():
             files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
-        files.extend(i.jwks for i in self.issuers.values())
+        files.extend(i.jwks for i in self.issuers.values() if i.jwks is not None)
         return tuple(dict.fromkeys(files))
 
 
@@ -405,13 +414,41 @@ def parse_config(text: bytes | str, source: Path) -> Config:
     iss_top = top.section("issuers", frozenset(map(str, iss_data)))
     for iss in iss_data:
         sec = iss_top.section(
-            str(iss), frozenset(("jwks", "audiences", "algorithms", "leeway", "subject_claim"))
+            str(iss),
+            frozenset(
+                (
+                    "jwks",
+                    "discovery",
+                    "refresh",
+                    "max_stale",
+                    "ca",
+                    "audiences",
+                    "algorithms",
+                    "leeway",
+                    "subject_claim",
+                )
+            ),
         )
         if str(iss).startswith("spiffe://"):
             raise ConfigError(file, sec.key, "JWT-SVIDs are verified through trust_domains, not issuers")
-        jwks = sec.path("jwks", base)
-        if jwks is None:
-            raise ConfigError(file, sec.where("jwks"), "is required (a JWKS file)")
+        raw_jwks = sec.text("jwks")
+        discovery = sec.flag("discovery", False)
+        jwks: Path | None = None
+        jwks_url = ""
+        if raw_jwks and raw_jwks.startswith("https://"):
+            jwks_url = raw_jwks
+        elif raw_jwks and "://" in raw_jwks:
+            raise ConfigError(file, sec.where("jwks"), "a JWKS URL must be https://")
+        elif raw_jwks:
+            jwks = sec.path("jwks", base)
+        if discovery and raw_jwks:
+            raise ConfigError(file, sec.key, "either jwks or discovery: true, not both")
+        if discovery and not str(iss).startswith("https://"):
+            raise ConfigError(file, sec.where("discovery"), "OIDC discovery needs an https:// issuer")
+        if jwks is None and not jwks_url and not discovery:
+            raise ConfigError(
+                file, sec.where("jwks"), "is required: a JWKS file, an https URL, or discovery: true"
+            )
         audiences = sec.str_list("audiences")
         if not audiences:
             raise ConfigError(file, sec.where("audiences"), "is required: tokens must be meant for us")
@@ -422,6 +459,11 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             algorithms=_algorithms(sec, "algorithms", ("RS256", "ES256"), _ASYMMETRIC_ALGORITHMS),
             leeway=parse_duration(sec.data.get("leeway", 30), file, sec.where("leeway")),
             subject_claim=sec.text("subject_claim", "sub") or "sub",
+            jwks_url=jwks_url,
+            discovery=discovery,
+            refresh=max(1.0, parse_duration(sec.data.get("refresh", "5m"), file, sec.where("refresh"))),
+            max_stale=parse_duration(sec.data.get("max_stale", "24h"), file, sec.where("max_stale")),
+            ca=sec.path("ca", base),
         )
 
     mtls = top.section("mtls", frozenset(("source",)))

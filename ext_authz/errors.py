@@ -36,6 +36,7 @@ REASON_STATUS: dict[str, int] = {
     "token_issuer": 401,
     "token_claims": 401,
     "token_too_old": 401,
+    "trust_stale": 401,
     "session_too_old": 401,
     # 403: authenticated (or anonymous) but not permitted.
     "no_rule": 403,

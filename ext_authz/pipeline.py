@@ -111,6 +111,12 @@ def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Id
     if ident is None:
         ident = verify_token(creds.bearer, engine.trust, engine.tokens, ts)
         caches.tokens.put(creds.bearer, revision, ident)
+    elif ident.kind == "oidc":
+        issuer = engine.trust.issuers.get(ident.issuer)
+        if issuer is not None and issuer.stale(ts):  # a cached verdict must not outlive its keys' freshness
+            raise CredentialError(
+                "trust_stale", f"keys of issuer {ident.issuer} are stale", credential="token"
+            )
     return ident
 
 

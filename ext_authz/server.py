@@ -39,6 +39,7 @@ from .pipeline import Caches, Engine, decide, quarantine_keys
 from .state.model import Revocation
 from .state.quarantine import DenialCounter
 from .state.store import MemoryStore, Store, open_store
+from .trust.remote import RemoteTrust
 
 __all__ = ["AUTH_SERVICE", "STATE_SERVICE", "Runtime", "Server", "serve"]
 
@@ -60,6 +61,7 @@ class Runtime:
     reloads_failed: int = 0
     last_reload_error: str = ""
     quarantine: DenialCounter | None = None
+    on_unknown_key: Callable[[], None] | None = None
     metrics: Metrics = field(default_factory=Metrics)
     hub: DecisionHub = field(default_factory=DecisionHub)
     redactor: Redactor = field(default_factory=Redactor)
@@ -127,6 +129,8 @@ class Runtime:
 
     def after(self, decision: Decision, now: float) -> None:
         """Edge effects of a decision: remember new sessions, count denials toward quarantine."""
+        if decision.reason == "token_unknown_key" and self.on_unknown_key is not None:
+            self.on_unknown_key()  # maybe the issuer rotated its keys: refetch (rate-limited)
         if decision.new_session is not None:
             self.store.note_session(*decision.new_session)
         if (
@@ -235,11 +239,16 @@ class Reloader:
     """Polls the config and every trust file it names; a broken file keeps the last good state."""
 
     def __init__(
-        self, config_path: Path, runtime: Runtime, on_swap: Callable[[Engine], None] | None = None
+        self,
+        config_path: Path,
+        runtime: Runtime,
+        on_swap: Callable[[Engine], None] | None = None,
+        prepare: Callable[[Engine], Engine] | None = None,
     ) -> None:
         self.config_path = config_path
         self.runtime = runtime
         self.on_swap = on_swap
+        self.prepare = prepare  # e.g. merge remote JWKS into a freshly loaded engine before it is installed
         self._seen = _fingerprint(runtime.engine.config.watched_files())
 
     async def run(self) -> None:
@@ -271,6 +280,8 @@ class Reloader:
             self._seen = after
         old = self.runtime.engine.revision
         self.runtime.metrics.reloads.get("success").inc()
+        if self.prepare is not None:
+            engine = self.prepare(engine)
         self.runtime.swap(engine)
         self.runtime.last_reload_error = ""
         if old != engine.revision:
@@ -333,11 +344,17 @@ class Server:
         self.health = HealthServicer()
         self.grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.http: asyncio.Server | None = None
-        self.reloader = Reloader(config_path, runtime)
+        self.remote = RemoteTrust(lambda: self.runtime.engine, self.runtime.swap)
+        self.reloader = Reloader(config_path, runtime, prepare=self._with_remote_keys)
+        runtime.on_unknown_key = self.remote.request_refetch
         self._tasks: list[asyncio.Task[None]] = []
         self.bound_port = 0
         self.admin: grpc.aio.Server | None = None
         self.admin_servicer: Any = None
+
+    def _with_remote_keys(self, engine: Engine) -> Engine:
+        self.remote.configure(engine.config)
+        return self.remote.merged(engine)
 
     async def start(self) -> None:
         cfg = self.runtime.engine.config
@@ -362,6 +379,7 @@ class Server:
             self.http = await asyncio.start_server(
                 lambda r, w: _http_health(self.runtime, r, w), host.strip("[]"), int(port)
             )
+        await self.remote.start()  # first fetch of remote JWKS (bounded): tokens then verify at once
         # Config, trust bundles and policy were loaded before we got here: now we are ready.
         self.runtime.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -389,6 +407,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         for t in self._tasks:
             t.cancel()
+        await self.remote.stop()
         grace = self.runtime.engine.config.shutdown_grace if grace is None else grace
         stops = [self.grpc.stop(grace)]
         if self.admin is not None:

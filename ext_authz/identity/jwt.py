@@ -213,6 +213,8 @@ def _verify_oidc(
     it = trust.issuers.get(cfg.issuer)
     if it is None:
         raise _fail("token_issuer", f"no keys loaded for issuer {cfg.issuer}")
+    if it.stale(now):
+        raise _fail("trust_stale", f"keys of issuer {cfg.issuer} could not be refreshed for too long")
     key = _select_key(it.keys, header.get("kid"), alg, kid_required=False)
     _verify_signature(token, key, alg)
     auds = _audiences(claims)

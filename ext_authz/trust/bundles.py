@@ -57,6 +57,15 @@ class TrustDomainTrust:
 class IssuerTrust:
     issuer: str
     keys: JwtKeys
+    remote: bool = False  # keys fetched over HTTPS: they go stale
+    fetched_at: float | None = None  # last successful fetch (remote only)
+    max_stale: float = 86_400.0
+
+    def stale(self, now: float) -> bool:
+        """Remote keys never fetched, or not refreshed for longer than ``max_stale``."""
+        if not self.remote:
+            return False
+        return self.fetched_at is None or now - self.fetched_at > self.max_stale
 
 
 @dataclass(frozen=True, slots=True)
