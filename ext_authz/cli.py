@@ -26,7 +26,20 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .config import load_config
+    from .errors import AuthzError
+    from .server import serve, worker_index
+
+    if worker_index() is None:
+        try:
+            cfg = load_config(args.config)
+        except AuthzError as exc:
+            logging.getLogger("ext_authz").error("cannot start: %s", exc.detail)
+            return 2
+        if cfg.workers > 1:
+            from .workers import Supervisor
+
+            return asyncio.run(Supervisor(Path(args.config), cfg).run())
 
     return asyncio.run(serve(Path(args.config)))
 

@@ -181,6 +181,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    workers: int = 1
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""
@@ -349,6 +350,7 @@ _TOP = frozenset(
         "device",
         "admin",
         "decision_log",
+        "workers",
     )
 )
 
@@ -477,6 +479,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         raise ConfigError(file, "state", "expected memory://, sqlite:///PATH or redis://HOST:PORT/DB")
 
     rules = _rules(top, file)
+    listen_value = _listen(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN
 
     quarantine = None
     if top.has("quarantine"):
@@ -533,12 +536,24 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         queue=dl_queue,
     )
 
+    workers = top.data.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ConfigError(file, "workers", "expected a whole number of serving processes, 1 to 64")
+    if workers > 1 and state.startswith("memory://"):
+        raise ConfigError(
+            file, "workers", "several workers need a shared state store (sqlite:/// or redis://)"
+        )
+    if workers > 1 and listen_value.startswith("unix://"):
+        raise ConfigError(
+            file, "workers", "several workers share a TCP port (SO_REUSEPORT); listen is a unix socket"
+        )
+
     def _age(name: str) -> float | None:
         return parse_duration(top.data[name], file, name) if top.has(name) else None
 
     return Config(
         source=source,
-        listen=_listen(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        listen=listen_value,
         # `http_listen: null` (or "") turns the HTTP health endpoints off.
         http_listen=None
         if "http_listen" in top.data and top.data["http_listen"] in (None, "")
@@ -564,6 +579,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         ),
         admin=admin_cfg,
         decision_log=decision_log,
+        workers=workers,
     )
 
 

@@ -45,6 +45,8 @@ __all__ = ["AUTH_SERVICE", "STATE_SERVICE", "Runtime", "Server", "serve"]
 
 log = logging.getLogger("ext_authz")
 AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
+WORKER_ENV = "EXT_AUTHZ_WORKER"  # set by the supervisor: this process is worker N
+WORKER_HTTP_ENV = "EXT_AUTHZ_WORKER_HTTP"  # its private metrics/health address
 STATE_SERVICE = "ext_authz.state"  # health of the shared state store (degraded is not down)
 
 
@@ -219,6 +221,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 redactor=rt.redactor,
                 include_headers=engine.config.decision_log.headers,
             )
+            if _WORKER is not None:
+                rec["worker"] = _WORKER
             rt.decision_log.write(rec)
             rt.hub.publish(rec)
             rt.metrics.observe(decision, latency)
@@ -342,7 +346,9 @@ class Server:
         self.config_path = config_path
         self.runtime = runtime
         self.health = HealthServicer()
-        self.grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Workers share one port (SO_REUSEPORT); a lone server refuses to share it by accident.
+        self.worker = worker_index()
+        self.grpc = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.worker is not None else 0)])
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(lambda: self.runtime.engine, self.runtime.swap)
         self.reloader = Reloader(config_path, runtime, prepare=self._with_remote_keys)
@@ -365,17 +371,19 @@ class Server:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.runtime.store.start()  # durable state is loaded before anything is decided
-        self.admin, self.admin_servicer = await start_admin_server(
-            self.runtime.store, lambda: self.runtime.engine.config, self.runtime.clock, self.runtime.hub
-        )
+        if self.worker in (None, 0):  # one admin API per host: worker 0 serves it, the store shares it
+            self.admin, self.admin_servicer = await start_admin_server(
+                self.runtime.store, lambda: self.runtime.engine.config, self.runtime.clock, self.runtime.hub
+            )
         if cfg.listen.startswith("unix://"):
             sock = Path(cfg.listen[len("unix://") :])
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
         self.bound_port = self.grpc.add_insecure_port(_grpc_address(cfg.listen))
         await self.grpc.start()
-        if cfg.http_listen:
-            host, _, port = cfg.http_listen.rpartition(":")
+        http_listen = os.environ.get(WORKER_HTTP_ENV) if self.worker is not None else cfg.http_listen
+        if http_listen:
+            host, _, port = http_listen.rpartition(":")
             self.http = await asyncio.start_server(
                 lambda r, w: _http_health(self.runtime, r, w), host.strip("[]"), int(port)
             )
@@ -418,6 +426,14 @@ class Server:
             self.http.close()
             await self.http.wait_closed()
         log.info("ext-authz stopped")
+
+
+def worker_index() -> int | None:
+    value = os.environ.get(WORKER_ENV)
+    return int(value) if value and value.isdigit() else None
+
+
+_WORKER = worker_index()
 
 
 async def serve(config_path: Path) -> int:

@@ -1,0 +1,113 @@
+"""`workers: N`: several processes on one port, one /metrics, shared state, graceful stop of all."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import yaml
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+from ext_authz.workers import aggregate_metrics
+from tests.component.checkreq import check_request
+from tests.component.test_server import write_config
+from tests.component.test_streams import sample
+
+CLI = [sys.executable, "-m", "ext_authz.cli"]
+FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:  # noqa: S310 - loopback
+            return r.status, r.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def check_once(listen: str, demo: Path) -> str:
+    """One Check on a fresh connection (SO_REUSEPORT spreads connections over the workers)."""
+    with grpc.insecure_channel(listen, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+            check_request(demo, workload="frontend"), timeout=5
+        )
+        return str(resp.dynamic_metadata.fields["reason"].string_value)
+
+
+def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp_path: Path) -> None:
+    config = write_config(demo_dir, tmp_path, state=f"sqlite://{tmp_path}/state.db", workers=2)
+    cfg = yaml.safe_load(config.read_text())
+    http = f"http://{cfg['http_listen']}"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while get(f"{http}/readyz")[0] != 200:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "workers never became ready"
+            time.sleep(0.2)
+        _, body = get(f"{http}/readyz")
+        assert body.count("worker") == 2 and body.count(" 200 ") == 2
+
+        n = 30
+        assert all(check_once(cfg["listen"], demo_dir) == "allowed" for _ in range(n))
+        metrics = get(f"{http}/metrics")[1]
+        assert (
+            sample(metrics, "ext_authz_decisions_total", decision="allow", reason="allowed", kind="x509_svid")
+            == n
+        )
+        assert sample(metrics, "ext_authz_ready") == 1
+        time.sleep(0.3)  # decision logs are written by a background thread in each worker
+        served_by = {
+            json.loads(ln).get("worker") for ln in log.read_text().splitlines() if ln.startswith("{")
+        }
+        assert served_by == {0, 1}, served_by  # both processes answered on the one port
+
+        res = subprocess.run(
+            [*CLI, "revoke", FRONTEND, "--reason", "all workers", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 5
+        while True:  # every worker (every new connection) must refuse it, soon
+            reasons = {check_once(cfg["listen"], demo_dir) for _ in range(10)}
+            if reasons == {"revoked"}:
+                break
+            assert time.monotonic() < deadline, f"still {reasons}"
+            time.sleep(0.05)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False).stdout == b""
+
+
+def test_metrics_aggregation_sums_counters_and_keeps_shared_gauges() -> None:
+    a = (
+        "# HELP ext_authz_decisions Checks decided\n# TYPE ext_authz_decisions counter\n"
+        'ext_authz_decisions_total{decision="allow",reason="allowed",kind="none"} 3.0\n'
+        "# HELP ext_authz_active_grants g\n# TYPE ext_authz_active_grants gauge\n"
+        "ext_authz_active_grants 2.0\n"
+        "# HELP ext_authz_ready r\n# TYPE ext_authz_ready gauge\next_authz_ready 1.0\n"
+    )
+    b = a.replace(" 3.0", " 4.0").replace("ext_authz_ready 1.0", "ext_authz_ready 0.0")
+    out = aggregate_metrics([a, b])
+    assert sample(out, "ext_authz_decisions_total", decision="allow") == 7
+    assert sample(out, "ext_authz_active_grants") == 2  # the same shared state, not twice
+    assert sample(out, "ext_authz_ready") == 0  # any worker not ready: not ready
+    assert json.dumps(out)  # plain text
