@@ -393,11 +393,14 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             workload_api=sec.text("workload_api"),
         )
         if cfg.workload_api is not None:
-            raise ConfigError(
-                file, f"{key}.workload_api", "the Workload API source is not available in this version"
-            )
-        if cfg.x509_bundle is None and cfg.jwt_bundle is None:
-            raise ConfigError(file, key, "needs at least one of x509_bundle, jwt_bundle")
+            if not cfg.workload_api.startswith("unix:///"):
+                raise ConfigError(file, f"{key}.workload_api", "expected the agent socket as unix:///path")
+            if cfg.x509_bundle is not None or cfg.jwt_bundle is not None:
+                raise ConfigError(
+                    file, key, "either workload_api or bundle files, not both: bundles never mix"
+                )
+        if cfg.x509_bundle is None and cfg.jwt_bundle is None and cfg.workload_api is None:
+            raise ConfigError(file, key, "needs at least one of x509_bundle, jwt_bundle, workload_api")
         trust_domains[td.name] = cfg
 
     jwt_sec = top.section("jwt_svid", frozenset(("audiences", "algorithms", "leeway")))
@@ -406,7 +409,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         algorithms=_algorithms(jwt_sec, "algorithms", JWT_SVID_ALGORITHMS, frozenset(JWT_SVID_ALGORITHMS)),
         leeway=parse_duration(jwt_sec.data.get("leeway", 30), file, jwt_sec.where("leeway")),
     )
-    if any(td.jwt_bundle for td in trust_domains.values()) and not jwt_svid.audiences:
+    if any(td.jwt_bundle or td.workload_api for td in trust_domains.values()) and not jwt_svid.audiences:
         raise ConfigError(file, "jwt_svid.audiences", "required when a trust domain has a jwt_bundle")
 
     issuers: dict[str, IssuerConfig] = {}

@@ -40,6 +40,7 @@ from .state.model import Revocation
 from .state.quarantine import DenialCounter
 from .state.store import MemoryStore, Store, open_store
 from .trust.remote import RemoteTrust
+from .trust.workload_api import WorkloadApiTrust
 
 __all__ = ["AUTH_SERVICE", "STATE_SERVICE", "Runtime", "Server", "serve"]
 
@@ -351,6 +352,7 @@ class Server:
         self.grpc = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.worker is not None else 0)])
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(lambda: self.runtime.engine, self.runtime.swap)
+        self.workload_api = WorkloadApiTrust(lambda: self.runtime.engine, self.runtime.swap)
         self.reloader = Reloader(config_path, runtime, prepare=self._with_remote_keys)
         runtime.on_unknown_key = self.remote.request_refetch
         self._tasks: list[asyncio.Task[None]] = []
@@ -359,8 +361,10 @@ class Server:
         self.admin_servicer: Any = None
 
     def _with_remote_keys(self, engine: Engine) -> Engine:
+        """A freshly loaded engine gets the live trust sources' latest material before it is installed."""
         self.remote.configure(engine.config)
-        return self.remote.merged(engine)
+        self.workload_api.configure(engine.config)
+        return self.workload_api.merged(self.remote.merged(engine))
 
     async def start(self) -> None:
         cfg = self.runtime.engine.config
@@ -388,6 +392,7 @@ class Server:
                 lambda r, w: _http_health(self.runtime, r, w), host.strip("[]"), int(port)
             )
         await self.remote.start()  # first fetch of remote JWKS (bounded): tokens then verify at once
+        await self.workload_api.start()  # first bundles from the SPIFFE Workload API (bounded)
         # Config, trust bundles and policy were loaded before we got here: now we are ready.
         self.runtime.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -416,6 +421,7 @@ class Server:
         for t in self._tasks:
             t.cancel()
         await self.remote.stop()
+        await self.workload_api.stop()
         grace = self.runtime.engine.config.shutdown_grace if grace is None else grace
         stops = [self.grpc.stop(grace)]
         if self.admin is not None:

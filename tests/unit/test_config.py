@@ -371,10 +371,17 @@ BAD = [
         "non-empty",
     ),
     (
-        "td-workload-api",
-        "trust_domains: {example.org: {workload_api: 'unix:///s.sock'}}",
+        "td-workload-api-not-unix",
+        "{trust_domains: {example.org: {workload_api: 'tcp://agent:8081'}}, jwt_svid: {audiences: [a]}}",
         "trust_domains.example.org.workload_api",
-        "Workload API",
+        "unix:///",
+    ),
+    (
+        "td-workload-api-and-files",
+        "{trust_domains: {example.org: {workload_api: 'unix:///s.sock', x509_bundle: r.pem}}, "
+        "jwt_svid: {audiences: [a]}}",
+        "trust_domains.example.org",
+        "never mix",
     ),
     (
         "jwt-bundle-needs-audiences",

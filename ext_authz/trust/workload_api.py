@@ -1,0 +1,218 @@
+"""Trust bundles streamed from the SPIFFE Workload API (edge code), with the `spiffe` package.
+
+For every trust domain configured with ``workload_api: unix:///…``, its X.509 roots and JWT keys
+are taken from the Workload API's streams (the agent's own trust domain and federated ones alike)
+and swapped into the engine whole. A broken stream is retried by the client with backoff; until it
+returns, the last bundles stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.verification import Store
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
+
+from ..config import Config
+from .bundles import JwtKeys, TrustDomainTrust
+
+if TYPE_CHECKING:
+    from ..pipeline import Engine
+
+__all__ = ["WorkloadApiTrust"]
+
+log = logging.getLogger("ext_authz.trust")
+_SHA256 = hashes.SHA256()
+
+
+def _jwk(key: Any) -> Key | None:
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSAKey.import_key(key)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ECKey.import_key(key)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return OKPKey.import_key(key)
+    return None
+
+
+@dataclasses.dataclass
+class _Latest:
+    roots: dict[str, tuple[x509.Certificate, ...]] = dataclasses.field(default_factory=dict)
+    jwt: dict[str, JwtKeys] = dataclasses.field(default_factory=dict)
+    jwt_digest: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _Stream:
+    """One Workload API socket: both streams, callbacks marshalled onto the event loop."""
+
+    def __init__(
+        self, socket: str, loop: asyncio.AbstractEventLoop, update: Callable[[str, Any], None]
+    ) -> None:
+        self.socket = socket
+        self.loop = loop
+        self.update = update
+        self.client: Any = None
+        self.handlers: list[Any] = []
+        self.errors = 0
+
+    def start(self) -> bool:
+        from spiffe.workloadapi.workload_api_client import RetryPolicy, WorkloadApiClient
+
+        try:
+            self.client = WorkloadApiClient(socket_path=self.socket)
+        except Exception as exc:  # the socket is not there yet: the agent may still be starting
+            log.warning("Workload API at %s not available yet: %s", self.socket, exc)
+            return False
+        policy = RetryPolicy(
+            max_retries=RetryPolicy.UNLIMITED_RETRIES,
+            base_backoff_in_seconds=0.1,
+            backoff_factor=2,
+            max_backoff=5,
+        )
+        self.handlers = [
+            self.client.stream_x509_contexts(
+                self._on_x509, self._on_error, retry_connect=True, retry_policy=policy
+            ),
+            self.client.stream_jwt_bundles(
+                self._on_jwt, self._on_error, retry_connect=True, retry_policy=policy
+            ),
+        ]
+        return True
+
+    def _on_x509(self, context: Any) -> None:
+        self.loop.call_soon_threadsafe(self.update, "x509", context.x509_bundle_set)
+
+    def _on_jwt(self, bundles: Any) -> None:
+        self.loop.call_soon_threadsafe(self.update, "jwt", bundles)
+
+    def _on_error(self, exc: Exception) -> None:
+        self.errors += 1
+        log.warning("Workload API stream at %s: %s (keeping the last bundles)", self.socket, exc)
+
+    def stop(self) -> None:
+        for h in self.handlers:
+            with contextlib.suppress(Exception):
+                h.cancel()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+
+class WorkloadApiTrust:
+    """Keeps Workload-API trust domains current and merges them into the current Engine."""
+
+    def __init__(self, engine: Callable[[], Engine], install: Callable[[Engine], None]) -> None:
+        self.engine = engine
+        self.install = install
+        self.latest: dict[str, _Latest] = {}
+        self.streams: dict[str, _Stream] = {}
+        self.domains: dict[str, str] = {}  # trust domain -> socket
+        self.updated = asyncio.Event()
+        self._retry: asyncio.Task[None] | None = None
+
+    def configure(self, cfg: Config) -> None:
+        self.domains = {name: td.workload_api for name, td in cfg.trust_domains.items() if td.workload_api}
+
+    def _on_update(self, socket: str, kind: str, bundle_set: Any) -> None:
+        latest = self.latest.setdefault(socket, _Latest())
+        for bundle in bundle_set.bundles:
+            td = bundle.trust_domain.name
+            if kind == "x509":
+                latest.roots[td] = tuple(
+                    sorted(bundle.x509_authorities, key=lambda c: c.fingerprint(_SHA256))
+                )
+            else:
+                by_kid: dict[str, Key] = {}
+                parts = []
+                for kid, pub in sorted(bundle.jwt_authorities.items()):
+                    k = _jwk(pub)
+                    if k is not None:
+                        by_kid[kid] = k
+                        parts.append(
+                            kid.encode() + pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+                        )
+                latest.jwt[td] = JwtKeys(by_kid=by_kid)
+                latest.jwt_digest[td] = hashlib.sha256(b"|".join(parts)).hexdigest()[:16]
+        self.install(self.merged(self.engine()))
+        self.updated.set()
+
+    def merged(self, engine: Engine) -> Engine:
+        if not self.domains:
+            return engine
+        domains = dict(engine.trust.domains)
+        parts = []
+        for td, socket in sorted(self.domains.items()):
+            latest = self.latest.get(socket, _Latest())
+            roots = latest.roots.get(td, ())
+            jwt = latest.jwt.get(td, JwtKeys())
+            rev = hashlib.sha256(
+                b"".join(c.public_bytes(Encoding.DER) for c in roots) + latest.jwt_digest.get(td, "").encode()
+            ).hexdigest()[:16]
+            domains[td] = TrustDomainTrust(
+                name=td,
+                x509_roots=roots,
+                jwt_keys=jwt,
+                store=Store(list(roots)) if roots else None,
+                revision=rev,
+            )
+            parts.append(f"{td}={rev}")
+        base_rev = engine.trust.revision.split("~", 1)[0]
+        rev = base_rev + "~" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+        trust = dataclasses.replace(engine.trust, domains=domains, revision=rev)
+        config_rev = engine.revision.split(".", 1)[0]
+        return dataclasses.replace(engine, trust=trust, revision=f"{config_rev}.{rev}")
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Open a stream per socket; wait (bounded) for the first bundles before serving."""
+        self.configure(self.engine().config)
+        self._connect()
+        if self.domains:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_present(), timeout)
+            self._retry = asyncio.create_task(self._keep_connecting())
+
+    async def _all_present(self) -> None:
+        while not all(
+            td in self.latest.get(s, _Latest()).roots or td in self.latest.get(s, _Latest()).jwt
+            for td, s in self.domains.items()
+        ):
+            self.updated.clear()
+            await self.updated.wait()
+
+    def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        for socket in set(self.domains.values()):
+            if socket not in self.streams:
+                stream = _Stream(socket, loop, self._updater(socket))
+                if stream.start():
+                    self.streams[socket] = stream
+
+    def _updater(self, socket: str) -> Callable[[str, Any], None]:
+        def update(kind: str, bundles: Any) -> None:
+            self._on_update(socket, kind, bundles)
+
+        return update
+
+    async def _keep_connecting(self) -> None:
+        while True:  # a socket that did not exist at start (agent not up yet) is picked up later
+            await asyncio.sleep(1.0)
+            self._connect()
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        for s in self.streams.values():
+            await asyncio.to_thread(s.stop)
+        self.streams.clear()
