@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-propagation
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ test-unit: venv
 
 test-e2e: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+# Benchmarks measure; tests never time things. Results land in bench/results/.
+bench: bench-propagation
+
+bench-propagation: venv system-deps
+	$(PY) bench/propagation.py 200
 
 lint: venv
 	$(VENV)/bin/ruff check ext_authz tests
