@@ -33,6 +33,7 @@ from .errors import AuthzError
 from .loader import load_engine
 from .model import Decision, RequestContext
 from .observe.decision_log import DecisionLog, Redactor, record
+from .observe.httpd import serve_get
 from .observe.metrics import CONTENT_TYPE, Metrics
 from .observe.stream import DecisionHub
 from .pipeline import Caches, Engine, decide, quarantine_keys
@@ -296,44 +297,28 @@ class Reloader:
         return True
 
 
+async def _health_page(runtime: Runtime, path: str) -> tuple[int, str, str]:
+    if path == "/metrics":
+        return 200, runtime.metrics.scrape().decode(), CONTENT_TYPE
+    if path == "/healthz":
+        return 200, "ok\n", "text/plain"
+    if path == "/readyz":
+        if runtime.ready and not runtime.store.healthy:
+            # Still enforcing (on the last snapshot of shared state): ready, but say so.
+            body = "degraded: state store unreachable, enforcing the last snapshot"
+            body += f" revision={runtime.engine.revision}\n"
+            return 200, body, "text/plain"
+        if runtime.ready:
+            return 200, f"ready revision={runtime.engine.revision}\n", "text/plain"
+        return 503, "not ready\n", "text/plain"
+    return 404, "not found\n", "text/plain"
+
+
 async def _http_health(runtime: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        line = await asyncio.wait_for(reader.readline(), 5)
-        while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-            pass
-        parts = line.decode("latin-1").split()
-        path = parts[1] if len(parts) >= 2 else ""
-        ctype = "text/plain"
-        if path == "/metrics":
-            code, body, ctype = 200, runtime.metrics.scrape().decode(), CONTENT_TYPE
-        elif path == "/healthz":
-            code, body = 200, "ok\n"
-        elif path == "/readyz":
-            if runtime.ready and not runtime.store.healthy:
-                # Still enforcing (on the last snapshot of shared state): ready, but say so.
-                code, body = (
-                    200,
-                    (
-                        "degraded: state store unreachable, enforcing the last snapshot "
-                        f"revision={runtime.engine.revision}\n"
-                    ),
-                )
-            elif runtime.ready:
-                code, body = 200, f"ready revision={runtime.engine.revision}\n"
-            else:
-                code, body = 503, "not ready\n"
-        else:
-            code, body = 404, "not found\n"
-        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-        writer.write(
-            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body.encode())}\r\n"
-            f"Connection: close\r\n\r\n{body}".encode()
-        )
-        await writer.drain()
-    except (TimeoutError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+    async def page(path: str) -> tuple[int, str, str]:
+        return await _health_page(runtime, path)
+
+    await serve_get(page, reader, writer)
 
 
 def _grpc_address(listen: str) -> str:

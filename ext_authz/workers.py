@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .config import Config
 from .dev.stack import free_port
+from .observe.httpd import serve_get
 from .observe.metrics import CONTENT_TYPE
 from .server import WORKER_ENV, WORKER_HTTP_ENV
 
@@ -107,36 +108,22 @@ class Supervisor:
         self.workers = [Worker(i, config_path) for i in range(cfg.workers)]
         self.stopping = False
 
+    async def _page(self, path: str) -> tuple[int, str, str]:
+        if path == "/metrics":
+            scrapes = await asyncio.gather(*(asyncio.to_thread(w.get, "/metrics") for w in self.workers))
+            return 200, aggregate_metrics([b for c, b in scrapes if c == 200]), CONTENT_TYPE
+        if path in ("/healthz", "/readyz"):
+            results = await asyncio.gather(*(asyncio.to_thread(w.get, path) for w in self.workers))
+            ok = all(c == 200 for c, _ in results) and not self.stopping
+            body = "".join(
+                f"worker {w.index}: {c or 'down'} {b.strip()}\n"
+                for w, (c, b) in zip(self.workers, results, strict=True)
+            )
+            return (200 if ok else 503), body, "text/plain"
+        return 404, "not found\n", "text/plain"
+
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            ctype = "text/plain"
-            if path == "/metrics":
-                scrapes = await asyncio.gather(*(asyncio.to_thread(w.get, "/metrics") for w in self.workers))
-                code, body, ctype = 200, aggregate_metrics([b for c, b in scrapes if c == 200]), CONTENT_TYPE
-            elif path in ("/healthz", "/readyz"):
-                results = await asyncio.gather(*(asyncio.to_thread(w.get, path) for w in self.workers))
-                ok = all(c == 200 for c, _ in results) and not self.stopping
-                code = 200 if ok else 503
-                body = "".join(
-                    f"worker {w.index}: {c or 'down'} {b.strip()}\n"
-                    for w, (c, b) in zip(self.workers, results, strict=True)
-                )
-            else:
-                code, body = 404, "not found\n"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-            size = len(body.encode())
-            head = f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {size}\r\n"
-            writer.write(f"{head}Connection: close\r\n\r\n{body}".encode())
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        await serve_get(self._page, reader, writer)
 
     async def run(self) -> int:
         for w in self.workers:
