@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-propagation
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-propagation
 
 venv: $(STAMP)
 
@@ -40,7 +40,10 @@ test-e2e: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 # Benchmarks measure; tests never time things. Results land in bench/results/.
-bench: bench-propagation
+bench: bench-micro bench-propagation
+
+bench-micro: venv
+	$(PY) bench/micro.py
 
 bench-propagation: venv system-deps
 	$(PY) bench/propagation.py 200

@@ -1,0 +1,184 @@
+"""Micro-benchmarks without Envoy: µs per Check through the pure core and through gRPC, warm and
+cold; cold X.509-SVID and ES256 JWT-SVID verification; RSS after many distinct tokens.
+
+`python bench/micro.py` (part of `make bench`); results go to bench/results/micro.{json,md}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from joserfc.jwk import ECKey
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ext_authz.dev import pki  # noqa: E402
+from ext_authz.dev.demo import init_demo  # noqa: E402
+from ext_authz.dev.stack import free_port  # noqa: E402
+from ext_authz.envoy.normalize import normalize  # noqa: E402
+from ext_authz.envoy.render import render  # noqa: E402
+from ext_authz.identity.jwt import verify_token  # noqa: E402
+from ext_authz.identity.x509_svid import verify_x509_svid  # noqa: E402
+from ext_authz.identity.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
+from ext_authz.loader import load_engine  # noqa: E402
+from ext_authz.observe.decision_log import DecisionLog  # noqa: E402
+from ext_authz.pipeline import Caches, decide  # noqa: E402
+from ext_authz.server import Runtime, Server  # noqa: E402
+from tests.component.checkreq import check_request  # noqa: E402
+
+
+def per_call_us(fn: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def grpc_us(config: Path, requests: list[CheckRequest], n: int, cache_size: int) -> float:
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update(listen=f"127.0.0.1:{free_port()}", http_listen=None, cache={"size": cache_size})
+    cfg["admin_listen"] = f"unix://{config.parent}/bench-admin-{uuid.uuid4().hex[:6]}.sock"
+    cfg["state"] = "memory://"
+    path = config.parent / f"bench-{cache_size}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with open(os.devnull, "w") as sink:
+        runtime = Runtime.from_engine(load_engine(path), decision_log=DecisionLog(sink))
+        server = Server(path, runtime)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(cfg["listen"]) as ch:
+                stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+                for r in requests[:50]:
+                    await stub.Check(r)
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                for i in range(n):
+                    await stub.Check(requests[i % len(requests)])
+                _ = time.perf_counter() - t0
+                return (
+                    (time.process_time() - cpu0) / n * 1e6
+                )  # CPU µs per Check, client + server (one process)
+        finally:
+            await server.stop(0)
+
+
+def main() -> None:
+    out: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    with tempfile.TemporaryDirectory() as tmp_s:
+        demo = Path(tmp_s) / "demo"
+        init_demo(demo)
+        engine = load_engine(demo / "config.yaml")
+        now = datetime.now(UTC)
+        svid_req = check_request(demo, workload="frontend")
+        jwt = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
+        jwt_req = check_request(demo, token=jwt, path="/internal/jobs", listener="edge")
+        both_req = check_request(
+            demo, workload="frontend", token=(demo / "tokens/alice.jwt").read_text().strip()
+        )
+        wire = {
+            k: r.SerializeToString()
+            for k, r in (("svid", svid_req), ("jwt", jwt_req), ("svid+oidc", both_req))
+        }
+
+        # Pure core: parse + normalize + decide + render, warm (cache hit) and cold (no cache).
+        core: dict[str, Any] = {}
+        for name, raw in wire.items():
+            warm = Caches()
+
+            def run(raw: bytes = raw, caches: Caches = warm) -> None:
+                ctx = normalize(CheckRequest.FromString(raw))
+                d = decide(ctx, engine, caches, now, "id")
+                render(d, ctx.http.headers if ctx.http else None).SerializeToString()
+
+            run()
+            core[name] = {
+                "warm_us": round(per_call_us(run, 3000), 1),
+                "cold_us": round(per_call_us(lambda raw=raw: run(raw, Caches.sized(0)), 300), 1),
+            }
+        out["core_us_per_check"] = core
+
+        # Cold verification alone (the targets: X.509-SVID ≤ 350 µs, ES256 JWT-SVID ≤ 250 µs).
+        leaf = decode_certificate(svid_req.attributes.source.certificate)
+        chain = chain_from_xfcc(svid_req.attributes.request.http.headers["x-forwarded-client-cert"])
+        out["cold_x509_svid_us"] = round(
+            per_call_us(lambda: verify_x509_svid(leaf, chain, engine.trust, now), 500), 1
+        )
+        ts = now.timestamp()
+        out["cold_es256_jwt_svid_us"] = round(
+            per_call_us(lambda: verify_token(jwt, engine.trust, engine.tokens, ts), 1000), 1
+        )
+
+        # Through gRPC (in-process client and server): CPU µs per Check, warm and cold.
+        out["grpc_cpu_us_per_check"] = {
+            "svid_warm": round(asyncio.run(grpc_us(demo / "config.yaml", [svid_req], 2000, 10_000)), 1),
+            "svid_cold": round(asyncio.run(grpc_us(demo / "config.yaml", [svid_req], 500, 0)), 1),
+        }
+
+        # Bounded caches: RSS after many distinct tokens through the pipeline.
+        key = ECKey.import_key(json.loads((demo / "jwt/jwt-svid.key.json").read_text()))
+        caches = Caches()
+        base = rss_mb()
+        n_tokens = 100_000
+        exp = int(ts) + 3600
+        for i in range(n_tokens):
+            tok = pki.mint_jwt(
+                key,
+                {
+                    "sub": "spiffe://example.org/ns/frontend/sa/web",
+                    "jti": str(i),
+                    "aud": ["spiffe://example.org/ns/backend/sa/api"],
+                    "exp": exp,
+                },
+                alg="ES256",
+            )
+            r = check_request(demo, token=tok, path="/internal/jobs", listener="edge")
+            decide(normalize(r), engine, caches, now, "id")
+        out["rss_mb_after_distinct_tokens"] = {
+            "tokens": n_tokens,
+            "cache_size": caches.tokens.size,
+            "cache_entries": len(caches.tokens),
+            "rss_mb": round(rss_mb(), 1),
+            "rss_mb_before": round(base, 1),
+        }
+
+    res = ROOT / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "micro.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [f"machine: {out['machine']}, {out['when']}", "", "| measure | value |", "|---|---|"]
+    for name, v in out["core_us_per_check"].items():
+        lines.append(f"| core, {name}, warm / cold | {v['warm_us']} µs / {v['cold_us']} µs |")
+    lines.append(f"| cold X.509-SVID verification | {out['cold_x509_svid_us']} µs |")
+    lines.append(f"| cold ES256 JWT-SVID verification | {out['cold_es256_jwt_svid_us']} µs |")
+    g = out["grpc_cpu_us_per_check"]
+    lines.append(
+        f"| gRPC round trip CPU (client+server), SVID warm / cold | {g['svid_warm']} µs / {g['svid_cold']} µs |"
+    )
+    r = out["rss_mb_after_distinct_tokens"]
+    lines.append(f"| RSS after {r['tokens']} distinct tokens (cache {r['cache_size']}) | {r['rss_mb']} MB |")
+    (res / "micro.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
