@@ -172,7 +172,7 @@ def main() -> None:
     lines.append(f"| cold ES256 JWT-SVID verification | {out['cold_es256_jwt_svid_us']} µs |")
     g = out["grpc_cpu_us_per_check"]
     lines.append(
-        f"| gRPC round trip CPU (client+server), SVID warm / cold | {g['svid_warm']} µs / {g['svid_cold']} µs |"
+        f"| gRPC round trip CPU (client+server), SVID warm / cold | {g['svid_warm']} / {g['svid_cold']} µs |"
     )
     r = out["rss_mb_after_distinct_tokens"]
     lines.append(f"| RSS after {r['tokens']} distinct tokens (cache {r['cache_size']}) | {r['rss_mb']} MB |")

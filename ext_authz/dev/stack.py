@@ -225,6 +225,11 @@ def run_demo(demo_dir: Path, envoy_template: Path) -> int:
     ):
         init_demo(demo_dir)
     mint_demo_tokens(demo_dir)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C: every process is stopped
+
+    signal.signal(signal.SIGTERM, on_term)
     stack = Stack(
         demo_dir=demo_dir.resolve(), envoy_template=envoy_template, run_dir=demo_dir.resolve() / ".run"
     )
