@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-propagation
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation
 
 venv: $(STAMP)
 
@@ -40,7 +40,14 @@ test-e2e: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 # Benchmarks measure; tests never time things. Results land in bench/results/.
-bench: bench-micro bench-propagation
+bench: bench-micro bench-envoy bench-propagation
+
+# Debian's h2load (nghttp2-client) drives the Envoy comparison.
+bench-envoy: venv
+	@command -v h2load >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq nghttp2-client >/dev/null; fi; }
+	$(PY) bench/envoy_bench.py
 
 bench-micro: venv
 	$(PY) bench/micro.py

@@ -1,0 +1,363 @@
+"""`make bench`: ext-authz side by side with Envoy's own limits, through a real Envoy, with h2load.
+
+(a) Envoy direct response; (b) Envoy jwt_authn + RBAC in-process (the no-hop limit); (c) Envoy +
+a minimal allow-all grpc.aio ext_authz server (the Python floor); (d) Envoy + ext-authz with the demo
+policy, warm caches; (e) the same with caching off (every Check verifies from scratch). Configurations
+alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
+here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ext_authz.dev.demo import init_demo  # noqa: E402
+from ext_authz.dev.stack import envoy_binary, free_port  # noqa: E402
+
+ROUNDS, REQUESTS, CONC = 3, 20_000, 16
+
+
+def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": name,
+                            "codec_type": "AUTO",
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {
+                                        "name": "all",
+                                        "domains": ["*"],
+                                        "routes": [
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "direct_response": {
+                                                    "status": 200,
+                                                    "body": {"inline_string": "ok"},
+                                                },
+                                            }
+                                        ],
+                                    }
+                                ]
+                            },
+                            "http_filters": [*filters, router],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def ext_authz(cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "1s"},
+        },
+    }
+
+
+def cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def h2load(port: int, path: str, token: str | None, log: Path) -> dict[str, float]:
+    args = [
+        "h2load",
+        "-n",
+        str(REQUESTS),
+        "-c",
+        str(CONC),
+        "-m",
+        "1",
+        "--log-file",
+        str(log),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    if token:
+        args[1:1] = ["-H", f"authorization: Bearer {token}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))  # type: ignore[union-attr]
+    durations = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
+    return {
+        "rps": rps,
+        "ok": ok,
+        "p50_ms": durations[len(durations) // 2] / 1000,
+        "p99_ms": durations[int(len(durations) * 0.99)] / 1000,
+    }
+
+
+def main() -> None:
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in "abcde"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cde"}
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        demo = tmp / "demo"
+        init_demo(demo)
+        jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
+        alice = (demo / "tokens/alice.jwt").read_text().strip()
+        ports = {k: free_port() for k in ("a", "b", "c", "d", "e", "floor", "warm", "cold", "admin")}
+
+        def authz_config(name: str, port: int, cache: int) -> Path:
+            cfg = yaml.safe_load((demo / "config.yaml").read_text())
+            cfg.update(
+                listen=f"127.0.0.1:{port}",
+                http_listen=None,
+                admin_listen=f"unix://{tmp}/{name}.sock",
+                state="memory://",
+                cache={"size": cache},
+                decision_log={"path": str(tmp / f"{name}.jsonl")},
+            )
+            for td in cfg["trust_domains"].values():
+                for k in ("x509_bundle", "jwt_bundle"):
+                    td[k] = str(demo / td[k])
+            for iss in cfg["issuers"].values():
+                iss["jwks"] = str(demo / iss["jwks"])
+            path = tmp / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            return path
+
+        jwks = json.loads((demo / "idp/jwks.json").read_text())
+        jwt_authn = {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    "idp": {
+                        "issuer": "https://idp.example.com",
+                        "audiences": ["backend-api"],
+                        "local_jwks": {"inline_string": json.dumps(jwks)},
+                        "payload_in_metadata": "payload",
+                    }
+                },
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+            },
+        }
+        rbac = {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {
+                    "action": "ALLOW",
+                    "policies": {
+                        "alice-reads": {
+                            "permissions": [{"url_path": {"path": {"prefix": "/user/"}}}],
+                            "principals": [
+                                {
+                                    "metadata": {
+                                        "filter": "envoy.filters.http.jwt_authn",
+                                        "path": [{"key": "payload"}, {"key": "sub"}],
+                                        "value": {"string_match": {"exact": "alice"}},
+                                    }
+                                }
+                            ],
+                        }
+                    },
+                },
+            },
+        }
+        envoy_cfg = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+            "static_resources": {
+                "listeners": [
+                    listener("a", ports["a"], []),
+                    listener("b", ports["b"], [jwt_authn, rbac]),
+                    listener("c", ports["c"], [ext_authz("floor")]),
+                    listener("d", ports["d"], [ext_authz("warm")]),
+                    listener("e", ports["e"], [ext_authz("cold")]),
+                ],
+                "clusters": [
+                    cluster("floor", ports["floor"]),
+                    cluster("warm", ports["warm"]),
+                    cluster("cold", ports["cold"]),
+                ],
+            },
+        }
+        (tmp / "envoy.json").write_text(json.dumps(envoy_cfg))
+        py = sys.executable
+        try:
+            floor = subprocess.Popen([py, str(ROOT / "bench/floor_server.py"), str(ports["floor"])])
+            warm = subprocess.Popen(
+                [py, "-m", "ext_authz.cli", "serve", "-c", str(authz_config("warm", ports["warm"], 10_000))]
+            )
+            cold = subprocess.Popen(
+                [py, "-m", "ext_authz.cli", "serve", "-c", str(authz_config("cold", ports["cold"], 0))]
+            )
+            envoy = subprocess.Popen(
+                [
+                    envoy_binary(),
+                    "-c",
+                    str(tmp / "envoy.json"),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--disable-hot-restart",
+                ]
+            )
+            procs = [floor, warm, cold, envoy]
+            time.sleep(4)
+            servers = {"c": floor, "d": warm, "e": cold}
+            work = {
+                "a": ("/", None),
+                "b": ("/user/me", alice),
+                "c": ("/internal/jobs", jwt_svid),
+                "d": ("/internal/jobs", jwt_svid),
+                "e": ("/internal/jobs", jwt_svid),
+            }
+            for k, (path, tok) in work.items():  # warm up every path once
+                subprocess.run(
+                    [
+                        "h2load",
+                        "-n",
+                        "200",
+                        "-c",
+                        "4",
+                        f"http://127.0.0.1:{ports[k]}{path}",
+                        *(["-H", f"authorization: Bearer {tok}"] if tok else []),
+                    ],
+                    capture_output=True,
+                    timeout=60,
+                    check=True,
+                )
+            for r in range(ROUNDS):
+                order = list("abcde") if r % 2 == 0 else list("edcba")
+                for k in order:
+                    path, tok = work[k]
+                    before = proc_cpu(servers[k].pid) if k in servers else 0.0
+                    res = h2load(ports[k], path, tok, tmp / f"{k}{r}.log")
+                    if k in servers:
+                        cpu_per_check[k].append((proc_cpu(servers[k].pid) - before) / REQUESTS * 1e6)
+                    results[k].append(res)
+            rss = {k: round(proc_rss_mb(p.pid), 1) for k, p in servers.items()}
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(20)
+
+    names = {
+        "a": "Envoy direct response",
+        "b": "Envoy jwt_authn + RBAC",
+        "c": "Envoy + allow-all grpc.aio (floor)",
+        "d": "Envoy + ext-authz, demo policy, warm",
+        "e": "Envoy + ext-authz, caching off",
+    }
+    table = {}
+    for k in "abcde":
+        rows = results[k]
+        table[k] = {
+            "name": names[k],
+            "rps": round(statistics.median(r["rps"] for r in rows)),
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 2),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 2),
+            "errors": sum(REQUESTS - r["ok"] for r in rows),
+        }
+        if k in cpu_per_check:
+            table[k]["cpu_us_per_check"] = round(statistics.median(cpu_per_check[k]), 1)
+            table[k]["rss_mb"] = rss[k]
+    d = table["d"]["rps"]
+    ratios = {
+        "d/c": round(d / table["c"]["rps"], 3),
+        "d/b": round(d / table["b"]["rps"], 3),
+        "d/a": round(d / table["a"]["rps"], 3),
+        "cpu d/c": round(table["d"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
+    }
+    out = {
+        "machine": f"{os.cpu_count()} cores",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "requests_per_run": REQUESTS,
+        "concurrency": CONC,
+        "rounds": ROUNDS,
+        "results": table,
+        "ratios": ratios,
+    }
+    res_dir = ROOT / "bench" / "results"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    (res_dir / "envoy.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        f"{out['machine']}, {out['when']}; {REQUESTS} requests x {ROUNDS} rounds, {CONC} connections (h2c)",
+        "",
+        "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | RSS MB | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k in "abcde":
+        t = table[k]
+        lines.append(
+            f"| ({k}) {t['name']} | {t['rps']} | {t['p50_ms']} | {t['p99_ms']} | "
+            f"{t.get('cpu_us_per_check', '-')} | {t.get('rss_mb', '-')} | {t['errors']} |"
+        )
+    lines += ["", "ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items())]
+    (res_dir / "envoy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
