@@ -243,7 +243,7 @@ async def test_a_blocked_log_sink_never_stalls_checks(demo_dir: Path, tmp_path: 
             assert resp.status.code == 0
         assert time.monotonic() - t0 < 5  # the sink is blocked for 10 s: no Check waited for it
         m = await scrape(r)
-        assert log.dropped >= 15
+        assert log.dropped >= 20 - 2 * 3  # at most one batch is stuck in the sink and one queue is full
         assert sample(m, "ext_authz_decision_log_dropped_total") == log.dropped
     finally:
         sink.release.set()
