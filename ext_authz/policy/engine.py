@@ -34,6 +34,9 @@ _ENV = cel.NewEnv(
 )
 
 Activation = Callable[[], Mapping[str, Any]]
+_VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
+# Top-level variables an expression mentions (conservatively: any use of the word).
+_VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -81,6 +84,7 @@ class CompiledRule:
     context_extensions: tuple[tuple[str, str], ...]
     when: Any  # cel Expression | None
     when_source: str
+    variables: frozenset[str] = frozenset(_VARIABLES)
 
     def selects(self, ctx: RequestContext, authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
@@ -115,7 +119,9 @@ class CompiledRule:
         if self.when is None:
             return True
         try:
-            value = self.when.eval(data=activation())
+            data = activation()
+            # Hand CEL only the variables this expression names: converting the rest costs per Check.
+            value = self.when.eval(data={k: data[k] for k in self.variables if k in data})
         except Exception as exc:  # cel-cpp raises plain RuntimeError/TypeError: translate here, once
             return f"evaluation failed ({type(exc).__name__})"
         if str(value.type()) == "ERROR":
@@ -220,6 +226,7 @@ def compile_policy(rules: tuple[RuleConfig, ...], file: str) -> Policy:
                 context_extensions=tuple(sorted(rc.match.context_extensions.items())),
                 when=when,
                 when_source=rc.when or "",
+                variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
             )
         )
     return Policy(tuple(compiled))

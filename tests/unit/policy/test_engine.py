@@ -564,3 +564,9 @@ def test_shadow_only_policy_never_allows() -> None:
 def test_host_spellings_do_not_escape_a_deny_rule(host: str) -> None:
     p = policy(rule("all"), rule("no-secret", "deny", hosts=("secret.internal",)))
     assert p.evaluate(request("/x", host=host), AUTH, Activation()).reason == "policy_denied"
+
+
+def test_a_condition_is_handed_only_the_variables_it_names() -> None:
+    p = policy(rule("r", when='request.method == "GET" && now > timestamp("2000-01-01T00:00:00Z")'))
+    assert p.rules[0].variables == frozenset({"request", "now"})
+    assert policy(rule("plain")).rules[0].when is None
