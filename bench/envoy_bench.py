@@ -9,6 +9,7 @@ here: h2load cannot present client certificates; mTLS SVID costs are in bench/mi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -45,7 +46,7 @@ def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, A
                     {
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",  # noqa: E501
                             "stat_prefix": name,
                             "codec_type": "AUTO",
                             "route_config": {
@@ -153,9 +154,56 @@ def h2load(port: int, path: str, token: str | None, log: Path) -> dict[str, floa
     }
 
 
+async def _open_loop(port: int, path: str, token: str | None, rate: int, seconds: float) -> list[float]:
+    """Open loop: a request starts every 1/rate s whether or not earlier ones finished (no coordinated
+    omission); each takes an idle keep-alive HTTP/1.1 connection or opens one. Latencies in ms."""
+    head = f"GET {path} HTTP/1.1\r\nHost: bench\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    raw = (head + "\r\n").encode()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    latencies: list[float] = []
+
+    async def one(start: float) -> None:
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = conn
+        writer.write(raw)
+        await writer.drain()
+        status = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        latencies.append((time.perf_counter() - start) * 1000)
+        assert b" 200 " in status, status
+        idle.append(conn)
+
+    loop_start = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        due = loop_start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    for _, w in idle:
+        w.close()
+    return sorted(latencies)
+
+
+def open_loop(
+    port: int, path: str, token: str | None, rate: int = 500, seconds: float = 8
+) -> dict[str, float]:
+    lat = asyncio.run(_open_loop(port, path, token, rate, seconds))
+    return {"p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)]}
+
+
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in "abcde"}
     cpu_per_check: dict[str, list[float]] = {k: [] for k in "cde"}
+    fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cd"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -296,6 +344,9 @@ def main() -> None:
                     if k in servers:
                         cpu_per_check[k].append((proc_cpu(servers[k].pid) - before) / REQUESTS * 1e6)
                     results[k].append(res)
+                for k in ("c", "d"):  # latency at a fixed, moderate rate: what a request pays for the hop
+                    path, tok = work[k]
+                    fixed[k].append(open_loop(ports[k], path, tok))
             rss = {k: round(proc_rss_mb(p.pid), 1) for k, p in servers.items()}
         finally:
             for p in procs:
@@ -323,6 +374,13 @@ def main() -> None:
         if k in cpu_per_check:
             table[k]["cpu_us_per_check"] = round(statistics.median(cpu_per_check[k]), 1)
             table[k]["rss_mb"] = rss[k]
+    at_rate = {
+        k: {
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in fixed[k]), 2),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in fixed[k]), 2),
+        }
+        for k in "cd"
+    }
     d = table["d"]["rps"]
     ratios = {
         "d/c": round(d / table["c"]["rps"], 3),
@@ -355,6 +413,13 @@ def main() -> None:
             f"{t.get('cpu_us_per_check', '-')} | {t.get('rss_mb', '-')} | {t['errors']} |"
         )
     lines += ["", "ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items())]
+    lines += [
+        "",
+        "open loop at 500 req/s (p50 / p99 ms): "
+        f"floor {at_rate['c']['p50_ms']} / {at_rate['c']['p99_ms']}, "
+        f"ext-authz warm {at_rate['d']['p50_ms']} / {at_rate['d']['p99_ms']} "
+        f"(target: p99 within floor + 1 ms)",
+    ]
     (res_dir / "envoy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
