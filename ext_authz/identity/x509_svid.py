@@ -85,11 +85,13 @@ def verify_x509_svid(
         raise _fail(
             "cert_expired", f"leaf is valid {leaf.not_valid_before_utc} .. {leaf.not_valid_after_utc}"
         )
-    leaf_der = leaf.public_bytes(_DER)
+    leaf_text = leaf_pem.strip()
     intermediates: list[x509.Certificate] = []
     for i, pem in enumerate(chain_pems[: MAX_CHAIN + 1]):
+        if pem.strip() == leaf_text:
+            continue  # Envoy's XFCC Chain starts with the leaf itself
         cert = _load_pem(pem, f"chain certificate {i}")
-        if cert.public_bytes(_DER) != leaf_der:
+        if cert != leaf:
             intermediates.append(cert)
     verifier = (
         PolicyBuilder()
@@ -112,7 +114,7 @@ def verify_x509_svid(
         issued_at=int(leaf.not_valid_before_utc.timestamp()),
         # Usable until the first certificate of the validated path expires.
         expires_at=int(min(c.not_valid_after_utc for c in verified.chain).timestamp()),
-        cert_sha256=hashlib.sha256(leaf_der).hexdigest(),
+        cert_sha256=hashlib.sha256(leaf.public_bytes(_DER)).hexdigest(),
         cert_serial=format(leaf.serial_number, "x"),
         issuer=leaf.issuer.rfc4514_string(),
     )
