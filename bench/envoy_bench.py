@@ -87,7 +87,8 @@ def ext_authz(cluster: str) -> dict[str, Any]:
     }
 
 
-def cluster(name: str, port: int) -> dict[str, Any]:
+def cluster(name: str, port: int, streams_per_connection: int = 0) -> dict[str, Any]:
+    h2: dict[str, Any] = {"max_concurrent_streams": streams_per_connection} if streams_per_connection else {}
     return {
         "name": name,
         "type": "STATIC",
@@ -95,7 +96,7 @@ def cluster(name: str, port: int) -> dict[str, Any]:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {"http2_protocol_options": h2},
             }
         },
         "load_assignment": {
@@ -201,7 +202,7 @@ def open_loop(
 
 
 def main() -> None:
-    results: dict[str, list[dict[str, float]]] = {k: [] for k in "abcde"}
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in "abcdef"}
     cpu_per_check: dict[str, list[float]] = {k: [] for k in "cde"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cd"}
     procs: list[subprocess.Popen[bytes]] = []
@@ -211,15 +212,16 @@ def main() -> None:
         init_demo(demo)
         jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
         alice = (demo / "tokens/alice.jwt").read_text().strip()
-        ports = {k: free_port() for k in ("a", "b", "c", "d", "e", "floor", "warm", "cold", "admin")}
+        ports = {k: free_port() for k in ("a", "b", "c", "d", "e", "f", "floor", "warm", "cold", "workers")}
 
-        def authz_config(name: str, port: int, cache: int) -> Path:
+        def authz_config(name: str, port: int, cache: int, workers: int = 1) -> Path:
             cfg = yaml.safe_load((demo / "config.yaml").read_text())
             cfg.update(
                 listen=f"127.0.0.1:{port}",
                 http_listen=None,
                 admin_listen=f"unix://{tmp}/{name}.sock",
-                state="memory://",
+                state="memory://" if workers == 1 else f"sqlite://{tmp}/{name}.db",
+                workers=workers,
                 cache={"size": cache},
                 decision_log={"path": str(tmp / f"{name}.jsonl")},
             )
@@ -280,11 +282,14 @@ def main() -> None:
                     listener("c", ports["c"], [ext_authz("floor")]),
                     listener("d", ports["d"], [ext_authz("warm")]),
                     listener("e", ports["e"], [ext_authz("cold")]),
+                    listener("f", ports["f"], [ext_authz("workers")]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
                     cluster("warm", ports["warm"]),
                     cluster("cold", ports["cold"]),
+                    # Several connections, so SO_REUSEPORT can spread them over the workers.
+                    cluster("workers", ports["workers"], streams_per_connection=4),
                 ],
             },
         }
@@ -310,7 +315,17 @@ def main() -> None:
                     "--disable-hot-restart",
                 ]
             )
-            procs = [floor, warm, cold, envoy]
+            workers = subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "-c",
+                    str(authz_config("workers", ports["workers"], 10_000, 2)),
+                ]
+            )
+            procs = [floor, warm, cold, workers, envoy]
             time.sleep(4)
             servers = {"c": floor, "d": warm, "e": cold}
             work = {
@@ -319,6 +334,7 @@ def main() -> None:
                 "c": ("/internal/jobs", jwt_svid),
                 "d": ("/internal/jobs", jwt_svid),
                 "e": ("/internal/jobs", jwt_svid),
+                "f": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -336,7 +352,7 @@ def main() -> None:
                     check=True,
                 )
             for r in range(ROUNDS):
-                order = list("abcde") if r % 2 == 0 else list("edcba")
+                order = list("abcdef") if r % 2 == 0 else list("fedcba")
                 for k in order:
                     path, tok = work[k]
                     before = proc_cpu(servers[k].pid) if k in servers else 0.0
@@ -360,9 +376,10 @@ def main() -> None:
         "c": "Envoy + allow-all grpc.aio (floor)",
         "d": "Envoy + ext-authz, demo policy, warm",
         "e": "Envoy + ext-authz, caching off",
+        "f": "Envoy + ext-authz, workers: 2, warm",
     }
     table = {}
-    for k in "abcde":
+    for k in "abcdef":
         rows = results[k]
         table[k] = {
             "name": names[k],
@@ -386,6 +403,7 @@ def main() -> None:
         "d/c": round(d / table["c"]["rps"], 3),
         "d/b": round(d / table["b"]["rps"], 3),
         "d/a": round(d / table["a"]["rps"], 3),
+        "workers 2/1": round(table["f"]["rps"] / d, 3),
         "cpu d/c": round(table["d"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
     }
     out = {
@@ -406,7 +424,7 @@ def main() -> None:
         "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | RSS MB | errors |",
         "|---|---|---|---|---|---|---|",
     ]
-    for k in "abcde":
+    for k in "abcdef":
         t = table[k]
         lines.append(
             f"| ({k}) {t['name']} | {t['rps']} | {t['p50_ms']} | {t['p99_ms']} | "
