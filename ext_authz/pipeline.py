@@ -6,6 +6,7 @@ mutable thing touched is the verified-credential cache, which never changes an o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,11 @@ class Engine:
     policy: Policy
     tokens: TokenSettings
     revision: str
+
+    def with_trust(self, trust: TrustSnapshot) -> Engine:
+        """The same config and policy over other trust material (a live source changed it)."""
+        config_revision = self.revision.split(".", 1)[0]
+        return dataclasses.replace(self, trust=trust, revision=f"{config_revision}.{trust.revision}")
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,30 @@ class TrustSnapshot:
     revision: str = ""
     domains: Mapping[str, TrustDomainTrust] = field(default_factory=dict)
     issuers: Mapping[str, IssuerTrust] = field(default_factory=dict)
+    base_revision: str = ""  # the files' material alone
+    sources: Mapping[str, str] = field(default_factory=dict)  # live source -> digest of what it supplied
+
+    def with_source(
+        self,
+        name: str,
+        digest: str,
+        *,
+        domains: Mapping[str, TrustDomainTrust] | None = None,
+        issuers: Mapping[str, IssuerTrust] | None = None,
+    ) -> TrustSnapshot:
+        """This material with a live source's part replaced; the revision covers every source."""
+        base = self.base_revision or self.revision
+        sources = {**self.sources, name: digest}
+        mixed = hashlib.sha256("|".join(f"{k}={v}" for k, v in sorted(sources.items())).encode()).hexdigest()[
+            :8
+        ]
+        return TrustSnapshot(
+            revision=f"{base}+{mixed}",
+            domains=self.domains if domains is None else domains,
+            issuers=self.issuers if issuers is None else issuers,
+            base_revision=base,
+            sources=sources,
+        )
 
 
 def _load_json(data: bytes, source: str) -> dict[str, Any]:

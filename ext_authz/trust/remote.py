@@ -122,8 +122,7 @@ class RemoteTrust:
         issuers = dict(engine.trust.issuers)
         parts = []
         for iss, ri in sorted(self.issuers.items()):
-            base = issuers.get(iss)
-            if base is None:
+            if iss not in issuers:
                 continue
             issuers[iss] = IssuerTrust(
                 issuer=iss,
@@ -133,16 +132,7 @@ class RemoteTrust:
                 max_stale=ri.cfg.max_stale,
             )
             parts.append(f"{iss}={ri.digest}")
-        base_rev = engine.trust.revision.split("+", 1)[0]
-        rev = base_rev + "+" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
-        trust = dataclasses.replace(engine.trust, issuers=issuers, revision=rev)
-        config_rev = engine.revision.split(".", 1)[0]
-        return dataclasses.replace(engine, trust=trust, revision=f"{config_rev}.{rev}")
-
-    def on_engine(self, engine: Engine) -> None:
-        """A reload installed a new engine: follow its issuers and put the remote keys back in."""
-        self.configure(engine.config)
-        self.install(self.merged(engine))
+        return engine.with_trust(engine.trust.with_source("jwks", "|".join(parts), issuers=issuers))
 
     async def refresh(self, iss: str) -> None:
         ri = self.issuers.get(iss)

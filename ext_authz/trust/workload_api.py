@@ -166,11 +166,7 @@ class WorkloadApiTrust:
                 revision=rev,
             )
             parts.append(f"{td}={rev}")
-        base_rev = engine.trust.revision.split("~", 1)[0]
-        rev = base_rev + "~" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
-        trust = dataclasses.replace(engine.trust, domains=domains, revision=rev)
-        config_rev = engine.revision.split(".", 1)[0]
-        return dataclasses.replace(engine, trust=trust, revision=f"{config_rev}.{rev}")
+        return engine.with_trust(engine.trust.with_source("workload_api", "|".join(parts), domains=domains))
 
     async def start(self, timeout: float = 10.0) -> None:
         """Open a stream per socket; wait (bounded) for the first bundles before serving."""
