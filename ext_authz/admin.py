@@ -375,8 +375,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return pb.ListSignalsResponse(signals=[signal_pb(s) for s in ss])
 
     async def WatchDecisions(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for event in _watch_decisions(self.hub, request):
-            yield event
+        sub = self.hub.subscribe(
+            DecisionFilter(deny_only=request.deny_only, identity_glob=request.identity_glob)
+        )
+        try:
+            while True:
+                rec = await sub.queue.get()
+                yield pb.DecisionEvent(json=json.dumps(rec, separators=(",", ":"), default=str))
+        finally:
+            self.hub.unsubscribe(sub)
 
     async def WatchRevocations(self, request: Any, context: Any) -> AsyncIterator[Any]:
         queue: asyncio.Queue[RevocationEvent] = asyncio.Queue(MAX_WATCH_QUEUE)
@@ -399,16 +406,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 yield pb.RevocationEvent(op=ev.op, revocation=rev_pb(ev.revocation), at=ev.at)
         finally:
             unsubscribe()
-
-
-async def _watch_decisions(hub: DecisionHub, request: Any) -> AsyncIterator[Any]:
-    sub = hub.subscribe(DecisionFilter(deny_only=request.deny_only, identity_glob=request.identity_glob))
-    try:
-        while True:
-            rec = await sub.queue.get()
-            yield pb.DecisionEvent(json=json.dumps(rec, separators=(",", ":"), default=str))
-    finally:
-        hub.unsubscribe(sub)
 
 
 async def _not_found(context: Any, message: str) -> NoReturn:

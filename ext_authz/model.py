@@ -17,11 +17,22 @@ __all__ = [
     "Principal",
     "RequestContext",
     "ShadowResult",
+    "path_without_query",
 ]
 
 IdentityKind = Literal["x509_svid", "jwt_svid", "oidc"]
 
 EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
+
+
+def path_without_query(path: str) -> str:
+    """``/a/b?x=1#f`` → ``/a/b``: what path patterns are matched against."""
+    cut = len(path)
+    for sep in ("?", "#"):
+        i = path.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    return path[:cut]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +47,7 @@ class HttpRequest:
     @property
     def path_only(self) -> str:
         """The path without query string or fragment."""
-        cut = len(self.path)
-        for sep in ("?", "#"):
-            i = self.path.find(sep)
-            if 0 <= i < cut:
-                cut = i
-        return self.path[:cut]
+        return path_without_query(self.path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,13 @@ class Runtime:
             self.metrics.revocations_created.get(event.revocation.source).inc()
 
     def _configure_edges(self) -> None:
+        """Edge state derived from the current engine: redaction, quarantine counting, bundle ages."""
         self.redactor = Redactor(self.engine.config.decision_log.redact_headers)
+        q = self.engine.config.quarantine
+        if q is None:
+            self.quarantine = None
+        elif self.quarantine is None or self.quarantine.cfg != q:
+            self.quarantine = DenialCounter(q)
         now = time.time()
         for name, td in self.engine.trust.domains.items():
             seen = self._trust_seen.get(name)
@@ -121,16 +127,7 @@ class Runtime:
 
     @classmethod
     def from_engine(cls, engine: Engine, **kw: Any) -> Runtime:
-        rt = cls(engine=engine, caches=Caches.sized(engine.config.cache.size), **kw)
-        rt.configure_quarantine()
-        return rt
-
-    def configure_quarantine(self) -> None:
-        q = self.engine.config.quarantine
-        if q is None:
-            self.quarantine = None
-        elif self.quarantine is None or self.quarantine.cfg != q:
-            self.quarantine = DenialCounter(q)
+        return cls(engine=engine, caches=Caches.sized(engine.config.cache.size), **kw)
 
     def after(self, decision: Decision, now: float) -> None:
         """Edge effects of a decision: remember new sessions, count denials toward quarantine."""
@@ -179,7 +176,6 @@ class Runtime:
             self.caches = Caches.sized(engine.config.cache.size)
         # In-flight Checks keep the engine and caches they started with.
         self.engine = engine
-        self.configure_quarantine()
         self._configure_edges()
 
 
@@ -257,12 +253,10 @@ class Reloader:
         self,
         config_path: Path,
         runtime: Runtime,
-        on_swap: Callable[[Engine], None] | None = None,
         prepare: Callable[[Engine], Engine] | None = None,
     ) -> None:
         self.config_path = config_path
         self.runtime = runtime
-        self.on_swap = on_swap
         self.prepare = prepare  # e.g. merge remote JWKS into a freshly loaded engine before it is installed
         self._seen = _fingerprint(runtime.engine.config.watched_files())
 
@@ -301,8 +295,6 @@ class Reloader:
         self.runtime.last_reload_error = ""
         if old != engine.revision:
             log.info("reloaded: revision %s -> %s", old, engine.revision)
-        if self.on_swap:
-            self.on_swap(engine)
         return True
 
 

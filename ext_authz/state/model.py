@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import path_without_query
+
 __all__ = [
     "REVOCATION_KINDS",
     "SIGNAL_SUBJECTS",
@@ -45,18 +47,10 @@ class Scope:
             ):
                 return False
         if self.paths:
-            cut = len(path)
-            for sep in ("?", "#"):
-                i = path.find(sep)
-                if 0 <= i < cut:
-                    cut = i
-            p = path[:cut]
+            p = path_without_query(path)
             if not any(fnmatch.fnmatchcase(p, g) for g in self.paths):
                 return False
         return True
-
-    def as_dict(self) -> dict[str, list[str]]:
-        return {"hosts": list(self.hosts), "paths": list(self.paths), "methods": list(self.methods)}
 
 
 @dataclass(frozen=True, slots=True)
