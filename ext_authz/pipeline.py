@@ -235,7 +235,7 @@ def _device_id(ctx: RequestContext, principal: Principal, engine: Engine) -> str
     return ""
 
 
-def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str]]:
+def _revocation_checks(principal: Principal, device: str, keys: list[str]) -> list[tuple[str, str]]:
     checks: list[tuple[str, str]] = []
     w, t = principal.workload, principal.token
     for ident in (w, t):
@@ -253,7 +253,7 @@ def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str
             checks.append(("sid", sid))
     if device:
         checks.append(("device", device))
-    for key in quarantine_keys(principal):
+    for key in keys:
         checks.append(("quarantine", key))
     return checks
 
@@ -314,8 +314,9 @@ def decide(
         )
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
-    if principal.authenticated or device:
-        for kind, value in _revocation_checks(principal, device):
+    principals = quarantine_keys(principal)  # who grants, exceptions and quarantines can name
+    if state.revocations and (principal.authenticated or device):
+        for kind, value in _revocation_checks(principal, device, principals):
             rev = state.revoked(kind, value, ts)
             if rev is not None:
                 return Decision(
@@ -340,7 +341,6 @@ def decide(
             detail=age_detail,
         )
 
-    principals = quarantine_keys(principal) if principal.authenticated else []
     http = ctx.http
     method, host, path = (http.method, http.host, http.path) if http else ("", "", "")
     covering = [g for g in state.grants_for(principals, ts) if g.scope.covers(method, host, path)]
