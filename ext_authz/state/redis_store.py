@@ -36,6 +36,8 @@ def _field(kind: str, rid: str) -> str:
 
 
 class RedisStore(Store):
+    durable = True
+
     def __init__(self, url: str, *, block_ms: int = 1000, max_backoff: float = 5.0) -> None:
         super().__init__()
         self.url = url
@@ -47,7 +49,6 @@ class RedisStore(Store):
         self._follower: asyncio.Task[None] | None = None
         self.connected = False
         self.reconnects = 0
-        self._pending: dict[str, float] = {}
 
     def _client(self, timeout: float | None) -> aioredis.Redis:
         return aioredis.from_url(
@@ -127,21 +128,13 @@ class RedisStore(Store):
             )
             await pipe.execute()
 
-    def _queue_session(self, sid: str, first_seen: float) -> None:
-        self._pending[sid] = first_seen
-
-    async def _flush_sessions(self) -> None:
-        if not self._pending or self._redis is None:
-            return
-        pending, self._pending = self._pending, {}
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for sid, first in pending.items():
-                    pipe.hsetnx(SESSIONS, sid, repr(first))
-                await pipe.execute()
-        except (RedisError, OSError):
+    async def _persist_sessions(self, pending: dict[str, float]) -> None:
+        if self._redis is None:
+            raise ConnectionError("the store is not connected")
+        async with self._redis.pipeline(transaction=False) as pipe:
             for sid, first in pending.items():
-                self._pending.setdefault(sid, first)
+                pipe.hsetnx(SESSIONS, sid, repr(first))
+            await pipe.execute()
 
     def _apply(self, entries: list[tuple[str, dict[str, str]]]) -> bool:
         changed = False
@@ -175,7 +168,8 @@ class RedisStore(Store):
         while True:
             try:
                 assert self._reader is not None
-                await self._flush_sessions()
+                with contextlib.suppress(RedisError, OSError, ConnectionError):
+                    await self._flush_sessions()  # kept for the next round if Redis refuses it
                 resp: Any = await self._reader.xread(
                     {CHANGES: self._last_id}, block=self.block_ms, count=1000
                 )

@@ -77,12 +77,15 @@ def record_id(kind: str, record: Any) -> str:
 class Store:
     """Records by kind and id; a rebuilt snapshot after every change; revocation watchers."""
 
+    durable = False  # True: sessions and records outlive the process
+
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {k: {} for k in RECORD_TYPES}
         self._sessions: dict[str, float] = {}
         self._revision = 0
         self.snapshot = StateSnapshot()
         self._watchers: list[Callable[[RevocationEvent], None]] = []
+        self._pending_sessions: dict[str, float] = {}  # first uses not yet persisted (durable stores)
 
     @property
     def healthy(self) -> bool:
@@ -153,16 +156,30 @@ class Store:
         if known is not None:
             return known
         self._sessions[sid] = first_seen
-        self._queue_session(sid, first_seen)
+        if self.durable:
+            self._pending_sessions[sid] = first_seen
         return first_seen
+
+    async def _flush_sessions(self) -> None:
+        """Persist newly seen sessions. The queue is swapped on the event loop (where Checks add to
+        it) and only the detached batch is written; on failure it is kept for the next attempt."""
+        if not self._pending_sessions:
+            return
+        pending, self._pending_sessions = self._pending_sessions, {}
+        try:
+            await self._persist_sessions(pending)
+        except BaseException:
+            for sid, first in pending.items():
+                self._pending_sessions.setdefault(sid, first)
+            raise
+
+    async def _persist_sessions(self, pending: dict[str, float]) -> None:
+        return None
 
     async def _persist_put(self, kind: str, rid: str, record: Any, at: float) -> None:
         return None
 
     async def _persist_delete(self, kind: str, rid: str, record: Any, at: float) -> None:
-        return None
-
-    def _queue_session(self, sid: str, first_seen: float) -> None:
         return None
 
 
@@ -172,6 +189,8 @@ class MemoryStore(Store):
 
 class SqliteStore(Store):
     """``sqlite:///PATH``: durable, and shared by every process on the host using the file."""
+
+    durable = True
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
@@ -190,7 +209,6 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._seq = 0
         self._poller: asyncio.Task[None] | None = None
-        self._pending_sessions: dict[str, float] = {}
         self.poll_errors = 0
 
     def _connect(self) -> sqlite3.Connection:
@@ -269,15 +287,9 @@ class SqliteStore(Store):
 
         await asyncio.to_thread(self._run, write)
 
-    def _queue_session(self, sid: str, first_seen: float) -> None:
-        self._pending_sessions[sid] = first_seen
-
-    async def _flush_sessions(self) -> None:
-        """Persist newly seen sessions. The queue is swapped on the event loop (where Checks add to
-        it), and only the detached batch goes to the worker thread."""
-        if not self._pending_sessions or self._db is None:
-            return
-        pending, self._pending_sessions = self._pending_sessions, {}
+    async def _persist_sessions(self, pending: dict[str, float]) -> None:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is closed")
 
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
@@ -285,12 +297,7 @@ class SqliteStore(Store):
                     "INSERT OR IGNORE INTO sessions (sid, first_seen) VALUES (?, ?)", pending.items()
                 )
 
-        try:
-            await asyncio.to_thread(self._run, write)
-        except BaseException:  # not written: keep them for the next attempt
-            for sid, first in pending.items():
-                self._pending_sessions.setdefault(sid, first)
-            raise
+        await asyncio.to_thread(self._run, write)
 
     def _changes_since(self) -> list[tuple[int, float, str, str, str, str]]:
         rows: list[tuple[int, float, str, str, str, str]] = self._run(
