@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cel_expr_python import cel
 
@@ -71,6 +71,25 @@ def _names_port(pattern: str) -> bool:
     return ":" in pattern
 
 
+class _Target(NamedTuple):
+    """What rules match a request on, computed once per Check."""
+
+    http: bool
+    method: str
+    host: str  # canonical, with the port as sent
+    bare_host: str  # canonical, without the port
+    path: str  # without query string or fragment
+    context_extensions: Mapping[str, str]
+
+    @classmethod
+    def of(cls, ctx: RequestContext) -> _Target:
+        http = ctx.http
+        if http is None:
+            return cls(False, "", "", "", "", ctx.context_extensions)
+        host = _canonical_host(http.host)
+        return cls(True, http.method, host, _strip_port(host), http.path_only, ctx.context_extensions)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
@@ -86,33 +105,26 @@ class CompiledRule:
     when_source: str
     variables: frozenset[str] = frozenset(_VARIABLES)
 
-    def selects(self, ctx: RequestContext, authenticated: bool) -> bool:
+    def selects(self, target: _Target, authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
         # Deny rules apply to every caller; `anonymous` only widens who an allow rule admits.
         if not authenticated and not self.anonymous and self.effect == "allow":
             return False
         for key, value in self.context_extensions:
-            if ctx.context_extensions.get(key) != value:
+            if target.context_extensions.get(key) != value:
                 return False
         if not (self.hosts or self.hosts_with_port or self.paths or self.methods):
             return True
-        http = ctx.http
-        if http is None:  # an L4 check has no host, path or method to match
+        if not target.http:  # an L4 check has no host, path or method to match
             return False
-        if self.methods and http.method not in self.methods:
+        if self.methods and target.method not in self.methods:
             return False
-        if self.hosts or self.hosts_with_port:
-            host = _canonical_host(http.host)
-            bare = _strip_port(host)
-            if not (
-                any(p.match(bare) for p in self.hosts) or any(p.match(host) for p in self.hosts_with_port)
-            ):
-                return False
-        if self.paths:
-            path = http.path_only
-            if not any(p.match(path) for p in self.paths):
-                return False
-        return True
+        if (self.hosts or self.hosts_with_port) and not (
+            any(p.match(target.bare_host) for p in self.hosts)
+            or any(p.match(target.host) for p in self.hosts_with_port)
+        ):
+            return False
+        return not self.paths or any(p.match(target.path) for p in self.paths)
 
     def condition(self, activation: Activation) -> bool | str:
         """True/False, or an error message when the CEL condition cannot be evaluated."""
@@ -158,9 +170,10 @@ class Policy:
                 cached["v"] = activation()
             return cached["v"]
 
+        target = _Target.of(ctx)
         result: PolicyResult | None = None
         for r in self.rules:
-            if r.shadow or r.effect != "deny" or not r.selects(ctx, authenticated):
+            if r.shadow or r.effect != "deny" or not r.selects(target, authenticated):
                 continue
             cond = r.condition(data)
             if cond is True:
@@ -171,7 +184,7 @@ class Policy:
                 break
         if result is None:
             for r in self.rules:
-                if r.shadow or r.effect != "allow" or not r.selects(ctx, authenticated):
+                if r.shadow or r.effect != "allow" or not r.selects(target, authenticated):
                     continue
                 if r.condition(data) is True:
                     result = PolicyResult(True, "allowed", r.name)
@@ -183,7 +196,7 @@ class Policy:
         for r in self.rules:
             if not r.shadow:
                 continue
-            cond = r.condition(data) if r.selects(ctx, authenticated) else False
+            cond = r.condition(data) if r.selects(target, authenticated) else False
             if isinstance(cond, str):
                 shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
             else:

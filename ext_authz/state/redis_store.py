@@ -47,6 +47,7 @@ class RedisStore(Store):
         self._reader: aioredis.Redis | None = None
         self._last_id = "0-0"
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
         self.connected = False
         self.reconnects = 0
 
@@ -67,10 +68,20 @@ class RedisStore(Store):
         self._follower = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        self._closing = True
+        follower = self._follower
+        if follower is not None:
+            follower.cancel()
+            # redis-py can absorb a cancellation that lands mid-XREAD and keep waiting on the socket:
+            # if the follower has not stopped soon, cut its connections out from under it.
+            await asyncio.wait({follower}, timeout=1.0)
+            if not follower.done() and self._reader is not None:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(self._reader.connection_pool.disconnect(), 2)
+                follower.cancel()
+                await asyncio.wait({follower}, timeout=2.0)
+            if not follower.done():
+                log.warning("state follower did not stop; abandoning it")
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self._flush_sessions(), 2)
         for client in (self._redis, self._reader):
@@ -165,7 +176,7 @@ class RedisStore(Store):
 
     async def _follow(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             try:
                 assert self._reader is not None
                 with contextlib.suppress(RedisError, OSError, ConnectionError):

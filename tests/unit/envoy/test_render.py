@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -275,3 +276,39 @@ def test_response_round_trips_on_the_wire() -> None:
 
     assert again == resp
     assert "x-ext-authz-subject" in again.ok_response.headers_to_remove
+
+
+# --- templates: built once per shape, each response carries its own decision id --------------------
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        allowed(Principal(workload=WORKLOAD, token=ALICE), grant_ids=("g1",), exception_id="x1"),
+        denied(401, "token_expired", credential_failed="token"),
+        denied(
+            403, "revoked", revocation_id="rev_1", revocation_kind="jti", principal=Principal(token=ALICE)
+        ),
+    ],
+    ids=["allow", "401", "403"],
+)
+def test_responses_of_one_shape_differ_only_in_their_decision_id(decision: Decision) -> None:
+    first = render(decision)
+    first_wire = first.SerializeToString()
+    other = dataclasses.replace(decision, decision_id="d-9")  # same length: same framing
+
+    second = render(other)
+
+    assert first.SerializeToString() == first_wire  # the template was copied, not handed out
+    assert first_wire.count(decision.decision_id.encode()) == (2 if decision.allowed else 3)
+    assert second.SerializeToString() == first_wire.replace(decision.decision_id.encode(), b"d-9")
+
+
+def test_a_different_shape_gets_its_own_response() -> None:
+    a = render(allowed(Principal(workload=WORKLOAD), grant_ids=("g1",)))
+    b = render(allowed(Principal(workload=WORKLOAD), grant_ids=("g2",)))
+    c = render(allowed(Principal(token=ALICE)))
+
+    assert metadata(a)["grant_ids"] == ["g1"]
+    assert metadata(b)["grant_ids"] == ["g2"]
+    assert set_headers(c)[IDENTITY_HEADERS[1]] == "alice"
