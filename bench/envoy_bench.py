@@ -2,7 +2,9 @@
 
 (a) Envoy direct response; (b) Envoy jwt_authn + RBAC in-process (the no-hop limit); (c) Envoy +
 a minimal allow-all grpc.aio ext_authz server (the Python floor); (d) Envoy + ext-authz with the demo
-policy, warm caches; (e) the same with caching off (every Check verifies from scratch). Configurations
+policy, warm caches; (e) the same with caching off (every Check verifies from scratch); (f) warm with
+`workers: 2`; (g) the allow-all floor on pygrpc-native; (h) ext-authz warm with `transport: native`.
+Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
 """
@@ -30,6 +32,7 @@ from ext_authz.dev.demo import init_demo  # noqa: E402
 from ext_authz.dev.stack import envoy_binary, free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 20_000, 16
+CONFIGS = "abcdefgh"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,9 +205,9 @@ def open_loop(
 
 
 def main() -> None:
-    results: dict[str, list[dict[str, float]]] = {k: [] for k in "abcdef"}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cde"}
-    fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cd"}
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdegh"}
+    fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -212,9 +215,12 @@ def main() -> None:
         init_demo(demo)
         jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
         alice = (demo / "tokens/alice.jwt").read_text().strip()
-        ports = {k: free_port() for k in ("a", "b", "c", "d", "e", "f", "floor", "warm", "cold", "workers")}
+        names = ("floor", "warm", "cold", "workers", "native_floor", "native")
+        ports = {k: free_port() for k in (*CONFIGS, *names)}
 
-        def authz_config(name: str, port: int, cache: int, workers: int = 1) -> Path:
+        def authz_config(
+            name: str, port: int, cache: int, workers: int = 1, transport: str = "grpcio"
+        ) -> Path:
             cfg = yaml.safe_load((demo / "config.yaml").read_text())
             cfg.update(
                 listen=f"127.0.0.1:{port}",
@@ -222,6 +228,7 @@ def main() -> None:
                 admin_listen=f"unix://{tmp}/{name}.sock",
                 state="memory://" if workers == 1 else f"sqlite://{tmp}/{name}.db",
                 workers=workers,
+                transport=transport,
                 cache={"size": cache},
                 decision_log={"path": str(tmp / f"{name}.jsonl")},
             )
@@ -283,6 +290,8 @@ def main() -> None:
                     listener("d", ports["d"], [ext_authz("warm")]),
                     listener("e", ports["e"], [ext_authz("cold")]),
                     listener("f", ports["f"], [ext_authz("workers")]),
+                    listener("g", ports["g"], [ext_authz("native_floor")]),
+                    listener("h", ports["h"], [ext_authz("native")]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
@@ -290,6 +299,8 @@ def main() -> None:
                     cluster("cold", ports["cold"]),
                     # Several connections, so SO_REUSEPORT can spread them over the workers.
                     cluster("workers", ports["workers"], streams_per_connection=4),
+                    cluster("native_floor", ports["native_floor"]),
+                    cluster("native", ports["native"]),
                 ],
             },
         }
@@ -297,6 +308,19 @@ def main() -> None:
         py = sys.executable
         try:
             floor = subprocess.Popen([py, str(ROOT / "bench/floor_server.py"), str(ports["floor"])])
+            native_floor = subprocess.Popen(
+                [py, str(ROOT / "bench/floor_server.py"), str(ports["native_floor"]), "native"]
+            )
+            native = subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "-c",
+                    str(authz_config("native", ports["native"], 10_000, transport="native")),
+                ]
+            )
             warm = subprocess.Popen(
                 [py, "-m", "ext_authz.cli", "serve", "-c", str(authz_config("warm", ports["warm"], 10_000))]
             )
@@ -325,9 +349,9 @@ def main() -> None:
                     str(authz_config("workers", ports["workers"], 10_000, 2)),
                 ]
             )
-            procs = [floor, warm, cold, workers, envoy]
+            procs = [floor, warm, cold, workers, native_floor, native, envoy]
             time.sleep(4)
-            servers = {"c": floor, "d": warm, "e": cold}
+            servers = {"c": floor, "d": warm, "e": cold, "g": native_floor, "h": native}
             work = {
                 "a": ("/", None),
                 "b": ("/user/me", alice),
@@ -335,6 +359,8 @@ def main() -> None:
                 "d": ("/internal/jobs", jwt_svid),
                 "e": ("/internal/jobs", jwt_svid),
                 "f": ("/internal/jobs", jwt_svid),
+                "g": ("/internal/jobs", jwt_svid),
+                "h": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -352,7 +378,7 @@ def main() -> None:
                     check=True,
                 )
             for r in range(ROUNDS):
-                order = list("abcdef") if r % 2 == 0 else list("fedcba")
+                order = list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS))
                 for k in order:
                     path, tok = work[k]
                     before = proc_cpu(servers[k].pid) if k in servers else 0.0
@@ -360,7 +386,8 @@ def main() -> None:
                     if k in servers:
                         cpu_per_check[k].append((proc_cpu(servers[k].pid) - before) / REQUESTS * 1e6)
                     results[k].append(res)
-                for k in ("c", "d"):  # latency at a fixed, moderate rate: what a request pays for the hop
+                # Latency at a fixed, moderate rate: what a request pays for the hop.
+                for k in ("c", "d", "h"):
                     path, tok = work[k]
                     fixed[k].append(open_loop(ports[k], path, tok))
             rss = {k: round(proc_rss_mb(p.pid), 1) for k, p in servers.items()}
@@ -377,9 +404,11 @@ def main() -> None:
         "d": "Envoy + ext-authz, demo policy, warm",
         "e": "Envoy + ext-authz, caching off",
         "f": "Envoy + ext-authz, workers: 2, warm",
+        "g": "Envoy + allow-all on pygrpc-native (native floor)",
+        "h": "Envoy + ext-authz, warm, transport: native",
     }
     table = {}
-    for k in "abcdef":
+    for k in CONFIGS:
         rows = results[k]
         table[k] = {
             "name": names[k],
@@ -396,7 +425,7 @@ def main() -> None:
             "p50_ms": round(statistics.median(r["p50_ms"] for r in fixed[k]), 2),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in fixed[k]), 2),
         }
-        for k in "cd"
+        for k in "cdh"
     }
     d = table["d"]["rps"]
     ratios = {
@@ -405,6 +434,9 @@ def main() -> None:
         "d/a": round(d / table["a"]["rps"], 3),
         "workers 2/1": round(table["f"]["rps"] / d, 3),
         "cpu d/c": round(table["d"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
+        "h/c": round(table["h"]["rps"] / table["c"]["rps"], 3),
+        "cpu h/c": round(table["h"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
+        "cpu h/g": round(table["h"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
     }
     out = {
         "machine": f"{os.cpu_count()} cores",
@@ -414,6 +446,7 @@ def main() -> None:
         "rounds": ROUNDS,
         "results": table,
         "ratios": ratios,
+        "open_loop_500rps": at_rate,
     }
     res_dir = ROOT / "bench" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +457,7 @@ def main() -> None:
         "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | RSS MB | errors |",
         "|---|---|---|---|---|---|---|",
     ]
-    for k in "abcdef":
+    for k in CONFIGS:
         t = table[k]
         lines.append(
             f"| ({k}) {t['name']} | {t['rps']} | {t['p50_ms']} | {t['p99_ms']} | "
@@ -435,7 +468,8 @@ def main() -> None:
         "",
         "open loop at 500 req/s (p50 / p99 ms): "
         f"floor {at_rate['c']['p50_ms']} / {at_rate['c']['p99_ms']}, "
-        f"ext-authz warm {at_rate['d']['p50_ms']} / {at_rate['d']['p99_ms']} "
+        f"ext-authz warm {at_rate['d']['p50_ms']} / {at_rate['d']['p99_ms']}, "
+        f"ext-authz warm native {at_rate['h']['p50_ms']} / {at_rate['h']['p99_ms']} "
         f"(target: p99 within floor + 1 ms)",
     ]
     (res_dir / "envoy.md").write_text("\n".join(lines) + "\n")

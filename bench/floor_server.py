@@ -1,4 +1,7 @@
-"""The Python floor: a minimal allow-all grpc.aio ext_authz server (what any Python authorizer costs)."""
+"""The Python floor: a minimal allow-all ext_authz server (what any Python authorizer costs).
+
+`floor_server.py PORT [grpcio|native]`: on grpc.aio (the default), or on pygrpc-native.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[mi
         return _OK
 
 
-async def main(port: int) -> None:
-    server = grpc.aio.server()
+async def main(port: int, transport: str) -> None:
+    if transport == "native":  # the same servicer behind pygrpc-native's Rust HTTP/2 front
+        import pygrpc_native.aio
+
+        server = pygrpc_native.aio.server()
+    else:
+        server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -28,4 +36,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "grpcio"))

@@ -6,6 +6,7 @@ security configuration a typo must not silently turn into a default.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Mapping
@@ -160,6 +161,32 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one Check may carry before it is refused unread (each with its reason code)."""
+
+    max_token_bytes: int = 8 * 1024  # token_too_large (401)
+    max_headers: int = 100  # request_headers_too_large (431)
+    max_header_bytes: int = 64 * 1024  # names + values; request_headers_too_large (431)
+    max_chain_length: int = 5  # intermediates after the leaf; cert_chain_too_large (401)
+    max_chain_bytes: int = 32 * 1024  # the peer certificate, and the XFCC header; cert_chain_too_large (401)
+    max_body_bytes: int = 8 * 1024  # a body Envoy was told to send (with_request_body); body_too_large (413)
+    cel_max_expression_bytes: int = 4096  # checked at load: a rule's `when`
+    cel_max_comprehension_depth: int = 2  # checked at load: all/exists/exists_one/map/filter nested
+
+
+_LIMIT_RANGES: dict[str, tuple[int, int]] = {
+    "max_token_bytes": (256, 64 * 1024),
+    "max_headers": (1, 10_000),
+    "max_header_bytes": (1024, 1024 * 1024),
+    "max_chain_length": (0, 16),
+    "max_chain_bytes": (1024, 1024 * 1024),
+    "max_body_bytes": (0, 16 * 1024 * 1024),
+    "cel_max_expression_bytes": (16, 64 * 1024),
+    "cel_max_comprehension_depth": (0, 8),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     listen: str = DEFAULT_LISTEN
@@ -182,6 +209,10 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
     workers: int = 1
+    limits: Limits = field(default_factory=Limits)
+    transport: str = (
+        "grpcio"  # the Check port's HTTP/2 server: grpcio's grpc.aio, or "native" (pygrpc-native)
+    )
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""
@@ -351,6 +382,8 @@ _TOP = frozenset(
         "admin",
         "decision_log",
         "workers",
+        "transport",
+        "limits",
     )
 )
 
@@ -551,6 +584,22 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             file, "workers", "several workers share a TCP port (SO_REUSEPORT); listen is a unix socket"
         )
 
+    lim = top.section("limits", frozenset(_LIMIT_RANGES))
+    limit_values: dict[str, int] = {}
+    for name, (low, high) in _LIMIT_RANGES.items():
+        if lim.has(name):
+            value = lim.data[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(file, lim.where(name), f"expected a whole number from {low} to {high}")
+            limit_values[name] = value
+    limits = Limits(**limit_values)
+
+    transport = top.choice("transport", ("grpcio", "native"), "grpcio")
+    if transport == "native" and importlib.util.find_spec("pygrpc_native") is None:
+        raise ConfigError(
+            file, "transport", "native needs the pygrpc-native package: pip install 'ext-authz[native]'"
+        )
+
     def _age(name: str) -> float | None:
         return parse_duration(top.data[name], file, name) if top.has(name) else None
 
@@ -583,6 +632,8 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         admin=admin_cfg,
         decision_log=decision_log,
         workers=workers,
+        transport=transport,
+        limits=limits,
     )
 
 

@@ -27,6 +27,8 @@ REASON_STATUS: dict[str, int] = {
     "unknown_trust_domain": 401,
     "principal_mismatch": 401,
     "token_malformed": 401,
+    "token_too_large": 401,
+    "cert_chain_too_large": 401,
     "token_algorithm": 401,
     "token_unknown_key": 401,
     "token_signature": 401,
@@ -43,6 +45,9 @@ REASON_STATUS: dict[str, int] = {
     "policy_denied": 403,
     "policy_error": 403,
     "request_invalid": 403,
+    # Over a configured limit (`limits:`): refused before anything in it is parsed further.
+    "request_headers_too_large": 431,
+    "body_too_large": 413,
     "revoked": 403,
     "quarantined": 403,
     "exception": 200,

@@ -74,7 +74,7 @@ def load_engine(path: str | Path) -> Engine:
     """Config, trust material and compiled policy, or a ConfigError/TrustError naming the file."""
     cfg = load_config(path)
     trust = load_trust(cfg)
-    policy = compile_policy(cfg.rules, str(cfg.source))
+    policy = compile_policy(cfg.rules, str(cfg.source), cfg.limits)
     config_digest = hashlib.sha256(Path(cfg.source).read_bytes()).hexdigest()[:12]
     return Engine(
         config=cfg,

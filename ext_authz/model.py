@@ -70,6 +70,9 @@ class RequestContext:
     context_extensions: Mapping[str, str]
     credentials: Credentials
     request_id: str = ""
+    header_count: int = 0  # as Envoy sent them, before joining repeated names
+    header_bytes: int = 0  # names + values
+    body_bytes: int = 0  # a body is present only if Envoy was told to send it
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .config import Config
-from .errors import CredentialError
+from .config import Config, Limits
+from .errors import CredentialError, status_for
 from .identity.cache import LruCache
 from .identity.jwt import TokenSettings, verify_token
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
@@ -85,6 +85,13 @@ def _workload(
         )
     if creds.peer_certificate is None:
         return None
+    limits = engine.config.limits
+    if len(creds.peer_certificate) > limits.max_chain_bytes or len(creds.xfcc) > limits.max_chain_bytes:
+        raise CredentialError(
+            "cert_chain_too_large",
+            f"peer certificate or XFCC header is over limits.max_chain_bytes ({limits.max_chain_bytes})",
+            credential="x509",
+        )
     # Keyed on the leaf as Envoy sent it: once a leaf is proven to chain to a root of its trust
     # domain (under this trust revision), the intermediates that proved it are not needed again.
     # The entry expires with the first certificate of that path to expire.
@@ -92,7 +99,15 @@ def _workload(
     ident = caches.x509.get(key, engine.trust.revision, ts)
     if ident is None:
         leaf = decode_certificate(creds.peer_certificate)
-        ident = verify_x509_svid(leaf, chain_from_xfcc(creds.xfcc), engine.trust, now)
+        chain = chain_from_xfcc(creds.xfcc)
+        if len(chain) > limits.max_chain_length + 1:  # Envoy's Chain starts with the leaf
+            raise CredentialError(
+                "cert_chain_too_large",
+                f"{len(chain)} certificates in the chain; limits.max_chain_length is "
+                f"{limits.max_chain_length} intermediates",
+                credential="x509",
+            )
+        ident = verify_x509_svid(leaf, chain, engine.trust, now)
         caches.x509.put(key, engine.trust.revision, ident)
     if creds.principal and creds.principal != ident.spiffe_id:
         raise CredentialError(
@@ -111,6 +126,11 @@ def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Id
         )
     if creds.bearer is None:
         return None
+    max_bytes = engine.config.limits.max_token_bytes
+    if len(creds.bearer) > max_bytes:
+        raise CredentialError(
+            "token_too_large", f"token is over limits.max_token_bytes ({max_bytes})", credential="token"
+        )
     # A token's verdict depends on the trust material *and* the config (audiences, algorithms, leeway).
     revision = f"{engine.revision}/{engine.trust.revision}"
     ident = caches.tokens.get(creds.bearer, revision, ts)
@@ -293,6 +313,26 @@ def _credential_age(
     return "", "", None
 
 
+def _over_limits(ctx: RequestContext, limits: Limits) -> tuple[str, str] | None:
+    """(reason, detail) when the request carries more than the configured limits allow."""
+    if ctx.header_count > limits.max_headers:
+        return (
+            "request_headers_too_large",
+            f"{ctx.header_count} headers; limits.max_headers is {limits.max_headers}",
+        )
+    if ctx.header_bytes > limits.max_header_bytes:
+        return (
+            "request_headers_too_large",
+            f"{ctx.header_bytes} bytes of headers; limits.max_header_bytes is {limits.max_header_bytes}",
+        )
+    if ctx.body_bytes > limits.max_body_bytes:
+        return (
+            "body_too_large",
+            f"{ctx.body_bytes} bytes of body; limits.max_body_bytes is {limits.max_body_bytes}",
+        )
+    return None
+
+
 def decide(
     ctx: RequestContext,
     engine: Engine,
@@ -301,6 +341,12 @@ def decide(
     decision_id: str,
     state: StateSnapshot = _EMPTY_STATE,
 ) -> Decision:
+    over = _over_limits(ctx, engine.config.limits)
+    if over is not None:
+        reason, detail = over
+        return Decision(
+            decision_id=decision_id, allowed=False, status=status_for(reason), reason=reason, detail=detail
+        )
     try:
         principal = verify_principal(ctx, engine, caches, now)
     except CredentialError as exc:

@@ -326,6 +326,21 @@ def _grpc_address(listen: str) -> str:
     return listen  # grpc understands both HOST:PORT and unix:///abs/path
 
 
+def check_server(transport: str, *, reuse_port: bool) -> grpc.aio.Server:
+    """The gRPC server for Check and health: grpcio's, or pygrpc-native's Rust HTTP/2 front.
+
+    Both take the same servicers: pygrpc-native's server is a ``grpc.aio.Server`` whose registered
+    unary and server-streaming methods are served by tokio/hyper and handed to our coroutines.
+    """
+    options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
+    if transport == "native":
+        import pygrpc_native.aio  # optional: the config loader checked it is installed
+
+        server: grpc.aio.Server = pygrpc_native.aio.server(options=options)
+        return server
+    return grpc.aio.server(options=options)
+
+
 class Server:
     """ext-authz serving one config: Check, health (gRPC and HTTP), reloads, graceful stop."""
 
@@ -335,7 +350,7 @@ class Server:
         self.health = HealthServicer()
         # Workers share one port (SO_REUSEPORT); a lone server refuses to share it by accident.
         self.worker = worker_index()
-        self.grpc = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.worker is not None else 0)])
+        self.grpc = check_server(runtime.engine.config.transport, reuse_port=self.worker is not None)
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(lambda: self.runtime.engine, self.runtime.swap)
         self.workload_api = WorkloadApiTrust(lambda: self.runtime.engine, self.runtime.swap)
@@ -385,7 +400,12 @@ class Server:
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.reloader.run()))
         self._tasks.append(asyncio.create_task(self._watch_state_health()))
-        log.info("ext-authz serving Check on %s (revision %s)", cfg.listen, self.runtime.engine.revision)
+        log.info(
+            "ext-authz serving Check on %s over %s (revision %s)",
+            cfg.listen,
+            cfg.transport,
+            self.runtime.engine.revision,
+        )
 
     async def _watch_state_health(self) -> None:
         """grpc.health.v1 service `ext_authz.state`: NOT_SERVING while shared state is unreachable."""

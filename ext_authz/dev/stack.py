@@ -91,6 +91,7 @@ class Stack:
     run_dir: Path
     ports: Ports = field(default_factory=Ports)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    transport: str | None = None  # None: as the demo config says
 
     @property
     def config_path(self) -> Path:
@@ -105,6 +106,8 @@ class Stack:
         cfg["listen"] = f"127.0.0.1:{self.ports.ext_authz}"
         cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
+        if self.transport is not None:
+            cfg["transport"] = self.transport
         # Paths in the demo config are relative to the demo directory: make them absolute here.
         for td in cfg.get("trust_domains", {}).values():
             for k in ("x509_bundle", "jwt_bundle"):

@@ -44,15 +44,21 @@ def normalize(request: Any) -> RequestContext:
     attrs = request.attributes
     http_req = None
     headers: dict[str, str] = {}
+    count = size = body = 0
     if attrs.request.HasField("http"):
         h = attrs.request.http
         if h.headers:
             headers = {k.lower(): v for k, v in h.headers.items()}
+            count = len(headers)
+            size = sum(len(k) + len(v) for k, v in headers.items())
         elif h.HasField("header_map"):
             for hv in h.header_map.headers:
                 value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
                 key = hv.key.lower()
                 headers[key] = f"{headers[key]},{value}" if key in headers else value
+                count += 1
+                size += len(key) + len(value)
+        body = max(len(h.raw_body), len(h.body))
         http_req = HttpRequest(
             method=(h.method or headers.get(":method", "")).upper(),
             path=h.path or headers.get(":path", ""),
@@ -78,4 +84,7 @@ def normalize(request: Any) -> RequestContext:
         context_extensions=MappingProxyType(dict(attrs.context_extensions)),
         credentials=creds,
         request_id=headers.get("x-request-id", ""),
+        header_count=count,
+        header_bytes=size,
+        body_bytes=body,
     )

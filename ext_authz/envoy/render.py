@@ -155,7 +155,7 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
         headers.append(_option("www-authenticate", challenge))
     body = json.dumps(
         {
-            "error": "unauthenticated" if s.status == 401 else "forbidden",
+            "error": {401: "unauthenticated", 403: "forbidden"}.get(s.status, "rejected"),
             "reason": s.reason,
             "decision_id": decision_id,
         },

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from cel_expr_python import cel
 
-from ..config import RuleConfig
+from ..config import Limits, RuleConfig
 from ..errors import ConfigError
 from ..model import RequestContext, ShadowResult
 
@@ -212,11 +212,73 @@ class Policy:
         return PolicyResult(result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail)
 
 
-def compile_policy(rules: tuple[RuleConfig, ...], file: str) -> Policy:
+_MACROS = frozenset(("all", "exists", "exists_one", "map", "filter"))
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def comprehension_depth(source: str) -> int:
+    """How deeply CEL comprehension macros (``x.all(…)``, ``exists``, ``exists_one``, ``map``,
+    ``filter``) nest in an expression: each level multiplies the work by the size of a list.
+
+    A scan, not a parse: string literals are skipped, and a macro name anywhere else counts, so an
+    odd spelling can only overcount (and be refused), never undercount.
+    """
+    depth = deepest = 0
+    stack: list[bool] = []  # per open parenthesis: does it open a macro's arguments?
+    i, n = 0, len(source)
+    pending_macro = raw = False
+    while i < n:
+        c = source[i]
+        if c in "\"'":
+            quote = source[i : i + 3] if source[i : i + 3] in ('"""', "'''") else c
+            i += len(quote)
+            while i < n and source[i : i + len(quote)] != quote:
+                i += 2 if source[i] == "\\" and not raw else 1  # r"…": a backslash is itself
+            i += len(quote)
+            pending_macro = raw = False
+            continue
+        raw = False
+        m = _IDENT.match(source, i)
+        if m:
+            raw = (
+                "r" in m.group().lower() and len(m.group()) <= 2 and m.end() < n and source[m.end()] in "\"'"
+            )
+            pending_macro = m.group() in _MACROS and i > 0 and source[:i].rstrip().endswith(".")
+            i = m.end()
+            continue
+        if c == "(":
+            stack.append(pending_macro)
+            if pending_macro:
+                depth += 1
+                deepest = max(deepest, depth)
+        elif c == ")" and stack and stack.pop():
+            depth -= 1
+        if not c.isspace():
+            pending_macro = False
+        i += 1
+    return deepest
+
+
+def compile_policy(rules: tuple[RuleConfig, ...], file: str, limits: Limits | None = None) -> Policy:
+    limits = limits or Limits()
     compiled: list[CompiledRule] = []
     for rc in rules:
         when = None
         if rc.when is not None:
+            if len(rc.when.encode()) > limits.cel_max_expression_bytes:
+                raise ConfigError(
+                    file,
+                    f"{rc.key}.when",
+                    f"expression is over limits.cel_max_expression_bytes ({limits.cel_max_expression_bytes})",
+                )
+            nesting = comprehension_depth(rc.when)
+            if nesting > limits.cel_max_comprehension_depth:
+                raise ConfigError(
+                    file,
+                    f"{rc.key}.when",
+                    f"comprehensions nest {nesting} deep; limits.cel_max_comprehension_depth is "
+                    f"{limits.cel_max_comprehension_depth}",
+                )
             try:
                 when = _ENV.compile(rc.when)
             except Exception as exc:  # cel-cpp reports compile errors as RuntimeError

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 import yaml
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,8 +88,11 @@ def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path)
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-def test_serve_turns_not_serving_on_sigterm_then_exits(demo_dir: Path, tmp_path: Path) -> None:
-    config = write_config(demo_dir, tmp_path)
+@pytest.mark.parametrize("transport", ["grpcio", "native"])
+def test_serve_turns_not_serving_on_sigterm_then_exits(
+    demo_dir: Path, tmp_path: Path, transport: str
+) -> None:
+    config = write_config(demo_dir, tmp_path, transport=transport)
     listen = yaml.safe_load(config.read_text())["listen"]
     proc = subprocess.Popen(
         [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -33,9 +33,13 @@ class Reply:
         return data
 
 
-@pytest.fixture(scope="module")
-def stack(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(demo_dir, REPO / "envoy.yaml", tmp_path_factory.mktemp("run"), Ports.free()) as s:
+@pytest.fixture(scope="module", params=["grpcio", "native"])
+def stack(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """The whole suite runs on both Check transports: grpcio's grpc.aio and pygrpc-native."""
+    run = tmp_path_factory.mktemp("run")
+    with Stack(demo_dir, REPO / "envoy.yaml", run, Ports.free(), transport=request.param) as s:
         yield s
 
 
@@ -76,6 +80,13 @@ def test_allowed_workload_reaches_upstream_with_its_identity(stack: Stack) -> No
     assert echo["x-spiffe-id"] == "spiffe://example.org/ns/frontend/sa/web"
     assert echo["x-ext-authz-identity-kind"] == "x509_svid"
     assert re.fullmatch(r"[0-9a-f]{32}", echo["x-ext-authz-decision-id"])
+
+
+def test_checks_are_served_over_the_requested_transport(stack: Stack) -> None:
+    assert request(stack, "/api/orders").status == 200
+    log = stack.log_path("ext-authz").read_text()
+
+    assert f"over {stack.transport} (revision" in log
 
 
 def test_other_workload_is_refused_with_403(stack: Stack) -> None:

@@ -14,6 +14,7 @@ from ext_authz.config import (
     DEFAULT_STATE,
     JWT_SVID_ALGORITHMS,
     Config,
+    Limits,
     load_config,
     parse_config,
     parse_duration,
@@ -554,3 +555,37 @@ def test_load_config_errors_name_the_loaded_file(tmp_path: Path) -> None:
         load_config(path)
 
     assert str(info.value).startswith(f"{path}: rules[0].effect: ")
+
+
+def test_transport_defaults_to_grpcio_and_may_be_native() -> None:
+    assert parse("").transport == "grpcio"
+    assert parse("transport: native").transport == "native"
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    err = parse_error("transport: h3")
+
+    assert err.key == "transport"
+    assert "grpcio" in str(err) and "native" in str(err)
+
+
+def test_limits_default_and_may_be_set() -> None:
+    assert parse("").limits == Limits()
+    cfg = parse("limits: {max_token_bytes: 4096, max_headers: 50, max_chain_length: 2}")
+
+    assert (cfg.limits.max_token_bytes, cfg.limits.max_headers, cfg.limits.max_chain_length) == (4096, 50, 2)
+    assert cfg.limits.max_body_bytes == Limits().max_body_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("limits: {max_token_bytes: 10}", "limits.max_token_bytes"),
+        ("limits: {max_headers: 0}", "limits.max_headers"),
+        ("limits: {max_chain_length: true}", "limits.max_chain_length"),
+        ("limits: {max_body_bytes: 1.5}", "limits.max_body_bytes"),
+        ("limits: {max_tokens: 1}", "limits.max_tokens"),
+    ],
+)
+def test_bad_limits_name_the_key(text: str, key: str) -> None:
+    assert parse_error(text).key == key

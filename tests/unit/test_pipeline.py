@@ -73,6 +73,8 @@ def request(
     principal: str | None = None,
     method: str = "GET",
     listener: str = "mesh",
+    extra_headers: Mapping[str, str] | None = None,
+    body: str = "",
 ) -> RequestContext:
     """Build the CheckRequest Envoy would send, as JSON, and normalize it."""
     headers = {":method": method, ":path": path, ":authority": "backend.internal", ":scheme": "https"}
@@ -88,12 +90,14 @@ def request(
         headers["authorization"] = f"Bearer {demo.tokens[token]}"
     if authorization is not None:
         headers["authorization"] = authorization
+    headers.update(extra_headers or {})
+    http: dict[str, Any] = {"method": method, "path": path, "host": "backend.internal", "headers": headers}
+    if body:
+        http["body"] = body
     doc = {
         "attributes": {
             "source": source,
-            "request": {
-                "http": {"method": method, "path": path, "host": "backend.internal", "headers": headers}
-            },
+            "request": {"http": http},
             "contextExtensions": {"listener": listener},
         }
     }
@@ -488,3 +492,72 @@ def test_a_principal_mismatch_is_refused_even_from_the_cache(demo: Demo) -> None
 
     assert caches.x509.hits == 1
     assert d.reason == "principal_mismatch"
+
+
+# --- limits: refused with a reason before anything in them is parsed further ----------------------
+
+
+def test_defaults_admit_an_ordinary_request(demo: Demo) -> None:
+    d = run(demo, request(demo, workload="frontend", token="alice", extra_headers={"x-a": "b" * 1000}))
+
+    assert d.reason == "allowed"
+
+
+@pytest.mark.parametrize(
+    ("limits", "extra", "reason", "status"),
+    [
+        ({"max_headers": 8}, {f"x-h{i}": "v" for i in range(8)}, "request_headers_too_large", 431),
+        ({"max_header_bytes": 2048}, {"x-big": "v" * 2048}, "request_headers_too_large", 431),
+    ],
+    ids=["count", "bytes"],
+)
+def test_too_many_or_too_large_headers_are_431(
+    demo: Demo, limits: dict[str, int], extra: dict[str, str], reason: str, status: int
+) -> None:
+    engine = demo.variant("limits-headers", limits=limits)
+
+    over = run(demo, request(demo, workload="frontend", extra_headers=extra), engine=engine)
+    under = run(demo, request(demo, workload="frontend"), engine=engine)
+
+    assert (over.allowed, over.status, over.reason) == (False, status, reason)
+    assert under.reason == "allowed"
+
+
+def test_a_body_over_the_limit_is_413(demo: Demo) -> None:
+    engine = demo.variant("limits-body", limits={"max_body_bytes": 10})
+
+    assert outcome(run(demo, request(demo, workload="frontend", body="x" * 11), engine=engine))[:3] == (
+        False,
+        413,
+        "body_too_large",
+    )
+    assert run(demo, request(demo, workload="frontend", body="x" * 10), engine=engine).allowed
+
+
+def test_a_token_over_the_limit_is_401_token_too_large(demo: Demo) -> None:
+    size = len(demo.tokens["alice"])
+    small = demo.variant("limits-token", limits={"max_token_bytes": size - 1})
+    exact = demo.variant("limits-token-exact", limits={"max_token_bytes": size})
+
+    d = run(demo, request(demo, "/user/profile", token="alice"), engine=small)
+
+    assert (d.status, d.reason, d.credential_failed) == (401, "token_too_large", "token")
+    assert run(demo, request(demo, "/user/profile", token="alice"), engine=exact).allowed
+
+
+def test_a_chain_longer_than_the_limit_is_401_cert_chain_too_large(demo: Demo) -> None:
+    engine = demo.variant("limits-chain", limits={"max_chain_length": 0})  # the demo has one intermediate
+
+    d = run(demo, request(demo, workload="frontend"), engine=engine)
+
+    assert (d.status, d.reason, d.credential_failed) == (401, "cert_chain_too_large", "x509")
+    one = demo.variant("limits-chain-1", limits={"max_chain_length": 1})
+    assert run(demo, request(demo, workload="frontend"), engine=one).allowed
+
+
+def test_an_xfcc_header_over_the_chain_byte_limit_is_refused(demo: Demo) -> None:
+    engine = demo.variant("limits-chain-bytes", limits={"max_chain_bytes": 1024})
+
+    d = run(demo, request(demo, workload="frontend"), engine=engine)
+
+    assert (d.status, d.reason) == (401, "cert_chain_too_large")

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from ext_authz.config import MatchConfig, RuleConfig
+from ext_authz.config import Limits, MatchConfig, RuleConfig
 from ext_authz.errors import ConfigError, status_for
 from ext_authz.model import Credentials, HttpRequest, RequestContext, ShadowResult
-from ext_authz.policy.engine import Policy, compile_policy
+from ext_authz.policy.engine import Policy, compile_policy, comprehension_depth
 
 FILE = "/etc/ext-authz/config.yaml"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -570,3 +570,44 @@ def test_a_condition_is_handed_only_the_variables_it_names() -> None:
     p = policy(rule("r", when='request.method == "GET" && now > timestamp("2000-01-01T00:00:00Z")'))
     assert p.rules[0].variables == frozenset({"request", "now"})
     assert policy(rule("plain")).rules[0].when is None
+
+
+# --- CEL cost: bounded at load (cel-expr-python exposes no runtime cost budget) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "depth"),
+    [
+        ("1 == 1", 0),
+        ('request.headers.all(k, k != "x")', 1),
+        ('grants.exists(g, g.id == "a") && [1].all(x, x > 0)', 1),
+        ("[[1]].all(x, x.all(y, y > 0))", 2),
+        ("[1].all(x, [2].exists(y, [3].map(z, z).size() > 0))", 3),
+        ("[1].filter (x, x > 0) .size() == 1", 1),
+        ('"a.all(b.all(c.all(" == request.path', 0),  # inside a string: not a macro
+        ('"""x.all(""" == "" && [1].exists_one(x, x == 1)', 1),
+        (r'r"\" == "x" && [1].all(x, [1].all(y, [1].all(z, true)))', 3),  # raw: \ does not escape
+    ],
+)
+def test_comprehension_depth(source: str, depth: int) -> None:
+    assert comprehension_depth(source) == depth
+
+
+def test_nesting_comprehensions_past_the_limit_is_a_config_error() -> None:
+    deep = "[1].all(x, [2].exists(y, [3].all(z, z > 0)))"
+    keyed = (RuleConfig("deep", "allow", "enforce", MatchConfig(), deep, False, "rules[0]"),)
+
+    with pytest.raises(ConfigError) as info:
+        compile_policy(keyed, FILE)
+    assert info.value.key == "rules[0].when" and "cel_max_comprehension_depth" in str(info.value)
+    compile_policy(keyed, FILE, Limits(cel_max_comprehension_depth=3))  # raised, it loads
+
+
+def test_an_expression_over_the_size_limit_is_a_config_error() -> None:
+    long = " || ".join(f'request.path == "/p{i}"' for i in range(200))
+    keyed = (RuleConfig("long", "allow", "enforce", MatchConfig(), long, False, "rules[0]"),)
+
+    with pytest.raises(ConfigError) as info:
+        compile_policy(keyed, FILE)
+    assert "cel_max_expression_bytes" in str(info.value)
+    compile_policy(keyed, FILE, Limits(cel_max_expression_bytes=len(long)))
