@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation fuzz
 
 venv: $(STAMP)
 
@@ -38,6 +38,18 @@ test-unit: venv
 
 test-e2e: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+# Longer fuzzing than `make test` does: every atheris target for FUZZ_SECONDS, then hypothesis with many
+# more examples. Findings are written to fuzz-findings/ (crash-* inputs reproduce with the same command).
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	@mkdir -p fuzz-findings
+	@for t in check_request structured_request spiffe_id xfcc certificate jwt config; do \
+	  echo "== fuzzing $$t for $(FUZZ_SECONDS)s"; \
+	  $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz-findings/ -print_final_stats=1 2>&1 \
+	    | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY|.*Uncaught)" || exit 1; \
+	done
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/fuzz/test_properties.py
 
 # Benchmarks measure; tests never time things. Results land in bench/results/.
 bench: bench-micro bench-envoy bench-propagation

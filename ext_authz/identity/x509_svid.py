@@ -31,17 +31,18 @@ def _fail(reason: str, detail: str) -> CredentialError:
 def _load_pem(pem: str, what: str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:
         raise _fail("cert_malformed", f"{what} is not a PEM certificate ({exc})") from exc
 
 
 def spiffe_id_from_leaf(leaf: x509.Certificate) -> SpiffeId:
     """Apply the X.509-SVID leaf rules and return the SPIFFE ID the leaf names."""
     try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        exts = leaf.extensions  # parsed here, once: a duplicate or malformed extension is refused
+        san = exts.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise _fail("cert_not_svid", "leaf has no subjectAltName extension") from exc
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise _fail("cert_malformed", f"leaf extensions cannot be parsed ({exc})") from exc
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
@@ -53,13 +54,13 @@ def spiffe_id_from_leaf(leaf: x509.Certificate) -> SpiffeId:
     if not sid.path:
         raise _fail("cert_not_svid", "leaf SPIFFE ID has no path (it names a trust domain, not a workload)")
     try:
-        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        bc = exts.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
             raise _fail("cert_not_svid", "leaf has cA=true")
     except x509.ExtensionNotFound:
         pass
     try:
-        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku = exts.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound as exc:
         raise _fail("cert_not_svid", "leaf has no keyUsage; digitalSignature is required") from exc
     if not ku.digital_signature:
@@ -105,6 +106,8 @@ def verify_x509_svid(
         verified = verifier.verify(leaf, intermediates[:MAX_CHAIN])
     except VerificationError as exc:
         raise _fail("cert_untrusted", f"no valid path to a root of {sid.trust_domain.name!r}: {exc}") from exc
+    except ValueError as exc:  # a certificate that loads lazily may still fail to parse in full here
+        raise _fail("cert_malformed", f"a certificate in the chain cannot be parsed ({exc})") from exc
     return Identity(
         kind="x509_svid",
         spiffe_id=str(sid),
