@@ -201,6 +201,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     reload_interval: float = 1.0
     shutdown_grace: float = 10.0
+    drain_delay: float = 3.0  # after SIGTERM: NOT_SERVING but still answering Checks, before stopping
     quarantine: QuarantineConfig | None = None
     exceptions_max_duration: float = 4 * 3600.0
     max_token_age: float | None = None
@@ -374,6 +375,7 @@ _TOP = frozenset(
         "cache",
         "reload_interval",
         "shutdown_grace",
+        "drain_delay",
         "quarantine",
         "exceptions",
         "max_token_age",
@@ -622,6 +624,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             0.05, parse_duration(top.data.get("reload_interval", 1), file, "reload_interval")
         ),
         shutdown_grace=parse_duration(top.data.get("shutdown_grace", 10), file, "shutdown_grace"),
+        drain_delay=parse_duration(top.data.get("drain_delay", 3), file, "drain_delay"),
         quarantine=quarantine,
         exceptions_max_duration=max_exc,
         max_token_age=_age("max_token_age"),

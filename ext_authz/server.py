@@ -420,10 +420,15 @@ class Server:
                 last = healthy
             await asyncio.sleep(0.2)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then stop accepting, answer in-flight Checks, then close."""
+    async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """NOT_SERVING first; keep answering Checks for ``drain`` seconds (Envoy's health checks and
+        its own drain move traffic away meanwhile); then stop accepting, answer in-flight Checks
+        (up to ``grace``), and close."""
         self.runtime.ready = False
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            log.info("NOT_SERVING; still answering Checks for %.1fs before stopping", drain)
+            await asyncio.sleep(drain)
         for t in self._tasks:
             t.cancel()
         await self.remote.stop()
@@ -472,12 +477,20 @@ async def serve(config_path: Path) -> int:
         log.error("cannot start: %s", exc)
         return 2
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     log.info("ready: grpc %s, http %s", engine.config.listen, engine.config.http_listen)
     await stop.wait()
     log.info("signal received: draining (pid %d)", os.getpid())
-    await server.stop()
+    # SIGTERM (an orchestrator) drains first; SIGINT (someone at a terminal) stops at once.
+    drain = server.runtime.engine.config.drain_delay if received[0] == signal.SIGTERM else 0.0
+    await server.stop(drain=drain)
     decision_log.close()
     return 0

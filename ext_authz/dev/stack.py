@@ -92,6 +92,7 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     transport: str | None = None  # None: as the demo config says
+    drain_delay: str | None = None  # None: as the demo config says (ext-authz's default)
 
     @property
     def config_path(self) -> Path:
@@ -108,6 +109,8 @@ class Stack:
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
         if self.transport is not None:
             cfg["transport"] = self.transport
+        if self.drain_delay is not None:
+            cfg["drain_delay"] = self.drain_delay
         # Paths in the demo config are relative to the demo directory: make them absolute here.
         for td in cfg.get("trust_domains", {}).values():
             for k in ("x509_bundle", "jwt_bundle"):
@@ -158,9 +161,10 @@ class Stack:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                # ext-authz drains for drain_delay on SIGTERM; a demo or test stack stops at once.
+                proc.send_signal(signal.SIGINT if name == "ext-authz" else signal.SIGTERM)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=15)

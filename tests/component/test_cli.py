@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -92,7 +93,7 @@ def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path)
 def test_serve_turns_not_serving_on_sigterm_then_exits(
     demo_dir: Path, tmp_path: Path, transport: str
 ) -> None:
-    config = write_config(demo_dir, tmp_path, transport=transport)
+    config = write_config(demo_dir, tmp_path, transport=transport, drain_delay="1500ms")
     listen = yaml.safe_load(config.read_text())["listen"]
     proc = subprocess.Popen(
         [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -101,10 +102,15 @@ def test_serve_turns_not_serving_on_sigterm_then_exits(
         with grpc.insecure_channel(listen) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             health = health_pb2_grpc.HealthStub(channel)
+            check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
             watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             os.kill(proc.pid, signal.SIGTERM)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # NOT_SERVING, yet still answering while Envoy moves away (drain_delay).
+            answer = check(check_request(demo_dir, workload="frontend"), timeout=5)
+            assert answer.status.code == 0
+            assert proc.poll() is None
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:

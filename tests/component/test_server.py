@@ -38,6 +38,7 @@ def write_config(demo: Path, dest: Path, *, listen: str | None = None, **overrid
     cfg["state"] = "memory://"
     cfg["reload_interval"] = "50ms"
     cfg["shutdown_grace"] = "2s"
+    cfg["drain_delay"] = "0s"
     dest.mkdir(parents=True, exist_ok=True)
     bundle = dest / "bundle.json"
     shutil.copy(demo / "bundle/example.org.spiffe.json", bundle)
