@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation fuzz
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation fuzz soak bench-rss
 
 venv: $(STAMP)
 
@@ -63,6 +63,14 @@ bench-envoy: venv
 
 bench-micro: venv
 	$(PY) bench/micro.py
+
+# RSS after 1,000,000 distinct tokens (bounded caches): about 3 minutes, so not part of `make bench`.
+bench-rss: venv
+	$(PY) bench/micro.py --rss 1000000
+
+# Two minutes through Envoy with revocations, exceptions and grants churning (also a test in `make test`).
+soak: venv
+	$(PY) bench/soak.py 120 150
 
 bench-propagation: venv system-deps
 	$(PY) bench/propagation.py 200

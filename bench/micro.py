@@ -2,6 +2,7 @@
 cold; cold X.509-SVID and ES256 JWT-SVID verification; RSS after many distinct tokens.
 
 `python bench/micro.py` (part of `make bench`); results go to bench/results/micro.{json,md}.
+`python bench/micro.py --rss N` (`make bench-rss`, N = 1,000,000): only the RSS run, to bench/results/rss.*.
 """
 
 from __future__ import annotations
@@ -80,6 +81,65 @@ async def grpc_us(config: Path, requests: list[CheckRequest], n: int, cache_size
             await server.stop(0)
 
 
+def distinct_tokens_rss(demo: Path, engine: Any, now: datetime, n_tokens: int) -> dict[str, Any]:
+    """Bounded caches: RSS (peak) after many distinct, valid tokens through the pipeline."""
+    key = ECKey.import_key(json.loads((demo / "jwt/jwt-svid.key.json").read_text()))
+    caches = Caches()
+    base = rss_mb()
+    exp = int(now.timestamp()) + 3600
+    curve = []
+    t0 = time.perf_counter()
+    for i in range(n_tokens):
+        tok = pki.mint_jwt(
+            key,
+            {
+                "sub": "spiffe://example.org/ns/frontend/sa/web",
+                "jti": str(i),
+                "aud": ["spiffe://example.org/ns/backend/sa/api"],
+                "exp": exp,
+            },
+            alg="ES256",
+        )
+        r = check_request(demo, token=tok, path="/internal/jobs", listener="edge")
+        d = decide(normalize(r), engine, caches, now, "id")
+        assert d.allowed, d.reason
+        if (i + 1) % max(1, n_tokens // 10) == 0:
+            curve.append((i + 1, round(rss_mb(), 1)))
+    return {
+        "tokens": n_tokens,
+        "cache_size": caches.tokens.size,
+        "cache_entries": len(caches.tokens),
+        "rss_mb": round(rss_mb(), 1),
+        "rss_mb_before": round(base, 1),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def rss_only(n_tokens: int) -> None:
+    """`make bench-rss`: only the distinct-token RSS run (1,000,000 by default), to bench/results/rss.*."""
+    with tempfile.TemporaryDirectory() as tmp_s:
+        demo = Path(tmp_s) / "demo"
+        init_demo(demo)
+        r = distinct_tokens_rss(demo, load_engine(demo / "config.yaml"), datetime.now(UTC), n_tokens)
+    res = ROOT / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    r["machine"] = f"{os.cpu_count()} cores"
+    r["when"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    (res / "rss.json").write_text(json.dumps(r, indent=2) + "\n")
+    lines = [
+        f"{r['machine']}, {r['when']}: {r['tokens']} distinct valid ES256 JWT-SVIDs through the pipeline, "
+        f"verified-token cache bounded at {r['cache_size']} ({r['seconds']} s)",
+        "",
+        "| tokens | peak RSS MB |",
+        "|---|---|",
+        f"| 0 | {r['rss_mb_before']} |",
+        *(f"| {n} | {mb} |" for n, mb in r["curve"]),
+    ]
+    (res / "rss.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     out: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores",
@@ -135,32 +195,7 @@ def main() -> None:
             "svid_cold": round(asyncio.run(grpc_us(demo / "config.yaml", [svid_req], 500, 0)), 1),
         }
 
-        # Bounded caches: RSS after many distinct tokens through the pipeline.
-        key = ECKey.import_key(json.loads((demo / "jwt/jwt-svid.key.json").read_text()))
-        caches = Caches()
-        base = rss_mb()
-        n_tokens = 100_000
-        exp = int(ts) + 3600
-        for i in range(n_tokens):
-            tok = pki.mint_jwt(
-                key,
-                {
-                    "sub": "spiffe://example.org/ns/frontend/sa/web",
-                    "jti": str(i),
-                    "aud": ["spiffe://example.org/ns/backend/sa/api"],
-                    "exp": exp,
-                },
-                alg="ES256",
-            )
-            r = check_request(demo, token=tok, path="/internal/jobs", listener="edge")
-            decide(normalize(r), engine, caches, now, "id")
-        out["rss_mb_after_distinct_tokens"] = {
-            "tokens": n_tokens,
-            "cache_size": caches.tokens.size,
-            "cache_entries": len(caches.tokens),
-            "rss_mb": round(rss_mb(), 1),
-            "rss_mb_before": round(base, 1),
-        }
+        out["rss_mb_after_distinct_tokens"] = distinct_tokens_rss(demo, engine, now, 100_000)
 
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
@@ -181,4 +216,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "--rss":
+        rss_only(int(sys.argv[2]))
+    else:
+        main()

@@ -201,6 +201,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     reload_interval: float = 1.0
     shutdown_grace: float = 10.0
+    state_retention: float = 3600.0  # ended revocations, grants, exceptions, signals: listed this long
     drain_delay: float = 3.0  # after SIGTERM: NOT_SERVING but still answering Checks, before stopping
     quarantine: QuarantineConfig | None = None
     exceptions_max_duration: float = 4 * 3600.0
@@ -376,6 +377,7 @@ _TOP = frozenset(
         "reload_interval",
         "shutdown_grace",
         "drain_delay",
+        "state_retention",
         "quarantine",
         "exceptions",
         "max_token_age",
@@ -625,6 +627,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         ),
         shutdown_grace=parse_duration(top.data.get("shutdown_grace", 10), file, "shutdown_grace"),
         drain_delay=parse_duration(top.data.get("drain_delay", 3), file, "drain_delay"),
+        state_retention=parse_duration(top.data.get("state_retention", "1h"), file, "state_retention"),
         quarantine=quarantine,
         exceptions_max_duration=max_exc,
         max_token_age=_age("max_token_age"),

@@ -461,6 +461,7 @@ async def serve(config_path: Path) -> int:
         return 2
     try:
         store = open_store(engine.config.state)
+        store.retention = engine.config.state_retention
     except ValueError as exc:
         log.error("cannot start: %s: state: %s", config_path, exc)
         return 2

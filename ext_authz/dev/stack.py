@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,11 @@ class Stack:
     run_dir: Path
     ports: Ports = field(default_factory=Ports)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    transport: str | None = None  # None: as the demo config says
-    drain_delay: str | None = None  # None: as the demo config says (ext-authz's default)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # top-level config keys to replace
+
+    @property
+    def transport(self) -> str:
+        return str(self.overrides.get("transport", "grpcio"))
 
     @property
     def config_path(self) -> Path:
@@ -107,10 +111,7 @@ class Stack:
         cfg["listen"] = f"127.0.0.1:{self.ports.ext_authz}"
         cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
-        if self.transport is not None:
-            cfg["transport"] = self.transport
-        if self.drain_delay is not None:
-            cfg["drain_delay"] = self.drain_delay
+        cfg.update(self.overrides)
         # Paths in the demo config are relative to the demo directory: make them absolute here.
         for td in cfg.get("trust_domains", {}).values():
             for k in ("x509_bundle", "jwt_bundle"):

@@ -193,3 +193,14 @@ class StateSnapshot:
 
     def active_revocations(self, now: float) -> list[Revocation]:
         return [r for r in self.revocations if r.active(now)]
+
+
+def finished_at(record: Revocation | Grant | ExceptionGrant | Signal) -> float | None:
+    """When a record stopped being in force for good, or None if it has not (or never will by itself)."""
+    if isinstance(record, Revocation):
+        return record.expires_at
+    if isinstance(record, Grant):
+        return record.ended_at if record.ended_at is not None else record.not_after
+    if isinstance(record, ExceptionGrant):
+        return record.closed_at if record.closed_at is not None else record.expires_at
+    return record.expires_at

@@ -15,12 +15,13 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .model import ExceptionGrant, Grant, Revocation, Scope, Signal, StateSnapshot
+from .model import ExceptionGrant, Grant, Revocation, Scope, Signal, StateSnapshot, finished_at
 
 __all__ = ["MemoryStore", "RevocationEvent", "SqliteStore", "Store", "open_store"]
 
@@ -78,6 +79,7 @@ class Store:
     """Records by kind and id; a rebuilt snapshot after every change; revocation watchers."""
 
     durable = False  # True: sessions and records outlive the process
+    retention = 3600.0  # seconds an ended record is still listed (set from the config's state_retention)
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {k: {} for k in RECORD_TYPES}
@@ -110,7 +112,19 @@ class Store:
             except Exception:  # a broken watcher must not break the store
                 log.exception("revocation watcher failed")
 
+    def _prune(self, now: float) -> None:
+        """Forget records that ended more than ``retention`` seconds ago: memory stays bounded under
+        churn. (The decision log and the revocation stream are the lasting history.)"""
+        horizon = now - self.retention
+        for records in self._records.values():
+            gone = [
+                rid for rid, rec in records.items() if (end := finished_at(rec)) is not None and end < horizon
+            ]
+            for rid in gone:
+                del records[rid]
+
     def _rebuild(self) -> None:
+        self._prune(time.time())
         self._revision += 1
         snapshot = StateSnapshot.build(
             self._revision,

@@ -54,8 +54,7 @@ def test_sigterm_under_load_drains_without_an_error(demo_dir: Path, tmp_path: Pa
         REPO / "envoy.yaml",
         tmp_path / "run",
         Ports.free(),
-        transport=transport,
-        drain_delay=f"{int(DRAIN * 1000)}ms",
+        overrides={"transport": transport, "drain_delay": f"{int(DRAIN * 1000)}ms"},
     )
     with stack:
         authz = stack.procs["ext-authz"]

@@ -39,7 +39,7 @@ def stack(
 ) -> Iterator[Stack]:
     """The whole suite runs on both Check transports: grpcio's grpc.aio and pygrpc-native."""
     run = tmp_path_factory.mktemp("run")
-    with Stack(demo_dir, REPO / "envoy.yaml", run, Ports.free(), transport=request.param) as s:
+    with Stack(demo_dir, REPO / "envoy.yaml", run, Ports.free(), overrides={"transport": request.param}) as s:
         yield s
 
 

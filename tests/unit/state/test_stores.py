@@ -397,3 +397,21 @@ async def test_a_failed_write_leaves_neither_the_record_nor_its_change(tmp_path:
         assert rows == [("rev_1",)]
         assert store.get("revocation", "rev_1") == revocation("rev_1")
         assert store.get("revocation", "rev_2") is None
+
+
+async def test_records_that_ended_past_the_retention_are_forgotten() -> None:
+    now = time.time()
+    store = MemoryStore()
+    store.retention = 3600
+    await store.start()
+    long_ago = Revocation("r-old", "jti", "a", "x", "ops", now - 9000, expires_at=now - 7200)
+    recently = Revocation("r-recent", "jti", "b", "x", "ops", now - 900, expires_at=now - 600)
+    forever = Revocation("r-forever", "jti", "c", "x", "ops", now - 9000)
+    old_grant = Grant("g-old", FRONTEND, Scope(), now - 9000, now - 7200, "r", "a", "c", now - 9000)
+    for rec in (long_ago, recently, forever):
+        await store.put("revocation", rec, at=now)
+    await store.put("grant", old_grant, at=now)
+
+    assert {r.id for r in store.all("revocation")} == {"r-recent", "r-forever"}
+    assert store.all("grant") == []
+    assert store.snapshot.revoked("jti", "c", now) is not None
