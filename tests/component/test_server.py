@@ -268,3 +268,33 @@ async def test_a_file_written_while_it_is_being_loaded_is_loaded_again(
     assert (await running.stub.Check(billing)).status.code == PERMISSION_DENIED
     assert await running.server.reloader.check()  # the late write is picked up on the next tick
     assert (await running.stub.Check(billing)).status.code == 0
+
+
+@pytest.mark.parametrize("fault", ["deleted", "corrupted", "emptied"])
+@pytest.mark.parametrize("file", ["bundle.json", "jwks.json"])
+async def test_a_trust_file_broken_while_serving_keeps_the_last_good_and_is_reported(
+    running: Running, demo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, file: str, fault: str
+) -> None:
+    frontend = check_request(demo_dir, workload="frontend")
+    alice = check_request(
+        demo_dir, token=(demo_dir / "tokens/alice.jwt").read_text().strip(), path="/user/me"
+    )
+    assert (await running.stub.Check(frontend)).status.code == 0
+    assert (await running.stub.Check(alice)).status.code == 0
+    good = running.runtime.engine.revision
+
+    target = tmp_path / file
+    original = target.read_bytes()
+    if fault == "deleted":
+        target.unlink()
+    else:
+        target.write_text("{ not json" if fault == "corrupted" else "")
+    assert not await running.server.reloader.check()
+
+    assert running.runtime.engine.revision == good
+    assert running.runtime.reloads_failed == 1
+    assert "keeping the last good" in caplog.text and file in caplog.text
+    assert (await running.stub.Check(frontend)).status.code == 0  # both credentials still verify
+    assert (await running.stub.Check(alice)).status.code == 0
+    target.write_bytes(original)  # the next good write is picked up
+    assert await running.server.reloader.check()
