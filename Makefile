@@ -64,7 +64,7 @@ bench-envoy: venv
 bench-micro: venv
 	$(PY) bench/micro.py
 
-# RSS after 1,000,000 distinct tokens (bounded caches): about 3 minutes, so not part of `make bench`.
+# RSS after 1,000,000 distinct tokens (bounded caches): about 6 minutes, so not part of `make bench`.
 bench-rss: venv
 	$(PY) bench/micro.py --rss 1000000
 

@@ -3,7 +3,10 @@
 (a) Envoy direct response; (b) Envoy jwt_authn + RBAC in-process (the no-hop limit); (c) Envoy +
 a minimal allow-all grpc.aio ext_authz server (the Python floor); (d) Envoy + ext-authz with the demo
 policy, warm caches; (e) the same with caching off (every Check verifies from scratch); (f) warm with
-`workers: 2`; (g) the allow-all floor on pygrpc-native; (h) ext-authz warm with `transport: native`.
+`workers: 2`; (g) the allow-all floor on pygrpc-native; (h) ext-authz warm with `transport: native`;
+(i) ext-authz warm with an mTLS X.509-SVID *and* a JWT-SVID: h2load cannot present a client certificate,
+so a front listener of the same Envoy originates mTLS with the frontend's SVID to a listener that
+verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml.
 Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
@@ -31,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from ext_authz.dev.demo import init_demo  # noqa: E402
 from ext_authz.dev.stack import envoy_binary, free_port  # noqa: E402
 
-ROUNDS, REQUESTS, CONC = 3, 20_000, 16
-CONFIGS = "abcdefgh"
+ROUNDS, REQUESTS, CONC = 3, 12_000, 16
+CONFIGS = "abcdefghi"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,16 +81,72 @@ def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def ext_authz(cluster: str) -> dict[str, Any]:
+def ext_authz(cluster: str, *, peer_certificate: bool = False) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_authz",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             "transport_api_version": "V3",
             "failure_mode_allow": False,
+            "include_peer_certificate": peer_certificate,
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "1s"},
         },
     }
+
+
+def _tls(demo: Path, cert: str, key: str) -> dict[str, Any]:
+    return {
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(demo / cert)},
+                "private_key": {"filename": str(demo / key)},
+            }
+        ],
+        "validation_context": {"trusted_ca": {"filename": str(demo / "bundle/root.pem")}},
+        "alpn_protocols": ["h2"],
+    }
+
+
+def front_listener(name: str, port: int, hop: str) -> dict[str, Any]:
+    """h2c in, forwarded to ``hop`` (no ext_authz here): how h2load's requests gain a client certificate."""
+    lst = listener(name, port, [])
+    route = lst["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"
+    ][0]
+    del route["direct_response"]
+    route["route"] = {"cluster": hop}
+    return lst
+
+
+def mtls_listener(name: str, port: int, demo: Path, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """As the mesh listener of envoy.yaml: a verified client SVID, forwarded with its chain in XFCC."""
+    lst = listener(name, port, filters)
+    chain = lst["filter_chains"][0]
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": _tls(demo, "envoy/server.pem", "envoy/server.key"),
+        },
+    }
+    hcm = chain["filters"][0]["typed_config"]
+    hcm["forward_client_cert_details"] = "SANITIZE_SET"
+    hcm["set_current_client_cert_details"] = {"uri": True, "chain": True}
+    return lst
+
+
+def mtls_cluster(name: str, port: int, demo: Path) -> dict[str, Any]:
+    c = cluster(name, port)
+    c["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "localhost",
+            "common_tls_context": _tls(demo, "svid/frontend.pem", "svid/frontend.key"),
+        },
+    }
+    return c
 
 
 def cluster(name: str, port: int, streams_per_connection: int = 0) -> dict[str, Any]:
@@ -198,7 +257,7 @@ async def _open_loop(port: int, path: str, token: str | None, rate: int, seconds
 
 
 def open_loop(
-    port: int, path: str, token: str | None, rate: int = 500, seconds: float = 8
+    port: int, path: str, token: str | None, rate: int = 500, seconds: float = 6
 ) -> dict[str, float]:
     lat = asyncio.run(_open_loop(port, path, token, rate, seconds))
     return {"p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)]}
@@ -206,7 +265,7 @@ def open_loop(
 
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdegh"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghi"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -215,7 +274,7 @@ def main() -> None:
         init_demo(demo)
         jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
         alice = (demo / "tokens/alice.jwt").read_text().strip()
-        names = ("floor", "warm", "cold", "workers", "native_floor", "native")
+        names = ("floor", "warm", "cold", "workers", "native_floor", "native", "i_tls")
         ports = {k: free_port() for k in (*CONFIGS, *names)}
 
         def authz_config(
@@ -292,6 +351,8 @@ def main() -> None:
                     listener("f", ports["f"], [ext_authz("workers")]),
                     listener("g", ports["g"], [ext_authz("native_floor")]),
                     listener("h", ports["h"], [ext_authz("native")]),
+                    front_listener("i", ports["i"], "mtls_hop"),
+                    mtls_listener("i_tls", ports["i_tls"], demo, [ext_authz("warm", peer_certificate=True)]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
@@ -301,6 +362,7 @@ def main() -> None:
                     cluster("workers", ports["workers"], streams_per_connection=4),
                     cluster("native_floor", ports["native_floor"]),
                     cluster("native", ports["native"]),
+                    mtls_cluster("mtls_hop", ports["i_tls"], demo),
                 ],
             },
         }
@@ -351,7 +413,7 @@ def main() -> None:
             )
             procs = [floor, warm, cold, workers, native_floor, native, envoy]
             time.sleep(4)
-            servers = {"c": floor, "d": warm, "e": cold, "g": native_floor, "h": native}
+            servers = {"c": floor, "d": warm, "e": cold, "g": native_floor, "h": native, "i": warm}
             work = {
                 "a": ("/", None),
                 "b": ("/user/me", alice),
@@ -361,6 +423,7 @@ def main() -> None:
                 "f": ("/internal/jobs", jwt_svid),
                 "g": ("/internal/jobs", jwt_svid),
                 "h": ("/internal/jobs", jwt_svid),
+                "i": ("/internal/jobs", jwt_svid),  # + the frontend's X.509-SVID on the mTLS hop
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -406,6 +469,7 @@ def main() -> None:
         "f": "Envoy + ext-authz, workers: 2, warm",
         "g": "Envoy + allow-all on pygrpc-native (native floor)",
         "h": "Envoy + ext-authz, warm, transport: native",
+        "i": "Envoy (mTLS hop) + ext-authz, X.509-SVID + JWT-SVID, warm",
     }
     table = {}
     for k in CONFIGS:
@@ -437,6 +501,7 @@ def main() -> None:
         "h/c": round(table["h"]["rps"] / table["c"]["rps"], 3),
         "cpu h/c": round(table["h"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
         "cpu h/g": round(table["h"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
+        "cpu i/c": round(table["i"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
     }
     out = {
         "machine": f"{os.cpu_count()} cores",

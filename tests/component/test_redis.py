@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -162,3 +163,70 @@ async def test_server_on_redis_keeps_enforcing_and_reports_degraded(
     finally:
         await r.channel.close()
         await r.server.stop(0)
+
+
+async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_catch_up(
+    demo_dir: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from ext_authz._proto import admin_pb2 as pb
+    from ext_authz._proto import admin_pb2_grpc
+
+    a = await start(demo_dir, tmp_path / "a", state=redis_server.url)
+    b = await start(demo_dir, tmp_path / "b", state=redis_server.url)
+    billing = "spiffe://example.org/ns/billing/sa/worker"
+    checks = {
+        "frontend": check_request(demo_dir, workload="frontend"),
+        "billing": check_request(demo_dir, workload="billing"),
+    }
+    seen: list[tuple[float, str, str]] = []  # (when, who, reason) from both replicas
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def load(r: Any) -> None:
+        while not stop.is_set():
+            for who, req in checks.items():
+                try:
+                    resp = await r.stub.Check(req, timeout=5)
+                    seen.append((time.monotonic(), who, resp.dynamic_metadata.fields["reason"].string_value))
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{who}: {exc.code()}")
+            await asyncio.sleep(0.002)
+
+    async def revoke(r: Any, value: str) -> None:
+        async with grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen) as ch:
+            await admin_pb2_grpc.AdminStub(ch).Revoke(pb.RevokeRequest(value=value, reason="incident"))
+
+    loaders = [asyncio.create_task(load(r)) for r in (a, b)]
+    try:
+        await revoke(a, FRONTEND)
+        await until(lambda: b.runtime.store.snapshot.revoked("spiffe_id", FRONTEND, time.time()) is not None)
+        settled = time.monotonic()
+
+        redis_server.stop()  # killed under load
+        await until(lambda: not a.runtime.store.healthy and not b.runtime.store.healthy)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await revoke(a, billing)  # refused while Redis is down: never silently dropped
+        await asyncio.sleep(0.5)
+        redis_server.start()
+        await until(lambda: a.runtime.store.healthy and b.runtime.store.healthy, timeout=20)
+
+        await revoke(b, billing)  # after the restart, on the other replica
+        await until(
+            lambda: a.runtime.store.snapshot.revoked("spiffe_id", billing, time.time()) is not None,
+            timeout=20,
+        )
+        caught_up = time.monotonic()
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await asyncio.gather(*loaders)
+        for r in (a, b):
+            await r.channel.close()
+            await r.server.stop(0)
+
+    assert failures == []  # not one Check failed while Redis was away
+    frontend_after = [reason for t, who, reason in seen if who == "frontend" and t > settled]
+    assert frontend_after and set(frontend_after) == {"revoked"}  # the revocation held throughout
+    billing_after = [reason for t, who, reason in seen if who == "billing" and t > caught_up]
+    assert billing_after and set(billing_after) == {"revoked"}
+    assert len(seen) > 200
