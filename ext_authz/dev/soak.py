@@ -182,6 +182,7 @@ def run_soak(
         for t in threads:
             t.start()
         revoked: dict[str, str] = {}  # jti → revocation id, for those revoked until unrevoked
+        expiring_until: dict[str, float] = {}  # jti → when its expiring revocation ends (monotonic)
         exception_id = ""
         tick = 0
         try:
@@ -189,7 +190,12 @@ def run_soak(
                 tick += 1
                 if tick % 4 == 0 or not report.rss_mb:
                     report.rss_mb.append((round(elapsed, 1), round(_rss_mb(pid), 1)))
-                candidates = [j for j in jtis if j not in revoked]
+                # Only jtis with no revocation in force (nor one just ending): the expected answer
+                # then follows from this one revocation alone.
+                now_m = time.monotonic()
+                candidates = [
+                    j for j in jtis if j not in revoked and expiring_until.get(j, 0.0) < now_m - 2 * settle
+                ]
                 j = rng.choice(candidates)
                 expiring = rng.random() < 0.5
                 rev = admin.Revoke(
@@ -206,10 +212,12 @@ def run_soak(
                 timeline.set(f"jti:{j}", done, "deny")
                 if expiring:
                     # Expiry is judged on the server's clock: settle around it as around any change.
-                    timeline.set(f"jti:{j}", done + (rev.expires_at - rev.created_at), "allow")
+                    ends = done + (rev.expires_at - rev.created_at)
+                    timeline.set(f"jti:{j}", ends, "allow")
+                    expiring_until[j] = ends
                 else:
                     revoked[j] = rev.id
-                if tick % 3 == 0 and revoked:
+                if revoked and (tick % 3 == 0 or len(revoked) >= len(jtis) // 4):  # keep most jtis live
                     back = rng.choice(sorted(revoked))
                     admin.Unrevoke(pb.UnrevokeRequest(id=revoked.pop(back), reason="soak"), timeout=5)
                     timeline.set(f"jti:{back}", time.monotonic(), "allow")

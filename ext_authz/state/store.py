@@ -80,6 +80,7 @@ class Store:
 
     durable = False  # True: sessions and records outlive the process
     retention = 3600.0  # seconds an ended record is still listed (set from the config's state_retention)
+    deletes_forgotten = False  # True: the store also deletes pruned records from its storage
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {k: {} for k in RECORD_TYPES}
@@ -88,6 +89,7 @@ class Store:
         self.snapshot = StateSnapshot()
         self._watchers: list[Callable[[RevocationEvent], None]] = []
         self._pending_sessions: dict[str, float] = {}  # first uses not yet persisted (durable stores)
+        self._forgotten: list[tuple[str, str]] = []  # pruned from memory; durable stores delete them too
 
     @property
     def healthy(self) -> bool:
@@ -116,12 +118,14 @@ class Store:
         """Forget records that ended more than ``retention`` seconds ago: memory stays bounded under
         churn. (The decision log and the revocation stream are the lasting history.)"""
         horizon = now - self.retention
-        for records in self._records.values():
+        for kind, records in self._records.items():
             gone = [
                 rid for rid, rec in records.items() if (end := finished_at(rec)) is not None and end < horizon
             ]
             for rid in gone:
                 del records[rid]
+                if self.deletes_forgotten:
+                    self._forgotten.append((kind, rid))
 
     def _rebuild(self) -> None:
         self._prune(time.time())
@@ -215,10 +219,15 @@ class SqliteStore(Store):
     CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, first_seen REAL NOT NULL);
     """
 
+    deletes_forgotten = True
+    CHANGE_LOG_KEEP = 600.0  # seconds of change log kept; a reader further behind reloads everything
+    MAINTENANCE_EVERY = 30.0
+
     def __init__(self, path: Path, *, poll_interval: float = 0.05) -> None:
         super().__init__()
         self.path = path
         self.poll_interval = poll_interval
+        self._maintained = time.monotonic()
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._seq = 0
@@ -333,9 +342,36 @@ class SqliteStore(Store):
                 self.poll_errors += 1
                 log.exception("state poll failed unexpectedly, serving the last snapshot")
 
+    def _maintain(self, forgotten: list[tuple[str, str]], now: float) -> None:
+        """Keep the file bounded: drop records that ended past the retention (each process prunes by
+        the same rule, so no change entry is needed) and change-log entries older than CHANGE_LOG_KEEP."""
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany("DELETE FROM records WHERE kind = ? AND id = ?", forgotten)
+                db.execute("DELETE FROM changes WHERE at < ?", (now - self.CHANGE_LOG_KEEP,))
+
+        self._run(write)
+
+    def _behind_the_log(self) -> bool:
+        """Were entries we never read pruned from the change log? (Then reload everything.)"""
+        first = self._run(lambda db: db.execute("SELECT MIN(seq) FROM changes").fetchone()[0])
+        return first is not None and first > self._seq + 1
+
     async def poll(self) -> bool:
         """Pick up changes written by any process (our own included: re-applying is harmless)."""
         await self._flush_sessions()
+        if time.monotonic() - self._maintained > self.MAINTENANCE_EVERY:
+            self._maintained = time.monotonic()
+            forgotten, self._forgotten = self._forgotten, []
+            await asyncio.to_thread(self._maintain, forgotten, time.time())
+        if await asyncio.to_thread(self._behind_the_log):
+            log.warning("state change log was pruned past our position: reloading all state")
+            seq = await asyncio.to_thread(self._last_seq)
+            await asyncio.to_thread(self._load_all)
+            self._seq = max(self._seq, seq)
+            self._rebuild()
+            return True
         changes = await asyncio.to_thread(self._changes_since)
         if not changes:
             return False
@@ -356,6 +392,10 @@ class SqliteStore(Store):
         await asyncio.to_thread(self._load_sessions)
         self._rebuild()
         return True
+
+    def _last_seq(self) -> int:
+        seq: int = self._run(lambda db: db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        return seq
 
     def _load_sessions(self) -> None:
         rows = self._run(lambda db: db.execute("SELECT sid, first_seen FROM sessions").fetchall())

@@ -415,3 +415,44 @@ async def test_records_that_ended_past_the_retention_are_forgotten() -> None:
     assert {r.id for r in store.all("revocation")} == {"r-recent", "r-forever"}
     assert store.all("grant") == []
     assert store.snapshot.revoked("jti", "c", now) is not None
+
+
+async def test_sqlite_deletes_forgotten_records_and_old_changes_from_the_file(tmp_path: Path) -> None:
+    now = time.time()
+    async with sqlite_store(tmp_path / "s.db") as store:
+        store.retention = 3600
+        store.MAINTENANCE_EVERY = 0
+        store.CHANGE_LOG_KEEP = 0  # every entry already read may go
+        await store.put(
+            "revocation", Revocation("r-old", "jti", "a", "x", "ops", now - 9000, now - 7200), at=now
+        )
+        await store.put("revocation", Revocation("r-live", "jti", "b", "x", "ops", now), at=now)
+        await store.poll()
+
+        db = sqlite3.connect(tmp_path / "s.db")
+        try:
+            ids = {r[0] for r in db.execute("SELECT id FROM records")}
+            changes = db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+        finally:
+            db.close()
+    assert ids == {"r-live"}
+    assert changes == 0
+
+
+async def test_a_reader_behind_a_pruned_change_log_reloads_everything(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with sqlite_store(path) as writer, sqlite_store(path) as reader:
+        await writer.put("revocation", revocation("r1"), at=T)
+        await writer.put("revocation", revocation("r2", BILLING), at=T)
+        # The reader has not polled; the log entries it needs are pruned away meanwhile.
+        db = sqlite3.connect(path)
+        try:
+            db.execute("DELETE FROM changes")
+            db.commit()
+        finally:
+            db.close()
+        await writer.put("revocation", revocation("r3", "spiffe://example.org/ns/x/sa/y"), at=T)
+
+        assert await reader.poll()
+        assert {r.id for r in reader.all("revocation")} == {"r1", "r2", "r3"}
+        assert reader.snapshot.revoked("spiffe_id", BILLING, T) is not None
