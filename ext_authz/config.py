@@ -165,8 +165,10 @@ class Limits:
     """What one Check may carry before it is refused unread (each with its reason code)."""
 
     max_token_bytes: int = 8 * 1024  # token_too_large (401)
-    max_headers: int = 100  # request_headers_too_large (431)
-    max_header_bytes: int = 64 * 1024  # names + values; request_headers_too_large (431)
+    # Above Envoy's own defaults (100 headers, 60 KiB), which count before Envoy adds its own
+    # (x-request-id, x-forwarded-*, XFCC): a request Envoy accepted is not refused for its size here.
+    max_headers: int = 200  # request_headers_too_large (431)
+    max_header_bytes: int = 96 * 1024  # names + values; request_headers_too_large (431)
     max_chain_length: int = 5  # intermediates after the leaf; cert_chain_too_large (401)
     max_chain_bytes: int = 32 * 1024  # the peer certificate, and the XFCC header; cert_chain_too_large (401)
     max_body_bytes: int = 8 * 1024  # a body Envoy was told to send (with_request_body); body_too_large (413)
@@ -178,7 +180,7 @@ _LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "max_token_bytes": (256, 64 * 1024),
     "max_headers": (1, 10_000),
     "max_header_bytes": (1024, 1024 * 1024),
-    "max_chain_length": (0, 16),
+    "max_chain_length": (0, 8),  # the verifier's own path-building bound (MAX_CHAIN)
     "max_chain_bytes": (1024, 1024 * 1024),
     "max_body_bytes": (0, 16 * 1024 * 1024),
     "cel_max_expression_bytes": (16, 64 * 1024),

@@ -357,6 +357,7 @@ class Server:
         self.reloader = Reloader(config_path, runtime, prepare=self._with_remote_keys)
         runtime.on_unknown_key = self.remote.request_refetch
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain_cut = asyncio.Event()
         self.bound_port = 0
         self.admin: grpc.aio.Server | None = None
         self.admin_servicer: Any = None
@@ -420,6 +421,9 @@ class Server:
                 last = healthy
             await asyncio.sleep(0.2)
 
+    def cut_drain(self) -> None:
+        self._drain_cut.set()
+
     async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
         """NOT_SERVING first; keep answering Checks for ``drain`` seconds (Envoy's health checks and
         its own drain move traffic away meanwhile); then stop accepting, answer in-flight Checks
@@ -428,7 +432,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if drain > 0:
             log.info("NOT_SERVING; still answering Checks for %.1fs before stopping", drain)
-            await asyncio.sleep(drain)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), drain)  # a second signal ends it early
         for t in self._tasks:
             t.cancel()
         await self.remote.stop()
@@ -482,6 +487,8 @@ async def serve(config_path: Path) -> int:
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
+        if received:  # a second signal (Ctrl-C after SIGTERM, say): no more waiting
+            server.cut_drain()
         received.append(sig)
         stop.set()
 

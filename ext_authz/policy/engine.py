@@ -237,6 +237,11 @@ def comprehension_depth(source: str) -> int:
             i += len(quote)
             pending_macro = raw = False
             continue
+        if source.startswith("//", i):  # a comment, to the end of the line (quotes in it are not strings)
+            end = source.find("\n", i)
+            i = n if end < 0 else end + 1
+            pending_macro = raw = False
+            continue
         raw = False
         m = _IDENT.match(source, i)
         if m:

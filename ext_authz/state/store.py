@@ -89,7 +89,8 @@ class Store:
         self.snapshot = StateSnapshot()
         self._watchers: list[Callable[[RevocationEvent], None]] = []
         self._pending_sessions: dict[str, float] = {}  # first uses not yet persisted (durable stores)
-        self._forgotten: list[tuple[str, str]] = []  # pruned from memory; durable stores delete them too
+        # Pruned from memory as (kind, id, body); durable stores delete them too, if still unchanged.
+        self._forgotten: list[tuple[str, str, str]] = []
 
     @property
     def healthy(self) -> bool:
@@ -123,9 +124,9 @@ class Store:
                 rid for rid, rec in records.items() if (end := finished_at(rec)) is not None and end < horizon
             ]
             for rid in gone:
-                del records[rid]
                 if self.deletes_forgotten:
-                    self._forgotten.append((kind, rid))
+                    self._forgotten.append((kind, rid, to_json(records[rid])))
+                del records[rid]
 
     def _rebuild(self) -> None:
         self._prune(time.time())
@@ -266,9 +267,11 @@ class SqliteStore(Store):
 
     def _load_all(self) -> None:
         def load(db: sqlite3.Connection) -> tuple[list[tuple[str, str, str]], list[tuple[str, float]], int]:
+            # The position first, then the records: a change committed in between is in the records
+            # *and* read again from the log (harmless), never counted as read while missing.
+            seq = _last_seq(db)
             rows = db.execute("SELECT kind, id, body FROM records").fetchall()
             sessions = db.execute("SELECT sid, first_seen FROM sessions").fetchall()
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
             return rows, sessions, seq
 
         rows, sessions, seq = self._run(load)
@@ -342,21 +345,29 @@ class SqliteStore(Store):
                 self.poll_errors += 1
                 log.exception("state poll failed unexpectedly, serving the last snapshot")
 
-    def _maintain(self, forgotten: list[tuple[str, str]], now: float) -> None:
+    def _maintain(self, forgotten: list[tuple[str, str, str]], now: float) -> None:
         """Keep the file bounded: drop records that ended past the retention (each process prunes by
-        the same rule, so no change entry is needed) and change-log entries older than CHANGE_LOG_KEEP."""
+        the same rule, so no change entry is needed) and change-log entries older than CHANGE_LOG_KEEP.
+        A record is deleted only if it is still the one that ended: one set again since (a signal has a
+        fixed id) stays."""
 
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                db.executemany("DELETE FROM records WHERE kind = ? AND id = ?", forgotten)
+                db.executemany("DELETE FROM records WHERE kind = ? AND id = ? AND body = ?", forgotten)
                 db.execute("DELETE FROM changes WHERE at < ?", (now - self.CHANGE_LOG_KEEP,))
 
         self._run(write)
 
     def _behind_the_log(self) -> bool:
         """Were entries we never read pruned from the change log? (Then reload everything.)"""
-        first = self._run(lambda db: db.execute("SELECT MIN(seq) FROM changes").fetchone()[0])
-        return first is not None and first > self._seq + 1
+
+        def read(db: sqlite3.Connection) -> tuple[int | None, int]:
+            return db.execute("SELECT MIN(seq) FROM changes").fetchone()[0], _last_seq(db)
+
+        first, last = self._run(read)
+        if first is None:
+            return bool(last > self._seq)
+        return bool(first > self._seq + 1)
 
     async def poll(self) -> bool:
         """Pick up changes written by any process (our own included: re-applying is harmless)."""
@@ -364,7 +375,11 @@ class SqliteStore(Store):
         if time.monotonic() - self._maintained > self.MAINTENANCE_EVERY:
             self._maintained = time.monotonic()
             forgotten, self._forgotten = self._forgotten, []
-            await asyncio.to_thread(self._maintain, forgotten, time.time())
+            try:
+                await asyncio.to_thread(self._maintain, forgotten, time.time())
+            except sqlite3.Error:
+                self._forgotten[:0] = forgotten  # try again next time
+                raise
         if await asyncio.to_thread(self._behind_the_log):
             log.warning("state change log was pruned past our position: reloading all state")
             seq = await asyncio.to_thread(self._last_seq)
@@ -394,13 +409,24 @@ class SqliteStore(Store):
         return True
 
     def _last_seq(self) -> int:
-        seq: int = self._run(lambda db: db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        seq: int = self._run(_last_seq)
         return seq
 
     def _load_sessions(self) -> None:
         rows = self._run(lambda db: db.execute("SELECT sid, first_seen FROM sessions").fetchall())
         for sid, first in rows:
             self._sessions[sid] = min(first, self._sessions.get(sid, first))
+
+
+def _last_seq(db: sqlite3.Connection) -> int:
+    """The last change-log position ever assigned: AUTOINCREMENT remembers it when every entry has
+    been pruned (sqlite_sequence only exists once a first entry was written)."""
+    last = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+    with contextlib.suppress(sqlite3.OperationalError):
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        if row:
+            last = max(last, int(row[0]))
+    return last
 
 
 def open_store(url: str) -> Store:

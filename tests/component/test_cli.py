@@ -126,3 +126,24 @@ def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
     res = run("serve", "--config", str(cfg))
     assert res.returncode == 2 and "listen" in res.stderr and "Traceback" not in res.stderr
     assert time.monotonic() - start < 30
+
+
+def test_a_second_signal_cuts_the_drain_short(demo_dir: Path, tmp_path: Path) -> None:
+    config = write_config(demo_dir, tmp_path, drain_delay="60s")
+    listen = yaml.safe_load(config.read_text())["listen"]
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        with grpc.insecure_channel(listen) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            os.kill(proc.pid, signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        os.kill(proc.pid, signal.SIGINT)  # an operator's Ctrl-C: stop now, not in 60 s
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

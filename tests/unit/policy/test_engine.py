@@ -587,6 +587,8 @@ def test_a_condition_is_handed_only_the_variables_it_names() -> None:
         ('"a.all(b.all(c.all(" == request.path', 0),  # inside a string: not a macro
         ('"""x.all(""" == "" && [1].exists_one(x, x == 1)', 1),
         (r'r"\" == "x" && [1].all(x, [1].all(y, [1].all(z, true)))', 3),  # raw: \ does not escape
+        ("// it's a comment\n[1].all(x, [1].all(y, [1].all(z, true)))", 3),  # quotes in comments
+        ("[1].all(x, // :)\n [1].all(y, [1].all(z, true)))", 3),  # parentheses in comments
     ],
 )
 def test_comprehension_depth(source: str, depth: int) -> None:

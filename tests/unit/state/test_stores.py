@@ -456,3 +456,35 @@ async def test_a_reader_behind_a_pruned_change_log_reloads_everything(tmp_path: 
         assert await reader.poll()
         assert {r.id for r in reader.all("revocation")} == {"r1", "r2", "r3"}
         assert reader.snapshot.revoked("spiffe_id", BILLING, T) is not None
+
+
+async def test_sqlite_keeps_a_signal_set_again_after_its_old_copy_was_forgotten(tmp_path: Path) -> None:
+    now = time.time()
+    old = Signal("device", "LAPTOP-7", "risk", "high", "mdm", now - 9000, now - 7200)
+    async with sqlite_store(tmp_path / "s.db") as store:
+        store.retention = 3600
+        store.MAINTENANCE_EVERY = 3600  # maintenance waits, as it would for up to 30 s
+        await store.put("signal", old, at=now)  # forgotten from memory at once: it ended long ago
+        again = Signal("device", "LAPTOP-7", "risk", "high", "mdm", now, now + 600)  # the same id
+        await store.put("signal", again, at=now)
+        store.MAINTENANCE_EVERY = 0
+        await store.poll()  # maintenance deletes what was forgotten, if it is still that record
+
+    async with sqlite_store(tmp_path / "s.db") as reopened:
+        assert [s.expires_at for s in reopened.all("signal")] == [again.expires_at]
+
+
+async def test_a_reader_behind_an_emptied_change_log_reloads_everything(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with sqlite_store(path) as writer, sqlite_store(path) as reader:
+        await writer.put("revocation", revocation("r1"), at=T)
+        db = sqlite3.connect(path)
+        try:
+            db.execute("DELETE FROM changes")  # every entry pruned, none written since
+            db.commit()
+        finally:
+            db.close()
+
+        assert await reader.poll()
+        assert reader.snapshot.revoked("spiffe_id", FRONTEND, T) is not None
+        assert not await reader.poll()  # and then it is level again
