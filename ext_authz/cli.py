@@ -30,17 +30,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import AuthzError
     from .server import serve, worker_index
 
-    if worker_index() is None:
-        try:
-            cfg = load_config(args.config)
-        except AuthzError as exc:
-            logging.getLogger("ext_authz").error("cannot start: %s", exc.detail)
-            return 2
-        if cfg.workers > 1:
-            from .workers import Supervisor
+    try:
+        cfg = load_config(args.config)
+    except AuthzError as exc:
+        logging.getLogger("ext_authz").error("cannot start: %s", exc.detail)
+        return 2
+    if worker_index() is None and cfg.workers > 1:
+        from .workers import Supervisor
 
-            return asyncio.run(Supervisor(Path(args.config), cfg).run())
+        return asyncio.run(Supervisor(Path(args.config), cfg).run())
+    if cfg.event_loop == "uvloop":
+        import uvloop
 
+        return int(uvloop.run(serve(Path(args.config))))
     return asyncio.run(serve(Path(args.config)))
 
 

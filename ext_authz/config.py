@@ -214,9 +214,9 @@ class Config:
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
     workers: int = 1
     limits: Limits = field(default_factory=Limits)
-    transport: str = (
-        "grpcio"  # the Check port's HTTP/2 server: grpcio's grpc.aio, or "native" (pygrpc-native)
-    )
+    # The Check port's HTTP/2 server: grpcio's grpc.aio, or "native" (pygrpc-native).
+    transport: str = "grpcio"
+    event_loop: str = "uvloop"  # or "asyncio" (the standard library's)
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""
@@ -390,6 +390,7 @@ _TOP = frozenset(
         "workers",
         "transport",
         "limits",
+        "event_loop",
     )
 )
 
@@ -600,6 +601,9 @@ def parse_config(text: bytes | str, source: Path) -> Config:
             limit_values[name] = value
     limits = Limits(**limit_values)
 
+    event_loop = top.choice("event_loop", ("uvloop", "asyncio"), "uvloop")
+    if event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(file, "event_loop", "uvloop is not installed; install it or use asyncio")
     transport = top.choice("transport", ("grpcio", "native"), "grpcio")
     if transport == "native" and importlib.util.find_spec("pygrpc_native") is None:
         raise ConfigError(
@@ -641,6 +645,7 @@ def parse_config(text: bytes | str, source: Path) -> Config:
         decision_log=decision_log,
         workers=workers,
         transport=transport,
+        event_loop=event_loop,
         limits=limits,
     )
 

@@ -401,10 +401,12 @@ class Server:
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.reloader.run()))
         self._tasks.append(asyncio.create_task(self._watch_state_health()))
+        loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
         log.info(
-            "ext-authz serving Check on %s over %s (revision %s)",
+            "ext-authz serving Check on %s over %s on %s (revision %s)",
             cfg.listen,
             cfg.transport,
+            loop,
             self.runtime.engine.revision,
         )
 

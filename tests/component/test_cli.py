@@ -89,11 +89,15 @@ def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path)
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-@pytest.mark.parametrize("transport", ["grpcio", "native"])
+@pytest.mark.parametrize(
+    ("transport", "event_loop"), [("grpcio", "uvloop"), ("native", "uvloop"), ("grpcio", "asyncio")]
+)
 def test_serve_turns_not_serving_on_sigterm_then_exits(
-    demo_dir: Path, tmp_path: Path, transport: str
+    demo_dir: Path, tmp_path: Path, transport: str, event_loop: str
 ) -> None:
-    config = write_config(demo_dir, tmp_path, transport=transport, drain_delay="1500ms")
+    config = write_config(
+        demo_dir, tmp_path, transport=transport, event_loop=event_loop, drain_delay="1500ms"
+    )
     listen = yaml.safe_load(config.read_text())["listen"]
     proc = subprocess.Popen(
         [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -117,6 +121,7 @@ def test_serve_turns_not_serving_on_sigterm_then_exits(
             proc.kill()
         _, err = proc.communicate()
     assert b"draining" in err and b"stopped" in err
+    assert f"over {transport} on {event_loop}".encode() in err
 
 
 def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_checks_are_served_over_the_requested_transport(stack: Stack) -> None:
     assert request(stack, "/api/orders").status == 200
     log = stack.log_path("ext-authz").read_text()
 
-    assert f"over {stack.transport} (revision" in log
+    assert f"over {stack.transport} on uvloop (revision" in log  # uvloop: the default event loop
 
 
 def test_other_workload_is_refused_with_403(stack: Stack) -> None:

@@ -589,3 +589,9 @@ def test_limits_default_and_may_be_set() -> None:
 )
 def test_bad_limits_name_the_key(text: str, key: str) -> None:
     assert parse_error(text).key == key
+
+
+def test_event_loop_defaults_to_uvloop_and_may_be_asyncio() -> None:
+    assert parse("").event_loop == "uvloop"
+    assert parse("event_loop: asyncio").event_loop == "asyncio"
+    assert parse_error("event_loop: trio").key == "event_loop"
