@@ -29,6 +29,17 @@ RECORDS = "ext-authz:records"
 CHANGES = "ext-authz:changes"
 SESSIONS = "ext-authz:sessions"
 MAX_CHANGES = 1_000_000  # the stream is trimmed (approximately) past this many entries
+# Delete each (field, body) pair only if the field still holds that body: a record set again since it
+# was forgotten (a signal has a fixed id) stays. Every replica may run it; it is idempotent.
+_FORGET = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
 
 
 def _field(kind: str, rid: str) -> str:
@@ -37,6 +48,7 @@ def _field(kind: str, rid: str) -> str:
 
 class RedisStore(Store):
     durable = True
+    deletes_forgotten = True
 
     def __init__(self, url: str, *, block_ms: int = 1000, max_backoff: float = 5.0) -> None:
         super().__init__()
@@ -181,6 +193,8 @@ class RedisStore(Store):
                 assert self._reader is not None
                 with contextlib.suppress(RedisError, OSError, ConnectionError):
                     await self._flush_sessions()  # kept for the next round if Redis refuses it
+                with contextlib.suppress(RedisError, OSError, ConnectionError):
+                    await self._delete_forgotten()
                 resp: Any = await self._reader.xread(
                     {CHANGES: self._last_id}, block=self.block_ms, count=1000
                 )
@@ -204,6 +218,19 @@ class RedisStore(Store):
             except Exception:  # never let the follower die: a dead follower stops enforcing news
                 log.exception("state follower failed unexpectedly; retrying")
                 await asyncio.sleep(backoff)
+
+    async def _delete_forgotten(self) -> None:
+        """Records that ended past the retention leave the Redis hash too (kept for the next round
+        if Redis refuses)."""
+        if not self._forgotten or self._redis is None:
+            return
+        forgotten, self._forgotten = self._forgotten, []
+        args = [x for kind, rid, body in forgotten for x in (_field(kind, rid), body)]
+        try:
+            await self._redis.eval(_FORGET, 1, RECORDS, *args)
+        except BaseException:
+            self._forgotten[:0] = forgotten
+            raise
 
     async def _catch_up_if_trimmed(self) -> None:
         """If the stream no longer reaches back to where we were, reload everything."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_authz.state.model import Grant, Revocation, Scope
@@ -230,3 +231,34 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
     billing_after = [reason for t, who, reason in seen if who == "billing" and t > caught_up]
     assert billing_after and set(billing_after) == {"revoked"}
     assert len(seen) > 200
+
+
+async def test_records_forgotten_past_the_retention_leave_redis_unless_set_again(
+    stores: Callable[[], RedisStore], redis_server: RedisServer
+) -> None:
+    from ext_authz.state.model import Signal
+
+    now = time.time()
+    a = stores()
+    a.retention = 3600
+    await a.start()
+    old = Revocation("r-old", "jti", "a", "x", "ops", now - 9000, expires_at=now - 7200)
+    await a.put("revocation", old, at=now)  # ended long ago: forgotten at once
+    old_signal = Signal("device", "LAPTOP-7", "risk", "high", "mdm", now - 9000, now - 7200)
+    await a.put("signal", old_signal, at=now)
+    await a.put("signal", Signal("device", "LAPTOP-7", "risk", "high", "mdm", now, now + 600), at=now)
+    await a.put("revocation", rev("r-live"), at=now)
+
+    def stored() -> set[str]:
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            return {str(k) for k in client.hkeys("ext-authz:records")}
+        finally:
+            client.close()
+
+    await until(lambda: not any(f.endswith("r-old") for f in stored()))
+    assert any(f.startswith("signal") for f in stored())  # set again since: it stays
+    late = stores()
+    await late.start()
+    assert {r.id for r in late.all("revocation")} == {"r-live"}
+    assert [s.expires_at for s in late.all("signal")] == [now + 600]
