@@ -18,6 +18,8 @@ import yaml
 
 from .errors import ConfigError
 from .identity.spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
+from .identity.x509_svid import MAX_CHAIN
+from .identity.xfcc import MAX_XFCC_BYTES
 
 __all__ = [
     "DEFAULT_ADMIN_LISTEN",
@@ -176,12 +178,15 @@ class Limits:
     cel_max_comprehension_depth: int = 2  # checked at load: all/exists/exists_one/map/filter nested
 
 
+MAX_TOKEN_BYTES = 16 * 1024  # the JWT verifier refuses longer tokens whatever the config says
+
+# Upper ends are the verifiers' own hard bounds: a limit above them could never take effect.
 _LIMIT_RANGES: dict[str, tuple[int, int]] = {
-    "max_token_bytes": (256, 64 * 1024),
+    "max_token_bytes": (256, MAX_TOKEN_BYTES),
     "max_headers": (1, 10_000),
     "max_header_bytes": (1024, 1024 * 1024),
-    "max_chain_length": (0, 8),  # the verifier's own path-building bound (MAX_CHAIN)
-    "max_chain_bytes": (1024, 1024 * 1024),
+    "max_chain_length": (0, MAX_CHAIN),
+    "max_chain_bytes": (1024, MAX_XFCC_BYTES),
     "max_body_bytes": (0, 16 * 1024 * 1024),
     "cel_max_expression_bytes": (16, 64 * 1024),
     "cel_max_comprehension_depth": (0, 8),

@@ -21,15 +21,13 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
-from ..config import IssuerConfig, JwtSvidConfig
+from ..config import MAX_TOKEN_BYTES, IssuerConfig, JwtSvidConfig
 from ..errors import CredentialError
 from ..model import Identity
 from ..trust.bundles import JwtKeys, TrustSnapshot
 from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["MAX_TOKEN_BYTES", "TokenSettings", "peek_unverified", "verify_token"]
-
-MAX_TOKEN_BYTES = 16 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}

@@ -581,6 +581,9 @@ def test_limits_default_and_may_be_set() -> None:
     ("text", "key"),
     [
         ("limits: {max_token_bytes: 10}", "limits.max_token_bytes"),
+        ("limits: {max_token_bytes: 20000}", "limits.max_token_bytes"),  # over the verifier's own bound
+        ("limits: {max_chain_length: 9}", "limits.max_chain_length"),
+        ("limits: {max_chain_bytes: 70000}", "limits.max_chain_bytes"),
         ("limits: {max_headers: 0}", "limits.max_headers"),
         ("limits: {max_chain_length: true}", "limits.max_chain_length"),
         ("limits: {max_body_bytes: 1.5}", "limits.max_body_bytes"),
