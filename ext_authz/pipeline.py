@@ -24,7 +24,7 @@ from .policy import Policy
 from .state.model import StateSnapshot
 from .trust.bundles import TrustSnapshot
 
-__all__ = ["Caches", "Engine", "decide", "verify_principal"]
+__all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,8 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
     return Principal(workload=workload, token=token)
 
 
-_ANONYMOUS: Mapping[str, Any] = {
+# What CEL's `identity` holds for a caller without a credential; every key an identity can have.
+ANONYMOUS_IDENTITY: Mapping[str, Any] = {
     "authenticated": False,
     "kind": "",
     "kinds": [],
@@ -193,7 +194,7 @@ _ANONYMOUS: Mapping[str, Any] = {
 def identity_for_cel(principal: Principal) -> Mapping[str, Any]:
     primary = principal.primary
     if primary is None:
-        return _ANONYMOUS
+        return ANONYMOUS_IDENTITY
     out = primary.as_cel()
     if principal.workload is not None and principal.token is not None:
         tok = principal.token

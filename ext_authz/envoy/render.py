@@ -21,7 +21,7 @@ from google.rpc.status_pb2 import Status
 
 from ..model import Decision
 
-__all__ = ["IDENTITY_HEADERS", "identity_headers", "render"]
+__all__ = ["IDENTITY_HEADERS", "render"]
 
 H_SPIFFE_ID = "x-spiffe-id"
 H_SUBJECT = "x-ext-authz-subject"
@@ -94,11 +94,6 @@ def _identity_headers(s: _Shape, decision_id: str) -> dict[str, str]:
     if s.kinds:
         out[H_KIND] = ",".join(s.kinds)
     return out
-
-
-def identity_headers(decision: Decision) -> dict[str, str]:
-    """The headers an allowed request carries upstream."""
-    return _identity_headers(_shape(decision), decision.decision_id)
 
 
 def _metadata(s: _Shape, decision_id: str) -> Struct:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..pipeline import Engine
+from ..pipeline import ANONYMOUS_IDENTITY, Engine
 
 __all__ = ["IdentityUsage", "build_report", "read_records", "render_report"]
 
@@ -82,6 +82,7 @@ def _covering_rules(engine: Engine, sample: dict[str, Any]) -> list[str]:
     spiffe_id = str(ident.get("spiffe_id") or "")
     path = spiffe_id.split("/", 3)[3] if spiffe_id.count("/") >= 3 else ""
     identity = {
+        **ANONYMOUS_IDENTITY,  # what the log does not record (claims, audiences, times) stays empty
         "authenticated": True,
         "kind": (ident.get("kinds") or [""])[0],
         "kinds": list(ident.get("kinds") or []),
@@ -90,12 +91,6 @@ def _covering_rules(engine: Engine, sample: dict[str, Any]) -> list[str]:
         "path": f"/{path}" if path else "",
         "subject": ident.get("subject", "") or spiffe_id,
         "issuer": ident.get("issuer", ""),
-        "claims": {},
-        "audiences": [],
-        "issued_at": 0,
-        "expires_at": 0,
-        "x509": {},
-        "token": {},
     }
     data = {
         "request": {
