@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ext_authz.dev.demo import init_demo  # noqa: E402
-from ext_authz.dev.stack import envoy_binary, free_port  # noqa: E402
+from ext_authz.dev.stack import envoy_binary, free_port, proc_rss_mb  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
 CONFIGS = "abcdefghi"
@@ -181,13 +181,6 @@ def cluster(name: str, port: int, streams_per_connection: int = 0) -> dict[str, 
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def h2load(port: int, path: str, token: str | None, log: Path) -> dict[str, float]:

@@ -31,7 +31,7 @@ from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
 from . import pki
 from .demo import BACKEND_ID, WORKLOADS
-from .stack import Ports, Stack
+from .stack import Ports, Stack, proc_rss_mb
 
 __all__ = ["SoakReport", "run_soak"]
 
@@ -54,13 +54,6 @@ class SoakReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class _Timeline:
@@ -189,7 +182,7 @@ def run_soak(
             while (elapsed := time.monotonic() - t0) < seconds:
                 tick += 1
                 if tick % 4 == 0 or not report.rss_mb:
-                    report.rss_mb.append((round(elapsed, 1), round(_rss_mb(pid), 1)))
+                    report.rss_mb.append((round(elapsed, 1), round(proc_rss_mb(pid), 1)))
                 # Only jtis with no revocation in force (nor one just ending): the expected answer
                 # then follows from this one revocation alone.
                 now_m = time.monotonic()
@@ -259,7 +252,7 @@ def run_soak(
             for t in threads:
                 t.join(15)
             channel.close()
-        report.rss_mb.append((round(time.monotonic() - t0, 1), round(_rss_mb(pid), 1)))
+        report.rss_mb.append((round(time.monotonic() - t0, 1), round(proc_rss_mb(pid), 1)))
         stats = urllib.request.urlopen(
             f"http://127.0.0.1:{stack.ports.envoy_admin}/stats?filter=ext_authz", timeout=5
         ).read()

@@ -20,7 +20,7 @@ import yaml
 
 from .demo import init_demo, leaf_expiry, mint_demo_tokens
 
-__all__ = ["Ports", "Stack", "envoy_binary", "free_port", "render_envoy_config", "run_demo"]
+__all__ = ["Ports", "Stack", "envoy_binary", "free_port", "proc_rss_mb", "render_envoy_config", "run_demo"]
 
 
 def free_port() -> int:
@@ -44,6 +44,14 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         return cls(*(free_port() for _ in range(6)))
+
+
+def proc_rss_mb(pid: int) -> float:
+    """A process's resident memory now, in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def envoy_binary() -> str:
