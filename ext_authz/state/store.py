@@ -325,13 +325,19 @@ class SqliteStore(Store):
 
         await asyncio.to_thread(self._run, write)
 
-    def _changes_since(self) -> list[tuple[int, float, str, str, str, str]]:
-        rows: list[tuple[int, float, str, str, str, str]] = self._run(
-            lambda db: db.execute(
+    def _changes_since(self) -> tuple[bool, list[tuple[int, float, str, str, str, str]]]:
+        """The change-log entries after our position, and whether some we never read were pruned
+        (the first entry is not the next one, or the log moved on and is empty): then reload all."""
+
+        def read(db: sqlite3.Connection) -> tuple[bool, list[tuple[int, float, str, str, str, str]]]:
+            rows = db.execute(
                 "SELECT seq, at, op, kind, id, body FROM changes WHERE seq > ? ORDER BY seq", (self._seq,)
             ).fetchall()
-        )
-        return rows
+            behind = rows[0][0] > self._seq + 1 if rows else _last_seq(db) > self._seq
+            return behind, rows
+
+        result: tuple[bool, list[tuple[int, float, str, str, str, str]]] = self._run(read)
+        return result
 
     async def _poll_loop(self) -> None:
         while True:
@@ -358,17 +364,6 @@ class SqliteStore(Store):
 
         self._run(write)
 
-    def _behind_the_log(self) -> bool:
-        """Were entries we never read pruned from the change log? (Then reload everything.)"""
-
-        def read(db: sqlite3.Connection) -> tuple[int | None, int]:
-            return db.execute("SELECT MIN(seq) FROM changes").fetchone()[0], _last_seq(db)
-
-        first, last = self._run(read)
-        if first is None:
-            return bool(last > self._seq)
-        return bool(first > self._seq + 1)
-
     async def poll(self) -> bool:
         """Pick up changes written by any process (our own included: re-applying is harmless)."""
         await self._flush_sessions()
@@ -380,14 +375,12 @@ class SqliteStore(Store):
             except sqlite3.Error:
                 self._forgotten[:0] = forgotten  # try again next time
                 raise
-        if await asyncio.to_thread(self._behind_the_log):
+        behind, changes = await asyncio.to_thread(self._changes_since)
+        if behind:
             log.warning("state change log was pruned past our position: reloading all state")
-            seq = await asyncio.to_thread(self._last_seq)
-            await asyncio.to_thread(self._load_all)
-            self._seq = max(self._seq, seq)
+            await asyncio.to_thread(self._load_all)  # it takes the log's position first
             self._rebuild()
             return True
-        changes = await asyncio.to_thread(self._changes_since)
         if not changes:
             return False
         for seq, at, op, kind, rid, body in changes:
@@ -407,10 +400,6 @@ class SqliteStore(Store):
         await asyncio.to_thread(self._load_sessions)
         self._rebuild()
         return True
-
-    def _last_seq(self) -> int:
-        seq: int = self._run(_last_seq)
-        return seq
 
     def _load_sessions(self) -> None:
         rows = self._run(lambda db: db.execute("SELECT sid, first_seen FROM sessions").fetchall())
