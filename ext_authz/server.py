@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from .admin import start_admin_server
 from .clock import Clock, SystemClock
+from .config import Config
 from .envoy.normalize import normalize
 from .envoy.render import render
 from .errors import AuthzError
@@ -460,6 +461,31 @@ def worker_index() -> int | None:
 _WORKER = worker_index()
 
 
+class StopSignals:
+    """SIGTERM and SIGINT on the running loop. The first one stops; ``on_repeat`` runs on any later one.
+
+    SIGTERM (an orchestrator) drains for ``drain_delay`` first; SIGINT (someone at a terminal) does not.
+    """
+
+    def __init__(self, on_repeat: Callable[[], None] | None = None) -> None:
+        self.first: signal.Signals | None = None
+        self.event = asyncio.Event()
+        self._on_repeat = on_repeat
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.first is None:
+            self.first = sig
+            self.event.set()
+        elif self._on_repeat is not None:
+            self._on_repeat()
+
+    def drain(self, cfg: Config) -> float:
+        return cfg.drain_delay if self.first == signal.SIGTERM else 0.0
+
+
 async def serve(config_path: Path) -> int:
     try:
         engine = load_engine(config_path)
@@ -484,23 +510,10 @@ async def serve(config_path: Path) -> int:
     except (OSError, sqlite3.Error, RuntimeError, RedisError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    stop = asyncio.Event()
-    received: list[signal.Signals] = []
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if received:  # a second signal (Ctrl-C after SIGTERM, say): no more waiting
-            server.cut_drain()
-        received.append(sig)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    signals = StopSignals(on_repeat=server.cut_drain)  # a second signal: no more waiting
     log.info("ready: grpc %s, http %s", engine.config.listen, engine.config.http_listen)
-    await stop.wait()
+    await signals.event.wait()
     log.info("signal received: draining (pid %d)", os.getpid())
-    # SIGTERM (an orchestrator) drains first; SIGINT (someone at a terminal) stops at once.
-    drain = server.runtime.engine.config.drain_delay if received[0] == signal.SIGTERM else 0.0
-    await server.stop(drain=drain)
+    await server.stop(drain=signals.drain(server.runtime.engine.config))
     decision_log.close()
     return 0

@@ -25,7 +25,7 @@ from .config import Config
 from .dev.stack import free_port
 from .observe.httpd import serve_get
 from .observe.metrics import CONTENT_TYPE
-from .server import WORKER_ENV, WORKER_HTTP_ENV
+from .server import WORKER_ENV, WORKER_HTTP_ENV, StopSignals
 
 __all__ = ["Supervisor", "aggregate_metrics"]
 
@@ -132,16 +132,8 @@ class Supervisor:
         if self.cfg.http_listen:
             host, _, port = self.cfg.http_listen.rpartition(":")
             server = await asyncio.start_server(self._http, host.strip("[]"), int(port))
-        stop = asyncio.Event()
-        received: list[signal.Signals] = []
-        loop = asyncio.get_running_loop()
-
-        def on_signal(sig: signal.Signals) -> None:
-            received.append(sig)
-            stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+        signals = StopSignals()
+        stop = signals.event
         log.info("supervising %d workers on %s", len(self.workers), self.cfg.listen)
         while not stop.is_set():
             for w in self.workers:
@@ -156,9 +148,8 @@ class Supervisor:
         log.info("draining %d workers", len(self.workers))
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
-                w.proc.send_signal(received[0])  # SIGTERM drains; SIGINT stops at once
-        drain = self.cfg.drain_delay if received[0] == signal.SIGTERM else 0.0
-        deadline = time.monotonic() + drain + self.cfg.shutdown_grace + 5
+                w.proc.send_signal(signals.first or signal.SIGTERM)  # the same signal: drain or not
+        deadline = time.monotonic() + signals.drain(self.cfg) + self.cfg.shutdown_grace + 5
         codes = []
         for w in self.workers:
             assert w.proc is not None
