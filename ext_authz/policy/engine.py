@@ -226,7 +226,7 @@ def comprehension_depth(source: str) -> int:
     depth = deepest = 0
     stack: list[bool] = []  # per open parenthesis: does it open a macro's arguments?
     i, n = 0, len(source)
-    pending_macro = raw = False
+    pending_macro = raw = after_dot = False  # after_dot: the last token was `.` (comments aside)
     while i < n:
         c = source[i]
         if c in "\"'":
@@ -235,7 +235,7 @@ def comprehension_depth(source: str) -> int:
             while i < n and source[i : i + len(quote)] != quote:
                 i += 2 if source[i] == "\\" and not raw else 1  # r"…": a backslash is itself
             i += len(quote)
-            pending_macro = raw = False
+            pending_macro = raw = after_dot = False
             continue
         if source.startswith("//", i):  # a comment, to the end of the line (quotes in it are not strings)
             end = source.find("\n", i)
@@ -248,7 +248,8 @@ def comprehension_depth(source: str) -> int:
             raw = (
                 "r" in m.group().lower() and len(m.group()) <= 2 and m.end() < n and source[m.end()] in "\"'"
             )
-            pending_macro = m.group() in _MACROS and i > 0 and source[:i].rstrip().endswith(".")
+            pending_macro = after_dot and m.group() in _MACROS
+            after_dot = False
             i = m.end()
             continue
         if c == "(":
@@ -260,6 +261,7 @@ def comprehension_depth(source: str) -> int:
             depth -= 1
         if not c.isspace():
             pending_macro = False
+            after_dot = c == "."
         i += 1
     return deepest
 

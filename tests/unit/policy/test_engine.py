@@ -589,6 +589,7 @@ def test_a_condition_is_handed_only_the_variables_it_names() -> None:
         (r'r"\" == "x" && [1].all(x, [1].all(y, [1].all(z, true)))', 3),  # raw: \ does not escape
         ("// it's a comment\n[1].all(x, [1].all(y, [1].all(z, true)))", 3),  # quotes in comments
         ("[1].all(x, // :)\n [1].all(y, [1].all(z, true)))", 3),  # parentheses in comments
+        ("[1]. // a comment between\n all(x, [1].all(y, true))", 2),
     ],
 )
 def test_comprehension_depth(source: str, depth: int) -> None:
