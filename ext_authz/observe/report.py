@@ -154,22 +154,14 @@ def render_report(report: list[IdentityUsage], *, with_policy: bool) -> str:
             f"{u.identity}  [{', '.join(sorted(u.kinds))}]  {u.requests} requests, "
             f"{u.allowed} allowed, {u.requests - u.allowed} denied"
         )
-        if u.rules:
-            lines.append(
-                "  allowed by rules:      " + ", ".join(f"{r} ({n})" for r, n in u.rules.most_common())
-            )
-        if u.grants:
-            lines.append(
-                "  used grants:           " + ", ".join(f"{g} ({n})" for g, n in u.grants.most_common())
-            )
-        if u.exceptions:
-            lines.append(
-                "  allowed by exceptions: " + ", ".join(f"{e} ({n})" for e, n in u.exceptions.most_common())
-            )
-        if u.denials:
-            lines.append(
-                "  denials:               " + ", ".join(f"{r} ({n})" for r, n in u.denials.most_common())
-            )
+        for label, counts in (
+            ("allowed by rules:     ", u.rules),
+            ("used grants:          ", u.grants),
+            ("allowed by exceptions:", u.exceptions),
+            ("denials:              ", u.denials),
+        ):
+            if counts:
+                lines.append(f"  {label} " + ", ".join(f"{k} ({n})" for k, n in counts.most_common()))
         if with_policy:
             unused = ", ".join(u.unused_rules) if u.unused_rules else "none"
             lines.append(f"  covered but never used: {unused}")
