@@ -624,7 +624,7 @@ def test_peek_unverified_refuses_malformed(name: str) -> None:
 # Wycheproof JSON Web Signature vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WYCHEPROOF = REPO_ROOT.parent / "shared" / "vectors" / "wycheproof"
+WYCHEPROOF = REPO_ROOT / "tests" / "data" / "vectors" / "wycheproof"
 JWS_FILE = WYCHEPROOF / "json_web_signature_test.json"
 
 

@@ -1,4 +1,4 @@
-"""SPIFFE ID and trust-domain parsing against the shared conformance vectors, plus a few extras."""
+"""SPIFFE ID and trust-domain parsing against the conformance vectors in tests/data/vectors, plus a few extras."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ext_authz.identity.spiffe_id import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "spiffe-id"
+VECTORS = REPO_ROOT / "tests" / "data" / "vectors" / "spiffe-id"
 CASES_FILE = VECTORS / "spiffe_id_cases.json"
 MATCH_CASES_FILE = VECTORS / "spiffe_id_match_cases.json"
 
