@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ext_authz.dev.demo import init_demo  # noqa: E402
-from ext_authz.dev.stack import envoy_binary, free_port, proc_rss_mb  # noqa: E402
+from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
+from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
 CONFIGS = "abcdefghi"

@@ -30,16 +30,16 @@ sys.path.insert(0, str(ROOT))
 
 from ext_authz.dev import pki  # noqa: E402
 from ext_authz.dev.demo import init_demo  # noqa: E402
-from ext_authz.dev.stack import free_port  # noqa: E402
 from ext_authz.envoy.normalize import normalize  # noqa: E402
 from ext_authz.envoy.render import render  # noqa: E402
+from ext_authz.envoy.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
 from ext_authz.identity.jwt import verify_token  # noqa: E402
 from ext_authz.identity.x509_svid import verify_x509_svid  # noqa: E402
-from ext_authz.identity.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
 from ext_authz.loader import load_engine  # noqa: E402
 from ext_authz.observe.decision_log import DecisionLog  # noqa: E402
 from ext_authz.pipeline import Caches, decide  # noqa: E402
-from ext_authz.server import Runtime, Server  # noqa: E402
+from ext_authz.serve.app import Server, build_runtime  # noqa: E402
+from ext_authz.serve.http import free_port  # noqa: E402
 from tests.component.checkreq import check_request  # noqa: E402
 
 
@@ -62,7 +62,7 @@ async def grpc_us(config: Path, requests: list[CheckRequest], n: int, cache_size
     path = config.parent / f"bench-{cache_size}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with open(os.devnull, "w") as sink:
-        runtime = Runtime.from_engine(load_engine(path), decision_log=DecisionLog(sink))
+        runtime = build_runtime(load_engine(path), DecisionLog(sink))
         server = Server(path, runtime)
         await server.start()
         try:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from ext_authz._proto import admin_pb2 as pb  # noqa: E402
 from ext_authz._proto import admin_pb2_grpc  # noqa: E402
 from ext_authz.dev.demo import init_demo  # noqa: E402
-from ext_authz.dev.stack import free_port  # noqa: E402
+from ext_authz.serve.http import free_port  # noqa: E402
 from tests.component.checkreq import check_request  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -120,7 +120,7 @@ def main(n: int = 200) -> None:
         redis.start()
         procs = []
         try:
-            cfgs = [config(demo, tmp / f"r{i}", state=redis.url) for i in range(3)]
+            cfgs = [config(demo, tmp / f"r{i}", state=redis.settings()) for i in range(3)]
             procs = [serve(c) for c in cfgs]
             for c in cfgs:
                 wait_ready(c)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .admin_cli import add_admin_commands
+from .admin.cli import add_admin_commands
 
 __all__ = ["main"]
 
@@ -26,17 +26,17 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_settings
     from .errors import AuthzError
-    from .server import serve, worker_index
+    from .serve.app import serve, worker_index
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_settings(args.config)
     except AuthzError as exc:
         logging.getLogger("ext_authz").error("cannot start: %s", exc.detail)
         return 2
     if worker_index() is None and cfg.workers > 1:
-        from .workers import Supervisor
+        from .serve.workers import Supervisor
 
         return asyncio.run(Supervisor(Path(args.config), cfg).run())
     if cfg.event_loop == "uvloop":
@@ -74,6 +74,7 @@ def _decision_json(decision: Any, response: Any) -> dict[str, Any]:
         "reason": decision.reason,
         "rule": decision.rule,
         "identity": {
+            "principals": list(p.keys),
             "kinds": list(p.kinds),
             "spiffe_id": p.spiffe_id,
             "subject": p.token.subject if p.token else "",
@@ -112,7 +113,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    ctx = normalize(request)
+    ctx = normalize(request, engine.config.limits)
     decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
     response = render(decision, ctx.http.headers if ctx.http else None)
     print(json.dumps(_decision_json(decision, response), indent=2))
@@ -122,16 +123,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from .config import parse_duration
-    from .errors import AuthzError, ConfigError
+    from .errors import AuthzError
     from .loader import load_engine
     from .observe.report import build_report, read_records, render_report
+    from .settings import parse_duration
 
     since = None
     if args.since:
         try:
-            since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since, "--since", ""))
-        except ConfigError:
+            since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+        except ValueError:
             print(
                 f"ext-authz: --since: expected a duration such as 24h or 7d, got {args.since!r}",
                 file=sys.stderr,
@@ -146,7 +147,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             return 2
     try:
         with sys.stdin if args.log == "-" else open(args.log, encoding="utf-8", errors="replace") as f:
-            report = build_report(read_records(f, since), engine)
+            report = build_report(read_records(f, since), engine, datetime.now(UTC))
     except OSError as exc:
         print(f"ext-authz: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -154,6 +155,40 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps([u.as_dict() for u in report], indent=2))
     else:
         print(render_report(report, with_policy=engine is not None))
+    return 0
+
+
+def _cmd_state_legacy(args: argparse.Namespace) -> int:
+    """Records a store holds from before principal keys, one JSON object per line (they are not read)."""
+    from .config import load_settings
+    from .errors import AuthzError
+    from .state.backends import open_log
+    from .state.integrity import IntegrityError, Sealer
+
+    async def run() -> list[dict[str, Any]]:
+        backend = open_log(load_settings(args.config).state)
+        await backend.open()
+        try:
+            loaded = await backend.load()
+        finally:
+            await backend.close()
+        out = []
+        for kind, rid, body in loaded.records:
+            try:
+                Sealer(None).open("put", kind, rid, body)
+            except IntegrityError as exc:
+                if exc.reason == "legacy":
+                    out.append({"kind": kind, "id": rid, "record": json.loads(body)})
+        return out
+
+    try:
+        found = asyncio.run(run())
+    except AuthzError as exc:
+        print(f"ext-authz: {exc.detail}", file=sys.stderr)
+        return 2
+    for item in found:
+        print(json.dumps(item, sort_keys=True))
+    print(f"{len(found)} records from before principal keys", file=sys.stderr)
     return 0
 
 
@@ -199,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     add_admin_commands(sub)
+
+    state = sub.add_parser("state", help="the state store itself").add_subparsers(
+        dest="state_command", required=True
+    )
+    p = state.add_parser("legacy", help="list records written before principal keys (they are not read)")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=_cmd_state_legacy)
 
     p = sub.add_parser("report", help="least-privilege review: what each identity actually used")
     p.add_argument("--log", required=True, help="decision log (JSON lines), or - for stdin")

@@ -11,6 +11,7 @@ __all__ = [
     "AuthzError",
     "ConfigError",
     "CredentialError",
+    "StateError",
     "TrustError",
     "status_for",
 ]
@@ -44,7 +45,7 @@ REASON_STATUS: dict[str, int] = {
     "no_rule": 403,
     "policy_denied": 403,
     "policy_error": 403,
-    "request_invalid": 403,
+    "request_invalid": 400,
     # Over a configured limit (`limits:`): refused before anything in it is parsed further.
     "request_headers_too_large": 431,
     "body_too_large": 413,
@@ -77,15 +78,23 @@ class AuthzError(Exception):
 class CredentialError(AuthzError):
     """A presented credential (certificate or token) failed verification: always a 401."""
 
-    def __init__(self, reason: str, detail: str, *, credential: str) -> None:
+    def __init__(self, reason: str, detail: str, *, credential: str, issuer: str = "") -> None:
         super().__init__(detail, reason=reason)
         self.credential = credential  # "x509" | "token"
+        self.issuer = issuer  # the configured issuer whose keys were asked, when that is known
 
 
 class TrustError(AuthzError):
     """Trust material (a bundle or JWKS file) could not be loaded."""
 
     reason = "trust_invalid"
+
+
+class StateError(AuthzError):
+    """The state store failed (unreachable, locked, refused a write). Every backend raises only this,
+    translated from its driver's errors at the backend's edge."""
+
+    reason = "state_unavailable"
 
 
 class ConfigError(AuthzError):

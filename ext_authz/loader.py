@@ -1,85 +1,34 @@
-"""Load one Engine generation from a config file and the trust files it names (edge code)."""
+"""Load one Engine generation: the settings file, the trust files it names, and the compiled policy."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.x509.verification import Store
-
-from .config import Config, load_config
-from .errors import TrustError
+from .config import parse_settings, read_config
 from .identity.jwt import TokenSettings
 from .pipeline import Engine
 from .policy import compile_policy
-from .trust.bundles import (
-    IssuerTrust,
-    JwtKeys,
-    TrustDomainTrust,
-    TrustSnapshot,
-    parse_jwks,
-    parse_x509_bundle,
-)
+from .settings import Settings
+from .trust.files import load_trust
 
-__all__ = ["load_engine", "load_trust"]
+__all__ = ["build_engine", "load_engine"]
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise TrustError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
-
-
-def load_trust(cfg: Config) -> TrustSnapshot:
-    digest = hashlib.sha256()
-    domains: dict[str, TrustDomainTrust] = {}
-    for name, td in sorted(cfg.trust_domains.items()):
-        roots: tuple[x509.Certificate, ...] = ()
-        jwt_keys = JwtKeys()
-        td_digest = hashlib.sha256(name.encode())
-        digest.update(b"td\0" + name.encode())
-        if td.x509_bundle is not None:
-            data = _read(td.x509_bundle, f"X.509 bundle of {name}")
-            digest.update(b"x509\0" + data)
-            td_digest.update(b"x509\0" + data)
-            roots = parse_x509_bundle(data, str(td.x509_bundle))
-        if td.jwt_bundle is not None:
-            data = _read(td.jwt_bundle, f"JWT bundle of {name}")
-            digest.update(b"jwt\0" + data)
-            td_digest.update(b"jwt\0" + data)
-            jwt_keys = parse_jwks(data, str(td.jwt_bundle), require_use="jwt-svid")
-        domains[name] = TrustDomainTrust(
-            name=name,
-            x509_roots=roots,
-            jwt_keys=jwt_keys,
-            store=Store(list(roots)) if roots else None,
-            revision=td_digest.hexdigest()[:16],
-        )
-    issuers: dict[str, IssuerTrust] = {}
-    for iss, ic in sorted(cfg.issuers.items()):
-        if ic.jwks is None:
-            # Fetched over HTTPS at the edge (trust/remote.py) and merged in; none until then.
-            digest.update(b"iss-remote\0" + iss.encode())
-            issuers[iss] = IssuerTrust(issuer=iss, keys=JwtKeys(), remote=True, max_stale=ic.max_stale)
-            continue
-        data = _read(ic.jwks, f"JWKS of issuer {iss}")
-        digest.update(b"iss\0" + iss.encode() + b"\0" + data)
-        issuers[iss] = IssuerTrust(issuer=iss, keys=parse_jwks(data, str(ic.jwks), require_use=None))
-    return TrustSnapshot(revision=digest.hexdigest()[:16], domains=domains, issuers=issuers)
-
-
-def load_engine(path: str | Path) -> Engine:
-    """Config, trust material and compiled policy, or a ConfigError/TrustError naming the file."""
-    cfg = load_config(path)
+def build_engine(cfg: Settings, config_bytes: bytes) -> Engine:
+    """Trust files and compiled policy for these settings, or a TrustError/ConfigError naming the file."""
     trust = load_trust(cfg)
     policy = compile_policy(cfg.rules, str(cfg.source), cfg.limits)
-    config_digest = hashlib.sha256(Path(cfg.source).read_bytes()).hexdigest()[:12]
     return Engine(
         config=cfg,
         trust=trust,
         policy=policy,
         tokens=TokenSettings(cfg.jwt_svid, cfg.issuers),
-        revision=f"{config_digest}.{trust.revision}",
+        config_revision=hashlib.sha256(config_bytes).hexdigest()[:12],
     )
+
+
+def load_engine(path: str | Path) -> Engine:
+    """Settings, trust material and compiled policy, or a ConfigError/TrustError naming the file."""
+    data = read_config(path)  # read once: the revision is the digest of exactly what was parsed
+    return build_engine(parse_settings(data, Path(path)), data)

@@ -7,20 +7,27 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from .principal import user_key, workload_scope
+
 __all__ = [
     "EMPTY_MAP",
+    "CountDenial",
     "Credentials",
     "Decision",
+    "Effect",
     "HttpRequest",
     "Identity",
     "IdentityKind",
+    "NewSession",
     "Principal",
     "RequestContext",
     "ShadowResult",
+    "UnknownKeyId",
     "path_without_query",
 ]
 
 IdentityKind = Literal["x509_svid", "jwt_svid", "oidc"]
+Channel = Literal["peer", "bearer"]  # the connection's certificate, or a token in the request
 
 EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
 
@@ -77,7 +84,12 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A verified identity. Nothing here is set unless a verifier proved it."""
+    """A verified identity. Nothing here is set unless a verifier proved it.
+
+    ``principal`` is the key every state record uses for it (see ext_authz/principal.py): the SPIFFE ID
+    of a workload, ``ISSUER#SUBJECT`` of a user. ``scope`` prefixes its token-scoped values (``jti``,
+    ``sid``): the token's issuer, or ``spiffe://TRUST-DOMAIN`` for a JWT-SVID.
+    """
 
     kind: IdentityKind
     spiffe_id: str = ""
@@ -90,7 +102,26 @@ class Identity:
     expires_at: int | None = None  # epoch seconds; the credential is useless after it
     claims: Mapping[str, Any] = field(default_factory=lambda: EMPTY_MAP)
     cert_sha256: str = ""
-    cert_serial: str = ""
+    cert_serial: str = ""  # lower-case hex, no leading zeros
+    cert_issuer: str = ""  # the certificate issuer's name, canonical (see identity/names.py)
+    principal: str = field(init=False, default="")
+    scope: str = field(init=False, default="")
+    channel: Channel = field(init=False, default="bearer")
+
+    def __post_init__(self) -> None:
+        # The one place that says how state names an identity (see ext_authz/principal.py).
+        if self.kind == "oidc":
+            principal, scope = user_key(self.issuer, self.subject), self.issuer
+        else:
+            principal, scope = self.spiffe_id, workload_scope(self.trust_domain) if self.trust_domain else ""
+        object.__setattr__(self, "principal", principal)
+        object.__setattr__(self, "scope", scope)
+        object.__setattr__(self, "channel", "peer" if self.kind == "x509_svid" else "bearer")
+
+    @property
+    def is_user(self) -> bool:
+        """A person's token (OIDC), as opposed to a workload's credential."""
+        return self.kind == "oidc"
 
     def as_cel(self) -> dict[str, Any]:
         return {
@@ -110,31 +141,72 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the peer workload (X.509-SVID) and/or the bearer of a token."""
+    """Who is calling: every verified credential, the connection's first (peer), then bearer tokens."""
 
-    workload: Identity | None = None
-    token: Identity | None = None
+    identities: tuple[Identity, ...] = ()
+
+    @classmethod
+    def of(cls, *identities: Identity | None) -> Principal:
+        return cls(tuple(i for i in identities if i is not None))
 
     @property
     def authenticated(self) -> bool:
-        return self.workload is not None or self.token is not None
+        return bool(self.identities)
+
+    @property
+    def workload(self) -> Identity | None:
+        """The peer's X.509-SVID."""
+        for i in self.identities:
+            if i.channel == "peer":
+                return i
+        return None
+
+    @property
+    def token(self) -> Identity | None:
+        """The bearer token (a JWT-SVID or a user's OIDC token)."""
+        for i in self.identities:
+            if i.channel == "bearer":
+                return i
+        return None
+
+    @property
+    def user(self) -> Identity | None:
+        for i in self.identities:
+            if i.is_user:
+                return i
+        return None
 
     @property
     def primary(self) -> Identity | None:
-        return self.workload or self.token
+        return self.identities[0] if self.identities else None
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(i.kind for i in (self.workload, self.token) if i is not None)
+        return tuple(i.kind for i in self.identities)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every principal key this caller holds (what grants, exceptions and quarantine name)."""
+        return tuple(dict.fromkeys(i.principal for i in self.identities))
 
     @property
     def spiffe_id(self) -> str:
         """The peer's SPIFFE ID, or a JWT-SVID's subject when there is no peer SVID."""
-        if self.workload is not None:
-            return self.workload.spiffe_id
-        if self.token is not None:
-            return self.token.spiffe_id
+        for i in self.identities:
+            if i.spiffe_id:
+                return i.spiffe_id
         return ""
+
+    def accountable(self, attribution: str = "user") -> str:
+        """Whom a denial counts against. ``user``: the user when a user token is present, else the
+        workload; ``workload``: the workload (peer, else JWT-SVID), else the user."""
+        user = self.user
+        if attribution == "user" and user is not None:
+            return user.principal
+        for i in self.identities:
+            if not i.is_user:
+                return i.principal
+        return user.principal if user is not None else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +215,31 @@ class ShadowResult:
     effect: str
     matched: bool
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A session (``ISSUER#sid``) seen for the first time: remember when."""
+
+    key: str
+    first_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class CountDenial:
+    """A denial that counts toward quarantining ``principal``."""
+
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownKeyId:
+    """A token named a key id its issuer's keys lack: maybe the issuer rotated; refetch them."""
+
+    issuer: str
+
+
+Effect = NewSession | CountDenial | UnknownKeyId
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,4 +258,5 @@ class Decision:
     revocation_kind: str = ""
     exception_id: str = ""  # the break-glass exception that changed this decision to allow
     grant_ids: tuple[str, ...] = ()  # active grants covering this request (visible to policy)
-    new_session: tuple[str, float] | None = None  # (sid, first use) to record: a session seen first here
+    policy_errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of conditions that failed to evaluate
+    effects: tuple[Effect, ...] = ()  # what the edge must carry out; the core decided it

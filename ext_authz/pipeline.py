@@ -12,35 +12,55 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .config import Config, Limits
+from .envoy.xfcc import MultipleCertificates, XfccTooComplex, chain_from_xfcc, decode_certificate
 from .errors import CredentialError, status_for
 from .identity.cache import LruCache
 from .identity.jwt import TokenSettings, verify_token
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .identity.x509_svid import verify_x509_svid
-from .identity.xfcc import chain_from_xfcc, decode_certificate
-from .model import Decision, Identity, Principal, RequestContext
+from .match import Target, parse_host
+from .model import (
+    CountDenial,
+    Decision,
+    Effect,
+    Identity,
+    NewSession,
+    Principal,
+    RequestContext,
+    UnknownKeyId,
+)
 from .policy import Policy
-from .state.model import StateSnapshot
+from .settings import Limits, Settings
+from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot
+from .trust.revision import Revision
 
-__all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
+__all__ = ["ANONYMOUS_IDENTITY", "QUARANTINE_COUNTS", "Caches", "Engine", "decide", "verify_principal"]
+
+# Policy outcomes that count toward quarantining the accountable principal.
+QUARANTINE_COUNTS = frozenset(("no_rule", "policy_denied", "policy_error"))
+# Decisions an open exception may turn into an allow: policy outcomes, never credential failures,
+# revocations or quarantine.
+_EXCEPTABLE = frozenset(("no_rule", "policy_denied", "policy_error"))
 
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """One loaded generation of config, trust material and compiled policy. Swapped whole."""
+    """One loaded generation of settings, trust material and compiled policy. Swapped whole."""
 
-    config: Config
+    config: Settings
     trust: TrustSnapshot
     policy: Policy
     tokens: TokenSettings
-    revision: str
+    config_revision: str
+
+    @property
+    def revision(self) -> Revision:
+        return Revision(self.config_revision, self.trust.revision)
 
     def with_trust(self, trust: TrustSnapshot) -> Engine:
-        """The same config and policy over other trust material (a live source changed it)."""
-        config_revision = self.revision.split(".", 1)[0]
-        return dataclasses.replace(self, trust=trust, revision=f"{config_revision}.{trust.revision}")
+        """The same settings and policy over other trust material (a live source changed it)."""
+        return dataclasses.replace(self, trust=trust)
 
 
 @dataclass(slots=True)
@@ -57,7 +77,7 @@ def _workload(
     ctx: RequestContext, engine: Engine, caches: Caches, now: datetime, ts: float
 ) -> Identity | None:
     creds = ctx.credentials
-    if engine.config.mtls_source == "principal":
+    if engine.config.mtls.source == "principal":
         if not creds.principal:
             return None
         try:
@@ -96,10 +116,15 @@ def _workload(
     # domain (under this trust revision), the intermediates that proved it are not needed again.
     # The entry expires with the first certificate of that path to expire.
     key = creds.peer_certificate
-    ident = caches.x509.get(key, engine.trust.revision, ts)
+    ident = caches.x509.get(key, engine.trust.key, ts)
     if ident is None:
-        leaf = decode_certificate(creds.peer_certificate)
-        chain = chain_from_xfcc(creds.xfcc)
+        try:
+            leaf = decode_certificate(creds.peer_certificate)
+            chain = chain_from_xfcc(creds.xfcc)
+        except MultipleCertificates as exc:
+            raise CredentialError("cert_malformed", str(exc), credential="x509") from exc
+        except XfccTooComplex as exc:
+            raise CredentialError("cert_chain_too_large", f"XFCC header: {exc}", credential="x509") from exc
         if len(chain) > limits.max_chain_length + 1:  # Envoy's Chain starts with the leaf
             raise CredentialError(
                 "cert_chain_too_large",
@@ -108,7 +133,7 @@ def _workload(
                 credential="x509",
             )
         ident = verify_x509_svid(leaf, chain, engine.trust, now)
-        caches.x509.put(key, engine.trust.revision, ident)
+        caches.x509.put(key, engine.trust.key, ident)
     if creds.principal and creds.principal != ident.spiffe_id:
         raise CredentialError(
             "principal_mismatch",
@@ -132,7 +157,7 @@ def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Id
             "token_too_large", f"token is over limits.max_token_bytes ({max_bytes})", credential="token"
         )
     # A token's verdict depends on the trust material *and* the config (audiences, algorithms, leeway).
-    revision = f"{engine.revision}/{engine.trust.revision}"
+    revision = engine.revision.key
     ident = caches.tokens.get(creds.bearer, revision, ts)
     if ident is None:
         ident = verify_token(creds.bearer, engine.trust, engine.tokens, ts)
@@ -169,7 +194,7 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
         raise CredentialError(
             "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
         ) from exc
-    return Principal(workload=workload, token=token)
+    return Principal.of(workload, token)
 
 
 # What CEL's `identity` holds for a caller without a credential; every key an identity can have.
@@ -240,15 +265,13 @@ def activation(
 
 
 _EMPTY_STATE = StateSnapshot()
-# Decisions an open exception may turn into an allow: policy outcomes, never credential failures,
-# revocations or quarantine.
-_EXCEPTABLE = frozenset(("no_rule", "policy_denied", "policy_error"))
 
 
 def _device_id(ctx: RequestContext, principal: Principal, engine: Engine) -> str:
     dev = engine.config.device
-    if principal.token is not None:
-        value = principal.token.claims.get(dev.claim)
+    token = principal.token
+    if token is not None:
+        value = token.claims.get(dev.claim)
         if isinstance(value, str) and value:
             return value
     if dev.header and ctx.http is not None:
@@ -256,44 +279,39 @@ def _device_id(ctx: RequestContext, principal: Principal, engine: Engine) -> str
     return ""
 
 
-def _revocation_checks(principal: Principal, device: str, keys: list[str]) -> list[tuple[str, str]]:
+def _scoped_claim(ident: Identity, claim: str) -> str:
+    """A token-scoped value (``jti``, ``sid``) as state names it: ``ISSUER#VALUE``."""
+    value = ident.claims.get(claim)
+    return f"{ident.scope}#{value}" if isinstance(value, str) and value and ident.scope else ""
+
+
+def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str]]:
+    """Every (kind, value) a revocation could name this caller by, each exactly as state keys it."""
     checks: list[tuple[str, str]] = []
-    w, t = principal.workload, principal.token
-    for ident in (w, t):
-        if ident is not None and ident.spiffe_id:
+    for ident in principal.identities:
+        if ident.spiffe_id:
             checks.append(("spiffe_id", ident.spiffe_id))
-    if w is not None and w.cert_sha256:
-        checks.append(("cert", w.cert_sha256))
-        checks.append(("cert", f"{w.cert_serial}@{w.issuer}"))
-    if t is not None:
-        jti, sid = t.claims.get("jti"), t.claims.get("sid")
-        if isinstance(jti, str):
-            checks.append(("jti", jti))
-        checks.append(("sub", t.subject))
-        if isinstance(sid, str):
-            checks.append(("sid", sid))
+        if ident.cert_sha256:
+            checks.append(("cert", ident.cert_sha256))
+            checks.append(("cert", f"{ident.cert_serial}@{ident.cert_issuer}"))
+        if ident.is_user:
+            checks.append(("sub", ident.principal))
+        for kind in ("jti", "sid"):
+            value = _scoped_claim(ident, kind)
+            if value:
+                checks.append((kind, value))
     if device:
         checks.append(("device", device))
-    for key in keys:
+    for key in principal.keys:
         checks.append(("quarantine", key))
     return checks
 
 
-def quarantine_keys(principal: Principal) -> list[str]:
-    """The identities a quarantine can hold: SPIFFE IDs and token subjects."""
-    keys = [i.spiffe_id for i in (principal.workload, principal.token) if i is not None and i.spiffe_id]
-    tok = principal.token
-    # An OIDC subject that looks like a SPIFFE ID is not one: it must not pick up a workload's
-    # grants or exceptions, nor count toward quarantining it.
-    if tok is not None and tok.subject and tok.kind == "oidc" and not tok.subject.startswith("spiffe://"):
-        keys.append(tok.subject)
-    return list(dict.fromkeys(keys))
-
-
 def _credential_age(
     principal: Principal, engine: Engine, state: StateSnapshot, ts: float
-) -> tuple[str, str, tuple[str, float] | None]:
-    """('', '', new_session) when fine, else (reason, detail, None)."""
+) -> tuple[str, str, NewSession | None]:
+    """('', '', new session) when fine, else (reason, detail, None). A session's first use is
+    recorded whether or not ``max_session_age`` is set, so turning it on later counts from then."""
     tok = principal.token
     if tok is None:
         return "", "", None
@@ -303,13 +321,13 @@ def _credential_age(
             return "token_too_old", "max_token_age is set and the token has no iat", None
         if ts - tok.issued_at > cfg.max_token_age:
             return "token_too_old", f"token issued {int(ts - tok.issued_at)}s ago", None
-    sid = tok.claims.get("sid")
-    if cfg.max_session_age is None or not isinstance(sid, str) or not sid:
+    session = _scoped_claim(tok, "sid")
+    if not session:
         return "", "", None
-    first = state.sessions.get(sid)
+    first = state.sessions.get(session)
     if first is None:
-        return "", "", (sid, ts)
-    if ts - first > cfg.max_session_age:
+        return "", "", NewSession(session, ts)
+    if cfg.max_session_age is not None and ts - first > cfg.max_session_age:
         return "session_too_old", f"session first used {int(ts - first)}s ago", None
     return "", "", None
 
@@ -334,6 +352,23 @@ def _over_limits(ctx: RequestContext, limits: Limits) -> tuple[str, str] | None:
     return None
 
 
+def target_of(ctx: RequestContext) -> Target | None:
+    """What rules and scopes match on; None when an HTTP request's host is not a host."""
+    http = ctx.http
+    if http is None:
+        return Target("", None, "")
+    host = parse_host(http.host)
+    if host is None:
+        return None
+    return Target(http.method, host, http.path_only)
+
+
+def _refused(decision_id: str, reason: str, detail: str, **kw: Any) -> Decision:
+    return Decision(
+        decision_id=decision_id, allowed=False, status=status_for(reason), reason=reason, detail=detail, **kw
+    )
+
+
 def decide(
     ctx: RequestContext,
     engine: Engine,
@@ -344,59 +379,50 @@ def decide(
 ) -> Decision:
     over = _over_limits(ctx, engine.config.limits)
     if over is not None:
-        reason, detail = over
-        return Decision(
-            decision_id=decision_id, allowed=False, status=status_for(reason), reason=reason, detail=detail
+        return _refused(decision_id, *over)
+    target = target_of(ctx)
+    if target is None:
+        assert ctx.http is not None
+        return _refused(
+            decision_id, "request_invalid", "the Host is not a name or IP literal with an optional port"
         )
     try:
         principal = verify_principal(ctx, engine, caches, now)
     except CredentialError as exc:
-        return Decision(
-            decision_id=decision_id,
-            allowed=False,
-            status=401,
-            reason=exc.reason,
-            credential_failed=exc.credential,
-            detail=exc.detail,
+        effects: tuple[Effect, ...] = ()
+        if exc.reason == "token_unknown_key" and exc.issuer:
+            effects = (UnknownKeyId(exc.issuer),)
+        return _refused(
+            decision_id, exc.reason, exc.detail, credential_failed=exc.credential, effects=effects
         )
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
-    principals = quarantine_keys(principal)  # who grants, exceptions and quarantines can name
     if state.revocations and (principal.authenticated or device):
-        for kind, value in _revocation_checks(principal, device, principals):
+        for kind, value in _revocation_checks(principal, device):
             rev = state.revoked(kind, value, ts)
             if rev is not None:
-                return Decision(
-                    decision_id=decision_id,
-                    allowed=False,
-                    status=403,
-                    reason="quarantined" if kind == "quarantine" else "revoked",
+                return _refused(
+                    decision_id,
+                    "quarantined" if kind == "quarantine" else "revoked",
+                    f"{kind} revoked by {rev.created_by}: {rev.reason}",
                     principal=principal,
                     revocation_id=rev.id,
                     revocation_kind=kind,
-                    detail=f"{kind} revoked by {rev.created_by}: {rev.reason}",
                 )
     age_reason, age_detail, new_session = _credential_age(principal, engine, state, ts)
     if age_reason:
-        return Decision(
-            decision_id=decision_id,
-            allowed=False,
-            status=401,
-            reason=age_reason,
-            principal=principal,
-            credential_failed="token",
-            detail=age_detail,
-        )
+        return _refused(decision_id, age_reason, age_detail, principal=principal, credential_failed="token")
 
-    http = ctx.http
-    method, host, path = (http.method, http.host, http.path) if http else ("", "", "")
-    covering = [g for g in state.grants_for(principals, ts) if g.scope.covers(method, host, path)]
+    keys = principal.keys  # who grants, exceptions and quarantines can name
+    covering = [g for g in state.grants_for(keys, ts) if g.scope.matches(target)]
 
     def build() -> dict[str, Any]:
+        workload = principal.spiffe_id
+        user = principal.user
         sig = {
             "device": state.signals_for("device", device, ts),
-            "workload": state.signals_for("workload", principal.spiffe_id, ts),
-            "user": state.signals_for("user", principal.token.subject if principal.token else "", ts),
+            "workload": state.signals_for("workload", workload, ts),
+            "user": state.signals_for("user", user.principal if user is not None else "", ts),
         }
         grants = [
             {
@@ -410,17 +436,25 @@ def decide(
         ]
         return activation(ctx, principal, now, sig, grants)
 
-    result = engine.policy.evaluate(ctx, principal.authenticated, build)
+    result = engine.policy.evaluate(target, ctx.context_extensions, principal.authenticated, build)
     allowed, reason, exception_id = result.allowed, result.reason, ""
-    if not allowed and reason in _EXCEPTABLE and principals:
-        for exc_grant in state.exceptions_for(principals, ts):
-            if exc_grant.scope.covers(method, host, path):
+    if not allowed and reason in _EXCEPTABLE and keys:
+        for exc_grant in state.exceptions_for(keys, ts):
+            if exc_grant.scope.matches(target):
                 allowed, reason, exception_id = True, "exception", exc_grant.id
                 break
+    effects_list: list[Effect] = []
+    if new_session is not None:
+        effects_list.append(new_session)
+    quarantine = engine.config.quarantine
+    if quarantine is not None and not allowed and reason in QUARANTINE_COUNTS:
+        accountable = principal.accountable(quarantine.attribution)
+        if accountable:
+            effects_list.append(CountDenial(accountable))
     return Decision(
         decision_id=decision_id,
         allowed=allowed,
-        status=200 if allowed else (401 if reason == "no_credential" else 403),
+        status=200 if allowed else status_for(reason),
         reason=reason,
         rule=result.rule,
         principal=principal,
@@ -429,5 +463,6 @@ def decide(
         detail=result.detail,
         exception_id=exception_id,
         grant_ids=tuple(g.id for g in covering),
-        new_session=new_session,
+        policy_errors=result.errors,
+        effects=tuple(effects_list),
     )

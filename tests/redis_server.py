@@ -1,65 +1,118 @@
-"""A real redis-server for tests, on a free loopback port, with persistence (AOF) in a temp dir."""
+"""A real redis-server for tests, on a free loopback port, with persistence (AOF) in a temp dir; with
+``secure=True`` it speaks only TLS (a CA and server certificate made here) and requires a password."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ext_authz.dev.stack import free_port
+from ext_authz.dev import pki
+from ext_authz.serve.http import free_port
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
+def redis_binary(name: str = "redis-server") -> str:
+    found = shutil.which(name)
     if found is None:
         if os.environ.get("EXT_AUTHZ_SKIP_REDIS"):
-            pytest.skip("redis-server not installed and EXT_AUTHZ_SKIP_REDIS is set")
-        pytest.fail("redis-server is not installed: `make test` installs it (Debian package redis-server)")
+            pytest.skip(f"{name} not installed and EXT_AUTHZ_SKIP_REDIS is set")
+        pytest.fail(f"{name} is not installed: `make test` installs it (Debian package redis-server)")
     return found
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, secure: bool = False) -> None:
         self.dir = directory
         self.port = port or free_port()
+        self.secure = secure
         self.proc: subprocess.Popen[bytes] | None = None
+        self.password = secrets.token_urlsafe(24) if secure else ""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hmac_key = self.dir / "state-hmac.key"
+        self.hmac_key.write_text(secrets.token_hex(32))
+        self.password_file = self.dir / "password"
+        self.password_file.write_text(self.password + "\n")
+        if secure:
+            ca = pki.make_ca("redis test CA")
+            server = pki.make_leaf(ca, dns=["localhost"], ips=["127.0.0.1"], common_name="redis", days=2)
+            (self.dir / "ca.pem").write_text(ca.pem)
+            (self.dir / "server.pem").write_text(server.pem)
+            (self.dir / "server.key").write_text(server.key_pem)
+            os.chmod(self.dir / "server.key", 0o600)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.secure else 'redis'}://127.0.0.1:{self.port}/0"
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    def settings(self) -> dict[str, Any]:
+        """ext-authz's ``state:`` section for this server."""
+        out: dict[str, Any] = {"url": self.url, "hmac_key_file": str(self.hmac_key)}
+        if self.secure:
+            out.update(password_file=str(self.password_file), tls={"ca": str(self.ca)})
+        return out
+
+    def cli(self, *args: str) -> str:
+        """Run redis-cli against this server, as anyone with its address and password could."""
+        argv = [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), "--no-auth-warning"]
+        if self.secure:
+            argv += ["--tls", "--cacert", str(self.ca), "-a", self.password]
+        res = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=10, check=False)
+        if res.returncode != 0 or res.stdout.startswith("(error)") or res.stdout.startswith("ERR"):
+            raise RuntimeError(f"redis-cli {' '.join(args[:2])}: {res.stdout}{res.stderr}")
+        return res.stdout
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                redis_binary(),
+        argv = [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
+        if self.secure:
+            argv += [
                 "--port",
+                "0",
+                "--tls-port",
                 str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--daemonize",
+                "--tls-cert-file",
+                str(self.dir / "server.pem"),
+                "--tls-key-file",
+                str(self.dir / "server.key"),
+                "--tls-ca-cert-file",
+                str(self.ca),
+                "--tls-auth-clients",
                 "no",
-                "--protected-mode",
-                "yes",
-                "--logfile",
-                str(self.dir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+                "--requirepass",
+                self.password,
+            ]
+        else:
+            argv += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:

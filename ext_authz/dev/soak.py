@@ -30,7 +30,7 @@ from joserfc.jwk import ECKey
 from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
 from . import pki
-from .demo import BACKEND_ID, WORKLOADS
+from .demo import BACKEND_ID, DEMO_TD, WORKLOADS
 from .stack import Ports, Stack, proc_rss_mb
 
 __all__ = ["SoakReport", "run_soak"]
@@ -194,7 +194,7 @@ def run_soak(
                 rev = admin.Revoke(
                     pb.RevokeRequest(
                         kind="jti",
-                        value=j,
+                        value=f"spiffe://{DEMO_TD}#{j}",  # a JWT-SVID's jti, scoped by its trust domain
                         reason="soak",
                         duration_seconds=rng.uniform(3, 8) if expiring else 0,
                     ),

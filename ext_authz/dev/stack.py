@@ -18,16 +18,10 @@ from typing import Any
 
 import yaml
 
+from ..serve.http import free_port
 from .demo import init_demo, leaf_expiry, mint_demo_tokens
 
 __all__ = ["Ports", "Stack", "envoy_binary", "free_port", "proc_rss_mb", "render_envoy_config", "run_demo"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

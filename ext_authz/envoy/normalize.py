@@ -1,4 +1,9 @@
-"""CheckRequest → RequestContext. The only place that reads an Envoy request protobuf."""
+"""CheckRequest → RequestContext. The only place that reads an Envoy request protobuf.
+
+Headers are read only up to the configured limits: a request with more headers or header bytes than
+``limits`` allows is not read further (the pipeline then refuses it with its reason code), so the
+work here is bounded whatever a caller sends.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,12 @@ import re
 from types import MappingProxyType
 from typing import Any
 
-from ..identity.xfcc import MAX_XFCC_BYTES, parse_xfcc, split_pem_chain
 from ..model import Credentials, HttpRequest, RequestContext
+from ..settings import Limits
 
-__all__ = ["MAX_XFCC_BYTES", "normalize", "parse_xfcc", "split_pem_chain"]
+__all__ = ["normalize"]
+
+_DEFAULT_LIMITS = Limits()
 
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-_.~+/]+=*$")
 
@@ -39,7 +46,35 @@ def _address(peer: Any) -> str:
     return f"unix:{pipe}" if pipe else ""
 
 
-def normalize(request: Any) -> RequestContext:
+def _headers(h: Any, limits: Limits) -> tuple[dict[str, str], int, int]:
+    """(headers with lower-case keys, count, bytes), reading no further once a limit is passed."""
+    max_count, max_bytes = limits.max_headers, limits.max_header_bytes
+    headers: dict[str, str] = {}
+    count = size = 0
+    if h.headers:
+        count = len(h.headers)
+        if count > max_count:
+            return {}, count, 0
+        for k, v in h.headers.items():
+            size += len(k) + len(v)
+            if size > max_bytes:
+                return {}, count, size
+            headers[k.lower()] = v
+        return headers, count, size
+    if h.HasField("header_map"):
+        joined: dict[str, list[str]] = {}
+        for hv in h.header_map.headers:
+            count += 1
+            value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+            size += len(hv.key) + len(value)
+            if count > max_count or size > max_bytes:
+                return {}, count, size
+            joined.setdefault(hv.key.lower(), []).append(value)
+        headers = {k: ",".join(v) for k, v in joined.items()}  # one join per name: linear
+    return headers, count, size
+
+
+def normalize(request: Any, limits: Limits = _DEFAULT_LIMITS) -> RequestContext:
     """Read a ``CheckRequest`` into a frozen RequestContext. Missing fields become empty values."""
     attrs = request.attributes
     http_req = None
@@ -47,17 +82,7 @@ def normalize(request: Any) -> RequestContext:
     count = size = body = 0
     if attrs.request.HasField("http"):
         h = attrs.request.http
-        if h.headers:
-            headers = {k.lower(): v for k, v in h.headers.items()}
-            count = len(headers)
-            size = sum(len(k) + len(v) for k, v in headers.items())
-        elif h.HasField("header_map"):
-            for hv in h.header_map.headers:
-                value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
-                key = hv.key.lower()
-                headers[key] = f"{headers[key]},{value}" if key in headers else value
-                count += 1
-                size += len(key) + len(value)
+        headers, count, size = _headers(h, limits)
         body = max(len(h.raw_body), len(h.body))
         http_req = HttpRequest(
             method=(h.method or headers.get(":method", "")).upper(),

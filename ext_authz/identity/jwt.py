@@ -21,9 +21,9 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
-from ..config import MAX_TOKEN_BYTES, IssuerConfig, JwtSvidConfig
 from ..errors import CredentialError
 from ..model import Identity
+from ..settings import MAX_TOKEN_BYTES, IssuerSettings, JwtSvidSettings
 from ..trust.bundles import JwtKeys, TrustSnapshot
 from .spiffe_id import SpiffeId, SpiffeIdError
 
@@ -35,8 +35,8 @@ _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed
 
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
-    jwt_svid: JwtSvidConfig
-    issuers: Mapping[str, IssuerConfig]
+    jwt_svid: JwtSvidSettings
+    issuers: Mapping[str, IssuerSettings]
 
 
 def _fail(reason: str, detail: str) -> CredentialError:
@@ -148,7 +148,8 @@ def verify_token(token: str, trust: TrustSnapshot, settings: TokenSettings, now:
     iss = claims.get("iss")
     issuer = settings.issuers.get(iss) if isinstance(iss, str) else None
     if issuer is not None:
-        return _verify_oidc(token, header, claims, alg, issuer, trust, now)
+        assert isinstance(iss, str)
+        return _verify_oidc(token, header, claims, alg, iss, issuer, trust, now)
     sub = claims.get("sub")
     if isinstance(sub, str) and sub.startswith("spiffe://"):
         return _verify_jwt_svid(token, header, claims, alg, settings.jwt_svid, trust, now)
@@ -160,7 +161,7 @@ def _verify_jwt_svid(
     header: Mapping[str, Any],
     claims: Mapping[str, Any],
     alg: str,
-    cfg: JwtSvidConfig,
+    cfg: JwtSvidSettings,
     trust: TrustSnapshot,
     now: float,
 ) -> Identity:
@@ -202,18 +203,23 @@ def _verify_oidc(
     header: Mapping[str, Any],
     claims: Mapping[str, Any],
     alg: str,
-    cfg: IssuerConfig,
+    issuer: str,
+    cfg: IssuerSettings,
     trust: TrustSnapshot,
     now: float,
 ) -> Identity:
     if alg not in cfg.algorithms:
-        raise _fail("token_algorithm", f"alg {alg!r} is not allowed for issuer {cfg.issuer}")
-    it = trust.issuers.get(cfg.issuer)
+        raise _fail("token_algorithm", f"alg {alg!r} is not allowed for issuer {issuer}")
+    it = trust.issuers.get(issuer)
     if it is None:
-        raise _fail("token_issuer", f"no keys loaded for issuer {cfg.issuer}")
+        raise _fail("token_issuer", f"no keys loaded for issuer {issuer}")
     if it.stale(now):
-        raise _fail("trust_stale", f"keys of issuer {cfg.issuer} could not be refreshed for too long")
-    key = _select_key(it.keys, header.get("kid"), alg, kid_required=False)
+        raise _fail("trust_stale", f"keys of issuer {issuer} could not be refreshed for too long")
+    try:
+        key = _select_key(it.keys, header.get("kid"), alg, kid_required=False)
+    except CredentialError as exc:
+        exc.issuer = issuer  # an unknown kid may mean this issuer rotated its keys
+        raise
     _verify_signature(token, key, alg)
     auds = _audiences(claims)
     _check_audience(auds, cfg.audiences)
@@ -226,7 +232,7 @@ def _verify_oidc(
     return Identity(
         kind="oidc",
         subject=subject,
-        issuer=cfg.issuer,
+        issuer=issuer,
         audiences=auds,
         issued_at=iat,
         expires_at=exp,

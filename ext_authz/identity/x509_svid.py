@@ -16,12 +16,12 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Verif
 
 from ..errors import CredentialError
 from ..model import Identity
+from ..settings import MAX_CHAIN
 from ..trust.bundles import TrustSnapshot
+from .names import canonical_name
 from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["MAX_CHAIN", "spiffe_id_from_leaf", "verify_x509_svid"]
-
-MAX_CHAIN = 8  # intermediates considered for path building
 
 
 def _fail(reason: str, detail: str) -> CredentialError:
@@ -120,6 +120,7 @@ def verify_x509_svid(
         cert_sha256=hashlib.sha256(leaf.public_bytes(_DER)).hexdigest(),
         cert_serial=format(leaf.serial_number, "x"),
         issuer=leaf.issuer.rfc4514_string(),
+        cert_issuer=canonical_name(leaf.issuer),
     )
 
 

@@ -1,7 +1,8 @@
 """One JSON record per Check, written even on faults. Never a token, cookie or key.
 
-Redaction is on by default: the configured headers (authorization, cookies, API keys …), any header
-value that parses as a token, and every query value are replaced before a record is built. A slow
+Redaction is on by default: the configured headers (authorization, cookies, API keys …) and any header
+value that parses as a token are replaced before a record is built, and a path is recorded without its
+query string or fragment, whatever their shape (a bare token after ``?`` is still a secret). A slow
 or blocked sink never stalls a Check: records queue up to a bound, then are dropped and counted.
 """
 
@@ -18,13 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..model import Decision, RequestContext
+from ..model import Decision, RequestContext, path_without_query
+from ..settings import DEFAULT_REDACT_HEADERS
+from ..trust.revision import Revision
 
 __all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "record"]
 
 REDACTED = "[REDACTED]"
 DRAIN_INTERVAL = 0.02  # seconds between batched writes of the background writer
-DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key")
 # Compact JWS/JWE, or a long opaque secret-looking run of base64url characters.
 _TOKENISH = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}|[A-Za-z0-9_\-+/=]{40,}"
@@ -48,13 +50,8 @@ class Redactor:
 
     @staticmethod
     def path(path: str) -> str:
-        """The path with every query value replaced: keys are kept, values never are."""
-        base, sep, query = path.partition("?")
-        base = base.split("#", 1)[0]
-        if not sep:
-            return base
-        keys = [part.split("=", 1)[0] for part in query.split("#", 1)[0].split("&") if part]
-        return base + "?" + "&".join(f"{k}={REDACTED}" for k in keys)
+        """The path alone: no query string, no fragment."""
+        return path_without_query(path)
 
 
 def record(
@@ -64,7 +61,7 @@ def record(
     ctx: RequestContext | None,
     decision: Decision | None,
     latency_s: float,
-    revision: str,
+    revision: Revision,
     fault: str = "",
     state_revision: int = 0,
     redactor: Redactor | None = None,
@@ -92,6 +89,7 @@ def record(
             reason=decision.reason,
             rule=decision.rule,
             identity={
+                "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
                 "kinds": list(p.kinds),
                 "spiffe_id": p.spiffe_id,
                 "subject": p.token.subject if p.token else "",
@@ -110,13 +108,14 @@ def record(
                 {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow
             ]
             rec["shadow_decision"] = "allow" if decision.shadow_allowed else "deny"
+        if decision.policy_errors:
+            rec["policy_errors"] = [{"rule": rule, "error": error} for rule, error in decision.policy_errors]
         if decision.detail:
             rec["detail"] = decision.detail
     if fault:
         rec.update(decision="error", status=0, reason="internal", fault=fault)
     rec["latency_ms"] = round(latency_s * 1000, 3)
-    config_rev, _, trust_rev = revision.partition(".")
-    rec["revision"] = {"config": config_rev, "trust": trust_rev, "state": state_revision}
+    rec["revision"] = {"config": revision.config, "trust": revision.trust.key, "state": state_revision}
     return rec
 
 

@@ -82,6 +82,15 @@ class _StateCollector(Collector):
             "1 when the state store is reachable (0: enforcing the last snapshot)",
             value=data.get("state_connected", 1),
         )
+        rejected = CounterMetricFamily(
+            "ext_authz_state_records_rejected",
+            "Records read from the state store and ignored"
+            " (not authentic, malformed, or over this replica's caps)",
+            labels=["kind", "reason"],
+        )
+        for (kind, reason), n in sorted(data.get("state_rejected", {}).items()):
+            rejected.add_metric([kind, reason], n)
+        yield rejected
 
 
 class Metrics:
@@ -119,7 +128,17 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.reloads.get(result)
-        for source in ("api", "quarantine", "feed"):
+        self.callers_refused = Counter(
+            "ext_authz_check_callers_refused",
+            "Check calls refused: the caller is not an allowed Envoy",
+            registry=r,
+        )
+        self.policy_errors = _Children(
+            Counter(
+                "ext_authz_policy_errors", "Rule conditions that failed to evaluate", ["rule"], registry=r
+            )
+        )
+        for source in ("api", "quarantine", "ssf"):
             self.revocations_created.get(source)
         self.log_dropped.inc(0)
 
@@ -136,6 +155,8 @@ class Metrics:
         ).inc()
         if decision.revocation_kind:
             self.revoked_denials.get(decision.revocation_kind).inc()
+        for rule, _ in decision.policy_errors:
+            self.policy_errors.get(rule).inc()
         for s in decision.shadow:
             self.shadow.get(s.rule, "matched" if s.matched else "unmatched").inc()
 

@@ -68,15 +68,19 @@ def read_records(lines: Iterable[str], since: datetime | None = None) -> Iterato
 
 
 def _identity_key(rec: dict[str, Any]) -> str:
+    """The caller as state names it: its principal keys (ext_authz/principal.py)."""
     ident = rec.get("identity") or {}
-    if ident.get("spiffe_id"):
+    principals = [p for p in ident.get("principals") or () if isinstance(p, str) and p]
+    if principals:
+        return " + ".join(principals)
+    if ident.get("spiffe_id"):  # a record written before principal keys
         return str(ident["spiffe_id"])
     if ident.get("subject"):
         return f"{ident['subject']} ({ident.get('issuer') or 'token'})"
     return ""
 
 
-def _covering_rules(engine: Engine, sample: dict[str, Any]) -> list[str]:
+def _covering_rules(engine: Engine, sample: dict[str, Any], now: datetime) -> list[str]:
     """Enforced allow rules whose condition holds for this identity, whatever the request."""
     ident = sample.get("identity") or {}
     spiffe_id = str(ident.get("spiffe_id") or "")
@@ -106,7 +110,7 @@ def _covering_rules(engine: Engine, sample: dict[str, Any]) -> list[str]:
         "identity": identity,
         "signals": {"device": {}, "workload": {}, "user": {}},
         "grants": [],
-        "now": datetime.now().astimezone(),
+        "now": now,
     }
     out = []
     for rule in engine.policy.rules:
@@ -117,7 +121,11 @@ def _covering_rules(engine: Engine, sample: dict[str, Any]) -> list[str]:
     return out
 
 
-def build_report(records: Iterable[dict[str, Any]], engine: Engine | None = None) -> list[IdentityUsage]:
+def build_report(
+    records: Iterable[dict[str, Any]], engine: Engine | None, now: datetime
+) -> list[IdentityUsage]:
+    """Usage per identity; with ``engine``, the allow rules that cover an identity but that it never
+    used (their conditions evaluated as of ``now``)."""
     usage: dict[str, IdentityUsage] = {}
     for rec in records:
         key = _identity_key(rec)
@@ -141,7 +149,7 @@ def build_report(records: Iterable[dict[str, Any]], engine: Engine | None = None
     result = sorted(usage.values(), key=lambda u: (-u.requests, u.identity))
     if engine is not None:
         for u in result:
-            u.unused_rules = [r for r in _covering_rules(engine, u.sample) if r not in u.rules]
+            u.unused_rules = [r for r in _covering_rules(engine, u.sample, now) if r not in u.rules]
     return result
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..match import Glob
 
 __all__ = ["DecisionFilter", "DecisionHub", "Subscription"]
 
@@ -14,15 +15,19 @@ __all__ = ["DecisionFilter", "DecisionHub", "Subscription"]
 @dataclass(frozen=True, slots=True)
 class DecisionFilter:
     deny_only: bool = False
-    identity_glob: str = ""  # matched against the SPIFFE ID and the token subject
+    identity: Glob | None = None  # the one matcher's syntax (ext_authz/match.py), over principal keys
+
+    @classmethod
+    def of(cls, *, deny_only: bool = False, identity: str = "") -> DecisionFilter:
+        return cls(deny_only, Glob(identity) if identity else None)
 
     def accepts(self, rec: dict[str, Any]) -> bool:
         if self.deny_only and rec.get("decision") == "allow":
             return False
-        if self.identity_glob:
+        if self.identity is not None:
             ident = rec.get("identity") or {}
-            names = [ident.get("spiffe_id", ""), ident.get("subject", "")]
-            if not any(n and fnmatch.fnmatchcase(n, self.identity_glob) for n in names):
+            names = ident.get("principals") or ()
+            if not any(isinstance(n, str) and self.identity.match(n) for n in names):
                 return False
         return True
 

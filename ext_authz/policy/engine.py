@@ -2,8 +2,9 @@
 
 Semantics: deny rules win; then allow rules; otherwise deny. A rule applies to authenticated
 callers only unless it says ``anonymous: true``. ``mode: shadow`` rules are evaluated and
-reported, never enforced. A CEL error in an allow rule means "does not match"; in a deny rule
-it means "deny" (reason ``policy_error``): faults fail closed.
+reported, never enforced. A CEL error in a deny rule denies (reason ``policy_error``); in an allow
+rule it does not allow, and unless another rule allows, the decision is ``policy_error`` naming that
+rule: faults fail closed, and they are never silent.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from cel_expr_python import cel
 
-from ..config import Limits, RuleConfig
 from ..errors import ConfigError
-from ..model import RequestContext, ShadowResult
+from ..match import Selector, Target
+from ..model import ShadowResult
+from ..settings import Limits, RuleSettings
+from .types import TYPED_ENV
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "compile_policy"]
 
 _DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
+# Evaluation sees plain maps and lists (cheap to build per Check); the typed declarations in types.py
+# check every expression at load, so a misspelled variable or field is a config error, not a silent
+# runtime miss.
 _ENV = cel.NewEnv(
     variables={
         "request": _DYN_MAP,
@@ -39,92 +45,27 @@ _VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
 _VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.DOTALL)
-
-
-def _canonical_host(host: str) -> str:
-    """Lower-case; no empty port (``h:``); no trailing dot (``h.`` and ``h.:443`` are ``h``)."""
-    host = host.lower()
-    if host.endswith(":"):
-        host = host[:-1]
-    head, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and not head.endswith("]") and ":" in head:
-        head, sep, port = host, "", ""  # a bare IPv6 literal, not host:port
-    if sep and port.isdigit():
-        return f"{head.rstrip('.')}:{port}"
-    return host.rstrip(".")
-
-
-def _strip_port(host: str) -> str:
-    if host.startswith("["):  # [v6]:port
-        end = host.find("]")
-        return host[: end + 1] if end >= 0 else host
-    head, sep, tail = host.rpartition(":")
-    return head if sep and tail.isdigit() else host
-
-
-def _names_port(pattern: str) -> bool:
-    """Does a host pattern name a port (``host:8443``, ``[v6]:8443``)? ``[::1]`` does not."""
-    if pattern.startswith("["):
-        return "]:" in pattern
-    return ":" in pattern
-
-
-class _Target(NamedTuple):
-    """What rules match a request on, computed once per Check."""
-
-    http: bool
-    method: str
-    host: str  # canonical, with the port as sent
-    bare_host: str  # canonical, without the port
-    path: str  # without query string or fragment
-    context_extensions: Mapping[str, str]
-
-    @classmethod
-    def of(cls, ctx: RequestContext) -> _Target:
-        http = ctx.http
-        if http is None:
-            return cls(False, "", "", "", "", ctx.context_extensions)
-        host = _canonical_host(http.host)
-        return cls(True, http.method, host, _strip_port(host), http.path_only, ctx.context_extensions)
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
     effect: str
     shadow: bool
     anonymous: bool
-    hosts: tuple[re.Pattern[str], ...]  # no port in the pattern: matched against the host minus its port
-    hosts_with_port: tuple[re.Pattern[str], ...]  # matched against host:port as sent
-    paths: tuple[re.Pattern[str], ...]
-    methods: frozenset[str]
+    selector: Selector
     context_extensions: tuple[tuple[str, str], ...]
     when: Any  # cel Expression | None
     when_source: str
     variables: frozenset[str] = frozenset(_VARIABLES)
 
-    def selects(self, target: _Target, authenticated: bool) -> bool:
+    def selects(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
         # Deny rules apply to every caller; `anonymous` only widens who an allow rule admits.
         if not authenticated and not self.anonymous and self.effect == "allow":
             return False
         for key, value in self.context_extensions:
-            if target.context_extensions.get(key) != value:
+            if extensions.get(key) != value:
                 return False
-        if not (self.hosts or self.hosts_with_port or self.paths or self.methods):
-            return True
-        if not target.http:  # an L4 check has no host, path or method to match
-            return False
-        if self.methods and target.method not in self.methods:
-            return False
-        if (self.hosts or self.hosts_with_port) and not (
-            any(p.match(target.bare_host) for p in self.hosts)
-            or any(p.match(target.host) for p in self.hosts_with_port)
-        ):
-            return False
-        return not self.paths or any(p.match(target.path) for p in self.paths)
+        return self.selector.matches(target)
 
     def condition(self, activation: Activation) -> bool | str:
         """True/False, or an error message when the CEL condition cannot be evaluated."""
@@ -152,6 +93,7 @@ class PolicyResult:
     shadow: tuple[ShadowResult, ...] = ()
     shadow_allowed: bool | None = None
     detail: str = ""
+    errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of enforced rules whose condition failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +104,12 @@ class Policy:
     def uses_cel(self) -> bool:
         return any(r.when is not None for r in self.rules)
 
-    def evaluate(self, ctx: RequestContext, authenticated: bool, activation: Activation) -> PolicyResult:
+    def evaluate(
+        self, target: Target, extensions: Mapping[str, str], authenticated: bool, activation: Activation
+    ) -> PolicyResult:
+        """Deny rules first (a match or an error denies), then allow rules, else no rule. An allow
+        rule whose condition fails does not allow; if nothing else allows, the decision says so
+        (``policy_error`` naming that rule) instead of a silent ``no_rule``."""
         cached: dict[str, Mapping[str, Any]] = {}
 
         def data() -> Mapping[str, Any]:
@@ -170,46 +117,58 @@ class Policy:
                 cached["v"] = activation()
             return cached["v"]
 
-        target = _Target.of(ctx)
         result: PolicyResult | None = None
+        errors: list[tuple[str, str]] = []
         for r in self.rules:
-            if r.shadow or r.effect != "deny" or not r.selects(target, authenticated):
+            if r.shadow or r.effect != "deny" or not r.selects(target, extensions, authenticated):
                 continue
             cond = r.condition(data)
             if cond is True:
                 result = PolicyResult(False, "policy_denied", r.name)
                 break
             if isinstance(cond, str):
+                errors.append((r.name, cond))
                 result = PolicyResult(False, "policy_error", r.name, detail=cond)
                 break
         if result is None:
             for r in self.rules:
-                if r.shadow or r.effect != "allow" or not r.selects(target, authenticated):
+                if r.shadow or r.effect != "allow" or not r.selects(target, extensions, authenticated):
                     continue
-                if r.condition(data) is True:
+                cond = r.condition(data)
+                if cond is True:
                     result = PolicyResult(True, "allowed", r.name)
                     break
+                if isinstance(cond, str):
+                    errors.append((r.name, cond))
         if result is None:
-            result = PolicyResult(False, "no_rule" if authenticated else "no_credential")
+            if errors:
+                rule, error = errors[0]
+                result = PolicyResult(False, "policy_error", rule, detail=error)
+            else:
+                result = PolicyResult(False, "no_rule" if authenticated else "no_credential")
 
         shadow: list[ShadowResult] = []
         for r in self.rules:
             if not r.shadow:
                 continue
-            cond = r.condition(data) if r.selects(target, authenticated) else False
+            cond = r.condition(data) if r.selects(target, extensions, authenticated) else False
             if isinstance(cond, str):
                 shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
             else:
                 shadow.append(ShadowResult(r.name, r.effect, cond))
-        if not shadow:
+        would: bool | None = None
+        if shadow:
+            if result.reason in ("policy_denied", "policy_error") or any(
+                s.matched and s.effect == "deny" for s in shadow
+            ):
+                would = False
+            else:
+                would = result.allowed or any(s.matched and s.effect == "allow" for s in shadow)
+        if not shadow and not errors:
             return result
-        if result.reason in ("policy_denied", "policy_error") or any(
-            s.matched and s.effect == "deny" for s in shadow
-        ):
-            would = False
-        else:
-            would = result.allowed or any(s.matched and s.effect == "allow" for s in shadow)
-        return PolicyResult(result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail)
+        return PolicyResult(
+            result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail, tuple(errors)
+        )
 
 
 _MACROS = frozenset(("all", "exists", "exists_one", "map", "filter"))
@@ -266,49 +225,53 @@ def comprehension_depth(source: str) -> int:
     return deepest
 
 
-def compile_policy(rules: tuple[RuleConfig, ...], file: str, limits: Limits | None = None) -> Policy:
+def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | None = None) -> Policy:
     limits = limits or Limits()
     compiled: list[CompiledRule] = []
-    for rc in rules:
+    for index, rc in enumerate(rules):
+        key = f"rules[{index}]"
         when = None
         if rc.when is not None:
-            if len(rc.when.encode()) > limits.cel_max_expression_bytes:
-                raise ConfigError(
-                    file,
-                    f"{rc.key}.when",
-                    f"expression is over limits.cel_max_expression_bytes ({limits.cel_max_expression_bytes})",
-                )
-            nesting = comprehension_depth(rc.when)
-            if nesting > limits.cel_max_comprehension_depth:
-                raise ConfigError(
-                    file,
-                    f"{rc.key}.when",
-                    f"comprehensions nest {nesting} deep; limits.cel_max_comprehension_depth is "
-                    f"{limits.cel_max_comprehension_depth}",
-                )
-            try:
-                when = _ENV.compile(rc.when)
-            except Exception as exc:  # cel-cpp reports compile errors as RuntimeError
-                msg = str(exc).replace("\n", " ")
-                raise ConfigError(file, f"{rc.key}.when", f"not a valid CEL expression: {msg}") from exc
-            rtype = str(when.return_type())
-            if rtype not in ("BOOL", "DYN", "bool", "dyn"):
-                raise ConfigError(file, f"{rc.key}.when", f"must be a boolean expression, it yields {rtype}")
-        hosts = rc.match.hosts
+            when = _compile_condition(rc.when, file, f"{key}.when", limits)
+        m = rc.match
         compiled.append(
             CompiledRule(
                 name=rc.name,
                 effect=rc.effect,
                 shadow=rc.mode == "shadow",
                 anonymous=rc.anonymous,
-                hosts=tuple(_glob(h) for h in hosts if not _names_port(h)),
-                hosts_with_port=tuple(_glob(h) for h in hosts if _names_port(h)),
-                paths=tuple(_glob(p) for p in rc.match.paths),
-                methods=frozenset(rc.match.methods),
-                context_extensions=tuple(sorted(rc.match.context_extensions.items())),
+                selector=Selector.compile(m.hosts, m.paths, m.methods),  # checked when settings were read
+                context_extensions=tuple(sorted(m.context_extensions.items())),
                 when=when,
                 when_source=rc.when or "",
                 variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
             )
         )
     return Policy(tuple(compiled))
+
+
+def _compile_condition(source: str, file: str, key: str, limits: Limits) -> Any:
+    if len(source.encode()) > limits.cel_max_expression_bytes:
+        raise ConfigError(
+            file,
+            key,
+            f"expression is over limits.cel_max_expression_bytes ({limits.cel_max_expression_bytes})",
+        )
+    nesting = comprehension_depth(source)
+    if nesting > limits.cel_max_comprehension_depth:
+        raise ConfigError(
+            file,
+            key,
+            f"comprehensions nest {nesting} deep; limits.cel_max_comprehension_depth is "
+            f"{limits.cel_max_comprehension_depth}",
+        )
+    try:
+        checked = TYPED_ENV.compile(source)  # every variable and field name is declared (types.py)
+        when = _ENV.compile(source)
+    except Exception as exc:  # cel-cpp reports compile errors as RuntimeError
+        msg = " ".join(str(exc).split())
+        raise ConfigError(file, key, f"not a valid CEL expression: {msg}") from exc
+    rtype = str(checked.return_type())
+    if rtype not in ("BOOL", "DYN", "bool", "dyn"):
+        raise ConfigError(file, key, f"must be a boolean expression, it yields {rtype}")
+    return when

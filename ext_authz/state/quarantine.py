@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-from ..config import QuarantineConfig
+from ..settings import QuarantineSettings
 
 __all__ = ["DenialCounter"]
 
@@ -12,7 +12,7 @@ __all__ = ["DenialCounter"]
 class DenialCounter:
     """Sliding-window denial counts per identity (bounded: the oldest identities are forgotten)."""
 
-    def __init__(self, cfg: QuarantineConfig, max_identities: int = 100_000) -> None:
+    def __init__(self, cfg: QuarantineSettings, max_identities: int = 100_000) -> None:
         self.cfg = cfg
         self.max_identities = max_identities
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from ..errors import TrustError
+from .revision import TrustRevision
 
 __all__ = [
     "IssuerTrust",
@@ -73,11 +73,14 @@ class IssuerTrust:
 class TrustSnapshot:
     """Immutable trust material. ``revision`` changes exactly when the material changes."""
 
-    revision: str = ""
+    revision: TrustRevision = field(default_factory=TrustRevision)
     domains: Mapping[str, TrustDomainTrust] = field(default_factory=dict)
     issuers: Mapping[str, IssuerTrust] = field(default_factory=dict)
-    base_revision: str = ""  # the files' material alone
-    sources: Mapping[str, str] = field(default_factory=dict)  # live source -> digest of what it supplied
+
+    @property
+    def key(self) -> str:
+        """The revision as one string: what verified-credential caches are keyed by."""
+        return self.revision.key
 
     def with_source(
         self,
@@ -88,17 +91,10 @@ class TrustSnapshot:
         issuers: Mapping[str, IssuerTrust] | None = None,
     ) -> TrustSnapshot:
         """This material with a live source's part replaced; the revision covers every source."""
-        base = self.base_revision or self.revision
-        sources = {**self.sources, name: digest}
-        mixed = hashlib.sha256("|".join(f"{k}={v}" for k, v in sorted(sources.items())).encode()).hexdigest()[
-            :8
-        ]
         return TrustSnapshot(
-            revision=f"{base}+{mixed}",
+            revision=self.revision.with_source(name, digest),
             domains=self.domains if domains is None else domains,
             issuers=self.issuers if issuers is None else issuers,
-            base_revision=base,
-            sources=sources,
         )
 
 

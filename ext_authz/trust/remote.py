@@ -12,17 +12,14 @@ import hashlib
 import json
 import logging
 import ssl
-import time
 import urllib.request
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the engine is assembled above this layer; we only ever replace its trust
-    from ..pipeline import Engine
-
-from ..config import Config, IssuerConfig
+from ..clock import Clock, SystemClock
 from ..errors import TrustError
-from .bundles import IssuerTrust, JwtKeys, parse_jwks
+from ..settings import IssuerSettings, Settings
+from .bundles import IssuerTrust, JwtKeys, TrustSnapshot, parse_jwks
+from .sources import OnChange
 
 __all__ = ["MAX_DOCUMENT_BYTES", "RemoteIssuer", "RemoteTrust", "fetch_json"]
 
@@ -58,7 +55,9 @@ def fetch_json(url: str, context: ssl.SSLContext, timeout: float = 5.0) -> tuple
 
 @dataclasses.dataclass
 class RemoteIssuer:
-    cfg: IssuerConfig
+    issuer: str
+    cfg: IssuerSettings
+    clock: Clock = dataclasses.field(default_factory=SystemClock)
     keys: JwtKeys | None = None
     digest: str = ""
     fetched_at: float | None = None
@@ -75,14 +74,14 @@ class RemoteIssuer:
 
     def fetch(self) -> bool:
         """Blocking: refresh the keys. True when they changed. Raises TrustError on failure."""
-        self.last_attempt = time.time()
+        self.last_attempt = self.clock.now().timestamp()
         ctx = self.context()
         url = self.cfg.jwks_url or self.jwks_url
         if not url:
-            disc = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            disc = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             _, doc = fetch_json(disc, ctx)
-            if doc.get("issuer") != self.cfg.issuer:
-                raise TrustError(f"{disc}: issuer is {doc.get('issuer')!r}, expected {self.cfg.issuer!r}")
+            if doc.get("issuer") != self.issuer:
+                raise TrustError(f"{disc}: issuer is {doc.get('issuer')!r}, expected {self.issuer!r}")
             uri = doc.get("jwks_uri")
             if not isinstance(uri, str) or not uri.startswith("https://"):
                 raise TrustError(f"{disc}: no https jwks_uri")
@@ -91,35 +90,36 @@ class RemoteIssuer:
         keys = parse_jwks(body, url, require_use=None)
         digest = hashlib.sha256(body).hexdigest()[:16]
         changed = digest != self.digest
-        self.keys, self.digest, self.fetched_at = keys, digest, time.time()
+        self.keys, self.digest, self.fetched_at = keys, digest, self.clock.now().timestamp()
         self.failures, self.last_error = 0, ""
         return changed
 
 
 class RemoteTrust:
-    """Keeps every remote issuer's keys fresh and merges them into the current Engine."""
+    """A trust source: keeps every remote issuer's keys fresh (see sources.py)."""
 
-    def __init__(self, engine: Callable[[], Engine], install: Callable[[Engine], None]) -> None:
-        self.engine = engine
-        self.install = install
+    name = "jwks"
+
+    def __init__(self, on_change: OnChange, clock: Clock | None = None) -> None:
+        self.on_change = on_change
+        self.clock = clock or SystemClock()
         self.issuers: dict[str, RemoteIssuer] = {}
         self._task: asyncio.Task[None] | None = None
         self._refetching: set[str] = set()
-        self.configure(engine().config)
 
-    def configure(self, cfg: Config) -> None:
-        wanted = {iss: ic for iss, ic in cfg.issuers.items() if ic.remote}
+    def configure(self, settings: Settings) -> None:
+        wanted = {iss: ic for iss, ic in settings.issuers.items() if ic.remote}
         for iss in list(self.issuers):
             if iss not in wanted or self.issuers[iss].cfg != wanted[iss]:
                 del self.issuers[iss]
         for iss, ic in wanted.items():
-            self.issuers.setdefault(iss, RemoteIssuer(ic))
+            self.issuers.setdefault(iss, RemoteIssuer(iss, ic, self.clock))
 
-    def merged(self, engine: Engine) -> Engine:
-        """The engine with the latest remote keys; its revision changes only when keys change."""
+    def contribute(self, trust: TrustSnapshot) -> TrustSnapshot:
+        """The latest remote keys; the revision changes only when keys change."""
         if not self.issuers:
-            return engine
-        issuers = dict(engine.trust.issuers)
+            return trust
+        issuers = dict(trust.issuers)
         parts = []
         for iss, ri in sorted(self.issuers.items()):
             if iss not in issuers:
@@ -132,7 +132,10 @@ class RemoteTrust:
                 max_stale=ri.cfg.max_stale,
             )
             parts.append(f"{iss}={ri.digest}")
-        return engine.with_trust(engine.trust.with_source("jwks", "|".join(parts), issuers=issuers))
+        return trust.with_source(self.name, "|".join(parts), issuers=issuers)
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
 
     async def refresh(self, iss: str) -> None:
         ri = self.issuers.get(iss)
@@ -146,7 +149,7 @@ class RemoteTrust:
             age = (
                 "never fetched"
                 if ri.fetched_at is None
-                else f"last good {int(time.time() - ri.fetched_at)}s ago"
+                else f"last good {int(self._now() - ri.fetched_at)}s ago"
             )
             log.warning(
                 "JWKS of %s could not be refreshed (%s), keeping the last keys: %s", iss, age, exc.detail
@@ -154,7 +157,7 @@ class RemoteTrust:
             return
         if changed:
             log.info("JWKS of %s updated (%d keys)", iss, len(ri.keys or ()))
-        self.install(self.merged(self.engine()))
+        self.on_change()
 
     async def start(self, timeout: float = 10.0) -> None:
         """First fetch of every remote issuer (bounded), then the refresh loop."""
@@ -172,25 +175,19 @@ class RemoteTrust:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = time.time()
+            now = self._now()
             for iss, ri in list(self.issuers.items()):
                 # Refresh on schedule; after a failure retry sooner (backing off up to the refresh period).
                 due = ri.cfg.refresh if not ri.failures else min(ri.cfg.refresh, 2.0 ** min(ri.failures, 8))
                 if now - ri.last_attempt >= due:
                     await self.refresh(iss)
 
-    def request_refetch(self) -> None:
-        """A token named a kid we do not have: refetch (at most once per MIN_REFETCH_INTERVAL)."""
-        now = time.time()
-        for iss, ri in self.issuers.items():
-            if iss in self._refetching or now - ri.last_attempt < MIN_REFETCH_INTERVAL:
-                continue
-            self._refetching.add(iss)
-            task = asyncio.ensure_future(self.refresh(iss))
-            task.add_done_callback(self._done_refetching(iss))
-
-    def _done_refetching(self, iss: str) -> Callable[[asyncio.Future[None]], None]:
-        def done(_: asyncio.Future[None]) -> None:
-            self._refetching.discard(iss)
-
-        return done
+    def request_refetch(self, issuer: str) -> None:
+        """A token of ``issuer`` named a kid we do not have: refetch, at most once per
+        MIN_REFETCH_INTERVAL."""
+        ri = self.issuers.get(issuer)
+        if ri is None or issuer in self._refetching or self._now() - ri.last_attempt < MIN_REFETCH_INTERVAL:
+            return
+        self._refetching.add(issuer)
+        task = asyncio.ensure_future(self.refresh(issuer))
+        task.add_done_callback(lambda _: self._refetching.discard(issuer))

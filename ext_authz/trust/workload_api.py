@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -23,11 +23,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Store
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
-from ..config import Config
-from .bundles import JwtKeys, TrustDomainTrust
-
-if TYPE_CHECKING:
-    from ..pipeline import Engine
+from ..settings import Settings
+from .bundles import JwtKeys, TrustDomainTrust, TrustSnapshot
+from .sources import OnChange
 
 __all__ = ["WorkloadApiTrust"]
 
@@ -109,19 +107,22 @@ class _Stream:
 
 
 class WorkloadApiTrust:
-    """Keeps Workload-API trust domains current and merges them into the current Engine."""
+    """A trust source: keeps Workload-API trust domains current (see sources.py)."""
 
-    def __init__(self, engine: Callable[[], Engine], install: Callable[[Engine], None]) -> None:
-        self.engine = engine
-        self.install = install
+    name = "workload_api"
+
+    def __init__(self, on_change: OnChange) -> None:
+        self.on_change = on_change
         self.latest: dict[str, _Latest] = {}
         self.streams: dict[str, _Stream] = {}
         self.domains: dict[str, str] = {}  # trust domain -> socket
         self.updated = asyncio.Event()
         self._retry: asyncio.Task[None] | None = None
 
-    def configure(self, cfg: Config) -> None:
-        self.domains = {name: td.workload_api for name, td in cfg.trust_domains.items() if td.workload_api}
+    def configure(self, settings: Settings) -> None:
+        self.domains = {
+            name: td.workload_api for name, td in settings.trust_domains.items() if td.workload_api
+        }
 
     def _on_update(self, socket: str, kind: str, bundle_set: Any) -> None:
         latest = self.latest.setdefault(socket, _Latest())
@@ -143,13 +144,13 @@ class WorkloadApiTrust:
                         )
                 latest.jwt[td] = JwtKeys(by_kid=by_kid)
                 latest.jwt_digest[td] = hashlib.sha256(b"|".join(parts)).hexdigest()[:16]
-        self.install(self.merged(self.engine()))
+        self.on_change()
         self.updated.set()
 
-    def merged(self, engine: Engine) -> Engine:
+    def contribute(self, trust: TrustSnapshot) -> TrustSnapshot:
         if not self.domains:
-            return engine
-        domains = dict(engine.trust.domains)
+            return trust
+        domains = dict(trust.domains)
         parts = []
         for td, socket in sorted(self.domains.items()):
             latest = self.latest.get(socket, _Latest())
@@ -166,11 +167,10 @@ class WorkloadApiTrust:
                 revision=rev,
             )
             parts.append(f"{td}={rev}")
-        return engine.with_trust(engine.trust.with_source("workload_api", "|".join(parts), domains=domains))
+        return trust.with_source(self.name, "|".join(parts), domains=domains)
 
     async def start(self, timeout: float = 10.0) -> None:
         """Open a stream per socket; wait (bounded) for the first bundles before serving."""
-        self.configure(self.engine().config)
         self._connect()
         if self.domains:
             with contextlib.suppress(TimeoutError):

@@ -19,11 +19,10 @@ import yaml
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
-from ext_authz.dev.stack import free_port
 from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
-from ext_authz.server import Runtime, Server
-from ext_authz.state.store import MemoryStore
+from ext_authz.serve.app import Server, build_runtime
+from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, write_config
 
@@ -72,9 +71,7 @@ async def start_admin(demo: Path, dest: Path, **overrides: Any) -> Admin:
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     clock = MovableClock()
     log = io.StringIO()
-    runtime = Runtime.from_engine(
-        load_engine(cfg_path), decision_log=DecisionLog(log), clock=clock, store=MemoryStore()
-    )
+    runtime = build_runtime(load_engine(cfg_path), DecisionLog(log), clock)
     server = Server(cfg_path, runtime)
     await server.start()
     channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
@@ -133,7 +130,7 @@ async def test_revocation_expires_by_itself(admin: Admin, demo_dir: Path) -> Non
 async def test_token_revocations(admin: Admin, demo_dir: Path, kind: str, claim: str) -> None:
     token = (demo_dir / "tokens/alice.jwt").read_text().strip()
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-    value = claims[claim]
+    value = claims[claim] if kind == "device" else f"{claims['iss']}#{claims[claim]}"  # as state names it
     kw = {"token": token, "path": "/user/me", "listener": "edge"}
     assert await admin.reason(demo_dir, **kw) == "allowed"
     await admin.stub.Revoke(pb.RevokeRequest(kind=kind, value=value, reason="stolen laptop"))

@@ -18,7 +18,7 @@ import yaml
 from joserfc.jwk import Key
 
 from ext_authz.dev import pki
-from ext_authz.dev.stack import free_port
+from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import start
@@ -152,9 +152,9 @@ async def test_stale_if_error_then_trust_stale(running: Running, demo_dir: Path,
 
 
 def test_config_rejects_plain_http_jwks(tmp_path: Path) -> None:
-    from ext_authz.config import parse_config
+    from ext_authz.config import parse_settings
     from ext_authz.errors import ConfigError
 
     cfg = {"issuers": {"https://idp": {"jwks": "http://idp/keys", "audiences": ["a"]}}}
     with pytest.raises(ConfigError, match="https"):
-        parse_config(yaml.safe_dump(cfg), tmp_path / "c.yaml")
+        parse_settings(yaml.safe_dump(cfg), tmp_path / "c.yaml")

@@ -14,7 +14,7 @@ import grpc
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from ext_authz.workers import aggregate_metrics
+from ext_authz.serve.workers import aggregate_metrics
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
 from tests.component.test_streams import sample

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ext_authz.config import parse_config
+from ext_authz.config import parse_settings
 from ext_authz.dev.stack import envoy_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_the_ext_authz_configs_in_configmaps_follow_the_contract() -> None:
     found = 0
     for _, doc in DOCS:
         if doc["kind"] == "ConfigMap" and "config.yaml" in doc.get("data", {}):
-            parse_config(doc["data"]["config.yaml"], Path("/etc/ext-authz/config.yaml"))
+            parse_settings(doc["data"]["config.yaml"], Path("/etc/ext-authz/config.yaml"))
             found += 1
     assert found == 2
 

@@ -24,6 +24,7 @@ from ext_authz.envoy.normalize import normalize
 from ext_authz.loader import load_engine
 from ext_authz.model import Decision, RequestContext, ShadowResult
 from ext_authz.pipeline import Caches, Engine, decide
+from ext_authz.trust.revision import TrustRevision
 
 NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)
 FRONTEND = WORKLOADS["frontend"]
@@ -332,7 +333,7 @@ def principal_engine(demo: Demo) -> Engine:
 def test_principal_mode_trusts_source_principal_without_a_certificate(
     demo: Demo, principal_engine: Engine
 ) -> None:
-    assert principal_engine.config.mtls_source == "principal"
+    assert principal_engine.config.mtls.source == "principal"
 
     d = run(demo, request(demo, principal=FRONTEND), engine=principal_engine)
 
@@ -404,7 +405,7 @@ def test_a_new_trust_revision_misses_the_cache(demo: Demo) -> None:
     caches = Caches()
     ctx = request(demo, workload="frontend")
     rotated = dataclasses.replace(
-        demo.engine, trust=dataclasses.replace(demo.engine.trust, revision="rotated")
+        demo.engine, trust=dataclasses.replace(demo.engine.trust, revision=TrustRevision("rotated"))
     )
 
     run(demo, ctx, caches=caches)
@@ -418,7 +419,7 @@ def test_a_new_trust_revision_misses_the_token_cache(demo: Demo) -> None:
     caches = Caches()
     ctx = request(demo, "/user/profile", token="alice")
     rotated = dataclasses.replace(
-        demo.engine, trust=dataclasses.replace(demo.engine.trust, revision="rotated")
+        demo.engine, trust=dataclasses.replace(demo.engine.trust, revision=TrustRevision("rotated"))
     )
 
     run(demo, ctx, caches=caches)

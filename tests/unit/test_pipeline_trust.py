@@ -23,9 +23,10 @@ from ext_authz.dev.demo import WORKLOADS, init_demo
 from ext_authz.dev.pki import mint_jwt
 from ext_authz.envoy.normalize import normalize
 from ext_authz.loader import load_engine
-from ext_authz.model import Decision, RequestContext
+from ext_authz.model import Decision, NewSession, RequestContext
 from ext_authz.pipeline import Caches, Engine, decide
-from ext_authz.state.model import ExceptionGrant, Grant, Revocation, Scope, Signal, StateSnapshot
+from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
+from ext_authz.state.snapshot import StateSnapshot
 from tests.component.checkreq import check_request
 
 NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)
@@ -34,6 +35,7 @@ FRONTEND = WORKLOADS["frontend"]
 BILLING = WORKLOADS["billing"]
 BACKEND = "spiffe://example.org/ns/backend/sa/api"
 ISSUER = "https://idp.example.com"
+ALICE = f"{ISSUER}#alice"  # a user, named as state names users: ISSUER#SUBJECT
 EMPTY = StateSnapshot()
 
 EXTRA_RULES: list[dict[str, Any]] = [
@@ -52,14 +54,18 @@ EXTRA_RULES: list[dict[str, Any]] = [
     {
         "name": "compliant-devices",
         "match": {"paths": ["/secure/*"]},
-        "when": 'signals.device.posture == "compliant"',
+        "when": 'has(signals.device.posture) && signals.device.posture == "compliant"',
     },
     {
         "name": "low-risk-workloads",
         "match": {"paths": ["/batch/*"]},
-        "when": 'signals.workload.risk == "low"',
+        "when": 'has(signals.workload.risk) && signals.workload.risk == "low"',
     },
-    {"name": "trained-users", "match": {"paths": ["/training/*"]}, "when": 'signals.user.training == "done"'},
+    {
+        "name": "trained-users",
+        "match": {"paths": ["/training/*"]},
+        "when": 'has(signals.user.training) && signals.user.training == "done"',
+    },
 ]
 
 
@@ -246,9 +252,9 @@ def revocation_case(t: Trust, case: str) -> tuple[RequestContext, str, str]:
         "spiffe_id-jwt_svid": (t.ctx("/internal/jobs", token=t.svid_token()), "spiffe_id", FRONTEND),
         "cert-sha256": (frontend, "cert", t.cert_sha256),
         "cert-serial@issuer": (frontend, "cert", t.cert_serial_issuer),
-        "jti": (alice, "jti", "jti-alice-1"),
-        "sub": (alice, "sub", "alice"),
-        "sid": (alice, "sid", "sess-alice-1"),
+        "jti": (alice, "jti", f"{ISSUER}#jti-alice-1"),
+        "sub": (alice, "sub", ALICE),
+        "sid": (alice, "sid", f"{ISSUER}#sess-alice-1"),
         "device-claim": (alice, "device", "LAPTOP-7"),
         "device-header": (
             t.ctx(workload="frontend", headers={"x-device-id": "KIOSK-3"}),
@@ -277,11 +283,14 @@ def test_revocations_of_other_values_or_kinds_change_nothing(trust: Trust) -> No
     state = revoked(
         revocation("spiffe_id", BILLING, "r1"),
         revocation("sub", FRONTEND, "r2"),  # the right value under the wrong kind
-        revocation("jti", "alice", "r3"),
-        revocation("sid", "sess-alice-2", "r4"),
+        revocation("jti", f"{ISSUER}#alice", "r3"),
+        revocation("sid", f"{ISSUER}#sess-alice-2", "r4"),
         revocation("device", "LAPTOP-8", "r5"),
         revocation("cert", "00" * 32, "r6"),
-        revocation("sub", "bob", "r7"),
+        revocation("sub", f"{ISSUER}#bob", "r7"),
+        revocation("sub", "alice", "r8"),  # a bare subject names nobody
+        revocation("jti", "jti-alice-1", "r9"),  # nor does a bare jti
+        revocation("sid", "https://other.example.com#sess-alice-1", "r10"),  # another issuer's session
     )
     assert outcome(check(trust, trust.ctx(workload="frontend"), state)) == ALLOWED
     assert outcome(check(trust, trust.ctx("/user/me", token=trust.token()), state)) == ALLOWED
@@ -324,7 +333,7 @@ def test_an_expired_revocation_allows_again(trust: Trust, case: str) -> None:
 
 @pytest.mark.parametrize(
     ("who", "key"),
-    [("x509", FRONTEND), ("jwt_svid", FRONTEND), ("oidc", "alice")],
+    [("x509", FRONTEND), ("jwt_svid", FRONTEND), ("oidc", ALICE)],
 )
 def test_a_quarantined_identity_is_refused_and_says_so(trust: Trust, who: str, key: str) -> None:
     ctx = {
@@ -340,7 +349,7 @@ def test_a_quarantined_identity_is_refused_and_says_so(trust: Trust, who: str, k
 
 
 def test_a_quarantine_holds_only_its_identity(trust: Trust) -> None:
-    state = revoked(revocation("quarantine", "alice", expires_at=TS + 900, source="quarantine"))
+    state = revoked(revocation("quarantine", ALICE, expires_at=TS + 900, source="quarantine"))
     assert outcome(check(trust, trust.ctx(workload="frontend"), state)) == ALLOWED
     state = revoked(revocation("quarantine", BILLING, expires_at=TS + 900, source="quarantine"))
     assert outcome(check(trust, trust.ctx("/user/me", token=trust.token()), state)) == ALLOWED
@@ -365,7 +374,7 @@ def test_a_covering_grant_allows(trust: Trust) -> None:
 def test_a_grant_to_a_subject_covers_that_user(trust: Trust) -> None:
     user = trust.ctx("/reports/q1", token=trust.token())
     workload = trust.ctx("/reports/q1", workload="frontend")
-    state = with_grants(grant("alice"))
+    state = with_grants(grant(ALICE))
     assert outcome(check(trust, user, state)) == ALLOWED
     assert check(trust, user, state).grant_ids == ("grt_1",)
     assert outcome(check(trust, workload, state)) == NO_RULE
@@ -461,12 +470,12 @@ def test_an_exception_turns_a_policy_denial_into_an_allow(trust: Trust, path: st
 
 def test_an_exception_for_a_user(trust: Trust) -> None:
     user = trust.ctx("/payroll/run", token=trust.token())
-    d = check(trust, user, with_exceptions(exception("alice")))
+    d = check(trust, user, with_exceptions(exception(ALICE)))
     assert outcome(d) == (True, 200, "exception")
     assert d.exception_id == "exc_1"
     assert (
         outcome(
-            check(trust, trust.ctx("/payroll/run", workload="frontend"), with_exceptions(exception("alice")))
+            check(trust, trust.ctx("/payroll/run", workload="frontend"), with_exceptions(exception(ALICE)))
         )
         == NO_RULE
     )
@@ -507,7 +516,7 @@ def test_an_exception_never_overrides_a_revocation(trust: Trust, kind: str, reas
 
 
 def test_an_exception_never_overrides_a_401(trust: Trust) -> None:
-    state = with_exceptions(exception("alice"), exception(FRONTEND, eid="exc_2"))
+    state = with_exceptions(exception(ALICE), exception(FRONTEND, eid="exc_2"))
     forged = trust.ctx("/payroll/run", token=(trust.dir / "tokens/forged.jwt").read_text().strip())
     wrong_audience = trust.ctx("/payroll/run", token=trust.token(aud="someone-else"))
     expired = trust.ctx("/payroll/run", token=trust.token(exp=int(TS) - 3600, iat=int(TS) - 7200))
@@ -571,7 +580,7 @@ def test_the_device_signal_follows_the_device_header(trust: Trust) -> None:
 def test_workload_and_user_signals(trust: Trust) -> None:
     state = with_signals(
         signal("workload", FRONTEND, "risk", "low", expires_at=TS + 60),
-        signal("user", "alice", "training", "done"),
+        signal("user", ALICE, "training", "done"),
     )
     batch = trust.ctx("/batch/run", workload="frontend")
     assert outcome(check(trust, batch, state)) == ALLOWED
@@ -587,7 +596,9 @@ def test_workload_and_user_signals(trust: Trust) -> None:
 @pytest.mark.parametrize(("age", "ok"), [(0, True), (300, True), (301, False), (3600, False)])
 def test_max_token_age(trust: Trust, age: int, ok: bool) -> None:
     ctx = trust.ctx("/user/me", token=trust.token(iat=int(TS) - age))
-    d = check(trust, ctx, engine=trust.aged, state=StateSnapshot.build(1, sessions={"sess-alice-1": TS}))
+    d = check(
+        trust, ctx, engine=trust.aged, state=StateSnapshot.build(1, sessions={f"{ISSUER}#sess-alice-1": TS})
+    )
     if ok:
         assert outcome(d) == ALLOWED
     else:
@@ -618,38 +629,52 @@ def sessions(first_use: Mapping[str, float]) -> StateSnapshot:
     return StateSnapshot.build(1, sessions=first_use)
 
 
+def new_sessions(d: Decision) -> list[NewSession]:
+    return [e for e in d.effects if isinstance(e, NewSession)]
+
+
 def test_first_use_of_a_session_is_reported(trust: Trust) -> None:
     ctx = trust.ctx("/user/me", token=trust.token())
     d = check(trust, ctx, engine=trust.aged)
     assert outcome(d) == ALLOWED
-    assert d.new_session == ("sess-alice-1", TS)
-    d = check(trust, ctx, sessions({"sess-alice-1": TS - 10}), engine=trust.aged)
+    assert NewSession(f"{ISSUER}#sess-alice-1", TS) in d.effects
+    d = check(trust, ctx, sessions({f"{ISSUER}#sess-alice-1": TS - 10}), engine=trust.aged)
     assert outcome(d) == ALLOWED
-    assert d.new_session is None
+    assert new_sessions(d) == []
 
 
-def test_no_session_to_record_without_a_limit_or_a_sid(trust: Trust) -> None:
-    assert check(trust, trust.ctx("/user/me", token=trust.token())).new_session is None
+def test_first_use_is_recorded_without_a_limit_too(trust: Trust) -> None:
+    # Turning max_session_age on later counts from the first request, not from when it was set.
+    d = check(trust, trust.ctx("/user/me", token=trust.token()))
+    assert new_sessions(d) == [NewSession(f"{ISSUER}#sess-alice-1", TS)]
+
+
+def test_no_session_to_record_without_a_sid(trust: Trust) -> None:
     no_sid = trust.ctx("/user/me", token=trust.token(sid=None))
-    assert check(trust, no_sid, engine=trust.aged).new_session is None
-    assert check(trust, trust.ctx(workload="frontend"), engine=trust.aged).new_session is None
+    assert new_sessions(check(trust, no_sid, engine=trust.aged)) == []
+    assert new_sessions(check(trust, trust.ctx(workload="frontend"), engine=trust.aged)) == []
 
 
 @pytest.mark.parametrize(("age", "ok"), [(0, True), (600, True), (601, False), (86400, False)])
 def test_max_session_age(trust: Trust, age: int, ok: bool) -> None:
     ctx = trust.ctx("/user/me", token=trust.token())  # freshly issued: only the session is old
-    d = check(trust, ctx, sessions({"sess-alice-1": TS - age, "sess-other": TS}), engine=trust.aged)
+    d = check(
+        trust,
+        ctx,
+        sessions({f"{ISSUER}#sess-alice-1": TS - age, f"{ISSUER}#sess-other": TS}),
+        engine=trust.aged,
+    )
     if ok:
         assert outcome(d) == ALLOWED
     else:
         assert outcome(d) == (False, 401, "session_too_old")
         assert d.credential_failed == "token"
-        assert d.new_session is None
-    assert outcome(check(trust, ctx, sessions({"sess-alice-1": TS - age}))) == ALLOWED  # no limit
+        assert new_sessions(d) == []
+    assert outcome(check(trust, ctx, sessions({f"{ISSUER}#sess-alice-1": TS - age}))) == ALLOWED  # no limit
 
 
 def test_a_session_ages_while_its_tokens_are_renewed(trust: Trust) -> None:
-    state = sessions({"sess-alice-1": TS})
+    state = sessions({f"{ISSUER}#sess-alice-1": TS})
     later = NOW + timedelta(minutes=11)
     renewed = trust.ctx("/user/me", token=trust.token(iat=int(later.timestamp())))
     assert outcome(check(trust, renewed, state, at=later, engine=trust.aged)) == (
@@ -660,7 +685,7 @@ def test_a_session_ages_while_its_tokens_are_renewed(trust: Trust) -> None:
     new_session = trust.ctx("/user/me", token=trust.token(iat=int(later.timestamp()), sid="sess-alice-2"))
     d = check(trust, new_session, state, at=later, engine=trust.aged)
     assert outcome(d) == ALLOWED
-    assert d.new_session == ("sess-alice-2", later.timestamp())
+    assert NewSession(f"{ISSUER}#sess-alice-2", later.timestamp()) in d.effects
 
 
 def test_an_oidc_subject_that_looks_like_a_spiffe_id_is_not_that_workload(trust: Trust) -> None:
@@ -672,6 +697,6 @@ def test_an_oidc_subject_that_looks_like_a_spiffe_id_is_not_that_workload(trust:
 
 def test_a_revoked_token_reports_the_revocation_even_when_it_is_also_too_old(trust: Trust) -> None:
     ctx = trust.ctx("/user/me", token=trust.token(iat=int(TS) - 3600))
-    d = check(trust, ctx, revoked(revocation("jti", "jti-alice-1")), engine=trust.aged)
+    d = check(trust, ctx, revoked(revocation("jti", f"{ISSUER}#jti-alice-1")), engine=trust.aged)
     assert outcome(d) == (False, 403, "revoked")
     assert d.revocation_id == "rev_1"

@@ -12,8 +12,15 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 
 from ext_authz.dev import pki
-from ext_authz.envoy.normalize import MAX_XFCC_BYTES, normalize, parse_xfcc, split_pem_chain
-from ext_authz.identity.xfcc import chain_from_xfcc, decode_certificate
+from ext_authz.envoy.normalize import normalize
+from ext_authz.envoy.xfcc import (
+    MAX_XFCC_BYTES,
+    MultipleCertificates,
+    chain_from_xfcc,
+    decode_certificate,
+    parse_xfcc,
+    split_pem_chain,
+)
 from ext_authz.model import Credentials, RequestContext
 
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -281,17 +288,38 @@ def test_url_encoded_certificate_is_decoded(chain: tuple[str, str, str]) -> None
     encoded = ctx.credentials.peer_certificate
     assert encoded is not None
     assert encoded == req.attributes.source.certificate
-    assert decode_certificate(encoded) == leaf
+    assert decode_certificate(encoded) == leaf.strip()
     assert split_pem_chain(decode_certificate(encoded)) == (leaf.strip(),)
 
 
-def test_certificate_decoding_keeps_plus_signs() -> None:
+def test_certificate_decoding_keeps_plus_signs(chain: tuple[str, str, str]) -> None:
+    leaf = chain[0].strip()
+    assert "+" in leaf  # base64 of a certificate: '+' is there to be mistaken for a space
     req = CheckRequest()
-    req.attributes.source.certificate = "MII%2BAb+c%2F%3D%3D%0A%20x"
+    req.attributes.source.certificate = quote(leaf, safe="+")  # a literal '+' must stay a '+'
 
     encoded = normalize(req).credentials.peer_certificate
     assert encoded is not None
-    assert decode_certificate(encoded) == "MII+Ab+c/==\n x"
+    assert decode_certificate(encoded) == leaf
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not a certificate",
+        "{leaf}{leaf}",
+        "{leaf}\n{inter}",
+        "junk{leaf}",
+        "{leaf}junk",
+        "-----BEGIN CERTIFICATE-----",
+    ],
+    ids=["empty", "text", "twice", "leaf-and-intermediate", "leading-junk", "trailing-junk", "unterminated"],
+)
+def test_source_certificate_holds_exactly_one_certificate(chain: tuple[str, str, str], text: str) -> None:
+    leaf, inter = chain[0].strip(), chain[1].strip()
+    with pytest.raises(MultipleCertificates):
+        decode_certificate(quote(text.format(leaf=leaf, inter=inter), safe=""))
 
 
 def test_no_certificate_is_none() -> None:

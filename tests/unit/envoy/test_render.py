@@ -59,7 +59,7 @@ def metadata(resp: Any) -> dict[str, Any]:
 
 
 def test_allowed_workload_sets_identity_headers_upstream() -> None:
-    resp = render(allowed(Principal(workload=WORKLOAD)), {":path": "/api/x"})
+    resp = render(allowed(Principal.of(WORKLOAD)), {":path": "/api/x"})
 
     assert resp.status.code == GRPC_OK
     assert resp.HasField("ok_response")
@@ -78,7 +78,7 @@ def test_allowed_workload_sets_identity_headers_upstream() -> None:
 
 
 def test_allowed_token_bearer_sets_subject_and_issuer() -> None:
-    resp = render(allowed(Principal(token=ALICE)))
+    resp = render(allowed(Principal.of(ALICE)))
 
     assert set_headers(resp) == {
         "x-ext-authz-decision-id": "d-1",
@@ -89,7 +89,7 @@ def test_allowed_token_bearer_sets_subject_and_issuer() -> None:
 
 
 def test_allowed_workload_and_token_sets_both() -> None:
-    headers = set_headers(render(allowed(Principal(workload=WORKLOAD, token=ALICE))))
+    headers = set_headers(render(allowed(Principal.of(WORKLOAD, ALICE))))
 
     assert headers["x-spiffe-id"] == FRONTEND
     assert headers["x-ext-authz-subject"] == "alice"
@@ -97,7 +97,7 @@ def test_allowed_workload_and_token_sets_both() -> None:
 
 
 def test_allowed_jwt_svid_names_its_spiffe_id() -> None:
-    headers = set_headers(render(allowed(Principal(token=JWT_SVID))))
+    headers = set_headers(render(allowed(Principal.of(JWT_SVID))))
 
     assert headers["x-spiffe-id"] == FRONTEND
     assert headers["x-ext-authz-subject"] == FRONTEND
@@ -121,7 +121,7 @@ def test_forged_identity_headers_we_do_not_set_are_removed() -> None:
         "x-unrelated": "kept",
     }
 
-    resp = render(allowed(Principal(workload=WORKLOAD)), client)
+    resp = render(allowed(Principal.of(WORKLOAD)), client)
 
     removed = list(resp.ok_response.headers_to_remove)
     assert sorted(removed) == ["x-ext-authz-issuer", "x-ext-authz-reason", "x-ext-authz-subject"]
@@ -133,7 +133,7 @@ def test_forged_identity_headers_we_do_not_set_are_removed() -> None:
 def test_every_identity_header_is_either_set_or_removed(seen: bool) -> None:
     client = dict.fromkeys(IDENTITY_HEADERS, "forged") if seen else None
 
-    for principal in (Principal(), Principal(workload=WORKLOAD), Principal(token=ALICE)):
+    for principal in (Principal(), Principal.of(WORKLOAD), Principal.of(ALICE)):
         resp = render(allowed(principal), client)
         handled = set(set_headers(resp)) | set(resp.ok_response.headers_to_remove)
         assert handled >= set(IDENTITY_HEADERS), principal
@@ -179,7 +179,7 @@ def test_certificate_failure_is_401_without_an_invalid_token_error() -> None:
 
 @pytest.mark.parametrize("reason", ["no_rule", "policy_denied", "policy_error", "request_invalid"])
 def test_forbidden_is_403_without_a_challenge(reason: str) -> None:
-    resp = render(denied(403, reason, principal=Principal(workload=WORKLOAD)))
+    resp = render(denied(403, reason, principal=Principal.of(WORKLOAD)))
 
     assert resp.status.code == GRPC_PERMISSION_DENIED
     assert resp.denied_response.status.code == 403
@@ -222,7 +222,7 @@ def test_body_is_json_with_reason_and_decision_id_and_no_detail(decision: Decisi
 
 
 def test_metadata_on_allow() -> None:
-    md = metadata(render(allowed(Principal(workload=WORKLOAD, token=ALICE))))
+    md = metadata(render(allowed(Principal.of(WORKLOAD, ALICE))))
 
     assert md["decision_id"] == "d-1"
     assert md["reason"] == "allowed"
@@ -234,7 +234,7 @@ def test_metadata_on_allow() -> None:
 
 
 def test_metadata_on_denial() -> None:
-    md = metadata(render(denied(403, "policy_denied", rule="no-admin", principal=Principal(token=ALICE))))
+    md = metadata(render(denied(403, "policy_denied", rule="no-admin", principal=Principal.of(ALICE))))
 
     assert md["decision_id"] == "d-2"
     assert md["reason"] == "policy_denied"
@@ -270,7 +270,7 @@ def test_metadata_reports_shadow_results() -> None:
 
 
 def test_response_round_trips_on_the_wire() -> None:
-    resp = render(allowed(Principal(workload=WORKLOAD)), {"x-ext-authz-subject": "forged"})
+    resp = render(allowed(Principal.of(WORKLOAD)), {"x-ext-authz-subject": "forged"})
 
     again = CheckResponse.FromString(resp.SerializeToString())
 
@@ -284,11 +284,9 @@ def test_response_round_trips_on_the_wire() -> None:
 @pytest.mark.parametrize(
     "decision",
     [
-        allowed(Principal(workload=WORKLOAD, token=ALICE), grant_ids=("g1",), exception_id="x1"),
+        allowed(Principal.of(WORKLOAD, ALICE), grant_ids=("g1",), exception_id="x1"),
         denied(401, "token_expired", credential_failed="token"),
-        denied(
-            403, "revoked", revocation_id="rev_1", revocation_kind="jti", principal=Principal(token=ALICE)
-        ),
+        denied(403, "revoked", revocation_id="rev_1", revocation_kind="jti", principal=Principal.of(ALICE)),
     ],
     ids=["allow", "401", "403"],
 )
@@ -305,9 +303,9 @@ def test_responses_of_one_shape_differ_only_in_their_decision_id(decision: Decis
 
 
 def test_a_different_shape_gets_its_own_response() -> None:
-    a = render(allowed(Principal(workload=WORKLOAD), grant_ids=("g1",)))
-    b = render(allowed(Principal(workload=WORKLOAD), grant_ids=("g2",)))
-    c = render(allowed(Principal(token=ALICE)))
+    a = render(allowed(Principal.of(WORKLOAD), grant_ids=("g1",)))
+    b = render(allowed(Principal.of(WORKLOAD), grant_ids=("g2",)))
+    c = render(allowed(Principal.of(ALICE)))
 
     assert metadata(a)["grant_ids"] == ["g1"]
     assert metadata(b)["grant_ids"] == ["g2"]

@@ -10,6 +10,7 @@ signature check.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc.jwk import ECKey, Key, RSAKey
 
-from ext_authz.config import JWT_SVID_ALGORITHMS, IssuerConfig, JwtSvidConfig
 from ext_authz.dev.pki import jwk_public, mint_jwt, new_jwt_key, spiffe_bundle
 from ext_authz.errors import CredentialError, TrustError
 from ext_authz.identity.jwt import (
@@ -37,7 +37,9 @@ from ext_authz.identity.jwt import (
     verify_token,
 )
 from ext_authz.model import Identity
+from ext_authz.settings import JWT_SVID_ALGORITHMS, IssuerSettings, JwtSvidSettings
 from ext_authz.trust.bundles import IssuerTrust, JwtKeys, TrustDomainTrust, TrustSnapshot, parse_jwks
+from ext_authz.trust.revision import TrustRevision
 
 NOW = 1_900_000_000.0
 LEEWAY = 30.0
@@ -107,7 +109,7 @@ def trust(keys: Keys) -> TrustSnapshot:
     }
     b_keys = {"b-es256": _public(keys.b_es256), "shared": _public(keys.b_shared_kid)}
     return TrustSnapshot(
-        revision="r1",
+        revision=TrustRevision("r1"),
         domains={
             TD_A: TrustDomainTrust(TD_A, jwt_keys=JwtKeys(by_kid=a_keys)),
             TD_B: TrustDomainTrust(TD_B, jwt_keys=JwtKeys(by_kid=b_keys)),
@@ -129,19 +131,16 @@ def _settings(
     subject_claim: str = "sub",
 ) -> TokenSettings:
     return TokenSettings(
-        jwt_svid=JwtSvidConfig(audiences=(SVID_AUDIENCE,), algorithms=svid_algorithms, leeway=LEEWAY),
+        jwt_svid=JwtSvidSettings(audiences=(SVID_AUDIENCE,), algorithms=svid_algorithms, leeway=LEEWAY),
         issuers={
-            IDP: IssuerConfig(
-                issuer=IDP,
-                jwks=Path("idp-jwks.json"),
+            IDP: IssuerSettings(
+                jwks="idp-jwks.json",
                 audiences=(API_AUDIENCE,),
                 algorithms=idp_algorithms,
                 leeway=LEEWAY,
                 subject_claim=subject_claim,
             ),
-            IDP_SINGLE_KEY: IssuerConfig(
-                issuer=IDP_SINGLE_KEY, jwks=Path("single-jwks.json"), audiences=(API_AUDIENCE,)
-            ),
+            IDP_SINGLE_KEY: IssuerSettings(jwks="single-jwks.json", audiences=(API_AUDIENCE,)),
         },
     )
 
@@ -333,7 +332,10 @@ def test_token_hs256_key_confusion_oidc(allow_hs256: bool, keys: Keys, trust: Tr
     header = {"alg": "HS256", "typ": "JWT", "kid": "idp-rsa"}
     token = _hs256_with_public_key_as_secret(keys.idp_rsa, header, oidc_claims())
     # Even an allow-list that wrongly names HS256 cannot make an RSA key an HMAC secret.
-    settings = _settings(idp_algorithms=("RS256", "HS256")) if allow_hs256 else SETTINGS
+    settings = SETTINGS
+    if allow_hs256:  # the settings refuse HS256; this stands for a copy that bypassed them
+        idp = SETTINGS.issuers[IDP].model_copy(update={"algorithms": ("RS256", "HS256")})
+        settings = dataclasses.replace(SETTINGS, issuers={**SETTINGS.issuers, IDP: idp})
     assert reason(token, trust, settings) == "token_algorithm"
 
 
@@ -341,7 +343,10 @@ def test_token_hs256_key_confusion_oidc(allow_hs256: bool, keys: Keys, trust: Tr
 def test_token_hs256_key_confusion_jwt_svid(allow_hs256: bool, keys: Keys, trust: TrustSnapshot) -> None:
     header = {"alg": "HS256", "typ": "JWT", "kid": "a-rsa"}
     token = _hs256_with_public_key_as_secret(keys.a_rsa, header, svid_claims())
-    settings = _settings(svid_algorithms=(*JWT_SVID_ALGORITHMS, "HS256")) if allow_hs256 else SETTINGS
+    settings = SETTINGS
+    if allow_hs256:  # the settings refuse HS256; this stands for a copy that bypassed them
+        svid = SETTINGS.jwt_svid.model_copy(update={"algorithms": (*JWT_SVID_ALGORITHMS, "HS256")})
+        settings = dataclasses.replace(SETTINGS, jwt_svid=svid)
     assert reason(token, trust, settings) == "token_algorithm"
 
 

@@ -1,4 +1,4 @@
-"""SPIFFE ID and trust-domain parsing against the conformance vectors in tests/data/vectors, plus a few extras."""
+"""SPIFFE ID and trust-domain parsing against the conformance vectors (tests/data/vectors), and extras."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from ext_authz.errors import CredentialError
 from ext_authz.identity.x509_svid import verify_x509_svid
 from ext_authz.model import Identity
 from ext_authz.trust.bundles import JwtKeys, TrustDomainTrust, TrustSnapshot
+from ext_authz.trust.revision import TrustRevision
 
 NOW = datetime(2031, 3, 14, 12, 0, tzinfo=UTC)
 TD_A = "example.org"
@@ -62,7 +63,7 @@ def leaf_key() -> PrivateKey:
 def trust(root_a: Issued, root_b: Issued) -> TrustSnapshot:
     """Both trust domains configured, each with its own X.509 bundle; plus a JWT-only domain."""
     return TrustSnapshot(
-        revision="r1",
+        revision=TrustRevision("r1"),
         domains={
             TD_A: TrustDomainTrust(TD_A, (root_a.cert,), store=Store([root_a.cert])),
             TD_B: TrustDomainTrust(TD_B, (root_b.cert,), store=Store([root_b.cert])),

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from ext_authz.config import Limits, MatchConfig, RuleConfig
 from ext_authz.errors import ConfigError, status_for
 from ext_authz.model import Credentials, HttpRequest, RequestContext, ShadowResult
-from ext_authz.policy.engine import Policy, compile_policy, comprehension_depth
+from ext_authz.pipeline import target_of
+from ext_authz.policy.engine import Activation as ActivationFn
+from ext_authz.policy.engine import Policy, PolicyResult, compile_policy, comprehension_depth
+from ext_authz.settings import Limits, MatchSettings, RuleSettings
 
 FILE = "/etc/ext-authz/config.yaml"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -28,24 +30,32 @@ def rule(
     ext: Mapping[str, str] | None = None,
     when: str | None = None,
     anonymous: bool = False,
-) -> RuleConfig:
-    return RuleConfig(
+) -> RuleSettings:
+    return RuleSettings(
         name=name,
         effect=effect,
         mode=mode,
-        match=MatchConfig(hosts=hosts, paths=paths, methods=methods, context_extensions=dict(ext or {})),
+        match=MatchSettings(hosts=hosts, paths=paths, methods=methods, context_extensions=dict(ext or {})),
         when=when,
         anonymous=anonymous,
-        key="",  # set by policy()
     )
 
 
-def policy(*rules: RuleConfig) -> Policy:
-    keyed = tuple(
-        RuleConfig(r.name, r.effect, r.mode, r.match, r.when, r.anonymous, f"rules[{i}]")
-        for i, r in enumerate(rules)
-    )
-    return compile_policy(keyed, FILE)
+class Compiled:
+    """A compiled policy, evaluated on a request as the pipeline does (its target computed once)."""
+
+    def __init__(self, compiled: Policy) -> None:
+        self.policy = compiled
+        self.rules = compiled.rules
+
+    def evaluate(self, ctx: RequestContext, authenticated: bool, activation: ActivationFn) -> PolicyResult:
+        target = target_of(ctx)
+        assert target is not None
+        return self.policy.evaluate(target, ctx.context_extensions, authenticated, activation)
+
+
+def policy(*rules: RuleSettings) -> Compiled:
+    return Compiled(compile_policy(rules, FILE))
 
 
 def request(
@@ -360,8 +370,8 @@ def test_non_boolean_when_is_a_config_error(source: str) -> None:
 def test_boolean_and_dynamic_when_compile() -> None:
     p = policy(rule("a", when="true"), rule("b", when="identity.authenticated"))
 
-    assert p.uses_cel
-    assert not policy(rule("a")).uses_cel
+    assert p.policy.uses_cel
+    assert not policy(rule("a")).policy.uses_cel
 
 
 # --- CEL: evaluation -----------------------------------------------------------------------------
@@ -383,36 +393,60 @@ def test_deny_rule_with_a_false_condition_does_not_deny() -> None:
 
 @pytest.mark.parametrize(
     "source",
-    ['identity.missing == "x"', "identity.count > 1", "identity.flag"],
+    ['identity.claims.missing == "x"', "identity.claims.count > 1", "identity.claims.flag"],
     ids=["missing-key", "type-mismatch", "non-boolean-value"],
 )
-def test_runtime_cel_error_in_an_allow_rule_is_no_match(source: str) -> None:
+def test_runtime_cel_error_in_an_allow_rule_is_a_policy_error_not_a_silent_no_rule(source: str) -> None:
     p = policy(rule("broken", when=source))
 
-    result = p.evaluate(request(), AUTH, Activation(count="many", flag=1))
+    result = p.evaluate(request(), AUTH, Activation(claims={"count": "many", "flag": 1}))
 
-    assert (result.allowed, result.reason, result.rule) == (False, "no_rule", "")
+    assert (result.allowed, result.reason, result.rule) == (False, "policy_error", "broken")
+    assert result.detail
+    assert [rule for rule, _ in result.errors] == ["broken"]
 
 
 @pytest.mark.parametrize(
     "source",
-    ['identity.missing == "x"', "identity.count > 1", "identity.flag"],
+    ['identity.claims.missing == "x"', "identity.claims.count > 1", "identity.claims.flag"],
     ids=["missing-key", "type-mismatch", "non-boolean-value"],
 )
 def test_runtime_cel_error_in_a_deny_rule_denies_with_policy_error(source: str) -> None:
     p = policy(rule("everything"), rule("broken-deny", "deny", when=source))
 
-    result = p.evaluate(request(), AUTH, Activation(count="many", flag=1))
+    result = p.evaluate(request(), AUTH, Activation(claims={"count": "many", "flag": 1}))
 
     assert (result.allowed, result.reason, result.rule) == (False, "policy_error", "broken-deny")
     assert result.detail
     assert status_for(result.reason) == 403
 
 
-def test_runtime_error_in_allow_rule_falls_through_to_the_next_allow_rule() -> None:
-    p = policy(rule("broken", when='identity.missing == "x"'), rule("fallback"))
+def test_runtime_error_in_allow_rule_falls_through_to_the_next_allow_rule_and_is_still_reported() -> None:
+    p = policy(rule("broken", when='identity.claims.missing == "x"'), rule("fallback"))
 
-    assert p.evaluate(request(), AUTH, Activation()).rule == "fallback"
+    result = p.evaluate(request(), AUTH, Activation(claims={}))
+
+    assert (result.reason, result.rule) == ("allowed", "fallback")
+    assert [rule for rule, _ in result.errors] == ["broken"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'identity.spife_id == "x"',
+        'request.header["x"] == "1"',
+        'signals.devices.posture == "ok"',
+        'grants.exists(g, g.aprover == "x")',
+        'identiti.spiffe_id == "x"',
+    ],
+    ids=["identity-field", "request-field", "signals-field", "grant-field", "variable"],
+)
+def test_an_unknown_variable_or_field_is_a_config_error(source: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        policy(rule("ok"), rule("typo", when=source))
+
+    assert info.value.key == "rules[1].when"
+    assert "undefined field" in str(info.value) or "undeclared reference" in str(info.value)
 
 
 def test_activation_is_not_built_when_no_rule_has_a_condition() -> None:
@@ -534,8 +568,8 @@ def test_shadow_rules_follow_the_anonymous_audience() -> None:
 def test_shadow_rule_cel_error_is_reported_failing_closed() -> None:
     p = policy(
         rule("everything"),
-        rule("a-shadow", mode="shadow", when='identity.missing == "x"'),
-        rule("d-shadow", "deny", mode="shadow", when='identity.missing == "x"'),
+        rule("a-shadow", mode="shadow", when='identity.claims.missing == "x"'),
+        rule("d-shadow", "deny", mode="shadow", when='identity.claims.missing == "x"'),
     )
 
     result = p.evaluate(request(), AUTH, Activation())
@@ -598,7 +632,7 @@ def test_comprehension_depth(source: str, depth: int) -> None:
 
 def test_nesting_comprehensions_past_the_limit_is_a_config_error() -> None:
     deep = "[1].all(x, [2].exists(y, [3].all(z, z > 0)))"
-    keyed = (RuleConfig("deep", "allow", "enforce", MatchConfig(), deep, False, "rules[0]"),)
+    keyed = (rule("deep", when=deep),)
 
     with pytest.raises(ConfigError) as info:
         compile_policy(keyed, FILE)
@@ -608,7 +642,7 @@ def test_nesting_comprehensions_past_the_limit_is_a_config_error() -> None:
 
 def test_an_expression_over_the_size_limit_is_a_config_error() -> None:
     long = " || ".join(f'request.path == "/p{i}"' for i in range(200))
-    keyed = (RuleConfig("long", "allow", "enforce", MatchConfig(), long, False, "rules[0]"),)
+    keyed = (rule("long", when=long),)
 
     with pytest.raises(ConfigError) as info:
         compile_policy(keyed, FILE)

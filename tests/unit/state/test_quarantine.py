@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ext_authz.config import QuarantineConfig
+from ext_authz.settings import QuarantineSettings
 from ext_authz.state.quarantine import DenialCounter
 
 T = 1_900_000_000.0
@@ -11,7 +11,7 @@ BILLING = "spiffe://example.org/ns/billing/sa/worker"
 
 
 def counter(denials: int = 3, window: float = 60.0, max_identities: int = 100_000) -> DenialCounter:
-    return DenialCounter(QuarantineConfig(denials=denials, window=window, duration=900.0), max_identities)
+    return DenialCounter(QuarantineSettings(denials=denials, window=window, duration=900.0), max_identities)
 
 
 def test_triggers_exactly_at_the_threshold() -> None:

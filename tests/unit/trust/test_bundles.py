@@ -20,6 +20,7 @@ from joserfc.jwk import ECKey, Key, RSAKey
 from ext_authz.dev.pki import Issued, jwk_public, make_ca, new_jwt_key, spiffe_bundle
 from ext_authz.errors import TrustError
 from ext_authz.trust.bundles import TrustSnapshot, parse_jwks, parse_x509_bundle
+from ext_authz.trust.revision import TrustRevision
 
 NOW = datetime(2031, 3, 14, 12, 0, tzinfo=UTC)
 SOURCE = "bundles/example.org.json"
@@ -307,12 +308,13 @@ def test_empty_kid_counts_as_no_kid(m: Material) -> None:
 def test_trust_revision_covers_every_live_source() -> None:
     """Two live sources (JWKS over HTTPS, Workload API) update one snapshot in turn: the revision must
     change with either, and one source's update must not drop the other's part."""
-    files = TrustSnapshot(revision="base")
+    files = TrustSnapshot(revision=TrustRevision("base"))
     a = files.with_source("jwks", "k1")
     b = a.with_source("workload_api", "w1")
     c = b.with_source("jwks", "k2")
     back = c.with_source("jwks", "k1")
-    assert len({files.revision, a.revision, b.revision, c.revision}) == 4
-    assert back.revision == b.revision and back.revision != a.revision
-    assert dict(c.sources) == {"jwks": "k2", "workload_api": "w1"}
-    assert all(t.base_revision == "base" for t in (a, b, c))
+    assert len({files.key, a.key, b.key, c.key}) == 4
+    assert back.revision == b.revision and back.key != a.key
+    assert dict(c.revision.sources) == {"jwks": "k2", "workload_api": "w1"}
+    assert all(t.revision.files == "base" for t in (a, b, c))
+    assert files.key == "base" and c.key.startswith("base+")

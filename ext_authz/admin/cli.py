@@ -15,11 +15,11 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from ._proto import admin_pb2 as pb
-from ._proto import admin_pb2_grpc
-from .admin import ACTOR_METADATA, InvalidArgument, normalize_revocation
-from .config import DEFAULT_ADMIN_LISTEN, parse_duration
-from .errors import ConfigError
+from .._proto import admin_pb2 as pb
+from .._proto import admin_pb2_grpc
+from ..settings import DEFAULT_ADMIN_LISTEN, parse_duration
+from ..state.commands import InvalidArgument, revocation_value
+from .servicer import ACTOR_METADATA
 
 __all__ = ["add_admin_commands"]
 
@@ -30,8 +30,8 @@ class CliError(Exception):
 
 def _duration(value: str, flag: str) -> float:
     try:
-        return parse_duration(value, flag, "")
-    except ConfigError as exc:
+        return parse_duration(value)
+    except ValueError as exc:
         raise CliError(f"{flag}: expected a duration such as 30s, 15m or 4h, got {value!r}") from exc
 
 
@@ -78,6 +78,16 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
             raise CliError(f"{exc.details()}") from exc
 
 
+def _scoped(args: argparse.Namespace, value: str, kind: str = "sub") -> str:
+    """``--issuer ISSUER VALUE`` is another spelling of ``ISSUER#VALUE`` (users, jti and sid)."""
+    issuer = getattr(args, "issuer", None)
+    if not issuer:
+        return value
+    if "#" in value or value.startswith("spiffe://") or kind not in ("sub", "jti", "sid"):
+        raise CliError("--issuer goes with a bare subject, jti or sid (not with ISSUER#VALUE or a SPIFFE ID)")
+    return f"{issuer}#{value}"
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
@@ -110,7 +120,7 @@ def _scope_text(s: Any) -> str:
 # -- revocations ---------------------------------------------------------------------------------
 def cmd_revoke(args: argparse.Namespace) -> None:
     try:
-        kind, value = normalize_revocation(args.kind or "", args.value)
+        kind, value = revocation_value(args.kind or "", _scoped(args, args.value, args.kind or ""))
     except InvalidArgument as exc:
         raise CliError(str(exc)) from exc
     if not args.reason.strip():
@@ -172,7 +182,7 @@ def cmd_grant_create(args: argparse.Namespace) -> None:
             raise CliError(f"--from: expected an ISO 8601 time, got {args.start!r}") from exc
         start = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
     req = pb.CreateGrantRequest(
-        principal=args.principal,
+        principal=_scoped(args, args.principal),
         scope=_scope(args),
         not_before=start,
         duration_seconds=dur,
@@ -216,7 +226,7 @@ def cmd_grants(args: argparse.Namespace) -> None:
 def cmd_exception_open(args: argparse.Namespace) -> None:
     dur = _duration(args.duration, "--for")
     req = pb.OpenExceptionRequest(
-        principal=args.principal, scope=_scope(args), reason=args.reason, duration_seconds=dur
+        principal=_scoped(args, args.principal), scope=_scope(args), reason=args.reason, duration_seconds=dur
     )
     resp = _call(args, "OpenException", req)
     e = resp.exception
@@ -257,7 +267,7 @@ def cmd_exception_list(args: argparse.Namespace) -> None:
 def cmd_signal_set(args: argparse.Namespace) -> None:
     kind, sep, subject = args.subject.partition(":")
     if not sep or kind not in ("device", "workload", "user") or not subject:
-        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID or user:SUBJECT")
+        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
     key, eq, value = args.pair.partition("=")
     if not eq or not key:
         raise CliError("expected KEY=VALUE")
@@ -280,7 +290,7 @@ def cmd_signal_list(args: argparse.Namespace) -> None:
 # -- live streams ---------------------------------------------------------------------------------
 def _decision_line(rec: dict[str, Any]) -> str:
     ident = rec.get("identity") or {}
-    who = ident.get("spiffe_id") or ident.get("subject") or "-"
+    who = " ".join(ident.get("principals") or ()) or "-"
     extra = " ".join(
         f"{k}={v}"
         for k, v in (
@@ -378,11 +388,16 @@ def add_admin_commands(sub: Any) -> None:
     p = _common(
         sub.add_parser("revoke", help="revoke a SPIFFE ID, certificate, token (jti), sub, session or device")
     )
-    p.add_argument("value")
+    p.add_argument(
+        "value",
+        help="a SPIFFE ID; ISSUER#SUBJECT (sub); ISSUER#JTI or ISSUER#SID; a SHA-256 fingerprint or"
+        " SERIAL@ISSUER-DN (cert); a device id",
+    )
     p.add_argument(
         "--kind",
         help="spiffe_id, cert, jti, sub, sid or device (default: spiffe_id for spiffe:// values)",
     )
+    p.add_argument("--issuer", help="the token issuer, for a bare subject, jti or sid")
     p.add_argument("--reason", required=True)
     p.add_argument("--for", dest="duration", help="expire after this long (default: until unrevoked)")
     p.set_defaults(func=_run(cmd_revoke))
@@ -401,7 +416,8 @@ def add_admin_commands(sub: Any) -> None:
         dest="grant_command", required=True
     )
     p = _common(grant.add_parser("create", help="grant PRINCIPAL a scope for a while"))
-    p.add_argument("principal", help="SPIFFE ID or token subject")
+    p.add_argument("principal", help="a SPIFFE ID, or a user as ISSUER#SUBJECT")
+    p.add_argument("--issuer", help="the token issuer, for a bare user subject")
     _scope_args(p)
     p.add_argument("--for", dest="duration", required=True)
     p.add_argument("--from", dest="start", help="start time, ISO 8601 (default: now)")
@@ -423,7 +439,8 @@ def add_admin_commands(sub: Any) -> None:
         dest="exception_command", required=True
     )
     p = _common(exc.add_parser("open", help="open a time-boxed exception for PRINCIPAL"))
-    p.add_argument("principal")
+    p.add_argument("principal", help="a SPIFFE ID, or a user as ISSUER#SUBJECT")
+    p.add_argument("--issuer", help="the token issuer, for a bare user subject")
     _scope_args(p)
     p.add_argument(
         "--for", dest="duration", required=True, help="at most exceptions.max_duration (default 4h)"
@@ -440,7 +457,10 @@ def add_admin_commands(sub: Any) -> None:
 
     p = _common(sub.add_parser("tail", help="print decisions (or revocations) live as they happen"))
     p.add_argument("--deny-only", action="store_true", help="only denials (and faults)")
-    p.add_argument("--identity", help="only identities matching this glob (SPIFFE ID or subject)")
+    p.add_argument(
+        "--identity",
+        help="only callers matching this pattern (`*` any characters) over SPIFFE IDs and ISSUER#SUBJECT",
+    )
     p.add_argument("--revocations", action="store_true", help="revocations instead of decisions")
     p.add_argument("--replay", action="store_true", help="with --revocations: first print those in force")
     p.add_argument("--count", type=int, default=0, help="stop after this many events (default: run until ^C)")
@@ -450,7 +470,7 @@ def add_admin_commands(sub: Any) -> None:
         dest="signal_command", required=True
     )
     p = _common(sig.add_parser("set", help="set SUBJECT KEY=VALUE for --ttl"))
-    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID or user:SUBJECT")
+    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
     p.add_argument("pair", metavar="KEY=VALUE")
     p.add_argument("--ttl", required=True)
     p.set_defaults(func=_run(cmd_signal_set))

@@ -16,16 +16,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
-from .config import Config
-from .dev.stack import free_port
-from .observe.httpd import serve_get
-from .observe.metrics import CONTENT_TYPE
-from .server import WORKER_ENV, WORKER_HTTP_ENV, StopSignals
+from ..observe.metrics import CONTENT_TYPE
+from ..settings import Settings
+from .app import WORKER_ENV, WORKER_HTTP_ENV, StopSignals
+from .http import free_port, get, serve_get
 
 __all__ = ["Supervisor", "aggregate_metrics"]
 
@@ -40,43 +42,44 @@ _SHARED_GAUGES = frozenset(
     )
 )
 _MIN_GAUGES = frozenset(("ext_authz_ready", "ext_authz_state_connected"))
+SCRAPE_DEADLINE = 2.0
+
+
+class _Aggregated(Collector):
+    """Every worker's families, one sample per name and labels: counters and histograms summed,
+    shared-state gauges the max, health gauges the min. prometheus-client renders (and escapes) them."""
+
+    def __init__(self, scrapes: Iterable[str]) -> None:
+        self.families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for text in scrapes:
+            for fam in text_string_to_metric_families(text):
+                if fam.name not in self.families:
+                    self.families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                    values[fam.name] = {}
+                merged = values[fam.name]
+                for sample in fam.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in merged:
+                        merged[key] = sample.value
+                    elif fam.name in _SHARED_GAUGES:
+                        merged[key] = max(merged[key], sample.value)
+                    elif fam.name in _MIN_GAUGES:
+                        merged[key] = min(merged[key], sample.value)
+                    else:
+                        merged[key] += sample.value
+        for name, merged in values.items():
+            for (sample_name, labels), value in merged.items():
+                self.families[name].add_sample(sample_name, dict(labels), value)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families.values()
 
 
 def aggregate_metrics(scrapes: list[str]) -> str:
-    """Sum counters and histograms across workers; shared-state gauges take the max, health the min."""
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    meta: dict[str, tuple[str, str]] = {}
-    order: list[tuple[str, tuple[tuple[str, str], ...]]] = []
-    family_of: dict[str, str] = {}
-    for text in scrapes:
-        for fam in text_string_to_metric_families(text):
-            meta.setdefault(fam.name, (fam.type, fam.documentation))
-            for s in fam.samples:
-                key = (s.name, tuple(sorted(s.labels.items())))
-                family_of[s.name] = fam.name
-                if key not in values:
-                    order.append(key)
-                    values[key] = s.value
-                elif fam.name in _SHARED_GAUGES:
-                    values[key] = max(values[key], s.value)
-                elif fam.name in _MIN_GAUGES:
-                    values[key] = min(values[key], s.value)
-                else:
-                    values[key] = values[key] + s.value
-    lines: list[str] = []
-    done: set[str] = set()
-    for name, labels in order:
-        family = family_of[name]
-        if family not in done:
-            typ, doc = meta[family]
-            lines.append(f"# HELP {family} {doc}")
-            lines.append(f"# TYPE {family} {typ}")
-            done.add(family)
-        lab = ",".join(f'{k}="{v}"' for k, v in labels)
-        lines.append(
-            f"{name}{{{lab}}} {values[(name, labels)]}" if lab else f"{name} {values[(name, labels)]}"
-        )
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Aggregated(scrapes))
+    return generate_latest(registry).decode()
 
 
 class Worker:
@@ -93,16 +96,12 @@ class Worker:
             [sys.executable, "-m", "ext_authz.cli", "serve", "--config", str(self.config)], env=env
         )
 
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except OSError:
-            return 0, ""
+    async def get(self, path: str) -> tuple[int, str]:
+        return await get(f"http://{self.http}{path}", SCRAPE_DEADLINE)
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, cfg: Config) -> None:
+    def __init__(self, config_path: Path, cfg: Settings) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.workers = [Worker(i, config_path) for i in range(cfg.workers)]
@@ -110,10 +109,10 @@ class Supervisor:
 
     async def _page(self, path: str) -> tuple[int, str, str]:
         if path == "/metrics":
-            scrapes = await asyncio.gather(*(asyncio.to_thread(w.get, "/metrics") for w in self.workers))
+            scrapes = await asyncio.gather(*(w.get("/metrics") for w in self.workers))
             return 200, aggregate_metrics([b for c, b in scrapes if c == 200]), CONTENT_TYPE
         if path in ("/healthz", "/readyz"):
-            results = await asyncio.gather(*(asyncio.to_thread(w.get, path) for w in self.workers))
+            results = await asyncio.gather(*(w.get(path) for w in self.workers))
             ok = all(c == 200 for c, _ in results) and not self.stopping
             body = "".join(
                 f"worker {w.index}: {c or 'down'} {b.strip()}\n"

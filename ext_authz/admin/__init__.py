@@ -1,0 +1,1 @@
+"""The admin API (gRPC servicer) and the command line that calls it."""

@@ -1,0 +1,1 @@
+"""Serving: the Check servicer, the runtime, reloads, health, lifecycle and workers."""

@@ -1,0 +1,289 @@
+"""ext-authz serving one config: assembly, lifecycle and signals.
+
+Start: load the engine, open the state replica, start the live trust sources, bind the Check port
+(a unix socket with a restrictive mode, loopback, or TLS with an allow-list of Envoys), the admin API
+(worker 0) and the HTTP health port, then report SERVING. Stop (SIGTERM): NOT_SERVING at once, keep
+answering Checks for ``drain_delay``, then stop accepting and give in-flight Checks ``shutdown_grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from ..admin.servicer import AdminServicer, start_admin_server
+from ..clock import Clock, SystemClock
+from ..errors import AuthzError, StateError
+from ..loader import load_engine
+from ..observe.decision_log import DecisionLog
+from ..pipeline import Engine
+from ..settings import Settings, is_loopback
+from ..state.backends import open_log
+from ..state.integrity import Sealer, load_key
+from ..state.replica import Replica
+from ..trust.remote import RemoteTrust
+from ..trust.sources import TrustSources
+from ..trust.workload_api import WorkloadApiTrust
+from .check import AUTH_SERVICE, AuthorizationServicer
+from .health import serve_health, watch_state_health
+from .peers import SvidPeers, tls_server_credentials
+from .reload import Reloader
+from .runtime import Runtime
+
+__all__ = ["WORKER_ENV", "WORKER_HTTP_ENV", "Server", "StopSignals", "open_replica", "serve", "worker_index"]
+
+log = logging.getLogger("ext_authz")
+WORKER_ENV = "EXT_AUTHZ_WORKER"  # set by the supervisor: this process is worker N
+WORKER_HTTP_ENV = "EXT_AUTHZ_WORKER_HTTP"  # its private metrics/health address
+
+
+def worker_index() -> int | None:
+    value = os.environ.get(WORKER_ENV)
+    return int(value) if value and value.isdigit() else None
+
+
+def open_replica(settings: Settings, current: Callable[[], Settings], clock: Clock) -> Replica:
+    """The state replica the settings name (raises StateError for a key or password it cannot read)."""
+    state = settings.state
+    key = load_key(state.hmac_key_file) if state.hmac_key_file is not None else None
+    return Replica(
+        open_log(state), current, sealer=Sealer(key), clock=clock, retention=settings.state_retention
+    )
+
+
+def check_server(transport: str, *, reuse_port: bool) -> grpc.aio.Server:
+    """The gRPC server for Check and health: grpcio's, or pygrpc-native's Rust HTTP/2 front.
+
+    Both take the same servicers: pygrpc-native's server is a ``grpc.aio.Server`` whose registered
+    unary and server-streaming methods are served by tokio/hyper and handed to our coroutines.
+    """
+    options = [("grpc.so_reuseport", 1 if reuse_port else 0), ("grpc.max_receive_message_length", 1 << 20)]
+    if transport == "native":
+        import pygrpc_native.aio  # optional: the settings checked it is installed
+
+        server: grpc.aio.Server = pygrpc_native.aio.server(options=options)
+        return server
+    return grpc.aio.server(options=options)
+
+
+@contextlib.contextmanager
+def socket_mode(mode: int) -> Iterator[None]:
+    """Sockets bound meanwhile are created with ``mode`` (no window in which others could connect)."""
+    old = os.umask(0o777 & ~mode)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def unix_socket_path(address: str) -> Path:
+    path = Path(address[len("unix://") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return path
+
+
+class Server:
+    """ext-authz serving one config: Check, health (gRPC and HTTP), reloads, the admin API, graceful stop."""
+
+    def __init__(self, config_path: Path, runtime: Runtime) -> None:
+        self.config_path = config_path
+        self.runtime = runtime
+        self.health = HealthServicer()
+        # Workers share one port (SO_REUSEPORT); a lone server refuses to share it by accident.
+        self.worker = runtime.worker
+        self.grpc = check_server(runtime.engine.config.transport, reuse_port=self.worker is not None)
+        self.http: asyncio.Server | None = None
+        self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
+        self.workload_api = WorkloadApiTrust(runtime.sources_changed)
+        runtime.sources = TrustSources((self.remote, self.workload_api))
+        runtime.on_unknown_key = self.remote.request_refetch
+        self.reloader = Reloader(config_path, runtime)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_cut = asyncio.Event()
+        self.bound_port = 0
+        self.admin: grpc.aio.Server | None = None
+        self.admin_servicer: AdminServicer | None = None
+        self._socket: tuple[Path, int] | None = None  # a unix-socket Check port and its mode
+
+    def _peers(self, allowed: Callable[[], tuple[str, ...]]) -> SvidPeers:
+        return SvidPeers(lambda: self.runtime.engine.trust, allowed, self.runtime.clock)
+
+    def _allowed_domains(self) -> tuple[str, ...]:
+        """The trust domains of the Envoys allowed to call Check: the TLS handshake's pool."""
+        ids = self.runtime.engine.config.check.allowed_spiffe_ids
+        return tuple(sorted({sid.split("/")[2] for sid in ids}))
+
+    def _bind_check(self, cfg: Settings) -> None:
+        listen = cfg.listen
+        if listen.startswith("unix://"):
+            path = unix_socket_path(listen)
+            with socket_mode(cfg.check.socket_mode):
+                self.bound_port = self.grpc.add_insecure_port(listen)
+            self._socket = (path, cfg.check.socket_mode)
+        elif cfg.check.tls is not None:
+            creds = tls_server_credentials(
+                cfg.check.tls, lambda: self.runtime.engine.trust, self._allowed_domains
+            )
+            self.bound_port = self.grpc.add_secure_port(listen, creds)
+        else:
+            if not is_loopback(listen):  # the settings refuse this unless check.plaintext says so
+                log.warning(
+                    "Check is served in plaintext on %s (check.plaintext: true): anyone who can reach it can"
+                    " call Check and cause its side effects",
+                    listen,
+                )
+            self.bound_port = self.grpc.add_insecure_port(listen)
+
+    async def start(self) -> None:
+        rt = self.runtime
+        cfg = rt.engine.config
+        peers = None
+        if cfg.check.tls is not None:
+            peers = self._peers(lambda: self.runtime.engine.config.check.allowed_spiffe_ids)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(rt, peers), self.grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await rt.replica.start()  # durable state is loaded before anything is decided
+        rt.install(rt.engine)
+        await rt.sources.start()  # first remote JWKS and Workload API bundles (bounded waits)
+        if self.worker in (None, 0):  # one admin API per host: worker 0 serves it, the store shares it
+            admin_peers = None
+            if not cfg.admin_listen.startswith("unix://"):
+                admin_peers = self._peers(lambda: self.runtime.engine.config.admin.allowed_spiffe_ids)
+            self.admin, self.admin_servicer = await start_admin_server(rt, admin_peers)
+        self._bind_check(cfg)
+        await self.grpc.start()
+        if self._socket is not None:
+            os.chmod(*self._socket)  # whatever the umask did, the socket has exactly the configured mode
+        http_listen = os.environ.get(WORKER_HTTP_ENV) if self.worker is not None else cfg.http_listen
+        if http_listen:
+            host, _, port = http_listen.rpartition(":")
+            self.http = await asyncio.start_server(
+                lambda r, w: serve_health(self.runtime, r, w), host.strip("[]"), int(port)
+            )
+        # Config, trust bundles, state and policy are loaded: now we are ready.
+        rt.ready = True
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self.reloader.run()))
+        self._tasks.append(asyncio.create_task(watch_state_health(rt, self.health)))
+        loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+        log.info(
+            "ext-authz serving Check on %s over %s on %s (revision %s)",
+            cfg.listen,
+            cfg.transport,
+            loop,
+            rt.engine.revision,
+        )
+
+    def cut_drain(self) -> None:
+        self._drain_cut.set()
+
+    async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """NOT_SERVING first; keep answering Checks for ``drain`` seconds (Envoy's health checks and
+        its own drain move traffic away meanwhile); then stop accepting, answer in-flight Checks
+        (up to ``grace``), and close."""
+        self.runtime.ready = False
+        await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            log.info("NOT_SERVING; still answering Checks for %.1fs before stopping", drain)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), drain)  # a second signal ends it early
+        for t in self._tasks:
+            t.cancel()
+        await self.runtime.sources.stop()
+        grace = self.runtime.engine.config.shutdown_grace if grace is None else grace
+        stops = [self.grpc.stop(grace)]
+        if self.admin is not None:
+            stops.append(self.admin.stop(min(grace, 1.0)))
+        await asyncio.gather(*stops)
+        await self.runtime.replica.close()
+        if self.http is not None:
+            self.http.close()
+            await self.http.wait_closed()
+        log.info("ext-authz stopped")
+
+
+class StopSignals:
+    """SIGTERM and SIGINT on the running loop. The first one stops; ``on_repeat`` runs on any later one.
+
+    SIGTERM (an orchestrator) drains for ``drain_delay`` first; SIGINT (someone at a terminal) does not.
+    """
+
+    def __init__(self, on_repeat: Callable[[], None] | None = None) -> None:
+        self.first: signal.Signals | None = None
+        self.event = asyncio.Event()
+        self._on_repeat = on_repeat
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.first is None:
+            self.first = sig
+            self.event.set()
+        elif self._on_repeat is not None:
+            self._on_repeat()
+
+    def drain(self, cfg: Settings) -> float:
+        return cfg.drain_delay if self.first == signal.SIGTERM else 0.0
+
+
+def build_runtime(
+    engine: Engine, decision_log: DecisionLog, clock: Clock | None = None, **kw: Any
+) -> Runtime:
+    clock = clock or SystemClock()
+    holder: dict[str, Runtime] = {}
+    replica = open_replica(engine.config, lambda: holder["rt"].engine.config, clock)
+    runtime = Runtime(
+        engine=engine, replica=replica, clock=clock, decision_log=decision_log, worker=worker_index(), **kw
+    )
+    holder["rt"] = runtime
+    return runtime
+
+
+async def serve(config_path: Path) -> int:
+    try:
+        engine = load_engine(config_path)
+    except AuthzError as exc:
+        log.error("cannot start: %s", exc.detail)
+        return 2
+    dl = engine.config.decision_log
+    try:
+        decision_log = DecisionLog.open(dl.path, background=True, max_queue=dl.queue)
+    except OSError as exc:
+        log.error("cannot start: %s: decision_log.path: %s", config_path, exc)
+        return 2
+    try:
+        runtime = build_runtime(engine, decision_log)
+        server = Server(config_path, runtime)
+        await server.start()
+    except StateError as exc:
+        log.error("cannot start: state: %s", exc.detail)
+        return 2
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    signals = StopSignals(on_repeat=server.cut_drain)  # a second signal: no more waiting
+    log.info("ready: grpc %s, http %s", engine.config.listen, engine.config.http_listen)
+    await signals.event.wait()
+    log.info("signal received: draining (pid %d)", os.getpid())
+    await server.stop(drain=signals.drain(server.runtime.engine.config))
+    decision_log.close()
+    return 0

@@ -1,0 +1,70 @@
+"""Hot reload: poll the config and every trust file it names; a broken file keeps the last good state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from ..errors import AuthzError
+from ..loader import load_engine
+from .runtime import Runtime
+
+__all__ = ["Reloader"]
+
+log = logging.getLogger("ext_authz")
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+def _fingerprint(paths: tuple[Path, ...]) -> Fingerprint:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((str(p), -1, -1, -1))
+    return tuple(out)
+
+
+class Reloader:
+    def __init__(self, config_path: Path, runtime: Runtime) -> None:
+        self.config_path = config_path
+        self.runtime = runtime
+        self._seen = _fingerprint(runtime.engine.config.watched_files())
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.engine.config.reload_interval)
+            await self.check()
+
+    async def check(self) -> bool:
+        """Load again if any watched file changed. True when a new generation was installed."""
+        seen = _fingerprint(self.runtime.engine.config.watched_files())
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        rt = self.runtime
+        try:
+            engine = await asyncio.to_thread(load_engine, self.config_path)
+        except AuthzError as exc:
+            rt.metrics.reloads.get("failure").inc()
+            rt.reloads_failed += 1
+            rt.last_reload_error = exc.detail
+            log.error("reload failed, keeping the last good configuration and trust: %s", exc.detail)
+            return False
+        after = _fingerprint(engine.config.watched_files())
+        before = {entry[0]: entry for entry in seen}
+        if any(entry[0] in before and before[entry[0]] != entry for entry in after):
+            # A file changed while we were reading it: what we loaded may be a mix. Load again on the
+            # next tick instead of recording the new state as seen.
+            self._seen = ()
+        else:
+            self._seen = after
+        old = rt.engine.revision
+        rt.metrics.reloads.get("success").inc()
+        rt.install(engine)
+        rt.last_reload_error = ""
+        if old != rt.engine.revision:
+            log.info("reloaded: revision %s -> %s", old, rt.engine.revision)
+        return True

@@ -1,0 +1,735 @@
+"""The settings: frozen types with their keys, defaults and limits, each defined once.
+
+These types do not know YAML (``config/load.py`` reads a file into them) and they are what every other
+module reads. Validation happens once, here, when settings are built; the hot path reads plain
+attributes. Unknown keys are errors: in a security configuration a typo must not silently turn into a
+default. The JSON Schema of the configuration file is derived from these types
+(``ext-authz config schema``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from .identity.spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
+from .match import PatternError, Selector
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DEFAULT_ADMIN_LISTEN",
+    "DEFAULT_HTTP_LISTEN",
+    "DEFAULT_LISTEN",
+    "DEFAULT_REDACT_HEADERS",
+    "DEFAULT_STATE",
+    "JWT_SVID_ALGORITHMS",
+    "MAX_CHAIN",
+    "MAX_TOKEN_BYTES",
+    "MAX_XFCC_BYTES",
+    "AdminSettings",
+    "CacheSettings",
+    "CheckSettings",
+    "DecisionLogSettings",
+    "DeviceSettings",
+    "ExceptionsSettings",
+    "IssuerSettings",
+    "JwtSvidSettings",
+    "Limits",
+    "MatchSettings",
+    "MtlsSettings",
+    "QuarantineSettings",
+    "RuleSettings",
+    "Settings",
+    "StateSettings",
+    "TlsFiles",
+    "TrustDomainSettings",
+    "is_loopback",
+    "parse_duration",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:9191"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9192"
+DEFAULT_ADMIN_LISTEN = "unix:///run/ext-authz/admin.sock"
+DEFAULT_STATE = "sqlite:///var/lib/ext-authz/state.db"
+DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key")
+
+JWT_SVID_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+ASYMMETRIC_ALGORITHMS = (*JWT_SVID_ALGORITHMS, "EdDSA")
+
+# The verifiers' own hard bounds: a configured limit above them could never take effect.
+MAX_TOKEN_BYTES = 16 * 1024  # the JWT verifier refuses longer tokens whatever the config says
+MAX_CHAIN = 8  # intermediates considered for X.509 path building
+MAX_XFCC_BYTES = 64 * 1024  # an XFCC header longer than this is not parsed
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``90``, ``90s``, ``250ms``, ``15m``, ``4h``, ``7d`` → seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 15m or 4h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value.strip()) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"expected a duration such as 30s, 15m or 4h, got {value!r}")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _duration_schema(description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "anyOf": [
+            {"type": "number", "minimum": 0},
+            {"type": "string", "pattern": _DURATION.pattern},
+        ]
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_duration_schema())]
+
+
+def _none_as_empty(value: object) -> object:
+    return () if value is None else value
+
+
+def _one_or_many(value: object) -> object:
+    """A single string stands for a list of one; nothing for an empty list."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_non_empty)]
+TextList = Annotated[tuple[Text, ...], BeforeValidator(_one_or_many)]
+
+
+def _relative_path(value: object, info: ValidationInfo) -> object:
+    """Relative paths are relative to the config file's folder."""
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty file path")
+    if "://" in value:
+        raise ValueError(f"expected a file path, got the URL {value!r}")
+    path = Path(value)
+    base = (info.context or {}).get("base")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+FilePath = Annotated[Path, BeforeValidator(_relative_path), WithJsonSchema({"type": "string"})]
+
+
+def _listen_address(value: str) -> str:
+    if value.startswith("unix://"):
+        if not value[len("unix://") :].startswith("/"):
+            raise ValueError("a unix socket address is unix:///absolute/path")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT or unix:///path, got {value!r}")
+    return value
+
+
+ListenAddress = Annotated[StrictStr, AfterValidator(_listen_address)]
+
+
+def _spiffe_id(value: str) -> str:
+    try:
+        sid = SpiffeId.parse(value)
+    except SpiffeIdError as exc:
+        raise ValueError(f"not a valid SPIFFE ID: {exc}") from exc
+    if not sid.path:
+        raise ValueError(f"{value!r} names a trust domain, not a workload")
+    return str(sid)
+
+
+SpiffeIdText = Annotated[StrictStr, AfterValidator(_spiffe_id)]
+SpiffeIdList = Annotated[tuple[SpiffeIdText, ...], BeforeValidator(_one_or_many)]
+
+
+def is_loopback(address: str) -> bool:
+    """Is a ``HOST:PORT`` listen address reachable only from this host?"""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _socket_mode(value: object) -> int:
+    """``"0660"`` or ``0o660`` → 0o660; only owner and group bits."""
+    if isinstance(value, bool):
+        raise ValueError('expected a file mode such as "0660"')
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value.strip()):
+        mode = int(value.strip(), 8)
+    elif isinstance(value, int):
+        mode = value
+    else:
+        raise ValueError(f'expected a file mode such as "0660", got {value!r}')
+    if mode & 0o007:
+        raise ValueError("the Check socket must not be reachable by other users: no bits for others")
+    if not mode & 0o600 == 0o600:
+        raise ValueError("the owner (ext-authz) needs read and write on its socket")
+    return mode
+
+
+class Section(BaseModel):
+    """A configuration section: frozen, unknown keys refused, an empty section means defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, data: object) -> object:
+        return {} if data is None else data
+
+
+class TrustDomainSettings(Section):
+    """One SPIFFE trust domain: bundle files, or the Workload API (bundles never mix)."""
+
+    x509_bundle: FilePath | None = Field(None, description="PEM roots, or SPIFFE bundle JSON")
+    jwt_bundle: FilePath | None = Field(None, description="SPIFFE bundle JSON / JWKS: keys with use=jwt-svid")
+    workload_api: StrictStr | None = Field(None, description="unix:///path of a SPIFFE Workload API socket")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrustDomainSettings:
+        if self.workload_api is not None:
+            if not self.workload_api.startswith("unix:///"):
+                raise _SubKeyError("workload_api", "expected the agent socket as unix:///path")
+            if self.x509_bundle is not None or self.jwt_bundle is not None:
+                raise ValueError("either workload_api or bundle files, not both: bundles never mix")
+        if self.x509_bundle is None and self.jwt_bundle is None and self.workload_api is None:
+            raise ValueError("needs at least one of x509_bundle, jwt_bundle, workload_api")
+        return self
+
+
+def _algorithms(allowed: tuple[str, ...]) -> Any:
+    def check(values: tuple[str, ...]) -> tuple[str, ...]:
+        for alg in values:
+            if alg not in allowed:
+                raise ValueError(
+                    f"algorithm {alg!r} is not allowed; expected some of {sorted(allowed)}"
+                    " (never none or HS*)"
+                )
+        if not values:
+            raise ValueError("at least one algorithm")
+        return values
+
+    return AfterValidator(check)
+
+
+class JwtSvidSettings(Section):
+    audiences: TextList = Field((), description="a JWT-SVID must name one of these (aud)")
+    algorithms: Annotated[TextList, _algorithms(JWT_SVID_ALGORITHMS)] = JWT_SVID_ALGORITHMS
+    leeway: Duration = 30.0
+
+
+class IssuerSettings(Section):
+    """An OIDC (or plain JWT) issuer, keyed by the tokens' ``iss``."""
+
+    jwks: StrictStr | None = Field(None, description="a JWKS file, or an https:// URL")
+    discovery: StrictBool = Field(
+        False, description="find jwks_uri at {issuer}/.well-known/openid-configuration"
+    )
+    refresh: Annotated[Duration, AfterValidator(lambda v: max(1.0, v))] = 300.0
+    max_stale: Duration = 86_400.0
+    ca: FilePath | None = Field(None, description="extra CA bundle to verify the issuer's HTTPS server")
+    audiences: TextList = Field(..., description="required: tokens must be meant for us")
+    algorithms: Annotated[TextList, _algorithms(ASYMMETRIC_ALGORITHMS)] = ("RS256", "ES256")
+    leeway: Duration = 30.0
+    subject_claim: Text = "sub"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _some_key_source(cls, data: object) -> object:
+        if (
+            (data is None or isinstance(data, dict))
+            and not (data or {}).get("jwks")
+            and not (data or {}).get("discovery")
+        ):
+            raise _SubKeyError("jwks", "is required: a JWKS file, an https URL, or discovery: true")
+        return data
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("https://"):
+            return value
+        if "://" in value:
+            raise ValueError("a JWKS URL must be https://")
+        path = _relative_path(value, info)
+        return str(path)
+
+    @field_validator("audiences")
+    @classmethod
+    def _some_audience(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("is required: tokens must be meant for us")
+        return value
+
+    @model_validator(mode="after")
+    def _key_source(self) -> IssuerSettings:
+        if self.discovery and self.jwks:
+            raise ValueError("either jwks or discovery: true, not both")
+        if not self.discovery and not self.jwks:
+            raise _SubKeyError("jwks", "is required: a JWKS file, an https URL, or discovery: true")
+        return self
+
+    @property
+    def jwks_file(self) -> Path | None:
+        return None if self.jwks is None or self.jwks.startswith("https://") else Path(self.jwks)
+
+    @property
+    def jwks_url(self) -> str:
+        return self.jwks if self.jwks is not None and self.jwks.startswith("https://") else ""
+
+    @property
+    def remote(self) -> bool:
+        return self.jwks_file is None
+
+
+def _check_selector(m: MatchSettings) -> MatchSettings:
+    for sub, args in (
+        ("hosts", (m.hosts, (), ())),
+        ("paths", ((), m.paths, ())),
+        ("methods", ((), (), m.methods)),
+    ):
+        try:
+            Selector.compile(*args)
+        except PatternError as exc:
+            raise _SubKeyError(sub, str(exc)) from exc
+    return m
+
+
+class MatchSettings(Section):
+    """Selectors (see ext_authz/match.py): every listed one must match; empty means any."""
+
+    hosts: Annotated[TextList, AfterValidator(lambda hs: tuple(h.lower() for h in hs))] = Field(
+        (), description="host patterns: `*` matches any characters; the port is ignored unless given"
+    )
+    paths: TextList = Field(
+        (), description="path patterns: `*` matches any characters, `/` included; no query"
+    )
+    methods: Annotated[TextList, AfterValidator(lambda ms: tuple(m.upper() for m in ms))] = ()
+    context_extensions: Mapping[StrictStr, StrictStr] = Field(
+        default_factory=dict, description="from Envoy's per-route check_settings"
+    )
+
+
+class RuleSettings(Section):
+    name: Text
+    description: StrictStr = ""
+    effect: Literal["allow", "deny"] = "allow"
+    mode: Literal["enforce", "shadow"] = "enforce"
+    match: Annotated[MatchSettings, AfterValidator(_check_selector)] = Field(default_factory=MatchSettings)
+    when: Text | None = Field(None, description="a CEL condition")
+    anonymous: StrictBool = Field(
+        False, description="an allow rule that also admits callers without credentials"
+    )
+
+
+class MtlsSettings(Section):
+    source: Literal["certificate", "principal"] = Field(
+        "certificate",
+        description="certificate: verify source.certificate;"
+        " principal: trust Envoy's verified source.principal",
+    )
+
+
+class CacheSettings(Section):
+    size: Annotated[StrictInt, Field(ge=0)] = Field(
+        10_000, description="verified-credential LRU entries per kind"
+    )
+
+
+class QuarantineSettings(Section):
+    """A principal denied ``denials`` times within ``window`` is revoked for ``duration``."""
+
+    denials: Annotated[StrictInt, Field(ge=1)]
+    window: Duration = 60.0
+    duration: Duration = 900.0
+    attribution: Literal["user", "workload"] = Field(
+        "user",
+        description="whom a denial counts against: the user when a user token is present (user),"
+        " or always the workload",
+    )
+
+
+class ExceptionsSettings(Section):
+    max_duration: Annotated[Duration, Field(gt=0)] = 4 * 3600.0
+
+
+class DeviceSettings(Section):
+    """Where a request's device id comes from: a token claim, else a request header."""
+
+    claim: Text = "device_id"
+    header: Annotated[StrictStr, AfterValidator(str.lower)] = ""
+
+
+class TlsFiles(Section):
+    cert: FilePath = Field(..., description="certificate chain (PEM)")
+    key: FilePath = Field(..., description="private key (PEM)")
+
+
+class CheckSettings(Section):
+    """Who may call Check: the callers' proof that they are Envoy."""
+
+    socket_mode: Annotated[int, BeforeValidator(_socket_mode), WithJsonSchema({"type": "string"})] = Field(
+        0o660, description="file mode of a unix-socket `listen` (owner and group: Envoy's group)"
+    )
+    tls: TlsFiles | None = Field(None, description="TLS for a TCP `listen`, with client certificates")
+    allowed_spiffe_ids: SpiffeIdList = Field(
+        (), description="Envoys allowed to call Check over TLS, verified as X.509-SVIDs of their trust domain"
+    )
+    plaintext: StrictBool = Field(
+        False,
+        description="allow plaintext TCP on a non-loopback address (anyone who reaches it can call Check)",
+    )
+
+
+class AdminSettings(Section):
+    """A TCP admin listener takes TLS; callers' certificates are verified as X.509-SVIDs."""
+
+    allowed_spiffe_ids: SpiffeIdList = ()
+    cert: FilePath | None = None
+    key: FilePath | None = None
+    client_ca: FilePath | None = Field(
+        None, description="optional: accept client certificates only from these roots in the TLS handshake"
+    )
+
+
+class StateTls(Section):
+    ca: FilePath | None = Field(None, description="CA bundle for the Redis server (default: the system's)")
+    cert: FilePath | None = None
+    key: FilePath | None = None
+
+
+def _state_url(value: object) -> object:
+    return {"url": value} if isinstance(value, str) else value
+
+
+class StateSettings(Section):
+    """Where continuous-trust state lives, and how it is protected."""
+
+    url: StrictStr = Field(
+        DEFAULT_STATE, description="memory://, sqlite:///PATH, redis://HOST:PORT/DB, rediss://…"
+    )
+    username: StrictStr | None = Field(None, description="Redis ACL user")
+    password_file: FilePath | None = Field(None, description="Redis password (AUTH) from this file")
+    password_env: StrictStr | None = Field(
+        None, description="Redis password (AUTH) from this environment variable"
+    )
+    tls: StateTls | None = Field(
+        None, description="rediss://: the server's CA and an optional client certificate"
+    )
+    hmac_key_file: FilePath | None = Field(
+        None,
+        description="shared key (at least 32 bytes) that authenticates every record (required for Redis)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StateSettings:
+        from .state.backends import BACKENDS  # the registry of backends, read lazily (it imports us)
+
+        scheme = self.scheme
+        if scheme not in BACKENDS:
+            known = ", ".join(f"{name}://" for name in BACKENDS)
+            raise _SubKeyError("url", f"expected the URL of a state backend ({known}), e.g. sqlite:///PATH")
+        if scheme == "sqlite" and not self.url.startswith("sqlite:///"):
+            raise _SubKeyError("url", "expected sqlite:///absolute/path")
+        redis = scheme in ("redis", "rediss")
+        if redis:
+            netloc = self.url.split("://", 1)[1].split("/", 1)[0]
+            if "@" in netloc:
+                raise _SubKeyError(
+                    "url",
+                    "a Redis password is never written in the config: use password_file or password_env",
+                )
+            if self.hmac_key_file is None:
+                raise _SubKeyError(
+                    "hmac_key_file",
+                    "hmac_key_file is required with Redis: every replica must be able to tell records that"
+                    " ext-authz wrote from records anyone with Redis access wrote",
+                )
+        elif self.password_file or self.password_env or self.username or self.tls:
+            raise ValueError("username, password_file, password_env and tls are for Redis only")
+        if self.password_file and self.password_env:
+            raise ValueError("either password_file or password_env, not both")
+        if self.tls is not None and scheme != "rediss":
+            raise _SubKeyError("tls", "TLS to Redis needs a rediss:// URL")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0] if "://" in self.url else ""
+
+
+class DecisionLogSettings(Section):
+    path: Text = Field("stdout", description="stdout, or a file (appended)")
+    headers: StrictBool = Field(False, description="include request headers (redacted) in each record")
+    redact_headers: Annotated[TextList, AfterValidator(lambda hs: tuple(h.lower() for h in hs))] = (
+        DEFAULT_REDACT_HEADERS
+    )
+    queue: Annotated[StrictInt, Field(ge=1)] = Field(
+        10_000, description="records waiting for a slow sink before they are dropped (and counted)"
+    )
+
+
+def _limit(low: int, high: int, default: int, description: str) -> Any:
+    return Field(default, ge=low, le=high, description=description)
+
+
+class Limits(Section):
+    """What one Check may carry before it is refused unread (each with its reason code)."""
+
+    max_token_bytes: StrictInt = _limit(256, MAX_TOKEN_BYTES, 8 * 1024, "bearer token → 401 token_too_large")
+    # Above Envoy's own defaults (100 headers, 60 KiB), which count before Envoy adds its own
+    # (x-request-id, x-forwarded-*, XFCC): a request Envoy accepted is not refused for its size here.
+    max_headers: StrictInt = _limit(1, 10_000, 200, "request headers → 431 request_headers_too_large")
+    max_header_bytes: StrictInt = _limit(1024, 1024 * 1024, 96 * 1024, "names + values → 431")
+    max_chain_length: StrictInt = _limit(
+        0, MAX_CHAIN, 5, "intermediates in the XFCC Chain → 401 cert_chain_too_large"
+    )
+    max_chain_bytes: StrictInt = _limit(
+        1024, MAX_XFCC_BYTES, 32 * 1024, "peer certificate, XFCC header → 401"
+    )
+    max_body_bytes: StrictInt = _limit(
+        0, 16 * 1024 * 1024, 8 * 1024, "a body Envoy sends → 413 body_too_large"
+    )
+    cel_max_expression_bytes: StrictInt = _limit(16, 64 * 1024, 4096, "checked at load: a rule's `when`")
+    cel_max_comprehension_depth: StrictInt = _limit(0, 8, 2, "checked at load: nested all/exists/map/filter")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class Settings(Section):
+    """The whole configuration (v1 contract: keys are extended, never renamed)."""
+
+    source: SkipJsonSchema[Path] = Field(Path("ext-authz.yaml"), exclude=True)
+    listen: ListenAddress = Field(
+        DEFAULT_LISTEN, description="Envoy's ext_authz gRPC target: HOST:PORT or unix:///path"
+    )
+    check: CheckSettings = Field(default_factory=CheckSettings)
+    http_listen: Annotated[ListenAddress | None, BeforeValidator(lambda v: None if v == "" else v)] = Field(
+        DEFAULT_HTTP_LISTEN, description="GET /metrics /healthz /readyz; null disables"
+    )
+    admin_listen: ListenAddress = DEFAULT_ADMIN_LISTEN
+    trust_domains: Mapping[StrictStr, TrustDomainSettings] = Field(default_factory=dict)
+    jwt_svid: JwtSvidSettings = Field(default_factory=JwtSvidSettings)
+    issuers: Mapping[StrictStr, IssuerSettings] = Field(default_factory=dict)
+    mtls: MtlsSettings = Field(default_factory=MtlsSettings)
+    state: Annotated[StateSettings, BeforeValidator(_state_url)] = Field(default_factory=StateSettings)
+    rules: Annotated[tuple[RuleSettings, ...], BeforeValidator(_none_as_empty)] = ()
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    reload_interval: Annotated[Duration, AfterValidator(lambda v: max(0.05, v))] = 1.0
+    shutdown_grace: Duration = 10.0
+    drain_delay: Duration = 3.0
+    state_retention: Duration = Field(
+        3600.0, description="ended records are listed this long, then forgotten"
+    )
+    quarantine: QuarantineSettings | None = None
+    exceptions: ExceptionsSettings = Field(default_factory=ExceptionsSettings)
+    max_token_age: Duration | None = None
+    max_session_age: Duration | None = None
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
+    workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    limits: Limits = Field(default_factory=Limits)
+    transport: Literal["grpcio", "native"] = Field("grpcio", description="the Check port's HTTP/2 server")
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source(cls, data: object, info: ValidationInfo) -> object:
+        """Where the settings came from is the loader's to say, never the file's."""
+        if isinstance(data, dict):
+            if "source" in data:
+                raise _KeyError("source", "unknown key: where the settings came from is not a setting")
+            source = (info.context or {}).get("source")
+            if source is not None:
+                data = {**data, "source": source}
+        return data
+
+    @field_validator("trust_domains", "issuers", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @field_validator("trust_domains")
+    @classmethod
+    def _trust_domain_names(
+        cls, value: Mapping[str, TrustDomainSettings]
+    ) -> Mapping[str, TrustDomainSettings]:
+        out: dict[str, TrustDomainSettings] = {}
+        for name, td in value.items():
+            try:
+                out[TrustDomain(name).name] = td
+            except SpiffeIdError as exc:
+                raise _KeyError(f"trust_domains.{name}", f"not a valid trust domain name: {exc}") from exc
+        return out
+
+    @field_validator("issuers")
+    @classmethod
+    def _issuer_names(cls, value: Mapping[str, IssuerSettings]) -> Mapping[str, IssuerSettings]:
+        for iss, ic in value.items():
+            key = f"issuers.{iss}"
+            if iss.startswith("spiffe://"):
+                raise _KeyError(key, "JWT-SVIDs are verified through trust_domains, not issuers")
+            if "#" in iss:
+                # `ISSUER#SUBJECT` names a user (see ext_authz/principal.py): an issuer has no fragment.
+                raise _KeyError(key, "an issuer cannot contain '#'")
+            if ic.discovery and not iss.startswith("https://"):
+                raise _KeyError(f"{key}.discovery", "OIDC discovery needs an https:// issuer")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: tuple[RuleSettings, ...]) -> tuple[RuleSettings, ...]:
+        seen: set[str] = set()
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                raise _KeyError(f"rules[{i}].name", f"duplicate rule name {rule.name!r}")
+            seen.add(rule.name)
+        return rules
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        self._check_tokens()
+        self._check_listeners()
+        self._check_workers_and_extras()
+        return self
+
+    def _check_tokens(self) -> None:
+        if (
+            any(td.jwt_bundle or td.workload_api for td in self.trust_domains.values())
+            and not self.jwt_svid.audiences
+        ):
+            raise _KeyError("jwt_svid.audiences", "required when a trust domain has a jwt_bundle")
+
+    def _svid_domains_known(self, key: str, ids: tuple[str, ...]) -> None:
+        for sid in ids:
+            td = SpiffeId.parse(sid).trust_domain.name
+            cfg = self.trust_domains.get(td)
+            if cfg is None or (cfg.x509_bundle is None and cfg.workload_api is None):
+                raise _KeyError(
+                    key, f"{sid}: its trust domain {td!r} needs an X.509 bundle in trust_domains to verify it"
+                )
+
+    def _check_listeners(self) -> None:
+        check = self.check
+        tcp = not self.listen.startswith("unix://")
+        if check.tls is not None:
+            if not tcp:
+                raise _KeyError(
+                    "check.tls", "TLS is for a TCP listen address; a unix socket is protected by its mode"
+                )
+            if not check.allowed_spiffe_ids:
+                raise _KeyError(
+                    "check.allowed_spiffe_ids", "required with check.tls: which Envoys may call Check"
+                )
+            if self.transport == "native":
+                raise _KeyError(
+                    "transport",
+                    "native serves plaintext only (a unix socket or loopback):"
+                    " use transport: grpcio for check.tls",
+                )
+            self._svid_domains_known("check.allowed_spiffe_ids", check.allowed_spiffe_ids)
+        elif check.allowed_spiffe_ids:
+            raise _KeyError("check.allowed_spiffe_ids", "takes effect only with check.tls")
+        if tcp and check.tls is None and not is_loopback(self.listen) and not check.plaintext:
+            raise _KeyError(
+                "listen",
+                f"{self.listen} is reachable beyond this host in plaintext, and Check has side effects:"
+                " use a unix socket, check.tls with allowed_spiffe_ids, or say check.plaintext: true",
+            )
+        admin = self.admin
+        if not self.admin_listen.startswith("unix://"):
+            if not (admin.allowed_spiffe_ids and admin.cert and admin.key):
+                raise _KeyError(
+                    "admin_listen",
+                    "a TCP admin address needs TLS (admin.cert, admin.key) and admin.allowed_spiffe_ids",
+                )
+            self._svid_domains_known("admin.allowed_spiffe_ids", admin.allowed_spiffe_ids)
+
+    def _check_workers_and_extras(self) -> None:
+        if self.workers > 1 and self.state.scheme == "memory":
+            raise _KeyError("workers", "several workers need a shared state store (sqlite:/// or redis://)")
+        if self.workers > 1 and self.listen.startswith("unix://"):
+            raise _KeyError(
+                "workers", "several workers share a TCP port (SO_REUSEPORT); listen is a unix socket"
+            )
+        if self.event_loop == "uvloop" and not _installed("uvloop"):
+            raise _KeyError("event_loop", "uvloop is not installed; install it or use asyncio")
+        if self.transport == "native" and not _installed("pygrpc_native"):
+            raise _KeyError(
+                "transport", "native needs the pygrpc-native package: pip install 'ext-authz[native]'"
+            )
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """The config file and every trust file it names: a change to any of them reloads."""
+        files: list[Path] = [self.source]
+        for td in self.trust_domains.values():
+            files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
+        files.extend(p for i in self.issuers.values() if (p := i.jwks_file) is not None)
+        return tuple(dict.fromkeys(files))
+
+
+def _KeyError(key: str, message: str) -> PydanticCustomError:
+    """A check across keys failed: it names the key it is about (the loader reports it as that key)."""
+    return PydanticCustomError("config", "{message}", {"key": key, "message": message})
+
+
+def _SubKeyError(sub: str, message: str) -> PydanticCustomError:
+    """A check inside a section failed: it names the key within the section."""
+    return PydanticCustomError("config_sub", "{message}", {"sub": sub, "message": message})

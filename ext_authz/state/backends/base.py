@@ -1,0 +1,70 @@
+"""The change-log protocol every state backend implements (memory, SQLite, Redis, …).
+
+A backend stores the current records (kind, id → sealed body), the sessions' first uses, and an
+ordered change log with opaque positions. It knows nothing of record types, keys or validation: the
+replica (``state/replica.py``) seals what it writes, opens and checks what it reads, applies changes
+and builds snapshots. A backend translates its driver's failures into :class:`~ext_authz.errors.StateError`
+and nothing else escapes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+__all__ = ["Batch", "Change", "ChangeLog", "Loaded"]
+
+Op = Literal["put", "delete", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: Op
+    kind: str  # a record kind, or "session"
+    id: str
+    body: str  # the sealed envelope (state/integrity.py)
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything stored, and the log position it corresponds to."""
+
+    position: str
+    records: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, id, sealed body)
+    sessions: dict[str, str] = field(default_factory=dict)  # session key -> sealed first use
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Changes after a position. ``behind``: entries we never read were pruned; load everything."""
+
+    position: str
+    changes: list[Change] = field(default_factory=list)
+    behind: bool = False
+
+
+class ChangeLog(Protocol):
+    durable: bool  # records and sessions outlive the process
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def load(self) -> Loaded:
+        """The position first, then the records: a change committed in between is read again from
+        the log (harmless), never counted as read while missing."""
+
+    async def append(self, change: Change) -> None:
+        """Apply ``change`` to the stored records and append it to the log, atomically."""
+
+    async def follow(self, position: str, *, wait: bool = True) -> Batch:
+        """Changes after ``position``; with ``wait``, first waiting up to the backend's own interval
+        for some (a poll interval, or a blocking read)."""
+
+    async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
+        """Record first uses (the first write of a key wins) and log them for the other replicas."""
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+        """Delete records that ended past the retention, each only if it still holds that body; prune
+        the log's old entries."""

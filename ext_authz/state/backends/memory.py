@@ -1,0 +1,56 @@
+"""``memory://``: one process, nothing survives a restart. For tests and throwaway demos."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...settings import StateSettings
+from .base import Batch, Change, Loaded
+
+__all__ = ["MemoryLog"]
+
+
+class MemoryLog:
+    durable = False
+
+    def __init__(self, *, interval: float = 1.0) -> None:
+        self.wait = interval
+        self._records: dict[tuple[str, str], str] = {}
+        self._sessions: dict[str, str] = {}
+        self._seq = 0
+
+    @classmethod
+    def from_settings(cls, settings: StateSettings) -> MemoryLog:
+        return cls()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def load(self) -> Loaded:
+        records = [(kind, rid, body) for (kind, rid), body in self._records.items()]
+        return Loaded(str(self._seq), records, dict(self._sessions))
+
+    async def append(self, change: Change) -> None:
+        if change.op == "put":
+            self._records[(change.kind, change.id)] = change.body
+        elif change.op == "delete":
+            self._records.pop((change.kind, change.id), None)
+        self._seq += 1
+
+    async def follow(self, position: str, *, wait: bool = True) -> Batch:
+        # This process is the only writer, and the replica applies its own writes as it makes them.
+        if wait:
+            await asyncio.sleep(self.wait)
+        return Batch(str(self._seq))
+
+    async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
+        for key, body in sessions.items():
+            self._sessions.setdefault(key, body)
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+        for kind, rid, body in items:
+            if self._records.get((kind, rid)) == body:
+                del self._records[(kind, rid)]

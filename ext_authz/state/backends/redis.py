@@ -1,0 +1,234 @@
+"""``redis://HOST:PORT/DB`` or ``rediss://`` (TLS): state shared by every replica of a fleet.
+
+Records live in a hash; every change is also appended to a Redis Stream, the durable change log, which
+each replica follows with a blocking XREAD from the last entry it applied. If Redis goes away the
+replica keeps its last snapshot, and after reconnecting catches up from its position — or loads
+everything if the stream was trimmed past it. The password comes from a file or an environment
+variable (``state.password_file`` / ``password_env``), never from the config itself; ``rediss://``
+verifies the server against ``state.tls.ca`` and may present a client certificate.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ...errors import StateError
+from ...settings import StateSettings
+from .base import Batch, Change, Loaded
+
+__all__ = ["RedisLog"]
+
+RECORDS = "ext-authz:records"
+CHANGES = "ext-authz:changes"
+SESSIONS = "ext-authz:sessions"
+MAX_CHANGES = 1_000_000  # the stream is trimmed (approximately) past this many entries
+# Delete each (field, body) pair only if the field still holds that body: a record set again since it
+# was forgotten (a signal has a fixed id) stays. Every replica may run it; it is idempotent.
+_FORGET = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
+# First use of a session wins; only a first use is logged for the other replicas.
+_SESSIONS = """
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'op', 'session', 'kind', 'session',
+               'id', ARGV[i], 'body', ARGV[i + 1], 'at', '0')
+  end
+end
+return 0
+"""
+_ERRORS = (RedisError, OSError, ConnectionError, TimeoutError)
+
+
+def _field(kind: str, rid: str) -> str:
+    return f"{kind}\x1f{rid}"
+
+
+def _older(a: str, b: str) -> bool:
+    """Stream id ``a`` is older than ``b`` (so entries in between may be lost)."""
+    try:
+        a_ms, a_seq = (int(x) for x in a.split("-"))
+        b_ms, b_seq = (int(x) for x in b.split("-"))
+    except ValueError:
+        return True
+    return (a_ms, a_seq) < (b_ms, b_seq)
+
+
+class RedisLog:
+    durable = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: dict[str, Any] | None = None,
+        block_ms: int = 1000,
+    ) -> None:
+        self.url = url
+        self.block_ms = block_ms
+        self._options: dict[str, Any] = {"username": username, "password": password, **(tls or {})}
+        self._redis: aioredis.Redis | None = None
+        self._reader: aioredis.Redis | None = None
+        self._check_trim = False  # after a failure: was the stream trimmed past our position meanwhile?
+
+    @classmethod
+    def from_settings(cls, settings: StateSettings) -> RedisLog:
+        password = None
+        if settings.password_file is not None:
+            try:
+                password = settings.password_file.read_text().strip()
+            except OSError as exc:
+                raise StateError(
+                    f"{settings.password_file}: cannot read the Redis password ({exc.strerror})"
+                ) from exc
+        elif settings.password_env is not None:
+            password = os.environ.get(settings.password_env)
+            if not password:
+                raise StateError(
+                    f"state.password_env: the environment variable {settings.password_env} is not set"
+                )
+        tls: dict[str, Any] = {}
+        if settings.tls is not None:
+            tls["ssl_cert_reqs"] = "required"
+            if settings.tls.ca is not None:
+                tls["ssl_ca_certs"] = str(settings.tls.ca)
+            if settings.tls.cert is not None:
+                tls["ssl_certfile"] = str(settings.tls.cert)
+            if settings.tls.key is not None:
+                tls["ssl_keyfile"] = str(settings.tls.key)
+        return cls(settings.url, username=settings.username, password=password, tls=tls)
+
+    def _client(self, timeout: float | None) -> aioredis.Redis:
+        return aioredis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=timeout,
+            health_check_interval=0,
+            **{k: v for k, v in self._options.items() if v is not None},
+        )
+
+    def _client_or_fail(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StateError("the state store is not open")
+        return self._redis
+
+    async def open(self) -> None:
+        self._redis = self._client(2.0)
+        self._reader = self._client(self.block_ms / 1000 + 5)
+
+    async def close(self) -> None:
+        for client in (self._redis, self._reader):
+            if client is not None:
+                # A connection interrupted mid-XREAD may never answer a polite close: bound it.
+                try:
+                    await client.connection_pool.disconnect()
+                    await client.aclose()
+                except _ERRORS:
+                    pass
+        self._redis = self._reader = None
+
+    async def load(self) -> Loaded:
+        r = self._client_or_fail()
+        try:
+            last: Any = await r.xrevrange(CHANGES, count=1)
+            raw: Any = await r.hgetall(RECORDS)
+            sessions: Any = await r.hgetall(SESSIONS)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+        records = []
+        for fld, body in raw.items():
+            kind, _, rid = str(fld).partition("\x1f")
+            records.append((kind, rid, str(body)))
+        self._check_trim = False
+        return Loaded(
+            str(last[0][0]) if last else "0-0", records, {str(k): str(v) for k, v in sessions.items()}
+        )
+
+    def _where(self) -> str:
+        return self.url.split("@")[-1]
+
+    async def append(self, change: Change) -> None:
+        r = self._client_or_fail()
+        fields = {
+            "op": change.op,
+            "kind": change.kind,
+            "id": change.id,
+            "body": change.body,
+            "at": repr(change.at),
+        }
+        try:
+            async with r.pipeline(transaction=True) as pipe:
+                if change.op == "put":
+                    pipe.hset(RECORDS, _field(change.kind, change.id), change.body)
+                else:
+                    pipe.hdel(RECORDS, _field(change.kind, change.id))
+                pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def follow(self, position: str, *, wait: bool = True) -> Batch:
+        if self._reader is None:
+            raise StateError("the state store is not open")
+        try:
+            if self._check_trim and await self._trimmed(position):
+                return Batch(position, behind=True)
+            resp: Any = await self._reader.xread(
+                {CHANGES: position}, block=self.block_ms if wait else None, count=1000
+            )
+        except _ERRORS as exc:
+            self._check_trim = True
+            raise StateError(f"{self._where()}: {exc}") from exc
+        self._check_trim = False
+        changes: list[Change] = []
+        for _stream, entries in resp or []:
+            for entry_id, data in entries:
+                position = str(entry_id)
+                try:
+                    at = float(data.get("at", "0"))
+                except (TypeError, ValueError):
+                    at = 0.0
+                op = data.get("op", "")
+                if op in ("put", "delete", "session"):
+                    changes.append(
+                        Change(op, data.get("kind", ""), data.get("id", ""), data.get("body", ""), at)
+                    )
+        return Batch(position, changes)
+
+    async def _trimmed(self, position: str) -> bool:
+        r = self._client_or_fail()
+        first: Any = await r.xrange(CHANGES, count=1)
+        if first:
+            return position != "0-0" and _older(position, str(first[0][0]))
+        return position != "0-0"  # the stream is gone (Redis lost its data, or was flushed)
+
+    async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
+        r = self._client_or_fail()
+        args = [str(MAX_CHANGES)] + [x for item in sessions.items() for x in item]
+        try:
+            await r.eval(_SESSIONS, 2, SESSIONS, CHANGES, *args)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+        if not items:
+            return
+        r = self._client_or_fail()
+        args = [x for kind, rid, body in items for x in (_field(kind, rid), body)]
+        try:
+            await r.eval(_FORGET, 1, RECORDS, *args)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc

@@ -1,0 +1,175 @@
+"""``sqlite:///PATH``: durable, and shared by every process on the host that uses the file.
+
+Records and sessions live in tables; every change is also a row of the ``changes`` log, which each
+process polls (every 50 ms by default) from the position it last read. A reader whose position was
+pruned away loads everything again. The file is created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from ...errors import StateError
+from ...settings import StateSettings
+from .base import Batch, Change, Loaded
+
+__all__ = ["SqliteLog"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+                                    PRIMARY KEY (kind, id));
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+                                    op TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
+                                    body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+"""
+_Row = tuple[int, float, str, str, str, str]
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction. The connection is in autocommit mode (``isolation_level=None``),
+    where ``with db:`` opens none and every statement would commit on its own."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _last_seq(db: sqlite3.Connection) -> int:
+    """The last change-log position ever assigned: AUTOINCREMENT remembers it when every entry has
+    been pruned (sqlite_sequence only exists once a first entry was written)."""
+    last = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+    with contextlib.suppress(sqlite3.OperationalError):
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        if row:
+            last = max(last, int(row[0]))
+    return last
+
+
+class SqliteLog:
+    durable = True
+    CHANGE_LOG_KEEP = 600.0  # seconds of change log kept; a reader further behind loads everything
+
+    def __init__(self, path: Path, *, poll_interval: float = 0.05) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: StateSettings) -> SqliteLog:
+        return cls(Path(settings.url[len("sqlite://") :]))
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # state is not for other users
+        db = sqlite3.connect(self.path, timeout=5, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        return db
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            with self._lock:
+                if self._db is None:
+                    raise StateError(f"{self.path}: the store is closed")
+                return fn(self._db)
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: {exc}") from exc
+
+    async def open(self) -> None:
+        try:
+            self._db = await asyncio.to_thread(self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                db.close()
+
+    async def load(self) -> Loaded:
+        def read(db: sqlite3.Connection) -> Loaded:
+            seq = _last_seq(db)
+            rows = db.execute("SELECT kind, id, body FROM records").fetchall()
+            sessions = db.execute("SELECT sid, first_seen FROM sessions").fetchall()
+            return Loaded(str(seq), [tuple(r) for r in rows], dict(sessions))
+
+        return await self._call(read)
+
+    async def append(self, change: Change) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):  # the record and its change-log entry, together or not at all
+                if change.op == "put":
+                    db.execute(
+                        "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)",
+                        (change.kind, change.id, change.body),
+                    )
+                else:
+                    db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (change.kind, change.id))
+                db.execute(
+                    "INSERT INTO changes (at, op, kind, id, body) VALUES (?, ?, ?, ?, ?)",
+                    (change.at, change.op, change.kind, change.id, change.body),
+                )
+
+        await self._call(write)
+
+    async def follow(self, position: str, *, wait: bool = True) -> Batch:
+        if wait:
+            await asyncio.sleep(self.poll_interval)
+        after = int(position or 0)
+
+        def read(db: sqlite3.Connection) -> Batch:
+            rows: list[_Row] = db.execute(
+                "SELECT seq, at, op, kind, id, body FROM changes WHERE seq > ? ORDER BY seq", (after,)
+            ).fetchall()
+            # Behind: the first entry is not the next one, or the log moved on and is empty.
+            behind = rows[0][0] > after + 1 if rows else _last_seq(db) > after
+            changes = [Change(op, kind, rid, body, at) for _, at, op, kind, rid, body in rows]  # type: ignore[arg-type]
+            return Batch(str(rows[-1][0]) if rows else position, changes, behind)
+
+        return await self._call(read)
+
+    async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                for key, body in sessions.items():
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO sessions (sid, first_seen) VALUES (?, ?)", (key, body)
+                    )
+                    if cur.rowcount:
+                        db.execute(
+                            "INSERT INTO changes (at, op, kind, id, body)"
+                            " VALUES (?, 'session', 'session', ?, ?)",
+                            (now, key, body),
+                        )
+
+        await self._call(write)
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany("DELETE FROM records WHERE kind = ? AND id = ? AND body = ?", items)
+                db.execute("DELETE FROM changes WHERE at < ?", (now - self.CHANGE_LOG_KEEP,))
+
+        await self._call(write)

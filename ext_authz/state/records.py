@@ -1,0 +1,253 @@
+"""Continuous-trust records: typed, frozen, and each the same shape in memory, on disk and on the wire.
+
+Every record says who made it, when and why, and names its principal exactly (ext_authz/principal.py).
+Nothing here reads the clock: a record answers "am I in force at ``now``" for the ``now`` it is given.
+Records are encoded as canonical JSON (sorted keys) so that a store's bytes, and the MAC over them, are
+the same on every replica (see integrity.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from ..match import Selector, Target
+
+__all__ = [
+    "RECORD_TYPES",
+    "REVOCATION_KINDS",
+    "REVOCATION_SOURCES",
+    "SIGNAL_SUBJECTS",
+    "ExceptionGrant",
+    "Grant",
+    "Record",
+    "RecordError",
+    "Revocation",
+    "Scope",
+    "Signal",
+    "decode",
+    "encode",
+    "finished_at",
+]
+
+# What a revocation can name. "quarantine" revocations are made by ext-authz itself.
+REVOCATION_KINDS = ("spiffe_id", "cert", "jti", "sub", "sid", "device", "quarantine")
+REVOCATION_SOURCES = ("api", "quarantine", "ssf")
+SIGNAL_SUBJECTS = ("device", "workload", "user")
+
+
+class RecordError(ValueError):
+    """Stored text that is not a record of its kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a grant or exception covers: host, path and method patterns (empty = any), in the one
+    matcher's syntax (ext_authz/match.py)."""
+
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    selector: Selector = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Raises match.PatternError for a pattern outside the syntax: such a scope never exists.
+        object.__setattr__(self, "selector", Selector.compile(self.hosts, self.paths, self.methods))
+
+    @property
+    def any(self) -> bool:
+        return self.selector.any
+
+    def matches(self, target: Target) -> bool:
+        return self.selector.matches(target)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"hosts": list(self.hosts), "paths": list(self.paths), "methods": list(self.methods)}
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    RECORD: ClassVar[str] = "revocation"
+
+    id: str
+    kind: str
+    value: str
+    reason: str
+    created_by: str
+    created_at: float
+    expires_at: float | None = None
+    source: str = "api"  # api | quarantine | ssf
+
+    @property
+    def record_id(self) -> str:
+        return self.id
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+    def finished_at(self) -> float | None:
+        return self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A just-in-time grant: ``principal`` may do ``scope`` from ``not_before`` until ``not_after``."""
+
+    RECORD: ClassVar[str] = "grant"
+
+    id: str
+    principal: str
+    scope: Scope
+    not_before: float
+    not_after: float
+    reason: str
+    approver: str
+    created_by: str
+    created_at: float
+    ended_at: float | None = None
+    ended_by: str = ""
+
+    @property
+    def record_id(self) -> str:
+        return self.id
+
+    def active(self, now: float) -> bool:
+        return self.ended_at is None and self.not_before <= now < self.not_after
+
+    def finished_at(self) -> float | None:
+        return self.ended_at if self.ended_at is not None else self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionGrant:
+    """Break-glass: a time-boxed allow for a named principal and scope, always visible."""
+
+    RECORD: ClassVar[str] = "exception"
+
+    id: str
+    principal: str
+    scope: Scope
+    reason: str
+    opened_by: str
+    opened_at: float
+    expires_at: float
+    closed_at: float | None = None
+    closed_by: str = ""
+
+    @property
+    def record_id(self) -> str:
+        return self.id
+
+    def active(self, now: float) -> bool:
+        return self.closed_at is None and self.opened_at <= now < self.expires_at
+
+    def finished_at(self) -> float | None:
+        return self.closed_at if self.closed_at is not None else self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A fact about a device, workload or user, valid until ``expires_at`` (then: unknown)."""
+
+    RECORD: ClassVar[str] = "signal"
+
+    subject_kind: str  # device | workload | user
+    subject: str  # a device id, a SPIFFE ID, or ISSUER#SUBJECT
+    key: str
+    value: str
+    set_by: str
+    set_at: float
+    expires_at: float
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.subject_kind}\0{self.subject}\0{self.key}"
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def finished_at(self) -> float | None:
+        return self.expires_at
+
+
+Record = Revocation | Grant | ExceptionGrant | Signal
+RECORD_TYPES: dict[str, type[Record]] = {t.RECORD: t for t in (Revocation, Grant, ExceptionGrant, Signal)}
+R = TypeVar("R", bound=Record)
+
+
+def finished_at(record: Record) -> float | None:
+    """When a record stopped being in force for good, or None if it has not (or never will by itself)."""
+    return record.finished_at()
+
+
+def as_dict(record: Record) -> dict[str, Any]:
+    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    if "scope" in out:
+        out["scope"] = out["scope"].as_dict()
+    return out
+
+
+def encode(record: Record) -> str:
+    """Canonical JSON: the same record is the same text on every replica."""
+    return json.dumps(as_dict(record), separators=(",", ":"), sort_keys=True)
+
+
+def _build(cls: type[R], data: dict[str, Any]) -> R:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - set(fields)
+    missing = {
+        name
+        for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if unknown or missing:
+        raise RecordError(f"not a {cls.RECORD}: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+    if "scope" in data:
+        scope = data["scope"]
+        if not isinstance(scope, dict) or set(scope) - {"hosts", "paths", "methods"}:
+            raise RecordError("scope is not hosts/paths/methods")
+        if not all(isinstance(v, list) for v in scope.values()):
+            raise RecordError("scope patterns are lists")
+        data = {**data, "scope": Scope(**{k: tuple(v) for k, v in scope.items()})}
+    return cls(**data)
+
+
+def decode(kind: str, data: object) -> Record:
+    """A record of ``kind`` from its decoded JSON object; RecordError if it is not one."""
+    cls = RECORD_TYPES.get(kind)
+    if cls is None:
+        raise RecordError(f"unknown record kind {kind!r}")
+    if not isinstance(data, dict):
+        raise RecordError(f"a {kind} is a JSON object")
+    try:
+        record = _build(cls, data)
+    except RecordError:
+        raise
+    except (TypeError, ValueError) as exc:  # a bad scope pattern, a wrong shape
+        raise RecordError(f"not a {kind}: {exc}") from exc
+    _check_types(record)
+    return record
+
+
+def _check_types(record: Record) -> None:
+    """Field values of the declared types (a stored record is input like any other)."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name == "scope":
+            for part in (value.hosts, value.paths, value.methods):
+                if not all(isinstance(x, str) for x in part):
+                    raise RecordError("scope patterns are strings")
+            continue
+        typ = str(f.type)
+        if typ == "str" and not isinstance(value, str):
+            raise RecordError(f"{f.name} is not a string")
+        if typ == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RecordError(f"{f.name} is not a number")
+        if (
+            typ == "float | None"
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
+            raise RecordError(f"{f.name} is not a number")
