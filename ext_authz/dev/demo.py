@@ -26,7 +26,7 @@ WORKLOADS = {
 
 CONFIG = """\
 # ext-authz demo configuration, written by `ext-authz dev init`.
-listen: 127.0.0.1:9191
+listen: unix://{dir}/.run/check.sock     # shared with Envoy only (envoy.yaml); mode 0660
 http_listen: 127.0.0.1:9192
 admin_listen: unix://{dir}/admin.sock
 state: sqlite://{dir}/state.db
@@ -67,7 +67,7 @@ rules:
   - name: people-read-profile
     effect: allow
     match: {{paths: ["/user/*"], methods: [GET]}}
-    when: '"oidc" in identity.kinds && "reader" in identity.claims.roles'
+    when: '"oidc" in identity.kinds && has(identity.claims.roles) && "reader" in identity.claims.roles'
 
   - name: workloads-with-jwt-svid
     effect: allow

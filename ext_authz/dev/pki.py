@@ -22,6 +22,7 @@ __all__ = [
     "cert_pem",
     "jwk_public",
     "key_pem",
+    "load_issued",
     "make_ca",
     "make_leaf",
     "mint_jwt",
@@ -45,6 +46,13 @@ class Issued:
     @property
     def key_pem(self) -> str:
         return key_pem(self.key)
+
+
+def load_issued(cert: bytes, key: bytes) -> Issued:
+    """A certificate (the first in ``cert``) and its private key, from PEM, e.g. a demo CA on disk."""
+    private = serialization.load_pem_private_key(key, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return Issued(x509.load_pem_x509_certificates(cert)[0], private)
 
 
 def new_ec_key() -> ec.EllipticCurvePrivateKey:

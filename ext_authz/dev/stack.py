@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..serve.http import free_port
-from .demo import init_demo, leaf_expiry, mint_demo_tokens
+from .demo import BACKEND_ID, init_demo, leaf_expiry, mint_demo_tokens
 
 __all__ = ["Ports", "Stack", "envoy_binary", "free_port", "proc_rss_mb", "render_envoy_config", "run_demo"]
 
@@ -58,20 +58,54 @@ def envoy_binary() -> str:
     return found
 
 
-def render_envoy_config(template: Path, demo_dir: Path, ports: Ports, out: Path) -> Path:
-    """envoy.yaml with its ports and demo/ paths rewritten; everything else exactly as written."""
+def render_envoy_config(
+    template: Path, demo_dir: Path, ports: Ports, out: Path, run_dir: Path | None = None, check: str = "unix"
+) -> Path:
+    """envoy.yaml with its ports, demo/ paths (demo/.run/ is ``run_dir``) rewritten; everything else
+    exactly as written. ``check: tls`` points the ext_authz cluster at a TCP port over mTLS instead of
+    the unix socket, Envoy presenting its own SVID (demo/envoy/server.pem)."""
     mapping = dict(zip(astuple(Ports()), astuple(ports), strict=True))
+    run = run_dir or demo_dir / ".run"
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: (mapping.get(v, v) if k == "port_value" else walk(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
+        if isinstance(node, str) and node.startswith("demo/.run/"):
+            return str(run / node[len("demo/.run/") :])
         if isinstance(node, str) and node.startswith("demo/"):
             return str(demo_dir / node[len("demo/") :])
         return node
 
     doc = walk(yaml.safe_load(template.read_text()))
+    if check == "tls":
+        cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "ext_authz")
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = {
+            "socket_address": {"address": "127.0.0.1", "port_value": ports.ext_authz}
+        }
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "localhost",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": str(demo_dir / "envoy/server.pem")},
+                            "private_key": {"filename": str(demo_dir / "envoy/server.key")},
+                        }
+                    ],
+                    "validation_context": {
+                        "trusted_ca": {"filename": str(demo_dir / "bundle/root.pem")},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "URI", "matcher": {"exact": BACKEND_ID}}
+                        ],
+                    },
+                },
+            },
+        }
     out.write_text(json.dumps(doc, indent=1))
     return out
 
@@ -95,10 +129,18 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # top-level config keys to replace
+    check: str = "unix"  # how Envoy reaches Check: the unix socket (as envoy.yaml says), or "tls" (TCP, mTLS)
 
     @property
     def transport(self) -> str:
         return str(self.overrides.get("transport", "grpcio"))
+
+    @property
+    def check_address(self) -> str:
+        """Where ext-authz serves Check (and grpc.health.v1)."""
+        if self.check == "tls":
+            return f"127.0.0.1:{self.ports.ext_authz}"
+        return f"unix://{self.run_dir.resolve()}/check.sock"
 
     @property
     def config_path(self) -> Path:
@@ -110,7 +152,15 @@ class Stack:
     def write_configs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = yaml.safe_load((self.demo_dir / "config.yaml").read_text())
-        cfg["listen"] = f"127.0.0.1:{self.ports.ext_authz}"
+        cfg["listen"] = self.check_address
+        if self.check == "tls":  # Envoy's own SVID is the one caller allowed
+            cfg["check"] = {
+                "tls": {
+                    "cert": str(self.demo_dir / "envoy/server.pem"),
+                    "key": str(self.demo_dir / "envoy/server.key"),
+                },
+                "allowed_spiffe_ids": [BACKEND_ID],
+            }
         cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
         cfg.update(self.overrides)
@@ -123,7 +173,12 @@ class Stack:
             iss["jwks"] = str((self.demo_dir / iss["jwks"]).resolve())
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         render_envoy_config(
-            self.envoy_template, self.demo_dir.resolve(), self.ports, self.run_dir / "envoy.json"
+            self.envoy_template,
+            self.demo_dir.resolve(),
+            self.ports,
+            self.run_dir / "envoy.json",
+            self.run_dir.resolve(),
+            self.check,
         )
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:

@@ -28,7 +28,7 @@ from ..errors import AuthzError, StateError
 from ..loader import load_engine
 from ..observe.decision_log import DecisionLog
 from ..pipeline import Engine
-from ..settings import Settings, is_loopback
+from ..settings import Limits, Settings, is_loopback
 from ..state.backends import open_log
 from ..state.integrity import Sealer, load_key
 from ..state.replica import Replica
@@ -62,13 +62,16 @@ def open_replica(settings: Settings, current: Callable[[], Settings], clock: Clo
     )
 
 
-def check_server(transport: str, *, reuse_port: bool) -> grpc.aio.Server:
+def check_server(transport: str, limits: Limits, *, reuse_port: bool) -> grpc.aio.Server:
     """The gRPC server for Check and health: grpcio's, or pygrpc-native's Rust HTTP/2 front.
 
     Both take the same servicers: pygrpc-native's server is a ``grpc.aio.Server`` whose registered
-    unary and server-streaming methods are served by tokio/hyper and handed to our coroutines.
+    unary and server-streaming methods are served by tokio/hyper and handed to our coroutines. A
+    CheckRequest larger than the limits could ever accept (headers, body, and room for the rest) is
+    refused by the transport before it is parsed.
     """
-    options = [("grpc.so_reuseport", 1 if reuse_port else 0), ("grpc.max_receive_message_length", 1 << 20)]
+    largest = limits.max_header_bytes + limits.max_body_bytes + 64 * 1024
+    options = [("grpc.so_reuseport", 1 if reuse_port else 0), ("grpc.max_receive_message_length", largest)]
     if transport == "native":
         import pygrpc_native.aio  # optional: the settings checked it is installed
 
@@ -104,7 +107,8 @@ class Server:
         self.health = HealthServicer()
         # Workers share one port (SO_REUSEPORT); a lone server refuses to share it by accident.
         self.worker = runtime.worker
-        self.grpc = check_server(runtime.engine.config.transport, reuse_port=self.worker is not None)
+        cfg = runtime.engine.config
+        self.grpc = check_server(cfg.transport, cfg.limits, reuse_port=self.worker is not None)
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
         self.workload_api = WorkloadApiTrust(runtime.sources_changed)
@@ -148,6 +152,15 @@ class Server:
             self.bound_port = self.grpc.add_insecure_port(listen)
 
     async def start(self) -> None:
+        """Everything up, or nothing left running: a start that fails part way stops what it began."""
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         rt = self.runtime
         cfg = rt.engine.config
         peers = None

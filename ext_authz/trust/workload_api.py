@@ -125,7 +125,12 @@ class WorkloadApiTrust:
         }
 
     def _on_update(self, socket: str, kind: str, bundle_set: Any) -> None:
+        """Each update is the whole set: a trust domain it no longer holds (federation ended) is gone."""
         latest = self.latest.setdefault(socket, _Latest())
+        if kind == "x509":
+            latest.roots = {}
+        else:
+            latest.jwt, latest.jwt_digest = {}, {}
         for bundle in bundle_set.bundles:
             td = bundle.trust_domain.name
             if kind == "x509":
