@@ -49,6 +49,10 @@ class DecisionHub:
         self._subs.append(sub)
         return sub
 
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)

@@ -101,6 +101,10 @@ class Replica:
     def all(self, cls: type[R]) -> list[R]:
         return [r for r in self._records[cls.RECORD].values() if isinstance(r, cls)]
 
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
     def watch(self, callback: Callable[[RevocationEvent], None]) -> Callable[[], None]:
         self._watchers.append(callback)
         return lambda: self._watchers.remove(callback) if callback in self._watchers else None

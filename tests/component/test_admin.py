@@ -25,6 +25,7 @@ from ext_authz.serve.app import Server, build_runtime
 from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, write_config
+from tests.waiting import until
 
 BILLING = "spiffe://example.org/ns/billing/sa/worker"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -233,8 +234,12 @@ async def test_signal_is_seen_while_fresh(admin: Admin, demo_dir: Path) -> None:
 async def test_quarantine_triggers_and_lifts(admin: Admin, demo_dir: Path) -> None:
     for _ in range(3):
         assert await admin.reason(demo_dir, workload="billing") == "no_rule"
-    await asyncio.sleep(0.05)  # the quarantine revocation is written off the Check path
-    assert await admin.reason(demo_dir, workload="billing") == "quarantined"
+
+    # The quarantine revocation is written off the Check path: the next Checks see it.
+    async def quarantined() -> bool:
+        return await admin.reason(demo_dir, workload="billing") == "quarantined"
+
+    await until(quarantined, "billing quarantined")
     (rev,) = (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations
     assert (
         rev.kind == "quarantine"
@@ -269,7 +274,9 @@ async def test_bad_revocations_are_refused_and_change_nothing(
 
 async def test_watch_revocations_streams_changes(admin: Admin) -> None:
     stream = admin.stub.WatchRevocations(pb.WatchRevocationsRequest())
-    await asyncio.sleep(0.05)
+    await until(
+        lambda: admin.running.runtime.replica.watchers > 1, "the stream subscribed"
+    )  # metrics watch too
     rev = (await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="r"))).revocation
     created = await asyncio.wait_for(stream.read(), 5)
     assert created.op == "created" and created.revocation.id == rev.id

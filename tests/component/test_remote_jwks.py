@@ -22,6 +22,7 @@ from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import start
+from tests.waiting import until
 
 
 @dataclass
@@ -141,7 +142,9 @@ async def test_stale_if_error_then_trust_stale(running: Running, demo_dir: Path,
     assert idp.server is not None
     idp.server.shutdown()
     idp.server.server_close()  # the IdP is gone: the last keys keep working for max_stale (2 s)
-    await asyncio.sleep(0.5)
+    remote = running.server.remote.issuers[idp.issuer]
+    failures = remote.failures
+    await until(lambda: remote.failures > failures, "a refresh failed")
     assert await reason(running, demo_dir, token) == "allowed"
     deadline = time.monotonic() + 10
     while await reason(running, demo_dir, token) != "trust_stale":

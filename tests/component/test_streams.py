@@ -24,6 +24,7 @@ from ext_authz.observe.decision_log import DecisionLog
 from ext_authz.serve.app import Server, build_runtime
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, _http_get, write_config
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "ext_authz.cli"]
@@ -119,7 +120,11 @@ async def test_revocation_and_quarantine_metrics(running: Running, demo_dir: Pat
         await running.stub.Check(check_request(demo_dir, workload="frontend"))
         for _ in range(2):  # billing: two policy denials → quarantined
             await running.stub.Check(check_request(demo_dir, workload="billing"))
-        await asyncio.sleep(0.05)
+
+        async def quarantined() -> bool:  # written off the Check path
+            return sample(await scrape(running), "ext_authz_active_revocations", kind="quarantine") == 1
+
+        await until(quarantined, "the quarantine in force")
         m = await scrape(running)
         assert sample(m, "ext_authz_revocations_created_total", source="api") == 1
         assert sample(m, "ext_authz_revocations_created_total", source="quarantine") == 1
@@ -255,7 +260,7 @@ async def test_watch_decisions_streams_live_with_filters(running: Running, demo_
         billing = admin.WatchDecisions(
             pb.WatchDecisionsRequest(identity_glob="spiffe://example.org/ns/billing/*")
         )
-        await asyncio.sleep(0.1)
+        await until(lambda: running.runtime.hub.subscribers == 3, "three subscribers")
         await running.stub.Check(check_request(demo_dir, workload="frontend"))
         await running.stub.Check(check_request(demo_dir, workload="billing"))
         got = [json.loads((await asyncio.wait_for(everything.read(), 5)).json) for _ in range(2)]

@@ -18,6 +18,7 @@ from ext_authz.serve.workers import aggregate_metrics
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
 from tests.component.test_streams import sample
+from tests.waiting import until_sync
 
 CLI = [sys.executable, "-m", "ext_authz.cli"]
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -66,11 +67,12 @@ def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp
             == n
         )
         assert sample(metrics, "ext_authz_ready") == 1
-        time.sleep(0.3)  # decision logs are written by a background thread in each worker
-        served_by = {
-            json.loads(ln).get("worker") for ln in log.read_text().splitlines() if ln.startswith("{")
-        }
-        assert served_by == {0, 1}, served_by  # both processes answered on the one port
+
+        def served_by() -> set[int]:  # decision logs are written by a background thread in each worker
+            return {json.loads(ln).get("worker") for ln in log.read_text().splitlines() if ln.startswith("{")}
+
+        until_sync(lambda: len(served_by()) == 2, "records from both workers")
+        assert served_by() == {0, 1}  # both processes answered on the one port
 
         res = subprocess.run(
             [*CLI, "revoke", FRONTEND, "--reason", "all workers", "-c", str(config)],
@@ -111,3 +113,21 @@ def test_metrics_aggregation_sums_counters_and_keeps_shared_gauges() -> None:
     assert sample(out, "ext_authz_active_grants") == 2  # the same shared state, not twice
     assert sample(out, "ext_authz_ready") == 0  # any worker not ready: not ready
     assert json.dumps(out)  # plain text
+
+
+def test_aggregated_label_values_are_escaped() -> None:
+    """A rule named `say "hi"` (rule names come from the config) must not break the aggregated scrape."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    shadow = Counter(
+        "ext_authz_shadow_decisions", "Shadow rule evaluations", ["rule", "outcome"], registry=registry
+    )
+    shadow.labels('say "hi"\\ and\nbye', "matched").inc(2)
+    one = generate_latest(registry).decode()
+    out = aggregate_metrics([one, one])
+    families = {f.name: f for f in text_string_to_metric_families(out)}  # parses: nothing broke
+    (sample_,) = [s for s in families["ext_authz_shadow_decisions"].samples if s.name.endswith("_total")]
+    assert sample_.labels == {"rule": 'say "hi"\\ and\nbye', "outcome": "matched"}
+    assert sample_.value == 4

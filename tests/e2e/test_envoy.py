@@ -17,6 +17,7 @@ import pytest
 
 from ext_authz.dev.stack import Ports, Stack, envoy_binary, render_envoy_config
 from tests.conftest import REPO
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -253,7 +254,13 @@ def test_no_secret_reaches_any_log(stack: Stack) -> None:
         token=token(stack, "alice"),
         headers={"cookie": "session=c00kie-value", "x-api-key": "apikey-123456"},
     )
-    time.sleep(0.5)  # let the access log and the background decision-log writer flush
+    until_sync(  # the access log and the background decision-log writer have flushed this request
+        lambda: (
+            "/user/profile" in stack.log_path("envoy").read_text().splitlines()[-1]
+            and '"path":"/user/profile"' in stack.log_path("ext-authz").read_text()
+        ),
+        "both logs hold the last request",
+    )
     logs = stack.log_path("ext-authz").read_text() + stack.log_path("envoy").read_text()
     secrets = [token(stack, n) for n in ("alice", "alice-expired", "forged", "frontend-jwt-svid")]
     secrets += [t.split(".")[2] for t in secrets]  # signatures alone
