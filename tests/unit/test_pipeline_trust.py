@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives import hashes
 from joserfc.jwk import ECKey, RSAKey
 
 from ext_authz.dev.demo import WORKLOADS, init_demo
-from ext_authz.dev.pki import mint_jwt
+from ext_authz.dev.pki import jwk_public, mint_jwt, new_jwt_key
 from ext_authz.envoy.normalize import normalize
 from ext_authz.loader import load_engine
-from ext_authz.model import Decision, NewSession, RequestContext
+from ext_authz.model import CountDenial, Decision, NewSession, RequestContext
 from ext_authz.pipeline import Caches, Engine, decide
+from ext_authz.state.commands import InvalidArgument, revocation_value
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ext_authz.state.snapshot import StateSnapshot
 from tests.component.checkreq import check_request
@@ -36,6 +37,8 @@ BILLING = WORKLOADS["billing"]
 BACKEND = "spiffe://example.org/ns/backend/sa/api"
 ISSUER = "https://idp.example.com"
 ALICE = f"{ISSUER}#alice"  # a user, named as state names users: ISSUER#SUBJECT
+PARTNER = "https://partner.example.com"
+PARTNER_ALICE = f"{PARTNER}#alice"
 EMPTY = StateSnapshot()
 
 EXTRA_RULES: list[dict[str, Any]] = [
@@ -75,10 +78,30 @@ class Trust:
     engine: Engine  # demo policy + EXTRA_RULES, device id from the token claim or x-device-id
     aged: Engine  # the same with max_token_age 5m and max_session_age 10m
     hw_claim: Engine  # the same with the device id in the token claim hw_id
+    two_issuers: Engine  # the same with a second issuer (PARTNER), whose users may also be called alice
+    quarantined: Engine  # the same with quarantine on (attribution: user)
+    by_workload: Engine  # quarantine with attribution: workload
     idp: RSAKey
+    partner: RSAKey
     svid_key: ECKey
     cert_sha256: str
     cert_serial_issuer: str
+    leaf: x509.Certificate
+
+    def partner_token(self, **changes: Any) -> str:
+        """A token for *another* alice, from the partner IdP."""
+        claims = {
+            "iss": PARTNER,
+            "aud": "backend-api",
+            "sub": "alice",
+            "roles": ["reader"],
+            "sid": "sess-alice-1",
+            "jti": "jti-alice-1",
+            "iat": int(TS),
+            "exp": int(TS) + 3600,
+            **changes,
+        }
+        return mint_jwt(self.partner, claims, alg="RS256")
 
     def token(self, **changes: Any) -> str:
         """A token for alice from the demo IdP; a change to None removes that claim."""
@@ -119,15 +142,31 @@ def trust(tmp_path_factory: pytest.TempPathFactory) -> Trust:
     init_demo(d, now=NOW)
     leaf = x509.load_pem_x509_certificates((d / "svid/frontend.pem").read_bytes())[0]
     device = {"header": "x-device-id"}
+    partner = new_jwt_key("RS256", kid="partner-1")
+    (d / "partner-jwks.json").write_text(json.dumps({"keys": [jwk_public(partner, use="sig", alg="RS256")]}))
+    base = yaml.safe_load((d / "config.yaml").read_text())
+    issuers = {
+        **base["issuers"],
+        PARTNER: {"jwks": "partner-jwks.json", "audiences": ["backend-api"], "algorithms": ["RS256"]},
+    }
+    quarantine = {"denials": 3, "window": "60s", "duration": "15m"}
     return Trust(
         dir=d,
         engine=variant(d, "trust", device=device),
         aged=variant(d, "aged", device=device, max_token_age="5m", max_session_age="10m"),
         hw_claim=variant(d, "hw", device={"claim": "hw_id"}),
+        two_issuers=variant(d, "two", device=device, issuers=issuers),
+        quarantined=variant(d, "q", quarantine=quarantine),
+        by_workload=variant(d, "qw", quarantine={**quarantine, "attribution": "workload"}),
         idp=RSAKey.import_key(json.loads((d / "idp/idp.key.json").read_text())),
+        partner=partner,  # type: ignore[arg-type]
         svid_key=ECKey.import_key(json.loads((d / "jwt/jwt-svid.key.json").read_text())),
         cert_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
-        cert_serial_issuer=f"{leaf.serial_number:x}@{leaf.issuer.rfc4514_string()}",
+        # As state holds it: what an operator typed, canonicalised by the revoke command.
+        cert_serial_issuer=revocation_value("cert", f"{leaf.serial_number:X}@{leaf.issuer.rfc4514_string()}")[
+            1
+        ],
+        leaf=leaf,
     )
 
 
@@ -700,3 +739,134 @@ def test_a_revoked_token_reports_the_revocation_even_when_it_is_also_too_old(tru
     d = check(trust, ctx, revoked(revocation("jti", f"{ISSUER}#jti-alice-1")), engine=trust.aged)
     assert outcome(d) == (False, 403, "revoked")
     assert d.revocation_id == "rev_1"
+
+
+# --- principals are named exactly: a second issuer's alice is someone else ----------------------------
+
+
+def test_another_issuers_alice_gets_none_of_alices_state(trust: Trust) -> None:
+    ours = trust.ctx("/user/me", token=trust.token())
+    theirs = trust.ctx("/user/me", token=trust.partner_token())
+    engine = trust.two_issuers
+    assert outcome(check(trust, theirs, engine=engine)) == ALLOWED  # the partner's alice is a reader too
+    assert check(trust, theirs, engine=engine).principal.keys == (PARTNER_ALICE,)
+
+    state = StateSnapshot.build(
+        1,
+        revocations=[
+            revocation("sub", ALICE, "r-sub"),
+            revocation("jti", f"{ISSUER}#jti-alice-1", "r-jti"),
+            revocation("sid", f"{ISSUER}#sess-alice-1", "r-sid"),
+            revocation("quarantine", ALICE, "r-q", expires_at=TS + 900, source="quarantine"),
+        ],
+    )
+    assert outcome(check(trust, ours, state, engine=engine))[2] in ("revoked", "quarantined")
+    assert outcome(check(trust, theirs, state, engine=engine)) == ALLOWED  # none of it names her
+
+    reports = trust.ctx("/reports/q1", token=trust.partner_token())
+    training = trust.ctx("/training/x", token=trust.partner_token())
+    payroll = trust.ctx("/payroll/run", token=trust.partner_token())
+    granted = StateSnapshot.build(
+        1,
+        grants=[grant(ALICE)],
+        exceptions=[exception(ALICE)],
+        signals=[signal("user", ALICE, "training", "done")],
+    )
+    assert outcome(check(trust, reports, granted, engine=engine)) == NO_RULE
+    assert outcome(check(trust, training, granted, engine=engine)) == NO_RULE
+    assert outcome(check(trust, payroll, granted, engine=engine)) == NO_RULE
+    mine = trust.ctx("/training/x", token=trust.token())
+    assert outcome(check(trust, mine, granted, engine=engine)) == ALLOWED
+
+
+def test_sessions_of_two_issuers_are_two_sessions(trust: Trust) -> None:
+    theirs = trust.ctx("/user/me", token=trust.partner_token())
+    d = check(
+        trust,
+        theirs,
+        StateSnapshot.build(1, sessions={f"{ISSUER}#sess-alice-1": TS - 10**6}),
+        engine=trust.two_issuers,
+    )
+    assert outcome(d) == ALLOWED
+    assert new_sessions(d) == [NewSession(f"{PARTNER}#sess-alice-1", TS)]
+
+
+# --- quarantine: a denial counts against the principal policy denied ----------------------------------
+
+
+def counted(d: Decision) -> list[str]:
+    return [e.principal for e in d.effects if isinstance(e, CountDenial)]
+
+
+def test_a_user_relayed_by_a_gateway_is_counted_not_the_gateway(trust: Trust) -> None:
+    """frontend (a gateway) relays alice's token to a path a deny rule closes: alice is accountable.
+    Counting frontend would let one user get the gateway quarantined for everyone."""
+    relayed = trust.ctx("/admin/users", workload="frontend", token=trust.token())
+    d = check(trust, relayed, engine=trust.quarantined)
+    assert outcome(d) == (False, 403, "policy_denied")
+    assert counted(d) == [ALICE]
+    assert counted(check(trust, relayed, engine=trust.by_workload)) == [FRONTEND]
+
+
+def test_a_workload_alone_is_counted_itself(trust: Trust) -> None:
+    assert counted(
+        check(trust, trust.ctx("/admin/users", workload="frontend"), engine=trust.quarantined)
+    ) == [FRONTEND]
+    svid = trust.ctx("/admin/users", token=trust.svid_token())
+    assert counted(check(trust, svid, engine=trust.quarantined)) == [FRONTEND]
+
+
+def test_what_is_not_a_policy_denial_is_not_counted(trust: Trust) -> None:
+    assert counted(check(trust, trust.ctx(workload="frontend"), engine=trust.quarantined)) == []  # allowed
+    forged = trust.ctx("/user/me", token=trust.token()[:-4] + "AAAA")
+    assert counted(check(trust, forged, engine=trust.quarantined)) == []  # a bad credential: nobody proven
+    assert counted(check(trust, trust.ctx("/admin/users", workload="frontend"))) == []  # quarantine off
+
+
+# --- certificate revocations, however the issuer was typed -----------------------------------------------
+
+
+def _openssl_oneline(leaf: x509.Certificate) -> str:
+    parts = [f"{a.rfc4514_attribute_name} = {a.value!s}" for rdn in leaf.issuer.rdns for a in rdn]
+    return "issuer=" + ", ".join(parts)
+
+
+def _slash(leaf: x509.Certificate) -> str:
+    return "".join(f"/{a.rfc4514_attribute_name}={a.value!s}" for rdn in leaf.issuer.rdns for a in rdn)
+
+
+@pytest.mark.parametrize("spelling", ["rfc4514", "openssl", "slash", "colons", "upper"])
+def test_a_serial_at_issuer_revocation_matches_however_it_was_typed(trust: Trust, spelling: str) -> None:
+    leaf = trust.leaf
+    serial = f"{leaf.serial_number:x}"
+    colons = ":".join(f"{leaf.serial_number:040X}"[i : i + 2] for i in range(0, 40, 2))
+    typed = {
+        "rfc4514": f"{serial}@{leaf.issuer.rfc4514_string()}",
+        "openssl": f"serial={serial.upper()}@{_openssl_oneline(leaf)}",
+        "slash": f"0x{serial}@{_slash(leaf)}",
+        "colons": f"{colons}@{leaf.issuer.rfc4514_string()}",
+        "upper": f"{serial}@{leaf.issuer.rfc4514_string().upper()}",
+    }[spelling]
+    kind, value = revocation_value("cert", typed)
+    d = check(trust, trust.ctx(workload="frontend"), revoked(revocation(kind, value)))
+    assert outcome(d) == (False, 403, "revoked")
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "12345",
+        "zz@CN=x",
+        "12@",
+        "@CN=x",
+        "12@CN",
+        "12@XX=1",
+        "12@CN=a,,O=b",
+        "12@CN=#04",
+        "AB" * 21 + "@CN=x",
+    ],
+)
+def test_a_cert_revocation_that_does_not_parse_is_refused_with_one_line(typed: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        revocation_value("cert", typed)
+    assert "\n" not in str(err.value) and str(err.value)
