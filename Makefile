@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-envoy bench-propagation fuzz soak bench-rss
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation fuzz soak bench-rss
 
 venv: $(STAMP)
 
@@ -52,7 +52,7 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/fuzz/test_properties.py
 
 # Benchmarks measure; tests never time things. Results land in bench/results/.
-bench: bench-micro bench-envoy bench-propagation
+bench: bench-micro bench-hostile bench-envoy bench-propagation
 
 # Debian's h2load (nghttp2-client) drives the Envoy comparison.
 bench-envoy: venv
@@ -63,6 +63,10 @@ bench-envoy: venv
 
 bench-micro: venv
 	$(PY) bench/micro.py
+
+# The worst Check across hostile inputs within the limits, beside a normal one (target: none over 10 ms).
+bench-hostile: venv
+	$(PY) bench/hostile.py
 
 # RSS after 1,000,000 distinct tokens (bounded caches): about 6 minutes, so not part of `make bench`.
 bench-rss: venv

@@ -158,6 +158,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from .settings import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
 def _cmd_state_legacy(args: argparse.Namespace) -> int:
     """Records a store holds from before principal keys, one JSON object per line (they are not read)."""
     from .config import load_settings
@@ -234,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     add_admin_commands(sub)
+
+    config = sub.add_parser("config", help="the configuration file").add_subparsers(
+        dest="config_command", required=True
+    )
+    p = config.add_parser("schema", help="print the JSON Schema of the configuration file")
+    p.set_defaults(func=_cmd_config_schema)
 
     state = sub.add_parser("state", help="the state store itself").add_subparsers(
         dest="state_command", required=True

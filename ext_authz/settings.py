@@ -66,6 +66,7 @@ __all__ = [
     "TlsFiles",
     "TrustDomainSettings",
     "is_loopback",
+    "json_schema",
     "parse_duration",
 ]
 
@@ -140,7 +141,8 @@ def _non_empty(value: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_non_empty)]
-TextList = Annotated[tuple[Text, ...], BeforeValidator(_one_or_many)]
+_ONE_OR_MANY_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+TextList = Annotated[tuple[Text, ...], BeforeValidator(_one_or_many), WithJsonSchema(_ONE_OR_MANY_SCHEMA)]
 
 
 def _relative_path(value: object, info: ValidationInfo) -> object:
@@ -188,7 +190,9 @@ def _spiffe_id(value: str) -> str:
 
 
 SpiffeIdText = Annotated[StrictStr, AfterValidator(_spiffe_id)]
-SpiffeIdList = Annotated[tuple[SpiffeIdText, ...], BeforeValidator(_one_or_many)]
+SpiffeIdList = Annotated[
+    tuple[SpiffeIdText, ...], BeforeValidator(_one_or_many), WithJsonSchema(_ONE_OR_MANY_SCHEMA)
+]
 
 
 def is_loopback(address: str) -> bool:
@@ -422,9 +426,11 @@ class TlsFiles(Section):
 class CheckSettings(Section):
     """Who may call Check: the callers' proof that they are Envoy."""
 
-    socket_mode: Annotated[int, BeforeValidator(_socket_mode), WithJsonSchema({"type": "string"})] = Field(
-        0o660, description="file mode of a unix-socket `listen` (owner and group: Envoy's group)"
-    )
+    socket_mode: Annotated[
+        int,
+        BeforeValidator(_socket_mode),
+        WithJsonSchema({"anyOf": [{"type": "string", "pattern": "^0?[0-7]{3}$"}, {"type": "integer"}]}),
+    ] = Field(0o660, description="file mode of a unix-socket `listen` (owner and group: Envoy's group)")
     tls: TlsFiles | None = Field(None, description="TLS for a TCP `listen`, with client certificates")
     allowed_spiffe_ids: SpiffeIdList = Field(
         (), description="Envoys allowed to call Check over TLS, verified as X.509-SVIDs of their trust domain"
@@ -454,6 +460,12 @@ class StateTls(Section):
 
 def _state_url(value: object) -> object:
     return {"url": value} if isinstance(value, str) else value
+
+
+def _url_or_section(schema: dict[str, Any]) -> None:
+    """In the JSON Schema, ``state`` is a URL string or the section."""
+    section = {"$ref": schema.pop("$ref")} if "$ref" in schema else schema.pop("allOf")[0]
+    schema["anyOf"] = [{"type": "string"}, section]
 
 
 class StateSettings(Section):
@@ -568,7 +580,11 @@ class Settings(Section):
     jwt_svid: JwtSvidSettings = Field(default_factory=JwtSvidSettings)
     issuers: Mapping[StrictStr, IssuerSettings] = Field(default_factory=dict)
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
-    state: Annotated[StateSettings, BeforeValidator(_state_url)] = Field(default_factory=StateSettings)
+    state: Annotated[StateSettings, BeforeValidator(_state_url)] = Field(
+        default_factory=StateSettings,
+        description="a URL, or a mapping with url and its protection",
+        json_schema_extra=_url_or_section,
+    )
     rules: Annotated[tuple[RuleSettings, ...], BeforeValidator(_none_as_empty)] = ()
     cache: CacheSettings = Field(default_factory=CacheSettings)
     reload_interval: Annotated[Duration, AfterValidator(lambda v: max(0.05, v))] = 1.0
@@ -723,6 +739,14 @@ class Settings(Section):
             files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
         files.extend(p for i in self.issuers.values() if (p := i.jwks_file) is not None)
         return tuple(dict.fromkeys(files))
+
+
+def json_schema() -> dict[str, Any]:
+    """The configuration file's JSON Schema (draft 2020-12), for editors and CI."""
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ext-authz configuration"
+    return schema
 
 
 def _KeyError(key: str, message: str) -> PydanticCustomError:

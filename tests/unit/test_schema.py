@@ -1,0 +1,63 @@
+"""The configuration's JSON Schema (`ext-authz config schema`): derived from the settings types, committed
+as deploy/ext-authz.schema.json for editors, and in step with what the loader accepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from ext_authz.settings import json_schema
+from tests.conftest import REPO
+
+COMMITTED = REPO / "deploy/ext-authz.schema.json"
+
+
+def test_the_committed_schema_is_the_generated_one() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ext_authz.cli", "config", "schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out) == json.loads(COMMITTED.read_text()) == json_schema(), (
+        "regenerate: ext-authz config schema > deploy/ext-authz.schema.json"
+    )
+
+
+def configs(demo_dir: Path) -> list[tuple[str, Any]]:
+    found = [("demo", yaml.safe_load((demo_dir / "config.yaml").read_text()))]
+    for path in sorted(REPO.glob("deploy/**/*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if (
+                isinstance(doc, dict)
+                and doc.get("kind") == "ConfigMap"
+                and "config.yaml" in doc.get("data", {})
+            ):
+                found.append((str(path.relative_to(REPO)), yaml.safe_load(doc["data"]["config.yaml"])))
+    return found
+
+
+def test_every_shipped_config_validates_against_the_schema(demo_dir: Path) -> None:
+    schema = json.loads(COMMITTED.read_text())
+    checked = configs(demo_dir)
+    assert len(checked) >= 2
+    for where, cfg in checked:
+        errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(cfg)]
+        assert errors == [], where
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"listne": "127.0.0.1:1"}, {"rules": [{"name": "a", "effect": "permit"}]}, {"cache": {"size": -1}}],
+    ids=["unknown-key", "bad-enum", "negative"],
+)
+def test_the_schema_refuses_what_the_loader_refuses(cfg: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(cfg, json.loads(COMMITTED.read_text()))
