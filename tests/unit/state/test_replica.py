@@ -644,6 +644,16 @@ async def test_a_store_written_before_principal_keys_is_refused_with_the_way_out
     }
     forge(path, "exception", "exc_1", json.dumps(legacy))
     replica = sqlite_replica(path)
-    with pytest.raises(StateError, match="ext-authz state migrate"):
+    with pytest.raises(StateError, match="ext-authz state legacy"):
         await replica.start()
     await replica.close()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state: sqlite://{path}\n")
+    listed = subprocess.run(
+        [sys.executable, "-m", "ext_authz.cli", "state", "legacy", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (line,) = listed.stdout.splitlines()
+    assert json.loads(line) == {"kind": "exception", "id": "exc_1", "record": legacy}
