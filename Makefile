@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: venv
-	$(VENV)/bin/ext-authz dev up demo --envoy-config envoy.yaml
+# make run SPIRE=1: the same demo, with a real spire-server and spire-agent issuing the identities.
+run: venv $(if $(filter 1,$(SPIRE)),spire)
+	$(VENV)/bin/ext-authz dev up demo --envoy-config envoy.yaml $(if $(filter 1,$(SPIRE)),--spire)
 
 # Test tools built from the Go module proxy (tools/NAME/go.mod), cached outside the repository keyed by
 # go.mod+go.sum (EXT_AUTHZ_TOOLS_DIR, default ~/.cache/ext-authz/tools): built once, then instant.

@@ -72,12 +72,14 @@ def wait_until(
     timeout: float,
     *,
     interval: float = 0.1,
-    alive: Callable[[], None],
+    alive: Callable[[], None] | None = None,
 ) -> _T:
-    """Poll ``probe`` until it returns something other than None; ``alive`` raises if a process died."""
+    """Poll ``probe`` until it returns something other than None (a condition, never a fixed sleep).
+    ``alive`` raises if a process it watches has died; past ``timeout`` this raises SpireError."""
     deadline = time.monotonic() + timeout
     while True:
-        alive()
+        if alive is not None:
+            alive()
         result = probe()
         if result is not None:
             return result
