@@ -17,10 +17,8 @@ Binaries come from ``ext_authz.dev.tools`` (built from tools/spire/go.mod if not
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -29,6 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from spiffe import WorkloadApiClient, X509Svid
 
 from . import tools
 
@@ -278,26 +278,20 @@ class SpireServer(_Process):
         return True if ok else None
 
     def cli(
-        self, *args: str, stdin: str | None = None, check: bool = True
+        self, command: str, *flags: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """``spire-server <command> <subcommand…> -socketPath <ours> <args…>``."""
-        words = [a for a in args if not a.startswith("-")]
-        n = 0
-        for a in args:  # the subcommand words come first, flags after
-            if a.startswith("-"):
-                break
-            n += 1
-        argv = [str(spire_bin("spire-server")), *args[:n], "-socketPath", str(self.socket), *args[n:]]
+        """``spire-server COMMAND -socketPath <ours> FLAGS…``; COMMAND may be two words (``entry create``)."""
+        argv = [str(spire_bin("spire-server")), *command.split(), "-socketPath", str(self.socket), *flags]
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=60)
         if check and proc.returncode != 0:
             raise SpireError(
-                f"spire-server {' '.join(words[:2])} failed ({proc.returncode}): "
+                f"spire-server {command} failed ({proc.returncode}): "
                 + (proc.stderr.strip() or proc.stdout.strip())
             )
         return proc
 
     def join_token(self, ttl: int = 600) -> str:
-        out = self.cli("token", "generate", "-ttl", str(ttl)).stdout
+        out = self.cli("token generate", "-ttl", str(ttl)).stdout
         for line in out.splitlines():
             if line.startswith("Token:"):
                 return line.split(":", 1)[1].strip()
@@ -305,20 +299,20 @@ class SpireServer(_Process):
 
     def bundle(self, fmt: str = "pem") -> str:
         """This server's own trust bundle, as PEM or SPIFFE bundle JSON."""
-        return self.cli("bundle", "show", "-format", fmt).stdout
+        return self.cli("bundle show", "-format", fmt).stdout
 
     def set_bundle(self, trust_domain_id: str, data: str, fmt: str = "spiffe") -> None:
         """Federate: store another trust domain's bundle (``spiffe://other.org``)."""
-        self.cli("bundle", "set", "-id", trust_domain_id, "-format", fmt, stdin=data)
+        self.cli("bundle set", "-id", trust_domain_id, "-format", fmt, stdin=data)
 
     def delete_bundle(self, trust_domain_id: str) -> None:
         """End federation: entries that federated with it no longer do (``-mode dissociate``)."""
-        self.cli("bundle", "delete", "-id", trust_domain_id, "-mode", "dissociate")
+        self.cli("bundle delete", "-id", trust_domain_id, "-mode", "dissociate")
 
     def create_entries(self, entries: Iterable[Entry]) -> list[str]:
         """Create entries in one call; returns their entry IDs."""
         payload = json.dumps({"entries": [e.as_json() for e in entries]})
-        out = json.loads(self.cli("entry", "create", "-data", "-", "-output", "json", stdin=payload).stdout)
+        out = json.loads(self.cli("entry create", "-data", "-", "-output", "json", stdin=payload).stdout)
         ids: list[str] = []
         for r in out.get("results", []):
             if r.get("status", {}).get("code", 0) != 0:
@@ -328,15 +322,15 @@ class SpireServer(_Process):
 
     def delete_entries(self, entry_ids: Iterable[str]) -> None:
         for entry_id in entry_ids:
-            self.cli("entry", "delete", "-entryID", entry_id)
+            self.cli("entry delete", "-entryID", entry_id)
 
     def mint_x509(self, spiffe_id: str, directory: Path, ttl: str | None = None) -> tuple[Path, Path, Path]:
         """An X509-SVID straight from the server (no agent): returns (chain, key, bundle) PEM files."""
         directory.mkdir(parents=True, exist_ok=True)
-        args = ["x509", "mint", "-spiffeID", spiffe_id, "-write", str(directory)]
+        flags = ["-spiffeID", spiffe_id, "-write", str(directory)]
         if ttl:
-            args += ["-ttl", ttl]
-        self.cli(*args)
+            flags += ["-ttl", ttl]
+        self.cli("x509 mint", *flags)
         return directory / "svid.pem", directory / "key.pem", directory / "bundle.pem"
 
     def __enter__(self) -> SpireServer:
@@ -416,22 +410,20 @@ class SpireAgent(_Process):
         ok = subprocess.run(argv, capture_output=True, check=False, timeout=30).returncode == 0
         return True if ok else None
 
-    def svids(self, timeout: float = 2) -> dict[str, Any]:
+    def svids(self, timeout: float = 2) -> dict[str, X509Svid]:
         """The X509-SVIDs the Workload API gives this process now, by SPIFFE ID ({} if none yet)."""
-        from spiffe.workloadapi.workload_api_client import WorkloadApiClient
-
-        with contextlib.closing(WorkloadApiClient(socket_path=self.socket_uri)) as client:
+        with WorkloadApiClient(socket_path=self.socket_uri) as client:
             try:
                 svids = client.fetch_x509_svids(timeout=timeout)
             except Exception:  # PermissionDenied "no identity issued" until the entries reach the agent
                 return {}
         return {str(s.spiffe_id): s for s in svids}
 
-    def wait_for_svids(self, spiffe_ids: Iterable[str], timeout: float = 30) -> dict[str, Any]:
+    def wait_for_svids(self, spiffe_ids: Iterable[str], timeout: float = 30) -> dict[str, X509Svid]:
         """Wait until the Workload API serves an X509-SVID for every one of ``spiffe_ids``."""
         want = set(spiffe_ids)
 
-        def probe() -> dict[str, Any] | None:
+        def probe() -> dict[str, X509Svid] | None:
             have = self.svids()
             return have if want <= have.keys() else None
 
@@ -439,12 +431,10 @@ class SpireAgent(_Process):
 
     def wait_for_bundles(self, trust_domains: Iterable[str], timeout: float = 30) -> None:
         """Wait until the Workload API's X.509 context carries bundles for exactly these trust domains."""
-        from spiffe.workloadapi.workload_api_client import WorkloadApiClient
-
         want = set(trust_domains)
 
         def probe() -> bool | None:
-            with contextlib.closing(WorkloadApiClient(socket_path=self.socket_uri)) as client:
+            with WorkloadApiClient(socket_path=self.socket_uri) as client:
                 try:
                     ctx = client.fetch_x509_context(timeout=2)
                 except Exception:
@@ -464,7 +454,3 @@ class SpireAgent(_Process):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

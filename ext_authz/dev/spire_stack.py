@@ -32,6 +32,9 @@ from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
+from spiffe import SpiffeId, TrustDomain, WorkloadApiClient, X509BundleSet, X509Svid
+from spiffe.workloadapi.workload_api_client import StreamCancelHandler
+from spiffe.workloadapi.x509_context import X509Context
 
 from .demo import BACKEND_ID, DEMO_TD, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
 from .spire import MAX_SOCKET_PATH, Entry, SpireAgent, SpireError, SpireServer, short_dir, wait_until
@@ -204,7 +207,7 @@ def write_pem(path: Path, data: str | bytes, *, secret: bool = False) -> None:
     tmp.replace(path)
 
 
-def svid_pems(svid: Any) -> tuple[bytes, bytes]:
+def svid_pems(svid: X509Svid) -> tuple[bytes, bytes]:
     """(certificate chain, PKCS#8 key) PEM of a spiffe.X509Svid."""
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
     key = svid.private_key.private_bytes(
@@ -213,9 +216,7 @@ def svid_pems(svid: Any) -> tuple[bytes, bytes]:
     return chain, key
 
 
-def bundle_pem(bundle_set: Any, trust_domain: str) -> bytes:
-    from spiffe import TrustDomain
-
+def bundle_pem(bundle_set: X509BundleSet, trust_domain: str) -> bytes:
     bundle = bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))
     if bundle is None:
         return b""
@@ -250,8 +251,8 @@ class SpireDemo:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._handles: list[Any] = []
-        self._client: Any = None
+        self._handles: list[StreamCancelHandler] = []
+        self._client: WorkloadApiClient | None = None
         self.errors: list[str] = []
 
     def entries(self) -> list[Entry]:
@@ -276,19 +277,17 @@ class SpireDemo:
 
     def _start_writers(self) -> None:
         """Keep the SVID, bundle and JWT-SVID files current; the first write happens before returning."""
-        from spiffe.workloadapi.workload_api_client import WorkloadApiClient
-
-        self._client = WorkloadApiClient(socket_path=self.agent.socket_uri)
-        self._write_x509(self._client.fetch_x509_context(timeout=10))
+        client = self._client = WorkloadApiClient(socket_path=self.agent.socket_uri, default_timeout=10)
+        self._write_x509(client.fetch_x509_context())
         self._write_jwt()
         self._handles.append(
-            self._client.stream_x509_contexts(self._write_x509, self._on_error, retry_connect=True)
+            client.stream_x509_contexts(self._write_x509, self._on_error, retry_connect=True)
         )
         t = threading.Thread(target=self._refresh_jwt, name="jwt-svid-refresh", daemon=True)
         t.start()
         self._threads.append(t)
 
-    def _write_x509(self, ctx: Any) -> None:
+    def _write_x509(self, ctx: X509Context) -> None:
         by_id = {str(s.spiffe_id): s for s in ctx.x509_svids}
         for name, sid in WORKLOADS.items():
             if sid in by_id:
@@ -301,11 +300,8 @@ class SpireDemo:
         self.errors.append(str(exc))
 
     def _write_jwt(self) -> float:
-        from spiffe import SpiffeId
-
-        svid = self._client.fetch_jwt_svid(
-            audience={BACKEND_ID}, subject=SpiffeId(WORKLOADS["frontend"]), timeout=10
-        )
+        assert self._client is not None
+        svid = self._client.fetch_jwt_svid(audience={BACKEND_ID}, subject=SpiffeId(WORKLOADS["frontend"]))
         write_pem(self.out / "tokens" / "frontend-jwt-svid.jwt", svid.token + "\n", secret=True)
         return float(svid.expiry)
 
