@@ -1,9 +1,10 @@
 """A real SPIRE on loopback for tests and the demo: one spire-server and (optionally) one spire-agent.
 
-Everything lives in one directory: configs, SQLite datastore, logs, and the sockets (the server API
-socket, the agent's Workload API socket, which also serves Envoy SDS). The server listens on
-127.0.0.1 on a free port; the agent attests with a join token and attests workloads with the `unix`
-attestor (selectors such as ``unix:uid:0``; no workload path discovery: uid is all we select on).
+Each process lives in a directory of its own: config, data (SQLite datastore), log and socket (the
+server API socket; the agent's Workload API socket, which also serves Envoy SDS). The server listens
+on 127.0.0.1 on a free port and keeps its CA keys in memory; the agent authenticates the server with
+its bundle, attests with a join token, and attests workloads with the `unix` attestor (selectors such
+as ``unix:uid:0``; no workload path discovery: uid is all we select on).
 Readiness is always a condition polled — ``healthcheck`` answering, entries visible through the
 Workload API — never a fixed sleep.
 
