@@ -38,13 +38,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi; }
 
-test: venv system-deps spire
+test: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: venv
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
-test-e2e: venv system-deps spire
+test-e2e: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 # Longer fuzzing than `make test` does: every atheris target for FUZZ_SECONDS, then hypothesis with many
