@@ -318,5 +318,5 @@ def test_ending_federation_withdraws_other_org_from_ext_authz(defederated: Spire
         r = call(defederated, "/partner/reports", port=defederated.plain_port, cert=defederated.partner)
         return r if r.status != 200 else None
 
-    r = wait_until("ext-authz to refuse other.org", refused, 10)
+    r = wait_until("ext-authz to refuse other.org", refused, 5)
     assert (r.status, r.reason) in {(401, "unknown_trust_domain"), (401, "cert_untrusted")}
