@@ -232,7 +232,9 @@ class SpireDemo:
     file demo (people are not SPIFFE workloads). They are rewritten as SPIRE rotates them.
     """
 
-    def __init__(self, demo_dir: Path, envoy_template: Path, ports: Ports) -> None:
+    def __init__(
+        self, demo_dir: Path, envoy_template: Path, ports: Ports, *, x509_svid_ttl: str = "1h"
+    ) -> None:
         self.demo_dir = demo_dir.resolve()
         self.out = self.demo_dir / "spire"
         self.run_dir = self.out / ".run"
@@ -240,7 +242,7 @@ class SpireDemo:
         if len(str(spire_root / "server" / "api.sock")) > MAX_SOCKET_PATH:
             spire_root = short_dir("ext-authz-spire-")
         self.spire_root = spire_root
-        self.server = SpireServer(spire_root / "server", DEMO_TD)
+        self.server = SpireServer(spire_root / "server", DEMO_TD, x509_svid_ttl=x509_svid_ttl)
         self.agent = SpireAgent(spire_root / "agent", self.server)
         self.stack = SpireStack(
             demo_dir=self.demo_dir,
@@ -253,7 +255,6 @@ class SpireDemo:
         self._threads: list[threading.Thread] = []
         self._handles: list[StreamCancelHandler] = []
         self._client: WorkloadApiClient | None = None
-        self.errors: list[str] = []
 
     def entries(self) -> list[Entry]:
         parent = self.agent.spiffe_id
@@ -279,11 +280,11 @@ class SpireDemo:
         """Keep the SVID, bundle and JWT-SVID files current; the first write happens before returning."""
         client = self._client = WorkloadApiClient(socket_path=self.agent.socket_uri, default_timeout=10)
         self._write_x509(client.fetch_x509_context())
-        self._write_jwt()
+        expiry = self._write_jwt()
         self._handles.append(
             client.stream_x509_contexts(self._write_x509, self._on_error, retry_connect=True)
         )
-        t = threading.Thread(target=self._refresh_jwt, name="jwt-svid-refresh", daemon=True)
+        t = threading.Thread(target=self._refresh_jwt, args=(expiry,), name="jwt-svid-refresh", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -297,7 +298,7 @@ class SpireDemo:
         write_pem(self.out / "bundle" / "root.pem", bundle_pem(ctx.x509_bundle_set, DEMO_TD))
 
     def _on_error(self, exc: Exception) -> None:
-        self.errors.append(str(exc))
+        print(f"Workload API stream: {exc} (retrying; the files keep the last SVIDs)", file=sys.stderr)
 
     def _write_jwt(self) -> float:
         assert self._client is not None
@@ -305,13 +306,13 @@ class SpireDemo:
         write_pem(self.out / "tokens" / "frontend-jwt-svid.jwt", svid.token + "\n", secret=True)
         return float(svid.expiry)
 
-    def _refresh_jwt(self) -> None:
-        expiry = time.time()
+    def _refresh_jwt(self, expiry: float) -> None:
+        """Fetch again when half the token's remaining life is gone (the agent renews it past half-life)."""
         while not self._stop.wait(max(1.0, (expiry - time.time()) / 2)):
             try:
                 expiry = self._write_jwt()
             except Exception as exc:  # the agent may be restarting; try again soon
-                self.errors.append(str(exc))
+                print(f"JWT-SVID refresh: {exc} (retrying)", file=sys.stderr)
                 expiry = time.time() + 2
 
     def stop(self) -> None:

@@ -12,9 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from ext_authz.dev.demo import init_demo
+from ext_authz.dev.spire import wait_until
+from ext_authz.dev.spire_stack import SpireDemo
+from ext_authz.dev.stack import Ports
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -123,3 +129,23 @@ def test_printed_curl_commands_answer_as_their_comments_say(printed: str) -> Non
         if "x-spiffe-id is overwritten" in ex.comment:  # the forged-header example: what upstream saw
             assert '"x-spiffe-id": "spiffe://example.org/ns/frontend/sa/web"' in res.stdout
             assert "x-ext-authz-subject" not in res.stdout
+
+
+def test_demo_files_follow_svid_rotation(tmp_path: Path) -> None:
+    """The SVID files the printed commands use are rewritten when SPIRE rotates the SVIDs."""
+    init_demo(tmp_path / "demo")
+
+    def serial() -> int:
+        pem = (tmp_path / "demo/spire/svid/frontend.pem").read_bytes()
+        return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+    with SpireDemo(tmp_path / "demo", REPO / "envoy.yaml", Ports.free(), x509_svid_ttl="10s") as demo:
+        first = serial()
+        wait_until("a rotated frontend SVID in the demo's files", lambda: serial() != first or None, 60)
+        d, mesh = demo.out, demo.stack.ports.mesh
+        cmd = (
+            f"curl -s --cacert {d}/bundle/root.pem --cert {d}/svid/frontend.pem --key {d}/svid/frontend.key"
+            f" -o /dev/null -w '%{{http_code}}' https://localhost:{mesh}/api/orders"
+        )
+        res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30, check=False)
+        assert res.stdout == "200", res
