@@ -133,6 +133,8 @@ def build(name: str, *, log: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of the same key waits, then finds it done
         if _complete(bindir, tool):
             return bindir
+        for stale in final.parent.glob(f".{final.name}.*"):  # left by an interrupted build of this key
+            shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
