@@ -275,6 +275,13 @@ class SpireDemo:
         for name in ("alice", "alice-expired", "forged"):
             shutil.copyfile(self.demo_dir / "tokens" / f"{name}.jwt", self.out / "tokens" / f"{name}.jwt")
         self.stack.start()
+        # The config in force, where the printed `ext-authz check --config` example looks for it.
+        header = (
+            "# ext-authz config of `make run SPIRE=1` (a copy; the one served is .run/ext-authz.yaml).\n"
+            "# Its bundles come from the Workload API while serving: `ext-authz check` offline has none,\n"
+            "# so it can decide tokens and policy, not X509-SVIDs.\n"
+        )
+        write_pem(self.out / "config.yaml", header + self.stack.config_path.read_text())
 
     def _start_writers(self) -> None:
         """Keep the SVID, bundle and JWT-SVID files current; the first write happens before returning."""

@@ -110,6 +110,8 @@ def printed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_demo_says_spire_issues_the_identities(printed: str) -> None:
     assert "SPIRE issues the identities" in printed
     assert "/spire/svid/frontend.pem" in printed
+    config = re.search(r"ext-authz check --config (\S+)", printed)
+    assert config is not None and "workload_api: unix://" in Path(config[1]).read_text()
 
 
 def test_printed_curl_commands_answer_as_their_comments_say(printed: str) -> None:
