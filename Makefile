@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation fuzz soak bench-rss
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation fuzz soak bench-rss tools spire helm istioctl
 
 venv: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: venv
-	$(VENV)/bin/ext-authz dev up demo --envoy-config envoy.yaml
+# make run SPIRE=1: the same demo, with a real spire-server and spire-agent issuing the identities.
+run: venv $(if $(filter 1,$(SPIRE)),spire)
+	$(VENV)/bin/ext-authz dev up demo --envoy-config envoy.yaml $(if $(filter 1,$(SPIRE)),--spire)
+
+# Test tools built from the Go module proxy (tools/NAME/go.mod), cached outside the repository keyed by
+# go.mod+go.sum (EXT_AUTHZ_TOOLS_DIR, default ~/.cache/ext-authz/tools): built once, then instant.
+tools: spire helm istioctl
+
+spire helm istioctl:
+	@$(PYTHON) -m ext_authz.dev.tools $@ >/dev/null
 
 # Tests run a real redis-server (Debian's package) on a free port: install it when missing.
 system-deps:
@@ -30,13 +38,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi; }
 
-test: venv system-deps
+test: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: venv
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
-test-e2e: venv system-deps
+test-e2e: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 # Longer fuzzing than `make test` does: every atheris target for FUZZ_SECONDS, then hypothesis with many

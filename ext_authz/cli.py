@@ -212,6 +212,10 @@ def _cmd_dev_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev_up(args: argparse.Namespace) -> int:
+    if args.spire:
+        from .dev.spire_stack import run_spire_demo
+
+        return run_spire_demo(Path(args.dir), Path(args.envoy_config))
     from .dev.stack import run_demo
 
     return run_demo(Path(args.dir), Path(args.envoy_config))
@@ -274,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = dev.add_parser("up", help="run ext-authz + Envoy + a demo upstream (what `make run` does)")
     p.add_argument("dir", nargs="?", default="demo")
     p.add_argument("--envoy-config", default="envoy.yaml")
+    p.add_argument(
+        "--spire",
+        action="store_true",
+        help="a real SPIRE server and agent issue the identities (SDS, Workload API)",
+    )
     p.set_defaults(func=_cmd_dev_up)
     return parser
 
