@@ -64,6 +64,7 @@ __all__ = [
     "Settings",
     "StateSettings",
     "TlsFiles",
+    "TlsServer",
     "TrustDomainSettings",
     "is_loopback",
     "json_schema",
@@ -423,6 +424,28 @@ class TlsFiles(Section):
     key: FilePath = Field(..., description="private key (PEM)")
 
 
+class TlsServer(Section):
+    """A TLS server identity: certificate and key files (re-read when they change), or this workload's
+    own X509-SVID from the SPIFFE Workload API (rotating with it)."""
+
+    cert: FilePath | None = Field(None, description="certificate chain (PEM)")
+    key: FilePath | None = Field(None, description="private key (PEM)")
+    workload_api: StrictStr | None = Field(
+        None, description="unix:///path: serve this workload's own X509-SVID"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TlsServer:
+        if self.workload_api is not None:
+            if not self.workload_api.startswith("unix:///"):
+                raise _SubKeyError("workload_api", "expected the agent socket as unix:///path")
+            if self.cert is not None or self.key is not None:
+                raise ValueError("either cert and key, or workload_api, not both")
+        elif self.cert is None or self.key is None:
+            raise ValueError("needs cert and key, or workload_api")
+        return self
+
+
 class CheckSettings(Section):
     """Who may call Check: the callers' proof that they are Envoy."""
 
@@ -431,7 +454,7 @@ class CheckSettings(Section):
         BeforeValidator(_socket_mode),
         WithJsonSchema({"anyOf": [{"type": "string", "pattern": "^0?[0-7]{3}$"}, {"type": "integer"}]}),
     ] = Field(0o660, description="file mode of a unix-socket `listen` (owner and group: Envoy's group)")
-    tls: TlsFiles | None = Field(None, description="TLS for a TCP `listen`, with client certificates")
+    tls: TlsServer | None = Field(None, description="TLS for a TCP `listen`, with client certificates")
     allowed_spiffe_ids: SpiffeIdList = Field(
         (), description="Envoys allowed to call Check over TLS, verified as X.509-SVIDs of their trust domain"
     )

@@ -24,7 +24,7 @@ from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
 from ..errors import StateError
 from ..observe.stream import DecisionFilter
-from ..serve.peers import PeerRefused, SvidPeers, tls_server_credentials
+from ..serve.peers import PeerRefused, SvidPeers, files_identity, tls_server_credentials
 from ..settings import TlsFiles
 from ..state import commands
 from ..state.commands import InvalidArgument
@@ -363,7 +363,10 @@ async def start_admin_server(
             return tuple(sorted({s.split("/")[2] for s in runtime.engine.config.admin.allowed_spiffe_ids}))
 
         creds = tls_server_credentials(
-            TlsFiles(cert=admin.cert, key=admin.key), lambda: runtime.engine.trust, domains, admin.client_ca
+            files_identity(TlsFiles(cert=admin.cert, key=admin.key)),
+            lambda: runtime.engine.trust,
+            domains,
+            admin.client_ca,
         )
         server.add_secure_port(addr, creds)
         await server.start()

@@ -148,12 +148,26 @@ class SpireStack(Stack):
         cfg = yaml.safe_load(self.config_path.read_text())
         uri = f"unix://{self.agent_socket}"
         cfg["trust_domains"] = {td: {"workload_api": uri} for td in self.trust_domains}
+        if self.check == "tls":  # ext-authz serves its own X509-SVID, from the same agent
+            cfg["check"]["tls"] = {"workload_api": uri}
         cfg.update({k: v for k, v in self.overrides.items() if k != "trust_domains"})
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         envoy_json = self.run_dir / "envoy.json"
         doc = envoy_with_sds(
             json.loads(envoy_json.read_text()), self.agent_socket, self.server_id, self.validation
         )
+        if self.check == "tls":  # Envoy calls Check with its SVID from SDS, and checks ext-authz's
+            cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "ext_authz")
+            ctx = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            ctx.pop("tls_certificates")
+            ctx.pop("validation_context")
+            ctx["tls_certificate_sds_secret_configs"] = [
+                {"name": self.server_id, "sds_config": _sds_config()}
+            ]
+            ctx["validation_context_sds_secret_config"] = {
+                "name": f"spiffe://{DEMO_TD}",
+                "sds_config": _sds_config(),
+            }
         if self.plain_x509 is not None:
             port, roots = self.plain_x509
             add_plain_x509_listener(doc, like="mesh", name="mesh_x509", port=port, roots=roots)

@@ -28,7 +28,7 @@ from ..errors import AuthzError, StateError
 from ..loader import load_engine
 from ..observe.decision_log import DecisionLog
 from ..pipeline import Engine
-from ..settings import Limits, Settings, is_loopback
+from ..settings import Limits, Settings, TlsFiles, TlsServer, is_loopback
 from ..state.backends import open_log
 from ..state.integrity import Sealer, load_key
 from ..state.replica import Replica
@@ -37,7 +37,7 @@ from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
 from .check import AUTH_SERVICE, AuthorizationServicer
 from .health import serve_health, watch_state_health
-from .peers import SvidPeers, tls_server_credentials
+from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
 from .runtime import Runtime
 
@@ -130,6 +130,25 @@ class Server:
         ids = self.runtime.engine.config.check.allowed_spiffe_ids
         return tuple(sorted({sid.split("/")[2] for sid in ids}))
 
+    def _server_identity(self, tls: TlsServer) -> ServerIdentity:
+        if tls.cert is not None and tls.key is not None:
+            return files_identity(TlsFiles(cert=tls.cert, key=tls.key))
+        socket = tls.workload_api
+        assert socket is not None  # the settings require one or the other
+
+        def svid() -> tuple[bytes, bytes, object] | None:
+            pem = self.workload_api.svid(socket)
+            if pem is None:
+                log.error(
+                    "TLS: no X509-SVID from the Workload API at %s yet (does this workload have a"
+                    " registration entry?)",
+                    socket,
+                )
+                return None
+            return pem[0], pem[1], pem
+
+        return svid
+
     def _bind_check(self, cfg: Settings) -> None:
         listen = cfg.listen
         if listen.startswith("unix://"):
@@ -139,7 +158,7 @@ class Server:
             self._socket = (path, cfg.check.socket_mode)
         elif cfg.check.tls is not None:
             creds = tls_server_credentials(
-                cfg.check.tls, lambda: self.runtime.engine.trust, self._allowed_domains
+                self._server_identity(cfg.check.tls), lambda: self.runtime.engine.trust, self._allowed_domains
             )
             self.bound_port = self.grpc.add_secure_port(listen, creds)
         else:

@@ -24,7 +24,7 @@ from ..identity.x509_svid import verify_x509_svid
 from ..settings import TlsFiles
 from ..trust.bundles import TrustSnapshot
 
-__all__ = ["PeerRefused", "SvidPeers", "tls_server_credentials"]
+__all__ = ["PeerRefused", "ServerIdentity", "SvidPeers", "files_identity", "tls_server_credentials"]
 
 log = logging.getLogger("ext_authz")
 
@@ -79,27 +79,49 @@ def _roots_pem(trust: TrustSnapshot, only: tuple[str, ...]) -> bytes:
     return pem
 
 
+# The server's own certificate: (certificate chain PEM, key PEM) and a stamp that changes with them.
+ServerIdentity = Callable[[], tuple[bytes, bytes, object] | None]
+
+
+def files_identity(files: TlsFiles) -> ServerIdentity:
+    """Certificate and key files, read again whenever either changes."""
+
+    def current() -> tuple[bytes, bytes, object] | None:
+        try:
+            stamp = (files.cert.stat().st_mtime_ns, files.key.stat().st_mtime_ns)
+            return files.cert.read_bytes(), files.key.read_bytes(), stamp
+        except OSError as exc:
+            log.error("TLS: cannot read %s/%s (keeping the current ones): %s", files.cert, files.key, exc)
+            return None
+
+    return current
+
+
 def tls_server_credentials(
-    files: TlsFiles,
+    identity: ServerIdentity,
     trust: Callable[[], TrustSnapshot],
     trust_domains: Callable[[], tuple[str, ...]],
     client_ca: Path | None = None,
 ) -> grpc.ServerCredentials:
     """Server TLS that requires a client certificate. The server's certificate and the handshake pool
-    are re-read whenever the certificate files or the trust material change (checked per connection)."""
+    are taken again whenever the identity or the trust material changes (checked per connection)."""
     state: dict[str, object] = {}
 
     def configuration() -> grpc.ServerCertificateConfiguration | None:
         snapshot = trust()
-        try:
-            stamp = (files.cert.stat().st_mtime_ns, files.key.stat().st_mtime_ns, snapshot.key)
-            if stamp == state.get("stamp"):
-                return None
-            roots = client_ca.read_bytes() if client_ca is not None else _roots_pem(snapshot, trust_domains())
-            pair = (files.key.read_bytes(), files.cert.read_bytes())
-        except OSError as exc:
-            log.error("TLS: cannot read %s/%s (keeping the current ones): %s", files.cert, files.key, exc)
+        current = identity()
+        if current is None:
             return None
+        chain, key, ident_stamp = current
+        stamp = (ident_stamp, snapshot.key)
+        if stamp == state.get("stamp"):
+            return None
+        try:
+            roots = client_ca.read_bytes() if client_ca is not None else _roots_pem(snapshot, trust_domains())
+        except OSError as exc:
+            log.error("TLS: cannot read %s (keeping the current roots): %s", client_ca, exc)
+            return None
+        pair = (key, chain)
         if not roots:
             log.error(
                 "TLS: no client roots yet (trust domains without X.509 bundles); keeping the current ones"
@@ -111,5 +133,5 @@ def tls_server_credentials(
 
     initial = configuration()
     if initial is None:
-        raise OSError(f"cannot read the TLS certificate {files.cert} and key {files.key}")
+        raise OSError("no TLS certificate and key to serve (see the log)")
     return grpc.dynamic_ssl_server_credentials(initial, configuration, require_client_authentication=True)

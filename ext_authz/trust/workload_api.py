@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from cryptography.x509.verification import Store
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
@@ -48,6 +48,17 @@ class _Latest:
     roots: dict[str, tuple[x509.Certificate, ...]] = dataclasses.field(default_factory=dict)
     jwt: dict[str, JwtKeys] = dataclasses.field(default_factory=dict)
     jwt_digest: dict[str, str] = dataclasses.field(default_factory=dict)
+    svid: tuple[bytes, bytes] | None = None  # our own X509-SVID: (certificate chain PEM, key PEM)
+    answered: set[str] = dataclasses.field(default_factory=set)  # which streams have answered: x509, jwt
+
+
+def _svid_pem(svid: Any) -> tuple[bytes, bytes] | None:
+    """The default X509-SVID of an X509 context as PEM (chain, key), for a TLS server."""
+    if svid is None:
+        return None
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in svid.cert_chain)
+    key = svid.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return chain, key
 
 
 class _Stream:
@@ -88,7 +99,7 @@ class _Stream:
         return True
 
     def _on_x509(self, context: Any) -> None:
-        self.loop.call_soon_threadsafe(self.update, "x509", context.x509_bundle_set)
+        self.loop.call_soon_threadsafe(self.update, "x509", context)
 
     def _on_jwt(self, bundles: Any) -> None:
         self.loop.call_soon_threadsafe(self.update, "jwt", bundles)
@@ -107,7 +118,8 @@ class _Stream:
 
 
 class WorkloadApiTrust:
-    """A trust source: keeps Workload-API trust domains current (see sources.py)."""
+    """A trust source: keeps Workload-API trust domains current (see sources.py), and this workload's
+    own X509-SVID for the TLS listeners configured to serve it (``check.tls.workload_api``)."""
 
     name = "workload_api"
 
@@ -116,6 +128,7 @@ class WorkloadApiTrust:
         self.latest: dict[str, _Latest] = {}
         self.streams: dict[str, _Stream] = {}
         self.domains: dict[str, str] = {}  # trust domain -> socket
+        self.svid_sockets: set[str] = set()  # sockets whose X509-SVID a TLS listener serves
         self.updated = asyncio.Event()
         self._retry: asyncio.Task[None] | None = None
 
@@ -123,12 +136,27 @@ class WorkloadApiTrust:
         self.domains = {
             name: td.workload_api for name, td in settings.trust_domains.items() if td.workload_api
         }
+        tls = settings.check.tls
+        self.svid_sockets = {tls.workload_api} if tls is not None and tls.workload_api else set()
 
-    def _on_update(self, socket: str, kind: str, bundle_set: Any) -> None:
+    @property
+    def sockets(self) -> set[str]:
+        return set(self.domains.values()) | self.svid_sockets
+
+    def svid(self, socket: str) -> tuple[bytes, bytes] | None:
+        """The latest X509-SVID the Workload API at ``socket`` issued to this process, as PEM."""
+        latest = self.latest.get(socket)
+        return latest.svid if latest is not None else None
+
+    def _on_update(self, socket: str, kind: str, update: Any) -> None:
         """Each update is the whole set: a trust domain it no longer holds (federation ended) is gone."""
         latest = self.latest.setdefault(socket, _Latest())
+        latest.answered.add(kind)
+        bundle_set = update
         if kind == "x509":
             latest.roots = {}
+            latest.svid = _svid_pem(update.default_svid)
+            bundle_set = update.x509_bundle_set
         else:
             latest.jwt, latest.jwt_digest = {}, {}
         for bundle in bundle_set.bundles:
@@ -175,24 +203,31 @@ class WorkloadApiTrust:
         return trust.with_source(self.name, "|".join(parts), domains=domains)
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Open a stream per socket; wait (bounded) for the first bundles before serving."""
+        """Open a stream per socket; wait (bounded) for each agent's first answer before serving. A
+        configured trust domain the answer does not hold (a federation not set up yet) is not waited for."""
         self._connect()
-        if self.domains:
+        if self.sockets:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_present(), timeout)
+                await asyncio.wait_for(self._answered(), timeout)
             self._retry = asyncio.create_task(self._keep_connecting())
+            for td, socket in sorted(self.domains.items()):
+                latest = self.latest.get(socket, _Latest())
+                if td not in latest.roots and td not in latest.jwt:
+                    log.warning("the Workload API at %s has no bundle for trust domain %s (yet)", socket, td)
 
-    async def _all_present(self) -> None:
+    async def _answered(self) -> None:
         while not all(
-            td in self.latest.get(s, _Latest()).roots or td in self.latest.get(s, _Latest()).jwt
-            for td, s in self.domains.items()
+            {"x509", "jwt"} <= self.latest.get(s, _Latest()).answered
+            if s in self.domains.values()
+            else "x509" in self.latest.get(s, _Latest()).answered
+            for s in self.sockets
         ):
             self.updated.clear()
             await self.updated.wait()
 
     def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        for socket in set(self.domains.values()):
+        for socket in self.sockets:
             if socket not in self.streams:
                 stream = _Stream(socket, loop, self._updater(socket))
                 if stream.start():

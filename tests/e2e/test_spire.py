@@ -314,3 +314,26 @@ def test_ending_federation_withdraws_other_org_from_ext_authz(defederated: Spire
 
     r = wait_until("ext-authz to refuse other.org", refused, 5)
     assert (r.status, r.reason) in {(401, "unknown_trust_domain"), (401, "cert_untrusted")}
+
+
+def test_envoy_calls_check_over_mtls_with_svids_both_sides_got_from_spire(
+    spire: Spire, tmp_path: Path
+) -> None:
+    """check.tls.workload_api: ext-authz serves its own X509-SVID from the agent; Envoy's ext_authz cluster
+    presents the backend SVID it got over SDS, which is the one caller on check.allowed_spiffe_ids."""
+    stack = SpireStack(
+        demo_dir=spire.stack.demo_dir,
+        envoy_template=REPO / "envoy.yaml",
+        run_dir=spire.root / "run-tls",
+        ports=Ports.free(),
+        overrides={"state": "memory://"},
+        agent_socket=spire.agent.socket,
+        check="tls",
+    )
+    with stack:
+        frontend = svid_files(current_svid(spire, FRONTEND), tmp_path / "f")
+        billing = svid_files(current_svid(spire, BILLING), tmp_path / "b")
+        assert call(spire, "/api/orders", cert=frontend, port=stack.ports.mesh).status == 200
+        assert call(spire, "/api/orders", cert=billing, port=stack.ports.mesh).reason == "no_rule"
+        config = yaml.safe_load(stack.config_path.read_text())
+        assert config["check"]["tls"] == {"workload_api": f"unix://{spire.agent.socket}"}
