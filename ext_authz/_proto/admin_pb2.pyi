@@ -55,18 +55,24 @@ class RevokeResponse(_message.Message):
     def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
 
 class UnrevokeRequest(_message.Message):
-    __slots__ = ("id", "reason")
+    __slots__ = ("id", "reason", "kind", "value")
     ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     id: str
     reason: str
-    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    kind: str
+    value: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class UnrevokeResponse(_message.Message):
-    __slots__ = ("revocation",)
+    __slots__ = ("revocation", "revocations")
     REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     revocation: Revocation
-    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ..., revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
 
 class ListRevocationsRequest(_message.Message):
     __slots__ = ("include_expired", "kind")

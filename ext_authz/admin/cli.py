@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -140,11 +141,20 @@ def cmd_revoke(args: argparse.Namespace) -> None:
     )
 
 
+_REVOCATION_ID = re.compile(r"^(rev|qtn)_[0-9a-f]{12}$")
+
+
 def cmd_unrevoke(args: argparse.Namespace) -> None:
-    resp = _call(args, "Unrevoke", pb.UnrevokeRequest(id=args.id, reason=args.reason or ""))
-    _out(
-        args, resp, lambda: f"unrevoked {resp.revocation.id} ({resp.revocation.kind} {resp.revocation.value})"
-    )
+    if _REVOCATION_ID.match(args.target) and not args.kind:
+        req = pb.UnrevokeRequest(id=args.target, reason=args.reason or "")
+    else:
+        try:
+            kind, value = revocation_value(args.kind or "", _scoped(args, args.target, args.kind or ""))
+        except InvalidArgument as exc:
+            raise CliError(str(exc)) from exc
+        req = pb.UnrevokeRequest(kind=kind, value=value, reason=args.reason or "")
+    resp = _call(args, "Unrevoke", req)
+    _out(args, resp, lambda: "\n".join(f"unrevoked {r.id} ({r.kind} {r.value})" for r in resp.revocations))
 
 
 def cmd_revocations(args: argparse.Namespace) -> None:
@@ -402,8 +412,14 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--for", dest="duration", help="expire after this long (default: until unrevoked)")
     p.set_defaults(func=_run(cmd_revoke))
 
-    p = _common(sub.add_parser("unrevoke", help="remove a revocation by id"))
-    p.add_argument("id")
+    p = _common(
+        sub.add_parser("unrevoke", help="lift a revocation: by its id, or every one in force for a value")
+    )
+    p.add_argument(
+        "target", metavar="ID_OR_VALUE", help="a revocation id (rev_…, qtn_…), or what was revoked"
+    )
+    p.add_argument("--kind", help="with a value: its kind (default: spiffe_id for spiffe:// values)")
+    p.add_argument("--issuer", help="the token issuer, for a bare subject, jti or sid")
     p.add_argument("--reason")
     p.set_defaults(func=_run(cmd_unrevoke))
 

@@ -159,13 +159,29 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def Unrevoke(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            rev = await self.replica.delete(Revocation, request.id)
-            if rev is None:
-                await _abort(context, grpc.StatusCode.NOT_FOUND, f"no revocation {request.id!r}")
-            log.info(
-                "unrevoked %s (%s %s) by %s: %s", rev.id, rev.kind, rev.value, actor, request.reason or "-"
-            )
-            return pb.UnrevokeResponse(revocation=rev_pb(rev))
+            if request.id:
+                ids = [request.id]
+            else:  # by what it names: every active revocation of that value
+                kind, value = commands.revocation_value(request.kind, request.value)
+                ids = [
+                    r.id
+                    for r in self.replica.all(Revocation)
+                    if (r.kind, r.value) == (kind, value) and r.active(now)
+                ]
+            lifted = [rev for rid in ids if (rev := await self.replica.delete(Revocation, rid)) is not None]
+            if not lifted:
+                what = repr(request.id) if request.id else f"in force for {request.value!r}"
+                await _abort(context, grpc.StatusCode.NOT_FOUND, f"no revocation {what}")
+            for rev in lifted:
+                log.info(
+                    "unrevoked %s (%s %s) by %s: %s",
+                    rev.id,
+                    rev.kind,
+                    rev.value,
+                    actor,
+                    request.reason or "-",
+                )
+            return pb.UnrevokeResponse(revocation=rev_pb(lifted[0]), revocations=[rev_pb(r) for r in lifted])
 
         return await self._run(context, run)
 

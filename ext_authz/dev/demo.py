@@ -28,7 +28,7 @@ CONFIG = """\
 # ext-authz demo configuration, written by `ext-authz dev init`.
 listen: unix://{dir}/.run/check.sock     # shared with Envoy only (envoy.yaml); mode 0660
 http_listen: 127.0.0.1:9192
-admin_listen: unix://{dir}/admin.sock
+admin_listen: unix://{dir}/.run/admin.sock   # the CLI finds it here: --config {dir}/config.yaml
 state: sqlite://{dir}/state.db
 
 trust_domains:
@@ -73,6 +73,11 @@ rules:
     effect: allow
     match: {{paths: ["/internal/*"]}}
     when: '"jwt_svid" in identity.kinds'
+
+  - name: granted-reports                 # a just-in-time grant opens /reports/* to the principal it names
+    effect: allow
+    match: {{paths: ["/reports/*"], methods: [GET]}}
+    when: 'size(grants) > 0'
 
   - name: public-health
     effect: allow
@@ -167,6 +172,28 @@ def mint_demo_tokens(directory: Path, *, now: datetime | None = None, hours: flo
         p = d / "tokens" / f"{name}.jwt"
         _write(p, tok + "\n", secret=True)
         out[name] = p
+    # A CheckRequest (protobuf JSON, as Envoy sends it) for `ext-authz check --request`: alice's profile.
+    request = {
+        "attributes": {
+            "request": {
+                "http": {
+                    "method": "GET",
+                    "path": "/user/profile",
+                    "host": "localhost:10444",
+                    "scheme": "https",
+                    "protocol": "HTTP/2",
+                    "headers": {
+                        ":method": "GET",
+                        ":path": "/user/profile",
+                        ":authority": "localhost:10444",
+                        "authorization": f"Bearer {tokens['alice']}",
+                    },
+                }
+            },
+            "contextExtensions": {"listener": "edge"},
+        }
+    }
+    _write(d / "requests/alice-profile.json", json.dumps(request, indent=2) + "\n", secret=True)
     return out
 
 

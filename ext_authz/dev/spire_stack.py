@@ -288,6 +288,10 @@ class SpireDemo:
         self._start_writers()
         for name in ("alice", "alice-expired", "forged"):
             shutil.copyfile(self.demo_dir / "tokens" / f"{name}.jwt", self.out / "tokens" / f"{name}.jwt")
+        (self.out / "requests").mkdir(exist_ok=True)  # the offline `ext-authz check` example's request
+        shutil.copyfile(
+            self.demo_dir / "requests/alice-profile.json", self.out / "requests/alice-profile.json"
+        )
         self.stack.start()
         # The config in force, where the printed `ext-authz check --config` example looks for it.
         header = (

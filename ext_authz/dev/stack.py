@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..serve.http import free_port
-from .demo import BACKEND_ID, init_demo, leaf_expiry, mint_demo_tokens
+from .demo import BACKEND_ID, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
 
 __all__ = ["Ports", "Stack", "envoy_binary", "free_port", "proc_rss_mb", "render_envoy_config", "run_demo"]
 
@@ -182,7 +183,8 @@ class Stack:
         )
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with self.log_path(name).open("wb") as log:  # the child keeps its own descriptor
+        # Appended: a restarted demo keeps what the previous run logged. The child keeps its descriptor.
+        with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
@@ -243,42 +245,84 @@ class Stack:
 
 
 def _try_these(d: Path, p: Ports) -> str:
+    """What `make run` prints: requests to try, then continuous trust, live. Every command works exactly
+    as printed (tests/e2e/test_demo_walkthrough.py runs them), and each comment's "→" says what it does."""
     mesh = f"https://localhost:{p.mesh}"
     edge = f"https://localhost:{p.edge}"
     ca = f"--cacert {d}/bundle/root.pem"
     fe = f"--cert {d}/svid/frontend.pem --key {d}/svid/frontend.key"
     bi = f"--cert {d}/svid/billing.pem --key {d}/svid/billing.key"
     tok = f"{d}/tokens"
+    ext = f"{Path(sys.executable).parent}/ext-authz"
+    cfg = f"--config {d}/config.yaml"
+    frontend, billing = WORKLOADS["frontend"], WORKLOADS["billing"]
     return f"""
 ext-authz demo is up: Envoy mesh listener {mesh} (mTLS), edge listener {edge} (bearer tokens).
-Decision log and Envoy access log: {d}/.run/*.log   Stop with Ctrl-C.
+Decision log: {d}/.run/ext-authz.log   Envoy's access log: {d}/.run/envoy.log   Stop with Ctrl-C.
 
-# 1. frontend workload (X.509-SVID) reads the API: 200, and the upstream echo shows x-spiffe-id
-curl -s {ca} {fe} {mesh}/api/orders
+# 1. the frontend workload (X.509-SVID) reads the API; the upstream echoes x-spiffe-id → 200
+curl -si {ca} {fe} {mesh}/api/orders
 
-# 2. billing workload: 403, no rule allows it (reason no_rule; a shadow rule would have allowed it)
+# 2. the billing workload: no rule allows it (a shadow rule would have) → 403 no_rule
 curl -si {ca} {bi} {mesh}/api/orders
 
-# 3. forged identity headers: x-spiffe-id is overwritten, x-ext-authz-subject removed upstream
-curl -s {ca} {fe} -H 'x-spiffe-id: spiffe://example.org/ns/admin/sa/root' \\
+# 3. forged identity headers: x-spiffe-id is overwritten, x-ext-authz-subject removed upstream → 200
+curl -si {ca} {fe} -H 'x-spiffe-id: spiffe://example.org/ns/admin/sa/root' \\
      -H 'x-ext-authz-subject: root' {mesh}/api/orders
 
-# 4. /admin is denied to everyone by a deny rule: 403 policy_denied
+# 4. /admin is closed to everyone by a deny rule → 403 policy_denied
 curl -si {ca} {fe} {mesh}/admin/users
 
-# 5. a person with no token: 401; with a forged or expired token: 401 invalid_token
+# 5. a person without a token → 401 no_credential
 curl -si {ca} {edge}/user/profile
+#    with a token signed by someone else → 401 token_signature
 curl -si {ca} -H "Authorization: Bearer $(cat {tok}/forged.jwt)" {edge}/user/profile
+#    with an expired token → 401 token_expired
 curl -si {ca} -H "Authorization: Bearer $(cat {tok}/alice-expired.jwt)" {edge}/user/profile
 
-# 6. alice with a valid OIDC token: 200, upstream sees x-ext-authz-subject: alice
-curl -s {ca} -H "Authorization: Bearer $(cat {tok}/alice.jwt)" {edge}/user/profile
+# 6. alice with a valid OIDC token; the upstream sees x-ext-authz-subject: alice → 200
+curl -si {ca} -H "Authorization: Bearer $(cat {tok}/alice.jwt)" {edge}/user/profile
 
-# 7. a workload with a JWT-SVID: 200 on /internal
-curl -s {ca} -H "Authorization: Bearer $(cat {tok}/frontend-jwt-svid.jwt)" {edge}/internal/jobs
+# 7. a workload with a JWT-SVID → 200
+curl -si {ca} -H "Authorization: Bearer $(cat {tok}/frontend-jwt-svid.jwt)" {edge}/internal/jobs
 
-# 8. decide a request offline, as CI can:
-#    ext-authz check --config {d}/config.yaml --request REQ.json
+# 8. decide a request offline, as CI can (exit status 0 allow, 1 deny) → exit 0
+{ext} check {cfg} --request {d}/requests/alice-profile.json
+
+Continuous trust, live: nothing is trusted because it was trusted a moment ago.
+Watch every decision as it happens, in a second terminal:
+  {ext} tail {cfg}
+
+# 9. revoke the frontend → exit 0
+{ext} revoke {frontend} --reason "key leaked" {cfg}
+#    its very next request is refused → 403 revoked
+curl -si {ca} {fe} {mesh}/api/orders
+#    listed, with who revoked it, when and why → exit 0
+{ext} revocations {cfg}
+#    lift it again → exit 0
+{ext} unrevoke {frontend} --reason "key rotated" {cfg}
+#    and the frontend is back → 200
+curl -si {ca} {fe} {mesh}/api/orders
+
+# 10. a just-in-time grant: billing may not read /reports/* → 403 no_rule
+curl -si {ca} {bi} {mesh}/reports/q3
+#    grant it for two minutes → exit 0
+{ext} grant create {billing} --path '/reports/*' --method GET --for 2m \\
+     --reason "quarterly close" --approver alice {cfg}
+#    now it may; the upstream sees x-ext-authz-grant-ids → 200
+curl -si {ca} {bi} {mesh}/reports/q3
+
+# 11. break glass: an exception lets billing read /api/* for ten minutes → exit 0
+{ext} exception open {billing} --path '/api/*' --for 10m --reason "INC-1234: billing reconciles orders" {cfg}
+#    allowed by the exception; the upstream sees x-ext-authz-exception-id → 200 exception
+curl -si {ca} {bi} {mesh}/api/orders
+#    always visible: listed → exit 0
+{ext} exception list {cfg}
+#    and marked in every decision it changed → exit 0
+grep '"exception_id"' {d}/.run/ext-authz.log
+
+# 12. what each identity actually used, from the decision log → exit 0
+{ext} report --log {d}/.run/ext-authz.log {cfg}
 """
 
 
@@ -295,8 +339,13 @@ def run_demo(demo_dir: Path, envoy_template: Path) -> int:
         raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C: every process is stopped
 
     signal.signal(signal.SIGTERM, on_term)
+    # EXT_AUTHZ_DEMO_PORTS=free: free ports instead of envoy.yaml's (tests run the demo beside others).
+    ports = Ports.free() if os.environ.get("EXT_AUTHZ_DEMO_PORTS") == "free" else Ports()
     stack = Stack(
-        demo_dir=demo_dir.resolve(), envoy_template=envoy_template, run_dir=demo_dir.resolve() / ".run"
+        demo_dir=demo_dir.resolve(),
+        envoy_template=envoy_template,
+        run_dir=demo_dir.resolve() / ".run",
+        ports=ports,
     )
     try:
         with stack:

@@ -29,9 +29,11 @@ H_ISSUER = "x-ext-authz-issuer"
 H_KIND = "x-ext-authz-identity-kind"
 H_DECISION = "x-ext-authz-decision-id"
 H_REASON = "x-ext-authz-reason"
+H_EXCEPTION = "x-ext-authz-exception-id"
+H_GRANTS = "x-ext-authz-grant-ids"
 
 # Headers only ext-authz may set upstream: a client's copy is always overwritten or removed.
-IDENTITY_HEADERS = (H_SPIFFE_ID, H_SUBJECT, H_ISSUER, H_KIND, H_DECISION, H_REASON)
+IDENTITY_HEADERS = (H_SPIFFE_ID, H_SUBJECT, H_ISSUER, H_KIND, H_DECISION, H_REASON, H_EXCEPTION, H_GRANTS)
 
 _GRPC_OK = 0
 _GRPC_PERMISSION_DENIED = 7
@@ -93,6 +95,10 @@ def _identity_headers(s: _Shape, decision_id: str) -> dict[str, str]:
             out[H_ISSUER] = s.issuer
     if s.kinds:
         out[H_KIND] = ",".join(s.kinds)
+    if s.exception_id:  # the upstream is told when break-glass let a request through
+        out[H_EXCEPTION] = s.exception_id
+    if s.grant_ids:
+        out[H_GRANTS] = ",".join(s.grant_ids)
     return out
 
 

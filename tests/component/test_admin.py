@@ -35,7 +35,6 @@ EXTRA_RULES = [
         "effect": "deny",
         "when": 'has(signals.workload.risk) && signals.workload.risk == "high"',
     },
-    {"name": "granted-reports", "match": {"paths": ["/reports/*"]}, "when": "size(grants) > 0"},
 ]
 
 

@@ -30,7 +30,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 def test_validate_ok_and_invalid(demo_dir: Path, tmp_path: Path) -> None:
     ok = run("validate", str(demo_dir / "config.yaml"))
     assert ok.returncode == 0, ok.stderr
-    assert "6 rules" in ok.stdout
+    assert "7 rules" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: r\n    effect: maybe\n")
     res = run("validate", str(bad))

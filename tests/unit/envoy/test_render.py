@@ -71,6 +71,8 @@ def test_allowed_workload_sets_identity_headers_upstream() -> None:
     }
     # Identity headers we do not set are removed even when Envoy did not show us a client copy.
     assert sorted(resp.ok_response.headers_to_remove) == [
+        "x-ext-authz-exception-id",
+        "x-ext-authz-grant-ids",
         "x-ext-authz-issuer",
         "x-ext-authz-reason",
         "x-ext-authz-subject",
@@ -118,13 +120,20 @@ def test_forged_identity_headers_we_do_not_set_are_removed() -> None:
         "x-ext-authz-subject": "admin",
         "x-ext-authz-issuer": "https://evil.example",
         "x-ext-authz-reason": "allowed",
+        "x-ext-authz-exception-id": "exc_forged",
         "x-unrelated": "kept",
     }
 
     resp = render(allowed(Principal.of(WORKLOAD)), client)
 
     removed = list(resp.ok_response.headers_to_remove)
-    assert sorted(removed) == ["x-ext-authz-issuer", "x-ext-authz-reason", "x-ext-authz-subject"]
+    assert sorted(removed) == [
+        "x-ext-authz-exception-id",
+        "x-ext-authz-grant-ids",
+        "x-ext-authz-issuer",
+        "x-ext-authz-reason",
+        "x-ext-authz-subject",
+    ]
     assert set(removed).isdisjoint(set_headers(resp))  # a header we set is overwritten, never removed
     assert set_headers(resp)["x-spiffe-id"] == FRONTEND
 
@@ -310,3 +319,14 @@ def test_a_different_shape_gets_its_own_response() -> None:
     assert metadata(a)["grant_ids"] == ["g1"]
     assert metadata(b)["grant_ids"] == ["g2"]
     assert set_headers(c)[IDENTITY_HEADERS[1]] == "alice"
+
+
+def test_the_upstream_is_told_which_exception_and_grants_let_a_request_through() -> None:
+    d = dataclasses.replace(
+        allowed(Principal.of(WORKLOAD)), exception_id="exc_1", grant_ids=("grt_1", "grt_2")
+    )
+    headers = set_headers(render(d))
+    assert headers["x-ext-authz-exception-id"] == "exc_1"
+    assert headers["x-ext-authz-grant-ids"] == "grt_1,grt_2"
+    removed = render(d).ok_response.headers_to_remove
+    assert "x-ext-authz-exception-id" not in removed and "x-ext-authz-grant-ids" not in removed
