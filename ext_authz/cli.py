@@ -60,6 +60,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"ok: {args.file}: {len(cfg.rules)} rules, trust domains {sorted(cfg.trust_domains) or '-'}, "
         f"issuers {sorted(cfg.issuers) or '-'}, revision {engine.revision}"
     )
+    if not engine.policy.reading("grants"):
+        print(
+            "warning: no enforced rule reads `grants`: just-in-time grants change no decision"
+            " (see the README, 'Just-in-time grants')",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -110,14 +116,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except (OSError, json_format.ParseError) as exc:
         print(f"cannot read the CheckRequest {args.request}: {exc}", file=sys.stderr)
         return 2
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    except ValueError:
+        print(f"ext-authz: --now: expected an RFC 3339 time, got {args.now!r}", file=sys.stderr)
+        return 2
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
+    state = None
+    if args.state:
+        try:
+            state = _state_at(engine.config, args.state, now.timestamp())
+        except AuthzError as exc:
+            print(f"ext-authz: --state: {exc.detail}", file=sys.stderr)
+            return 2
     ctx = normalize(request, engine.config.limits)
-    decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
+    if state is None:
+        decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
+    else:
+        decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex, state)
     response = render(decision, ctx.http.headers if ctx.http else None)
-    print(json.dumps(_decision_json(decision, response), indent=2))
+    out = _decision_json(decision, response)
+    if state is not None:
+        out["state"] = {
+            "url": args.state,
+            "as_of": now.isoformat(),
+            "revocations": len(state.revocations),
+            "grants": len(state.grants),
+            "exceptions": len(state.exceptions),
+            "signals": len(state.signals),
+        }
+    print(json.dumps(out, indent=2))
     return 0 if decision.allowed else 1
+
+
+def _state_at(settings: Any, url: str, at: float) -> Any:
+    """The state ``url`` holds, as it stood at ``at`` (read once; the config's HMAC key opens it)."""
+    return asyncio.run(_replica_for(settings, url).snapshot_at(at))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -125,7 +160,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from .errors import AuthzError
     from .loader import load_engine
-    from .observe.report import build_report, read_records, render_report
+    from .observe.report import (
+        build_governance,
+        build_report,
+        read_records,
+        render_governance,
+        render_report,
+    )
     from .settings import parse_duration
 
     since = None
@@ -151,11 +192,53 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ext-authz: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    audit = None
+    if engine is not None and (args.state or engine.config.state.scheme != "memory"):
+        try:
+            audit = _audit_of(engine.config, args.state, since.timestamp() if since else 0.0)
+        except AuthzError as exc:
+            print(f"ext-authz: cannot read the audit log: {exc.detail}", file=sys.stderr)
+            return 2
+    governance = build_governance(report, audit, engine)
     if args.json:
-        print(json.dumps([u.as_dict() for u in report], indent=2))
+        out = {"identities": [u.as_dict() for u in report], **governance.as_dict()}
+        print(json.dumps(out, indent=2))
     else:
         print(render_report(report, with_policy=engine is not None))
+        print(render_governance(governance))
     return 0
+
+
+def _replica_for(settings: Any, url: str | None) -> Any:
+    """A replica of the store ``url`` (default: the config's), opened with the config's key."""
+    from pydantic import ValidationError
+
+    from .clock import SystemClock
+    from .errors import ConfigError
+    from .serve.app import open_replica
+    from .settings import StateSettings
+
+    cfg = settings
+    if url:
+        try:
+            state = StateSettings.model_validate({**settings.state.model_dump(), "url": url})
+        except ValidationError as exc:
+            raise ConfigError("--state", "url", exc.errors()[0]["msg"]) from exc
+        cfg = settings.model_copy(update={"state": state})
+    return open_replica(cfg, lambda: cfg, SystemClock())
+
+
+def _audit_of(settings: Any, url: str | None, since: float) -> Any:
+    replica = _replica_for(settings, url)
+
+    async def read() -> Any:
+        await replica.backend.open()
+        try:
+            return await replica.audit(since, "", 0)
+        finally:
+            await replica.backend.close()
+
+    return asyncio.run(read())
 
 
 def _cmd_config_schema(args: argparse.Namespace) -> int:
@@ -218,7 +301,7 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
         return run_spire_demo(Path(args.dir), Path(args.envoy_config))
     from .dev.stack import run_demo
 
-    return run_demo(Path(args.dir), Path(args.envoy_config))
+    return run_demo(Path(args.dir), Path(args.envoy_config), Path(args.config) if args.config else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="decide one CheckRequest (protobuf JSON) offline; exit 0 allow, 1 deny")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--request", "-r", required=True, help="CheckRequest as protobuf JSON, or - for stdin")
-    p.add_argument("--now", help="decide as of this ISO 8601 time (default: now)")
+    p.add_argument("--now", help="decide as of this RFC 3339 time (default: now)")
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="decide with the state this store held at --now (sqlite:///…, redis://…; the config's"
+        " state.hmac_key_file opens it): reproduces a past decision while the store still holds it",
+    )
     p.set_defaults(func=_cmd_check)
 
     add_admin_commands(sub)
@@ -263,7 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", required=True, help="decision log (JSON lines), or - for stdin")
     p.add_argument("--since", help="only records newer than this, e.g. 7d")
     p.add_argument(
-        "--config", "-c", help="the policy, to list allow rules an identity is covered by but never used"
+        "--config",
+        "-c",
+        help="the policy (allow rules an identity is covered by but never used; rules reading claims)"
+        " and the state store, whose audit log lists every grant and exception with who made and approved it",
+    )
+    p.add_argument(
+        "--state", metavar="URL", help="read the audit log from this store instead of the config's"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_report)
@@ -278,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = dev.add_parser("up", help="run ext-authz + Envoy + a demo upstream (what `make run` does)")
     p.add_argument("dir", nargs="?", default="demo")
     p.add_argument("--envoy-config", default="envoy.yaml")
+    p.add_argument(
+        "--config",
+        "-c",
+        help="your ext-authz config instead of the demo's (its listeners are replaced by the demo's;"
+        " relative paths are relative to it)",
+    )
     p.add_argument(
         "--spire",
         action="store_true",

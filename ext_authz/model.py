@@ -258,5 +258,6 @@ class Decision:
     revocation_kind: str = ""
     exception_id: str = ""  # the break-glass exception that changed this decision to allow
     grant_ids: tuple[str, ...] = ()  # active grants covering this request (visible to policy)
+    signals_read: tuple[str, ...] = ()  # fresh signal keys the conditions were given (kind.key)
     policy_errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of conditions that failed to evaluate
     effects: tuple[Effect, ...] = ()  # what the edge must carry out; the core decided it

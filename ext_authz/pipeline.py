@@ -35,12 +35,10 @@ from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot
 from .trust.revision import Revision
 
-__all__ = ["ANONYMOUS_IDENTITY", "QUARANTINE_COUNTS", "Caches", "Engine", "decide", "verify_principal"]
+__all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
 
-# Policy outcomes that count toward quarantining the accountable principal.
-QUARANTINE_COUNTS = frozenset(("no_rule", "policy_denied", "policy_error"))
-# Decisions an open exception may turn into an allow: policy outcomes, never credential failures,
-# revocations or quarantine.
+# Decisions an open exception may turn into an allow: policy outcomes (and of those, an explicit deny
+# rule's only where it says `exceptable: true`), never credential failures, revocations or quarantine.
 _EXCEPTABLE = frozenset(("no_rule", "policy_denied", "policy_error"))
 
 
@@ -285,25 +283,27 @@ def _scoped_claim(ident: Identity, claim: str) -> str:
     return f"{ident.scope}#{value}" if isinstance(value, str) and value and ident.scope else ""
 
 
-def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str]]:
-    """Every (kind, value) a revocation could name this caller by, each exactly as state keys it."""
-    checks: list[tuple[str, str]] = []
+def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str, int | None]]:
+    """Every (kind, value, issued_at) a revocation could name this caller by, each value exactly as state
+    keys it, with when the credential it came from was issued (a revocation may cover older ones only)."""
+    checks: list[tuple[str, str, int | None]] = []
     for ident in principal.identities:
+        iat = ident.issued_at
         if ident.spiffe_id:
-            checks.append(("spiffe_id", ident.spiffe_id))
+            checks.append(("spiffe_id", ident.spiffe_id, iat))
         if ident.cert_sha256:
-            checks.append(("cert", ident.cert_sha256))
-            checks.append(("cert", f"{ident.cert_serial}@{ident.cert_issuer}"))
+            checks.append(("cert", ident.cert_sha256, iat))
+            checks.append(("cert", f"{ident.cert_serial}@{ident.cert_issuer}", iat))
         if ident.is_user:
-            checks.append(("sub", ident.principal))
+            checks.append(("sub", ident.principal, iat))
         for kind in ("jti", "sid"):
             value = _scoped_claim(ident, kind)
             if value:
-                checks.append((kind, value))
+                checks.append((kind, value, iat))
     if device:
-        checks.append(("device", device))
-    for key in principal.keys:
-        checks.append(("quarantine", key))
+        checks.append(("device", device, None))
+    for ident in principal.identities:
+        checks.append(("quarantine", ident.principal, None))
     return checks
 
 
@@ -398,8 +398,8 @@ def decide(
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
     if state.revocations and (principal.authenticated or device):
-        for kind, value in _revocation_checks(principal, device):
-            rev = state.revoked(kind, value, ts)
+        for kind, value, issued_at in _revocation_checks(principal, device):
+            rev = state.revoked(kind, value, ts, issued_at)
             if rev is not None:
                 return _refused(
                     decision_id,
@@ -415,6 +415,7 @@ def decide(
 
     keys = principal.keys  # who grants, exceptions and quarantines can name
     covering = [g for g in state.grants_for(keys, ts) if g.scope.matches(target)]
+    signals_read: list[str] = []  # filled if (and when) a condition needs the activation
 
     def build() -> dict[str, Any]:
         workload = principal.spiffe_id
@@ -424,6 +425,7 @@ def decide(
             "workload": state.signals_for("workload", workload, ts),
             "user": state.signals_for("user", user.principal if user is not None else "", ts),
         }
+        signals_read.extend(f"{kind}.{key}" for kind, facts in sig.items() for key in sorted(facts))
         grants = [
             {
                 "id": g.id,
@@ -438,7 +440,7 @@ def decide(
 
     result = engine.policy.evaluate(target, ctx.context_extensions, principal.authenticated, build)
     allowed, reason, exception_id = result.allowed, result.reason, ""
-    if not allowed and reason in _EXCEPTABLE and keys:
+    if not allowed and reason in _EXCEPTABLE and result.exceptable and keys:
         for exc_grant in state.exceptions_for(keys, ts):
             if exc_grant.scope.matches(target):
                 allowed, reason, exception_id = True, "exception", exc_grant.id
@@ -447,7 +449,7 @@ def decide(
     if new_session is not None:
         effects_list.append(new_session)
     quarantine = engine.config.quarantine
-    if quarantine is not None and not allowed and reason in QUARANTINE_COUNTS:
+    if quarantine is not None and not allowed and reason in quarantine.count:
         accountable = principal.accountable(quarantine.attribution)
         if accountable:
             effects_list.append(CountDenial(accountable))
@@ -463,6 +465,7 @@ def decide(
         detail=result.detail,
         exception_id=exception_id,
         grant_ids=tuple(g.id for g in covering),
+        signals_read=tuple(signals_read),
         policy_errors=result.errors,
         effects=tuple(effects_list),
     )

@@ -54,6 +54,7 @@ __all__ = [
     "DecisionLogSettings",
     "DeviceSettings",
     "ExceptionsSettings",
+    "GrantsSettings",
     "IssuerSettings",
     "JwtSvidSettings",
     "Limits",
@@ -62,6 +63,7 @@ __all__ = [
     "QuarantineSettings",
     "RuleSettings",
     "Settings",
+    "SignalsSettings",
     "StateSettings",
     "TlsFiles",
     "TlsServer",
@@ -379,6 +381,10 @@ class RuleSettings(Section):
     anonymous: StrictBool = Field(
         False, description="an allow rule that also admits callers without credentials"
     )
+    exceptable: StrictBool = Field(
+        False,
+        description="a deny rule that a break-glass exception may override (none may, unless it says so)",
+    )
 
 
 class MtlsSettings(Section):
@@ -401,6 +407,12 @@ class QuarantineSettings(Section):
     denials: Annotated[StrictInt, Field(ge=1)]
     window: Duration = 60.0
     duration: Duration = 900.0
+    count: Annotated[
+        tuple[Literal["policy_denied", "no_rule", "policy_error"], ...], BeforeValidator(_one_or_many)
+    ] = Field(
+        ("policy_denied",),
+        description="which denials count: by default only explicit deny rules (what exceeds policy)",
+    )
     attribution: Literal["user", "workload"] = Field(
         "user",
         description="whom a denial counts against: the user when a user token is present (user),"
@@ -410,6 +422,22 @@ class QuarantineSettings(Section):
 
 class ExceptionsSettings(Section):
     max_duration: Annotated[Duration, Field(gt=0)] = 4 * 3600.0
+    require_approval: StrictBool = Field(
+        True, description="an exception has no effect until a second, different caller approves it"
+    )
+
+
+class GrantsSettings(Section):
+    max_duration: Annotated[Duration, Field(gt=0)] = 8 * 3600.0
+    require_approval: StrictBool = Field(
+        True, description="a grant has no effect until a second, different caller approves it"
+    )
+
+
+class SignalsSettings(Section):
+    max_ttl: Annotated[Duration, Field(gt=0)] = Field(
+        24 * 3600.0, description="the longest a signal may stay fresh: stale facts are unknown facts"
+    )
 
 
 class DeviceSettings(Section):
@@ -618,6 +646,11 @@ class Settings(Section):
     )
     quarantine: QuarantineSettings | None = None
     exceptions: ExceptionsSettings = Field(default_factory=ExceptionsSettings)
+    grants: GrantsSettings = Field(default_factory=GrantsSettings)
+    signals: SignalsSettings = Field(default_factory=SignalsSettings)
+    audit_retention: Duration = Field(
+        90 * 86400.0, description="how long the audit log keeps every change (apart from state_retention)"
+    )
     max_token_age: Duration | None = None
     max_session_age: Duration | None = None
     device: DeviceSettings = Field(default_factory=DeviceSettings)
@@ -626,6 +659,11 @@ class Settings(Section):
     workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     limits: Limits = Field(default_factory=Limits)
     transport: Literal["grpcio", "native"] = Field("grpcio", description="the Check port's HTTP/2 server")
+    allow_empty: StrictBool = Field(
+        False,
+        description="accept a configuration with no trust source or no rules (which refuses every"
+        " request); without it such a file is invalid, so a truncated file never replaces a good one",
+    )
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="before")
@@ -683,11 +721,28 @@ class Settings(Section):
         return rules
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _consistent(self, info: ValidationInfo) -> Settings:
+        if (info.context or {}).get("source") is not None:  # a file: never an empty one by accident
+            self._check_not_empty()
         self._check_tokens()
         self._check_listeners()
         self._check_workers_and_extras()
         return self
+
+    def _check_not_empty(self) -> None:
+        if self.allow_empty:
+            return
+        if not self.trust_domains and not self.issuers:
+            raise _KeyError(
+                "trust_domains",
+                "no trust source: name trust_domains or issuers (with none, every credential is refused;"
+                " say allow_empty: true if that is meant)",
+            )
+        if not self.rules:
+            raise _KeyError(
+                "rules",
+                "no rules: every request would be denied (say allow_empty: true if that is meant)",
+            )
 
     def _check_tokens(self) -> None:
         if (

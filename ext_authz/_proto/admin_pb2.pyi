@@ -17,7 +17,7 @@ class Scope(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Revocation(_message.Message):
-    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source")
+    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source", "ref", "issued_before", "ended_at", "ended_by", "end_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,11 @@ class Revocation(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     value: str
@@ -34,7 +39,12 @@ class Revocation(_message.Message):
     created_at: float
     expires_at: float
     source: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    ref: str
+    issued_before: float
+    ended_at: float
+    ended_by: str
+    end_reason: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., issued_before: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., end_reason: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("kind", "value", "reason", "duration_seconds")
@@ -49,10 +59,12 @@ class RevokeRequest(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
-    __slots__ = ("revocation",)
+    __slots__ = ("revocation", "existing")
     REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
     revocation: Revocation
-    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+    existing: bool
+    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
 
 class UnrevokeRequest(_message.Message):
     __slots__ = ("id", "reason", "kind", "value")
@@ -89,7 +101,7 @@ class ListRevocationsResponse(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("id", "principal", "scope", "not_before", "not_after", "reason", "approver", "created_by", "created_at", "ended_at", "ended_by")
+    __slots__ = ("id", "principal", "scope", "not_before", "not_after", "reason", "approver", "created_by", "created_at", "ended_at", "ended_by", "ticket", "approved_at", "end_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +113,9 @@ class Grant(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     scope: Scope
@@ -112,25 +127,46 @@ class Grant(_message.Message):
     created_at: float
     ended_at: float
     ended_by: str
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., not_after: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ...) -> None: ...
+    ticket: str
+    approved_at: float
+    end_reason: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., not_after: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., ticket: _Optional[str] = ..., approved_at: _Optional[float] = ..., end_reason: _Optional[str] = ...) -> None: ...
 
 class CreateGrantRequest(_message.Message):
-    __slots__ = ("principal", "scope", "not_before", "duration_seconds", "reason", "approver")
+    __slots__ = ("principal", "scope", "not_before", "duration_seconds", "reason", "approver", "ticket")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     APPROVER_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     principal: str
     scope: Scope
     not_before: float
     duration_seconds: float
     reason: str
     approver: str
-    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+    ticket: str
+    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., ticket: _Optional[str] = ...) -> None: ...
 
 class CreateGrantResponse(_message.Message):
+    __slots__ = ("grant", "warnings")
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    grant: Grant
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ApproveGrantRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ApproveGrantResponse(_message.Message):
     __slots__ = ("grant",)
     GRANT_FIELD_NUMBER: _ClassVar[int]
     grant: Grant
@@ -163,7 +199,7 @@ class ListGrantsResponse(_message.Message):
     def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ...) -> None: ...
 
 class Exception(_message.Message):
-    __slots__ = ("id", "principal", "scope", "reason", "opened_by", "opened_at", "expires_at", "closed_at", "closed_by")
+    __slots__ = ("id", "principal", "scope", "reason", "opened_by", "opened_at", "expires_at", "closed_at", "closed_by", "approved_by", "approved_at", "close_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +209,9 @@ class Exception(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSED_BY_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     scope: Scope
@@ -182,7 +221,10 @@ class Exception(_message.Message):
     expires_at: float
     closed_at: float
     closed_by: str
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., opened_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., closed_by: _Optional[str] = ...) -> None: ...
+    approved_by: str
+    approved_at: float
+    close_reason: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., opened_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., closed_by: _Optional[str] = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[float] = ..., close_reason: _Optional[str] = ...) -> None: ...
 
 class OpenExceptionRequest(_message.Message):
     __slots__ = ("principal", "scope", "reason", "duration_seconds")
@@ -197,6 +239,20 @@ class OpenExceptionRequest(_message.Message):
     def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class OpenExceptionResponse(_message.Message):
+    __slots__ = ("exception",)
+    EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    exception: Exception
+    def __init__(self, exception: _Optional[_Union[Exception, _Mapping]] = ...) -> None: ...
+
+class ApproveExceptionRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ApproveExceptionResponse(_message.Message):
     __slots__ = ("exception",)
     EXCEPTION_FIELD_NUMBER: _ClassVar[int]
     exception: Exception
@@ -229,7 +285,7 @@ class ListExceptionsResponse(_message.Message):
     def __init__(self, exceptions: _Optional[_Iterable[_Union[Exception, _Mapping]]] = ...) -> None: ...
 
 class Signal(_message.Message):
-    __slots__ = ("subject_kind", "subject", "key", "value", "set_by", "set_at", "expires_at")
+    __slots__ = ("subject_kind", "subject", "key", "value", "set_by", "set_at", "expires_at", "source", "ref")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +293,8 @@ class Signal(_message.Message):
     SET_BY_FIELD_NUMBER: _ClassVar[int]
     SET_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
     subject: str
     key: str
@@ -244,7 +302,9 @@ class Signal(_message.Message):
     set_by: str
     set_at: float
     expires_at: float
-    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., set_by: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+    source: str
+    ref: str
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., set_by: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
 
 class PutSignalRequest(_message.Message):
     __slots__ = ("subject_kind", "subject", "key", "value", "ttl_seconds")
@@ -277,6 +337,78 @@ class ListSignalsResponse(_message.Message):
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
     signals: _containers.RepeatedCompositeFieldContainer[Signal]
     def __init__(self, signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ...) -> None: ...
+
+class DeleteSignalRequest(_message.Message):
+    __slots__ = ("subject_kind", "subject", "key", "reason")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: str
+    subject: str
+    key: str
+    reason: str
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteSignalResponse(_message.Message):
+    __slots__ = ("signal",)
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    signal: Signal
+    def __init__(self, signal: _Optional[_Union[Signal, _Mapping]] = ...) -> None: ...
+
+class ReleaseQuarantineRequest(_message.Message):
+    __slots__ = ("principal", "reason")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    reason: str
+    def __init__(self, principal: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseQuarantineResponse(_message.Message):
+    __slots__ = ("revocations",)
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at", "actor", "action", "kind", "record_id", "principal", "reason", "before_json", "after_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
+    AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    at: float
+    actor: str
+    action: str
+    kind: str
+    record_id: str
+    principal: str
+    reason: str
+    before_json: str
+    after_json: str
+    def __init__(self, id: _Optional[str] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., kind: _Optional[str] = ..., record_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "principal", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    principal: str
+    limit: int
+    def __init__(self, since: _Optional[float] = ..., principal: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class WatchRevocationsRequest(_message.Message):
     __slots__ = ("replay_active",)

@@ -54,6 +54,11 @@ class AdminStub:
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantRequest.SerializeToString,
                 response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantResponse.FromString,
                 _registered_method=True)
+        self.ApproveGrant = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/ApproveGrant',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantResponse.FromString,
+                _registered_method=True)
         self.EndGrant = channel.unary_unary(
                 '/ext_authz.admin.v1.Admin/EndGrant',
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.EndGrantRequest.SerializeToString,
@@ -68,6 +73,11 @@ class AdminStub:
                 '/ext_authz.admin.v1.Admin/OpenException',
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionRequest.SerializeToString,
                 response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionResponse.FromString,
+                _registered_method=True)
+        self.ApproveException = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/ApproveException',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionResponse.FromString,
                 _registered_method=True)
         self.CloseException = channel.unary_unary(
                 '/ext_authz.admin.v1.Admin/CloseException',
@@ -88,6 +98,21 @@ class AdminStub:
                 '/ext_authz.admin.v1.Admin/ListSignals',
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsRequest.SerializeToString,
                 response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSignal = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/DeleteSignal',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalResponse.FromString,
+                _registered_method=True)
+        self.ReleaseQuarantine = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/ReleaseQuarantine',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/ListAudit',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
         self.WatchRevocations = channel.unary_stream(
                 '/ext_authz.admin.v1.Admin/WatchRevocations',
@@ -128,6 +153,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EndGrant(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -141,6 +172,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def OpenException(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveException(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +202,24 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSignals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSignal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseQuarantine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +260,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantRequest.FromString,
                     response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantResponse.SerializeToString,
             ),
+            'ApproveGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveGrant,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantResponse.SerializeToString,
+            ),
             'EndGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.EndGrant,
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.EndGrantRequest.FromString,
@@ -219,6 +279,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.OpenException,
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionRequest.FromString,
                     response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionResponse.SerializeToString,
+            ),
+            'ApproveException': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveException,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionResponse.SerializeToString,
             ),
             'CloseException': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseException,
@@ -239,6 +304,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListSignals,
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsRequest.FromString,
                     response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsResponse.SerializeToString,
+            ),
+            'DeleteSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSignal,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalResponse.SerializeToString,
+            ),
+            'ReleaseQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseQuarantine,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
             'WatchRevocations': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRevocations,
@@ -370,6 +450,33 @@ class Admin:
             _registered_method=True)
 
     @staticmethod
+    def ApproveGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/ApproveGrant',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def EndGrant(request,
             target,
             options=(),
@@ -440,6 +547,33 @@ class Admin:
             '/ext_authz.admin.v1.Admin/OpenException',
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionRequest.SerializeToString,
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.OpenExceptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveException(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/ApproveException',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ApproveExceptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -548,6 +682,87 @@ class Admin:
             '/ext_authz.admin.v1.Admin/ListSignals',
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsRequest.SerializeToString,
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/DeleteSignal',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.DeleteSignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/ReleaseQuarantine',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ReleaseQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/ListAudit',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,10 +1,12 @@
-"""CLI commands over the admin API: revoke, unrevoke, revocations, grant, exception, signal."""
+"""CLI commands over the admin API: revoke, unrevoke, revocations, grant, exception, signal,
+quarantine, audit, tail."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import os
 import re
 import socket
 import sys
@@ -36,6 +38,28 @@ def _duration(value: str, flag: str) -> float:
         raise CliError(f"{flag}: expected a duration such as 30s, 15m or 4h, got {value!r}") from exc
 
 
+def _positive(value: str, flag: str) -> float:
+    seconds = _duration(value, flag)
+    if seconds <= 0:
+        raise CliError(f"{flag} must be positive, got {value!r}")
+    return seconds
+
+
+def _since(value: str) -> float:
+    """``--since``: a duration back from now (``24h``), or an RFC 3339 / ISO 8601 time."""
+    try:
+        return datetime.now(UTC).timestamp() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise CliError(
+            f"--since: expected a duration (24h) or a time (2026-11-25T10:00:00Z), got {value!r}"
+        ) from exc
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
 def _admin_address(args: argparse.Namespace) -> str:
     if args.admin:
         return str(args.admin)
@@ -64,8 +88,14 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.secure_channel(addr, creds)
 
 
+def _actor() -> str:
+    """Who the local caller says it is: ``EXT_AUTHZ_ACTOR``, else user@host. On the unix socket this
+    is a claim (every caller is the socket's owner); over TCP the server uses the caller's SVID."""
+    return os.environ.get("EXT_AUTHZ_ACTOR", "").strip() or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    actor = _actor()
     with _channel(args) as ch:
         stub = admin_pb2_grpc.AdminStub(ch)
         try:
@@ -126,7 +156,7 @@ def cmd_revoke(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
     if not args.reason.strip():
         raise CliError("--reason is required and cannot be empty")
-    dur = _duration(args.duration, "--for") if args.duration else 0.0
+    dur = _positive(args.duration, "--for") if args.duration is not None else 0.0
     resp = _call(
         args, "Revoke", pb.RevokeRequest(kind=kind, value=value, reason=args.reason, duration_seconds=dur)
     )
@@ -135,7 +165,7 @@ def cmd_revoke(args: argparse.Namespace) -> None:
         args,
         resp,
         lambda: (
-            f"revoked {r.kind} {r.value} (id {r.id}, "
+            f"{'already revoked' if resp.existing else 'revoked'} {r.kind} {r.value} (id {r.id}, "
             f"until {_when(r.expires_at) if r.expires_at else 'unrevoked'})"
         ),
     )
@@ -146,13 +176,13 @@ _REVOCATION_ID = re.compile(r"^(rev|qtn)_[0-9a-f]{12}$")
 
 def cmd_unrevoke(args: argparse.Namespace) -> None:
     if _REVOCATION_ID.match(args.target) and not args.kind:
-        req = pb.UnrevokeRequest(id=args.target, reason=args.reason or "")
+        req = pb.UnrevokeRequest(id=args.target, reason=args.reason)
     else:
         try:
             kind, value = revocation_value(args.kind or "", _scoped(args, args.target, args.kind or ""))
         except InvalidArgument as exc:
             raise CliError(str(exc)) from exc
-        req = pb.UnrevokeRequest(kind=kind, value=value, reason=args.reason or "")
+        req = pb.UnrevokeRequest(kind=kind, value=value, reason=args.reason)
     resp = _call(args, "Unrevoke", req)
     _out(args, resp, lambda: "\n".join(f"unrevoked {r.id} ({r.kind} {r.value})" for r in resp.revocations))
 
@@ -161,6 +191,15 @@ def cmd_revocations(args: argparse.Namespace) -> None:
     resp = _call(
         args, "ListRevocations", pb.ListRevocationsRequest(include_expired=args.all, kind=args.kind or "")
     )
+    now = datetime.now(UTC).timestamp()
+
+    def status(r: Any) -> str:
+        if r.ended_at:
+            return f"lifted {_when(r.ended_at)} by {r.ended_by}: {r.end_reason}"
+        if r.expires_at and r.expires_at <= now:
+            return "expired"
+        return "in force"
+
     rows = [
         (
             r.id,
@@ -171,13 +210,16 @@ def cmd_revocations(args: argparse.Namespace) -> None:
             _when(r.created_at),
             _when(r.expires_at) if r.expires_at else "never",
             r.reason,
+            status(r),
         )
         for r in resp.revocations
     ]
     _out(
         args,
         resp,
-        lambda: _table(rows, ("ID", "KIND", "VALUE", "SOURCE", "BY", "CREATED", "EXPIRES", "REASON")),
+        lambda: _table(
+            rows, ("ID", "KIND", "VALUE", "SOURCE", "BY", "CREATED", "EXPIRES", "REASON", "STATUS")
+        ),
     )
 
 
@@ -197,20 +239,46 @@ def cmd_grant_create(args: argparse.Namespace) -> None:
         not_before=start,
         duration_seconds=dur,
         reason=args.reason,
-        approver=args.approver,
+        approver=args.approver or "",
+        ticket=args.ticket or "",
     )
     resp = _call(args, "CreateGrant", req)
     g = resp.grant
-    _out(
-        args,
-        resp,
-        lambda: f"granted {g.principal} {_scope_text(g.scope)} until {_when(g.not_after)} (id {g.id})",
-    )
+    for warning in resp.warnings:
+        print(f"ext-authz: warning: {warning}", file=sys.stderr)
+    if args.quiet:
+        print(g.id)
+        return
+
+    def text() -> str:
+        line = f"granted {g.principal} {_scope_text(g.scope)} until {_when(g.not_after)} (id {g.id})"
+        if not g.approved_at:
+            line += (
+                f"\npending: no effect until someone else runs `ext-authz grant approve {g.id} --reason TEXT`"
+            )
+        return line
+
+    _out(args, resp, text)
+
+
+def cmd_grant_approve(args: argparse.Namespace) -> None:
+    resp = _call(args, "ApproveGrant", pb.ApproveGrantRequest(id=args.id, reason=args.reason))
+    g = resp.grant
+    _out(args, resp, lambda: f"approved grant {g.id} ({g.principal} until {_when(g.not_after)})")
 
 
 def cmd_grant_end(args: argparse.Namespace) -> None:
-    resp = _call(args, "EndGrant", pb.EndGrantRequest(id=args.id, reason=args.reason or ""))
+    resp = _call(args, "EndGrant", pb.EndGrantRequest(id=args.id, reason=args.reason))
     _out(args, resp, lambda: f"ended grant {resp.grant.id} ({resp.grant.principal})")
+
+
+def _state(approved_at: float, ended_at: float, until: float) -> str:
+    now = datetime.now(UTC).timestamp()
+    if ended_at:
+        return "ended"
+    if until <= now:
+        return "expired"
+    return "active" if approved_at else "PENDING"
 
 
 def cmd_grants(args: argparse.Namespace) -> None:
@@ -218,17 +286,25 @@ def cmd_grants(args: argparse.Namespace) -> None:
     rows = [
         (
             g.id,
+            _state(g.approved_at, g.ended_at, g.not_after),
             g.principal,
             _scope_text(g.scope),
             _when(g.not_before),
             _when(g.ended_at or g.not_after),
-            g.approver,
+            g.created_by,
+            g.approver or "-",
+            g.ticket or "-",
             g.reason,
         )
         for g in resp.grants
     ]
     _out(
-        args, resp, lambda: _table(rows, ("ID", "PRINCIPAL", "SCOPE", "FROM", "UNTIL", "APPROVER", "REASON"))
+        args,
+        resp,
+        lambda: _table(
+            rows,
+            ("ID", "STATE", "PRINCIPAL", "SCOPE", "FROM", "UNTIL", "BY", "APPROVER", "TICKET", "REASON"),
+        ),
     )
 
 
@@ -240,15 +316,30 @@ def cmd_exception_open(args: argparse.Namespace) -> None:
     )
     resp = _call(args, "OpenException", req)
     e = resp.exception
-    _out(
-        args,
-        resp,
-        lambda: f"exception {e.id} open for {e.principal} {_scope_text(e.scope)} until {_when(e.expires_at)}",
-    )
+    if args.quiet:
+        print(e.id)
+        return
+
+    def text() -> str:
+        line = f"exception {e.id} open for {e.principal} {_scope_text(e.scope)} until {_when(e.expires_at)}"
+        if not e.approved_at:
+            line += (
+                f"\npending: no effect until someone else runs"
+                f" `ext-authz exception approve {e.id} --reason TEXT`"
+            )
+        return line
+
+    _out(args, resp, text)
+
+
+def cmd_exception_approve(args: argparse.Namespace) -> None:
+    resp = _call(args, "ApproveException", pb.ApproveExceptionRequest(id=args.id, reason=args.reason))
+    e = resp.exception
+    _out(args, resp, lambda: f"approved exception {e.id} ({e.principal} until {_when(e.expires_at)})")
 
 
 def cmd_exception_close(args: argparse.Namespace) -> None:
-    resp = _call(args, "CloseException", pb.CloseExceptionRequest(id=args.id, reason=args.reason or ""))
+    resp = _call(args, "CloseException", pb.CloseExceptionRequest(id=args.id, reason=args.reason))
     _out(args, resp, lambda: f"closed exception {resp.exception.id}")
 
 
@@ -257,9 +348,11 @@ def cmd_exception_list(args: argparse.Namespace) -> None:
     rows = [
         (
             e.id,
+            _state(e.approved_at, e.closed_at, e.expires_at),
             e.principal,
             _scope_text(e.scope),
             e.opened_by,
+            e.approved_by or "-",
             _when(e.opened_at),
             _when(e.closed_at or e.expires_at),
             e.reason,
@@ -269,15 +362,16 @@ def cmd_exception_list(args: argparse.Namespace) -> None:
     _out(
         args,
         resp,
-        lambda: _table(rows, ("ID", "PRINCIPAL", "SCOPE", "OPENED BY", "OPENED", "UNTIL", "REASON")),
+        lambda: _table(
+            rows,
+            ("ID", "STATE", "PRINCIPAL", "SCOPE", "OPENED BY", "APPROVED BY", "OPENED", "UNTIL", "REASON"),
+        ),
     )
 
 
 # -- signals ----------------------------------------------------------------------------------------
 def cmd_signal_set(args: argparse.Namespace) -> None:
-    kind, sep, subject = args.subject.partition(":")
-    if not sep or kind not in ("device", "workload", "user") or not subject:
-        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    kind, subject = _subject(args.subject)
     key, eq, value = args.pair.partition("=")
     if not eq or not key:
         raise CliError("expected KEY=VALUE")
@@ -286,6 +380,55 @@ def cmd_signal_set(args: argparse.Namespace) -> None:
     resp = _call(args, "PutSignal", req)
     s = resp.signal
     _out(args, resp, lambda: f"{s.subject_kind}:{s.subject} {s.key}={s.value} until {_when(s.expires_at)}")
+
+
+def _subject(value: str) -> tuple[str, str]:
+    kind, sep, subject = value.partition(":")
+    if not sep or kind not in ("device", "workload", "user") or not subject:
+        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    return kind, subject
+
+
+def cmd_signal_delete(args: argparse.Namespace) -> None:
+    kind, subject = _subject(args.subject)
+    req = pb.DeleteSignalRequest(subject_kind=kind, subject=subject, key=args.key, reason=args.reason)
+    resp = _call(args, "DeleteSignal", req)
+    s = resp.signal
+    _out(args, resp, lambda: f"deleted {s.subject_kind}:{s.subject} {s.key}")
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> None:
+    req = pb.ReleaseQuarantineRequest(principal=_scoped(args, args.principal), reason=args.reason)
+    resp = _call(args, "ReleaseQuarantine", req)
+    _out(args, resp, lambda: "\n".join(f"released {r.value} ({r.id})" for r in resp.revocations))
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> None:
+    args.kind = "quarantine"
+    cmd_revocations(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    since = _since(args.since) if args.since else 0.0
+    req = pb.ListAuditRequest(since=since, principal=_scoped(args, args.principal or ""), limit=args.limit)
+    resp = _call(args, "ListAudit", req)
+
+    def text() -> str:
+        rows = [
+            (_when(e.at), e.action, e.kind, e.record_id, e.principal or "-", e.actor, e.reason or "-")
+            for e in resp.entries
+        ]
+        return _table(rows, ("TIME", "ACTION", "KIND", "RECORD", "PRINCIPAL", "BY", "REASON"))
+
+    if args.json:  # one JSON object per line, the records before and after as objects
+        for e in resp.entries:
+            entry = json_format.MessageToDict(e, preserving_proto_field_name=True)
+            for side in ("before", "after"):
+                raw = entry.pop(f"{side}_json", "")
+                entry[side] = json.loads(raw) if raw else None
+            print(json.dumps(entry, sort_keys=True))
+        return
+    print(text())
 
 
 def cmd_signal_list(args: argparse.Namespace) -> None:
@@ -318,7 +461,7 @@ def _decision_line(rec: dict[str, Any]) -> str:
 
 
 def cmd_tail(args: argparse.Namespace) -> None:
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    actor = _actor()
     with _channel(args) as ch:
         stub = admin_pb2_grpc.AdminStub(ch)
         md = [(ACTOR_METADATA, actor)]
@@ -420,11 +563,11 @@ def add_admin_commands(sub: Any) -> None:
     )
     p.add_argument("--kind", help="with a value: its kind (default: spiffe_id for spiffe:// values)")
     p.add_argument("--issuer", help="the token issuer, for a bare subject, jti or sid")
-    p.add_argument("--reason")
+    p.add_argument("--reason", required=True, help="why (kept in the record and the audit log)")
     p.set_defaults(func=_run(cmd_unrevoke))
 
     p = _common(sub.add_parser("revocations", help="list revocations in force"))
-    p.add_argument("--all", action="store_true", help="include expired ones")
+    p.add_argument("--all", action="store_true", help="include expired and lifted ones")
     p.add_argument("--kind")
     p.set_defaults(func=_run(cmd_revocations))
 
@@ -438,13 +581,23 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--for", dest="duration", required=True)
     p.add_argument("--from", dest="start", help="start time, ISO 8601 (default: now)")
     p.add_argument("--reason", required=True)
-    p.add_argument("--approver", required=True)
+    p.add_argument("--ticket", help="a change or incident reference, kept with the grant")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the grant's id")
+    p.add_argument(
+        "--approver",
+        help="only where grants.require_approval is false: who approved it (by default a second"
+        " caller approves with `grant approve`)",
+    )
     p.set_defaults(func=_run(cmd_grant_create))
+    p = _common(grant.add_parser("approve", help="approve a pending grant (not your own)"))
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_run(cmd_grant_approve))
     p = _common(grant.add_parser("end", help="end a grant early (the task is done)"))
     p.add_argument("id")
-    p.add_argument("--reason")
+    p.add_argument("--reason", required=True)
     p.set_defaults(func=_run(cmd_grant_end))
-    p = _common(grant.add_parser("list", help="list active grants"))
+    p = _common(grant.add_parser("list", help="list active and pending grants"))
     p.add_argument("--all", action="store_true")
     p.set_defaults(func=_run(cmd_grants))
     p = _common(sub.add_parser("grants", help="list active grants"))
@@ -462,12 +615,17 @@ def add_admin_commands(sub: Any) -> None:
         "--for", dest="duration", required=True, help="at most exceptions.max_duration (default 4h)"
     )
     p.add_argument("--reason", required=True)
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the exception's id")
     p.set_defaults(func=_run(cmd_exception_open))
+    p = _common(exc.add_parser("approve", help="approve a pending exception (not your own)"))
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_run(cmd_exception_approve))
     p = _common(exc.add_parser("close", help="close an exception"))
     p.add_argument("id")
-    p.add_argument("--reason")
+    p.add_argument("--reason", required=True)
     p.set_defaults(func=_run(cmd_exception_close))
-    p = _common(exc.add_parser("list", help="list open exceptions"))
+    p = _common(exc.add_parser("list", help="list open and pending exceptions"))
     p.add_argument("--all", action="store_true", help="include closed and expired ones")
     p.set_defaults(func=_run(cmd_exception_list))
 
@@ -490,6 +648,30 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("pair", metavar="KEY=VALUE")
     p.add_argument("--ttl", required=True)
     p.set_defaults(func=_run(cmd_signal_set))
+    p = _common(sig.add_parser("delete", help="delete a signal (its fact becomes unknown)"))
+    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    p.add_argument("key")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_run(cmd_signal_delete))
     p = _common(sig.add_parser("list", help="list fresh signals"))
     p.add_argument("--all", action="store_true", help="include stale ones")
     p.set_defaults(func=_run(cmd_signal_list))
+
+    qtn = sub.add_parser("quarantine", help="automatic quarantines").add_subparsers(
+        dest="quarantine_command", required=True
+    )
+    p = _common(qtn.add_parser("release", help="lift every quarantine in force for PRINCIPAL"))
+    p.add_argument("principal", help="a SPIFFE ID, or a user as ISSUER#SUBJECT")
+    p.add_argument("--issuer", help="the token issuer, for a bare user subject")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_run(cmd_quarantine_release))
+    p = _common(qtn.add_parser("list", help="list quarantines in force"))
+    p.add_argument("--all", action="store_true", help="include expired and released ones")
+    p.set_defaults(func=_run(cmd_quarantine_list))
+
+    p = _common(sub.add_parser("audit", help="the audit log: every change of state, who, when and why"))
+    p.add_argument("--since", help="a duration back from now (24h) or a time (2026-11-25T10:00:00Z)")
+    p.add_argument("--principal", help="only changes about this SPIFFE ID or ISSUER#SUBJECT")
+    p.add_argument("--issuer", help="the token issuer, for a bare user subject")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many, the latest (default 1000)")
+    p.set_defaults(func=_run(cmd_audit))

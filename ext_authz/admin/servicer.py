@@ -27,6 +27,7 @@ from ..observe.stream import DecisionFilter
 from ..serve.peers import PeerRefused, SvidPeers, files_identity, tls_server_credentials
 from ..settings import TlsFiles
 from ..state import commands
+from ..state.audit import AuditEntry
 from ..state.commands import InvalidArgument
 from ..state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ..state.replica import RevocationEvent
@@ -52,6 +53,11 @@ def rev_pb(r: Revocation) -> Any:
         created_at=r.created_at,
         expires_at=r.expires_at or 0,
         source=r.source,
+        ref=r.ref,
+        issued_before=r.issued_before or 0,
+        ended_at=r.ended_at or 0,
+        ended_by=r.ended_by,
+        end_reason=r.end_reason,
     )
 
 
@@ -72,6 +78,9 @@ def grant_pb(g: Grant) -> Any:
         created_at=g.created_at,
         ended_at=g.ended_at or 0,
         ended_by=g.ended_by,
+        ticket=g.ticket,
+        approved_at=g.approved_at or 0,
+        end_reason=g.end_reason,
     )
 
 
@@ -86,6 +95,9 @@ def exception_pb(e: ExceptionGrant) -> Any:
         expires_at=e.expires_at,
         closed_at=e.closed_at or 0,
         closed_by=e.closed_by,
+        approved_by=e.approved_by,
+        approved_at=e.approved_at or 0,
+        close_reason=e.close_reason,
     )
 
 
@@ -98,6 +110,26 @@ def signal_pb(s: Signal) -> Any:
         set_by=s.set_by,
         set_at=s.set_at,
         expires_at=s.expires_at,
+        source=s.source,
+        ref=s.ref,
+    )
+
+
+def audit_pb(e: AuditEntry) -> Any:
+    def js(d: dict[str, Any] | None) -> str:
+        return json.dumps(d, separators=(",", ":"), sort_keys=True) if d is not None else ""
+
+    return pb.AuditEntry(
+        id=e.id,
+        at=e.at,
+        actor=e.actor,
+        action=e.action,
+        kind=e.kind,
+        record_id=e.record_id,
+        principal=e.principal,
+        reason=e.reason,
+        before_json=js(e.before),
+        after_json=js(e.after),
     )
 
 
@@ -151,37 +183,60 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             rev = commands.revoke(
                 request.kind, request.value, request.reason, request.duration_seconds, actor, now
             )
-            await self.replica.put(rev)
+            for known in self.replica.all(Revocation):
+                if commands.same_revocation(rev, known, now):
+                    return pb.RevokeResponse(revocation=rev_pb(known), existing=True)
+            await self.replica.put(rev, action="revoke", actor=actor, reason=rev.reason)
             log.info("revoked %s %s by %s: %s", rev.kind, rev.value, rev.created_by, rev.reason)
             return pb.RevokeResponse(revocation=rev_pb(rev))
 
         return await self._run(context, run)
 
+    async def _lift(
+        self, context: Any, revs: list[Revocation], reason: str, actor: str, now: float, what: str
+    ) -> list[Revocation]:
+        """End each revocation early (kept and audited, not deleted); NOT_FOUND when there is none."""
+        if not revs:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no revocation {what}")
+        lifted = []
+        for rev in revs:
+            ended = commands.end_revocation(rev, reason, actor, now)
+            action = "release" if rev.kind == "quarantine" else "unrevoke"
+            await self.replica.put(ended, action=action, actor=actor, reason=ended.end_reason)
+            log.info("%s %s (%s %s) by %s: %s", action, rev.id, rev.kind, rev.value, actor, ended.end_reason)
+            lifted.append(ended)
+        return lifted
+
     async def Unrevoke(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
             if request.id:
-                ids = [request.id]
+                rev = self.replica.get(Revocation, request.id)
+                revs = [rev] if rev is not None and rev.active(now) else []
+                what = repr(request.id) + (" in force" if rev is not None else "")
             else:  # by what it names: every active revocation of that value
                 kind, value = commands.revocation_value(request.kind, request.value)
-                ids = [
-                    r.id
+                revs = [
+                    r
                     for r in self.replica.all(Revocation)
                     if (r.kind, r.value) == (kind, value) and r.active(now)
                 ]
-            lifted = [rev for rid in ids if (rev := await self.replica.delete(Revocation, rid)) is not None]
-            if not lifted:
-                what = repr(request.id) if request.id else f"in force for {request.value!r}"
-                await _abort(context, grpc.StatusCode.NOT_FOUND, f"no revocation {what}")
-            for rev in lifted:
-                log.info(
-                    "unrevoked %s (%s %s) by %s: %s",
-                    rev.id,
-                    rev.kind,
-                    rev.value,
-                    actor,
-                    request.reason or "-",
-                )
+                what = f"in force for {value!r}"
+            lifted = await self._lift(context, revs, request.reason, actor, now, what)
             return pb.UnrevokeResponse(revocation=rev_pb(lifted[0]), revocations=[rev_pb(r) for r in lifted])
+
+        return await self._run(context, run)
+
+    async def ReleaseQuarantine(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            who = commands.principal(request.principal)
+            revs = [
+                r
+                for r in self.replica.all(Revocation)
+                if r.kind == "quarantine" and r.value == who and r.active(now)
+            ]
+            lifted = await self._lift(context, revs, request.reason, actor, now, f"quarantining {who}")
+            self.runtime.release_quarantine(who)
+            return pb.ReleaseQuarantineResponse(revocations=[rev_pb(r) for r in lifted])
 
         return await self._run(context, run)
 
@@ -197,6 +252,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def CreateGrant(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
+            engine = self.runtime.engine
             g = commands.create_grant(
                 request.principal,
                 _scope(request.scope),
@@ -206,35 +262,57 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 request.approver,
                 actor,
                 now,
+                engine.config.grants,
+                request.ticket,
             )
-            await self.replica.put(g)
+            await self.replica.put(g, action="grant", actor=actor, reason=g.reason)
             log.info(
-                "grant %s to %s by %s (approver %s): %s",
+                "grant %s to %s by %s (%s): %s",
                 g.id,
                 g.principal,
                 g.created_by,
-                g.approver,
+                "pending approval" if g.pending else f"approver {g.approver}",
                 g.reason,
             )
-            return pb.CreateGrantResponse(grant=grant_pb(g))
+            warnings = []
+            if not engine.policy.reading("grants"):
+                warnings.append(
+                    "no enforced rule reads `grants`: this grant changes no decision until one does"
+                    " (see the README, 'Just-in-time grants')"
+                )
+            return pb.CreateGrantResponse(grant=grant_pb(g), warnings=warnings)
+
+        return await self._run(context, run)
+
+    async def _grant(self, context: Any, gid: str) -> Grant:
+        g = self.replica.get(Grant, gid)
+        if g is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no grant {gid!r}")
+        return g
+
+    async def ApproveGrant(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            g = commands.approve_grant(await self._grant(context, request.id), request.reason, actor, now)
+            await self.replica.put(g, action="approve", actor=actor, reason=request.reason.strip())
+            log.info("grant %s approved by %s: %s", g.id, actor, request.reason.strip())
+            return pb.ApproveGrantResponse(grant=grant_pb(g))
 
         return await self._run(context, run)
 
     async def EndGrant(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            g = self.replica.get(Grant, request.id)
-            if g is None:
-                await _abort(context, grpc.StatusCode.NOT_FOUND, f"no grant {request.id!r}")
-            ended = commands.end_grant(g, actor, now)
+            g = await self._grant(context, request.id)
+            ended = commands.end_grant(g, request.reason, actor, now)
             if ended is not g:
-                await self.replica.put(ended)
+                await self.replica.put(ended, action="end", actor=actor, reason=ended.end_reason)
+                log.info("grant %s ended by %s: %s", g.id, actor, ended.end_reason)
             return pb.EndGrantResponse(grant=grant_pb(ended))
 
         return await self._run(context, run)
 
     async def ListGrants(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            gs = [
+            gs = [  # pending ones too: they wait for a second person, and should be seen
                 g
                 for g in self.replica.all(Grant)
                 if request.include_inactive or (g.ended_at is None and now < g.not_after)
@@ -246,7 +324,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def OpenException(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            cap = self.runtime.engine.config.exceptions.max_duration
+            cfg = self.runtime.engine.config.exceptions
             e = commands.open_exception(
                 request.principal,
                 _scope(request.scope),
@@ -254,37 +332,57 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 request.duration_seconds,
                 actor,
                 now,
-                cap,
+                cfg.max_duration,
+                cfg.require_approval,
             )
-            await self.replica.put(e)
+            await self.replica.put(e, action="open", actor=actor, reason=e.reason)
             log.warning(
-                "exception %s opened for %s by %s until %s: %s",
+                "exception %s opened for %s by %s until %s (%s): %s",
                 e.id,
                 e.principal,
                 e.opened_by,
                 int(e.expires_at),
+                "pending approval" if e.pending else "in force",
                 e.reason,
             )
             return pb.OpenExceptionResponse(exception=exception_pb(e))
 
         return await self._run(context, run)
 
+    async def _exception(self, context: Any, eid: str) -> ExceptionGrant:
+        e = self.replica.get(ExceptionGrant, eid)
+        if e is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no exception {eid!r}")
+        return e
+
+    async def ApproveException(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            e = await self._exception(context, request.id)
+            approved = commands.approve_exception(e, request.reason, actor, now)
+            await self.replica.put(approved, action="approve", actor=actor, reason=request.reason.strip())
+            log.warning("exception %s approved by %s: %s", e.id, actor, request.reason.strip())
+            return pb.ApproveExceptionResponse(exception=exception_pb(approved))
+
+        return await self._run(context, run)
+
     async def CloseException(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            e = self.replica.get(ExceptionGrant, request.id)
-            if e is None:
-                await _abort(context, grpc.StatusCode.NOT_FOUND, f"no exception {request.id!r}")
-            closed = commands.close_exception(e, actor, now)
+            e = await self._exception(context, request.id)
+            closed = commands.close_exception(e, request.reason, actor, now)
             if closed is not e:
-                await self.replica.put(closed)
-                log.warning("exception %s closed by %s", closed.id, closed.closed_by)
+                await self.replica.put(closed, action="close", actor=actor, reason=closed.close_reason)
+                log.warning("exception %s closed by %s: %s", closed.id, actor, closed.close_reason)
             return pb.CloseExceptionResponse(exception=exception_pb(closed))
 
         return await self._run(context, run)
 
     async def ListExceptions(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
-            es = [e for e in self.replica.all(ExceptionGrant) if request.include_closed or e.active(now)]
+            es = [  # pending ones too: they wait for a second person, and should be seen
+                e
+                for e in self.replica.all(ExceptionGrant)
+                if request.include_closed or (e.closed_at is None and now < e.expires_at)
+            ]
             es.sort(key=lambda e: e.opened_at)
             return pb.ListExceptionsResponse(exceptions=[exception_pb(e) for e in es])
 
@@ -300,9 +398,37 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 request.ttl_seconds,
                 actor,
                 now,
+                self.runtime.engine.config.signals,
             )
-            await self.replica.put(s)
+            await self.replica.put(s, action="signal", actor=actor)
             return pb.PutSignalResponse(signal=signal_pb(s))
+
+        return await self._run(context, run)
+
+    async def DeleteSignal(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            sid = commands.signal_id(request.subject_kind, request.subject, request.key)
+            reason = commands.reason(request.reason)
+            gone = await self.replica.delete(Signal, sid, action="delete", actor=actor, reason=reason)
+            if gone is None:
+                await _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no signal {request.key!r} for {request.subject_kind}:{request.subject}",
+                )
+            log.info(
+                "signal %s:%s %s deleted by %s: %s", gone.subject_kind, gone.subject, gone.key, actor, reason
+            )
+            return pb.DeleteSignalResponse(signal=signal_pb(gone))
+
+        return await self._run(context, run)
+
+    async def ListAudit(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            who = commands.principal(request.principal) if request.principal else ""
+            limit = min(request.limit or 1000, 10_000)
+            entries = await self.replica.audit(request.since, who, limit)
+            return pb.ListAuditResponse(entries=[audit_pb(e) for e in entries])
 
         return await self._run(context, run)
 

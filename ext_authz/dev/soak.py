@@ -29,6 +29,7 @@ from joserfc.jwk import ECKey
 
 from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
+from ..admin.servicer import ACTOR_METADATA
 from . import pki
 from .demo import BACKEND_ID, DEMO_TD, WORKLOADS
 from .stack import Ports, Stack, proc_rss_mb
@@ -231,19 +232,30 @@ def run_soak(
                                 duration_seconds=600,
                             ),
                             timeout=5,
+                            metadata=[(ACTOR_METADATA, "soak-oncall")],
                         ).exception
+                        admin.ApproveException(  # a second person: only then does it act
+                            pb.ApproveExceptionRequest(id=exc.id, reason="soak"),
+                            timeout=5,
+                            metadata=[(ACTOR_METADATA, "soak-lead")],
+                        )
                         exception_id = exc.id
                         timeline.set("billing", time.monotonic(), "allow")
                         report.exceptions_opened += 1
-                admin.CreateGrant(
+                grant = admin.CreateGrant(
                     pb.CreateGrantRequest(
                         principal=WORKLOADS["frontend"],
                         scope=pb.Scope(paths=["/internal/*"]),
                         duration_seconds=2,
                         reason="soak",
-                        approver="soak",
                     ),
                     timeout=5,
+                    metadata=[(ACTOR_METADATA, "soak-oncall")],
+                ).grant
+                admin.ApproveGrant(
+                    pb.ApproveGrantRequest(id=grant.id, reason="soak"),
+                    timeout=5,
+                    metadata=[(ACTOR_METADATA, "soak-lead")],
                 )
                 report.grants += 1
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - elapsed)))

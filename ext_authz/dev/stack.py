@@ -131,6 +131,9 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # top-level config keys to replace
     check: str = "unix"  # how Envoy reaches Check: the unix socket (as envoy.yaml says), or "tls" (TCP, mTLS)
+    base_config: Path | None = (
+        None  # `dev up --config`: your config instead of the demo's (listeners replaced)
+    )
 
     @property
     def transport(self) -> str:
@@ -152,7 +155,9 @@ class Stack:
 
     def write_configs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg = yaml.safe_load((self.demo_dir / "config.yaml").read_text())
+        source = self.base_config or self.demo_dir / "config.yaml"
+        base = source.resolve().parent  # relative paths in a config are relative to its own directory
+        cfg = yaml.safe_load(source.read_text()) or {}
         cfg["listen"] = self.check_address
         if self.check == "tls":  # Envoy's own SVID is the one caller allowed
             cfg["check"] = {
@@ -165,13 +170,14 @@ class Stack:
         cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
         cfg.update(self.overrides)
-        # Paths in the demo config are relative to the demo directory: make them absolute here.
-        for td in cfg.get("trust_domains", {}).values():
+        # Paths in the config are relative to its directory: make them absolute in the copy in force.
+        for td in (cfg.get("trust_domains") or {}).values():
             for k in ("x509_bundle", "jwt_bundle"):
-                if k in td:
-                    td[k] = str((self.demo_dir / td[k]).resolve())
-        for iss in cfg.get("issuers", {}).values():
-            iss["jwks"] = str((self.demo_dir / iss["jwks"]).resolve())
+                if td.get(k):
+                    td[k] = str((base / td[k]).resolve())
+        for iss in (cfg.get("issuers") or {}).values():
+            if isinstance(iss.get("jwks"), str) and "://" not in iss["jwks"]:
+                iss["jwks"] = str((base / iss["jwks"]).resolve())
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         render_envoy_config(
             self.envoy_template,
@@ -306,27 +312,78 @@ curl -si {ca} {fe} {mesh}/api/orders
 
 # 10. a just-in-time grant: billing may not read /reports/* → 403 no_rule
 curl -si {ca} {bi} {mesh}/reports/q3
-#    grant it for two minutes → exit 0
-{ext} grant create {billing} --path '/reports/*' --method GET --for 2m \\
-     --reason "quarterly close" --approver alice {cfg}
+#    alice asks for it, for two minutes (it waits for a second person; -q prints its id) → exit 0
+EXT_AUTHZ_ACTOR=alice {ext} grant create {billing} --path '/reports/*' --method GET --for 2m \\
+     --reason "quarterly close" --ticket FIN-88 -q {cfg} > {d}/.run/grant.id
+#    pending, it changes nothing yet → 403 no_rule
+curl -si {ca} {bi} {mesh}/reports/q3
+#    alice cannot approve her own request → exit 2
+EXT_AUTHZ_ACTOR=alice {ext} grant approve $(cat {d}/.run/grant.id) --reason "looks fine" {cfg}
+#    bob approves it → exit 0
+EXT_AUTHZ_ACTOR=bob {ext} grant approve $(cat {d}/.run/grant.id) --reason "FIN-88 checked" {cfg}
 #    now it may; the upstream sees x-ext-authz-grant-ids → 200
 curl -si {ca} {bi} {mesh}/reports/q3
 
-# 11. break glass: an exception lets billing read /api/* for ten minutes → exit 0
-{ext} exception open {billing} --path '/api/*' --for 10m --reason "INC-1234: billing reconciles orders" {cfg}
+# 11. break glass: on-call opens an exception for billing on /api/* for ten minutes → exit 0
+EXT_AUTHZ_ACTOR=oncall {ext} exception open {billing} --path '/api/*' --for 10m \\
+     --reason "INC-1234: billing reconciles orders" -q {cfg} > {d}/.run/exception.id
+#    the incident lead approves it (two people for break-glass) → exit 0
+EXT_AUTHZ_ACTOR=lead {ext} exception approve $(cat {d}/.run/exception.id) --reason "INC-1234 confirmed" {cfg}
 #    allowed by the exception; the upstream sees x-ext-authz-exception-id → 200 exception
 curl -si {ca} {bi} {mesh}/api/orders
-#    always visible: listed → exit 0
+#    always visible: listed, with who opened and who approved it → exit 0
 {ext} exception list {cfg}
 #    and marked in every decision it changed → exit 0
 grep '"exception_id"' {d}/.run/ext-authz.log
 
-# 12. what each identity actually used, from the decision log → exit 0
+# 12. the audit log: every change above, who made it, when and why → exit 0
+{ext} audit --since 1h {cfg}
+
+# 13. what each identity used, and every grant and exception with its use → exit 0
 {ext} report --log {d}/.run/ext-authz.log {cfg}
 """
 
 
-def run_demo(demo_dir: Path, envoy_template: Path) -> int:
+def _check_config(stack: Stack) -> str:
+    """Your config, with the demo's listeners, must load before anything starts: else, why not."""
+    from ..errors import AuthzError
+    from ..loader import load_engine
+
+    try:
+        stack.write_configs()
+        load_engine(stack.config_path)
+    except (OSError, yaml.YAMLError) as exc:
+        return f"cannot read {stack.base_config}: {exc}"
+    except AuthzError as exc:
+        return f"{stack.base_config} (with the demo's listeners): {exc.detail}"
+    return ""
+
+
+def _yours(d: Path, p: Ports, run_dir: Path, config: Path) -> str:
+    """What `dev up --config` prints: your rules decide, so no outcome is promised; every command runs."""
+    mesh = f"https://localhost:{p.mesh}"
+    ca = f"--cacert {d}/bundle/root.pem"
+    fe = f"--cert {d}/svid/frontend.pem --key {d}/svid/frontend.key"
+    ext = f"{Path(sys.executable).parent}/ext-authz"
+    cfg = f"--config {run_dir}/ext-authz.yaml"
+    return f"""
+ext-authz demo is up with your configuration {config}: its rules and trust decide, on the demo's
+listeners and identities. Envoy mesh listener {mesh} (mTLS), edge listener https://localhost:{p.edge}.
+The config in force (yours, listeners replaced, paths made absolute): {run_dir}/ext-authz.yaml
+Decision log: {run_dir}/ext-authz.log   Stop with Ctrl-C.
+
+# the frontend workload (X.509-SVID) asks for /api/orders; your rules answer
+curl -si {ca} {fe} {mesh}/api/orders
+# alice's OIDC token on the edge listener
+curl -si {ca} -H "Authorization: Bearer $(cat {d}/tokens/alice.jwt)" https://localhost:{p.edge}/user/profile
+# the admin CLI reaches this stack through the config in force, e.g. watch decisions:
+  {ext} tail {cfg}
+# what each identity used so far
+{ext} report --log {run_dir}/ext-authz.log {cfg}
+"""
+
+
+def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -> int:
     from datetime import UTC, datetime, timedelta
 
     if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(
@@ -346,10 +403,19 @@ def run_demo(demo_dir: Path, envoy_template: Path) -> int:
         envoy_template=envoy_template,
         run_dir=demo_dir.resolve() / ".run",
         ports=ports,
+        base_config=config,
     )
+    if config is not None:
+        problem = _check_config(stack)
+        if problem:
+            print(f"ext-authz: {problem}", file=sys.stderr)
+            return 2
     try:
         with stack:
-            print(_try_these(demo_dir.resolve(), stack.ports), flush=True)
+            if config is None:
+                print(_try_these(demo_dir.resolve(), stack.ports), flush=True)
+            else:
+                print(_yours(demo_dir.resolve(), stack.ports, stack.run_dir, config), flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while all(p.poll() is None for p in stack.procs.values()):
                     time.sleep(0.5)

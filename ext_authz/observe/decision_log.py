@@ -103,6 +103,8 @@ def record(
             rec["exception_id"] = decision.exception_id
         if decision.grant_ids:
             rec["grant_ids"] = list(decision.grant_ids)
+        if decision.signals_read:  # which facts the decision was given: keys only, never their values
+            rec["signals_read"] = list(decision.signals_read)
         if decision.shadow:
             rec["shadow"] = [
                 {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -60,6 +60,14 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "ext_authz_open_exceptions", "Break-glass exceptions open now", value=data.get("exceptions", 0)
         )
+        pending = GaugeMetricFamily(
+            "ext_authz_pending_approvals",
+            "Grants and exceptions waiting for a second person's approval (no effect until then)",
+            labels=["kind"],
+        )
+        for kind in ("grant", "exception"):
+            pending.add_metric([kind], data.get("pending", {}).get(kind, 0))
+        yield pending
         age = GaugeMetricFamily(
             "ext_authz_trust_bundle_age_seconds",
             "Seconds since the trust material of each trust domain last changed",
@@ -128,6 +136,11 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.reloads.get(result)
+        self.reload_failed = Gauge(
+            "ext_authz_config_reload_failed",
+            "1 while the last reload failed and the last good configuration is enforced; else 0",
+            registry=r,
+        )
         self.callers_refused = Counter(
             "ext_authz_check_callers_refused",
             "Check calls refused: the caller is not an allowed Envoy",

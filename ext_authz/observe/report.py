@@ -1,7 +1,10 @@
 """`ext-authz report`: least privilege from real traffic, read from the decision log.
 
 Per identity: which rules, grants and exceptions actually allowed its requests, which allow rules
-cover it but it never used (with the policy at hand), and its denials by reason.
+cover it but it never used (with the policy at hand), and its denials by reason. With the audit log
+(read from the state store): every grant and exception of the period, who made and who approved it,
+and how often it was used, never-used ones first. With the policy: the rules whose conditions read
+token claims, which the decision log does not keep (so coverage by those rules cannot be judged).
 """
 
 from __future__ import annotations
@@ -14,8 +17,18 @@ from datetime import datetime
 from typing import Any
 
 from ..pipeline import ANONYMOUS_IDENTITY, Engine
+from ..state.audit import AuditEntry
 
-__all__ = ["IdentityUsage", "build_report", "read_records", "render_report"]
+__all__ = [
+    "Governance",
+    "IdentityUsage",
+    "RecordUse",
+    "build_governance",
+    "build_report",
+    "read_records",
+    "render_governance",
+    "render_report",
+]
 
 
 @dataclass
@@ -173,4 +186,121 @@ def render_report(report: list[IdentityUsage], *, with_policy: bool) -> str:
         if with_policy:
             unused = ", ".join(u.unused_rules) if u.unused_rules else "none"
             lines.append(f"  covered but never used: {unused}")
+    return "\n".join(lines)
+
+
+@dataclass
+class RecordUse:
+    """A grant or exception of the period: who made it, who approved it, how often it let a request by."""
+
+    kind: str  # grant | exception
+    id: str
+    principal: str = ""
+    made_by: str = ""
+    approved_by: str = ""
+    reason: str = ""
+    ticket: str = ""
+    used: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "principal": self.principal,
+            "made_by": self.made_by,
+            "approved_by": self.approved_by,
+            "reason": self.reason,
+            "ticket": self.ticket,
+            "used": self.used,
+        }
+
+
+@dataclass
+class Governance:
+    grants: list[RecordUse] = field(default_factory=list)
+    exceptions: list[RecordUse] = field(default_factory=list)
+    rules_reading_claims: list[str] = field(default_factory=list)
+    audited: bool = False  # were grants and exceptions read from the audit log (or only from the log)?
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "grants": [g.as_dict() for g in self.grants],
+            "exceptions": [e.as_dict() for e in self.exceptions],
+            "rules_reading_claims": self.rules_reading_claims,
+            "from_audit_log": self.audited,
+        }
+
+
+def build_governance(
+    report: list[IdentityUsage], audit: list[AuditEntry] | None, engine: Engine | None
+) -> Governance:
+    """Grants and exceptions with their use (every one the audit log names, used or not; without the
+    audit log, only those the decision log shows used), and the rules that read token claims."""
+    uses: dict[tuple[str, str], RecordUse] = {}
+
+    def use(kind: str, rid: str) -> RecordUse:
+        found = uses.get((kind, rid))
+        if found is None:
+            found = uses[(kind, rid)] = RecordUse(kind, rid)
+        return found
+
+    for entry in audit or ():
+        if entry.kind not in ("grant", "exception"):
+            continue
+        u = use(entry.kind, entry.record_id)
+        after = entry.after or {}
+        u.principal = entry.principal or u.principal
+        u.reason = str(after.get("reason", u.reason))
+        u.ticket = str(after.get("ticket", u.ticket))
+        if entry.action in ("grant", "open"):
+            u.made_by = entry.actor
+        elif entry.action == "approve":
+            u.approved_by = entry.actor
+        if not u.approved_by and entry.action in ("grant", "open") and after.get("approved_at"):
+            u.approved_by = str(after.get("approver") or after.get("approved_by") or "(no approval required)")
+    for ident in report:
+        for gid, n in ident.grants.items():
+            g = use("grant", gid)
+            g.used += n
+            g.principal = g.principal or ident.identity
+        for eid, n in ident.exceptions.items():
+            e = use("exception", eid)
+            e.used += n
+            e.principal = e.principal or ident.identity
+    order = sorted(uses.values(), key=lambda u: (u.used > 0, u.id))
+    claims = []
+    if engine is not None:
+        claims = [
+            r.name for r in engine.policy.rules if "identity" in r.variables and "claims" in r.when_source
+        ]
+    return Governance(
+        grants=[u for u in order if u.kind == "grant"],
+        exceptions=[u for u in order if u.kind == "exception"],
+        rules_reading_claims=claims,
+        audited=audit is not None,
+    )
+
+
+def render_governance(g: Governance) -> str:
+    lines: list[str] = []
+    for title, items in (("grants", g.grants), ("exceptions", g.exceptions)):
+        if not items:
+            lines.append(f"{title}: none in the period")
+            continue
+        lines.append(f"{title}:")
+        for u in items:
+            used = f"used {u.used} times" if u.used else "NEVER USED"
+            ticket = f" ticket {u.ticket}" if u.ticket else ""
+            lines.append(
+                f"  {u.id}  {u.principal or '-'}  made by {u.made_by or '?'}, approved by"
+                f" {u.approved_by or 'nobody'}{ticket}: {used}"
+            )
+    if not g.audited:
+        lines.append(
+            "(without the audit log, grants and exceptions never used cannot be listed: pass --config)"
+        )
+    if g.rules_reading_claims:
+        lines.append(
+            "rules reading token claims (the log keeps no claims: who they cover is not judged): "
+            + ", ".join(g.rules_reading_claims)
+        )
     return "\n".join(lines)

@@ -56,6 +56,7 @@ class CompiledRule:
     when: Any  # cel Expression | None
     when_source: str
     variables: frozenset[str] = frozenset(_VARIABLES)
+    exceptable: bool = False  # a deny rule a break-glass exception may override
 
     def selects(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
@@ -94,6 +95,7 @@ class PolicyResult:
     shadow_allowed: bool | None = None
     detail: str = ""
     errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of enforced rules whose condition failed
+    exceptable: bool = True  # may an exception turn this denial into an allow? Not an explicit deny rule's.
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,11 @@ class Policy:
     @property
     def uses_cel(self) -> bool:
         return any(r.when is not None for r in self.rules)
+
+    def reading(self, variable: str) -> tuple[str, ...]:
+        """Enforced rules whose condition reads ``variable`` (one of request, source, identity,
+        signals, grants, now)."""
+        return tuple(r.name for r in self.rules if not r.shadow and variable in r.variables)
 
     def evaluate(
         self, target: Target, extensions: Mapping[str, str], authenticated: bool, activation: Activation
@@ -124,11 +131,11 @@ class Policy:
                 continue
             cond = r.condition(data)
             if cond is True:
-                result = PolicyResult(False, "policy_denied", r.name)
+                result = PolicyResult(False, "policy_denied", r.name, exceptable=r.exceptable)
                 break
             if isinstance(cond, str):
                 errors.append((r.name, cond))
-                result = PolicyResult(False, "policy_error", r.name, detail=cond)
+                result = PolicyResult(False, "policy_error", r.name, detail=cond, exceptable=r.exceptable)
                 break
         if result is None:
             for r in self.rules:
@@ -167,7 +174,14 @@ class Policy:
         if not shadow and not errors:
             return result
         return PolicyResult(
-            result.allowed, result.reason, result.rule, tuple(shadow), would, result.detail, tuple(errors)
+            result.allowed,
+            result.reason,
+            result.rule,
+            tuple(shadow),
+            would,
+            result.detail,
+            tuple(errors),
+            result.exceptable,
         )
 
 
@@ -245,6 +259,7 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
                 when=when,
                 when_source=rc.when or "",
                 variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
+                exceptable=rc.exceptable,
             )
         )
     return Policy(tuple(compiled))

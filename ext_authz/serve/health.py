@@ -17,21 +17,37 @@ __all__ = ["STATE_SERVICE", "health_page", "serve_health", "watch_state_health"]
 STATE_SERVICE = "ext_authz.state"  # health of the shared state store (degraded is not down)
 
 
-async def health_page(runtime: Runtime, path: str) -> tuple[int, str, str]:
+DEGRADED_STATUS = 503  # /readyz?strict: what a degraded replica answers
+
+
+async def health_page(runtime: Runtime, target: str) -> tuple[int, str, str]:
+    path, _, query = target.partition("?")
     if path == "/metrics":
         return 200, runtime.metrics.scrape().decode(), CONTENT_TYPE
     if path == "/healthz":
         return 200, "ok\n", "text/plain"
     if path == "/readyz":
-        revision = runtime.engine.revision
-        if runtime.ready and not runtime.replica.healthy:
-            # Still enforcing (on the last snapshot of shared state): ready, but say so.
-            body = f"degraded: state store unreachable, enforcing the last snapshot revision={revision}\n"
-            return 200, body, "text/plain"
-        if runtime.ready:
-            return 200, f"ready revision={revision}\n", "text/plain"
-        return 503, "not ready\n", "text/plain"
+        return readiness(runtime, strict="strict" in query.split("&"))
     return 404, "not found\n", "text/plain"
+
+
+def readiness(runtime: Runtime, *, strict: bool = False) -> tuple[int, str, str]:
+    """``ready``; or ``degraded: …`` (still enforcing: the last good config, the last snapshot of
+    shared state) with 200, or with 503 under ``?strict`` for probes told to take it out of rotation;
+    or ``not ready``."""
+    if not runtime.ready:
+        return 503, "not ready\n", "text/plain"
+    revision = runtime.engine.revision
+    problems = []
+    if runtime.last_reload_error:
+        error = " ".join(runtime.last_reload_error.split())
+        problems.append(f"last reload failed, enforcing the last good configuration: {error}")
+    if not runtime.replica.healthy:
+        problems.append("state store unreachable, enforcing the last snapshot")
+    if problems:
+        body = "".join(f"degraded: {p}\n" for p in problems) + f"revision={revision}\n"
+        return (DEGRADED_STATUS if strict else 200), body, "text/plain"
+    return 200, f"ready revision={revision}\n", "text/plain"
 
 
 async def serve_health(runtime: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..errors import AuthzError
 from ..loader import load_engine
+from ..settings import Settings
 from .runtime import Runtime
 
-__all__ = ["Reloader"]
+__all__ = ["Reloader", "changes"]
 
 log = logging.getLogger("ext_authz")
 Fingerprint = tuple[tuple[str, int, int, int], ...]
@@ -25,6 +26,27 @@ def _fingerprint(paths: tuple[Path, ...]) -> Fingerprint:
         except OSError:
             out.append((str(p), -1, -1, -1))
     return tuple(out)
+
+
+def _delta(what: str, before: dict[str, object], after: dict[str, object]) -> list[str]:
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    out = []
+    for verb, names in (("added", added), ("removed", removed), ("changed", changed)):
+        if names:
+            out.append(f"{what} {verb}: {', '.join(names)}")
+    return out
+
+
+def changes(before: Settings, after: Settings) -> list[str]:
+    """What a reload changed, for the log: rules, trust domains and issuers added, removed, changed."""
+    out = _delta("rules", {r.name: r for r in before.rules}, {r.name: r for r in after.rules})
+    out += _delta("trust domains", dict(before.trust_domains), dict(after.trust_domains))
+    out += _delta("issuers", dict(before.issuers), dict(after.issuers))
+    if [r.name for r in before.rules] != [r.name for r in after.rules] and not out:
+        out.append("rules reordered")
+    return out
 
 
 class Reloader:
@@ -49,6 +71,7 @@ class Reloader:
             engine = await asyncio.to_thread(load_engine, self.config_path)
         except AuthzError as exc:
             rt.metrics.reloads.get("failure").inc()
+            rt.metrics.reload_failed.set(1)
             rt.reloads_failed += 1
             rt.last_reload_error = exc.detail
             log.error("reload failed, keeping the last good configuration and trust: %s", exc.detail)
@@ -61,10 +84,12 @@ class Reloader:
             self._seen = ()
         else:
             self._seen = after
-        old = rt.engine.revision
+        old, old_config = rt.engine.revision, rt.engine.config
         rt.metrics.reloads.get("success").inc()
         rt.install(engine)
+        rt.metrics.reload_failed.set(0)
         rt.last_reload_error = ""
         if old != rt.engine.revision:
-            log.info("reloaded: revision %s -> %s", old, rt.engine.revision)
+            what = "; ".join(changes(old_config, engine.config)) or "settings or trust files"
+            log.info("reloaded: revision %s -> %s: %s", old, rt.engine.revision, what)
         return True

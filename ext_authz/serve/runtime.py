@@ -139,6 +139,11 @@ class Runtime:
             log.warning("quarantined %s for %ds: %s", principal, int(q.duration), rev.reason)
             self.spawn(self._write_quarantine(rev))
 
+    def release_quarantine(self, principal: str) -> None:
+        """Forget this replica's denial count for ``principal`` (its quarantine was lifted)."""
+        if self.quarantine is not None:
+            self.quarantine.forget(principal)
+
     async def _write_quarantine(self, rev: Any) -> None:
         try:
             await self.replica.put(rev)
@@ -168,6 +173,14 @@ class Runtime:
             "revocations": by_kind,
             "grants": sum(1 for g in snap.grants if g.active(now)),
             "exceptions": sum(1 for e in snap.exceptions if e.active(now)),
+            "pending": {
+                "grant": sum(
+                    1 for g in snap.grants if g.pending and g.ended_at is None and now < g.not_after
+                ),
+                "exception": sum(
+                    1 for e in snap.exceptions if e.pending and e.closed_at is None and now < e.expires_at
+                ),
+            },
             "bundle_age": {name: max(0.0, now - at) for name, (_, at) in self._trust_seen.items()},
             "cache": self.cache_totals(),
             "ready": 1 if self.ready else 0,

@@ -16,7 +16,7 @@ from ..identity.names import NameError_, parse_name, parse_serial
 from ..identity.spiffe_id import SpiffeId, SpiffeIdError
 from ..match import PatternError
 from ..principal import PrincipalError, parse_principal, parse_scoped
-from ..settings import QuarantineSettings, Settings
+from ..settings import GrantsSettings, QuarantineSettings, Settings, SignalsSettings
 from .records import (
     REVOCATION_KINDS,
     REVOCATION_SOURCES,
@@ -31,22 +31,32 @@ from .records import (
 
 __all__ = [
     "InvalidArgument",
+    "approve_exception",
+    "approve_grant",
     "check_record",
     "close_exception",
     "create_grant",
     "end_grant",
+    "end_revocation",
     "new_id",
     "open_exception",
     "put_signal",
     "quarantine",
+    "reason",
     "revocation_value",
     "revoke",
+    "same_revocation",
     "scope",
+    "signal_id",
 ]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _OPERATOR_KINDS = tuple(k for k in REVOCATION_KINDS if k != "quarantine")
 _MAX_TEXT = 1024  # reasons, approvers, signal keys and values
+_MAX_TICKET = 200
+_MAX_LEAD = 7 * 86400.0  # a grant may be made for a window that starts at most this far ahead
+# A JWS or JWE in compact form: a base64url JSON header ('{"' is 'eyJ'), a dot, more base64url, a dot.
+_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*\.")
 
 
 class InvalidArgument(ValueError):
@@ -57,7 +67,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
+def no_token(value: str, what: str) -> None:
+    """Refuse a whole token where a claim's value (or a person's words) belongs. The message never
+    repeats the value: a pasted token is a secret, and it must not reach a log or a terminal again."""
+    if _TOKENISH.search(value):
+        raise InvalidArgument(
+            f"{what} looks like a whole token (a JWT), not a value: pass the claim's value instead"
+            " (the token was neither stored nor logged)"
+        )
+
+
 def principal(value: str) -> str:
+    no_token(value, "the principal")
     try:
         return parse_principal(value)
     except PrincipalError as exc:
@@ -115,6 +136,7 @@ def revocation_value(kind: str, value: str) -> tuple[str, str]:
             )
         return kind, key
     if kind in ("jti", "sid"):
+        no_token(value, f"the {kind}")
         try:
             return kind, parse_scoped(value, f"a {kind}")
         except PrincipalError as exc:
@@ -122,13 +144,38 @@ def revocation_value(kind: str, value: str) -> tuple[str, str]:
     return kind, value  # device ids are not tied to an issuer
 
 
-def _text(value: str, what: str) -> str:
+def _text(value: str, what: str, limit: int = _MAX_TEXT) -> str:
     value = value.strip()
     if not value:
         raise InvalidArgument(f"{what} is required")
-    if len(value) > _MAX_TEXT:
-        raise InvalidArgument(f"{what} is longer than {_MAX_TEXT} characters")
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is longer than {limit} characters")
+    no_token(value, what)
     return value
+
+
+def reason(value: str) -> str:
+    """A person's reason for a change: required, one bounded line of text, never a token."""
+    return _text(value, "a reason")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{int(seconds)}s"
+
+
+def _scoped(what: Scope, record: str) -> Scope:
+    if not (what.hosts or what.paths):
+        raise InvalidArgument(
+            f"{record} names a scope: at least a host (--host) or a path (--path), never everything"
+        )
+    return what
+
+
+def _second_person(actor: str, first: str, what: str) -> None:
+    if actor == first:
+        raise InvalidArgument(
+            f"{what} was made by {actor}; it must be approved by a different caller (two people)"
+        )
 
 
 def scope(hosts: Iterable[str] = (), paths: Iterable[str] = (), methods: Iterable[str] = ()) -> Scope:
@@ -143,9 +190,10 @@ def scope(hosts: Iterable[str] = (), paths: Iterable[str] = (), methods: Iterabl
 
 
 def revoke(kind: str, value: str, reason: str, duration: float, actor: str, now: float) -> Revocation:
+    """A revocation of ``kind``/``value``; ``duration`` 0 means until it is unrevoked."""
     kind, value = revocation_value(kind, value)
     if duration < 0:
-        raise InvalidArgument("duration cannot be negative")
+        raise InvalidArgument("a revocation's duration must be positive (or none: until unrevoked)")
     return Revocation(
         id=new_id("rev"),
         kind=kind,
@@ -157,6 +205,22 @@ def revoke(kind: str, value: str, reason: str, duration: float, actor: str, now:
     )
 
 
+def same_revocation(new: Revocation, known: Revocation, now: float) -> bool:
+    """Is ``known`` (in force) already everything ``new`` asks for? Then ``new`` adds nothing."""
+    if not known.active(now) or (known.kind, known.value) != (new.kind, new.value):
+        return False
+    if known.issued_before != new.issued_before:
+        return False
+    return known.expires_at is None or (new.expires_at is not None and known.expires_at >= new.expires_at)
+
+
+def end_revocation(rev: Revocation, reason: str, actor: str, now: float) -> Revocation:
+    """Lift a revocation early. The record is kept (listed with ``--all``, audited), not deleted."""
+    if rev.ended_at is not None:
+        return rev
+    return dataclasses.replace(rev, ended_at=now, ended_by=actor, end_reason=_text(reason, "a reason"))
+
+
 def create_grant(
     who: str,
     what: Scope,
@@ -166,53 +230,102 @@ def create_grant(
     approver: str,
     actor: str,
     now: float,
+    cfg: GrantsSettings | None = None,
+    ticket: str = "",
 ) -> Grant:
+    """A just-in-time grant. Where ``grants.require_approval`` (the default) it is pending until a
+    different caller approves it (:func:`approve_grant`); otherwise ``approver`` names who approved."""
+    cfg = cfg or GrantsSettings()
     if duration <= 0:
         raise InvalidArgument("a grant needs a duration: it must expire by itself")
+    if duration > cfg.max_duration:
+        raise InvalidArgument(
+            f"a grant of {_hours(duration)} is over the cap grants.max_duration={_hours(cfg.max_duration)}"
+        )
     start = not_before or now
+    if start > now + _MAX_LEAD:
+        raise InvalidArgument(f"a grant starts at most {_hours(_MAX_LEAD)} from now")
+    if cfg.require_approval and approver.strip():
+        raise InvalidArgument(
+            "grants are approved by a second caller (grants.require_approval): drop --approver and have"
+            " them run `ext-authz grant approve ID --reason TEXT`"
+        )
     return Grant(
         id=new_id("grt"),
         principal=principal(who),
-        scope=what,
+        scope=_scoped(what, "a grant"),
         not_before=start,
         not_after=start + duration,
         reason=_text(reason, "a reason"),
-        approver=_text(approver, "an approver"),
+        approver="" if cfg.require_approval else _text(approver, "an approver (--approver)"),
         created_by=actor,
         created_at=now,
+        ticket=_text(ticket, "a ticket", _MAX_TICKET) if ticket.strip() else "",
+        approved_at=None if cfg.require_approval else now,
     )
 
 
-def end_grant(grant: Grant, actor: str, now: float) -> Grant:
+def approve_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
+    if not grant.pending:
+        raise InvalidArgument(f"grant {grant.id} is already approved (by {grant.approver})")
+    if grant.ended_at is not None or now >= grant.not_after:
+        raise InvalidArgument(f"grant {grant.id} has ended; make a new one")
+    _second_person(actor, grant.created_by, f"grant {grant.id}")
+    _text(reason, "a reason")
+    return dataclasses.replace(grant, approver=actor, approved_at=now)
+
+
+def end_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
     if grant.ended_at is not None:
         return grant
-    return dataclasses.replace(grant, ended_at=now, ended_by=actor)
+    return dataclasses.replace(grant, ended_at=now, ended_by=actor, end_reason=_text(reason, "a reason"))
 
 
 def open_exception(
-    who: str, what: Scope, reason: str, duration: float, actor: str, now: float, max_duration: float
+    who: str,
+    what: Scope,
+    reason: str,
+    duration: float,
+    actor: str,
+    now: float,
+    max_duration: float,
+    require_approval: bool = True,
 ) -> ExceptionGrant:
+    """Break-glass for one principal and scope. Pending, with no effect, until a different caller
+    approves it (:func:`approve_exception`) where ``exceptions.require_approval`` (the default)."""
     if duration <= 0:
         raise InvalidArgument("an exception needs a duration: exceptions are never permanent")
     if duration > max_duration:
         raise InvalidArgument(
-            f"duration {int(duration)}s is over the cap exceptions.max_duration={int(max_duration)}s"
+            f"an exception of {_hours(duration)} is over the cap"
+            f" exceptions.max_duration={_hours(max_duration)}"
         )
     return ExceptionGrant(
         id=new_id("exc"),
         principal=principal(who),
-        scope=what,
+        scope=_scoped(what, "an exception"),
         reason=_text(reason, "a reason"),
         opened_by=actor,
         opened_at=now,
         expires_at=now + duration,
+        approved_at=None if require_approval else now,
     )
 
 
-def close_exception(exc: ExceptionGrant, actor: str, now: float) -> ExceptionGrant:
+def approve_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
+    if not exc.pending:
+        raise InvalidArgument(f"exception {exc.id} is already approved (by {exc.approved_by or 'config'})")
+    if exc.closed_at is not None or now >= exc.expires_at:
+        raise InvalidArgument(f"exception {exc.id} is closed or expired; open a new one")
+    _second_person(actor, exc.opened_by, f"exception {exc.id}")
+    _text(reason, "a reason")
+    return dataclasses.replace(exc, approved_by=actor, approved_at=now)
+
+
+def close_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
     if exc.closed_at is not None:
         return exc
-    return dataclasses.replace(exc, closed_at=now, closed_by=actor)
+    return dataclasses.replace(exc, closed_at=now, closed_by=actor, close_reason=_text(reason, "a reason"))
 
 
 def _signal_subject(subject_kind: str, subject: str) -> str:
@@ -233,13 +346,34 @@ def _signal_subject(subject_kind: str, subject: str) -> str:
     return subject
 
 
+def signal_id(subject_kind: str, subject: str, key: str) -> str:
+    """The id of the signal ``subject_kind``/``subject``/``key`` (checked and canonical)."""
+    return f"{subject_kind}\0{_signal_subject(subject_kind, subject)}\0{_text(key, 'a signal key')}"
+
+
 def put_signal(
-    subject_kind: str, subject: str, key: str, value: str, ttl: float, actor: str, now: float
+    subject_kind: str,
+    subject: str,
+    key: str,
+    value: str,
+    ttl: float,
+    actor: str,
+    now: float,
+    cfg: SignalsSettings | None = None,
+    *,
+    source: str = "api",
+    ref: str = "",
 ) -> Signal:
+    cfg = cfg or SignalsSettings()
     if ttl <= 0:
         raise InvalidArgument("a signal needs a time-to-live: a stale signal is unknown")
+    if ttl > cfg.max_ttl:
+        raise InvalidArgument(
+            f"a time-to-live of {_hours(ttl)} is over the cap signals.max_ttl={_hours(cfg.max_ttl)}"
+        )
     if len(value) > _MAX_TEXT:
         raise InvalidArgument(f"a signal value is at most {_MAX_TEXT} characters")
+    no_token(value, "a signal value")
     return Signal(
         subject_kind=subject_kind,
         subject=_signal_subject(subject_kind, subject),
@@ -248,6 +382,8 @@ def put_signal(
         set_by=actor,
         set_at=now,
         expires_at=now + ttl,
+        source=source,
+        ref=ref,
     )
 
 
@@ -288,6 +424,8 @@ def _check_revocation(r: Revocation, settings: Settings) -> None:
     _text(r.reason, "a reason")
     if r.expires_at is not None and r.expires_at < r.created_at:
         raise InvalidArgument("expires before it was created")
+    if r.ended_at is not None:
+        _text(r.ended_by, "ended_by")
 
 
 def _check_exception(e: ExceptionGrant, settings: Settings) -> None:
@@ -296,14 +434,25 @@ def _check_exception(e: ExceptionGrant, settings: Settings) -> None:
     if not 0 < e.expires_at - e.opened_at <= cap + 1:
         raise InvalidArgument(f"an exception longer than exceptions.max_duration ({int(cap)}s)")
     _text(e.reason, "a reason")
+    _scoped(e.scope, "an exception")
+    if not e.pending and settings.exceptions.require_approval:
+        _second_person(e.approved_by, e.opened_by, "an approved exception")
+        _text(e.approved_by, "approved_by")
 
 
 def _check_grant(g: Grant, settings: Settings) -> None:
     _canonical(principal(g.principal) == g.principal, "the principal")
     if not g.not_after > g.not_before:
         raise InvalidArgument("a grant that ends before it starts")
+    cap = settings.grants.max_duration
+    if g.not_after - g.not_before > cap + 1:
+        raise InvalidArgument(f"a grant longer than grants.max_duration ({int(cap)}s)")
     _text(g.reason, "a reason")
-    _text(g.approver, "an approver")
+    _scoped(g.scope, "a grant")
+    if not g.pending:
+        _text(g.approver, "an approver")
+        if settings.grants.require_approval:
+            _second_person(g.approver, g.created_by, "an approved grant")
 
 
 def _check_signal(s: Signal, settings: Settings) -> None:
@@ -311,6 +460,12 @@ def _check_signal(s: Signal, settings: Settings) -> None:
     _text(s.key, "a signal key")
     if not s.expires_at > s.set_at:
         raise InvalidArgument("a signal without a time-to-live")
+    if s.expires_at - s.set_at > settings.signals.max_ttl + 1:
+        raise InvalidArgument(
+            f"a signal fresh for longer than signals.max_ttl ({int(settings.signals.max_ttl)}s)"
+        )
+    if s.source not in ("api", "ssf"):
+        raise InvalidArgument(f"unknown source {s.source!r}")
 
 
 def check_record(record: Record, settings: Settings) -> None:

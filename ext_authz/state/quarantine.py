@@ -33,3 +33,7 @@ class DenialCounter:
             window.clear()  # counted again from zero after the quarantine
             return True
         return False
+
+    def forget(self, key: str) -> None:
+        """Start counting ``key`` from zero (its quarantine was released)."""
+        self._seen.pop(key, None)

@@ -27,6 +27,7 @@ __all__ = [
     "Revocation",
     "Scope",
     "Signal",
+    "as_of",
     "decode",
     "encode",
     "finished_at",
@@ -79,16 +80,25 @@ class Revocation:
     created_at: float
     expires_at: float | None = None
     source: str = "api"  # api | quarantine | ssf
+    ref: str = ""  # an outside reference: the SET's jti for ssf, a ticket
+    issued_before: float | None = None  # only tokens issued (iat) before this: older sessions, not new ones
+    ended_at: float | None = None  # lifted early (unrevoked, released): kept, listed, audited
+    ended_by: str = ""
+    end_reason: str = ""
 
     @property
     def record_id(self) -> str:
         return self.id
 
     def active(self, now: float) -> bool:
-        return self.expires_at is None or now < self.expires_at
+        return self.ended_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def covers(self, issued_at: int | None) -> bool:
+        """Does it refuse a credential issued at ``issued_at``? (Without an iat: yes, to fail closed.)"""
+        return self.issued_before is None or issued_at is None or issued_at < self.issued_before
 
     def finished_at(self) -> float | None:
-        return self.expires_at
+        return self.ended_at if self.ended_at is not None else self.expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +113,25 @@ class Grant:
     not_before: float
     not_after: float
     reason: str
-    approver: str
+    approver: str  # who approved it (the approving caller; or, where approval is off, who was named)
     created_by: str
     created_at: float
     ended_at: float | None = None
     ended_by: str = ""
+    ticket: str = ""  # a change or incident reference
+    approved_at: float | None = None  # None: pending, no effect until a second person approves
+    end_reason: str = ""
 
     @property
     def record_id(self) -> str:
         return self.id
 
+    @property
+    def pending(self) -> bool:
+        return self.approved_at is None
+
     def active(self, now: float) -> bool:
-        return self.ended_at is None and self.not_before <= now < self.not_after
+        return not self.pending and self.ended_at is None and self.not_before <= now < self.not_after
 
     def finished_at(self) -> float | None:
         return self.ended_at if self.ended_at is not None else self.not_after
@@ -135,13 +152,20 @@ class ExceptionGrant:
     expires_at: float
     closed_at: float | None = None
     closed_by: str = ""
+    approved_by: str = ""
+    approved_at: float | None = None  # None: pending, no effect until a second person approves
+    close_reason: str = ""
 
     @property
     def record_id(self) -> str:
         return self.id
 
+    @property
+    def pending(self) -> bool:
+        return self.approved_at is None
+
     def active(self, now: float) -> bool:
-        return self.closed_at is None and self.opened_at <= now < self.expires_at
+        return not self.pending and self.closed_at is None and self.opened_at <= now < self.expires_at
 
     def finished_at(self) -> float | None:
         return self.closed_at if self.closed_at is not None else self.expires_at
@@ -160,6 +184,8 @@ class Signal:
     set_by: str
     set_at: float
     expires_at: float
+    source: str = "api"  # api | ssf
+    ref: str = ""  # the SET's jti for ssf
 
     @property
     def record_id(self) -> str:
@@ -180,6 +206,31 @@ R = TypeVar("R", bound=Record)
 def finished_at(record: Record) -> float | None:
     """When a record stopped being in force for good, or None if it has not (or never will by itself)."""
     return record.finished_at()
+
+
+def as_of(record: Record, at: float) -> Record | None:
+    """The record as it stood at ``at`` (for reproducing a past decision), or None if it did not exist
+    yet. What happened after ``at`` is undone: a later approval, end, close or lift. A signal set again
+    since then holds only its new value (the old one is in the audit log, not in state)."""
+    if isinstance(record, Signal):
+        return record if record.set_at <= at else None
+    if isinstance(record, ExceptionGrant):
+        if record.opened_at > at:
+            return None
+        changes: dict[str, Any] = {}
+        if record.approved_at is not None and record.approved_at > at:
+            changes.update(approved_at=None, approved_by="")
+        if record.closed_at is not None and record.closed_at > at:
+            changes.update(closed_at=None, closed_by="", close_reason="")
+        return dataclasses.replace(record, **changes) if changes else record
+    if record.created_at > at:
+        return None
+    changes = {}
+    if isinstance(record, Grant) and record.approved_at is not None and record.approved_at > at:
+        changes.update(approved_at=None, approver="")
+    if record.ended_at is not None and record.ended_at > at:
+        changes.update(ended_at=None, ended_by="", end_reason="")
+    return dataclasses.replace(record, **changes) if changes else record
 
 
 def as_dict(record: Record) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import TypeVar
 from ..clock import Clock, SystemClock
 from ..errors import StateError
 from ..settings import Settings
+from .audit import AuditEntry, AuditRow, entry_id, expiry_entry, new_entry
 from .backends.base import Change, ChangeLog, Loaded
 from .commands import InvalidArgument, check_record
 from .integrity import IntegrityError, Sealer
@@ -35,6 +36,7 @@ from .records import (
     RecordError,
     Revocation,
     Signal,
+    as_of,
     decode,
     encode,
 )
@@ -53,6 +55,17 @@ class RevocationEvent:
     op: str  # created | removed
     revocation: Revocation
     at: float
+
+
+def _made(record: Record) -> tuple[str, str]:
+    """The audit action and actor of making ``record``."""
+    if isinstance(record, Revocation):
+        return ("quarantine" if record.kind == "quarantine" else "revoke"), record.created_by
+    if isinstance(record, Grant):
+        return "grant", record.created_by
+    if isinstance(record, ExceptionGrant):
+        return "open", record.opened_by
+    return "signal", record.set_by
 
 
 class Replica:
@@ -87,6 +100,8 @@ class Replica:
         self._maintained = 0.0
         self._legacy = 0  # records read that an earlier version wrote (see _load)
         self._legacy_sessions = 0  # sessions it wrote: skipped (their sid has no issuer), not fatal
+        self._expiries_noted: set[tuple[str, str]] = set()  # records whose expiry is in the audit log
+        self.audit_rejected = 0  # audit entries read whose MAC or shape did not hold
 
     # -- reading -----------------------------------------------------------------------------------------
     @property
@@ -118,6 +133,16 @@ class Replica:
 
     def _now(self) -> float:
         return self.clock.now().timestamp()
+
+    def _revocation_event(self, known: Record | None, record: Record, at: float) -> None:
+        """``created`` for a new revocation, ``removed`` when one is lifted (ended early); nothing else."""
+        if not isinstance(record, Revocation) or known == record:
+            return
+        if record.ended_at is None:
+            if known is None:
+                self._emit(RevocationEvent("created", record, at))
+        elif not isinstance(known, Revocation) or known.ended_at is None:
+            self._emit(RevocationEvent("removed", record, at))
 
     # -- what the store holds, opened and checked --------------------------------------------------------
     def _reject(self, kind: str, rid: str, reason: str, detail: str) -> None:
@@ -186,6 +211,29 @@ class Replica:
             if first is not None:
                 self._sessions[key] = min(first, self._sessions.get(key, first))
         self._position = loaded.position
+
+    async def snapshot_at(self, at: float) -> StateSnapshot:
+        """Read the store once (no follower, nothing written) and build the snapshot as it stood at
+        ``at``: for ``ext-authz check --state``. Only what the store still holds can be reproduced."""
+        await self.backend.open()
+        try:
+            self._load(await self.backend.load())
+        finally:
+            with contextlib.suppress(StateError):
+                await self.backend.close()
+        then = [
+            r
+            for rec in (rr for kind in self._records.values() for rr in kind.values())
+            if (r := as_of(rec, at))
+        ]
+        return StateSnapshot.build(
+            0,
+            revocations=[r for r in then if isinstance(r, Revocation)],
+            grants=[r for r in then if isinstance(r, Grant)],
+            exceptions=[r for r in then if isinstance(r, ExceptionGrant)],
+            signals=[r for r in then if isinstance(r, Signal)],
+            sessions={k: v for k, v in self._sessions.items() if v <= at},
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -277,8 +325,7 @@ class Replica:
                     records[ch.id] = record
                     self._bodies[(ch.kind, ch.id)] = ch.body
                     changed = True
-                    if isinstance(record, Revocation):
-                        self._emit(RevocationEvent("created", record, ch.at))
+                    self._revocation_event(known, record, ch.at)
             elif known is not None:
                 del records[ch.id]
                 self._bodies.pop((ch.kind, ch.id), None)
@@ -287,17 +334,44 @@ class Replica:
                     self._emit(RevocationEvent("removed", known, ch.at))
         return changed
 
+    async def maintain(self) -> None:
+        """Audit expiries, forget what ended past the retention, prune the audit log: now."""
+        self._maintained = 0.0
+        await self._maintain()
+
     async def _maintain(self) -> None:
         now = self._now()
         if now - self._maintained < MAINTENANCE_EVERY:
             return
         self._maintained = now
+        await self._audit_expiries(now)
         forgotten, self._forgotten = self._forgotten, []
         try:
-            await self.backend.forget(forgotten, now)
+            await self.backend.forget(forgotten, now, now - self.settings().audit_retention)
         except StateError:
             self._forgotten[:0] = forgotten  # try again next time
             raise
+        for kind, rid, _ in forgotten:
+            self._expiries_noted.discard((kind, rid))
+
+    async def _audit_expiries(self, now: float) -> None:
+        """Append an ``expire`` entry for each record that ran out by itself (signals excepted: their
+        freshness is continuous by design). Every replica may; the entry id makes them one."""
+        rows: list[tuple[tuple[str, str], AuditRow]] = []
+        for kind, records in self._records.items():
+            if kind == Signal.RECORD:
+                continue
+            for rid, rec in records.items():
+                if (kind, rid) in self._expiries_noted or getattr(rec, "ended_at", None) is not None:
+                    continue
+                if getattr(rec, "closed_at", None) is not None:
+                    continue
+                end = rec.finished_at()
+                if end is not None and end <= now:
+                    rows.append(((kind, rid), self._row(expiry_entry(rec, end))))
+        if rows:
+            await self.backend.add_audit([row for _, row in rows])
+            self._expiries_noted.update(key for key, _ in rows)
 
     def _prune(self, now: float) -> None:
         """Forget records that ended more than ``retention`` ago: memory stays bounded under churn."""
@@ -330,28 +404,66 @@ class Replica:
         object.__setattr__(snapshot, "sessions", MappingProxyType(self._sessions))
         self.snapshot = snapshot
 
+    # -- the audit log -------------------------------------------------------------------------------------
+    def _row(self, entry: AuditEntry) -> AuditRow:
+        return AuditRow(
+            entry.id,
+            entry.at,
+            entry.principal,
+            self.sealer.seal("audit", "audit", entry.id, entry.canonical()),
+        )
+
+    async def audit(self, since: float = 0.0, principal: str = "", limit: int = 1000) -> list[AuditEntry]:
+        """The latest ``limit`` audit entries at or after ``since`` (about ``principal`` if given),
+        oldest first. An entry that is not authentic is skipped and counted (``audit_rejected``)."""
+        entries = []
+        for row in await self.backend.read_audit(since, principal, limit):
+            try:
+                entry = AuditEntry.decode(self.sealer.open("audit", "audit", row.id, row.body))
+            except (IntegrityError, ValueError) as exc:
+                self.audit_rejected += 1
+                log.warning("audit: ignoring entry %r: %s", row.id[:80], exc)
+                continue
+            if entry.id != row.id or entry.principal != row.principal:
+                self.audit_rejected += 1
+                continue
+            entries.append(entry)
+        return entries
+
     # -- writing -------------------------------------------------------------------------------------------
-    async def put(self, record: Record) -> None:
-        """Write a record (made by the admin API or by ext-authz itself) and apply it here at once.
-        A record this replica would not accept from the store is refused here too (InvalidArgument)."""
+    async def put(self, record: Record, *, action: str = "", actor: str = "", reason: str = "") -> None:
+        """Write a record (made by the admin API or by ext-authz itself) and apply it here at once, with
+        the audit entry that says who did ``action``, and why (for a record being made, by default: its
+        maker, making it). A record this replica would not accept from the store is refused here too
+        (InvalidArgument)."""
         check_record(record, self.settings())
+        if not action:
+            action, actor = _made(record)
         kind, rid, at = record.RECORD, record.record_id, self._now()
         body = self.sealer.seal("put", kind, rid, encode(record))
-        await self.backend.append(Change("put", kind, rid, body, at))
         known = self._records[kind].get(rid)
+        entry: AuditRow | None = self._row(new_entry(entry_id(at), at, actor, action, known, record, reason))
+        if (
+            isinstance(record, Signal)
+            and isinstance(known, Signal)
+            and known.fresh(at)
+            and known.value == record.value
+        ):
+            entry = None  # a refresh of the same fact is not a change worth an entry
+        await self.backend.append(Change("put", kind, rid, body, at), entry)
         self._records[kind][rid] = record
         self._bodies[(kind, rid)] = body
         self._rebuild()
-        if isinstance(record, Revocation) and known != record:
-            self._emit(RevocationEvent("created", record, at))
+        self._revocation_event(known, record, at)
 
-    async def delete(self, cls: type[R], rid: str) -> R | None:
+    async def delete(self, cls: type[R], rid: str, *, action: str, actor: str, reason: str = "") -> R | None:
         record = self.get(cls, rid)
         if record is None:
             return None
         kind, at = cls.RECORD, self._now()
         body = self.sealer.seal("delete", kind, rid, encode(record))
-        await self.backend.append(Change("delete", kind, rid, body, at))
+        entry = self._row(new_entry(entry_id(at), at, actor, action, record, None, reason))
+        await self.backend.append(Change("delete", kind, rid, body, at), entry)
         self._records[kind].pop(rid, None)
         self._bodies.pop((kind, rid), None)
         self._rebuild()

@@ -57,11 +57,12 @@ class StateSnapshot:
             _signals=_index(sigs, lambda s: (s.subject_kind, s.subject)),
         )
 
-    def revoked(self, kind: str, value: str, now: float) -> Revocation | None:
+    def revoked(self, kind: str, value: str, now: float, issued_at: int | None = None) -> Revocation | None:
+        """The revocation in force for ``value`` that covers a credential issued at ``issued_at``."""
         if not value:
             return None
         for r in self._revoked.get((kind, value), ()):
-            if r.active(now):
+            if r.active(now) and r.covers(issued_at):
                 return r
         return None
 

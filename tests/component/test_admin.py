@@ -19,6 +19,7 @@ import yaml
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
+from ext_authz.admin.servicer import ACTOR_METADATA
 from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
 from ext_authz.serve.app import Server, build_runtime
@@ -36,6 +37,11 @@ EXTRA_RULES = [
         "when": 'has(signals.workload.risk) && signals.workload.risk == "high"',
     },
 ]
+
+
+def by(actor: str) -> list[tuple[str, str]]:
+    """Call metadata naming the local caller (on the unix socket, the caller names itself)."""
+    return [(ACTOR_METADATA, actor)]
 
 
 class MovableClock:
@@ -147,20 +153,27 @@ async def test_certificate_revocation_by_fingerprint(admin: Admin, demo_dir: Pat
     assert await admin.reason(demo_dir, workload="frontend") == "revoked"
 
 
+async def grant(admin: Admin, **kw: Any) -> Any:
+    """A grant made by alice and approved by bob (two people)."""
+    fields: dict[str, Any] = {
+        "principal": BILLING,
+        "scope": pb.Scope(paths=["/reports/*"], methods=["GET"]),
+        "duration_seconds": 3600,
+        "reason": "quarter close",
+        **kw,
+    }
+    g = (await admin.stub.CreateGrant(pb.CreateGrantRequest(**fields), metadata=by("alice"))).grant
+    assert g.approved_at == 0  # pending
+    return (
+        await admin.stub.ApproveGrant(pb.ApproveGrantRequest(id=g.id, reason="ok"), metadata=by("bob"))
+    ).grant
+
+
 async def test_grant_covers_then_ends(admin: Admin, demo_dir: Path) -> None:
     kw = {"workload": "billing", "path": "/reports/q3"}
     assert await admin.reason(demo_dir, **kw) == "no_rule"
-    g = (
-        await admin.stub.CreateGrant(
-            pb.CreateGrantRequest(
-                principal=BILLING,
-                scope=pb.Scope(paths=["/reports/*"], methods=["GET"]),
-                duration_seconds=3600,
-                reason="quarter close",
-                approver="cfo",
-            )
-        )
-    ).grant
+    g = await grant(admin, ticket="CHG-7")
+    assert (g.approver, g.ticket, g.created_by) == ("local:bob", "CHG-7", "local:alice")
     resp = await admin.check(demo_dir, **kw)
     assert resp.status.code == 0
     assert [v.string_value for v in resp.dynamic_metadata.fields["grant_ids"].list_value.values] == [g.id]
@@ -168,53 +181,100 @@ async def test_grant_covers_then_ends(admin: Admin, demo_dir: Path) -> None:
     await admin.stub.EndGrant(pb.EndGrantRequest(id=g.id, reason="task done"))
     assert await admin.reason(demo_dir, **kw) == "no_rule"
     assert (await admin.stub.ListGrants(pb.ListGrantsRequest())).grants == []
+    (ended,) = (await admin.stub.ListGrants(pb.ListGrantsRequest(include_inactive=True))).grants
+    assert ended.end_reason == "task done"
+
+
+async def test_a_pending_grant_does_nothing_and_its_maker_cannot_approve_it(
+    admin: Admin, demo_dir: Path
+) -> None:
+    req = pb.CreateGrantRequest(
+        principal=BILLING, scope=pb.Scope(paths=["/reports/*"]), duration_seconds=600, reason="audit"
+    )
+    g = (await admin.stub.CreateGrant(req, metadata=by("alice"))).grant
+    assert await admin.reason(demo_dir, workload="billing", path="/reports/x") == "no_rule"
+    listed = (await admin.stub.ListGrants(pb.ListGrantsRequest())).grants
+    assert [x.id for x in listed] == [g.id]  # pending ones are listed: they wait for someone
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.ApproveGrant(pb.ApproveGrantRequest(id=g.id, reason="me"), metadata=by("alice"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "different caller" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.CreateGrant(
+            pb.CreateGrantRequest(
+                principal=BILLING, scope=pb.Scope(paths=["/x"]), duration_seconds=9 * 3600, reason="r"
+            )
+        )
+    assert "grants.max_duration=8h" in (err.value.details() or "")
 
 
 async def test_grant_expires_by_itself(admin: Admin, demo_dir: Path) -> None:
-    await admin.stub.CreateGrant(
-        pb.CreateGrantRequest(
-            principal=BILLING,
-            scope=pb.Scope(paths=["/reports/*"]),
-            duration_seconds=600,
-            reason="audit",
-            approver="cfo",
-        )
-    )
+    await grant(admin, duration_seconds=600)
     assert await admin.reason(demo_dir, workload="billing", path="/reports/x") == "allowed"
     admin.clock.advance(seconds=601)
     assert await admin.reason(demo_dir, workload="billing", path="/reports/x") == "no_rule"
 
 
-async def test_exception_is_time_boxed_visible_and_marked(admin: Admin, demo_dir: Path) -> None:
+async def open_exception(admin: Admin, paths: list[str], **kw: Any) -> Any:
+    return (
+        await admin.stub.OpenException(
+            pb.OpenExceptionRequest(
+                principal=BILLING, scope=pb.Scope(paths=paths), reason="INC-42", duration_seconds=3600, **kw
+            ),
+            metadata=by("oncall"),
+        )
+    ).exception
+
+
+async def test_exception_needs_a_second_person_is_time_boxed_visible_and_marked(
+    admin: Admin, demo_dir: Path
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await admin.stub.OpenException(
-            pb.OpenExceptionRequest(principal=BILLING, reason="incident", duration_seconds=5 * 3600)
+            pb.OpenExceptionRequest(
+                principal=BILLING,
+                scope=pb.Scope(paths=["/api/*"]),
+                reason="incident",
+                duration_seconds=5 * 3600,
+            )
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_duration" in (
         err.value.details() or ""
     )
-    e = (
+    with pytest.raises(grpc.aio.AioRpcError) as err:
         await admin.stub.OpenException(
-            pb.OpenExceptionRequest(
-                principal=BILLING, scope=pb.Scope(paths=["/api/*"]), reason="INC-42", duration_seconds=3600
-            )
+            pb.OpenExceptionRequest(principal=BILLING, reason="incident", duration_seconds=600)
         )
-    ).exception
+    assert "at least a host" in (err.value.details() or "")
+    e = await open_exception(admin, ["/api/*"])
+    assert await admin.reason(demo_dir, workload="billing") == "no_rule"  # pending: no effect
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.ApproveException(
+            pb.ApproveExceptionRequest(id=e.id, reason="go"), metadata=by("oncall")
+        )
+    assert "different caller" in (err.value.details() or "")
+    await admin.stub.ApproveException(pb.ApproveExceptionRequest(id=e.id, reason="go"), metadata=by("lead"))
     resp = await admin.check(demo_dir, workload="billing")
     assert resp.status.code == 0
     md = resp.dynamic_metadata.fields
     assert md["reason"].string_value == "exception" and md["exception_id"].string_value == e.id
-    assert [x.id for x in (await admin.stub.ListExceptions(pb.ListExceptionsRequest())).exceptions] == [e.id]
+    (listed,) = (await admin.stub.ListExceptions(pb.ListExceptionsRequest())).exceptions
+    assert (listed.id, listed.opened_by, listed.approved_by) == (e.id, "local:oncall", "local:lead")
     # outside the exception's scope the policy decides as usual
     assert await admin.reason(demo_dir, workload="billing", path="/admin/x") == "policy_denied"
-    await admin.stub.CloseException(pb.CloseExceptionRequest(id=e.id))
+    await admin.stub.CloseException(pb.CloseExceptionRequest(id=e.id, reason="fixed"))
     assert await admin.reason(demo_dir, workload="billing") == "no_rule"
 
 
+async def test_an_exception_does_not_open_what_a_deny_rule_closes(admin: Admin, demo_dir: Path) -> None:
+    e = await open_exception(admin, ["/admin/*"])
+    await admin.stub.ApproveException(pb.ApproveExceptionRequest(id=e.id, reason="go"), metadata=by("lead"))
+    assert await admin.reason(demo_dir, workload="billing", path="/admin/users") == "policy_denied"
+
+
 async def test_exception_never_overrides_a_revocation(admin: Admin, demo_dir: Path) -> None:
-    await admin.stub.OpenException(
-        pb.OpenExceptionRequest(principal=BILLING, reason="INC", duration_seconds=60)
-    )
+    e = await open_exception(admin, ["/api/*"])
+    await admin.stub.ApproveException(pb.ApproveExceptionRequest(id=e.id, reason="go"), metadata=by("lead"))
     await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="compromised"))
     assert await admin.reason(demo_dir, workload="billing") == "revoked"
 
@@ -231,8 +291,10 @@ async def test_signal_is_seen_while_fresh(admin: Admin, demo_dir: Path) -> None:
 
 
 async def test_quarantine_triggers_and_lifts(admin: Admin, demo_dir: Path) -> None:
-    for _ in range(3):
+    for _ in range(5):  # denials no rule decided do not count (by default: quarantine.count)
         assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+    for _ in range(3):  # what exceeds policy does: an explicit deny rule
+        assert await admin.reason(demo_dir, workload="billing", path="/admin/x") == "policy_denied"
 
     # The quarantine revocation is written off the Check path: the next Checks see it.
     async def quarantined() -> bool:
@@ -249,6 +311,77 @@ async def test_quarantine_triggers_and_lifts(admin: Admin, demo_dir: Path) -> No
     assert await admin.reason(demo_dir, workload="frontend") == "allowed"  # others are not affected
     admin.clock.advance(minutes=16)
     assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+
+
+async def test_a_quarantine_is_released_by_a_verb_and_audited(admin: Admin, demo_dir: Path) -> None:
+    for _ in range(3):
+        await admin.reason(demo_dir, workload="billing", path="/admin/x")
+
+    async def quarantined() -> bool:
+        return await admin.reason(demo_dir, workload="billing") == "quarantined"
+
+    await until(quarantined, "billing quarantined")
+    released = await admin.stub.ReleaseQuarantine(
+        pb.ReleaseQuarantineRequest(principal=BILLING, reason="false positive"), metadata=by("lead")
+    )
+    assert [r.end_reason for r in released.revocations] == ["false positive"]
+    assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+    # Counting starts again from zero: one more denial does not quarantine again.
+    assert await admin.reason(demo_dir, workload="billing", path="/admin/x") == "policy_denied"
+    assert await admin.reason(demo_dir, workload="billing") == "no_rule"
+    entries = (await admin.stub.ListAudit(pb.ListAuditRequest(principal=BILLING))).entries
+    assert [(e.action, e.actor) for e in entries] == [
+        ("quarantine", "ext-authz quarantine"),
+        ("release", "local:lead"),
+    ]
+    assert json.loads(entries[1].before_json)["ended_at"] is None
+    assert json.loads(entries[1].after_json)["end_reason"] == "false positive"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.ReleaseQuarantine(pb.ReleaseQuarantineRequest(principal=BILLING, reason="again"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unrevoke_keeps_the_record_and_a_second_revoke_returns_the_first(admin: Admin) -> None:
+    first = await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="leaked"))
+    again = await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="leaked", duration_seconds=60))
+    assert again.existing and again.revocation.id == first.revocation.id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.Unrevoke(pb.UnrevokeRequest(id=first.revocation.id))
+    assert "reason" in (err.value.details() or "")
+    await admin.stub.Unrevoke(
+        pb.UnrevokeRequest(id=first.revocation.id, reason="rotated"), metadata=by("lead")
+    )
+    assert (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations == []
+    (kept,) = (await admin.stub.ListRevocations(pb.ListRevocationsRequest(include_expired=True))).revocations
+    assert (kept.ended_by, kept.end_reason) == ("local:lead", "rotated")
+
+
+async def test_a_signal_can_be_deleted_and_its_ttl_has_a_cap(admin: Admin, demo_dir: Path) -> None:
+    put = pb.PutSignalRequest(
+        subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=300
+    )
+    await admin.stub.PutSignal(put)
+    assert await admin.reason(demo_dir, workload="frontend") == "policy_denied"
+    last = json.loads(admin.running.log.getvalue().splitlines()[-1])
+    assert last["signals_read"] == ["workload.risk"] and "high" not in json.dumps(last)  # keys, not values
+    await admin.stub.DeleteSignal(
+        pb.DeleteSignalRequest(subject_kind="workload", subject=FRONTEND, key="risk", reason="false alarm")
+    )
+    assert await admin.reason(demo_dir, workload="frontend") == "allowed"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.PutSignal(
+            pb.PutSignalRequest(
+                subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=2 * 86400
+            )
+        )
+    assert "signals.max_ttl=24h" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.PutSignal(
+            pb.PutSignalRequest(
+                subject_kind="workload", subject="frontend", key="k", value="v", ttl_seconds=60
+            )
+        )
+    assert "SPIFFE ID" in (err.value.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +412,7 @@ async def test_watch_revocations_streams_changes(admin: Admin) -> None:
     rev = (await admin.stub.Revoke(pb.RevokeRequest(value=BILLING, reason="r"))).revocation
     created = await asyncio.wait_for(stream.read(), 5)
     assert created.op == "created" and created.revocation.id == rev.id
-    await admin.stub.Unrevoke(pb.UnrevokeRequest(id=rev.id))
+    await admin.stub.Unrevoke(pb.UnrevokeRequest(id=rev.id, reason="r"))
     removed = await asyncio.wait_for(stream.read(), 5)
     assert removed.op == "removed" and removed.revocation.id == rev.id
     stream.cancel()

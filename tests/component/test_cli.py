@@ -41,10 +41,29 @@ def test_validate_ok_and_invalid(demo_dir: Path, tmp_path: Path) -> None:
 
 def test_validate_names_a_missing_bundle(demo_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("trust_domains:\n  example.org:\n    x509_bundle: nowhere.pem\n")
+    cfg.write_text("trust_domains:\n  example.org:\n    x509_bundle: nowhere.pem\nrules: [{name: r}]\n")
     res = run("validate", str(cfg))
     assert res.returncode == 2
     assert str(tmp_path / "nowhere.pem") in res.stderr and "Traceback" not in res.stderr
+
+
+def test_validate_refuses_an_empty_file_unless_it_says_allow_empty(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    res = run("validate", str(cfg))
+    assert res.returncode == 2 and "no trust source" in res.stderr and "allow_empty" in res.stderr
+    cfg.write_text("allow_empty: true\n")
+    assert run("validate", str(cfg)).returncode == 0
+
+
+def test_validate_warns_when_no_rule_reads_grants(demo_dir: Path, tmp_path: Path) -> None:
+    assert "grants" not in run("validate", str(demo_dir / "config.yaml")).stderr  # the demo has one
+    cfg = yaml.safe_load((demo_dir / "config.yaml").read_text())
+    cfg["rules"] = [r for r in cfg["rules"] if "grants" not in (r.get("when") or "")]
+    path = demo_dir / "no-grants.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run("validate", str(path))
+    assert res.returncode == 0 and "no enforced rule reads `grants`" in res.stderr
 
 
 def test_check_offline_allow_and_deny(demo_dir: Path, tmp_path: Path) -> None:

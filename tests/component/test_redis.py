@@ -106,12 +106,37 @@ async def test_a_change_reaches_every_replica_with_events(stores: Callable[..., 
     await a.put(rev("r1"))
     await until(lambda: all(s.snapshot.revoked("spiffe_id", FRONTEND, T) for s in (b, c)), "on every replica")
     assert [e.op for e in events] == ["created"]
-    await b.delete(Revocation, "r1")
+    await b.delete(Revocation, "r1", action="delete", actor="test")
     await until(lambda: a.snapshot.revoked("spiffe_id", FRONTEND, T) is None and len(events) == 2, "removed")
     assert events[1].op == "removed"
-    grant = Grant("g1", FRONTEND, Scope(paths=("/x/*",)), T - 1, T + 60, "r", "a", "t", T)
+    grant = Grant("g1", FRONTEND, Scope(paths=("/x/*",)), T - 1, T + 60, "r", "a", "t", T, approved_at=T)
     await c.put(grant)
     await until(lambda: len(a.snapshot.grants_for([FRONTEND], T)) == 1, "the grant on a")
+
+
+async def test_the_audit_log_is_shared_kept_once_filtered_and_pruned(stores: Callable[..., Replica]) -> None:
+    clock = FixedClock(datetime.fromtimestamp(T, UTC))
+    a, b = stores(clock=clock), stores(clock=clock)
+    await a.start()
+    await b.start()
+    await a.put(Revocation("r1", "spiffe_id", FRONTEND, "test", "tester", T, expires_at=T + 60))
+    await b.put(rev("r2", BILLING))
+    await until(lambda: b.get(Revocation, "r1") is not None, "r1 on b")
+    clock.at = datetime.fromtimestamp(T + 120, UTC)
+    await a.maintain()
+    await b.maintain()  # both noticed the expiry: one entry
+    entries = await b.audit()
+    assert [(e.action, e.record_id) for e in entries] == [
+        ("revoke", "r1"),
+        ("revoke", "r2"),
+        ("expire", "r1"),
+    ]
+    assert [e.record_id for e in await a.audit(principal=BILLING)] == ["r2"]
+    assert [e.record_id for e in await a.audit(since=T + 1)] == ["r1"]  # the expiry, at T + 60
+    assert [e.action for e in await a.audit(limit=1)] == ["expire"]  # the latest
+    clock.at = datetime.fromtimestamp(T + 91 * 86400, UTC)
+    await a.maintain()
+    assert await b.audit() == []  # past audit_retention (90 days)
 
 
 async def test_a_new_replica_loads_everything(stores: Callable[..., Replica]) -> None:

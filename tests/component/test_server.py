@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,6 +208,31 @@ async def test_policy_reload_applies_and_broken_config_keeps_last_good(
     assert running.runtime.reloads_failed == 1
     assert "keeping the last good" in caplog.text and "rules" in caplog.text
     assert (await running.stub.Check(billing)).status.code == 0
+
+
+async def test_a_truncated_config_is_refused_and_the_failure_is_visible(
+    running: Running, demo_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config file emptied to 0 bytes (an interrupted write, a bad ConfigMap) must not replace a good
+    one: every key is optional, so only `allow_empty` tells an empty file on purpose from an accident."""
+    caplog.set_level(logging.INFO, logger="ext_authz")
+    http = running.runtime.engine.config.http_listen
+    assert http is not None
+    frontend = check_request(demo_dir, workload="frontend")
+    good_text, good = running.config.read_text(), running.runtime.engine.revision
+    running.config.write_text("")
+    assert not await running.server.reloader.check()
+    assert running.runtime.engine.revision == good
+    assert (await running.stub.Check(frontend)).status.code == 0  # the last good config still decides
+    code, body = await _http_get(http, "/readyz")
+    assert code == 200 and body.startswith("degraded: last reload failed") and "allow_empty" in body
+    assert (await _http_get(http, "/readyz?strict"))[0] == 503  # for probes told to act on it
+    running.config.write_text(good_text.replace("frontend-reads", "frontend-reads-v2"))
+    assert await running.server.reloader.check()
+    code, body = await _http_get(http, "/readyz")
+    assert code == 200 and body.startswith("ready")
+    assert (await _http_get(http, "/readyz?strict"))[0] == 200
+    assert "rules added: frontend-reads-v2" in caplog.text and "rules removed: frontend-reads" in caplog.text
 
 
 async def test_corrupt_bundle_keeps_last_good_and_new_root_drops_cached_identities(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,18 @@ import grpc
 import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
+from google.protobuf import json_format
 
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
 
 CLI = [sys.executable, "-m", "ext_authz.cli"]
+# What an operator pastes by mistake where a jti belongs: a whole token (a secret).
+TOKEN = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImlkcC0xIn0."
+    "eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlLmNvbSIsInN1YiI6ImFsaWNlIn0."
+    "c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU"
+)
 BILLING = "spiffe://example.org/ns/billing/sa/worker"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 
@@ -54,8 +62,10 @@ class Proc:
                 self.proc.wait()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+def cli(*args: str, actor: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it; ``actor`` is who the caller says it is (EXT_AUTHZ_ACTOR)."""
+    env = {**os.environ, "EXT_AUTHZ_ACTOR": actor} if actor else None
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False, env=env)
 
 
 def sqlite_config(demo: Path, dest: Path, db: Path) -> Path:
@@ -94,14 +104,36 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
         "1h",
         "--reason",
         "close",
-        "--approver",
-        "cfo",
+        "--ticket",
+        "CHG-9",
+        "-c",
+        str(config),
+        "--json",
+        actor="alice",
+    )
+    assert grant.returncode == 0, grant.stderr
+    gid = json.loads(grant.stdout)["grant"]["id"]
+    approved = cli("grant", "approve", gid, "--reason", "quarter close", "-c", str(config), actor="cfo")
+    assert approved.returncode == 0, approved.stderr
+    opened = cli(
+        "exception",
+        "open",
+        BILLING,
+        "--path",
+        "/api/*",
+        "--for",
+        "30m",
+        "--reason",
+        "INC-7",
         "-c",
         str(config),
     )
-    assert grant.returncode == 0, grant.stderr
-    opened = cli("exception", "open", BILLING, "--for", "30m", "--reason", "INC-7", "-c", str(config))
     assert opened.returncode == 0, opened.stderr
+    assert "pending" in opened.stdout and "ext-authz exception approve exc_" in opened.stdout
+    eid = opened.stdout.split()[1]
+    mine = cli("exception", "approve", eid, "--reason", "me", "-c", str(config))
+    assert mine.returncode == 2 and "different caller" in mine.stderr
+    assert cli("exception", "approve", eid, "--reason", "go", "-c", str(config), actor="lead").returncode == 0
     sig = cli("signal", "set", "device:LAPTOP-7", "posture=compliant", "--ttl", "10m", "-c", str(config))
     assert sig.returncode == 0, sig.stderr
 
@@ -118,8 +150,30 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
     assert "posture" in cli("signal", "list", "-c", str(config)).stdout
 
     rid = rev["id"]
-    assert cli("unrevoke", rid, "-c", str(config)).returncode == 0
+    assert cli("unrevoke", rid, "--reason", "rotated", "-c", str(config)).returncode == 0
     assert b.reason(demo_dir, workload="frontend") == "allowed"
+    ended = cli("revocations", "--all", "-c", str(config)).stdout
+    assert "lifted" in ended and "rotated" in ended  # kept, with why
+    audit = cli("audit", "-c", str(config), "--json").stdout.splitlines()
+    actions = [(e["action"], e["actor"]) for e in map(json.loads, audit)]
+    assert ("grant", "local:alice") in actions and ("approve", "local:cfo") in actions
+    assert ("approve", "local:lead") in actions and actions[-1][0] == "unrevoke"
+    # A past decision, replayed with the state of its time: the frontend was revoked then, not now.
+    request = tmp_path / "frontend.json"
+    request.write_text(json_format.MessageToJson(check_request(demo_dir, workload="frontend")))
+    then = datetime.fromtimestamp(rev["created_at"] + 0.5, UTC).isoformat()
+    replay = ["check", "-c", str(config), "--request", str(request), "--state", f"sqlite://{db}"]
+    past = cli(*replay, "--now", then)
+    assert past.returncode == 1, past.stderr
+    assert (
+        json.loads(past.stdout)["reason"] == "revoked"
+        and json.loads(past.stdout)["state"]["revocations"] == 1
+    )
+    now = cli(*replay)
+    assert now.returncode == 0 and json.loads(now.stdout)["reason"] == "allowed"
+    assert cli(*replay[:-2], "--now", then).returncode == 0  # without --state, state is not consulted
+    about_billing = cli("audit", "--principal", BILLING, "-c", str(config)).stdout
+    assert "quarter close" in about_billing and "INC-7" in about_billing and FRONTEND not in about_billing
 
 
 def test_two_processes_on_one_file_see_each_others_revocations(
@@ -150,8 +204,17 @@ def test_two_processes_on_one_file_see_each_others_revocations(
         (["revoke", "abc", "--kind", "nope", "--reason", "r"], "unknown kind"),
         (["revoke", "abc", "--reason", "r"], "--kind is required"),
         (["revoke", FRONTEND, "--reason", "r", "--for", "soon"], "--for"),
-        (["exception", "open", BILLING, "--for", "5h", "--reason", "r"], "max_duration"),
+        (["exception", "open", BILLING, "--path", "/x", "--for", "5h", "--reason", "r"], "max_duration"),
+        (["exception", "open", BILLING, "--for", "5m", "--reason", "r"], "at least a host"),
         (["signal", "set", "laptop", "posture=ok", "--ttl", "1m"], "device:ID"),
+        (["revoke", FRONTEND, "--reason", "r", "--for", "0s"], "--for must be positive"),
+        (["grant", "create", BILLING, "--path", "/x", "--for", "3650d", "--reason", "r"], "max_duration=8h"),
+        (["grant", "create", BILLING, "--for", "1h", "--reason", "r"], "at least a host"),
+        (
+            ["grant", "create", BILLING, "--path", "/x", "--for", "1h", "--reason", "r", "--approver", "me"],
+            "drop --approver",
+        ),
+        (["revoke", "--kind", "jti", f"https://idp.example.com#{TOKEN}", "--reason", "r"], "whole token"),
     ],
 )
 def test_bad_cli_input_is_one_clear_line_and_changes_nothing(
@@ -163,12 +226,41 @@ def test_bad_cli_input_is_one_clear_line_and_changes_nothing(
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+    assert TOKEN.split(".")[1] not in res.stderr
     listed = cli("revocations", "-c", str(config), "--json")
     assert json.loads(listed.stdout or "{}").get("revocations", []) == []
     assert (
         json.loads(cli("exception", "list", "-c", str(config), "--json").stdout or "{}").get("exceptions", [])
         == []
     )
+
+
+def test_a_token_sent_as_a_jti_is_refused_and_reaches_no_log(
+    demo_dir: Path, tmp_path: Path, procs: list[Proc]
+) -> None:
+    from ext_authz._proto import admin_pb2 as pb
+    from ext_authz._proto import admin_pb2_grpc
+
+    config = sqlite_config(demo_dir, tmp_path / "a", tmp_path / "state.db")
+    proc = Proc(config)
+    procs.append(proc)
+    admin = yaml.safe_load(config.read_text())["admin_listen"]
+    with grpc.insecure_channel(admin) as ch:
+        stub = admin_pb2_grpc.AdminStub(ch)
+        for request in (
+            pb.RevokeRequest(kind="jti", value=f"https://idp.example.com#{TOKEN}", reason="leaked"),
+            pb.RevokeRequest(kind="sub", value=f"https://idp.example.com#{TOKEN}", reason="leaked"),
+            pb.RevokeRequest(value=FRONTEND, reason=f"see {TOKEN}"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Revoke(request, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert TOKEN.split(".")[1] not in (err.value.details() or "")
+        listed = stub.ListRevocations(pb.ListRevocationsRequest(include_expired=True), timeout=5)
+        assert list(listed.revocations) == []
+    proc.stop()
+    procs.remove(proc)
+    assert TOKEN.split(".")[1] not in proc.log.read_text()
 
 
 def test_cli_without_a_server_says_so(tmp_path: Path) -> None:

@@ -118,8 +118,8 @@ async def test_revocation_and_quarantine_metrics(running: Running, demo_dir: Pat
     try:
         await admin.Revoke(pb.RevokeRequest(value=FRONTEND, reason="test"))
         await running.stub.Check(check_request(demo_dir, workload="frontend"))
-        for _ in range(2):  # billing: two policy denials → quarantined
-            await running.stub.Check(check_request(demo_dir, workload="billing"))
+        for _ in range(2):  # billing: two denials by an explicit deny rule → quarantined
+            await running.stub.Check(check_request(demo_dir, workload="billing", path="/admin/x"))
 
         async def quarantined() -> bool:  # written off the Check path
             return sample(await scrape(running), "ext_authz_active_revocations", kind="quarantine") == 1
@@ -131,14 +131,25 @@ async def test_revocation_and_quarantine_metrics(running: Running, demo_dir: Pat
         assert sample(m, "ext_authz_active_revocations", kind="spiffe_id") == 1
         assert sample(m, "ext_authz_active_revocations", kind="quarantine") == 1
         assert sample(m, "ext_authz_revoked_denials_total", kind="spiffe_id") == 1
-        await admin.OpenException(
-            pb.OpenExceptionRequest(principal=FRONTEND, reason="r", duration_seconds=60)
+        scope = pb.Scope(paths=["/x"])
+        e = await admin.OpenException(
+            pb.OpenExceptionRequest(principal=FRONTEND, scope=scope, reason="r", duration_seconds=60)
         )
-        await admin.CreateGrant(
-            pb.CreateGrantRequest(principal=FRONTEND, duration_seconds=60, reason="r", approver="a")
+        g = await admin.CreateGrant(
+            pb.CreateGrantRequest(principal=FRONTEND, scope=scope, duration_seconds=60, reason="r")
         )
         m = await scrape(running)
+        assert sample(m, "ext_authz_open_exceptions") == 0 and sample(m, "ext_authz_active_grants") == 0
+        assert sample(m, "ext_authz_pending_approvals", kind="grant") == 1
+        assert sample(m, "ext_authz_pending_approvals", kind="exception") == 1
+        lead = [("x-ext-authz-actor", "lead")]
+        await admin.ApproveException(
+            pb.ApproveExceptionRequest(id=e.exception.id, reason="ok"), metadata=lead
+        )
+        await admin.ApproveGrant(pb.ApproveGrantRequest(id=g.grant.id, reason="ok"), metadata=lead)
+        m = await scrape(running)
         assert sample(m, "ext_authz_open_exceptions") == 1 and sample(m, "ext_authz_active_grants") == 1
+        assert sample(m, "ext_authz_pending_approvals", kind="grant") == 0
     finally:
         await ch.close()
 
@@ -153,6 +164,7 @@ async def test_reload_metrics(running: Running) -> None:
     m = await scrape(running)
     assert sample(m, "ext_authz_config_reloads_total", result="success") == 1
     assert sample(m, "ext_authz_config_reloads_total", result="failure") == 1
+    assert sample(m, "ext_authz_config_reload_failed") == 1
 
 
 SECRETS = {
@@ -363,7 +375,8 @@ async def test_report_from_a_real_log(running: Running, demo_dir: Path, tmp_path
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    report = {u["identity"]: u for u in json.loads(out)}
+    parsed = json.loads(out)
+    report = {u["identity"]: u for u in parsed["identities"]}
     fe = report[FRONTEND]
     assert fe["requests"] == 3 and fe["allowed_by_rule"] == {"frontend-reads": 3}
     assert "frontend-reads" not in fe["unused_allow_rules"] and "public-health" in fe["unused_allow_rules"]

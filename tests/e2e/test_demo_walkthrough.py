@@ -5,10 +5,12 @@ exception, `tail` in a second terminal, and `report` at the end."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.e2e import walkthrough
 from tests.e2e.demo_process import demo_up
 from tests.waiting import until_sync
@@ -36,7 +38,7 @@ def test_parse_pairs_each_command_with_its_expectation() -> None:
 def test_the_printed_walkthrough_works_as_printed(tmp_path: Path) -> None:
     with demo_up(tmp_path / "demo") as printed:
         steps, tail_command = walkthrough.parse(printed)
-        assert len(steps) == 23, printed  # every printed command was found
+        assert len(steps) == walkthrough.STEPS, printed
         assert tail_command, printed
         tail = subprocess.Popen(
             ["bash", "-c", tail_command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -55,9 +57,15 @@ def test_the_printed_walkthrough_works_as_printed(tmp_path: Path) -> None:
         assert "revoked" in seen and "exception" in seen, seen
         # The exception is listed, marked in the log, and the report counts what it allowed.
         listed = next(o for c, o in by_comment.items() if "always visible: listed" in c)
-        assert "INC-1234" in listed
+        assert "INC-1234" in listed and "local:oncall" in listed and "local:lead" in listed
+        # The audit log holds every change, with who made it and why.
+        audit = next(o for c, o in by_comment.items() if "the audit log" in c)
+        for line in ("revoke", "unrevoke", "grant", "approve", "open"):
+            assert f" {line} " in audit, audit
+        assert "local:bob" in audit and "FIN-88 checked" in audit and "key rotated" in audit
         report = outputs[-1]
         assert "allowed by exceptions:" in report and "spiffe://example.org/ns/billing/sa/worker" in report
+        assert "made by local:oncall, approved by local:lead" in report, report
 
 
 def test_a_restarted_demo_keeps_its_logs(tmp_path: Path) -> None:
@@ -70,3 +78,54 @@ def test_a_restarted_demo_keeps_its_logs(tmp_path: Path) -> None:
         first = log.read_text()
     with demo_up(demo):
         assert log.read_text().startswith(first)  # appended to, not truncated
+
+
+def test_dev_up_takes_your_config_and_its_printed_commands_run(tmp_path: Path) -> None:
+    """`dev up --config`: your rules on the demo's Envoy and identities. Here the config is the demo's
+    own, with the frontend's allow rule removed: the printed request is refused by *your* policy."""
+    import yaml
+
+    from ext_authz.dev.demo import init_demo
+
+    demo = tmp_path / "demo"
+    init_demo(demo)
+    cfg = yaml.safe_load((demo / "config.yaml").read_text())
+    cfg["rules"] = [r for r in cfg["rules"] if r["name"] != "frontend-reads"]
+    mine = tmp_path / "mine" / "policy.yaml"
+    mine.parent.mkdir()
+    for td in cfg["trust_domains"].values():  # relative to my file now, as a user's would be
+        for k in ("x509_bundle", "jwt_bundle"):
+            if k in td:
+                td[k] = f"../demo/{td[k]}"
+    for iss in cfg["issuers"].values():
+        iss["jwks"] = f"../demo/{iss['jwks']}"
+    mine.write_text(yaml.safe_dump(cfg))
+    with demo_up(demo, "--config", str(mine)) as printed:
+        assert str(mine) in printed
+        lines = [
+            line for line in printed.splitlines() if line.startswith(("curl ", "/")) and "tail" not in line
+        ]
+        assert len(lines) == 3, printed
+        outputs = [
+            subprocess.run(
+                ["bash", "-c", line], capture_output=True, text=True, timeout=60, check=True
+            ).stdout
+            for line in lines
+        ]
+        assert "HTTP/1.1 403" in outputs[0] and "x-ext-authz-reason: no_rule" in outputs[0]  # my policy
+        assert "HTTP/1.1 200" in outputs[1]
+        assert "https://idp.example.com#alice" in outputs[2]
+
+
+def test_dev_up_refuses_a_config_it_cannot_load(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: r, effect: maybe}]\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "ext_authz.cli", "dev", "up", str(tmp_path / "demo"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+    assert res.returncode == 2 and "rules[0].effect" in res.stderr and "Traceback" not in res.stderr

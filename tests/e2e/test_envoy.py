@@ -240,7 +240,11 @@ def test_workload_revoked_from_the_cli_is_refused_on_its_next_request(stack: Sta
         r = request(stack, "/api/orders")
         assert r.status == 403 and r.headers["x-ext-authz-reason"] == "revoked"
     finally:
-        subprocess.run([*cli, "unrevoke", rid, "-c", str(stack.config_path)], timeout=60, check=True)
+        subprocess.run(
+            [*cli, "unrevoke", rid, "--reason", "rotated", "-c", str(stack.config_path)],
+            timeout=60,
+            check=True,
+        )
     assert request(stack, "/api/orders").status == 200
 
 

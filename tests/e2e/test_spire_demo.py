@@ -39,7 +39,7 @@ def test_demo_says_spire_issues_the_identities(printed: str) -> None:
 def test_the_printed_walkthrough_works_as_printed(printed: str) -> None:
     """The same walkthrough as `make run`'s, with identities from SPIRE: every command as printed."""
     steps, _ = walkthrough.parse(printed)
-    assert len(steps) == 23, printed
+    assert len(steps) == walkthrough.STEPS, printed
     for step in steps:
         out = walkthrough.run(step)
         if "x-spiffe-id is overwritten" in step.comment:  # the forged-header example: what upstream saw

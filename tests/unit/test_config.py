@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ext_authz.config import load_settings, parse_settings
 from ext_authz.errors import ConfigError
@@ -24,14 +25,53 @@ SOURCE = Path("/etc/ext-authz/config.yaml")
 FILE = str(SOURCE)
 
 
-def parse(text: str, source: Path = SOURCE) -> Settings:
-    return parse_settings(textwrap.dedent(text), source)
+def parse(text: str, source: Path = SOURCE, *, empty_ok: bool = True) -> Settings:
+    """Parse a config file's text. These tests are about one key at a time, so by default the file
+    says ``allow_empty: true`` (a file without trust or rules is otherwise refused: see below)."""
+    text = textwrap.dedent(text)
+    if empty_ok:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            data = False  # a syntax error is the test's subject: hand the text over as it is
+        if data is None or (isinstance(data, dict) and "allow_empty" not in data):
+            text = yaml.safe_dump({"allow_empty": True, **(data or {})})
+    return parse_settings(text, source)
 
 
-def parse_error(text: str, source: Path = SOURCE) -> ConfigError:
+def parse_error(text: str, source: Path = SOURCE, *, empty_ok: bool = True) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        parse(text, source)
+        parse(text, source, empty_ok=empty_ok)
     return info.value
+
+
+# --- a file that trusts nothing or allows nothing is refused unless it says so ------------------
+
+
+@pytest.mark.parametrize("text", ["", "{}", "# truncated\n"], ids=["zero-bytes", "mapping", "comment"])
+def test_an_empty_file_is_invalid(text: str) -> None:
+    err = parse_error(text, empty_ok=False)
+    assert "trust_domains" in str(err) and "allow_empty" in str(err)
+
+
+def test_a_file_with_trust_but_no_rules_is_invalid() -> None:
+    err = parse_error(
+        """
+        issuers:
+          https://idp.example.com: {jwks: /etc/jwks.json, audiences: [api]}
+        """,
+        empty_ok=False,
+    )
+    assert "rules" in str(err) and "every request would be denied" in str(err)
+
+
+def test_a_file_with_rules_but_no_trust_is_invalid() -> None:
+    err = parse_error("rules: [{name: r, effect: allow}]", empty_ok=False)
+    assert "no trust source" in str(err)
+
+
+def test_allow_empty_accepts_an_empty_file_on_purpose() -> None:
+    assert parse("allow_empty: true", empty_ok=False).rules == ()
 
 
 # --- defaults ----------------------------------------------------------------------------------
@@ -554,7 +594,10 @@ def test_unknown_key_message_lists_the_keys_expected() -> None:
 
 def test_load_config_reads_the_file_and_remembers_it(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text("listen: unix:///run/authz.sock\ntrust_domains: {example.org: {x509_bundle: b.pem}}\n")
+    path.write_text(
+        "listen: unix:///run/authz.sock\ntrust_domains: {example.org: {x509_bundle: b.pem}}\n"
+        "rules: [{name: r, effect: allow}]\n"
+    )
 
     cfg = load_settings(path)
 
@@ -565,7 +608,7 @@ def test_load_config_reads_the_file_and_remembers_it(tmp_path: Path) -> None:
 
 def test_load_config_accepts_a_string_path(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text("state: memory://\n")
+    path.write_text("state: memory://\nallow_empty: true\n")
 
     assert load_settings(str(path)).state.url == "memory://"
 

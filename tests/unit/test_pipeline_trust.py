@@ -80,6 +80,7 @@ class Trust:
     two_issuers: Engine  # the same with a second issuer (PARTNER), whose users may also be called alice
     quarantined: Engine  # the same with quarantine on (attribution: user)
     by_workload: Engine  # quarantine with attribution: workload
+    exceptable: Engine  # every deny rule says `exceptable: true`
     idp: RSAKey
     partner: RSAKey
     svid_key: ECKey
@@ -126,9 +127,11 @@ class Trust:
         return normalize(check_request(self.dir, path=path, **kw))
 
 
-def variant(directory: Path, name: str, **changes: Any) -> Engine:
+def variant(directory: Path, name: str, *, exceptable: bool = False, **changes: Any) -> Engine:
     cfg = yaml.safe_load((directory / "config.yaml").read_text())
     cfg["rules"] = [*cfg["rules"], *EXTRA_RULES]
+    if exceptable:
+        cfg["rules"] = [{**r, "exceptable": True} if r.get("effect") == "deny" else r for r in cfg["rules"]]
     cfg.update(changes)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -157,6 +160,7 @@ def trust(tmp_path_factory: pytest.TempPathFactory) -> Trust:
         two_issuers=variant(d, "two", device=device, issuers=issuers),
         quarantined=variant(d, "q", quarantine=quarantine),
         by_workload=variant(d, "qw", quarantine={**quarantine, "attribution": "workload"}),
+        exceptable=variant(d, "exceptable", exceptable=True, device=device),
         idp=RSAKey.import_key(json.loads((d / "idp/idp.key.json").read_text())),
         partner=partner,  # type: ignore[arg-type]
         svid_key=ECKey.import_key(json.loads((d / "jwt/jwt-svid.key.json").read_text())),
@@ -216,6 +220,7 @@ def grant(
     not_after: float = TS + 3600,
     ended_at: float | None = None,
     reason: str = "INC-42",
+    pending: bool = False,
 ) -> Grant:
     return Grant(
         id=gid,
@@ -229,6 +234,7 @@ def grant(
         created_at=TS - 60,
         ended_at=ended_at,
         ended_by="alice" if ended_at is not None else "",
+        approved_at=None if pending else not_before,
     )
 
 
@@ -240,6 +246,7 @@ def exception(
     opened_at: float = TS - 60,
     expires_at: float = TS + 600,
     closed_at: float | None = None,
+    pending: bool = False,
 ) -> ExceptionGrant:
     return ExceptionGrant(
         id=eid,
@@ -251,6 +258,8 @@ def exception(
         expires_at=expires_at,
         closed_at=closed_at,
         closed_by="oncall" if closed_at is not None else "",
+        approved_by="" if pending else "lead",
+        approved_at=None if pending else opened_at,
     )
 
 
@@ -494,16 +503,42 @@ def with_exceptions(*exceptions: ExceptionGrant, revocations: tuple[Revocation, 
     return StateSnapshot.build(1, revocations=revocations, exceptions=exceptions)
 
 
-@pytest.mark.parametrize(
-    ("path", "denied_as"),
-    [("/payroll/run", "no_rule"), ("/admin/users", "policy_denied"), ("/fragile/x", "policy_error")],
-)
-def test_an_exception_turns_a_policy_denial_into_an_allow(trust: Trust, path: str, denied_as: str) -> None:
-    ctx = trust.ctx(path, workload="frontend")
-    assert outcome(check(trust, ctx)) == (False, 403, denied_as)
-    d = check(trust, ctx, with_exceptions(exception(paths=(path,))))
+def test_an_exception_allows_what_no_rule_allowed(trust: Trust) -> None:
+    ctx = trust.ctx("/payroll/run", workload="frontend")
+    assert outcome(check(trust, ctx)) == NO_RULE
+    d = check(trust, ctx, with_exceptions(exception(paths=("/payroll/run",))))
     assert outcome(d) == (True, 200, "exception")
     assert d.exception_id == "exc_1"
+
+
+@pytest.mark.parametrize(
+    ("path", "denied_as"), [("/admin/users", "policy_denied"), ("/fragile/x", "policy_error")]
+)
+def test_an_exception_never_overrides_a_deny_rule_unless_it_is_exceptable(
+    trust: Trust, path: str, denied_as: str
+) -> None:
+    """Break-glass opens what policy did not foresee; it does not open what a rule explicitly closes
+    (`/admin/*` closed to everyone) unless that rule says `exceptable: true`."""
+    ctx = trust.ctx(path, workload="frontend")
+    state = with_exceptions(exception(paths=(path,)))
+    d = check(trust, ctx, state)
+    assert outcome(d) == (False, 403, denied_as) and d.exception_id == ""
+    d = check(trust, ctx, state, engine=trust.exceptable)
+    assert outcome(d) == (True, 200, "exception") and d.exception_id == "exc_1"
+
+
+def test_a_pending_exception_or_grant_has_no_effect(trust: Trust) -> None:
+    ctx = trust.ctx("/payroll/run", workload="frontend")
+    assert (
+        outcome(check(trust, ctx, with_exceptions(exception(paths=("/payroll/run",), pending=True))))
+        == NO_RULE
+    )
+    incident = trust.ctx("/incident/x", workload="frontend")
+    pending = StateSnapshot.build(1, grants=[grant(scope=Scope(paths=("/incident/*",)), pending=True)])
+    d = check(trust, incident, pending)
+    assert outcome(d) == NO_RULE and d.grant_ids == ()
+    approved = StateSnapshot.build(1, grants=[grant(scope=Scope(paths=("/incident/*",)))])
+    assert outcome(check(trust, incident, approved))[0] is True
 
 
 def test_an_exception_for_a_user(trust: Trust) -> None:
@@ -584,6 +619,19 @@ def test_a_fresh_device_signal_is_visible_to_cel(trust: Trust) -> None:
     d = check(trust, ctx, with_signals(signal("device", "LAPTOP-7", "posture", "compliant")))
     assert outcome(d) == ALLOWED
     assert d.rule == "compliant-devices"
+    assert d.signals_read == ("device.posture",)  # what the decision was given: keys, never values
+
+
+def test_a_decision_records_the_signal_keys_it_read_even_when_it_denies(trust: Trust) -> None:
+    ctx = trust.ctx("/secure/vault", token=trust.token())
+    state = with_signals(
+        signal("device", "LAPTOP-7", "posture", "noncompliant"),
+        signal("user", ALICE, "training", "due"),
+        signal("device", "LAPTOP-7", "stale", "x", expires_at=TS - 1),
+    )
+    d = check(trust, ctx, state)
+    assert outcome(d) == NO_RULE
+    assert d.signals_read == ("device.posture", "user.training")
 
 
 def test_a_stale_signal_is_absent(trust: Trust) -> None:
@@ -820,6 +868,21 @@ def test_what_is_not_a_policy_denial_is_not_counted(trust: Trust) -> None:
     forged = trust.ctx("/user/me", token=trust.token()[:-4] + "AAAA")
     assert counted(check(trust, forged, engine=trust.quarantined)) == []  # a bad credential: nobody proven
     assert counted(check(trust, trust.ctx("/admin/users", workload="frontend"))) == []  # quarantine off
+
+
+def test_only_what_exceeds_policy_counts_unless_told_otherwise(trust: Trust) -> None:
+    """A denial no rule decided (a lapsed posture, a path nobody wrote a rule for) is not an attack:
+    by default only explicit deny rules count. `quarantine.count` widens it."""
+    no_rule = trust.ctx("/payroll/run", workload="frontend")
+    assert outcome(check(trust, no_rule, engine=trust.quarantined)) == NO_RULE
+    assert counted(check(trust, no_rule, engine=trust.quarantined)) == []
+    broad = variant(
+        trust.dir,
+        "qall",
+        quarantine={"denials": 3, "count": ["policy_denied", "no_rule", "policy_error"]},
+    )
+    assert counted(check(trust, no_rule, engine=broad)) == [FRONTEND]
+    assert counted(check(trust, trust.ctx("/fragile/x", workload="frontend"), engine=broad)) == [FRONTEND]
 
 
 # --- certificate revocations, however the issuer was typed -----------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-__all__ = ["Batch", "Change", "ChangeLog", "Loaded"]
+from ..audit import AuditRow
+
+__all__ = ["AuditRow", "Batch", "Change", "ChangeLog", "Loaded"]
 
 Op = Literal["put", "delete", "session"]
 
@@ -55,8 +57,16 @@ class ChangeLog(Protocol):
         """The position first, then the records: a change committed in between is read again from
         the log (harmless), never counted as read while missing."""
 
-    async def append(self, change: Change) -> None:
-        """Apply ``change`` to the stored records and append it to the log, atomically."""
+    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
+        """Apply ``change`` to the stored records and append it to the log (and ``audit`` to the audit
+        log), atomically."""
+
+    async def add_audit(self, rows: list[AuditRow]) -> None:
+        """Append audit entries; an entry whose id is already stored is kept as it is (idempotent)."""
+
+    async def read_audit(self, since: float, principal: str, limit: int) -> list[AuditRow]:
+        """The latest ``limit`` entries at or after ``since`` (about ``principal`` if given), oldest
+        first."""
 
     async def follow(self, position: str, *, wait: bool = True) -> Batch:
         """Changes after ``position``; with ``wait``, first waiting up to the backend's own interval
@@ -65,6 +75,6 @@ class ChangeLog(Protocol):
     async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
         """Record first uses (the first write of a key wins) and log them for the other replicas."""
 
-    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+    async def forget(self, items: list[tuple[str, str, str]], now: float, audit_before: float) -> None:
         """Delete records that ended past the retention, each only if it still holds that body; prune
-        the log's old entries."""
+        the log's old entries, and audit entries older than ``audit_before``."""

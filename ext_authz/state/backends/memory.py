@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ...settings import StateSettings
-from .base import Batch, Change, Loaded
+from .base import AuditRow, Batch, Change, Loaded
 
 __all__ = ["MemoryLog"]
 
@@ -18,6 +18,7 @@ class MemoryLog:
         self._records: dict[tuple[str, str], str] = {}
         self._sessions: dict[str, str] = {}
         self._seq = 0
+        self._audit: dict[str, AuditRow] = {}
 
     @classmethod
     def from_settings(cls, settings: StateSettings) -> MemoryLog:
@@ -33,7 +34,9 @@ class MemoryLog:
         records = [(kind, rid, body) for (kind, rid), body in self._records.items()]
         return Loaded(str(self._seq), records, dict(self._sessions))
 
-    async def append(self, change: Change) -> None:
+    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
+        if audit is not None:
+            self._audit.setdefault(audit.id, audit)
         if change.op == "put":
             self._records[(change.kind, change.id)] = change.body
         elif change.op == "delete":
@@ -50,7 +53,24 @@ class MemoryLog:
         for key, body in sessions.items():
             self._sessions.setdefault(key, body)
 
-    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+    async def add_audit(self, rows: list[AuditRow]) -> None:
+        for row in rows:
+            self._audit.setdefault(row.id, row)
+
+    async def read_audit(self, since: float, principal: str, limit: int) -> list[AuditRow]:
+        rows = sorted(
+            (
+                r
+                for r in self._audit.values()
+                if r.at >= since and (not principal or r.principal == principal)
+            ),
+            key=lambda r: (r.at, r.id),
+        )
+        return rows[-limit:] if limit else rows
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float, audit_before: float) -> None:
         for kind, rid, body in items:
             if self._records.get((kind, rid)) == body:
                 del self._records[(kind, rid)]
+        for aid in [aid for aid, row in self._audit.items() if row.at < audit_before]:
+            del self._audit[aid]

@@ -18,13 +18,16 @@ from redis.exceptions import RedisError
 
 from ...errors import StateError
 from ...settings import StateSettings
-from .base import Batch, Change, Loaded
+from .base import AuditRow, Batch, Change, Loaded
 
 __all__ = ["RedisLog"]
 
 RECORDS = "ext-authz:records"
 CHANGES = "ext-authz:changes"
 SESSIONS = "ext-authz:sessions"
+AUDIT = "ext-authz:audit"  # sorted set: entry id scored by its time
+AUDIT_ROWS = "ext-authz:audit:rows"  # hash: entry id -> principal \x1f sealed body
+AUDIT_SCAN = 100_000  # entries looked at, at most, to find those about one principal
 MAX_CHANGES = 1_000_000  # the stream is trimmed (approximately) past this many entries
 # Delete each (field, body) pair only if the field still holds that body: a record set again since it
 # was forgotten (a signal has a fixed id) stays. Every replica may run it; it is idempotent.
@@ -46,6 +49,24 @@ for i = 2, #ARGV, 2 do
   end
 end
 return 0
+"""
+# Audit entries are kept once: an id already stored (an expiry several replicas noticed) is left alone.
+_AUDIT_ADD = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+  end
+end
+return 0
+"""
+# Entries older than ARGV[1], a batch at a time.
+_AUDIT_PRUNE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 5000)
+if #ids > 0 then
+  redis.call('HDEL', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[1], unpack(ids))
+end
+return #ids
 """
 _ERRORS = (RedisError, OSError, ConnectionError, TimeoutError)
 
@@ -160,7 +181,7 @@ class RedisLog:
     def _where(self) -> str:
         return self.url.split("@")[-1]
 
-    async def append(self, change: Change) -> None:
+    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
         r = self._client_or_fail()
         fields = {
             "op": change.op,
@@ -176,6 +197,9 @@ class RedisLog:
                 else:
                     pipe.hdel(RECORDS, _field(change.kind, change.id))
                 pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
+                if audit is not None:
+                    pipe.hsetnx(AUDIT_ROWS, audit.id, f"{audit.principal}\x1f{audit.body}")
+                    pipe.zadd(AUDIT, {audit.id: audit.at}, nx=True)
                 await pipe.execute()
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
@@ -223,12 +247,48 @@ class RedisLog:
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
 
-    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
-        if not items:
+    async def add_audit(self, rows: list[AuditRow]) -> None:
+        if not rows:
             return
+        r = self._client_or_fail()
+        args = [x for row in rows for x in (row.id, repr(row.at), f"{row.principal}\x1f{row.body}")]
+        try:
+            await r.eval(_AUDIT_ADD, 2, AUDIT, AUDIT_ROWS, *args)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def read_audit(self, since: float, principal: str, limit: int) -> list[AuditRow]:
+        r = self._client_or_fail()
+        found: list[AuditRow] = []
+        offset, chunk = 0, 1000
+        try:
+            while offset < AUDIT_SCAN and (not limit or len(found) < limit):
+                page: Any = await r.zrevrangebyscore(
+                    AUDIT, "+inf", since, start=offset, num=chunk, withscores=True
+                )
+                if not page:
+                    break
+                offset += len(page)
+                values: Any = await r.hmget(AUDIT_ROWS, [aid for aid, _ in page])
+                for (aid, at), value in zip(page, values, strict=True):
+                    if value is None:
+                        continue
+                    who, _, body = str(value).partition("\x1f")
+                    if not principal or who == principal:
+                        found.append(AuditRow(str(aid), float(at), who, body))
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+        if limit:
+            found = found[:limit]
+        return list(reversed(found))
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float, audit_before: float) -> None:
         r = self._client_or_fail()
         args = [x for kind, rid, body in items for x in (_field(kind, rid), body)]
         try:
-            await r.eval(_FORGET, 1, RECORDS, *args)
+            if args:
+                await r.eval(_FORGET, 1, RECORDS, *args)
+            while await r.eval(_AUDIT_PRUNE, 2, AUDIT, AUDIT_ROWS, repr(audit_before)) == 5000:
+                pass
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc

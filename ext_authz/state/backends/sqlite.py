@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from ...errors import StateError
 from ...settings import StateSettings
-from .base import Batch, Change, Loaded
+from .base import AuditRow, Batch, Change, Loaded
 
 __all__ = ["SqliteLog"]
 
@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at RE
                                     op TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
                                     body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, at REAL NOT NULL, principal TEXT NOT NULL,
+                                  body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE INDEX IF NOT EXISTS audit_principal ON audit (principal, at);
 """
 _Row = tuple[int, float, str, str, str, str]
 
@@ -117,9 +121,11 @@ class SqliteLog:
 
         return await self._call(read)
 
-    async def append(self, change: Change) -> None:
+    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
         def write(db: sqlite3.Connection) -> None:
-            with _transaction(db):  # the record and its change-log entry, together or not at all
+            with _transaction(db):  # the record, its change-log and audit entries: all or nothing
+                if audit is not None:
+                    _insert_audit(db, [audit])
                 if change.op == "put":
                     db.execute(
                         "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)",
@@ -166,10 +172,40 @@ class SqliteLog:
 
         await self._call(write)
 
-    async def forget(self, items: list[tuple[str, str, str]], now: float) -> None:
+    async def add_audit(self, rows: list[AuditRow]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                _insert_audit(db, rows)
+
+        if rows:
+            await self._call(write)
+
+    async def read_audit(self, since: float, principal: str, limit: int) -> list[AuditRow]:
+        def read(db: sqlite3.Connection) -> list[AuditRow]:
+            where, params = "at >= ?", list[float | str]([since])
+            if principal:
+                where, params = where + " AND principal = ?", [*params, principal]
+            rows = db.execute(
+                f"SELECT id, at, principal, body FROM audit WHERE {where}"  # noqa: S608 - fixed text
+                " ORDER BY at DESC, id DESC LIMIT ?",
+                (*params, limit or -1),
+            ).fetchall()
+            return [AuditRow(*row) for row in reversed(rows)]
+
+        return await self._call(read)
+
+    async def forget(self, items: list[tuple[str, str, str]], now: float, audit_before: float) -> None:
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 db.executemany("DELETE FROM records WHERE kind = ? AND id = ? AND body = ?", items)
                 db.execute("DELETE FROM changes WHERE at < ?", (now - self.CHANGE_LOG_KEEP,))
+                db.execute("DELETE FROM audit WHERE at < ?", (audit_before,))
 
         await self._call(write)
+
+
+def _insert_audit(db: sqlite3.Connection, rows: list[AuditRow]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO audit (id, at, principal, body) VALUES (?, ?, ?, ?)",
+        [(r.id, r.at, r.principal, r.body) for r in rows],
+    )

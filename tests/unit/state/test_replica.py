@@ -67,6 +67,7 @@ GRANT = Grant(
     approver="bob",
     created_by="alice",
     created_at=T,
+    approved_at=T,
 )
 EXCEPTION = ExceptionGrant(
     id="exc_1",
@@ -76,6 +77,8 @@ EXCEPTION = ExceptionGrant(
     opened_by="oncall",
     opened_at=T,
     expires_at=T + 600,
+    approved_by="lead",
+    approved_at=T,
 )
 SIGNAL = Signal(
     subject_kind="device",
@@ -166,7 +169,7 @@ async def test_put_and_delete_rebuild_the_snapshot(store: Replica) -> None:
     assert store.get(Revocation, "rev_1") == rev
     assert store.all(Revocation) == [rev]
 
-    removed = await store.delete(Revocation, "rev_1")
+    removed = await store.delete(Revocation, "rev_1", action="delete", actor="test")
     assert removed == rev
     assert store.snapshot.revision > after_put.revision
     assert store.snapshot.revoked("spiffe_id", FRONTEND, T + 1) is None
@@ -178,7 +181,7 @@ async def test_put_and_delete_rebuild_the_snapshot(store: Replica) -> None:
 async def test_delete_of_an_unknown_id_changes_nothing(store: Replica) -> None:
     await store.put(revocation("rev_1"))
     snap = store.snapshot
-    assert await store.delete(Revocation, "rev_missing") is None
+    assert await store.delete(Revocation, "rev_missing", action="delete", actor="test") is None
     assert store.snapshot is snap
 
 
@@ -216,8 +219,8 @@ async def test_watch_receives_created_and_removed_revocations(store: Replica) ->
     rev = revocation("rev_1")
     await store.put(rev)
     await store.put(GRANT)  # only revocations are watched
-    await store.delete(Grant, GRANT.id)
-    await store.delete(Revocation, "rev_1")
+    await store.delete(Grant, GRANT.id, action="delete", actor="test")
+    await store.delete(Revocation, "rev_1", action="delete", actor="test")
     assert [(e.op, e.revocation, e.at) for e in events] == [("created", rev, T), ("removed", rev, T)]
 
     unsubscribe()
@@ -268,7 +271,9 @@ async def test_records_that_ended_past_the_retention_are_forgotten() -> None:
     long_ago = Revocation("r-old", "device", "a", "x", "ops", now - 9000, expires_at=now - 7200)
     recently = Revocation("r-recent", "device", "b", "x", "ops", now - 900, expires_at=now - 600)
     forever = Revocation("r-forever", "device", "c", "x", "ops", now - 9000)
-    old_grant = Grant("g-old", FRONTEND, Scope(), now - 9000, now - 7200, "r", "a", "c", now - 9000)
+    old_grant = Grant(
+        "g-old", FRONTEND, Scope(paths=("/x",)), now - 9000, now - 7200, "r", "a", "c", now - 9000
+    )
     async with running(replica_on(MemoryLog(interval=QUIET))) as store:
         for rec in (long_ago, recently, forever, old_grant):
             await store.put(rec)
@@ -288,7 +293,7 @@ async def test_restart_keeps_every_record_kind_and_sessions(tmp_path: Path) -> N
         await first.put(revocation("rev_1"))
         await first.put(expiring)
         await first.put(revocation("rev_gone", "spiffe://example.org/x"))
-        await first.delete(Revocation, "rev_gone")
+        await first.delete(Revocation, "rev_gone", action="delete", actor="test")
         for rec in (GRANT, ended, EXCEPTION, SIGNAL):
             await first.put(rec)
         first.note_session("s#1", T + 7)  # written on the next step of the follower, or at close
@@ -334,7 +339,7 @@ async def test_two_replicas_on_one_file_see_each_others_changes(tmp_path: Path) 
         assert await b.sync() is False  # nothing new
 
         await b.put(GRANT)
-        await b.delete(Revocation, "rev_1")
+        await b.delete(Revocation, "rev_1", action="delete", actor="test")
         assert await a.sync() is True
         assert a.snapshot.revoked("spiffe_id", FRONTEND, T + 1) is None
         assert a.snapshot.grants_for([FRONTEND], T + 1) == [GRANT]
@@ -444,7 +449,7 @@ async def test_a_failed_write_leaves_neither_the_record_nor_its_change(tmp_path:
             with pytest.raises(StateError, match="refused"):
                 await store.put(revocation("rev_2", BILLING))
             with pytest.raises(StateError, match="refused"):
-                await store.delete(Revocation, "rev_1")
+                await store.delete(Revocation, "rev_1", action="delete", actor="test")
             rows = saboteur.execute("SELECT id FROM records WHERE kind = 'revocation'").fetchall()
             saboteur.execute("DROP TRIGGER refuse")
         finally:
@@ -648,7 +653,7 @@ async def test_a_store_written_before_principal_keys_is_refused_with_the_way_out
         await replica.start()
     await replica.close()
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"state: sqlite://{path}\n")
+    cfg.write_text(f"state: sqlite://{path}\nallow_empty: true\n")
     listed = subprocess.run(
         [sys.executable, "-m", "ext_authz.cli", "state", "legacy", "--config", str(cfg)],
         capture_output=True,
@@ -657,3 +662,125 @@ async def test_a_store_written_before_principal_keys_is_refused_with_the_way_out
     )
     (line,) = listed.stdout.splitlines()
     assert json.loads(line) == {"kind": "exception", "id": "exc_1", "record": legacy}
+
+
+# --- the audit log ---------------------------------------------------------------------------------------
+
+
+async def test_every_change_is_audited_with_who_why_and_the_record_before_and_after(store: Replica) -> None:
+    pending = dataclasses.replace(GRANT, approver="", approved_at=None)
+    await store.put(pending, action="grant", actor="alice", reason="INC-42")
+    approved = dataclasses.replace(pending, approver="bob", approved_at=T + 1)
+    await store.put(approved, action="approve", actor="bob", reason="checked")
+    rev = revocation("rev_1")
+    await store.put(rev)  # made: audited as its maker making it
+    lifted = dataclasses.replace(rev, ended_at=T + 2, ended_by="lead", end_reason="rotated")
+    await store.put(lifted, action="unrevoke", actor="lead", reason="rotated")
+
+    entries = await store.audit()
+    assert [(e.action, e.actor, e.reason) for e in entries] == [
+        ("grant", "alice", "INC-42"),
+        ("approve", "bob", "checked"),
+        ("revoke", "ops@example.org", ""),
+        ("unrevoke", "lead", "rotated"),
+    ]
+    approve = entries[1]
+    assert approve.before is not None and approve.before["approved_at"] is None
+    assert approve.after is not None and approve.after["approver"] == "bob"
+    assert entries[0].before is None and entries[0].principal == FRONTEND
+    assert [e.action for e in await store.audit(principal=FRONTEND)] == [
+        "grant",
+        "approve",
+        "revoke",
+        "unrevoke",
+    ]
+    assert await store.audit(principal=ALICE) == []
+    # An unrevoked record is still there, ended, with its reason.
+    kept = store.get(Revocation, "rev_1")
+    assert kept is not None and kept.end_reason == "rotated" and not kept.active(T + 3)
+
+
+async def test_the_audit_log_outlives_state_retention(tmp_path: Path) -> None:
+    clock = FixedClock(at(T))
+    short = revocation("rev_short", expires_at=T + 60)
+    async with running(sqlite_replica(tmp_path / "s.db", clock=clock, retention=600)) as store:
+        await store.put(short)
+        clock.at = at(T + 3600)  # an hour later: ended 59 minutes ago, past the 10-minute retention
+        await store.maintain()  # the expiry is audited…
+        await store.sync()
+        await store.maintain()  # …and the record forgotten from state
+        assert store.get(Revocation, "rev_short") is None
+        entries = await store.audit()
+    assert [(e.action, e.at) for e in entries] == [("revoke", T), ("expire", T + 60)]
+    async with running(sqlite_replica(tmp_path / "s.db", clock=clock)) as again:
+        assert [e.action for e in await again.audit()] == ["revoke", "expire"]
+
+
+async def test_an_expiry_is_audited_once_however_many_replicas_noticed(tmp_path: Path) -> None:
+    clock = FixedClock(at(T))
+    db = tmp_path / "s.db"
+    async with running(sqlite_replica(db, clock=clock)) as a, running(sqlite_replica(db, clock=clock)) as b:
+        await a.put(revocation("rev_1", expires_at=T + 60))
+        await b.sync()
+        clock.at = at(T + 120)
+        await a.maintain()
+        await b.maintain()
+        assert [e.action for e in await b.audit()] == ["revoke", "expire"]
+
+
+async def test_audit_retention_prunes_old_entries(tmp_path: Path) -> None:
+    clock = FixedClock(at(T))
+    settings = Settings(audit_retention=86400)
+    async with running(sqlite_replica(tmp_path / "s.db", clock=clock, settings=settings)) as store:
+        await store.put(revocation("rev_old"))
+        clock.at = at(T + 2 * 86400)
+        await store.put(revocation("rev_new", BILLING))
+        await store.maintain()
+        assert [e.record_id for e in await store.audit()] == ["rev_new"]
+
+
+async def test_a_refreshed_signal_is_not_a_change_but_a_new_value_is(store: Replica) -> None:
+    await store.put(SIGNAL)
+    await store.put(dataclasses.replace(SIGNAL, set_at=T + 1, expires_at=T + 301))
+    await store.put(dataclasses.replace(SIGNAL, value="noncompliant", set_at=T + 2, expires_at=T + 302))
+    entries = await store.audit()
+    assert [(e.action, (e.after or {}).get("value")) for e in entries] == [
+        ("signal", "compliant"),
+        ("signal", "noncompliant"),
+    ]
+
+
+async def test_an_audit_entry_without_a_valid_mac_is_not_shown(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with running(sqlite_replica(db)) as store:
+        await store.put(revocation("rev_1"))
+        (real,) = await store.audit()
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:  # someone with the file but not the key rewrites history
+        body = json.loads(conn.execute("SELECT body FROM audit").fetchone()[0])
+        body["record"]["actor"] = "somebody-else"
+        conn.execute("UPDATE audit SET body = ?", (json.dumps(body),))
+    finally:
+        conn.close()
+    async with running(sqlite_replica(db)) as store:
+        assert await store.audit() == []
+        assert store.audit_rejected == 1
+    assert real.actor == "ops@example.org"
+
+
+async def test_the_state_as_it_stood_reproduces_a_past_decision(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    clock = FixedClock(at(T))
+    async with running(sqlite_replica(db, clock=clock)) as store:
+        await store.put(revocation("rev_1"))
+        await store.put(
+            dataclasses.replace(revocation("rev_1"), ended_at=T + 100, ended_by="lead", end_reason="rotated"),
+            action="unrevoke",
+            actor="lead",
+        )
+    then = await sqlite_replica(db).snapshot_at(T + 50)
+    assert then.revoked("spiffe_id", FRONTEND, T + 50) is not None
+    later = await sqlite_replica(db).snapshot_at(T + 150)
+    assert later.revoked("spiffe_id", FRONTEND, T + 150) is None
+    before = await sqlite_replica(db).snapshot_at(T - 1)
+    assert before.revocations == ()

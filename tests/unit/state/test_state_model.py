@@ -38,6 +38,7 @@ def grant(
     not_before: float = T,
     not_after: float = T + 3600,
     ended_at: float | None = None,
+    pending: bool = False,
 ) -> Grant:
     return Grant(
         id=gid,
@@ -51,6 +52,7 @@ def grant(
         created_at=T - 10,
         ended_at=ended_at,
         ended_by="alice" if ended_at is not None else "",
+        approved_at=None if pending else not_before,
     )
 
 
@@ -61,6 +63,7 @@ def exception(
     opened_at: float = T,
     expires_at: float = T + 600,
     closed_at: float | None = None,
+    pending: bool = False,
 ) -> ExceptionGrant:
     return ExceptionGrant(
         id=eid,
@@ -72,6 +75,8 @@ def exception(
         expires_at=expires_at,
         closed_at=closed_at,
         closed_by="oncall" if closed_at is not None else "",
+        approved_by="" if pending else "lead",
+        approved_at=None if pending else opened_at,
     )
 
 
