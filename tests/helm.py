@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ __all__ = [
     "helm",
     "istioctl",
     "load_all",
+    "notes",
     "render",
     "render_values",
 ]
@@ -130,6 +132,37 @@ class Rendered:
 def render_values(values: Mapping[str, Any], release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
     text = _template(json.dumps(values, sort_keys=True), release, namespace)
     return Rendered(tuple(load_all(text)))
+
+
+_NOTES_PROBE = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: notes}
+data:
+  notes: {{ include "ext-authz.notes" . | toJson }}
+"""
+
+
+@functools.cache
+def _notes(values_json: str) -> str:
+    """What NOTES.txt prints for these values. `helm install --dry-run` wants a cluster here, so a copy of
+    the chart gets one more template that renders the same named template ("ext-authz.notes")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "ext-authz"
+        shutil.copytree(CHART, chart)
+        assert (chart / "templates/NOTES.txt").read_text().strip() == '{{- include "ext-authz.notes" . }}'
+        (chart / "templates/notes-probe.yaml").write_text(_NOTES_PROBE)
+        values = Path(tmp) / "values.json"
+        values.write_text(values_json)
+        argv = [str(helm()), "template", RELEASE, str(chart), "-n", NAMESPACE, "--kube-version", K8S_VERSION]
+        argv += ["-f", str(values), "--show-only", "templates/notes-probe.yaml"]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if res.returncode != 0:
+        raise HelmError(res.stderr.strip())
+    return str(load_all(res.stdout)[0]["data"]["notes"])
+
+
+def notes(values: Mapping[str, Any]) -> str:
+    return _notes(json.dumps(values, sort_keys=True))
 
 
 @dataclass(frozen=True)

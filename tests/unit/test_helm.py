@@ -41,6 +41,7 @@ from tests.helm import (
     helm,
     istioctl,
     load_all,
+    notes,
     render,
     render_values,
 )
@@ -835,3 +836,89 @@ def test_istio_mode_guards_its_plaintext_check_port() -> None:
         ["cluster.local/ns/backend/sa/backend"]
     ]
     assert settings_of(r).check.plaintext
+
+
+# ---- what the chart tells its user ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_services_select_the_pods_and_name_their_ports(case: Case) -> None:
+    r = render(case)
+    for svc in r.of("Service"):
+        pods = [
+            w for w in r.workloads() if _selects({"matchLabels": svc["spec"]["selector"]}, _pod_labels(w))
+        ]
+        assert len(pods) == 1, svc["metadata"]["name"]
+        names = {
+            p["name"] for c in pods[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        }
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in names, (svc["metadata"]["name"], port)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_the_notes_say_what_the_release_still_needs(case: Case) -> None:
+    text = notes(case.values)
+    istio = case.values.get("istio", {}).get("enabled")
+    if istio:
+        block = text[text.index("    meshConfig:") :].split("\n\n", 1)[0].split("\next-authz trusts")[0]
+        mesh = yaml.safe_load(block)["meshConfig"]
+        assert mesh == yaml.safe_load(ISTIOD_VALUES.read_text())["meshConfig"]
+    else:
+        assert "registration entry" in text and f"spiffe://example.org/ns/{NAMESPACE}/sa/{RELEASE}" in text
+    if case.mode == "shared" and not istio:
+        assert all(sid in text for sid in case.values["check"]["allowedSpiffeIds"])
+
+
+def _value_paths(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    free_form = {"config", "podSecurityContext", "securityContext", "spiffe.bundles.trustDomains"}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in free_form and not key.endswith("resources"):
+            yield from _value_paths(value, f"{path}.")
+        else:
+            yield path
+
+
+def test_the_charts_readme_names_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    missing = [p for p in _value_paths(VALUES) if f"`{p}`" not in readme]
+    assert missing == []
+
+
+def test_the_readmes_envoy_cluster_for_shared_mode_validates(tmp_path: Path) -> None:
+    readme = (CHART / "README.md").read_text()
+    after = readme.split("<!-- envoy-shared-cluster", 1)[1]
+    block = after.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (cluster,) = yaml.safe_load(block)
+    r = render(next(c for c in CASES if c.name == "shared"))
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    headless = r.get("Service", f"{RELEASE}-replicas")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert address["socket_address"] == {
+        "address": f"{RELEASE}-replicas.{NAMESPACE}.svc.cluster.local",
+        "port_value": VALUES["ports"]["check"],
+    }
+    sans = cluster["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"]
+    matcher = sans["default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"]
+    assert matcher == {"exact": f"spiffe://example.org/ns/{NAMESPACE}/sa/{RELEASE}"}
+    # A gateway Envoy: the sidecar config's filters (ext_authz, router) on a plain listener, the agent's
+    # SDS cluster, and the README's cluster in place of the unix socket.
+    bootstrap = yaml.safe_load(render(CASES[0]).envoy_config() or "")
+    resources = bootstrap["static_resources"]
+    listener = next(li for li in resources["listeners"] if li["name"] == "mesh")
+    del listener["filter_chains"][0]["transport_socket"]
+    resources["listeners"] = [listener]
+    resources["clusters"] = [c for c in resources["clusters"] if c["name"] in ("spire_agent", "app")]
+    resources["clusters"].append(cluster)
+    bootstrap["node"] = {"id": "gateway", "cluster": "gateway"}
+    config = tmp_path / "envoy.yaml"
+    config.write_text(yaml.safe_dump(bootstrap))
+    res = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]

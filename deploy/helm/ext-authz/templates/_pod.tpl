@@ -141,10 +141,10 @@ spec:
         {{- toYaml $v.resources | nindent 8 }}
       securityContext:
         {{- include "ext-authz.containerSecurityContext" (dict "root" . "user" $v.runAsUser "group" $v.runAsGroup) | nindent 8 }}
-      # http_listen is 0.0.0.0:{{ $v.ports.http }}: /readyz is 200 once config, trust bundles (the first
-      # Workload API answer included) and policy are loaded, and stays 200 ("degraded") if Redis is down,
-      # since Checks go on with the last snapshot. The Check port cannot be probed: a unix socket
-      # (sidecar) or TLS with client certificates (shared), which kubelet's grpc probe does not speak.
+      # http_listen is 0.0.0.0:{{ $v.ports.http }}: /readyz is 200 once config, state and policy are loaded
+      # (after waiting up to 10 s for the Workload API's first answer), and stays 200 ("degraded") if
+      # Redis is down, since Checks go on with the last snapshot. The Check port cannot be probed: a unix
+      # socket (sidecar) or TLS with client certificates (shared), which kubelet's grpc probe does not speak.
       startupProbe:
         httpGet: {path: /readyz, port: http}
         periodSeconds: 2
