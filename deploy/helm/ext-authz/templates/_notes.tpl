@@ -50,8 +50,9 @@ Label the pods of those workloads ext-authz/client=true (or set networkPolicy.ch
 NetworkPolicy lets them in too.
 {{- else }}
 
-Envoys call Check at {{ $full }}.{{ $ns }}.svc:{{ .Values.ports.check }} (gRPC, HTTP/2) over mTLS,
-presenting an X509-SVID among check.allowedSpiffeIds:
+Envoys call Check at {{ $full }}-replicas.{{ $ns }}.svc:{{ .Values.ports.check }} (headless: use an Envoy cluster of
+type STRICT_DNS so Checks spread over the replicas; {{ $full }}.{{ $ns }}.svc is the one-address Service)
+with gRPC over HTTP/2 and mTLS, presenting an X509-SVID among check.allowedSpiffeIds:
 {{- range .Values.check.allowedSpiffeIds }}
     {{ . }}
 {{- end }}
@@ -72,8 +73,8 @@ WARNING: redis.external.tls.enabled is false: the password and every record cros
 {{- end }}
 {{- else }}
 
-State: SQLite in each pod's emptyDir (revocations, grants and exceptions are per pod and end with it).
-Set state.backend: redis to share them.
+State: SQLite in each pod's emptyDir (revocations, grants and exceptions are per pod and end with it:
+an admin command below changes one pod only). Set state.backend: redis to share them.
 {{- end }}
 
 Health and metrics: GET :{{ .Values.ports.http }}/readyz, /healthz, /metrics on each ext-authz container.
