@@ -275,6 +275,30 @@ CASES: tuple[Case, ...] = (
         frozenset({("Secret", "redis-credentials"), ("ConfigMap", "redis-ca")}),
     ),
     Case(
+        "shared-external-redis-system-cas",
+        {
+            **SHARED,
+            "redis": {
+                "deploy": False,
+                "auth": {"existingSecret": "redis-credentials"},
+                "external": {"host": "r.example"},
+            },
+        },
+        frozenset({("Secret", "redis-credentials")}),
+    ),
+    Case(
+        "shared-external-redis-plaintext",
+        {
+            **SHARED,
+            "redis": {
+                "deploy": False,
+                "auth": {"existingSecret": "redis-credentials"},
+                "external": {"host": "r.example", "tls": {"enabled": False}},
+            },
+        },
+        frozenset({("Secret", "redis-credentials")}),
+    ),
+    Case(
         "shared-istio",
         {
             "mode": "shared",

@@ -314,7 +314,8 @@ def test_the_ext_authz_config_follows_the_contract(case: Case) -> None:
     else:
         assert settings.check.tls is not None and not settings.check.plaintext
         assert settings.check.allowed_spiffe_ids
-        assert settings.state.scheme == "rediss" and settings.state.hmac_key_file is not None
+        assert settings.state.scheme in ("redis", "rediss") and settings.state.hmac_key_file is not None
+        assert settings.state.scheme == "rediss" or case.name.endswith("-plaintext")
 
 
 def _mounts(pod: dict[str, Any], container: dict[str, Any]) -> list[tuple[PurePosixPath, dict[str, Any]]]:
@@ -727,6 +728,11 @@ def test_existing_secrets_are_not_generated() -> None:
     assert r.of("StatefulSet") == []
     s = settings_of(r).state
     assert s.url == "rediss://redis.example.net:6380/2" and s.username == "ext-authz"
+    s = settings_of(render(next(c for c in CASES if c.name == "shared-external-redis-system-cas"))).state
+    assert s.url == "rediss://r.example:6379/0" and s.tls is None  # rediss:// verifies with the system CAs
+    plain = next(c for c in CASES if c.name == "shared-external-redis-plaintext")
+    assert settings_of(render(plain)).state.url == "redis://r.example:6379/0"
+    assert "WARNING: redis.external.tls.enabled is false" in notes(plain.values)
 
 
 # ---- Istio -----------------------------------------------------------------------------------------------
