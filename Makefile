@@ -41,7 +41,7 @@ system-deps:
 test: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: venv
+test-unit: venv helm istioctl
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
 test-e2e: venv system-deps tools

@@ -15,6 +15,7 @@ import yaml
 
 from ext_authz.settings import json_schema
 from tests.conftest import REPO
+from tests.helm import CASES, render
 
 COMMITTED = REPO / "deploy/ext-authz.schema.json"
 
@@ -32,15 +33,10 @@ def test_the_committed_schema_is_the_generated_one() -> None:
 
 
 def configs(demo_dir: Path) -> list[tuple[str, Any]]:
+    """The demo's config and the one the Helm chart renders for each value combination it is tested with."""
     found = [("demo", yaml.safe_load((demo_dir / "config.yaml").read_text()))]
-    for path in sorted(REPO.glob("deploy/**/*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if (
-                isinstance(doc, dict)
-                and doc.get("kind") == "ConfigMap"
-                and "config.yaml" in doc.get("data", {})
-            ):
-                found.append((str(path.relative_to(REPO)), yaml.safe_load(doc["data"]["config.yaml"])))
+    for case in CASES:
+        found.append((f"helm chart, {case.name}", yaml.safe_load(render(case).ext_authz_config())))
     return found
 
 

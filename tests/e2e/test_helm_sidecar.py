@@ -1,0 +1,189 @@
+"""The Helm chart's sidecar pod, run for real: the Envoy and ext-authz configs the chart renders (its
+default values), a real spire-server and spire-agent standing in for SPIRE and its CSI driver, the demo
+upstream standing in for the app. Only what differs outside a pod is rewritten: the sockets' and the
+state file's directories (the pod's volumes), the ports (free ones, since tests may run side by side),
+and 0.0.0.0 as 127.0.0.1.
+
+What it shows: kubelet's probes get their answers where the chart points them (Envoy's `ready` listener
+proxies the admin socket's /ready and nothing else; ext-authz's /readyz and /healthz), Envoy calls Check
+over the unix socket with mode 0660, and requests through Envoy's mTLS listener are decided by the
+chart's default rule with the identities SPIRE issued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import shutil
+import ssl
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
+from ext_authz.dev.stack import envoy_binary, free_port
+from tests.helm import render_values
+
+pytestmark = pytest.mark.e2e
+
+TD = "example.org"
+# The pod's identity under SPIRE's default ClusterSPIFFEID template: namespace authz, account ext-authz.
+POD_ID = f"spiffe://{TD}/ns/authz/sa/ext-authz"
+FRONTEND = f"spiffe://{TD}/ns/frontend/sa/web"
+BILLING = f"spiffe://{TD}/ns/billing/sa/worker"
+
+
+@dataclass
+class Pod:
+    root: Path
+    ports: dict[str, int]
+    bundle: Path
+    frontend: tuple[Path, Path]
+    billing: tuple[Path, Path]
+    procs: dict[str, subprocess.Popen[bytes]]
+    check_socket: Path
+
+    def alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                log = self.root / f"{name}.log"
+                raise RuntimeError(f"{name} exited: {log.read_text()[-1500:]}")
+
+
+def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _status_or_none(port: int, path: str) -> int | None:
+    with contextlib.suppress(OSError):
+        status, _ = _get(port, path)
+        return status
+    return None
+
+
+@pytest.fixture(scope="module")
+def pod() -> Iterator[Pod]:
+    root = short_dir("ext-authz-chart-")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(SpireServer(root / "server", TD))
+            agent = stack.enter_context(SpireAgent(root / "agent", server))
+            # Envoy and ext-authz run as this uid: one entry, so SDS's "default" SVID is the pod's.
+            server.create_entries([Entry(POD_ID, parent=agent.spiffe_id, dns_names=("localhost",))])
+            agent.wait_for_svids([POD_ID])
+            fe_chain, fe_key, bundle = server.mint_x509(FRONTEND, root / "frontend")
+            bi_chain, bi_key, _ = server.mint_x509(BILLING, root / "billing")
+
+            r = render_values({})
+            envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
+            assert envoy_text is not None
+            ports = {"mtls": free_port(), "ready": free_port(), "http": free_port(), "app": free_port()}
+            run = root / "run"
+            for d in ("check", "admin", "envoy", "state"):
+                (run / d).mkdir(parents=True)
+
+            def local(text: str) -> str:
+                for pod_path, here in (
+                    ("/spiffe-workload-api/spire-agent.sock", str(agent.socket)),
+                    ("/run/ext-authz/", f"{run}/check/"),
+                    ("/run/ext-authz-admin/", f"{run}/admin/"),
+                    ("/run/envoy/", f"{run}/envoy/"),
+                    ("/var/lib/ext-authz/", f"{run}/state/"),
+                ):
+                    text = text.replace(pod_path, here)
+                for name, pod_port in (("mtls", 10443), ("ready", 9902), ("http", 9192), ("app", 8080)):
+                    text = re.sub(rf"\b{pod_port}\b", str(ports[name]), text)
+                return text.replace("0.0.0.0", "127.0.0.1")
+
+            (root / "envoy.yaml").write_text(local(envoy_text))
+            (root / "config.yaml").write_text(local(config_text))
+
+            def spawn(name: str, argv: list[str]) -> None:
+                with (root / f"{name}.log").open("wb") as log:
+                    procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+            py = sys.executable
+            spawn("app", [py, "-m", "ext_authz.dev.upstream", "--port", str(ports["app"])])
+            spawn("ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(root / "config.yaml")])
+            spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
+            p = Pod(
+                root,
+                ports,
+                bundle,
+                (fe_chain, fe_key),
+                (bi_chain, bi_key),
+                procs,
+                run / "check/check.sock",
+            )
+
+            def ready() -> bool | None:
+                ok = _status_or_none(ports["http"], "/readyz") == 200
+                return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
+
+            wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
+            yield p
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _mtls(pod: Pod, cert: tuple[Path, Path], path: str) -> tuple[int, dict[str, str], bytes]:
+    ctx = ssl.create_default_context(cafile=str(pod.bundle))
+    ctx.load_cert_chain(*cert)
+    conn = http.client.HTTPSConnection("localhost", pod.ports["mtls"], context=ctx, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_envoys_ready_listener_serves_only_the_admin_ready(pod: Pod) -> None:
+    status, body = _get(pod.ports["ready"], "/ready")
+    assert (status, body.strip()) == (200, b"LIVE")
+    for path in ("/stats", "/config_dump", "/clusters", "/ready/x"):
+        assert _get(pod.ports["ready"], path)[0] == 404, path
+    assert _get(pod.ports["ready"], "/quitquitquit", method="POST")[0] == 404
+    assert _get(pod.ports["ready"], "/ready", method="POST")[0] == 404
+    pod.alive()
+
+
+def test_ext_authz_answers_its_probes(pod: Pod) -> None:
+    assert _get(pod.ports["http"], "/readyz")[0] == 200
+    assert _get(pod.ports["http"], "/healthz")[0] == 200
+
+
+def test_the_check_socket_is_owner_and_group_only(pod: Pod) -> None:
+    assert stat.S_IMODE(pod.check_socket.stat().st_mode) == 0o660
+
+
+def test_requests_through_envoy_are_decided_by_the_charts_rule(pod: Pod) -> None:
+    status, headers, body = _mtls(pod, pod.frontend, "/api/orders")
+    assert status == 200, (headers, body)
+    assert b"x-spiffe-id" in body and FRONTEND.encode() in body  # the app saw who called
+    status, headers, _ = _mtls(pod, pod.billing, "/api/orders")
+    assert (status, headers.get("x-ext-authz-reason")) == (403, "no_rule")
+    status, headers, _ = _mtls(pod, pod.frontend, "/admin")
+    assert (status, headers.get("x-ext-authz-reason")) == (403, "no_rule")
