@@ -135,6 +135,7 @@ class Server:
             return files_identity(TlsFiles(cert=tls.cert, key=tls.key))
         socket = tls.workload_api
         assert socket is not None  # the settings require one or the other
+        self.runtime.own_svid_ready = lambda: self.workload_api.svid(socket) is not None
 
         def svid() -> tuple[bytes, bytes, object] | None:
             pem = self.workload_api.svid(socket)

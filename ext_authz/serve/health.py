@@ -31,12 +31,32 @@ async def health_page(runtime: Runtime, target: str) -> tuple[int, str, str]:
     return 404, "not found\n", "text/plain"
 
 
+def waiting_for(runtime: Runtime) -> str:
+    """What a live trust source has not delivered yet: X.509 bundles of Workload API trust domains
+    (an SVID they would verify is refused meanwhile), or our own SVID for check.tls.workload_api."""
+    engine = runtime.engine
+    cfg = engine.config
+    waiting = []
+    for name, td in sorted(cfg.trust_domains.items()):
+        if td.workload_api is not None:
+            have = engine.trust.domains.get(name)
+            if have is None or not have.x509_roots:
+                waiting.append(name)
+    parts = [f"the X.509 bundle of {', '.join(waiting)} from the Workload API"] if waiting else []
+    if cfg.check.tls is not None and cfg.check.tls.workload_api is not None and not runtime.own_svid_ready():
+        parts.append("our own X509-SVID from the Workload API (check.tls.workload_api)")
+    return "; ".join(parts)
+
+
 def readiness(runtime: Runtime, *, strict: bool = False) -> tuple[int, str, str]:
     """``ready``; or ``degraded: …`` (still enforcing: the last good config, the last snapshot of
     shared state) with 200, or with 503 under ``?strict`` for probes told to take it out of rotation;
     or ``not ready``."""
     if not runtime.ready:
         return 503, "not ready\n", "text/plain"
+    missing = waiting_for(runtime)
+    if missing:
+        return 503, f"not ready: waiting for {missing}\n", "text/plain"
     revision = runtime.engine.revision
     problems = []
     if runtime.last_reload_error:

@@ -46,6 +46,7 @@ class Runtime:
     ready: bool = False
     reloads_failed: int = 0
     last_reload_error: str = ""
+    own_svid_ready: Callable[[], bool] = lambda: True  # check.tls.workload_api: has our SVID come?
     caches: Caches = field(init=False)
     base: Engine = field(init=False)  # the generation loaded from files, before live sources
     redactor: Redactor = field(init=False)

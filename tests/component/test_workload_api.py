@@ -40,6 +40,7 @@ class Agent(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self.roots: dict[str, list[pki.Issued]] = {}
         self.jwt_keys: list[Any] = []
         self.svid = pki.make_leaf(pki.make_ca("agent svid ca", spiffe_td=TD), [WORKLOAD])
+        self.entry = True  # as SPIRE without a registration entry for the caller: PermissionDenied
 
     def publish(self, roots: dict[str, list[pki.Issued]], jwt_keys: list[Any]) -> None:
         with self.cond:
@@ -50,6 +51,8 @@ class Agent(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def _updates(self, context: Any) -> Iterator[int]:
         if dict(context.invocation_metadata()).get("workload.spiffe.io") != "true":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing")
+        if not self.entry:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
         seen = -1
         while context.is_active():
             with self.cond:
@@ -184,3 +187,41 @@ async def test_a_broken_stream_keeps_the_last_bundles_and_recovers(
     agent.agent.publish({TD: [pkis["ca_a"], pkis["ca_c"]], FED: [pkis["ca_b"]]}, [pkis["jwt"]])
     agent.start()  # the agent returns (same socket) with a rotated bundle
     await eventually(running, demo_dir, "allowed", leaf=pkis["leaf_c"])
+
+
+async def test_not_ready_until_every_workload_api_trust_domain_has_its_bundle(
+    demo_dir: Path, tmp_path: Path, pkis: dict[str, Any]
+) -> None:
+    """Without a registration entry (or before the agent has one), SVIDs of that trust domain would be
+    refused: /readyz says what ext-authz is waiting for, so a probe keeps it out of rotation."""
+    from tests.component.test_server import _http_get
+    from tests.waiting import until
+
+    a = Agent()
+    a.entry = False  # no registration entry yet: the agent refuses, as SPIRE's does
+    a.publish({TD: [pkis["ca_a"]], FED: [pkis["ca_b"]]}, [pkis["jwt"]])
+    server = AgentServer(tmp_path / "agent.sock", a)
+    server.start()
+    sock = f"unix://{server.socket}"
+    r = await start(
+        demo_dir,
+        tmp_path / "authz",
+        trust_domains={TD: {"workload_api": sock}, FED: {"workload_api": sock}},
+        jwt_svid={"audiences": [AUDIENCE]},
+        rules=[{"name": "any-workload"}],
+    )
+    try:
+        http = r.runtime.engine.config.http_listen
+        assert http is not None
+        code, body = await _http_get(http, "/readyz")
+        assert code == 503 and "waiting for the X.509 bundle of example.org, other.org" in body
+        a.entry = True  # the entry is registered: the next attempt gets the bundles
+
+        async def ready() -> bool:
+            return (await _http_get(http, "/readyz"))[0] == 200
+
+        await until(ready, "ready once the bundles came", timeout=40)
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)
+        server.stop()

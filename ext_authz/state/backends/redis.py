@@ -123,6 +123,7 @@ class RedisLog:
         tls: dict[str, Any] = {}
         if settings.tls is not None:
             tls["ssl_cert_reqs"] = "required"
+            tls["ssl_check_hostname"] = True  # the default only from redis-py 6; we accept 5
             if settings.tls.ca is not None:
                 tls["ssl_ca_certs"] = str(settings.tls.ca)
             if settings.tls.cert is not None:
