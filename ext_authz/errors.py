@@ -41,6 +41,7 @@ REASON_STATUS: dict[str, int] = {
     "token_too_old": 401,
     "trust_stale": 401,
     "session_too_old": 401,
+    "step_up_required": 401,  # RFC 9470: authenticate again, stronger or more recently
     # 403: authenticated (or anonymous) but not permitted.
     "no_rule": 403,
     "policy_denied": 403,

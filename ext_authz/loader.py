@@ -6,26 +6,54 @@ import hashlib
 from pathlib import Path
 
 from .config import parse_settings, read_config
+from .errors import TrustError
 from .identity.jwt import TokenSettings
 from .pipeline import Engine
 from .policy import compile_policy
 from .settings import Settings
+from .trust.bundles import JwtKeys, parse_jwks
 from .trust.files import load_trust
 
 __all__ = ["build_engine", "load_engine"]
+
+
+def _ssf_keys(cfg: Settings) -> dict[str, JwtKeys]:
+    """The keys of SSF transmitters whose JWKS is a file (URLs are fetched by the receivers)."""
+    out = {}
+    for r in cfg.shared_signals.receivers:
+        path = r.jwks_file
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise TrustError(
+                    f"{path}: cannot read the SSF transmitter's JWKS ({exc.strerror or exc})"
+                ) from exc
+            out[r.issuer] = parse_jwks(data, str(path), require_use=None)
+    return out
 
 
 def build_engine(cfg: Settings, config_bytes: bytes) -> Engine:
     """Trust files and compiled policy for these settings, or a TrustError/ConfigError naming the file."""
     trust = load_trust(cfg)
     policy = compile_policy(cfg.rules, str(cfg.source), cfg.limits)
+    _check_signing_key(cfg)
     return Engine(
         config=cfg,
         trust=trust,
         policy=policy,
         tokens=TokenSettings(cfg.jwt_svid, cfg.issuers),
         config_revision=hashlib.sha256(config_bytes).hexdigest()[:12],
+        ssf_keys=_ssf_keys(cfg),
     )
+
+
+def _check_signing_key(cfg: Settings) -> None:
+    tx = cfg.shared_signals.transmitter
+    if tx is not None:
+        from .ssf.transmitter import load_signing_key
+
+        load_signing_key(tx.key, tx.algorithm)  # a ConfigError naming the file: a reload keeps the last good
 
 
 def load_engine(path: str | Path) -> Engine:

@@ -261,3 +261,4 @@ class Decision:
     signals_read: tuple[str, ...] = ()  # fresh signal keys the conditions were given (kind.key)
     policy_errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of conditions that failed to evaluate
     effects: tuple[Effect, ...] = ()  # what the edge must carry out; the core decided it
+    challenge: str = ""  # step_up_required: the RFC 9470 WWW-Authenticate value

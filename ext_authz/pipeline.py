@@ -30,9 +30,10 @@ from .model import (
     UnknownKeyId,
 )
 from .policy import Policy
+from .policy.engine import StepUp
 from .settings import Limits, Settings
 from .state.snapshot import StateSnapshot
-from .trust.bundles import TrustSnapshot
+from .trust.bundles import JwtKeys, TrustSnapshot
 from .trust.revision import Revision
 
 __all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
@@ -51,6 +52,7 @@ class Engine:
     policy: Policy
     tokens: TokenSettings
     config_revision: str
+    ssf_keys: Mapping[str, JwtKeys] = field(default_factory=dict)  # SSF transmitters' keys from files
 
     @property
     def revision(self) -> Revision:
@@ -363,6 +365,44 @@ def target_of(ctx: RequestContext) -> Target | None:
     return Target(http.method, host, http.path_only)
 
 
+def _stepped_up(principal: Principal, state: StateSnapshot, req: StepUp, now: float) -> bool:
+    """Does the user's token meet ``req`` (RFC 9470)? Its ``acr`` must be one of ``acr_values`` — unless
+    the identity provider said since it was issued that the user's assurance went down (CAEP
+    assurance-level-change): then it counts as the level the provider named. Its ``auth_time`` must be
+    at most ``max_age`` ago. Tokens without the claims (JWT-SVIDs, plain JWTs) do not meet it."""
+    tok = principal.token
+    if tok is None or not tok.is_user:
+        return False
+    if req.acr_values:
+        acr = tok.claims.get("acr")
+        lowered = state.signal("user", tok.principal, "assurance_direction", now)
+        if lowered is not None and lowered.value == "decrease" and lowered.set_at > (tok.issued_at or 0):
+            level = state.signal("user", tok.principal, "assurance_level", now)
+            acr = level.value if level is not None else None
+        if not isinstance(acr, str) or acr not in req.acr_values:
+            return False
+    if req.max_age is not None:
+        auth_time = tok.claims.get("auth_time")
+        if isinstance(auth_time, bool) or not isinstance(auth_time, int | float):
+            return False
+        if now - auth_time > req.max_age:
+            return False
+    return True
+
+
+def _challenge(req: StepUp) -> str:
+    """The RFC 9470 §3 challenge: the client takes acr_values / max_age to its identity provider."""
+    parts = [
+        'Bearer error="insufficient_user_authentication"',
+        'error_description="A stronger or more recent authentication is required"',
+    ]
+    if req.acr_values:
+        parts.append(f'acr_values="{" ".join(req.acr_values)}"')
+    if req.max_age is not None:
+        parts.append(f'max_age="{int(req.max_age)}"')
+    return ", ".join(parts)
+
+
 def _refused(decision_id: str, reason: str, detail: str, **kw: Any) -> Decision:
     return Decision(
         decision_id=decision_id, allowed=False, status=status_for(reason), reason=reason, detail=detail, **kw
@@ -438,7 +478,10 @@ def decide(
         ]
         return activation(ctx, principal, now, sig, grants)
 
-    result = engine.policy.evaluate(target, ctx.context_extensions, principal.authenticated, build)
+    def stepped(req: StepUp) -> bool:
+        return _stepped_up(principal, state, req, ts)
+
+    result = engine.policy.evaluate(target, ctx.context_extensions, principal.authenticated, build, stepped)
     allowed, reason, exception_id = result.allowed, result.reason, ""
     if not allowed and reason in _EXCEPTABLE and result.exceptable and keys:
         for exc_grant in state.exceptions_for(keys, ts):
@@ -467,5 +510,6 @@ def decide(
         grant_ids=tuple(g.id for g in covering),
         signals_read=tuple(signals_read),
         policy_errors=result.errors,
+        challenge=_challenge(result.step_up) if result.step_up is not None else "",
         effects=tuple(effects_list),
     )

@@ -13,6 +13,7 @@ import importlib.util
 import ipaddress
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,8 +64,13 @@ __all__ = [
     "QuarantineSettings",
     "RuleSettings",
     "Settings",
+    "SharedSignalsSettings",
     "SignalsSettings",
+    "SsfReceiverSettings",
+    "SsfStreamSettings",
+    "SsfTransmitterSettings",
     "StateSettings",
+    "StepUpSettings",
     "TlsFiles",
     "TlsServer",
     "TrustDomainSettings",
@@ -371,6 +377,29 @@ class MatchSettings(Section):
     )
 
 
+def _acr_values(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:  # they go into a quoted WWW-Authenticate parameter, space-separated
+        if not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", v):
+            raise ValueError(f"{v!r}: an acr value is printable ASCII without spaces, quotes or backslashes")
+    return values
+
+
+class StepUpSettings(Section):
+    """RFC 9470: what the user's authentication must be for this rule to allow; else 401 with a
+    challenge the client can take to its identity provider."""
+
+    acr_values: Annotated[TextList, AfterValidator(_acr_values)] = Field(
+        (), description="accepted authentication context classes (the token's acr)"
+    )
+    max_age: Duration | None = Field(None, description="the token's auth_time at most this long ago")
+
+    @model_validator(mode="after")
+    def _something(self) -> StepUpSettings:
+        if not self.acr_values and self.max_age is None:
+            raise _SubKeyError("acr_values", "a step_up names acr_values, a max_age, or both")
+        return self
+
+
 class RuleSettings(Section):
     name: Text
     description: StrictStr = ""
@@ -385,6 +414,15 @@ class RuleSettings(Section):
         False,
         description="a deny rule that a break-glass exception may override (none may, unless it says so)",
     )
+    step_up: StepUpSettings | None = Field(
+        None, description="an allow rule that also requires a strong or recent user authentication (RFC 9470)"
+    )
+
+    @model_validator(mode="after")
+    def _step_up_on_allow(self) -> RuleSettings:
+        if self.step_up is not None and self.effect != "allow":
+            raise _SubKeyError("step_up", "only an allow rule can require a step-up")
+        return self
 
 
 class MtlsSettings(Section):
@@ -438,6 +476,123 @@ class SignalsSettings(Section):
     max_ttl: Annotated[Duration, Field(gt=0)] = Field(
         24 * 3600.0, description="the longest a signal may stay fresh: stale facts are unknown facts"
     )
+
+
+def _ssf_url(value: str) -> str:
+    """https, or http on loopback (a sidecar, a test): never plaintext across a network."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return value
+    raise ValueError(f"expected an https:// URL (http:// only on loopback), got {value!r}")
+
+
+SsfUrl = Annotated[StrictStr, AfterValidator(_ssf_url)]
+
+
+class SsfReceiverSettings(Section):
+    """One transmitter we take Security Event Tokens from (SSF 1.0: CAEP, RISC)."""
+
+    issuer: SsfUrl = Field(..., description="the SETs' iss (the transmitter's issuer)")
+    jwks: StrictStr = Field(..., description="the transmitter's keys: a JWKS file, or an https:// URL")
+    audience: Text = Field(..., description="the SETs' aud: how the transmitter names us")
+    delivery: Literal["push", "poll"] = Field("push", description="push: POST /ssf/events; poll: we poll")
+    poll_url: SsfUrl | None = Field(None, description="with delivery: poll (else from stream management)")
+    poll_interval: Duration = 5.0
+    for_issuers: TextList = Field(
+        ...,
+        description="token issuers (and spiffe://TRUST-DOMAIN for workloads) whose subjects its events"
+        " may name",
+    )
+    authorization_file: FilePath | None = Field(
+        None,
+        description="a shared bearer secret: required on its pushes, sent on our polls and stream management",
+    )
+    algorithms: Annotated[TextList, _algorithms(ASYMMETRIC_ALGORITHMS)] = ("RS256", "ES256")
+    max_age: Duration = Field(
+        3600.0, description="SETs issued (iat) longer ago are refused: stale or replayed"
+    )
+    leeway: Duration = 30.0
+    hold: Duration = Field(
+        86_400.0,
+        description="how long a revocation of credentials issued before an event stays"
+        " (longer than they live)",
+    )
+    refresh: Annotated[Duration, AfterValidator(lambda v: max(1.0, v))] = 300.0
+    max_stale: Duration = 86_400.0
+    ca: FilePath | None = Field(None, description="extra CA bundle for the transmitter's HTTPS server")
+    manage_stream: StrictBool = Field(
+        False,
+        description="configure and verify our stream at the transmitter (SSF §8), for those that expect it",
+    )
+    push_url: SsfUrl | None = Field(
+        None, description="with manage_stream and push: where the transmitter reaches our /ssf/events"
+    )
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, value: str, info: ValidationInfo) -> str:
+        if "://" in value:
+            return _ssf_url(value)
+        return str(_relative_path(value, info))
+
+    @property
+    def jwks_file(self) -> Path | None:
+        return None if "://" in self.jwks else Path(self.jwks)
+
+    @property
+    def jwks_url(self) -> str:
+        return self.jwks if "://" in self.jwks else ""
+
+    @model_validator(mode="after")
+    def _delivery(self) -> SsfReceiverSettings:
+        if self.delivery == "poll" and self.poll_url is None and not self.manage_stream:
+            raise _SubKeyError("poll_url", "is required with delivery: poll (or manage_stream: true)")
+        if self.manage_stream and self.delivery == "push" and self.push_url is None:
+            raise _SubKeyError("push_url", "is required with manage_stream and delivery: push")
+        return self
+
+
+class SsfStreamSettings(Section):
+    """A receiver of our SETs: one stream."""
+
+    audience: Text = Field(..., description="how we name the receiver (the SETs' aud)")
+    delivery: Literal["push", "poll"] = "push"
+    push_url: SsfUrl | None = Field(None, description="with delivery: push, the receiver's endpoint")
+    authorization_file: FilePath = Field(
+        ..., description="the stream's shared bearer secret: sent on our pushes, required on its polls"
+    )
+
+    @model_validator(mode="after")
+    def _push_url(self) -> SsfStreamSettings:
+        if self.delivery == "push" and self.push_url is None:
+            raise _SubKeyError("push_url", "is required with delivery: push")
+        return self
+
+
+class SsfTransmitterSettings(Section):
+    """Our revocations and quarantines, sent as CAEP SETs."""
+
+    issuer: SsfUrl = Field(..., description="our iss: the base URL receivers reach our http_listen at")
+    key: FilePath = Field(..., description="the private signing key: a JWK (JSON) or PEM file")
+    algorithm: Literal[ASYMMETRIC_ALGORITHMS] | None = None  # type: ignore[valid-type]
+    streams: tuple[SsfStreamSettings, ...] = ()
+
+
+class SharedSignalsSettings(Section):
+    receivers: tuple[SsfReceiverSettings, ...] = ()
+    transmitter: SsfTransmitterSettings | None = None
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique(cls, value: tuple[SsfReceiverSettings, ...]) -> tuple[SsfReceiverSettings, ...]:
+        seen: set[str] = set()
+        for i, r in enumerate(value):
+            if r.issuer in seen:
+                raise _SubKeyError(f"receivers[{i}].issuer", f"{r.issuer} has another receiver already")
+            seen.add(r.issuer)
+        return value
 
 
 class DeviceSettings(Section):
@@ -659,6 +814,7 @@ class Settings(Section):
     workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     limits: Limits = Field(default_factory=Limits)
     transport: Literal["grpcio", "native"] = Field("grpcio", description="the Check port's HTTP/2 server")
+    shared_signals: SharedSignalsSettings = Field(default_factory=SharedSignalsSettings)
     allow_empty: StrictBool = Field(
         False,
         description="accept a configuration with no trust source or no rules (which refuses every"
@@ -725,6 +881,7 @@ class Settings(Section):
         if (info.context or {}).get("source") is not None:  # a file: never an empty one by accident
             self._check_not_empty()
         self._check_tokens()
+        self._check_shared_signals()
         self._check_listeners()
         self._check_workers_and_extras()
         return self
@@ -743,6 +900,25 @@ class Settings(Section):
                 "rules",
                 "no rules: every request would be denied (say allow_empty: true if that is meant)",
             )
+
+    def _check_shared_signals(self) -> None:
+        ss = self.shared_signals
+        if (ss.receivers or ss.transmitter is not None) and self.http_listen is None:
+            raise _KeyError(
+                "http_listen", "shared_signals needs http_listen (POST /ssf/events, the SSF endpoints)"
+            )
+        for i, r in enumerate(ss.receivers):
+            for iss in r.for_issuers:
+                if iss.startswith("spiffe://"):
+                    if iss[len("spiffe://") :] not in self.trust_domains:
+                        raise _KeyError(
+                            f"shared_signals.receivers[{i}].for_issuers",
+                            f"{iss}: not a configured trust domain",
+                        )
+                elif iss not in self.issuers:
+                    raise _KeyError(
+                        f"shared_signals.receivers[{i}].for_issuers", f"{iss}: not a configured issuer"
+                    )
 
     def _check_tokens(self) -> None:
         if (
@@ -816,6 +992,7 @@ class Settings(Section):
         for td in self.trust_domains.values():
             files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
         files.extend(p for i in self.issuers.values() if (p := i.jwks_file) is not None)
+        files.extend(p for r in self.shared_signals.receivers if (p := r.jwks_file) is not None)
         return tuple(dict.fromkeys(files))
 
 

@@ -171,7 +171,7 @@ def cmd_revoke(args: argparse.Namespace) -> None:
     )
 
 
-_REVOCATION_ID = re.compile(r"^(rev|qtn)_[0-9a-f]{12}$")
+_REVOCATION_ID = re.compile(r"^(rev|qtn|ssf)_[0-9a-f]{12}$")
 
 
 def cmd_unrevoke(args: argparse.Namespace) -> None:
@@ -559,7 +559,7 @@ def add_admin_commands(sub: Any) -> None:
         sub.add_parser("unrevoke", help="lift a revocation: by its id, or every one in force for a value")
     )
     p.add_argument(
-        "target", metavar="ID_OR_VALUE", help="a revocation id (rev_…, qtn_…), or what was revoked"
+        "target", metavar="ID_OR_VALUE", help="a revocation id (rev_…, qtn_…, ssf_…), or what was revoked"
     )
     p.add_argument("--kind", help="with a value: its kind (default: spiffe_id for spiffe:// values)")
     p.add_argument("--issuer", help="the token issuer, for a bare subject, jti or sid")

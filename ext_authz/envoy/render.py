@@ -61,6 +61,7 @@ class _Shape(NamedTuple):
     grant_ids: tuple[str, ...]
     shadow_allowed: bool | None
     shadow_matched: tuple[str, ...] | None  # None when no shadow rule ran
+    challenge: str  # step_up_required: the RFC 9470 WWW-Authenticate value
 
 
 def _shape(d: Decision) -> _Shape:
@@ -82,6 +83,7 @@ def _shape(d: Decision) -> _Shape:
         d.grant_ids,
         d.shadow_allowed,
         tuple(s.rule for s in d.shadow if s.matched) if d.shadow else None,
+        d.challenge,
     )
 
 
@@ -149,7 +151,9 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
         _option("content-type", "application/json"),
     ]
     if s.status == 401:
-        if s.credential_failed == "token":
+        if s.challenge:
+            challenge = s.challenge
+        elif s.credential_failed == "token":
             challenge = f'Bearer error="invalid_token", error_description="{s.reason}"'
         else:
             challenge = 'Bearer realm="ext-authz"'

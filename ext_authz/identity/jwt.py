@@ -27,7 +27,14 @@ from ..settings import MAX_TOKEN_BYTES, IssuerSettings, JwtSvidSettings
 from ..trust.bundles import JwtKeys, TrustSnapshot
 from .spiffe_id import SpiffeId, SpiffeIdError
 
-__all__ = ["MAX_TOKEN_BYTES", "TokenSettings", "peek_unverified", "verify_token"]
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "TokenSettings",
+    "peek_unverified",
+    "select_key",
+    "verify_signature",
+    "verify_token",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}
@@ -64,7 +71,7 @@ def peek_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return _b64json(parts[0], "header"), _b64json(parts[1], "payload")
 
 
-def _select_key(keys: JwtKeys, kid: object, alg: str, *, kid_required: bool) -> Key:
+def select_key(keys: JwtKeys, kid: object, alg: str, *, kid_required: bool) -> Key:
     if isinstance(kid, str) and kid:
         key = keys.by_kid.get(kid)
         if key is None:
@@ -85,7 +92,7 @@ def _select_key(keys: JwtKeys, kid: object, alg: str, *, kid_required: bool) -> 
     return key
 
 
-def _verify_signature(token: str, key: Key, alg: str) -> None:
+def verify_signature(token: str, key: Key, alg: str) -> None:
     try:
         obj = jws.extract_compact(token.encode("ascii"))
         ok = jws.validate_compact(obj, key, algorithms=[alg])
@@ -179,8 +186,8 @@ def _verify_jwt_svid(
     td = trust.domains.get(sid.trust_domain.name)
     if td is None or not len(td.jwt_keys):
         raise _fail("unknown_trust_domain", f"no JWT bundle for trust domain {sid.trust_domain.name!r}")
-    key = _select_key(td.jwt_keys, header.get("kid"), alg, kid_required=True)
-    _verify_signature(token, key, alg)
+    key = select_key(td.jwt_keys, header.get("kid"), alg, kid_required=True)
+    verify_signature(token, key, alg)
     auds = _audiences(claims)
     _check_audience(auds, cfg.audiences)
     iat, exp = _check_times(claims, now, cfg.leeway)
@@ -216,11 +223,11 @@ def _verify_oidc(
     if it.stale(now):
         raise _fail("trust_stale", f"keys of issuer {issuer} could not be refreshed for too long")
     try:
-        key = _select_key(it.keys, header.get("kid"), alg, kid_required=False)
+        key = select_key(it.keys, header.get("kid"), alg, kid_required=False)
     except CredentialError as exc:
         exc.issuer = issuer  # an unknown kid may mean this issuer rotated its keys
         raise
-    _verify_signature(token, key, alg)
+    verify_signature(token, key, alg)
     auds = _audiences(claims)
     _check_audience(auds, cfg.audiences)
     iat, exp = _check_times(claims, now, cfg.leeway)

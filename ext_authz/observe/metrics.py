@@ -153,6 +153,23 @@ class Metrics:
         )
         for source in ("api", "quarantine", "ssf"):
             self.revocations_created.get(source)
+        self.ssf_events = _Children(
+            Counter(
+                "ext_authz_ssf_events",
+                "Security Event Tokens received, by event and result (applied, ignored, duplicate,"
+                " verified, or the RFC 8935 error code)",
+                ["event", "result"],
+                registry=r,
+            )
+        )
+        self.ssf_sent = _Children(
+            Counter(
+                "ext_authz_ssf_sets_sent",
+                "SETs our transmitter pushed, by result (delivered, retry, refused, dropped)",
+                ["result"],
+                registry=r,
+            )
+        )
         self.log_dropped.inc(0)
 
     def add_state_collector(self, read: Callable[[], dict[str, Any]]) -> None:

@@ -22,7 +22,7 @@ from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
 from .types import TYPED_ENV
 
-__all__ = ["CompiledRule", "Policy", "PolicyResult", "compile_policy"]
+__all__ = ["CompiledRule", "Policy", "PolicyResult", "StepUp", "compile_policy"]
 
 _DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 # Evaluation sees plain maps and lists (cheap to build per Check); the typed declarations in types.py
@@ -46,6 +46,14 @@ _VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
 
 
 @dataclass(frozen=True, slots=True)
+class StepUp:
+    """What a rule requires of the user's authentication (RFC 9470)."""
+
+    acr_values: tuple[str, ...] = ()
+    max_age: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
     effect: str
@@ -57,6 +65,7 @@ class CompiledRule:
     when_source: str
     variables: frozenset[str] = frozenset(_VARIABLES)
     exceptable: bool = False  # a deny rule a break-glass exception may override
+    step_up: StepUp | None = None  # an allow rule that also requires this of the user's authentication
 
     def selects(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
@@ -96,6 +105,7 @@ class PolicyResult:
     detail: str = ""
     errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of enforced rules whose condition failed
     exceptable: bool = True  # may an exception turn this denial into an allow? Not an explicit deny rule's.
+    step_up: StepUp | None = None  # step_up_required: what the allowing rule asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,12 @@ class Policy:
         return tuple(r.name for r in self.rules if not r.shadow and variable in r.variables)
 
     def evaluate(
-        self, target: Target, extensions: Mapping[str, str], authenticated: bool, activation: Activation
+        self,
+        target: Target,
+        extensions: Mapping[str, str],
+        authenticated: bool,
+        activation: Activation,
+        stepped: Callable[[StepUp], bool] | None = None,
     ) -> PolicyResult:
         """Deny rules first (a match or an error denies), then allow rules, else no rule. An allow
         rule whose condition fails does not allow; if nothing else allows, the decision says so
@@ -137,16 +152,29 @@ class Policy:
                 errors.append((r.name, cond))
                 result = PolicyResult(False, "policy_error", r.name, detail=cond, exceptable=r.exceptable)
                 break
+        challenge: CompiledRule | None = None
         if result is None:
             for r in self.rules:
                 if r.shadow or r.effect != "allow" or not r.selects(target, extensions, authenticated):
                     continue
                 cond = r.condition(data)
                 if cond is True:
+                    if r.step_up is not None and (stepped is None or not stepped(r.step_up)):
+                        challenge = challenge or r  # allowed, once the user authenticates as it asks
+                        continue
                     result = PolicyResult(True, "allowed", r.name)
                     break
                 if isinstance(cond, str):
                     errors.append((r.name, cond))
+        if result is None and challenge is not None:
+            result = PolicyResult(
+                False,
+                "step_up_required",
+                challenge.name,
+                detail="the user's authentication is weaker or older than the rule requires",
+                exceptable=False,
+                step_up=challenge.step_up,
+            )
         if result is None:
             if errors:
                 rule, error = errors[0]
@@ -182,6 +210,7 @@ class Policy:
             result.detail,
             tuple(errors),
             result.exceptable,
+            result.step_up,
         )
 
 
@@ -260,6 +289,7 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
                 when_source=rc.when or "",
                 variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
                 exceptable=rc.exceptable,
+                step_up=StepUp(rc.step_up.acr_values, rc.step_up.max_age) if rc.step_up else None,
             )
         )
     return Policy(tuple(compiled))

@@ -29,6 +29,7 @@ from ..loader import load_engine
 from ..observe.decision_log import DecisionLog
 from ..pipeline import Engine
 from ..settings import Limits, Settings, TlsFiles, TlsServer, is_loopback
+from ..ssf.service import SharedSignals
 from ..state.backends import open_log
 from ..state.integrity import Sealer, load_key
 from ..state.replica import Replica
@@ -200,6 +201,10 @@ class Server:
             if not cfg.admin_listen.startswith("unix://"):
                 admin_peers = self._peers(lambda: self.runtime.engine.config.admin.allowed_spiffe_ids)
             self.admin, self.admin_servicer = await start_admin_server(rt, admin_peers)
+            ss = cfg.shared_signals
+            if ss.receivers or ss.transmitter is not None:  # one per host too: the store shares what it does
+                rt.ssf = SharedSignals(rt)
+                await rt.ssf.start()
         self._bind_check(cfg)
         await self.grpc.start()
         if self._socket is not None:
@@ -240,6 +245,8 @@ class Server:
                 await asyncio.wait_for(self._drain_cut.wait(), drain)  # a second signal ends it early
         for t in self._tasks:
             t.cancel()
+        if self.runtime.ssf is not None:
+            await self.runtime.ssf.stop()
         await self.runtime.sources.stop()
         grace = self.runtime.engine.config.shutdown_grace if grace is None else grace
         stops = [self.grpc.stop(grace)]

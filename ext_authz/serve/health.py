@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from ..observe.metrics import CONTENT_TYPE
-from .http import serve_get
+from .http import Request, Response, serve_http
 from .runtime import Runtime
 
 __all__ = ["STATE_SERVICE", "health_page", "serve_health", "watch_state_health"]
@@ -71,10 +71,19 @@ def readiness(runtime: Runtime, *, strict: bool = False) -> tuple[int, str, str]
 
 
 async def serve_health(runtime: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    async def page(path: str) -> tuple[int, str, str]:
-        return await health_page(runtime, path)
+    """``http_listen``: the GET pages, and the SSF endpoints when shared signals are configured."""
 
-    await serve_get(page, reader, writer)
+    async def handle(request: Request) -> Response:
+        if runtime.ssf is not None:
+            answer = await runtime.ssf.handle(request)
+            if answer is not None:
+                return answer
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, "method not allowed\n", headers={"Allow": "GET"})
+        code, body, ctype = await health_page(runtime, request.target)
+        return Response(code, body, ctype)
+
+    await serve_http(handle, reader, writer)
 
 
 async def watch_state_health(runtime: Runtime, health: HealthServicer) -> None:

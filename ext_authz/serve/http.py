@@ -1,36 +1,139 @@
-"""One small HTTP/1.1 piece for health and metrics: a GET server (one request per connection, no
-framework) and a GET client with an overall deadline."""
+"""One small HTTP/1.1 piece for health, metrics and the SSF endpoints: a server (one request per
+connection, no framework; bounded request line, headers and body) and a client with an overall deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-__all__ = ["Handler", "free_port", "get", "serve_get"]
+__all__ = [
+    "Handler",
+    "Request",
+    "RequestHandler",
+    "Response",
+    "forward",
+    "free_port",
+    "get",
+    "serve_get",
+    "serve_http",
+]
 
 # path -> (status, body, content type)
 Handler = Callable[[str], Awaitable[tuple[int, str, str]]]
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+MAX_LINE = 8192
+MAX_HEADERS = 64
+MAX_BODY = 256 * 1024
 
 
-async def serve_get(handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str  # path and query, as sent
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its first value
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(urllib.parse.parse_qsl(self.target.partition("?")[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: str | bytes = ""
+    content_type: str = "text/plain"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+RequestHandler = Callable[[Request], Awaitable[Response]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request | Response:
+    line = await reader.readline()
+    if len(line) > MAX_LINE:
+        return Response(400, "request line too long\n")
+    parts = line.decode("latin-1").split()
+    if len(parts) < 2:
+        return Response(400, "bad request\n")
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        raw = await reader.readline()
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        if len(raw) > MAX_LINE:
+            return Response(400, "header too long\n")
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if sep:
+            headers.setdefault(name.strip().lower(), value.strip())
+    else:
+        return Response(400, "too many headers\n")
+    body = b""
+    if "transfer-encoding" in headers:
+        return Response(400, "chunked bodies are not accepted: send Content-Length\n")
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        return Response(400, "bad Content-Length\n")
+    if int(length) > MAX_BODY:
+        return Response(413, "body too large\n")
+    if int(length):
+        body = await reader.readexactly(int(length))
+    return Request(parts[0].upper(), parts[1], headers, body)
+
+
+async def serve_http(
+    handler: RequestHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         async with asyncio.timeout(5):  # the whole request: a slow client cannot hold the connection
-            line = await reader.readline()
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
-        parts = line.decode("latin-1").split()
-        code, body, ctype = await handler(parts[1] if len(parts) >= 2 else "")
-        data = body.encode()
-        head = f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
+            request = await _read_request(reader)
+        response = request if isinstance(request, Response) else await handler(request)
+        data = response.body.encode() if isinstance(response.body, str) else response.body
+        head = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
+        if response.status != 204:
+            head += f"Content-Type: {response.content_type}\r\n"
+        for name, value in response.headers.items():
+            head += f"{name}: {value}\r\n"
         writer.write(f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
-    except (TimeoutError, ConnectionError):
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
+
+
+async def serve_get(handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A GET-only server over ``handler(target)``."""
+
+    async def handle(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, "method not allowed\n", headers={"Allow": "GET"})
+        code, body, ctype = await handler(request.target)
+        return Response(code, body, ctype)
+
+    await serve_http(handle, reader, writer)
 
 
 def _get_blocking(url: str, timeout: float) -> tuple[int, str]:
@@ -47,6 +150,36 @@ async def get(url: str, deadline: float) -> tuple[int, str]:
         return await asyncio.wait_for(asyncio.to_thread(_get_blocking, url, deadline), deadline)
     except TimeoutError:
         return 0, ""
+
+
+_FORWARDED = ("content-type", "accept", "authorization", "content-language", "accept-language")
+
+
+def _forward_blocking(base: str, request: Request, timeout: float) -> Response:
+    headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
+    req = urllib.request.Request(  # noqa: S310 - our own worker on loopback
+        base + request.target, data=request.body or None, headers=headers, method=request.method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+            resp_headers = {
+                k: v for k, v in r.headers.items() if k.lower() in ("content-language", "cache-control")
+            }
+            return Response(
+                r.status, r.read(MAX_BODY), r.headers.get("Content-Type", "text/plain"), resp_headers
+            )
+    except urllib.error.HTTPError as exc:
+        extra = {
+            k: v for k, v in exc.headers.items() if k.lower() in ("content-language", "www-authenticate")
+        }
+        return Response(exc.code, exc.read(MAX_BODY), exc.headers.get("Content-Type", "text/plain"), extra)
+    except OSError:
+        return Response(503, "the worker serving this endpoint is not reachable\n")
+
+
+async def forward(base: str, request: Request, timeout: float = 10.0) -> Response:
+    """Pass ``request`` on to ``base`` (a worker's http_listen) and its answer back."""
+    return await asyncio.to_thread(_forward_blocking, base, request, timeout)
 
 
 def free_port() -> int:

@@ -89,6 +89,14 @@ class Reloader:
         rt.install(engine)
         rt.metrics.reload_failed.set(0)
         rt.last_reload_error = ""
+        ss = rt.engine.config.shared_signals
+        if rt.ssf is not None:
+            await rt.ssf.reconfigure()
+        elif (ss.receivers or ss.transmitter is not None) and rt.worker in (None, 0):
+            from ..ssf.service import SharedSignals
+
+            rt.ssf = SharedSignals(rt)
+            await rt.ssf.start()
         if old != rt.engine.revision:
             what = "; ".join(changes(old_config, engine.config)) or "settings or trust files"
             log.info("reloaded: revision %s -> %s: %s", old, rt.engine.revision, what)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
 from ..errors import StateError
@@ -22,6 +22,9 @@ from ..observe.stream import DecisionHub
 from ..pipeline import Caches, Engine
 from ..state import commands
 from ..state.quarantine import DenialCounter
+
+if TYPE_CHECKING:
+    from ..ssf.service import SharedSignals
 from ..state.replica import Replica, RevocationEvent
 from ..trust.sources import TrustSources
 
@@ -47,6 +50,7 @@ class Runtime:
     reloads_failed: int = 0
     last_reload_error: str = ""
     own_svid_ready: Callable[[], bool] = lambda: True  # check.tls.workload_api: has our SVID come?
+    ssf: SharedSignals | None = None  # receivers and transmitter (worker 0 only, when configured)
     caches: Caches = field(init=False)
     base: Engine = field(init=False)  # the generation loaded from files, before live sources
     redactor: Redactor = field(init=False)

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from ..observe.metrics import CONTENT_TYPE
 from ..settings import Settings
 from .app import WORKER_ENV, WORKER_HTTP_ENV, StopSignals
-from .http import free_port, get, serve_get
+from .http import Request, Response, forward, free_port, get, serve_http
 
 __all__ = ["Supervisor", "aggregate_metrics"]
 
@@ -122,7 +122,15 @@ class Supervisor:
         return 404, "not found\n", "text/plain"
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_get(self._page, reader, writer)
+        async def handle(request: Request) -> Response:
+            if request.path.startswith(("/ssf/", "/.well-known/ssf-configuration")):
+                return await forward(f"http://{self.workers[0].http}", request)  # worker 0 runs SSF
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, "method not allowed\n", headers={"Allow": "GET"})
+            code, body, ctype = await self._page(request.target)
+            return Response(code, body, ctype)
+
+        await serve_http(handle, reader, writer)
 
     async def run(self) -> int:
         for w in self.workers:

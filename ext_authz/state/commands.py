@@ -26,6 +26,7 @@ from .records import (
     Record,
     Revocation,
     Scope,
+    SeenEvent,
     Signal,
 )
 
@@ -55,8 +56,9 @@ _OPERATOR_KINDS = tuple(k for k in REVOCATION_KINDS if k != "quarantine")
 _MAX_TEXT = 1024  # reasons, approvers, signal keys and values
 _MAX_TICKET = 200
 _MAX_LEAD = 7 * 86400.0  # a grant may be made for a window that starts at most this far ahead
-# A JWS or JWE in compact form: a base64url JSON header ('{"' is 'eyJ'), a dot, more base64url, a dot.
-_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*\.")
+# A JWS or JWE in compact form, whole or cut short: a base64url JSON header ('{"' is 'eyJ'), a dot, and
+# the start of its payload.
+_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{8,}")
 
 
 class InvalidArgument(ValueError):
@@ -468,6 +470,17 @@ def _check_signal(s: Signal, settings: Settings) -> None:
         raise InvalidArgument(f"unknown source {s.source!r}")
 
 
+def _check_seen(s: SeenEvent, settings: Settings) -> None:
+    receivers = {r.issuer: r for r in settings.shared_signals.receivers}
+    rc = receivers.get(s.issuer)
+    if rc is None:
+        raise InvalidArgument(f"a SET seen from {s.issuer}, which is not a configured receiver")
+    if s.id != SeenEvent.id_for(s.issuer, s.jti):
+        raise InvalidArgument("a seen SET under another id than its own")
+    if not 0 <= s.expires_at - s.seen_at <= rc.max_age + rc.leeway + 1:
+        raise InvalidArgument("a seen SET kept longer than its receiver's max_age")
+
+
 def check_record(record: Record, settings: Settings) -> None:
     """Raise InvalidArgument unless ``record`` is one this replica's own settings would have made."""
     for audit in ("created_by", "opened_by", "set_by"):
@@ -479,5 +492,7 @@ def check_record(record: Record, settings: Settings) -> None:
         _check_exception(record, settings)
     elif isinstance(record, Grant):
         _check_grant(record, settings)
-    else:
+    elif isinstance(record, Signal):
         _check_signal(record, settings)
+    else:
+        _check_seen(record, settings)

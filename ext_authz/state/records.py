@@ -9,6 +9,7 @@ the same on every replica (see integrity.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -26,6 +27,7 @@ __all__ = [
     "RecordError",
     "Revocation",
     "Scope",
+    "SeenEvent",
     "Signal",
     "as_of",
     "decode",
@@ -198,8 +200,36 @@ class Signal:
         return self.expires_at
 
 
-Record = Revocation | Grant | ExceptionGrant | Signal
-RECORD_TYPES: dict[str, type[Record]] = {t.RECORD: t for t in (Revocation, Grant, ExceptionGrant, Signal)}
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """A Security Event Token a receiver applied, kept until its ``iat`` is too old to be accepted anyway:
+    a replay within that window is recognised (and changes nothing), so the ids kept stay bounded."""
+
+    RECORD: ClassVar[str] = "seen"
+
+    id: str
+    issuer: str
+    jti: str
+    event: str
+    seen_at: float
+    expires_at: float
+
+    @staticmethod
+    def id_for(issuer: str, jti: str) -> str:
+        return "set_" + hashlib.sha256(f"{issuer}\0{jti}".encode()).hexdigest()[:32]
+
+    @property
+    def record_id(self) -> str:
+        return self.id
+
+    def finished_at(self) -> float | None:
+        return self.expires_at
+
+
+Record = Revocation | Grant | ExceptionGrant | Signal | SeenEvent
+RECORD_TYPES: dict[str, type[Record]] = {
+    t.RECORD: t for t in (Revocation, Grant, ExceptionGrant, Signal, SeenEvent)
+}
 R = TypeVar("R", bound=Record)
 
 
@@ -214,6 +244,8 @@ def as_of(record: Record, at: float) -> Record | None:
     since then holds only its new value (the old one is in the audit log, not in state)."""
     if isinstance(record, Signal):
         return record if record.set_at <= at else None
+    if isinstance(record, SeenEvent):
+        return record if record.seen_at <= at else None
     if isinstance(record, ExceptionGrant):
         if record.opened_at > at:
             return None

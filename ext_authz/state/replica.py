@@ -35,6 +35,7 @@ from .records import (
     Record,
     RecordError,
     Revocation,
+    SeenEvent,
     Signal,
     as_of,
     decode,
@@ -65,6 +66,8 @@ def _made(record: Record) -> tuple[str, str]:
         return "grant", record.created_by
     if isinstance(record, ExceptionGrant):
         return "open", record.opened_by
+    if isinstance(record, SeenEvent):
+        return "seen", f"ssf:{record.issuer}"
     return "signal", record.set_by
 
 
@@ -359,7 +362,7 @@ class Replica:
         freshness is continuous by design). Every replica may; the entry id makes them one."""
         rows: list[tuple[tuple[str, str], AuditRow]] = []
         for kind, records in self._records.items():
-            if kind == Signal.RECORD:
+            if kind in (Signal.RECORD, SeenEvent.RECORD):
                 continue
             for rid, rec in records.items():
                 if (kind, rid) in self._expiries_noted or getattr(rec, "ended_at", None) is not None:
@@ -450,6 +453,8 @@ class Replica:
             and known.value == record.value
         ):
             entry = None  # a refresh of the same fact is not a change worth an entry
+        if isinstance(record, SeenEvent):
+            entry = None  # what the SET changed is audited; that it was seen is bookkeeping
         await self.backend.append(Change("put", kind, rid, body, at), entry)
         self._records[kind][rid] = record
         self._bodies[(kind, rid)] = body

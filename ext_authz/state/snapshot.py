@@ -72,6 +72,14 @@ class StateSnapshot:
     def exceptions_for(self, principals: Iterable[str], now: float) -> list[ExceptionGrant]:
         return [e for p in principals if p for e in self._exceptions.get(p, ()) if e.active(now)]
 
+    def signal(self, subject_kind: str, subject: str, key: str, now: float) -> Signal | None:
+        """The latest fresh signal ``key`` about ``subject`` (with when it was set)."""
+        found = None
+        for s in self._signals.get((subject_kind, subject), ()) if subject else ():
+            if s.key == key and s.fresh(now) and (found is None or s.set_at >= found.set_at):
+                found = s
+        return found
+
     def signals_for(self, subject_kind: str, subject: str, now: float) -> dict[str, str]:
         if not subject:
             return {}

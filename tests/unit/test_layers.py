@@ -13,10 +13,20 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("ext_authz.clock", "ext_authz.errors", "ext_authz.identity.spiffe_id", "ext_authz._proto")),
     (1, ("ext_authz.principal", "ext_authz.match")),
     (2, ("ext_authz.settings", "ext_authz.model")),
-    (3, ("ext_authz.identity", "ext_authz.trust", "ext_authz.policy", "ext_authz.envoy", "ext_authz.state")),
+    (
+        3,
+        (
+            "ext_authz.identity",
+            "ext_authz.trust",
+            "ext_authz.policy",
+            "ext_authz.envoy",
+            "ext_authz.state",
+            "ext_authz.ssf",  # SETs, subjects, events (pure) and the receiver/transmitter edges
+        ),
+    ),
     (4, ("ext_authz.pipeline", "ext_authz.config", "ext_authz.loader")),
     (5, ("ext_authz.observe",)),
-    (6, ("ext_authz.serve", "ext_authz.admin")),
+    (6, ("ext_authz.serve", "ext_authz.admin", "ext_authz.ssf.service")),
     (7, ("ext_authz.cli", "ext_authz.dev")),
 ]
 

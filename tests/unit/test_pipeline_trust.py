@@ -22,6 +22,7 @@ from joserfc.jwk import ECKey, RSAKey
 from ext_authz.dev.demo import WORKLOADS, init_demo
 from ext_authz.dev.pki import jwk_public, mint_jwt, new_jwt_key
 from ext_authz.envoy.normalize import normalize
+from ext_authz.envoy.render import render
 from ext_authz.loader import load_engine
 from ext_authz.model import CountDenial, Decision, NewSession, RequestContext
 from ext_authz.pipeline import Caches, Engine, decide
@@ -62,6 +63,12 @@ EXTRA_RULES: list[dict[str, Any]] = [
         "name": "low-risk-workloads",
         "match": {"paths": ["/batch/*"]},
         "when": 'has(signals.workload.risk) && signals.workload.risk == "low"',
+    },
+    {
+        "name": "payments-step-up",  # RFC 9470: a strong and recent authentication, or a challenge
+        "match": {"paths": ["/payments/*"]},
+        "when": 'identity.issuer == "https://idp.example.com"',
+        "step_up": {"acr_values": ["urn:example:mfa", "phr"], "max_age": "5m"},
     },
     {
         "name": "trained-users",
@@ -932,3 +939,53 @@ def test_a_cert_revocation_that_does_not_parse_is_refused_with_one_line(typed: s
     with pytest.raises(InvalidArgument) as err:
         revocation_value("cert", typed)
     assert "\n" not in str(err.value) and str(err.value)
+
+
+# --- step-up (RFC 9470) ------------------------------------------------------------------------------
+
+
+def test_a_strong_recent_authentication_passes_the_step_up(trust: Trust) -> None:
+    tok = trust.token(acr="urn:example:mfa", auth_time=int(TS) - 60)
+    d = check(trust, trust.ctx("/payments/run", token=tok))
+    assert outcome(d) == ALLOWED and d.rule == "payments-step-up"
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"acr": "urn:example:pwd", "auth_time": int(TS) - 60}, "a weaker acr"),
+        ({"auth_time": int(TS) - 60}, "no acr"),
+        ({"acr": "phr", "auth_time": int(TS) - 3600}, "authenticated an hour ago"),
+        ({"acr": "phr"}, "no auth_time"),
+    ],
+)
+def test_otherwise_a_challenge_the_client_can_take_to_its_idp(
+    trust: Trust, claims: dict[str, Any], why: str
+) -> None:
+    d = check(trust, trust.ctx("/payments/run", token=trust.token(**claims)))
+    assert outcome(d) == (False, 401, "step_up_required"), why
+    assert d.rule == "payments-step-up"
+    assert d.challenge == (
+        'Bearer error="insufficient_user_authentication", error_description="A stronger or more recent'
+        ' authentication is required", acr_values="urn:example:mfa phr", max_age="300"'
+    )
+    resp = render(d)
+    www = {h.header.key: h.header.value for h in resp.denied_response.headers}["www-authenticate"]
+    assert www == d.challenge and resp.denied_response.status.code == 401
+
+
+def test_an_assurance_decrease_lowers_what_earlier_tokens_count_as(trust: Trust) -> None:
+    """CAEP assurance-level-change (decrease) after the token was issued: its acr no longer counts."""
+    tok = trust.token(acr="urn:example:mfa", auth_time=int(TS) - 60, iat=int(TS) - 60)
+    lowered = with_signals(
+        dataclasses.replace(signal("user", ALICE, "assurance_direction", "decrease"), set_at=TS - 10),
+        dataclasses.replace(signal("user", ALICE, "assurance_level", "nist-aal1"), set_at=TS - 10),
+    )
+    assert outcome(check(trust, trust.ctx("/payments/run", token=tok), lowered))[2] == "step_up_required"
+    fresh = trust.token(acr="urn:example:mfa", auth_time=int(TS) - 1, iat=int(TS) - 1)  # stepped up since
+    assert outcome(check(trust, trust.ctx("/payments/run", token=fresh), lowered)) == ALLOWED
+    raised = with_signals(
+        dataclasses.replace(signal("user", ALICE, "assurance_direction", "increase"), set_at=TS - 10),
+        dataclasses.replace(signal("user", ALICE, "assurance_level", "nist-aal1"), set_at=TS - 10),
+    )
+    assert outcome(check(trust, trust.ctx("/payments/run", token=tok), raised)) == ALLOWED

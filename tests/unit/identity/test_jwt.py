@@ -31,8 +31,8 @@ from ext_authz.identity.jwt import (
     MAX_TOKEN_BYTES,
     TokenSettings,
     _b64json,
-    _select_key,
-    _verify_signature,
+    select_key,
+    verify_signature,
     peek_unverified,
     verify_token,
 )
@@ -679,8 +679,8 @@ def _wycheproof_verify(token: str, public: Mapping[str, Any]) -> None:
     header = _b64json(token.split(".")[0], "header")
     alg = header.get("alg")
     alg = alg if isinstance(alg, str) else ""
-    key = _select_key(jwt_keys, header.get("kid"), alg, kid_required=False)
-    _verify_signature(token, key, alg)
+    key = select_key(jwt_keys, header.get("kid"), alg, kid_required=False)
+    verify_signature(token, key, alg)
 
 
 @pytest.mark.parametrize(("public", "case"), WYCHEPROOF_CASES)

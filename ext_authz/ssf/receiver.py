@@ -1,0 +1,475 @@
+"""The SSF receivers: SETs in (pushed to ``POST /ssf/events``, or polled), continuous-trust state out.
+
+For each SET: choose the receiver by its (unverified) ``iss``; check the transmitter's authorization
+(push: ``Authorization: Bearer`` the stream's shared secret); verify it (sets.py); refuse it if its
+``jti`` was already seen (a duplicate is answered 202 as RFC 8935 asks, and changes nothing); resolve its
+subject within the receiver's ``for_issuers`` (subjects.py); turn it into records (events.py) and write
+them through the replica like any operator change — audited as ``ssf:ISSUER``, replicated through
+SQLite or Redis, in every snapshot within a second; then remember its ``jti`` in the store until its
+``iat`` is too old to be accepted anyway (so the seen ids stay bounded).
+
+A receiver may manage its stream at the transmitter (``manage_stream``): discovery, the stream's
+configuration (create it if there is none), and a verification round trip whose ``state`` must come
+back in a verification event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StateError, TrustError
+from ..settings import Settings, SsfReceiverSettings
+from ..state import commands
+from ..state.records import Revocation, SeenEvent, Signal
+from ..trust.bundles import JwtKeys, parse_jwks
+from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
+from .sets import SecurityEvent, SetError, peek, verify_set
+from .subjects import SubjectError, resolve
+
+if TYPE_CHECKING:
+    from ..serve.runtime import Runtime
+
+__all__ = ["Receivers", "push_response"]
+
+log = logging.getLogger("ext_authz.ssf")
+SET_MEDIA_TYPE = "application/secevent+jwt"
+MAX_POLL_BODY = 4 * 1024 * 1024
+
+
+def push_response(err: SetError) -> tuple[int, str, str, dict[str, str]]:
+    """RFC 8935 §2.3: 400, a JSON body with err and description, and Content-Language."""
+    body = json.dumps({"err": err.err, "description": err.description})
+    return 400, body, "application/json", {"Content-Language": "en"}
+
+
+def metric_event(event_type: str) -> str:
+    """A bounded label: the known event names, else ``other``."""
+    key = event_key(event_type)
+    return key.split("/", 1)[1] if key in APPLIED | VERIFICATION | STREAM_UPDATED else "other"
+
+
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _request(
+    method: str, url: str, body: bytes | None, headers: dict[str, str], ca: str | None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    if not (url.startswith("https://") or (url.startswith("http://") and _loopback(url))):
+        raise TrustError(f"{url}: only https:// (or http:// on loopback) is used")
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
+    ctx = None
+    if url.startswith("https://"):
+        ctx = ssl.create_default_context()
+        if ca:
+            ctx.load_verify_locations(cafile=ca)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - checked above
+            return resp.status, resp.read(MAX_POLL_BODY + 1)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(64 * 1024)
+    except (OSError, ValueError) as exc:
+        raise TrustError(f"{url}: {exc}") from exc
+
+
+@dataclass
+class ReceiverState:
+    cfg: SsfReceiverSettings
+    secret: str = ""
+    keys: JwtKeys | None = None  # fetched from jwks_url (a JWKS file's keys are in the engine)
+    keys_at: float | None = None
+    key_failures: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    expected_state: str | None = None  # the verification state we asked for, until it comes back
+    verified_at: float | None = None
+    stream_id: str = ""
+    stream_status: str = ""
+    poll_url: str = ""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def authorized(self, header: str) -> bool:
+        if not self.secret:
+            return True
+        return hmac.compare_digest(header.encode(), f"Bearer {self.secret}".encode())
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+
+
+class Receivers:
+    def __init__(self, runtime: Runtime, on_event: Callable[[str, str], None] | None = None) -> None:
+        self.runtime = runtime
+        self.on_event = on_event or (lambda event, result: None)
+        self.receivers: dict[str, ReceiverState] = {}
+
+    # -- configuration -------------------------------------------------------------------------------
+    def configure(self, settings: Settings) -> None:
+        """(Re)build the receivers after a (re)load; a changed receiver restarts its tasks."""
+        wanted = {r.issuer: r for r in settings.shared_signals.receivers}
+        for iss in list(self.receivers):
+            if iss not in wanted or self.receivers[iss].cfg != wanted[iss]:
+                for task in self.receivers.pop(iss).tasks:
+                    task.cancel()
+        for iss, rc in wanted.items():
+            if iss in self.receivers:
+                continue
+            state = ReceiverState(rc)
+            if rc.authorization_file is not None:
+                state.secret = rc.authorization_file.read_text().strip()
+            self.receivers[iss] = state
+
+    async def start(self) -> None:
+        for state in self.receivers.values():
+            self._start(state)
+
+    def _start(self, state: ReceiverState) -> None:
+        if state.tasks:
+            return
+        if state.cfg.jwks_url:
+            state.tasks.append(asyncio.create_task(self._refresh_keys(state)))
+        if state.cfg.manage_stream:
+            state.tasks.append(asyncio.create_task(self._manage(state)))
+        if state.cfg.delivery == "poll":
+            state.tasks.append(asyncio.create_task(self._poll(state)))
+
+    async def reconfigure(self, settings: Settings) -> None:
+        self.configure(settings)
+        await self.start()
+
+    async def stop(self) -> None:
+        for state in self.receivers.values():
+            for task in state.tasks:
+                task.cancel()
+            for task in state.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            state.tasks.clear()
+
+    def _keys(self, state: ReceiverState) -> JwtKeys:
+        if state.cfg.jwks_url:
+            if state.keys is None or state.keys_at is None:
+                raise SetError("invalid_key", "the transmitter's keys have not been fetched yet")
+            if self._now() - state.keys_at > state.cfg.max_stale:
+                raise SetError(
+                    "invalid_key", "the transmitter's keys are stale (not refreshed within max_stale)"
+                )
+            return state.keys
+        keys = self.runtime.engine.ssf_keys.get(state.cfg.issuer)
+        if keys is None:
+            raise SetError("invalid_key", "no keys for this transmitter")
+        return keys
+
+    def _fetch_keys(self, state: ReceiverState) -> None:
+        """Blocking: the transmitter's JWKS from its URL (https, or http on loopback)."""
+        url = state.cfg.jwks_url
+        status, body = _request(
+            "GET", url, None, {"Accept": "application/json"}, str(state.cfg.ca or "") or None
+        )
+        if status != 200:
+            raise TrustError(f"{url}: HTTP {status}")
+        state.keys = parse_jwks(body, url, require_use=None)
+        state.keys_at = self._now()
+
+    async def _refresh_keys(self, state: ReceiverState) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._fetch_keys, state)
+                state.key_failures = 0
+            except TrustError as exc:
+                state.key_failures += 1
+                log.warning("SSF keys of %s could not be refreshed: %s", state.cfg.issuer, exc.detail)
+            refresh = state.cfg.refresh
+            await asyncio.sleep(
+                refresh if not state.key_failures else min(refresh, 2.0 ** min(state.key_failures, 8))
+            )
+
+    def _now(self) -> float:
+        return self.runtime.clock.now().timestamp()
+
+    # -- push ----------------------------------------------------------------------------------------
+    async def push(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, str, dict[str, str]]:
+        """``POST /ssf/events``: (status, body, content type, extra headers)."""
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if ctype != SET_MEDIA_TYPE:
+                raise SetError("invalid_request", f"Content-Type must be {SET_MEDIA_TYPE}")
+            try:
+                token = body.decode("ascii").strip()
+            except UnicodeDecodeError as exc:
+                raise SetError("invalid_request", "the body is not a compact SET") from exc
+            _, claims = peek(token)
+            state = self.receivers.get(str(claims.get("iss")))
+            if state is None or state.cfg.delivery != "push":
+                raise SetError("invalid_issuer", "no push receiver is configured for this issuer")
+            if not state.authorized(headers.get("authorization", "")):
+                raise SetError("authentication_failed", "the transmitter's authorization does not match")
+            await self.receive(state, token)
+        except SetError as exc:
+            self.on_event("unknown", exc.err)
+            log.warning("SSF push refused: %s: %s", exc.err, exc.description)
+            return push_response(exc)
+        except StateError as exc:  # we could not record it: the transmitter must retry
+            log.error("SSF push not recorded, the state store failed: %s", exc.detail)
+            return 503, "", "text/plain", {"Retry-After": "5"}
+        return 202, "", "text/plain", {}
+
+    # -- one SET -------------------------------------------------------------------------------------
+    async def receive(self, state: ReceiverState, token: str) -> str:
+        """Verify and apply one SET: the result (``applied``, ``ignored``, ``duplicate``, ``verified``).
+        Raises SetError for one to refuse, StateError when the store could not take it."""
+        rc = state.cfg
+        engine = self.runtime.engine
+        event = verify_set(
+            token,
+            issuer=rc.issuer,
+            audience=rc.audience,
+            keys=self._keys(state),
+            algorithms=rc.algorithms,
+            now=self._now(),
+            max_age=rc.max_age,
+            leeway=rc.leeway,
+        )
+        label = metric_event(event.event_type)
+        async with state.lock:
+            seen_id = SeenEvent.id_for(rc.issuer, event.jti)
+            if self.runtime.replica.get(SeenEvent, seen_id) is not None:
+                self.on_event(label, "duplicate")
+                log.info(
+                    "SSF %s %s from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
+                )
+                return "duplicate"
+            try:
+                result = await self._apply(state, event, engine.config)
+            except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
+                self.on_event(label, "invalid_request")
+                raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
+            except SetError as exc:
+                self.on_event(label, exc.err)
+                raise
+            now = self._now()
+            await self.runtime.replica.put(
+                SeenEvent(
+                    id=seen_id,
+                    issuer=rc.issuer,
+                    jti=event.jti,
+                    event=event.event_type[-200:],
+                    seen_at=now,
+                    expires_at=event.iat + rc.max_age + rc.leeway,
+                )
+            )
+        self.on_event(label, result)
+        return result
+
+    async def _apply(self, state: ReceiverState, event: SecurityEvent, settings: Settings) -> str:
+        rc = state.cfg
+        key = event_key(event.event_type)
+        if key in VERIFICATION:
+            got = event.payload.get("state")
+            if got is None:
+                return "verified"  # an unsolicited verification carries no state (SSF §8.1.4.1)
+            if got != state.expected_state:
+                raise SetError("invalid_state", "the verification state is not the one requested")
+            state.expected_state = None
+            state.verified_at = self._now()
+            log.info("SSF stream of %s verified", rc.issuer)
+            return "verified"
+        if key in STREAM_UPDATED:
+            status = event.payload.get("status")
+            state.stream_status = str(status) if isinstance(status, str) else ""
+            log.warning("SSF stream of %s is now %s: %s", rc.issuer, status, event.payload.get("reason", ""))
+            return "applied"
+        if key not in APPLIED:
+            log.info(
+                "SSF %s from %s acknowledged and ignored (not an event ext-authz applies)",
+                event.event_type,
+                rc.issuer,
+            )
+            return "ignored"
+        if event.sub_id is None:
+            raise SetError("invalid_request", "sub_id is required (SSF 1.0 §3.1)")
+        email_issuers = frozenset(
+            i
+            for i in rc.for_issuers
+            if (ic := settings.issuers.get(i)) is not None and ic.subject_claim == "email"
+        )
+        try:
+            subject = resolve(event.sub_id, frozenset(rc.for_issuers), email_issuers)
+        except SubjectError as exc:
+            raise SetError("invalid_request", f"sub_id: {exc}") from exc
+        for note in subject.ignored:
+            log.info("SSF %s %s from %s: %s", event.name, event.jti, rc.issuer, note)
+        now = self._now()
+        ttl = min(rc.hold, settings.signals.max_ttl)
+        changes = changes_for(event, subject, now=now, hold=rc.hold, signal_ttl=ttl)
+        if changes.empty:
+            log.info(
+                "SSF %s %s from %s names nobody this receiver may act on", event.name, event.jti, rc.issuer
+            )
+            return "ignored"
+        actor = f"ssf:{rc.issuer}"
+        replica = self.runtime.replica
+        for rev in changes.revocations:
+            if replica.get(Revocation, rev.id) is None:
+                await replica.put(rev, action="revoke", actor=actor, reason=f"{rev.reason} (SET {event.jti})")
+                log.warning("SSF %s: revoked %s %s (%s)", event.name, rev.kind, rev.value, rev.reason)
+        for sig in changes.signals:
+            known = replica.get(Signal, sig.record_id)
+            if known is not None and known.source == "ssf" and known.set_at > sig.set_at:
+                continue  # a newer fact from the transmitter is already in force
+            await replica.put(sig, action="signal", actor=actor, reason=f"SET {event.jti}")
+        for kind, value in changes.lift:
+            for rev in replica.all(Revocation):
+                if (rev.kind, rev.value) == (kind, value) and rev.created_by == actor and rev.active(now):
+                    ended = commands.end_revocation(rev, f"{event.name} (SET {event.jti})", actor, now)
+                    await replica.put(ended, action="unrevoke", actor=actor, reason=ended.end_reason)
+                    log.warning("SSF %s: lifted %s (%s %s)", event.name, rev.id, kind, value)
+        return "applied"
+
+    # -- poll (RFC 8936) --------------------------------------------------------------------------------
+    async def _poll(self, state: ReceiverState) -> None:
+        ack: list[str] = []
+        errs: dict[str, dict[str, str]] = {}
+        backoff = 1.0
+        while True:
+            url = state.cfg.poll_url or state.poll_url
+            if not url:
+                await asyncio.sleep(1.0)  # the stream's poll endpoint comes from stream management
+                continue
+            request: dict[str, Any] = {"returnImmediately": True, "maxEvents": 100, "ack": ack}
+            headers = {"Content-Type": "application/json", "Accept": "application/json", **state.headers()}
+            if errs:
+                request["setErrs"] = errs
+                headers["Content-Language"] = "en"
+            try:
+                status, body = await asyncio.to_thread(
+                    _request,
+                    "POST",
+                    url,
+                    json.dumps(request).encode(),
+                    headers,
+                    str(state.cfg.ca or "") or None,
+                )
+                if status != 200:
+                    raise TrustError(f"{url}: HTTP {status}")
+                doc = json.loads(body)
+                sets = doc.get("sets") if isinstance(doc, dict) else None
+                if not isinstance(sets, dict):
+                    raise TrustError(f"{url}: the poll response has no sets")
+            except (TrustError, ValueError) as exc:
+                log.warning("SSF poll of %s failed: %s; retrying in %.0fs", state.cfg.issuer, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            backoff = 1.0
+            ack, errs = [], {}
+            for jti, token in list(sets.items())[:1000]:
+                try:
+                    if not isinstance(token, str):
+                        raise SetError("invalid_request", "a SET is a string")
+                    await self.receive(state, token)
+                    ack.append(str(jti))
+                except SetError as exc:
+                    errs[str(jti)] = {"err": exc.err, "description": exc.description}
+                except StateError as exc:
+                    log.error("SSF poll: SET %s not recorded (%s); it will come again", jti, exc.detail)
+            if not (ack or errs or doc.get("moreAvailable")):
+                await asyncio.sleep(state.cfg.poll_interval)
+
+    # -- stream management (SSF §7, §8) -----------------------------------------------------------------
+    async def _manage(self, state: ReceiverState) -> None:
+        backoff = 2.0
+        while True:
+            try:
+                await self._manage_once(state)
+                return
+            except (TrustError, ValueError, KeyError) as exc:
+                log.warning(
+                    "SSF stream management with %s failed: %s; retrying in %.0fs",
+                    state.cfg.issuer,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+
+    async def _call(self, state: ReceiverState, method: str, url: str, doc: Any = None) -> tuple[int, Any]:
+        headers = {"Accept": "application/json", **state.headers()}
+        body = None
+        if doc is not None:
+            body = json.dumps(doc).encode()
+            headers["Content-Type"] = "application/json"
+        status, raw = await asyncio.to_thread(
+            _request, method, url, body, headers, str(state.cfg.ca or "") or None
+        )
+        try:
+            return status, json.loads(raw) if raw.strip() else None
+        except ValueError:
+            return status, None
+
+    async def _manage_once(self, state: ReceiverState) -> None:
+        rc = state.cfg
+        parts = urllib.parse.urlsplit(rc.issuer)
+        path = parts.path.rstrip("/")
+        discovery = f"{parts.scheme}://{parts.netloc}/.well-known/ssf-configuration{path}"
+        status, meta = await self._call(state, "GET", discovery)
+        if status != 200 or not isinstance(meta, dict):
+            raise TrustError(f"{discovery}: HTTP {status}")
+        if meta.get("issuer") != rc.issuer:
+            raise TrustError(f"{discovery}: issuer is {meta.get('issuer')!r}, expected {rc.issuer!r}")
+        config_url = meta.get("configuration_endpoint")
+        if not isinstance(config_url, str):
+            raise TrustError(f"{discovery}: no configuration_endpoint")
+        status, streams = await self._call(state, "GET", config_url)
+        stream = (
+            streams[0]
+            if isinstance(streams, list) and streams
+            else streams
+            if isinstance(streams, dict)
+            else None
+        )
+        if stream is None:
+            delivery: dict[str, Any] = {
+                "method": "urn:ietf:rfc:8935" if rc.delivery == "push" else "urn:ietf:rfc:8936"
+            }
+            if rc.delivery == "push":
+                delivery["endpoint_url"] = rc.push_url
+            status, stream = await self._call(
+                state, "POST", config_url, {"delivery": delivery, "description": "ext-authz"}
+            )
+            if status not in (200, 201) or not isinstance(stream, dict):
+                raise TrustError(f"{config_url}: creating the stream: HTTP {status}")
+        if stream.get("iss") != rc.issuer:
+            raise TrustError(f"{config_url}: the stream's iss is {stream.get('iss')!r}")
+        state.stream_id = str(stream.get("stream_id", ""))
+        endpoint = (stream.get("delivery") or {}).get("endpoint_url")
+        if rc.delivery == "poll" and isinstance(endpoint, str):
+            state.poll_url = endpoint
+        verify_url = meta.get("verification_endpoint")
+        if isinstance(verify_url, str) and state.stream_id:
+            state.expected_state = secrets.token_urlsafe(16)
+            status, _ = await self._call(
+                state, "POST", verify_url, {"stream_id": state.stream_id, "state": state.expected_state}
+            )
+            if status not in (200, 202, 204):
+                state.expected_state = None
+                raise TrustError(f"{verify_url}: HTTP {status}")
+        log.info("SSF stream %s of %s configured (%s)", state.stream_id, rc.issuer, rc.delivery)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {
+            iss: {"stream_id": s.stream_id, "verified_at": s.verified_at, "status": s.stream_status}
+            for iss, s in self.receivers.items()
+        }

@@ -1,0 +1,343 @@
+"""The SSF transmitter: our revocations and quarantines, as CAEP ``session-revoked`` SETs.
+
+Every revocation this instance's state gains that did not itself come from a transmitter (``source``
+``api`` or ``quarantine``; never ``ssf``, so two instances never echo each other) becomes one SET per
+configured stream, signed with the configured key. Push streams get it POSTed (RFC 8935) to their
+receiver, retried with backoff until answered; poll streams queue it for ``POST /ssf/poll`` (RFC 8936)
+with acknowledgements. ``/.well-known/ssf-configuration`` and the key set describe us; a small stream
+management API (read, create, status, verification) answers receivers that expect one.
+
+Each stream is authenticated by one shared bearer secret (``authorization_file``), used in both
+directions: the receiver presents it to poll and to manage its stream, and we present it when pushing.
+A SET's ``jti`` derives from the revocation and the stream, so the replicas of a fleet, which all see the
+same revocation, send the same SET, and a receiver keeps it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from joserfc import jws
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
+
+from ..errors import ConfigError
+from ..settings import SsfStreamSettings, SsfTransmitterSettings
+from ..state.records import Revocation
+from ..state.replica import RevocationEvent
+
+__all__ = ["Transmitter", "load_signing_key", "set_for_revocation", "sign_set", "subject_of"]
+
+log = logging.getLogger("ext_authz.ssf")
+CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
+SSF = "https://schemas.openid.net/secevent/ssf/event-type/"
+PUSH = "urn:ietf:rfc:8935"
+POLL = "urn:ietf:rfc:8936"
+MAX_QUEUE = 10_000  # SETs held per stream; the oldest are dropped (and counted) past it
+
+
+def load_signing_key(path: Path, algorithm: str | None) -> tuple[Key, str, str]:
+    """(private key, alg, kid) from a private JWK (JSON) or a PEM file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read the SSF signing key ({exc.strerror or exc})") from exc
+    try:
+        if data.lstrip().startswith(b"{"):
+            key = import_key(json.loads(data))
+        else:
+            key = import_key(data, "RSA" if b"RSA" in data else "EC")
+    except Exception as exc:  # joserfc raises several types for a bad key
+        raise ConfigError(str(path), "", f"not a private JWK or PEM key ({type(exc).__name__})") from exc
+    if not key.is_private:
+        raise ConfigError(str(path), "", "the SSF signing key must be a private key")
+    if isinstance(key, RSAKey):
+        alg = algorithm or "RS256"
+    elif isinstance(key, ECKey):
+        alg = algorithm or {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(str(key.curve_name), "")
+    elif isinstance(key, OKPKey):
+        alg = algorithm or "EdDSA"
+    else:
+        raise ConfigError(str(path), "", "the SSF signing key is RSA, EC or OKP (never symmetric)")
+    kid = str(key.kid or key.thumbprint())
+    return key, alg, kid
+
+
+def public_jwks(key: Key, alg: str, kid: str) -> dict[str, Any]:
+    public = {k: v for k, v in key.as_dict(private=False).items() if k != "kid"}
+    return {"keys": [{**public, "kid": kid, "alg": alg, "use": "sig"}]}
+
+
+def sign_set(claims: dict[str, Any], key: Key, alg: str, kid: str) -> str:
+    header = {"typ": "secevent+jwt", "alg": alg, "kid": kid}
+    payload = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
+    return str(jws.serialize_compact(header, payload, key, algorithms=[alg]))
+
+
+def subject_of(rev: Revocation) -> dict[str, Any] | None:
+    """The RFC 9493 / SSF subject a revocation names, or None for one SSF cannot name (a certificate)."""
+    kind, value = rev.kind, rev.value
+    if kind == "quarantine":
+        kind = "spiffe_id" if value.startswith("spiffe://") else "sub"
+    if kind == "spiffe_id":
+        return {"format": "uri", "uri": value}
+    if kind == "sub":
+        iss, _, sub = value.partition("#")
+        return {"format": "iss_sub", "iss": iss, "sub": sub}
+    if kind == "jti":
+        iss, _, jti = value.partition("#")
+        return {"format": "jwt_id", "iss": iss, "jti": jti}
+    if kind == "sid":
+        _, _, sid = value.partition("#")
+        return {"format": "complex", "session": {"format": "opaque", "id": sid}}
+    if kind == "device":
+        return {"format": "complex", "device": {"format": "opaque", "id": value}}
+    return None
+
+
+def stream_id(audience: str) -> str:
+    return hashlib.sha256(audience.encode()).hexdigest()[:32]
+
+
+def set_for_revocation(rev: Revocation, issuer: str, audience: str, now: float) -> dict[str, Any] | None:
+    subject = subject_of(rev)
+    if subject is None:
+        return None
+    jti = hashlib.sha256(f"{rev.id}\0{audience}".encode()).hexdigest()[:32]
+    return {
+        "iss": issuer,
+        "jti": jti,
+        "iat": int(now),
+        "aud": audience,
+        "txn": rev.id,
+        "sub_id": subject,
+        "events": {
+            CAEP + "session-revoked": {
+                "event_timestamp": int(rev.created_at),
+                "initiating_entity": "policy" if rev.source == "quarantine" else "admin",
+                "reason_admin": {"en": rev.reason},
+            }
+        },
+    }
+
+
+def _secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read the stream's secret ({exc.strerror or exc})") from exc
+
+
+@dataclass
+class Stream:
+    cfg: SsfStreamSettings
+    secret: str
+    queue: collections.deque[tuple[str, str]] = field(default_factory=collections.deque)  # (jti, SET)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    status: str = "enabled"
+    last_verification: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return stream_id(self.cfg.audience)
+
+    def authorized(self, header: str) -> bool:
+        want = f"Bearer {self.secret}"
+        return hmac.compare_digest(header.encode(), want.encode())
+
+    def config(self, issuer: str, base: str) -> dict[str, Any]:
+        delivery: dict[str, Any] = {"method": PUSH if self.cfg.delivery == "push" else POLL}
+        delivery["endpoint_url"] = self.cfg.push_url if self.cfg.delivery == "push" else f"{base}/ssf/poll"
+        return {
+            "stream_id": self.id,
+            "iss": issuer,
+            "aud": self.cfg.audience,
+            "events_supported": [CAEP + "session-revoked"],
+            "events_requested": [CAEP + "session-revoked"],
+            "events_delivered": [CAEP + "session-revoked"],
+            "delivery": delivery,
+            "min_verification_interval": 10,
+        }
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    ctx = ssl.create_default_context() if url.startswith("https://") else None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - https or loopback
+            return resp.status, resp.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(64 * 1024)
+
+
+class Transmitter:
+    def __init__(
+        self,
+        cfg: SsfTransmitterSettings,
+        base_url: Callable[[], str],
+        on_sent: Callable[[str], None] = lambda result: None,
+    ) -> None:
+        self.cfg = cfg
+        self.key, self.alg, self.kid = load_signing_key(cfg.key, cfg.algorithm)
+        self.streams = [Stream(s, _secret(s.authorization_file)) for s in cfg.streams]
+        self.base_url = base_url
+        self.on_sent = on_sent
+        self.dropped = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- what gets sent --------------------------------------------------------------------------
+    def on_revocation(self, event: RevocationEvent) -> None:
+        """A replica watcher: never blocks; a SET per stream is queued (and pushed by its worker)."""
+        rev = event.revocation
+        if event.op != "created" or rev.source == "ssf":
+            return
+        now = time.time()
+        for stream in self.streams:
+            claims = set_for_revocation(rev, self.cfg.issuer, stream.cfg.audience, now)
+            if claims is None:
+                continue
+            self._enqueue(stream, claims)
+
+    def _enqueue(self, stream: Stream, claims: dict[str, Any]) -> None:
+        if stream.status == "disabled":
+            return
+        if len(stream.queue) >= MAX_QUEUE:
+            stream.queue.popleft()
+            self.dropped += 1
+            self.on_sent("dropped")
+        stream.queue.append((str(claims["jti"]), sign_set(claims, self.key, self.alg, self.kid)))
+        stream.wakeup.set()
+
+    def verification(self, stream: Stream, state: str | None) -> None:
+        payload: dict[str, Any] = {"state": state} if state is not None else {}
+        claims = {
+            "iss": self.cfg.issuer,
+            "jti": base64.urlsafe_b64encode(hashlib.sha256(f"{time.time_ns()}{stream.id}".encode()).digest())
+            .decode()
+            .rstrip("=")[:32],
+            "iat": int(time.time()),
+            "aud": stream.cfg.audience,
+            "sub_id": {"format": "opaque", "id": stream.id},
+            "events": {SSF + "verification": payload},
+        }
+        self._enqueue(stream, claims)
+
+    # -- push ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for stream in self.streams:
+            if stream.cfg.delivery == "push":
+                self._tasks.append(asyncio.create_task(self._push(stream)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _push(self, stream: Stream) -> None:
+        backoff = 0.5
+        url = stream.cfg.push_url
+        assert url is not None  # the settings require it for push streams
+        headers = {
+            "Content-Type": "application/secevent+jwt",
+            "Accept": "application/json",
+            "Authorization": f"Bearer {stream.secret}",
+        }
+        while True:
+            if not stream.queue or stream.status != "enabled":
+                stream.wakeup.clear()
+                await stream.wakeup.wait()
+                continue
+            jti, token = stream.queue[0]
+            try:
+                status, body = await asyncio.to_thread(_post, url, token.encode(), headers)
+            except OSError as exc:
+                log.warning("SSF push to %s failed (%s); retrying in %.1fs", url, exc, backoff)
+                self.on_sent("retry")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if status == 202:
+                stream.queue.popleft()
+                self.on_sent("delivered")
+                backoff = 0.5
+                continue
+            err = _error_code(body)
+            if status == 400 and err in (
+                "invalid_request",
+                "invalid_key",
+                "invalid_audience",
+                "invalid_issuer",
+            ):
+                stream.queue.popleft()  # resending cannot help (RFC 8935 §4)
+                log.error("SSF receiver %s refused SET %s: %s", url, jti, err)
+                self.on_sent("refused")
+                continue
+            log.warning("SSF push to %s: HTTP %d %s; retrying in %.1fs", url, status, err, backoff)
+            self.on_sent("retry")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    # -- the HTTP endpoints (served on http_listen) ------------------------------------------------
+    def discovery(self) -> dict[str, Any]:
+        base = self.base_url()
+        return {
+            "spec_version": "1_0",
+            "issuer": self.cfg.issuer,
+            "jwks_uri": f"{base}/ssf/jwks.json",
+            "delivery_methods_supported": [PUSH, POLL],
+            "configuration_endpoint": f"{base}/ssf/stream",
+            "status_endpoint": f"{base}/ssf/status",
+            "verification_endpoint": f"{base}/ssf/verify",
+            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
+            "default_subjects": "ALL",
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        return public_jwks(self.key, self.alg, self.kid)
+
+    def stream_for(self, authorization: str) -> Stream | None:
+        for stream in self.streams:
+            if stream.authorized(authorization):
+                return stream
+        return None
+
+    def poll(self, stream: Stream, request: dict[str, Any]) -> dict[str, Any]:
+        """RFC 8936: drop what is acknowledged (or reported as an error), return what is pending."""
+        acked = request.get("ack") or []
+        errs = request.get("setErrs") or {}
+        if not isinstance(acked, list) or not isinstance(errs, dict):
+            raise ValueError("ack is a list and setErrs an object")
+        done = {str(j) for j in acked} | {str(j) for j in errs}
+        for jti, err in errs.items():
+            log.warning("SSF receiver of stream %s could not use SET %s: %s", stream.id, jti, err)
+        if done:
+            stream.queue = collections.deque((j, t) for j, t in stream.queue if j not in done)
+        most = request.get("maxEvents")
+        count = len(stream.queue) if not isinstance(most, int) or isinstance(most, bool) else max(0, most)
+        pending = list(stream.queue)[:count]
+        return {"sets": dict(pending), "moreAvailable": len(stream.queue) > len(pending)}
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return ""
+    return str(doc.get("err", "")) if isinstance(doc, dict) else ""
