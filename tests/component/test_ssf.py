@@ -138,7 +138,7 @@ async def test_a_pushed_session_revocation_refuses_the_users_older_tokens(receiv
         {"event_timestamp": int(time.time()), "reason_admin": {"en": "Landspeed Policy Violation"}},
         {"format": "iss_sub", "iss": IDP, "sub": "alice"},
     )
-    status, headers, body = await receiver.push(token)
+    status, _, body = await receiver.push(token)
     assert (status, body) == (202, "")
     assert await receiver.reason(token=older, **PROFILE) == "revoked"  # the next request, no wait
     newer = alice_token(receiver.demo, iat=int(time.time()) + 2)  # she signed in again since

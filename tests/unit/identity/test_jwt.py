@@ -31,9 +31,9 @@ from ext_authz.identity.jwt import (
     MAX_TOKEN_BYTES,
     TokenSettings,
     _b64json,
+    peek_unverified,
     select_key,
     verify_signature,
-    peek_unverified,
     verify_token,
 )
 from ext_authz.model import Identity
