@@ -6,8 +6,9 @@ policy, warm caches; (e) the same with caching off (every Check verifies from sc
 `workers: 2`; (g) the allow-all floor on pygrpc-native; (h) ext-authz warm with `transport: native`;
 (i) ext-authz warm with an mTLS X.509-SVID *and* a JWT-SVID: h2load cannot present a client certificate,
 so a front listener of the same Envoy originates mTLS with the frontend's SVID to a listener that
-verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml.
-Configurations
+verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml; (j) (d) with
+the decision log off; (k) the sidecar default: ext-authz on a unix socket, where `transport: auto` is
+native. Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
 """
@@ -36,7 +37,7 @@ from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
 from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
-CONFIGS = "abcdefghi"
+CONFIGS = "abcdefghijk"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def mtls_cluster(name: str, port: int, demo: Path) -> dict[str, Any]:
     return c
 
 
-def cluster(name: str, port: int, streams_per_connection: int = 0) -> dict[str, Any]:
+def cluster(name: str, port: int | str, streams_per_connection: int = 0) -> dict[str, Any]:
     h2: dict[str, Any] = {"max_concurrent_streams": streams_per_connection} if streams_per_connection else {}
     return {
         "name": name,
@@ -169,7 +170,9 @@ def cluster(name: str, port: int, streams_per_connection: int = 0) -> dict[str, 
                     "lb_endpoints": [
                         {
                             "endpoint": {
-                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+                                "address": {"pipe": {"path": port}}
+                                if isinstance(port, str)
+                                else {"socket_address": {"address": "127.0.0.1", "port_value": port}}
                             }
                         }
                     ]
@@ -259,7 +262,7 @@ def open_loop(
 
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghi"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijk"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -268,22 +271,30 @@ def main() -> None:
         init_demo(demo)
         jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
         alice = (demo / "tokens/alice.jwt").read_text().strip()
-        names = ("floor", "warm", "cold", "workers", "native_floor", "native", "i_tls")
+        names = ("floor", "warm", "cold", "workers", "native_floor", "native", "i_tls", "nolog")
         ports = {k: free_port() for k in (*CONFIGS, *names)}
 
+        sidecar_socket = f"{tmp}/sidecar-check.sock"
+
         def authz_config(
-            name: str, port: int, cache: int, workers: int = 1, transport: str = "grpcio"
+            name: str,
+            port: int,
+            cache: int,
+            workers: int = 1,
+            transport: str = "grpcio",
+            log: bool = True,
+            listen: str = "",
         ) -> Path:
             cfg = yaml.safe_load((demo / "config.yaml").read_text())
             cfg.update(
-                listen=f"127.0.0.1:{port}",
+                listen=listen or f"127.0.0.1:{port}",
                 http_listen=None,
                 admin_listen=f"unix://{tmp}/{name}.sock",
                 state="memory://" if workers == 1 else f"sqlite://{tmp}/{name}.db",
                 workers=workers,
                 transport=transport,
                 cache={"size": cache},
-                decision_log={"path": str(tmp / f"{name}.jsonl")},
+                decision_log={"path": str(tmp / f"{name}.jsonl"), "enabled": log},
             )
             for td in cfg["trust_domains"].values():
                 for k in ("x509_bundle", "jwt_bundle"):
@@ -347,6 +358,8 @@ def main() -> None:
                     listener("h", ports["h"], [ext_authz("native")]),
                     front_listener("i", ports["i"], "mtls_hop"),
                     mtls_listener("i_tls", ports["i_tls"], demo, [ext_authz("warm", peer_certificate=True)]),
+                    listener("j", ports["j"], [ext_authz("nolog")]),
+                    listener("k", ports["k"], [ext_authz("sidecar")]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
@@ -357,6 +370,8 @@ def main() -> None:
                     cluster("native_floor", ports["native_floor"]),
                     cluster("native", ports["native"]),
                     mtls_cluster("mtls_hop", ports["i_tls"], demo),
+                    cluster("nolog", ports["nolog"]),
+                    cluster("sidecar", sidecar_socket),
                 ],
             },
         }
@@ -405,9 +420,42 @@ def main() -> None:
                     str(authz_config("workers", ports["workers"], 10_000, 2)),
                 ]
             )
-            procs = [floor, warm, cold, workers, native_floor, native, envoy]
+            nolog = subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "-c",
+                    str(authz_config("nolog", ports["nolog"], 10_000, log=False)),
+                ]
+            )
+            sidecar = subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "-c",
+                    str(
+                        authz_config(
+                            "sidecar", 0, 10_000, transport="auto", listen=f"unix://{sidecar_socket}"
+                        )
+                    ),
+                ]
+            )
+            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, envoy]
             time.sleep(4)
-            servers = {"c": floor, "d": warm, "e": cold, "g": native_floor, "h": native, "i": warm}
+            servers = {
+                "c": floor,
+                "d": warm,
+                "e": cold,
+                "g": native_floor,
+                "h": native,
+                "i": warm,
+                "j": nolog,
+                "k": sidecar,
+            }
             work = {
                 "a": ("/", None),
                 "b": ("/user/me", alice),
@@ -418,6 +466,8 @@ def main() -> None:
                 "g": ("/internal/jobs", jwt_svid),
                 "h": ("/internal/jobs", jwt_svid),
                 "i": ("/internal/jobs", jwt_svid),  # + the frontend's X.509-SVID on the mTLS hop
+                "j": ("/internal/jobs", jwt_svid),
+                "k": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -464,6 +514,8 @@ def main() -> None:
         "g": "Envoy + allow-all on pygrpc-native (native floor)",
         "h": "Envoy + ext-authz, warm, transport: native",
         "i": "Envoy (mTLS hop) + ext-authz, X.509-SVID + JWT-SVID, warm",
+        "j": "Envoy + ext-authz, warm, decision log off",
+        "k": "Envoy + ext-authz sidecar: unix socket, transport auto (native)",
     }
     table = {}
     for k in CONFIGS:
@@ -496,6 +548,10 @@ def main() -> None:
         "cpu h/c": round(table["h"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
         "cpu h/g": round(table["h"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
         "cpu i/c": round(table["i"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
+        "cpu log on/off d/j": round(table["d"]["cpu_us_per_check"] / table["j"]["cpu_us_per_check"], 3),
+        "cpu k/g": round(table["k"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
+        "k/b": round(table["k"]["rps"] / table["b"]["rps"], 3),
+        "h/b": round(table["h"]["rps"] / table["b"]["rps"], 3),
     }
     out = {
         "machine": f"{os.cpu_count()} cores",

@@ -22,6 +22,7 @@ optional port; anything else is not a host (:func:`parse_host` gives ``None``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def _split(authority: str) -> tuple[str, str, bool] | None:
     return head, port, False
 
 
+@functools.lru_cache(maxsize=4096)  # the hosts a deployment serves are few; the cache is bounded
 def parse_host(authority: str) -> Host | None:
     """``Api.Example.com.:8443`` → ``Host("api.example.com", 8443)``; None if it is not a host."""
     parts = _split(authority)

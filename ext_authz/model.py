@@ -50,11 +50,10 @@ class HttpRequest:
     scheme: str
     protocol: str
     headers: Mapping[str, str]  # lower-case keys
+    path_only: str = field(init=False)  # the path without query string or fragment (computed once)
 
-    @property
-    def path_only(self) -> str:
-        """The path without query string or fragment."""
-        return path_without_query(self.path)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path_only", path_without_query(self.path))
 
 
 @dataclass(frozen=True, slots=True)

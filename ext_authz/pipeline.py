@@ -481,7 +481,11 @@ def decide(
     def stepped(req: StepUp) -> bool:
         return _stepped_up(principal, state, req, ts)
 
-    result = engine.policy.evaluate(target, ctx.context_extensions, principal.authenticated, build, stepped)
+    creds = ctx.credentials
+    identity_key = (creds.peer_certificate, creds.principal, creds.bearer)  # what identity was verified from
+    result = engine.policy.evaluate(
+        target, ctx.context_extensions, principal.authenticated, build, stepped, identity_key
+    )
     allowed, reason, exception_id = result.allowed, result.reason, ""
     if not allowed and reason in _EXCEPTABLE and result.exceptable and keys:
         for exc_grant in state.exceptions_for(keys, ts):

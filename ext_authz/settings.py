@@ -731,6 +731,7 @@ class StateSettings(Section):
 
 
 class DecisionLogSettings(Section):
+    enabled: StrictBool = Field(True, description="off: no record is written (live streams still work)")
     path: Text = Field("stdout", description="stdout, or a file (appended)")
     headers: StrictBool = Field(False, description="include request headers (redacted) in each record")
     redact_headers: Annotated[TextList, AfterValidator(lambda hs: tuple(h.lower() for h in hs))] = (
@@ -813,7 +814,11 @@ class Settings(Section):
     decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
     workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     limits: Limits = Field(default_factory=Limits)
-    transport: Literal["grpcio", "native"] = Field("grpcio", description="the Check port's HTTP/2 server")
+    transport: Literal["auto", "grpcio", "native"] = Field(
+        "auto",
+        description="the Check port's HTTP/2 server. auto: native (pygrpc-native, when installed) on a"
+        " unix-socket listen without TLS — the sidecar, where it is safe — else grpcio",
+    )
     shared_signals: SharedSignalsSettings = Field(default_factory=SharedSignalsSettings)
     allow_empty: StrictBool = Field(
         False,
@@ -985,6 +990,14 @@ class Settings(Section):
             raise _KeyError(
                 "transport", "native needs the pygrpc-native package: pip install 'ext-authz[native]'"
             )
+
+    @property
+    def check_transport(self) -> str:
+        """The transport in force: ``auto`` resolved."""
+        if self.transport != "auto":
+            return self.transport
+        native = self.listen.startswith("unix://") and self.check.tls is None and _installed("pygrpc_native")
+        return "native" if native else "grpcio"
 
     def watched_files(self) -> tuple[Path, ...]:
         """The config file and every trust file it names: a change to any of them reloads."""

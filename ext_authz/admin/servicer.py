@@ -23,6 +23,7 @@ import grpc
 from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
 from ..errors import StateError
+from ..observe.decision_log import encode
 from ..observe.stream import DecisionFilter
 from ..serve.peers import PeerRefused, SvidPeers, files_identity, tls_server_credentials
 from ..settings import TlsFiles
@@ -447,7 +448,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         try:
             while True:
                 rec = await sub.queue.get()
-                yield pb.DecisionEvent(json=json.dumps(rec, separators=(",", ":"), default=str))
+                yield pb.DecisionEvent(json=encode(rec).rstrip("\n"))
         finally:
             hub.unsubscribe(sub)
 

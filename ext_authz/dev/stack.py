@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -137,7 +138,13 @@ class Stack:
 
     @property
     def transport(self) -> str:
-        return str(self.overrides.get("transport", "grpcio"))
+        """The transport in force: ``auto`` (the default) is native on the unix socket Envoy calls."""
+        chosen = str(self.overrides.get("transport", "auto"))
+        if chosen == "auto":
+            return (
+                "native" if self.check == "unix" and importlib.util.find_spec("pygrpc_native") else "grpcio"
+            )
+        return chosen
 
     @property
     def check_address(self) -> str:

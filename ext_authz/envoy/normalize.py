@@ -55,11 +55,12 @@ def _headers(h: Any, limits: Limits) -> tuple[dict[str, str], int, int]:
         count = len(h.headers)
         if count > max_count:
             return {}, count, 0
-        for k, v in h.headers.items():
-            size += len(k) + len(v)
-            if size > max_bytes:
-                return {}, count, size
-            headers[k.lower()] = v
+        headers = dict(h.headers)  # at most max_count entries, each as long as Envoy allowed
+        size = sum(map(len, headers)) + sum(map(len, headers.values()))
+        if size > max_bytes:
+            return {}, count, size
+        if not all(map(str.islower, headers)):  # Envoy sends lower-case names; anyone else may not
+            headers = {k.lower(): v for k, v in headers.items()}
         return headers, count, size
     if h.HasField("header_map"):
         joined: dict[str, list[str]] = {}

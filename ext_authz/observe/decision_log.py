@@ -8,8 +8,7 @@ or blocked sink never stalls a Check: records queue up to a bound, then are drop
 
 from __future__ import annotations
 
-import json
-import queue
+import collections
 import re
 import sys
 import threading
@@ -19,11 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..model import Decision, RequestContext, path_without_query
+import orjson
+
+from ..model import Decision, Principal, RequestContext, path_without_query
 from ..settings import DEFAULT_REDACT_HEADERS
 from ..trust.revision import Revision
 
-__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "record"]
+__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "encode", "record"]
 
 REDACTED = "[REDACTED]"
 DRAIN_INTERVAL = 0.02  # seconds between batched writes of the background writer
@@ -54,6 +55,32 @@ class Redactor:
         return path_without_query(path)
 
 
+_IDENTITIES: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+_MAX_IDENTITIES = 10_000
+
+
+def _identity(p: Principal) -> dict[str, Any]:
+    """A record's identity section. The verified identities of a credential are the same objects from
+    Check to Check (the verification caches hold them): their section is built once. The cache holds
+    the identities themselves, so an id can never be reused for another while its entry lives."""
+    key = tuple(map(id, p.identities))
+    hit = _IDENTITIES.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], p.identities, strict=True)):
+        return hit[1]
+    section = {
+        "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
+        "kinds": list(p.kinds),
+        "spiffe_id": p.spiffe_id,
+        "subject": p.token.subject if p.token else "",
+        "issuer": p.token.issuer if p.token else "",
+        "trust_domain": p.primary.trust_domain if p.primary else "",
+    }
+    if len(_IDENTITIES) >= _MAX_IDENTITIES:
+        _IDENTITIES.clear()
+    _IDENTITIES[key] = (p.identities, section)
+    return section
+
+
 def record(
     *,
     decision_id: str,
@@ -69,7 +96,7 @@ def record(
 ) -> dict[str, Any]:
     redactor = redactor or Redactor()
     rec: dict[str, Any] = {
-        "time": at.isoformat(timespec="milliseconds"),
+        "time": at,  # encoded as RFC 3339 by the writer (orjson), with microseconds
         "decision_id": decision_id,
     }
     if ctx is not None:
@@ -77,25 +104,17 @@ def record(
         rec["request_id"] = ctx.request_id
         rec["method"] = http.method if http else ""
         rec["host"] = http.host if http else ""
-        rec["path"] = redactor.path(http.path) if http else ""
+        rec["path"] = http.path_only if http else ""  # never the query string: it may carry secrets
         rec["source"] = ctx.source_address
         if include_headers and http is not None:
             rec["headers"] = redactor.headers_map(http.headers)
     if decision is not None:
-        p = decision.principal
         rec.update(
             decision="allow" if decision.allowed else "deny",
             status=decision.status,
             reason=decision.reason,
             rule=decision.rule,
-            identity={
-                "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
-                "kinds": list(p.kinds),
-                "spiffe_id": p.spiffe_id,
-                "subject": p.token.subject if p.token else "",
-                "issuer": p.token.issuer if p.token else "",
-                "trust_domain": p.primary.trust_domain if p.primary else "",
-            },
+            identity=_identity(decision.principal),
         )
         if decision.revocation_id:
             rec["revocation"] = {"id": decision.revocation_id, "kind": decision.revocation_kind}
@@ -121,6 +140,11 @@ def record(
     return rec
 
 
+def encode(rec: dict[str, Any]) -> str:
+    """One JSON line (orjson: several times faster than the standard library on these records)."""
+    return orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+
+
 class DecisionLog:
     """JSON lines to a sink. ``background=True`` writes from a thread through a bounded queue."""
 
@@ -131,14 +155,17 @@ class DecisionLog:
         background: bool = False,
         max_queue: int = 10_000,
         on_drop: Callable[[], None] | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled  # off: no record is built unless a live stream subscribes
         self.sink = sink if sink is not None else sys.stdout
         self.dropped = 0
         self.on_drop = on_drop
-        self._queue: queue.Queue[str | None] | None = None
+        self._queue: collections.deque[str | None] | None = None
+        self.max_queue = max_queue
         self._thread: threading.Thread | None = None
         if background:
-            self._queue = queue.Queue(max_queue)
+            self._queue = collections.deque()  # append and popleft are atomic: no lock per Check
             self._thread = threading.Thread(target=self._drain, name="decision-log", daemon=True)
             self._thread.start()
 
@@ -151,14 +178,16 @@ class DecisionLog:
         return cls(path.open("a", buffering=1, encoding="utf-8"), **kw)
 
     def write(self, rec: dict[str, Any]) -> None:
-        line = json.dumps(rec, separators=(",", ":"), default=str) + "\n"
+        if not self.enabled:
+            return
+        line = encode(rec)
         if self._queue is None:
             self._emit(line)
             return
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        if len(self._queue) >= self.max_queue:
             self._drop()
+            return
+        self._queue.append(line)
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -184,11 +213,8 @@ class DecisionLog:
             time.sleep(DRAIN_INTERVAL)
             batch: list[str] = []
             stop = False
-            while True:
-                try:
-                    line = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while self._queue:
+                line = self._queue.popleft()
                 if line is None:
                     stop = True
                     break
@@ -200,8 +226,5 @@ class DecisionLog:
 
     def close(self, timeout: float = 5.0) -> None:
         if self._queue is not None and self._thread is not None:
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                return
+            self._queue.append(None)  # after everything queued: written, then the writer stops
             self._thread.join(timeout)

@@ -4,11 +4,13 @@ path; rule names and trust domains come from config. Labelled children are creat
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..model import Decision
@@ -38,6 +40,56 @@ class _Children:
         if child is None:
             child = self._children[labels] = self.metric.labels(*labels)
         return child
+
+
+class _CheckTally(Collector):
+    """What every Check adds to (decisions, latency, revoked denials, policy errors, shadow results):
+    plain integers on the Check path, turned into metric families only when scraped. The Check path and
+    the scrape both run on the event loop: no lock is needed, and none is taken per Check."""
+
+    def __init__(self) -> None:
+        self.decisions: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.revoked: defaultdict[str, int] = defaultdict(int)
+        self.policy_errors: defaultdict[str, int] = defaultdict(int)
+        self.shadow: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.buckets = [0] * (len(_BUCKETS) + 1)  # the last: above every bound (+Inf)
+        self.latency_sum = 0.0
+
+    def collect(self) -> Iterable[Any]:
+        dec = CounterMetricFamily(
+            "ext_authz_decisions", "Checks decided", labels=["decision", "reason", "kind"]
+        )
+        for labels, n in sorted(self.decisions.items()):
+            dec.add_metric(list(labels), n)
+        yield dec
+        cumulative, running = [], 0
+        for bound, n in zip((*_BUCKETS, float("inf")), self.buckets, strict=True):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            "ext_authz_check_duration_seconds",
+            "Time to decide one Check",
+            buckets=cumulative,
+            sum_value=self.latency_sum,
+        )
+        rev = CounterMetricFamily(
+            "ext_authz_revoked_denials", "Requests denied by a revocation", labels=["kind"]
+        )
+        for kind, n in sorted(self.revoked.items()):
+            rev.add_metric([kind], n)
+        yield rev
+        errs = CounterMetricFamily(
+            "ext_authz_policy_errors", "Rule conditions that failed to evaluate", labels=["rule"]
+        )
+        for rule, n in sorted(self.policy_errors.items()):
+            errs.add_metric([rule], n)
+        yield errs
+        sh = CounterMetricFamily(
+            "ext_authz_shadow_decisions", "Shadow rule evaluations", labels=["rule", "outcome"]
+        )
+        for pair, n in sorted(self.shadow.items()):
+            sh.add_metric(list(pair), n)
+        yield sh
 
 
 class _StateCollector(Collector):
@@ -105,20 +157,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.decisions = _Children(
-            Counter("ext_authz_decisions", "Checks decided", ["decision", "reason", "kind"], registry=r)
-        )
-        self.shadow = _Children(
-            Counter("ext_authz_shadow_decisions", "Shadow rule evaluations", ["rule", "outcome"], registry=r)
-        )
-        self.latency = Histogram(
-            "ext_authz_check_duration_seconds", "Time to decide one Check", buckets=_BUCKETS, registry=r
-        )
+        self.checks = _CheckTally()
+        r.register(self.checks)
         self.revocations_created = _Children(
             Counter("ext_authz_revocations_created", "Revocations created", ["source"], registry=r)
-        )
-        self.revoked_denials = _Children(
-            Counter("ext_authz_revoked_denials", "Requests denied by a revocation", ["kind"], registry=r)
         )
         self.reloads = _Children(
             Counter("ext_authz_config_reloads", "Config reloads", ["result"], registry=r)
@@ -146,11 +188,6 @@ class Metrics:
             "Check calls refused: the caller is not an allowed Envoy",
             registry=r,
         )
-        self.policy_errors = _Children(
-            Counter(
-                "ext_authz_policy_errors", "Rule conditions that failed to evaluate", ["rule"], registry=r
-            )
-        )
         for source in ("api", "quarantine", "ssf"):
             self.revocations_created.get(source)
         self.ssf_events = _Children(
@@ -176,19 +213,19 @@ class Metrics:
         self.registry.register(_StateCollector(read))
 
     def observe(self, decision: Decision | None, seconds: float) -> None:
-        self.latency.observe(seconds)
+        t = self.checks
+        t.buckets[bisect_left(_BUCKETS, seconds)] += 1
+        t.latency_sum += seconds
         if decision is None:
-            self.decisions.get("error", "internal", "unknown").inc()
+            t.decisions[("error", "internal", "unknown")] += 1
             return
-        self.decisions.get(
-            "allow" if decision.allowed else "deny", decision.reason, kind_label(decision)
-        ).inc()
+        t.decisions[("allow" if decision.allowed else "deny", decision.reason, kind_label(decision))] += 1
         if decision.revocation_kind:
-            self.revoked_denials.get(decision.revocation_kind).inc()
+            t.revoked[decision.revocation_kind] += 1
         for rule, _ in decision.policy_errors:
-            self.policy_errors.get(rule).inc()
-        for s in decision.shadow:
-            self.shadow.get(s.rule, "matched" if s.matched else "unmatched").inc()
+            t.policy_errors[rule] += 1
+        for sh in decision.shadow:
+            t.shadow[(sh.rule, "matched" if sh.matched else "unmatched")] += 1
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,8 +10,8 @@ rule: faults fail closed, and they are never silent.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cel_expr_python import cel
@@ -67,6 +67,11 @@ class CompiledRule:
     exceptable: bool = False  # a deny rule a break-glass exception may override
     step_up: StepUp | None = None  # an allow rule that also requires this of the user's authentication
 
+    @property
+    def memoizable(self) -> bool:
+        """Is the condition a function of the verified identity alone?"""
+        return self.when is not None and self.variables <= {"identity"}
+
     def selects(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
         # Deny rules apply to every caller; `anonymous` only widens who an allow rule admits.
@@ -108,9 +113,13 @@ class PolicyResult:
     step_up: StepUp | None = None  # step_up_required: what the allowing rule asked for
 
 
+MEMO_SIZE = 20_000  # remembered condition results per policy generation
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[CompiledRule, ...]
+    _memo: dict[tuple[str, Hashable], bool | str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def uses_cel(self) -> bool:
@@ -128,23 +137,42 @@ class Policy:
         authenticated: bool,
         activation: Activation,
         stepped: Callable[[StepUp], bool] | None = None,
+        identity_key: Hashable | None = None,
     ) -> PolicyResult:
         """Deny rules first (a match or an error denies), then allow rules, else no rule. An allow
         rule whose condition fails does not allow; if nothing else allows, the decision says so
-        (``policy_error`` naming that rule) instead of a silent ``no_rule``."""
+        (``policy_error`` naming that rule) instead of a silent ``no_rule``.
+
+        ``identity_key`` names the credentials the identity was verified from: a condition that reads
+        nothing but ``identity`` is a function of them, so its result is remembered per rule and key
+        (bounded, and dropped with this policy). Conditions reading ``request``, ``source``,
+        ``signals``, ``grants`` or ``now`` are evaluated on every Check."""
         cached: dict[str, Mapping[str, Any]] = {}
+        memo = self._memo
 
         def data() -> Mapping[str, Any]:
             if "v" not in cached:
                 cached["v"] = activation()
             return cached["v"]
 
+        def condition(r: CompiledRule) -> bool | str:
+            if identity_key is None or not r.memoizable:
+                return r.condition(data)
+            key = (r.name, identity_key)
+            found = memo.get(key)
+            if found is None:
+                found = r.condition(data)
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()  # bounded: a flood of distinct credentials only costs re-evaluation
+                memo[key] = found
+            return found
+
         result: PolicyResult | None = None
         errors: list[tuple[str, str]] = []
         for r in self.rules:
             if r.shadow or r.effect != "deny" or not r.selects(target, extensions, authenticated):
                 continue
-            cond = r.condition(data)
+            cond = condition(r)
             if cond is True:
                 result = PolicyResult(False, "policy_denied", r.name, exceptable=r.exceptable)
                 break
@@ -157,7 +185,7 @@ class Policy:
             for r in self.rules:
                 if r.shadow or r.effect != "allow" or not r.selects(target, extensions, authenticated):
                     continue
-                cond = r.condition(data)
+                cond = condition(r)
                 if cond is True:
                     if r.step_up is not None and (stepped is None or not stepped(r.step_up)):
                         challenge = challenge or r  # allowed, once the user authenticates as it asks
@@ -186,7 +214,7 @@ class Policy:
         for r in self.rules:
             if not r.shadow:
                 continue
-            cond = r.condition(data) if r.selects(target, extensions, authenticated) else False
+            cond = condition(r) if r.selects(target, extensions, authenticated) else False
             if isinstance(cond, str):
                 shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
             else:

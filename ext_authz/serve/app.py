@@ -109,7 +109,7 @@ class Server:
         # Workers share one port (SO_REUSEPORT); a lone server refuses to share it by accident.
         self.worker = runtime.worker
         cfg = runtime.engine.config
-        self.grpc = check_server(cfg.transport, cfg.limits, reuse_port=self.worker is not None)
+        self.grpc = check_server(cfg.check_transport, cfg.limits, reuse_port=self.worker is not None)
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
         self.workload_api = WorkloadApiTrust(runtime.sources_changed)
@@ -225,7 +225,7 @@ class Server:
         log.info(
             "ext-authz serving Check on %s over %s on %s (revision %s)",
             cfg.listen,
-            cfg.transport,
+            cfg.check_transport,
             loop,
             rt.engine.revision,
         )
@@ -306,7 +306,7 @@ async def serve(config_path: Path) -> int:
         return 2
     dl = engine.config.decision_log
     try:
-        decision_log = DecisionLog.open(dl.path, background=True, max_queue=dl.queue)
+        decision_log = DecisionLog.open(dl.path, background=True, max_queue=dl.queue, enabled=dl.enabled)
     except OSError as exc:
         log.error("cannot start: %s: decision_log.path: %s", config_path, exc)
         return 2

@@ -66,23 +66,24 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             raise  # abort raises; this keeps type checkers honest
         finally:
             latency = time.perf_counter() - started
-            rec = record(
-                decision_id=decision_id,
-                at=now,
-                ctx=ctx,
-                decision=decision,
-                latency_s=latency,
-                revision=engine.revision,
-                fault=fault,
-                state_revision=rt.replica.snapshot.revision,
-                redactor=rt.redactor,
-                include_headers=engine.config.decision_log.headers,
-            )
-            if rt.worker is not None:
-                rec["worker"] = rt.worker
-            rt.decision_log.write(rec)
-            rt.hub.publish(rec)
             rt.metrics.observe(decision, latency)
+            if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
+                rec = record(
+                    decision_id=decision_id,
+                    at=now,
+                    ctx=ctx,
+                    decision=decision,
+                    latency_s=latency,
+                    revision=engine.revision,
+                    fault=fault,
+                    state_revision=rt.replica.snapshot.revision,
+                    redactor=rt.redactor,
+                    include_headers=engine.config.decision_log.headers,
+                )
+                if rt.worker is not None:
+                    rec["worker"] = rt.worker
+                rt.decision_log.write(rec)
+                rt.hub.publish(rec)
 
 
 def _new_decision_id() -> str:

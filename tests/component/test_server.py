@@ -27,6 +27,7 @@ from ext_authz.serve.check import AUTH_SERVICE
 from ext_authz.serve.http import free_port
 from ext_authz.serve.runtime import Runtime
 from tests.component.checkreq import check_request
+from tests.waiting import until
 
 UNAUTHENTICATED = 16
 PERMISSION_DENIED = 7
@@ -272,6 +273,7 @@ async def test_internal_fault_is_a_grpc_error_and_still_logged(running: Running,
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await running.stub.Check(check_request(demo_dir, workload="frontend"))
     assert err.value.code() == grpc.StatusCode.INTERNAL
+    await until(lambda: len(running.records()) == 1, "the fault recorded")  # abort answers before finally
     (rec,) = running.records()
     assert rec["decision"] == "error" and rec["reason"] == "internal" and rec["fault"] == "RuntimeError"
 

@@ -633,9 +633,13 @@ def test_load_config_errors_name_the_loaded_file(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: rules[0].effect: ")
 
 
-def test_transport_defaults_to_grpcio_and_may_be_native() -> None:
-    assert parse("").transport == "grpcio"
-    assert parse("transport: native").transport == "native"
+def test_transport_is_native_on_a_unix_socket_and_grpcio_where_tls_is_needed() -> None:
+    """auto: pygrpc-native (installed with the dev extras) where it is safe, the unix-socket sidecar."""
+    assert parse("").transport == "auto"
+    assert parse("listen: unix:///run/ext-authz/check.sock").check_transport == "native"
+    assert parse("").check_transport == "grpcio"  # TCP (loopback here): grpcio, as for TLS
+    assert parse("listen: unix:///run/x.sock\ntransport: grpcio").check_transport == "grpcio"
+    assert parse("transport: native").check_transport == "native"
 
 
 def test_an_unknown_transport_is_refused() -> None:
