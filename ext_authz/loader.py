@@ -6,10 +6,11 @@ import hashlib
 from pathlib import Path
 
 from .config import parse_settings, read_config
-from .errors import TrustError
+from .errors import ConfigError, TrustError
 from .identity.jwt import TokenSettings
 from .pipeline import Engine
 from .policy import compile_policy
+from .secrets import read_secret
 from .settings import Settings
 from .trust.bundles import JwtKeys, parse_jwks
 from .trust.files import load_trust
@@ -38,6 +39,7 @@ def build_engine(cfg: Settings, config_bytes: bytes) -> Engine:
     trust = load_trust(cfg)
     policy = compile_policy(cfg.rules, str(cfg.source), cfg.limits)
     _check_signing_key(cfg)
+    _check_ssf_secrets(cfg)
     return Engine(
         config=cfg,
         trust=trust,
@@ -54,6 +56,26 @@ def _check_signing_key(cfg: Settings) -> None:
         from .ssf.transmitter import load_signing_key
 
         load_signing_key(tx.key, tx.algorithm)  # a ConfigError naming the file: a reload keeps the last good
+
+
+def _check_ssf_secrets(cfg: Settings) -> None:
+    ss = cfg.shared_signals
+    for i, r in enumerate(ss.receivers):
+        if r.authorization_file is not None:
+            read_secret(r.authorization_file, f"shared_signals.receivers[{i}].authorization_file")
+    if ss.transmitter is not None:
+        seen: dict[str, int] = {}
+        for i, st in enumerate(ss.transmitter.streams):
+            secret = read_secret(
+                st.authorization_file, f"shared_signals.transmitter.streams[{i}].authorization_file"
+            )
+            if secret in seen:  # the secret is how a poll or management call names its stream
+                raise ConfigError(
+                    str(st.authorization_file),
+                    f"shared_signals.transmitter.streams[{i}].authorization_file",
+                    f"the same secret as streams[{seen[secret]}]: each stream needs its own",
+                )
+            seen[secret] = i
 
 
 def load_engine(path: str | Path) -> Engine:

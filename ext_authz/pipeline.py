@@ -366,21 +366,24 @@ def target_of(ctx: RequestContext) -> Target | None:
 
 
 def _stepped_up(principal: Principal, state: StateSnapshot, req: StepUp, now: float) -> bool:
-    """Does the user's token meet ``req`` (RFC 9470)? Its ``acr`` must be one of ``acr_values`` — unless
+    """Does the user's token meet ``req`` (RFC 9470)? Its ``acr`` must be one of ``acr_values`` — and if
     the identity provider said since it was issued that the user's assurance went down (CAEP
-    assurance-level-change): then it counts as the level the provider named. Its ``auth_time`` must be
-    at most ``max_age`` ago. Tokens without the claims (JWT-SVIDs, plain JWTs) do not meet it."""
+    assurance-level-change), so must the level it named: a decrease can only take acceptance away.
+    Its ``auth_time`` must be at most ``max_age`` ago. Tokens without the claims (JWT-SVIDs, plain JWTs)
+    do not meet it."""
     tok = principal.token
     if tok is None or not tok.is_user:
         return False
     if req.acr_values:
         acr = tok.claims.get("acr")
-        lowered = state.signal("user", tok.principal, "assurance_direction", now)
-        if lowered is not None and lowered.value == "decrease" and lowered.set_at > (tok.issued_at or 0):
-            level = state.signal("user", tok.principal, "assurance_level", now)
-            acr = level.value if level is not None else None
         if not isinstance(acr, str) or acr not in req.acr_values:
             return False
+        lowered = state.signal("user", tok.principal, "assurance_direction", now)
+        if lowered is not None and lowered.value == "decrease" and lowered.set_at > (tok.issued_at or 0):
+            # A decrease only ever takes acceptance away: the level named must be acceptable too.
+            level = state.signal("user", tok.principal, "assurance_level", now)
+            if level is None or level.value not in req.acr_values:
+                return False
     if req.max_age is not None:
         auth_time = tok.claims.get("auth_time")
         if isinstance(auth_time, bool) or not isinstance(auth_time, int | float):

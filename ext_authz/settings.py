@@ -529,6 +529,11 @@ class SsfReceiverSettings(Section):
     push_url: SsfUrl | None = Field(
         None, description="with manage_stream and push: where the transmitter reaches our /ssf/events"
     )
+    devices: StrictBool = Field(
+        False,
+        description="its events may name devices (opaque ids, tied to no issuer: any device this"
+        " transmitter names is affected, whoever uses it)",
+    )
 
     @field_validator("jwks")
     @classmethod
@@ -562,6 +567,15 @@ class SsfStreamSettings(Section):
     push_url: SsfUrl | None = Field(None, description="with delivery: push, the receiver's endpoint")
     authorization_file: FilePath = Field(
         ..., description="the stream's shared bearer secret: sent on our pushes, required on its polls"
+    )
+    for_issuers: TextList = Field(
+        (),
+        description="only revocations of these issuers' users (and spiffe://TRUST-DOMAIN workloads);"
+        " empty: all",
+    )
+    send_reasons: StrictBool = Field(
+        False,
+        description="include each revocation's reason text (reason_admin): it may say more than you share",
     )
 
     @model_validator(mode="after")
@@ -655,6 +669,11 @@ class AdminSettings(Section):
     key: FilePath | None = None
     client_ca: FilePath | None = Field(
         None, description="optional: accept client certificates only from these roots in the TLS handshake"
+    )
+    local_approvals: StrictBool = Field(
+        False,
+        description="accept approvals of exceptions and grants over the unix socket, where every caller"
+        " names itself: for one operator or a demo; two people need two SVIDs on the TCP admin API",
     )
 
 
@@ -1005,7 +1024,12 @@ class Settings(Section):
         for td in self.trust_domains.values():
             files.extend(p for p in (td.x509_bundle, td.jwt_bundle) if p is not None)
         files.extend(p for i in self.issuers.values() if (p := i.jwks_file) is not None)
-        files.extend(p for r in self.shared_signals.receivers if (p := r.jwks_file) is not None)
+        ss = self.shared_signals
+        files.extend(p for r in ss.receivers if (p := r.jwks_file) is not None)
+        files.extend(p for r in ss.receivers if (p := r.authorization_file) is not None)  # rotated secrets
+        if ss.transmitter is not None:
+            files.append(ss.transmitter.key)
+            files.extend(st.authorization_file for st in ss.transmitter.streams)
         return tuple(dict.fromkeys(files))
 
 

@@ -291,8 +291,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no grant {gid!r}")
         return g
 
+    def _may_approve(self, actor: str) -> None:
+        if actor.startswith("local:") and not self.runtime.engine.config.admin.local_approvals:
+            raise InvalidArgument(
+                "approvals over the unix socket are refused: every local caller names itself, so one"
+                " person could be two; approve over the TCP admin API with your own SVID (or set"
+                " admin.local_approvals: true for one operator or a demo)"
+            )
+
     async def ApproveGrant(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
+            self._may_approve(actor)
             g = commands.approve_grant(await self._grant(context, request.id), request.reason, actor, now)
             await self.replica.put(g, action="approve", actor=actor, reason=request.reason.strip())
             log.info("grant %s approved by %s: %s", g.id, actor, request.reason.strip())
@@ -358,6 +367,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def ApproveException(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
+            self._may_approve(actor)
             e = await self._exception(context, request.id)
             approved = commands.approve_exception(e, request.reason, actor, now)
             await self.replica.put(approved, action="approve", actor=actor, reason=request.reason.strip())

@@ -29,6 +29,8 @@ CONFIG = """\
 listen: unix://{dir}/.run/check.sock     # shared with Envoy only (envoy.yaml); mode 0660
 http_listen: 127.0.0.1:9192
 admin_listen: unix://{dir}/.run/admin.sock   # the CLI finds it here: --config {dir}/config.yaml
+admin:
+  local_approvals: true   # a demo: approvals over the unix socket, where each caller names itself
 state: sqlite://{dir}/state.db
 
 trust_domains:

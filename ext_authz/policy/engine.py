@@ -9,6 +9,7 @@ rule: faults fail closed, and they are never silent.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -172,13 +173,22 @@ class Policy:
         for r in self.rules:
             if r.shadow or r.effect != "deny" or not r.selects(target, extensions, authenticated):
                 continue
+            if result is not None and not r.exceptable:
+                # Denied already by an exceptable rule: an exception may override it only if no other
+                # deny rule that is not exceptable would deny too.
+                if condition(r) is not False:
+                    result = dataclasses.replace(result, exceptable=False)
+                    break
+                continue
+            if result is not None:
+                continue
             cond = condition(r)
             if cond is True:
                 result = PolicyResult(False, "policy_denied", r.name, exceptable=r.exceptable)
-                break
-            if isinstance(cond, str):
+            elif isinstance(cond, str):
                 errors.append((r.name, cond))
                 result = PolicyResult(False, "policy_error", r.name, detail=cond, exceptable=r.exceptable)
+            if result is not None and not result.exceptable:
                 break
         challenge: CompiledRule | None = None
         if result is None:

@@ -64,6 +64,8 @@ def readiness(runtime: Runtime, *, strict: bool = False) -> tuple[int, str, str]
         problems.append(f"last reload failed, enforcing the last good configuration: {error}")
     if not runtime.replica.healthy:
         problems.append("state store unreachable, enforcing the last snapshot")
+    if runtime.ssf is not None:
+        problems += runtime.ssf.receivers.problems()
     if problems:
         body = "".join(f"degraded: {p}\n" for p in problems) + f"revision={revision}\n"
         return (DEGRADED_STATUS if strict else 200), body, "text/plain"

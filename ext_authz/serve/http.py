@@ -4,6 +4,8 @@ connection, no framework; bounded request line, headers and body) and a client w
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import socket
 import urllib.error
 import urllib.parse
@@ -39,6 +41,7 @@ _REASONS = {
     429: "Too Many Requests",
     503: "Service Unavailable",
 }
+log = logging.getLogger("ext_authz.http")
 MAX_LINE = 8192
 MAX_HEADERS = 64
 MAX_BODY = 256 * 1024
@@ -71,19 +74,27 @@ class Response:
 RequestHandler = Callable[[Request], Awaitable[Response]]
 
 
+async def _line(reader: asyncio.StreamReader) -> bytes | None:
+    """One line, or None when it is longer than the reader allows (never an exception)."""
+    try:
+        return await reader.readline()
+    except ValueError:  # asyncio.LimitOverrunError: longer than the stream's buffer limit
+        return None
+
+
 async def _read_request(reader: asyncio.StreamReader) -> Request | Response:
-    line = await reader.readline()
-    if len(line) > MAX_LINE:
+    line = await _line(reader)
+    if line is None or len(line) > MAX_LINE:
         return Response(400, "request line too long\n")
     parts = line.decode("latin-1").split()
     if len(parts) < 2:
         return Response(400, "bad request\n")
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADERS + 1):
-        raw = await reader.readline()
+        raw = await _line(reader)
         if raw in (b"\r\n", b"\n", b""):
             break
-        if len(raw) > MAX_LINE:
+        if raw is None or len(raw) > MAX_LINE:
             return Response(400, "header too long\n")
         name, sep, value = raw.decode("latin-1").partition(":")
         if sep:
@@ -94,22 +105,40 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | Response:
     if "transfer-encoding" in headers:
         return Response(400, "chunked bodies are not accepted: send Content-Length\n")
     length = headers.get("content-length", "0")
-    if not length.isdigit():
+    if not _DIGITS.fullmatch(length):  # ASCII digits only: str.isdigit() takes '²'
         return Response(400, "bad Content-Length\n")
-    if int(length) > MAX_BODY:
+    size = int(length)
+    if size > MAX_BODY:
         return Response(413, "body too large\n")
-    if int(length):
-        body = await reader.readexactly(int(length))
+    if size:
+        body = await reader.readexactly(size)
     return Request(parts[0].upper(), parts[1], headers, body)
+
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+MAX_CONNECTIONS = 256  # served at once; more are closed unanswered (Check shares this process's files)
+_open = 0
 
 
 async def serve_http(
     handler: RequestHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    global _open
+    if _open >= MAX_CONNECTIONS:
+        writer.close()
+        return
+    _open += 1
     try:
         async with asyncio.timeout(5):  # the whole request: a slow client cannot hold the connection
             request = await _read_request(reader)
-        response = request if isinstance(request, Response) else await handler(request)
+        if isinstance(request, Response):
+            response = request
+        else:
+            try:
+                response = await handler(request)
+            except Exception:  # a handler's fault is a 500, logged by type; never a bare close
+                log.exception("HTTP %s %s failed", request.method, request.path[:200])
+                response = Response(500, "internal error\n")
         data = response.body.encode() if isinstance(response.body, str) else response.body
         head = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
         if response.status != 204:
@@ -121,6 +150,7 @@ async def serve_http(
     except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
+        _open -= 1
         writer.close()
 
 

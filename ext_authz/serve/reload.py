@@ -58,7 +58,15 @@ class Reloader:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.runtime.engine.config.reload_interval)
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:  # the reloader never dies: a dead one would stop every later reload
+                rt = self.runtime
+                rt.metrics.reloads.get("failure").inc()
+                rt.metrics.reload_failed.set(1)
+                rt.reloads_failed += 1
+                rt.last_reload_error = f"unexpected {type(exc).__name__}"
+                log.error("reload failed unexpectedly (%s); trying again", type(exc).__name__, exc_info=True)
 
     async def check(self) -> bool:
         """Load again if any watched file changed. True when a new generation was installed."""
@@ -90,13 +98,18 @@ class Reloader:
         rt.metrics.reload_failed.set(0)
         rt.last_reload_error = ""
         ss = rt.engine.config.shared_signals
-        if rt.ssf is not None:
-            await rt.ssf.reconfigure()
-        elif (ss.receivers or ss.transmitter is not None) and rt.worker in (None, 0):
-            from ..ssf.service import SharedSignals
+        try:
+            if rt.ssf is not None:
+                await rt.ssf.reconfigure()
+            elif (ss.receivers or ss.transmitter is not None) and rt.worker in (None, 0):
+                from ..ssf.service import SharedSignals
 
-            rt.ssf = SharedSignals(rt)
-            await rt.ssf.start()
+                rt.ssf = SharedSignals(rt)
+                await rt.ssf.start()
+        except AuthzError as exc:  # a secret changed under us between load and use: say so, keep serving
+            rt.metrics.reload_failed.set(1)
+            rt.last_reload_error = f"shared signals: {exc.detail}"
+            log.error("reload: shared signals not reconfigured: %s", exc.detail)
         if old != rt.engine.revision:
             what = "; ".join(changes(old_config, engine.config)) or "settings or trust files"
             log.info("reloaded: revision %s -> %s: %s", old, rt.engine.revision, what)

@@ -66,11 +66,15 @@ def event_key(event_type: str) -> str:
     return ""
 
 
+MAX_CHANGES = 64  # records one SET may make or end: more is refused, not applied in part
+
+
 @dataclass(frozen=True, slots=True)
 class Changes:
     revocations: tuple[Revocation, ...] = ()
     signals: tuple[Signal, ...] = ()
     lift: tuple[tuple[str, str], ...] = ()  # (kind, value) whose revocations by this transmitter end
+    at: float = 0.0  # when the event happened: ``lift`` ends only revocations from events before it
     notes: tuple[str, ...] = field(default=())  # what was not applied, and why (for the log)
 
     @property
@@ -99,7 +103,16 @@ def changes_for(
     event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float
 ) -> Changes:
     """The state changes ``event`` about ``subject`` makes (SetError for a payload the event's
-    definition does not allow)."""
+    definition does not allow, or for more changes than one SET may make)."""
+    changes = _changes_for(event, subject, now=now, hold=hold, signal_ttl=signal_ttl)
+    if len(changes.revocations) + len(changes.signals) + len(changes.lift) > MAX_CHANGES:
+        raise SetError("invalid_request", f"the event names more than {MAX_CHANGES} things to change")
+    return changes
+
+
+def _changes_for(
+    event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float
+) -> Changes:
     key = event_key(event.event_type)
     at = min(event.event_time, now)  # an event cannot have happened after we received it
     actor = f"ssf:{event.issuer}"
@@ -112,7 +125,7 @@ def changes_for(
             value=value,
             reason=reason,
             created_by=actor,
-            created_at=now,
+            created_at=at,  # when the event happened: a later account-enabled lifts it, an earlier one not
             expires_at=at + hold if bounded else None,
             source="ssf",
             ref=event.jti,
@@ -139,7 +152,7 @@ def changes_for(
     if key in DISABLE:
         return Changes(revocations=tuple(revoke(k, v, bounded=False) for k, v in principals_kinds()))
     if key in ENABLE:
-        return Changes(lift=tuple(principals_kinds()))
+        return Changes(lift=tuple(principals_kinds()), at=at)
     if key in SIGNALS:
         return Changes(signals=tuple(_signals(event, key, subject, at, signal_ttl, actor)))
     return Changes(notes=(f"event {event.event_type} is not applied",))

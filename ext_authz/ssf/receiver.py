@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import http.client
 import json
 import logging
 import secrets
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError, TrustError
+from ..httpclient import open_url
+from ..secrets import read_secret
 from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
 from ..state.records import Revocation, SeenEvent, Signal
@@ -68,6 +71,8 @@ def _loopback(url: str) -> bool:
 def _request(
     method: str, url: str, body: bytes | None, headers: dict[str, str], ca: str | None, timeout: float = 10.0
 ) -> tuple[int, bytes]:
+    """One HTTP exchange (https, or http on loopback; redirects are not followed): (status, body), or a
+    TrustError saying why not — whatever the peer sends."""
     if not (url.startswith("https://") or (url.startswith("http://") and _loopback(url))):
         raise TrustError(f"{url}: only https:// (or http:// on loopback) is used")
     req = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
@@ -77,12 +82,13 @@ def _request(
         if ca:
             ctx.load_verify_locations(cafile=ca)
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - checked above
+        with open_url(req, timeout, ctx) as resp:
             return resp.status, resp.read(MAX_POLL_BODY + 1)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(64 * 1024)
-    except (OSError, ValueError) as exc:
-        raise TrustError(f"{url}: {exc}") from exc
+        with exc:
+            return exc.code, exc.read(64 * 1024)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise TrustError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Receivers:
         self.runtime = runtime
         self.on_event = on_event or (lambda event, result: None)
         self.receivers: dict[str, ReceiverState] = {}
+        self.errors = 0  # unexpected faults (each logged), for /readyz and tests
 
     # -- configuration -------------------------------------------------------------------------------
     def configure(self, settings: Settings) -> None:
@@ -124,11 +131,11 @@ class Receivers:
                 for task in self.receivers.pop(iss).tasks:
                     task.cancel()
         for iss, rc in wanted.items():
+            state = self.receivers.get(iss) or ReceiverState(rc)
+            if rc.authorization_file is not None:  # read again on every reload: a secret may be rotated
+                state.secret = read_secret(rc.authorization_file, "authorization_file")
             if iss in self.receivers:
                 continue
-            state = ReceiverState(rc)
-            if rc.authorization_file is not None:
-                state.secret = rc.authorization_file.read_text().strip()
             self.receivers[iss] = state
 
     async def start(self) -> None:
@@ -191,6 +198,12 @@ class Receivers:
             except TrustError as exc:
                 state.key_failures += 1
                 log.warning("SSF keys of %s could not be refreshed: %s", state.cfg.issuer, exc.detail)
+            except Exception as exc:  # never let the refresher die: stale keys refuse every SET
+                state.key_failures += 1
+                self.errors += 1
+                log.error(
+                    "SSF keys of %s: unexpected %s", state.cfg.issuer, type(exc).__name__, exc_info=True
+                )
             refresh = state.cfg.refresh
             await asyncio.sleep(
                 refresh if not state.key_failures else min(refresh, 2.0 ** min(state.key_failures, 8))
@@ -224,6 +237,10 @@ class Receivers:
         except StateError as exc:  # we could not record it: the transmitter must retry
             log.error("SSF push not recorded, the state store failed: %s", exc.detail)
             return 503, "", "text/plain", {"Retry-After": "5"}
+        except Exception as exc:  # a fault of ours: the transmitter retries; never a bare close
+            self.errors += 1
+            log.error("SSF push failed (%s); the transmitter will retry", type(exc).__name__, exc_info=True)
+            return 503, "", "text/plain", {"Retry-After": "5"}
         return 202, "", "text/plain", {}
 
     # -- one SET -------------------------------------------------------------------------------------
@@ -248,7 +265,7 @@ class Receivers:
             if self.runtime.replica.get(SeenEvent, seen_id) is not None:
                 self.on_event(label, "duplicate")
                 log.info(
-                    "SSF %s %s from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
+                    "SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
                 )
                 return "duplicate"
             try:
@@ -267,7 +284,9 @@ class Receivers:
                     jti=event.jti,
                     event=event.event_type[-200:],
                     seen_at=now,
-                    expires_at=event.iat + rc.max_age + rc.leeway,
+                    # Kept until the iat check would refuse the SET anyway (an iat a little ahead of our
+                    # clock, within the leeway, counts from now).
+                    expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
                 )
             )
         self.on_event(label, result)
@@ -289,12 +308,17 @@ class Receivers:
         if key in STREAM_UPDATED:
             status = event.payload.get("status")
             state.stream_status = str(status) if isinstance(status, str) else ""
-            log.warning("SSF stream of %s is now %s: %s", rc.issuer, status, event.payload.get("reason", ""))
+            log.warning(
+                "SSF stream of %s is now %r: %r",
+                rc.issuer,
+                status,
+                str(event.payload.get("reason", ""))[:200],
+            )
             return "applied"
         if key not in APPLIED:
             log.info(
-                "SSF %s from %s acknowledged and ignored (not an event ext-authz applies)",
-                event.event_type,
+                "SSF %r from %s acknowledged and ignored (not an event ext-authz applies)",
+                event.event_type[:200],
                 rc.issuer,
             )
             return "ignored"
@@ -306,11 +330,11 @@ class Receivers:
             if (ic := settings.issuers.get(i)) is not None and ic.subject_claim == "email"
         )
         try:
-            subject = resolve(event.sub_id, frozenset(rc.for_issuers), email_issuers)
+            subject = resolve(event.sub_id, frozenset(rc.for_issuers), email_issuers, devices=rc.devices)
         except SubjectError as exc:
             raise SetError("invalid_request", f"sub_id: {exc}") from exc
         for note in subject.ignored:
-            log.info("SSF %s %s from %s: %s", event.name, event.jti, rc.issuer, note)
+            log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, note)
         now = self._now()
         ttl = min(rc.hold, settings.signals.max_ttl)
         changes = changes_for(event, subject, now=now, hold=rc.hold, signal_ttl=ttl)
@@ -321,10 +345,13 @@ class Receivers:
             return "ignored"
         actor = f"ssf:{rc.issuer}"
         replica = self.runtime.replica
+        records: list[Revocation | Signal] = [*changes.revocations, *changes.signals]
+        for record in records:  # all or nothing: refuse before writing any
+            commands.check_record(record, settings)
         for rev in changes.revocations:
             if replica.get(Revocation, rev.id) is None:
                 await replica.put(rev, action="revoke", actor=actor, reason=f"{rev.reason} (SET {event.jti})")
-                log.warning("SSF %s: revoked %s %s (%s)", event.name, rev.kind, rev.value, rev.reason)
+                log.warning("SSF %r: revoked %s %s (%s)", event.name, rev.kind, rev.value, rev.reason)
         for sig in changes.signals:
             known = replica.get(Signal, sig.record_id)
             if known is not None and known.source == "ssf" and known.set_at > sig.set_at:
@@ -332,10 +359,15 @@ class Receivers:
             await replica.put(sig, action="signal", actor=actor, reason=f"SET {event.jti}")
         for kind, value in changes.lift:
             for rev in replica.all(Revocation):
-                if (rev.kind, rev.value) == (kind, value) and rev.created_by == actor and rev.active(now):
+                if (
+                    (rev.kind, rev.value) == (kind, value)
+                    and rev.created_by == actor
+                    and rev.active(now)
+                    and rev.created_at <= changes.at  # never a revocation from an event after this one
+                ):
                     ended = commands.end_revocation(rev, f"{event.name} (SET {event.jti})", actor, now)
                     await replica.put(ended, action="unrevoke", actor=actor, reason=ended.end_reason)
-                    log.warning("SSF %s: lifted %s (%s %s)", event.name, rev.id, kind, value)
+                    log.warning("SSF %r: lifted %s (%s %s)", event.name, rev.id, kind, value)
         return "applied"
 
     # -- poll (RFC 8936) --------------------------------------------------------------------------------
@@ -368,8 +400,10 @@ class Receivers:
                 sets = doc.get("sets") if isinstance(doc, dict) else None
                 if not isinstance(sets, dict):
                     raise TrustError(f"{url}: the poll response has no sets")
-            except (TrustError, ValueError) as exc:
-                log.warning("SSF poll of %s failed: %s; retrying in %.0fs", state.cfg.issuer, exc, backoff)
+            except Exception as exc:  # unreachable, a bad answer (even a JSON bomb): back off, poll again
+                log.warning(
+                    "SSF poll of %s failed: %s; retrying in %.0fs", state.cfg.issuer, str(exc)[:200], backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
@@ -384,7 +418,14 @@ class Receivers:
                 except SetError as exc:
                     errs[str(jti)] = {"err": exc.err, "description": exc.description}
                 except StateError as exc:
-                    log.error("SSF poll: SET %s not recorded (%s); it will come again", jti, exc.detail)
+                    log.error("SSF poll: SET %r not recorded (%s); it will come again", jti[:200], exc.detail)
+                except Exception as exc:  # a fault of ours with this SET: report it, keep polling
+                    self.errors += 1
+                    log.error("SSF poll: SET %r failed (%s)", jti[:200], type(exc).__name__, exc_info=True)
+                    errs[str(jti)] = {
+                        "err": "invalid_request",
+                        "description": "the receiver could not apply it",
+                    }
             if not (ack or errs or doc.get("moreAvailable")):
                 await asyncio.sleep(state.cfg.poll_interval)
 
@@ -395,7 +436,7 @@ class Receivers:
             try:
                 await self._manage_once(state)
                 return
-            except (TrustError, ValueError, KeyError) as exc:
+            except Exception as exc:  # whatever the transmitter answers, management retries
                 log.warning(
                     "SSF stream management with %s failed: %s; retrying in %.0fs",
                     state.cfg.issuer,
@@ -466,7 +507,16 @@ class Receivers:
             if status not in (200, 202, 204):
                 state.expected_state = None
                 raise TrustError(f"{verify_url}: HTTP {status}")
-        log.info("SSF stream %s of %s configured (%s)", state.stream_id, rc.issuer, rc.delivery)
+        log.info("SSF stream %r of %s configured (%s)", state.stream_id[:200], rc.issuer, rc.delivery)
+
+    def problems(self) -> list[str]:
+        """What keeps a receiver from taking SETs in, for /readyz (every SET would be refused)."""
+        out = []
+        now = self._now()
+        for iss, st in sorted(self.receivers.items()):
+            if st.cfg.jwks_url and (st.keys_at is None or now - st.keys_at > st.cfg.max_stale):
+                out.append(f"SSF receiver {iss}: no fresh keys from {st.cfg.jwks_url}, every SET is refused")
+        return out
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {

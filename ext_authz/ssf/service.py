@@ -51,6 +51,8 @@ class SharedSignals:
     def configure(self, settings: Settings) -> None:
         self.receivers.configure(settings)
         cfg = settings.shared_signals.transmitter
+        if cfg is not None and cfg == self._transmitter_cfg and self.transmitter is not None:
+            self.transmitter.refresh_secrets()  # the same streams: a rotated secret is read again
         if cfg != self._transmitter_cfg:
             self._transmitter_cfg = cfg
             old, self.transmitter = self.transmitter, None

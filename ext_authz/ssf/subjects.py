@@ -74,6 +74,7 @@ def _format(obj: Mapping[str, Any]) -> str:
 class _Collect:
     for_issuers: frozenset[str]
     email_issuers: frozenset[str]
+    devices_allowed: bool = True
     users: list[str] = field(default_factory=list)
     workloads: list[str] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
@@ -139,6 +140,9 @@ class _Collect:
 
     def device(self, obj: Mapping[str, Any]) -> None:
         fmt = _format(obj)
+        if not self.devices_allowed:
+            self.ignored.append("device: this receiver's events may not name devices (devices: false)")
+            return
         if fmt == "opaque":
             self.devices.append(_text(obj, "id"))
         elif fmt == "iss_sub":  # as CAEP's examples name devices: the device id is the sub
@@ -161,7 +165,7 @@ class _Collect:
         fmt = _format(obj)
         if fmt == "opaque" and role == "subject":
             # An opaque subject on its own: a device (SSF names devices by opaque ids).
-            self.devices.append(_text(obj, "id"))
+            self.device(obj)
         elif fmt == "jwt_id":
             self.token(obj)
         else:
@@ -181,28 +185,32 @@ class _Collect:
         if "device" in parts:
             self.device(parts["device"])
         if "session" in parts:
-            # A session id is its issuer's: the user part's issuer when there is one, else every for_issuer.
-            user_iss = (
-                parts.get("user", {}).get("iss")
-                if _format(parts.get("user", {"format": "x"})) == "iss_sub"
-                else None
-            )
-            issuers = (
-                [user_iss] if isinstance(user_iss, str) and user_iss in self.for_issuers else self.issuers()
-            )
-            self.session(parts["session"], issuers)
+            # A session id is its issuer's: the user part's issuer when there is one (a user of an issuer
+            # outside for_issuers: nobody here), else every for_issuer.
+            user = parts.get("user")
+            if user is None:
+                self.session(parts["session"], self.issuers())
+            elif _format(user) == "iss_sub" and user.get("iss") in self.for_issuers:
+                self.session(parts["session"], [str(user["iss"])])
+            else:
+                self.ignored.append("session: of a user this receiver may not name")
         for other in sorted(set(parts) - {"user", "device", "session"}):
             self.ignored.append(f"{other}: not applied (events name users, sessions, devices and workloads)")
 
 
 def resolve(
-    sub_id: object, for_issuers: frozenset[str], email_issuers: frozenset[str] = frozenset()
+    sub_id: object,
+    for_issuers: frozenset[str],
+    email_issuers: frozenset[str] = frozenset(),
+    *,
+    devices: bool = True,
 ) -> Subject:
-    """The principals, sessions, tokens and devices ``sub_id`` names, limited to ``for_issuers``.
-    Raises SubjectError for a malformed identifier (an unknown *format* is not malformed: ignored)."""
+    """The principals, sessions, tokens and devices ``sub_id`` names, limited to ``for_issuers`` (and
+    devices only where ``devices``). Raises SubjectError for a malformed identifier (an unknown *format*
+    is not malformed: ignored)."""
     if not isinstance(sub_id, dict):
         raise SubjectError("sub_id is a JSON object")
-    c = _Collect(for_issuers, email_issuers)
+    c = _Collect(for_issuers, email_issuers, devices)
     if _format(sub_id) == "complex":
         c.complex(sub_id)
     else:

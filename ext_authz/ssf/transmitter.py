@@ -21,6 +21,7 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import ssl
@@ -36,6 +37,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
 from ..errors import ConfigError
+from ..httpclient import open_url
 from ..settings import SsfStreamSettings, SsfTransmitterSettings
 from ..state.records import Revocation
 from ..state.replica import RevocationEvent
@@ -113,10 +115,27 @@ def stream_id(audience: str) -> str:
     return hashlib.sha256(audience.encode()).hexdigest()[:32]
 
 
-def set_for_revocation(rev: Revocation, issuer: str, audience: str, now: float) -> dict[str, Any] | None:
+def issuer_of(rev: Revocation) -> str:
+    """Whose subject a revocation names: the token issuer, ``spiffe://TRUST-DOMAIN``, or '' (a device)."""
+    if rev.value.startswith("spiffe://"):
+        return "spiffe://" + rev.value[len("spiffe://") :].split("/", 1)[0].split("#", 1)[0]
+    if rev.kind in ("sub", "jti", "sid", "quarantine"):
+        return rev.value.partition("#")[0]
+    return ""
+
+
+def set_for_revocation(
+    rev: Revocation, issuer: str, audience: str, now: float, *, reasons: bool = False
+) -> dict[str, Any] | None:
     subject = subject_of(rev)
     if subject is None:
         return None
+    event: dict[str, Any] = {
+        "event_timestamp": int(rev.created_at),
+        "initiating_entity": "policy" if rev.source == "quarantine" else "admin",
+    }
+    if reasons:
+        event["reason_admin"] = {"en": rev.reason}
     jti = hashlib.sha256(f"{rev.id}\0{audience}".encode()).hexdigest()[:32]
     return {
         "iss": issuer,
@@ -125,21 +144,14 @@ def set_for_revocation(rev: Revocation, issuer: str, audience: str, now: float) 
         "aud": audience,
         "txn": rev.id,
         "sub_id": subject,
-        "events": {
-            CAEP + "session-revoked": {
-                "event_timestamp": int(rev.created_at),
-                "initiating_entity": "policy" if rev.source == "quarantine" else "admin",
-                "reason_admin": {"en": rev.reason},
-            }
-        },
+        "events": {CAEP + "session-revoked": event},
     }
 
 
 def _secret(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read the stream's secret ({exc.strerror or exc})") from exc
+    from ..secrets import read_secret
+
+    return read_secret(path, "authorization_file")
 
 
 @dataclass
@@ -175,13 +187,17 @@ class Stream:
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
+    """POST (redirects are not followed: they could take our stream's secret elsewhere)."""
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     ctx = ssl.create_default_context() if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - https or loopback
+        with open_url(req, timeout, ctx) as resp:
             return resp.status, resp.read(64 * 1024)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(64 * 1024)
+        with exc:
+            return exc.code, exc.read(64 * 1024)
+    except http.client.HTTPException as exc:
+        raise OSError(f"bad HTTP answer ({type(exc).__name__})") from exc
 
 
 class Transmitter:
@@ -199,6 +215,10 @@ class Transmitter:
         self.dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
 
+    def refresh_secrets(self) -> None:
+        for stream in self.streams:
+            stream.secret = _secret(stream.cfg.authorization_file)
+
     # -- what gets sent --------------------------------------------------------------------------
     def on_revocation(self, event: RevocationEvent) -> None:
         """A replica watcher: never blocks; a SET per stream is queued (and pushed by its worker)."""
@@ -206,8 +226,14 @@ class Transmitter:
         if event.op != "created" or rev.source == "ssf":
             return
         now = time.time()
+        whose = issuer_of(rev)
         for stream in self.streams:
-            claims = set_for_revocation(rev, self.cfg.issuer, stream.cfg.audience, now)
+            wanted = stream.cfg.for_issuers
+            if wanted and whose not in wanted:
+                continue  # this receiver is not told about another issuer's users
+            claims = set_for_revocation(
+                rev, self.cfg.issuer, stream.cfg.audience, now, reasons=stream.cfg.send_reasons
+            )
             if claims is None:
                 continue
             self._enqueue(stream, claims)
@@ -267,7 +293,7 @@ class Transmitter:
             jti, token = stream.queue[0]
             try:
                 status, body = await asyncio.to_thread(_post, url, token.encode(), headers)
-            except OSError as exc:
+            except Exception as exc:  # OSError, a bad answer: retry with backoff, never stop pushing
                 log.warning("SSF push to %s failed (%s); retrying in %.1fs", url, exc, backoff)
                 self.on_sent("retry")
                 await asyncio.sleep(backoff)
@@ -286,10 +312,10 @@ class Transmitter:
                 "invalid_issuer",
             ):
                 stream.queue.popleft()  # resending cannot help (RFC 8935 §4)
-                log.error("SSF receiver %s refused SET %s: %s", url, jti, err)
+                log.error("SSF receiver %s refused SET %s: %r", url, jti, err[:100])
                 self.on_sent("refused")
                 continue
-            log.warning("SSF push to %s: HTTP %d %s; retrying in %.1fs", url, status, err, backoff)
+            log.warning("SSF push to %s: HTTP %d %r; retrying in %.1fs", url, status, err[:100], backoff)
             self.on_sent("retry")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -325,8 +351,10 @@ class Transmitter:
         if not isinstance(acked, list) or not isinstance(errs, dict):
             raise ValueError("ack is a list and setErrs an object")
         done = {str(j) for j in acked} | {str(j) for j in errs}
-        for jti, err in errs.items():
-            log.warning("SSF receiver of stream %s could not use SET %s: %s", stream.id, jti, err)
+        for jti, err in list(errs.items())[:100]:
+            log.warning(
+                "SSF receiver of stream %s could not use SET %r: %r", stream.id, str(jti)[:64], str(err)[:200]
+            )
         if done:
             stream.queue = collections.deque((j, t) for j, t in stream.queue if j not in done)
         most = request.get("maxEvents")

@@ -208,8 +208,12 @@ def revoke(kind: str, value: str, reason: str, duration: float, actor: str, now:
 
 
 def same_revocation(new: Revocation, known: Revocation, now: float) -> bool:
-    """Is ``known`` (in force) already everything ``new`` asks for? Then ``new`` adds nothing."""
+    """Is ``known`` (in force) already everything ``new`` asks for? Then ``new`` adds nothing. Only a
+    revocation by the same maker counts: another's (an identity provider's, which it may lift again)
+    is no stand-in for this one."""
     if not known.active(now) or (known.kind, known.value) != (new.kind, new.value):
+        return False
+    if (known.created_by, known.source) != (new.created_by, new.source):
         return False
     if known.issued_before != new.issued_before:
         return False
@@ -468,6 +472,7 @@ def _check_signal(s: Signal, settings: Settings) -> None:
         )
     if s.source not in ("api", "ssf"):
         raise InvalidArgument(f"unknown source {s.source!r}")
+    no_token(s.value, "a signal value")
 
 
 def _check_seen(s: SeenEvent, settings: Settings) -> None:
@@ -477,7 +482,7 @@ def _check_seen(s: SeenEvent, settings: Settings) -> None:
         raise InvalidArgument(f"a SET seen from {s.issuer}, which is not a configured receiver")
     if s.id != SeenEvent.id_for(s.issuer, s.jti):
         raise InvalidArgument("a seen SET under another id than its own")
-    if not 0 <= s.expires_at - s.seen_at <= rc.max_age + rc.leeway + 1:
+    if not 0 <= s.expires_at - s.seen_at <= rc.max_age + 2 * rc.leeway + 1:
         raise InvalidArgument("a seen SET kept longer than its receiver's max_age")
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import ssl
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import TrustError
+from ..httpclient import open_url
 from ..settings import IssuerSettings, Settings
 from .bundles import IssuerTrust, JwtKeys, TrustSnapshot, parse_jwks
 from .sources import OnChange
@@ -34,13 +36,13 @@ def fetch_json(url: str, context: ssl.SSLContext, timeout: float = 5.0) -> tuple
         raise TrustError(f"{url}: only https:// URLs are fetched")
     req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "ext-authz"})  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - https only
+        with open_url(req, timeout, context) as resp:  # https only; a redirect is an error, not followed
             if resp.status != 200:
                 raise TrustError(f"{url}: HTTP {resp.status}")
             body: bytes = resp.read(MAX_DOCUMENT_BYTES + 1)
     except TrustError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise TrustError(f"{url}: {exc}") from exc
     if len(body) > MAX_DOCUMENT_BYTES:
         raise TrustError(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")

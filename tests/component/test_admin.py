@@ -461,3 +461,73 @@ async def test_tcp_admin_requires_mtls_and_an_allowed_spiffe_id(demo_dir: Path, 
         await a.channel.close()
         await a.running.channel.close()
         await a.running.server.stop(0)
+
+
+async def test_two_people_are_two_svids_over_tcp(demo_dir: Path, tmp_path: Path) -> None:
+    """Over TCP each caller is the verified SPIFFE ID of its certificate: the opener cannot approve,
+    whatever metadata it sends; another allowed SVID can."""
+    port = free_port()
+    a = await start_admin(
+        demo_dir,
+        tmp_path,
+        admin_listen=f"127.0.0.1:{port}",
+        admin={
+            "allowed_spiffe_ids": [FRONTEND, BILLING],
+            "cert": str(demo_dir / "envoy/server.pem"),
+            "key": str(demo_dir / "envoy/server.key"),
+        },
+    )
+    root = (demo_dir / "bundle/root.pem").read_bytes()
+
+    def as_workload(name: str) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=root,
+            private_key=(demo_dir / f"svid/{name}.key").read_bytes(),
+            certificate_chain=(demo_dir / f"svid/{name}.pem").read_bytes(),
+        )
+        return grpc.aio.secure_channel(f"localhost:{port}", creds)
+
+    try:
+        async with as_workload("frontend") as fe, as_workload("billing") as bi:
+            opener, other = admin_pb2_grpc.AdminStub(fe), admin_pb2_grpc.AdminStub(bi)
+            e = (
+                await opener.OpenException(
+                    pb.OpenExceptionRequest(
+                        principal=BILLING,
+                        scope=pb.Scope(paths=["/api/*"]),
+                        reason="INC",
+                        duration_seconds=600,
+                    ),
+                    metadata=by("someone-else"),  # a claim, which TCP ignores
+                )
+            ).exception
+            assert e.opened_by == FRONTEND
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await opener.ApproveException(
+                    pb.ApproveExceptionRequest(id=e.id, reason="me"), metadata=by("x")
+                )
+            assert "different caller" in (err.value.details() or "")
+            approved = await other.ApproveException(pb.ApproveExceptionRequest(id=e.id, reason="checked"))
+            assert approved.exception.approved_by == BILLING
+    finally:
+        await a.channel.close()
+        await a.running.channel.close()
+        await a.running.server.stop(0)
+
+
+async def test_approvals_over_the_unix_socket_are_refused_unless_local_approvals(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    a = await start_admin(demo_dir, tmp_path, admin={"local_approvals": False})
+    try:
+        e = await open_exception(a, ["/api/*"])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await a.stub.ApproveException(
+                pb.ApproveExceptionRequest(id=e.id, reason="go"), metadata=by("lead")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "local_approvals" in (err.value.details() or "")
+    finally:
+        await a.channel.close()
+        await a.running.channel.close()
+        await a.running.server.stop(0)

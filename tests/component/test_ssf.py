@@ -30,7 +30,7 @@ ALICE = f"{IDP}#alice"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 TRANSMITTER = "https://ssf.idp.example.com"
 US = "https://authz.example.com"
-SECRET = "s3cret-push-token"
+SECRET = "s3cret-push-token-0123456789"
 
 
 async def post(
@@ -118,6 +118,7 @@ async def receiver(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Receiver]:
                 "audience": US,
                 "for_issuers": [IDP, "spiffe://example.org"],
                 "authorization_file": str(tmp_path / "push-secret"),
+                "devices": True,
             }
         ]
     }
@@ -287,11 +288,12 @@ async def make_pair(demo: Path, tmp: Path, delivery: str) -> Pair:
     issuer = f"http://127.0.0.1:{a_http}"
     key = new_key("ES256", kid="a-1")
     (tmp / "a-key.json").write_text(json.dumps(key.as_dict(private=True)))
-    (tmp / "stream-secret").write_text("pair-secret")
+    (tmp / "stream-secret").write_text("pair-secret-0123456789")
     stream: dict[str, Any] = {
         "audience": "https://b.example",
         "delivery": delivery,
         "authorization_file": str(tmp / "stream-secret"),
+        "send_reasons": True,
     }
     if delivery == "push":
         stream["push_url"] = f"http://127.0.0.1:{b_http}/ssf/events"
@@ -379,6 +381,7 @@ async def test_the_transmitter_describes_itself_and_guards_its_endpoints(
         status, headers, _ = await post(a_http, "/ssf/poll", b"{}", {"Content-Type": "application/json"})
         assert status == 401 and "bearer" in headers["www-authenticate"].lower()
         wrong = {"Content-Type": "application/json", "Authorization": "Bearer nope"}
+        assert (await post(a_http, "/ssf/poll", b"{}", {"Authorization": "Bearer "}))[0] == 401
         assert (await post(a_http, "/ssf/poll", b"{}", wrong))[0] == 401
     finally:
         for r in (pair.b, pair.a):
@@ -407,3 +410,133 @@ async def test_a_set_carrying_a_token_in_its_reason_is_refused_without_repeating
     assert status == 400 and json.loads(body)["err"] == "invalid_request"
     assert leaked.split(".")[1] not in body and leaked.split(".")[1] not in caplog.text
     assert await receiver.reason(token=leaked, **PROFILE) == "allowed"  # nothing was applied
+
+
+# --- what a security review found: each as a hostile case ------------------------------------------------
+
+
+async def test_an_idps_account_enabled_never_lifts_an_operators_revocation(receiver: Receiver) -> None:
+    """The IdP disables alice; an operator revokes her too (a record of its own, not 'already revoked');
+    the IdP enables her again: the operator's revocation stands."""
+    subject = {"format": "iss_sub", "iss": IDP, "sub": "alice"}
+    assert (await receiver.push(receiver.set(RISC + "account-disabled", {}, subject)))[0] == 202
+    ch, admin = receiver.admin()
+    try:
+        resp = await admin.Revoke(pb.RevokeRequest(kind="sub", value=ALICE, reason="our own incident"))
+        assert not resp.existing and resp.revocation.created_by.startswith("local:")
+    finally:
+        await ch.close()
+    assert (await receiver.push(receiver.set(RISC + "account-enabled", {}, subject)))[0] == 202
+    assert await receiver.reason(token=alice_token(receiver.demo), **PROFILE) == "revoked"
+
+
+async def test_a_late_account_enabled_does_not_undo_a_later_disable(receiver: Receiver) -> None:
+    subject = {"format": "iss_sub", "iss": IDP, "sub": "alice"}
+    now = int(time.time())
+    purge = receiver.set(RISC + "account-purged", {"event_timestamp": now - 5}, subject)
+    late_enable = receiver.set(RISC + "account-enabled", {"event_timestamp": now - 60}, subject)
+    assert (await receiver.push(purge))[0] == 202
+    assert (await receiver.push(late_enable))[0] == 202  # it happened before the purge: lifts nothing
+    assert await receiver.reason(token=alice_token(receiver.demo), **PROFILE) == "revoked"
+
+
+async def test_a_set_a_little_ahead_of_our_clock_is_applied_and_answered(receiver: Receiver) -> None:
+    subject = {"format": "iss_sub", "iss": IDP, "sub": "alice"}
+    ahead = receiver.set(RISC + "account-disabled", {}, subject, iat=int(time.time()) + 10)  # within leeway
+    assert (await receiver.push(ahead))[0] == 202
+    assert await receiver.reason(token=alice_token(receiver.demo), **PROFILE) == "revoked"
+    assert (await receiver.push(ahead))[0] == 202  # and kept as seen: a duplicate now
+    m = await scrape(receiver.running)
+    assert sample(m, "ext_authz_ssf_events_total", event="account-disabled", result="duplicate") == 1
+
+
+async def test_one_set_cannot_make_unbounded_changes(receiver: Receiver) -> None:
+    aliases = {
+        "format": "aliases",
+        "identifiers": [{"format": "iss_sub", "iss": IDP, "sub": f"user-{i}"} for i in range(16)],
+    }
+    claims = {f"c{i}": "x" for i in range(32)}
+    token = receiver.set(CAEP + "token-claims-change", {"claims": claims}, aliases)
+    status, _, body = await receiver.push(token)
+    assert status == 400 and json.loads(body)["err"] == "invalid_request"
+    ch, admin = receiver.admin()
+    try:
+        assert list((await admin.ListSignals(pb.ListSignalsRequest())).signals) == []  # none, not some
+    finally:
+        await ch.close()
+
+
+async def test_a_session_of_another_issuers_user_names_nobody(receiver: Receiver) -> None:
+    foreign = {
+        "format": "complex",
+        "user": {"format": "iss_sub", "iss": "https://partner.example", "sub": "alice"},
+        "session": {"format": "opaque", "id": "sess-alice-1"},
+    }
+    assert (await receiver.push(receiver.set(CAEP + "session-revoked", {}, foreign)))[0] == 202
+    assert await receiver.reason(token=alice_token(receiver.demo, sid="sess-alice-1"), **PROFILE) == "allowed"
+
+
+async def test_devices_only_from_a_receiver_that_may_name_them(demo_dir: Path, tmp_path: Path) -> None:
+    key = new_key()
+    (tmp_path / "push-secret").write_text(SECRET)
+    shared = {
+        "receivers": [
+            {
+                "issuer": TRANSMITTER,
+                "jwks": str(jwks_file(tmp_path / "ssf-jwks.json", key)),
+                "audience": US,
+                "for_issuers": [IDP],
+                "authorization_file": str(tmp_path / "push-secret"),
+            }
+        ]
+    }
+    r = await start(demo_dir, tmp_path / "authz", shared_signals=shared)
+    try:
+        rc = Receiver(r, key, demo_dir)
+        device = {"format": "opaque", "id": "LAPTOP-7"}
+        assert (await rc.push(rc.set(CAEP + "session-revoked", {}, device)))[0] == 202
+        assert r.runtime.replica.snapshot.revocations == ()  # devices: false (the default)
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)
+
+
+async def test_the_http_listener_answers_malformed_requests(receiver: Receiver) -> None:
+    host, _, port = receiver.http.rpartition(":")
+
+    async def raw(data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(data)
+        await writer.drain()
+        out = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return out
+
+    odd_length = "POST /ssf/events HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1")
+    assert (await raw(odd_length)).startswith(b"HTTP/1.1 400")
+    assert (await raw(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    assert (await raw(b"GET /x HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    chunked = b"POST /ssf/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert (await raw(chunked)).startswith(b"HTTP/1.1 400")
+    assert (await raw(b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")  # still serving
+
+
+async def test_a_broken_secret_on_reload_keeps_the_last_good_and_a_rotation_is_picked_up(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    from tests.component.test_server import _http_get
+
+    secret = tmp_path / "push-secret"
+    subject = {"format": "iss_sub", "iss": IDP, "sub": "alice"}
+    secret.write_bytes(bytes(range(256)))  # not a secret: not UTF-8, not printable
+    assert not await receiver.running.server.reloader.check()
+    code, body = await _http_get(receiver.http, "/readyz")
+    assert code == 200 and "degraded: last reload failed" in body and "authorization_file" in body
+    # The last good secret still authenticates the transmitter.
+    assert (await receiver.push(receiver.set(CAEP + "session-presented", {}, subject)))[0] == 202
+    rotated = "rotated-secret-abcdefghijklmnop"
+    secret.write_text(rotated)
+    assert await receiver.running.server.reloader.check()
+    assert (await receiver.push(receiver.set(CAEP + "session-presented", {}, subject)))[0] == 400
+    status, _, _ = await receiver.push(receiver.set(CAEP + "session-presented", {}, subject), secret=rotated)
+    assert status == 202

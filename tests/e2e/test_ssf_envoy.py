@@ -27,7 +27,7 @@ KEY = new_key()
 @pytest.fixture(scope="module")
 def stack(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run = tmp_path_factory.mktemp("ssf-run")
-    (run / "push-secret").write_text("e2e-secret")
+    (run / "push-secret").write_text("e2e-secret-0123456789abc")
     shared = {
         "receivers": [
             {
@@ -47,7 +47,10 @@ def push(stack: Stack, token: str) -> int:
     req = urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.ext_authz_http}/ssf/events",
         data=token.encode(),
-        headers={"Content-Type": "application/secevent+jwt", "Authorization": "Bearer e2e-secret"},
+        headers={
+            "Content-Type": "application/secevent+jwt",
+            "Authorization": "Bearer e2e-secret-0123456789abc",
+        },
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310

@@ -10,7 +10,17 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ext_authz"
 
 # Lower number = lower layer. A module may import from its own layer or below.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("ext_authz.clock", "ext_authz.errors", "ext_authz.identity.spiffe_id", "ext_authz._proto")),
+    (
+        0,
+        (
+            "ext_authz.clock",
+            "ext_authz.errors",
+            "ext_authz.identity.spiffe_id",
+            "ext_authz._proto",
+            "ext_authz.httpclient",
+            "ext_authz.secrets",
+        ),
+    ),
     (1, ("ext_authz.principal", "ext_authz.match")),
     (2, ("ext_authz.settings", "ext_authz.model")),
     (

@@ -989,3 +989,30 @@ def test_an_assurance_decrease_lowers_what_earlier_tokens_count_as(trust: Trust)
         dataclasses.replace(signal("user", ALICE, "assurance_level", "nist-aal1"), set_at=TS - 10),
     )
     assert outcome(check(trust, trust.ctx("/payments/run", token=tok), raised)) == ALLOWED
+
+
+def test_an_exceptable_deny_rule_first_does_not_make_a_later_one_exceptable(trust: Trust) -> None:
+    """A change freeze on every path (exceptable) listed before /admin's deny (not exceptable): an
+    exception for /admin/* opens nothing, whatever the order of the rules."""
+    freeze = {"name": "change-freeze", "effect": "deny", "exceptable": True, "match": {"paths": ["/*"]}}
+    cfg = yaml.safe_load((trust.dir / "config.yaml").read_text())
+    cfg["rules"] = [freeze, *cfg["rules"]]
+    path = trust.dir / "freeze.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    engine = load_engine(path)
+    admin = trust.ctx("/admin/users", workload="frontend")
+    d = check(trust, admin, with_exceptions(exception(paths=("/admin/*",))), engine=engine)
+    assert outcome(d) == (False, 403, "policy_denied") and d.exception_id == ""
+    api = trust.ctx("/api/orders", workload="frontend")
+    d = check(trust, api, with_exceptions(exception(paths=("/api/*",))), engine=engine)
+    assert outcome(d) == (True, 200, "exception")  # the freeze alone may be broken
+
+
+def test_an_assurance_decrease_to_an_accepted_level_does_not_lift_a_weak_token(trust: Trust) -> None:
+    """A 'decrease' can only take acceptance away: it never makes a password-only token pass."""
+    weak = trust.token(acr="urn:example:pwd", auth_time=int(TS) - 60, iat=int(TS) - 60)
+    decrease = with_signals(
+        dataclasses.replace(signal("user", ALICE, "assurance_direction", "decrease"), set_at=TS - 10),
+        dataclasses.replace(signal("user", ALICE, "assurance_level", "phr"), set_at=TS - 10),
+    )
+    assert outcome(check(trust, trust.ctx("/payments/run", token=weak), decrease))[2] == "step_up_required"

@@ -154,6 +154,9 @@ def test_a_second_identical_revocation_adds_nothing() -> None:
     assert not commands.same_revocation(first, again, T + 5)  # a longer one is not the same
     lifted = commands.end_revocation(first, "rotated", "ops", T + 10)
     assert not commands.same_revocation(again, lifted, T + 11)
+    # Another maker's revocation (an identity provider's, which it may lift) is no stand-in for ours.
+    theirs = dataclasses.replace(first, created_by="ssf:https://idp.example.com", source="ssf")
+    assert not commands.same_revocation(again, theirs, T + 5)
 
 
 def test_an_unrevoked_record_is_kept_with_who_and_why() -> None:
