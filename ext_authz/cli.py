@@ -17,12 +17,49 @@ from .admin.cli import add_admin_commands
 __all__ = ["main"]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+# Exit codes, the same for every command: 0 ok (allowed); 1 denied, or a policy test failed; 2 usage
+# (argparse); 3 invalid input (a config, a request, a value refused); 4 the admin API is unreachable.
+EXIT_OK, EXIT_DENY, EXIT_USAGE, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, like the decision log: time (RFC 3339), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ext-authz")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -34,7 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cfg = load_settings(args.config)
     except AuthzError as exc:
         logging.getLogger("ext_authz").error("cannot start: %s", exc.detail)
-        return 2
+        return EXIT_INVALID
     if worker_index() is None and cfg.workers > 1:
         from .serve.workers import Supervisor
 
@@ -54,7 +91,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         engine = load_engine(args.file)
     except AuthzError as exc:
         print(f"invalid: {exc.detail}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     cfg = engine.config
     print(
         f"ok: {args.file}: {len(cfg.rules)} rules, trust domains {sorted(cfg.trust_domains) or '-'}, "
@@ -109,18 +146,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
         engine = load_engine(args.config)
     except AuthzError as exc:
         print(f"invalid config: {exc.detail}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     try:
         raw = Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
         request = json_format.Parse(raw, CheckRequest())
     except (OSError, json_format.ParseError) as exc:
         print(f"cannot read the CheckRequest {args.request}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     try:
-        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+        now = datetime.fromisoformat(args.now.replace("Z", "+00:00")) if args.now else datetime.now(UTC)
     except ValueError:
         print(f"ext-authz: --now: expected an RFC 3339 time, got {args.now!r}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     state = None
@@ -129,7 +166,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             state = _state_at(engine.config, args.state, now.timestamp())
         except AuthzError as exc:
             print(f"ext-authz: --state: {exc.detail}", file=sys.stderr)
-            return 2
+            return EXIT_INVALID
     ctx = normalize(request, engine.config.limits)
     if state is None:
         decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
@@ -178,27 +215,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 f"ext-authz: --since: expected a duration such as 24h or 7d, got {args.since!r}",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_INVALID
     engine = None
     if args.config:
         try:
             engine = load_engine(args.config)
         except AuthzError as exc:
             print(f"ext-authz: invalid config: {exc.detail}", file=sys.stderr)
-            return 2
+            return EXIT_INVALID
     try:
         with sys.stdin if args.log == "-" else open(args.log, encoding="utf-8", errors="replace") as f:
             report = build_report(read_records(f, since), engine, datetime.now(UTC))
     except OSError as exc:
         print(f"ext-authz: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     audit = None
     if engine is not None and (args.state or engine.config.state.scheme != "memory"):
         try:
             audit = _audit_of(engine.config, args.state, since.timestamp() if since else 0.0)
         except AuthzError as exc:
             print(f"ext-authz: cannot read the audit log: {exc.detail}", file=sys.stderr)
-            return 2
+            return EXIT_INVALID
     governance = build_governance(report, audit, engine)
     if args.json:
         out = {"identities": [u.as_dict() for u in report], **governance.as_dict()}
@@ -241,6 +278,87 @@ def _audit_of(settings: Any, url: str | None, since: float) -> Any:
     return asyncio.run(read())
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    from .policytest import TestFileError, junit, run_file
+
+    files: list[Path] = []
+    for name in args.paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.y*ml") if "test" in p.name)
+        else:
+            files.append(path)
+    if not files:
+        print("ext-authz: no test files (name them, or a folder with *test*.yaml files)", file=sys.stderr)
+        return EXIT_INVALID
+    results = []
+    for f in files:
+        try:
+            results += run_file(f, Path(args.config) if args.config else None)
+        except TestFileError as exc:
+            print(f"ext-authz: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    failed = [r for r in results if not r.passed]
+    if args.junit:
+        Path(args.junit).write_text(junit(results))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if not r.passed or args.verbose:
+                print(r.line())
+        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_DENY if failed else EXIT_OK
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, list[str]]:
+    """Every command path (``grant create``) with its options, read from the parser itself."""
+    out: dict[str, list[str]] = {}
+    opts = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
+    out[prefix] = opts
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.update(_commands(sub, f"{prefix} {name}".strip()))
+    return out
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    """A bash completion script (zsh: load it after `autoload bashcompinit && bashcompinit`)."""
+    tree = _commands(build_parser())
+    cases = []
+    for path, opts in sorted(tree.items()):
+        children = sorted(
+            {
+                p[len(path) :].split()[0]
+                for p in tree
+                if p.startswith(path) and p != path and (not path or p[len(path)] == " ")
+            }
+        )
+        words = " ".join(children + opts)
+        cases.append(f'    "{path}") words="{words}" ;;')
+    known = " ".join(p.replace(" ", "_") for p in sorted(tree) if p)
+    script = f"""# ext-authz completion for bash, and zsh after bashcompinit
+# load it with: eval "$(ext-authz completion bash)"
+_ext_authz() {{
+  local cur path="" next w words known="{known}"
+  cur="${{COMP_WORDS[COMP_CWORD]}}"
+  for w in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do
+    next="${{path:+$path }}$w"
+    case " $known " in *" ${{next// /_}} "*) path="$next" ;; esac
+  done
+  case "$path" in
+{chr(10).join(cases)}
+    *) words="" ;;
+  esac
+  COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -o default -F _ext_authz ext-authz
+"""
+    print(script, end="")
+    return EXIT_OK
+
+
 def _cmd_config_schema(args: argparse.Namespace) -> int:
     from .settings import json_schema
 
@@ -275,7 +393,7 @@ def _cmd_state_legacy(args: argparse.Namespace) -> int:
         found = asyncio.run(run())
     except AuthzError as exc:
         print(f"ext-authz: {exc.detail}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     for item in found:
         print(json.dumps(item, sort_keys=True))
     print(f"{len(found)} records from before principal keys", file=sys.stderr)
@@ -288,7 +406,7 @@ def _cmd_dev_init(args: argparse.Namespace) -> int:
     d = Path(args.dir)
     if (d / "config.yaml").exists() and not args.force:
         print(f"{d}/config.yaml exists; use --force to regenerate the demo", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     init_demo(d)
     print(f"demo trust domain written to {d} (config: {d / 'config.yaml'})")
     return 0
@@ -304,11 +422,31 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir), Path(args.envoy_config), Path(args.config) if args.config else None)
 
 
+def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """Flags every command takes, before or after its name (``default`` SUPPRESS on the subcommands,
+    so a flag given before the name is not reset by the subcommand's default)."""
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=default, help="default: info")
+    p.add_argument("--log-format", choices=("text", "json"), default=default, help="default: text")
+
+
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        _global_flags(p, argparse.SUPPRESS)
+        p.register("action", "parsers", _SubParsers)
+        return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ext-authz", description="Continuous zero-trust authorization for Envoy"
+        prog="ext-authz",
+        description="Continuous zero-trust authorization for Envoy",
+        epilog="Exit codes: 0 ok (allowed); 1 denied, or a policy test failed; 2 usage;"
+        " 3 invalid input; 4 the admin API is unreachable.",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error (default: info)")
+    parser.add_argument("--version", action="version", version=f"ext-authz {_version()}")
+    _global_flags(parser, None)
+    parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve Envoy's ext_authz gRPC API")
@@ -335,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
 
+    p = sub.add_parser(
+        "completion", help='print a shell completion script: eval "$(ext-authz completion bash)"'
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=_cmd_completion)
+
     config = sub.add_parser("config", help="the configuration file").add_subparsers(
         dest="config_command", required=True
     )
@@ -347,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = state.add_parser("legacy", help="list records written before principal keys (they are not read)")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=_cmd_state_legacy)
+
+    p = sub.add_parser(
+        "test", help="run policy tests (YAML) offline; exit 0 all pass, 1 a failure, 3 invalid"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="test files, or folders of *test*.yaml files")
+    p.add_argument("--config", "-c", help="the config to test (default: each file's `config:`)")
+    p.add_argument("--json", action="store_true", help="every case as JSON")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML for CI")
+    p.add_argument("--verbose", "-v", action="store_true", help="print passing cases too")
+    p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("report", help="least-privilege review: what each identity actually used")
     p.add_argument("--log", required=True, help="decision log (JSON lines), or - for stdin")
@@ -390,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level or "info", args.log_format or "text")
     result: int = args.func(args)
     return result
 

@@ -419,7 +419,11 @@ def decide(
     now: datetime,
     decision_id: str,
     state: StateSnapshot = _EMPTY_STATE,
+    *,
+    principal: Principal | None = None,
 ) -> Decision:
+    """Decide one request. ``principal``: identities taken as verified (``ext-authz test`` only, to test
+    policy apart from key material); by default every credential the request carries is verified."""
     over = _over_limits(ctx, engine.config.limits)
     if over is not None:
         return _refused(decision_id, *over)
@@ -429,8 +433,10 @@ def decide(
         return _refused(
             decision_id, "request_invalid", "the Host is not a name or IP literal with an optional port"
         )
+    given = principal is not None  # identities taken as verified: not a function of the credentials
     try:
-        principal = verify_principal(ctx, engine, caches, now)
+        if principal is None:
+            principal = verify_principal(ctx, engine, caches, now)
     except CredentialError as exc:
         effects: tuple[Effect, ...] = ()
         if exc.reason == "token_unknown_key" and exc.issuer:
@@ -485,7 +491,8 @@ def decide(
         return _stepped_up(principal, state, req, ts)
 
     creds = ctx.credentials
-    identity_key = (creds.peer_certificate, creds.principal, creds.bearer)  # what identity was verified from
+    # What the identity was verified from: conditions reading only the identity are remembered per key.
+    identity_key = None if given else (creds.peer_certificate, creds.principal, creds.bearer)
     result = engine.policy.evaluate(
         target, ctx.context_extensions, principal.authenticated, build, stepped, identity_key
     )

@@ -28,7 +28,11 @@ __all__ = ["add_admin_commands"]
 
 
 class CliError(Exception):
-    pass
+    """One line for the person at the terminal; ``code``: 3 invalid input, 4 unreachable."""
+
+    def __init__(self, message: str, code: int = 3) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _duration(value: str, flag: str) -> float:
@@ -63,6 +67,8 @@ def _since(value: str) -> float:
 def _admin_address(args: argparse.Namespace) -> str:
     if args.admin:
         return str(args.admin)
+    if os.environ.get("EXT_AUTHZ_ADMIN"):
+        return os.environ["EXT_AUTHZ_ADMIN"]
     if args.config:
         import yaml
 
@@ -104,7 +110,7 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise CliError(
-                    f"cannot reach the admin API at {_admin_address(args)}: is ext-authz running?"
+                    f"cannot reach the admin API at {_admin_address(args)}: is ext-authz running?", 4
                 ) from exc
             raise CliError(f"{exc.details()}") from exc
 
@@ -120,7 +126,7 @@ def _scoped(args: argparse.Namespace, value: str, kind: str = "sub") -> str:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else "-"
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
@@ -130,11 +136,55 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+_TIME_FIELDS = frozenset(
+    (
+        "at",
+        "created_at",
+        "expires_at",
+        "ended_at",
+        "approved_at",
+        "opened_at",
+        "closed_at",
+        "set_at",
+        "not_before",
+        "not_after",
+        "issued_before",
+    )
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    """Epoch seconds in every time field → RFC 3339 (UTC); 0 (unset) → null."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                (datetime.fromtimestamp(v, UTC).isoformat().replace("+00:00", "Z") if v else None)
+                if k in _TIME_FIELDS and isinstance(v, int | float)
+                else _rfc3339(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_rfc3339(v) for v in value]
+    return value
+
+
 def _out(args: argparse.Namespace, message: Any, table: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
-    else:
+    output = "json" if args.json else args.output
+    if output == "table":
         print(table())
+        return
+    doc = _rfc3339(
+        json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    )
+    if output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    else:
+        print(json.dumps(doc, indent=2))
 
 
 def _scope(args: argparse.Namespace) -> Any:
@@ -426,7 +476,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
             for side in ("before", "after"):
                 raw = entry.pop(f"{side}_json", "")
                 entry[side] = json.loads(raw) if raw else None
-            print(json.dumps(entry, sort_keys=True))
+            print(json.dumps(_rfc3339(entry), sort_keys=True))
         return
     print(text())
 
@@ -501,7 +551,7 @@ def cmd_tail(args: argparse.Namespace) -> None:
                 return
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise CliError(
-                    f"cannot reach the admin API at {_admin_address(args)}: is ext-authz running?"
+                    f"cannot reach the admin API at {_admin_address(args)}: is ext-authz running?", 4
                 ) from exc
             raise CliError(str(exc.details())) from exc
         except KeyboardInterrupt:
@@ -510,12 +560,18 @@ def cmd_tail(args: argparse.Namespace) -> None:
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="ext-authz config (its admin_listen is used)")
-    p.add_argument("--admin", help=f"admin API address (default: from --config, else {DEFAULT_ADMIN_LISTEN})")
+    p.add_argument(
+        "--admin",
+        help=f"admin API address (default: EXT_AUTHZ_ADMIN, else from --config, else {DEFAULT_ADMIN_LISTEN})",
+    )
     p.add_argument("--cert", help="client certificate for a TCP (mTLS) admin address")
     p.add_argument("--key", help="client key for a TCP (mTLS) admin address")
     p.add_argument("--ca", help="CA bundle to verify a TCP admin server")
     p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--output", "-o", choices=("table", "json", "yaml"), default="table", help="default: table"
+    )
+    p.add_argument("--json", action="store_true", help="the same as -o json")
     return p
 
 
@@ -531,7 +587,7 @@ def _run(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespa
             fn(args)
         except CliError as exc:
             print(f"ext-authz: {exc}", file=sys.stderr)
-            return 2
+            return exc.code
         return 0
 
     return wrapped

@@ -88,6 +88,69 @@ rules:
 """
 
 
+POLICY_TESTS = """\
+# Policy tests for the demo policy: `ext-authz test {dir}/policy-tests.yaml` (exit 0: all pass).
+# Identities here are taken as verified: these tests are about policy, not key material (see the README,
+# "Policy tests"); the last case verifies a real token against the config's trust.
+config: config.yaml
+tests:
+  - name: the frontend reads the API on the mesh listener
+    request: {{method: GET, path: /api/orders, context_extensions: {{listener: mesh}}}}
+    identity: {{workload: spiffe://example.org/ns/frontend/sa/web}}
+    expect: {{decision: allow, rule: frontend-reads}}
+
+  - name: but may not write it
+    request: {{method: POST, path: /api/orders, context_extensions: {{listener: mesh}}}}
+    identity: {{workload: spiffe://example.org/ns/frontend/sa/web}}
+    expect: {{decision: deny, status: 403, reason: no_rule}}
+
+  - name: billing has no rule for the API (only a shadow one)
+    request: {{path: /api/orders, context_extensions: {{listener: mesh}}}}
+    identity: {{workload: spiffe://example.org/ns/billing/sa/worker}}
+    expect: {{decision: deny, reason: no_rule}}
+
+  - name: /admin is closed to everyone
+    request: {{path: /admin/users, context_extensions: {{listener: mesh}}}}
+    identity: {{workload: spiffe://example.org/ns/frontend/sa/web}}
+    expect: {{decision: deny, reason: policy_denied, rule: no-admin-through-proxy}}
+
+  - name: a reader reads her profile
+    request: {{path: /user/profile, context_extensions: {{listener: edge}}}}
+    identity: {{user: {{issuer: https://idp.example.com, subject: alice, claims: {{roles: [reader]}}}}}}
+    expect: {{decision: allow, rule: people-read-profile}}
+
+  - name: a user without the reader role does not
+    request: {{path: /user/profile}}
+    identity: {{user: {{issuer: https://idp.example.com, subject: bob, claims: {{roles: [guest]}}}}}}
+    expect: {{decision: deny, reason: no_rule}}
+
+  - name: no credential at all
+    request: {{path: /user/profile}}
+    expect: {{decision: deny, status: 401, reason: no_credential}}
+
+  - name: a revoked frontend is refused
+    request: {{path: /api/orders, context_extensions: {{listener: mesh}}}}
+    identity: {{workload: spiffe://example.org/ns/frontend/sa/web}}
+    state: {{revocations: [{{kind: spiffe_id, value: spiffe://example.org/ns/frontend/sa/web}}]}}
+    expect: {{decision: deny, reason: revoked}}
+
+  - name: a just-in-time grant opens /reports for billing
+    request: {{path: /reports/q3}}
+    identity: {{workload: spiffe://example.org/ns/billing/sa/worker}}
+    state: {{grants: [{{principal: spiffe://example.org/ns/billing/sa/worker, paths: ["/reports/*"]}}]}}
+    expect: {{decision: allow, rule: granted-reports}}
+
+  - name: anyone may ask for /healthz
+    request: {{path: /healthz}}
+    expect: {{decision: allow, rule: public-health}}
+
+  - name: alice's real token, verified against the demo issuer's keys
+    request: {{path: /user/profile}}
+    credentials: {{token: tokens/alice.jwt}}
+    expect: {{decision: allow, rule: people-read-profile}}
+"""
+
+
 def _write(path: Path, data: str | bytes, *, secret: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -133,6 +196,7 @@ def init_demo(directory: Path, *, now: datetime | None = None, days: float = 30)
         d / "idp/jwks.json", json.dumps({"keys": [pki.jwk_public(idp_key, use="sig", alg="RS256")]}, indent=2)
     )
     _write(d / "config.yaml", CONFIG.format(dir=d, backend=BACKEND_ID, issuer=ISSUER))
+    _write(d / "policy-tests.yaml", POLICY_TESTS.format(dir=d))
     mint_demo_tokens(d, now=now)
 
 

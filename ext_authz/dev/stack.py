@@ -324,7 +324,7 @@ EXT_AUTHZ_ACTOR=alice {ext} grant create {billing} --path '/reports/*' --method 
      --reason "quarterly close" --ticket FIN-88 -q {cfg} > {d}/.run/grant.id
 #    pending, it changes nothing yet → 403 no_rule
 curl -si {ca} {bi} {mesh}/reports/q3
-#    alice cannot approve her own request → exit 2
+#    alice cannot approve her own request → exit 3
 EXT_AUTHZ_ACTOR=alice {ext} grant approve $(cat {d}/.run/grant.id) --reason "looks fine" {cfg}
 #    bob approves it → exit 0
 EXT_AUTHZ_ACTOR=bob {ext} grant approve $(cat {d}/.run/grant.id) --reason "FIN-88 checked" {cfg}
@@ -416,7 +416,7 @@ def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -
         problem = _check_config(stack)
         if problem:
             print(f"ext-authz: {problem}", file=sys.stderr)
-            return 2
+            return 3  # invalid input (the CLI's exit codes)
     try:
         with stack:
             if config is None:

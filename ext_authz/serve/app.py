@@ -303,23 +303,23 @@ async def serve(config_path: Path) -> int:
         engine = load_engine(config_path)
     except AuthzError as exc:
         log.error("cannot start: %s", exc.detail)
-        return 2
+        return 3  # invalid input (the CLI's exit codes)
     dl = engine.config.decision_log
     try:
         decision_log = DecisionLog.open(dl.path, background=True, max_queue=dl.queue, enabled=dl.enabled)
     except OSError as exc:
         log.error("cannot start: %s: decision_log.path: %s", config_path, exc)
-        return 2
+        return 3  # invalid input (the CLI's exit codes)
     try:
         runtime = build_runtime(engine, decision_log)
         server = Server(config_path, runtime)
         await server.start()
     except StateError as exc:
         log.error("cannot start: state: %s", exc.detail)
-        return 2
+        return 3  # invalid input (the CLI's exit codes)
     except (OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
-        return 2
+        return 3  # invalid input (the CLI's exit codes)
     signals = StopSignals(on_repeat=server.cut_drain)  # a second signal: no more waiting
     log.info("ready: grpc %s, http %s", engine.config.listen, engine.config.http_listen)
     await signals.event.wait()

@@ -34,7 +34,7 @@ def test_validate_ok_and_invalid(demo_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: r\n    effect: maybe\n")
     res = run("validate", str(bad))
-    assert res.returncode == 2
+    assert res.returncode == 3
     assert str(bad) in res.stderr and "rules[0].effect" in res.stderr and "allow" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -43,7 +43,7 @@ def test_validate_names_a_missing_bundle(demo_dir: Path, tmp_path: Path) -> None
     cfg = tmp_path / "c.yaml"
     cfg.write_text("trust_domains:\n  example.org:\n    x509_bundle: nowhere.pem\nrules: [{name: r}]\n")
     res = run("validate", str(cfg))
-    assert res.returncode == 2
+    assert res.returncode == 3
     assert str(tmp_path / "nowhere.pem") in res.stderr and "Traceback" not in res.stderr
 
 
@@ -51,7 +51,7 @@ def test_validate_refuses_an_empty_file_unless_it_says_allow_empty(tmp_path: Pat
     cfg = tmp_path / "c.yaml"
     cfg.write_text("")
     res = run("validate", str(cfg))
-    assert res.returncode == 2 and "no trust source" in res.stderr and "allow_empty" in res.stderr
+    assert res.returncode == 3 and "no trust source" in res.stderr and "allow_empty" in res.stderr
     cfg.write_text("allow_empty: true\n")
     assert run("validate", str(cfg)).returncode == 0
 
@@ -93,7 +93,7 @@ def test_check_rejects_a_malformed_request_file(demo_dir: Path, tmp_path: Path) 
     req = tmp_path / "r.json"
     req.write_text('{"attributes": {"request": {"http": {"nope": 1}}}}')
     res = run("check", "-c", str(demo_dir / "config.yaml"), "-r", str(req))
-    assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 3 and "nope" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_dev_init_writes_a_working_demo_and_refuses_to_overwrite(tmp_path: Path)
     assert (d / "svid/frontend.key").stat().st_mode & 0o077 == 0  # private keys are not world-readable
     assert run("validate", str(d / "config.yaml")).returncode == 0
     again = run("dev", "init", str(d))
-    assert again.returncode == 2 and "--force" in again.stderr
+    assert again.returncode == 3 and "--force" in again.stderr
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
     cfg.write_text("listen: nowhere\n")
     start = time.monotonic()
     res = run("serve", "--config", str(cfg))
-    assert res.returncode == 2 and "listen" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 3 and "listen" in res.stderr and "Traceback" not in res.stderr
     assert time.monotonic() - start < 30
 
 

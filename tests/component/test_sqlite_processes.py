@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
     assert "pending" in opened.stdout and "ext-authz exception approve exc_" in opened.stdout
     eid = opened.stdout.split()[1]
     mine = cli("exception", "approve", eid, "--reason", "me", "-c", str(config))
-    assert mine.returncode == 2 and "different caller" in mine.stderr
+    assert mine.returncode == 3 and "different caller" in mine.stderr
     assert cli("exception", "approve", eid, "--reason", "go", "-c", str(config), actor="lead").returncode == 0
     sig = cli("signal", "set", "device:LAPTOP-7", "posture=compliant", "--ttl", "10m", "-c", str(config))
     assert sig.returncode == 0, sig.stderr
@@ -161,7 +161,9 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
     # A past decision, replayed with the state of its time: the frontend was revoked then, not now.
     request = tmp_path / "frontend.json"
     request.write_text(json_format.MessageToJson(check_request(demo_dir, workload="frontend")))
-    then = datetime.fromtimestamp(rev["created_at"] + 0.5, UTC).isoformat()
+    assert rev["created_at"].endswith("Z")  # RFC 3339 in JSON output
+    created = datetime.fromisoformat(rev["created_at"].replace("Z", "+00:00"))
+    then = (created + timedelta(seconds=0.5)).isoformat()
     replay = ["check", "-c", str(config), "--request", str(request), "--state", f"sqlite://{db}"]
     past = cli(*replay, "--now", then)
     assert past.returncode == 1, past.stderr
@@ -223,7 +225,7 @@ def test_bad_cli_input_is_one_clear_line_and_changes_nothing(
     config = sqlite_config(demo_dir, tmp_path / "a", tmp_path / "state.db")
     procs.append(Proc(config))
     res = cli(*args, "-c", str(config))
-    assert res.returncode == 2
+    assert res.returncode == 3
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
     assert TOKEN.split(".")[1] not in res.stderr
@@ -265,7 +267,7 @@ def test_a_token_sent_as_a_jti_is_refused_and_reaches_no_log(
 
 def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
     res = cli("revocations", "--admin", f"unix://{tmp_path}/none.sock")
-    assert res.returncode == 2 and "is ext-authz running" in res.stderr
+    assert res.returncode == 4 and "is ext-authz running" in res.stderr
 
 
 def test_admin_socket_is_created_private(demo_dir: Path, tmp_path: Path, procs: list[Proc]) -> None:

@@ -128,4 +128,4 @@ def test_dev_up_refuses_a_config_it_cannot_load(tmp_path: Path) -> None:
         check=False,
         cwd=REPO,
     )
-    assert res.returncode == 2 and "rules[0].effect" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 3 and "rules[0].effect" in res.stderr and "Traceback" not in res.stderr
