@@ -31,17 +31,22 @@ tools: spire helm istioctl
 spire helm istioctl:
 	@$(PYTHON) -m ext_authz.dev.tools $@ >/dev/null
 
-# Tests run a real redis-server (Debian's package) on a free port: install it when missing.
+# Tests run a real redis-server and promtool (Debian's redis-server and prometheus packages): install
+# what is missing.
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing Debian's redis-server for the tests"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's$$missing for the tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 test: venv system-deps tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: venv helm istioctl
+test-unit: venv system-deps helm istioctl
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
 test-e2e: venv system-deps tools

@@ -218,7 +218,10 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "sidecar-redis-prometheus",
-        {"state": {"backend": "redis"}, "metrics": {"podMonitor": {"enabled": True}}},
+        {
+            "state": {"backend": "redis"},
+            "metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        },
     ),
     Case("shared", SHARED),
     Case(
@@ -269,7 +272,8 @@ CASES: tuple[Case, ...] = (
                 "external": {"host": "redis.example.net", "tls": {"caConfigMap": "redis-ca"}},
             },
             "metrics": {
-                "podMonitor": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}}
+                "podMonitor": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}},
+                "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}},
             },
         },
         frozenset({("Secret", "redis-credentials"), ("ConfigMap", "redis-ca")}),

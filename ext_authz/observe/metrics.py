@@ -4,12 +4,22 @@ path; rule names and trust domains come from config. Labelled children are creat
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -128,6 +138,15 @@ class _StateCollector(Collector):
         for td, seconds in sorted(data.get("bundle_age", {}).items()):
             age.add_metric([td], seconds)
         yield age
+        expiry = GaugeMetricFamily(
+            "ext_authz_trust_bundle_expiry_timestamp_seconds",
+            "When the newest X.509 authority of each trust domain expires (Unix time): after it, no"
+            " X.509-SVID of the domain verifies",
+            labels=["trust_domain"],
+        )
+        for td, at in sorted(data.get("bundle_expiry", {}).items()):
+            expiry.add_metric([td], at)
+        yield expiry
         cache = CounterMetricFamily(
             "ext_authz_verification_cache", "Verified-credential cache lookups", labels=["cache", "result"]
         )
@@ -153,10 +172,30 @@ class _StateCollector(Collector):
         yield rejected
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ext-authz")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # no ``*_created`` series: counters start at process start anyway
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, fds, start time), python_info and python_gc_*: the same collectors
+        # prometheus-client puts on its default registry, on ours.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        Gauge(
+            "ext_authz_build_info",
+            "Always 1; the labels say which ext-authz and Python this process runs",
+            ["version", "python_version"],
+            registry=r,
+        ).labels(_version(), platform.python_version()).set(1)
         self.checks = _CheckTally()
         r.register(self.checks)
         self.revocations_created = _Children(

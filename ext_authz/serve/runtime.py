@@ -187,6 +187,11 @@ class Runtime:
                 ),
             },
             "bundle_age": {name: max(0.0, now - at) for name, (_, at) in self._trust_seen.items()},
+            "bundle_expiry": {
+                name: max(c.not_valid_after_utc.timestamp() for c in td.x509_roots)
+                for name, td in self.engine.trust.domains.items()
+                if td.x509_roots
+            },
             "cache": self.cache_totals(),
             "ready": 1 if self.ready else 0,
             "state_connected": 1 if self.replica.healthy else 0,

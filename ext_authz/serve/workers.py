@@ -39,9 +39,15 @@ _SHARED_GAUGES = frozenset(
         "ext_authz_active_grants",
         "ext_authz_open_exceptions",
         "ext_authz_trust_bundle_age_seconds",
+        "ext_authz_trust_bundle_expiry_timestamp_seconds",
+        "ext_authz_pending_approvals",
+        "ext_authz_config_reload_failed",
+        "ext_authz_build_info",
+        "python_info",
+        "process_max_fds",
     )
 )
-_MIN_GAUGES = frozenset(("ext_authz_ready", "ext_authz_state_connected"))
+_MIN_GAUGES = frozenset(("ext_authz_ready", "ext_authz_state_connected", "process_start_time_seconds"))
 SCRAPE_DEADLINE = 2.0
 
 

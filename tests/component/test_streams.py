@@ -108,7 +108,21 @@ async def test_metrics_move_with_checks(running: Running, demo_dir: Path) -> Non
     assert sample(m, "ext_authz_verification_cache_total", cache="x509", result="hit") >= 1
     assert sample(m, "ext_authz_trust_bundle_age_seconds", trust_domain="example.org") >= 0
     assert "ext_authz_trust_bundle_age_seconds{" in m
+    from cryptography import x509
+
+    roots = x509.load_pem_x509_certificates((demo_dir / "bundle/root.pem").read_bytes())
+    newest = max(c.not_valid_after_utc.timestamp() for c in roots)
+    assert sample(m, "ext_authz_trust_bundle_expiry_timestamp_seconds", trust_domain="example.org") == newest
     assert sample(m, "ext_authz_ready") == 1
+    assert sample(m, "ext_authz_state_connected") == 1
+    # the process and the runtime, and which build: as on any Prometheus target
+    assert sample(m, "process_resident_memory_bytes") > 0 and sample(m, "process_cpu_seconds_total") > 0
+    assert sample(m, "process_start_time_seconds") > 0 and sample(m, "python_info") == 1
+    assert sample(m, "python_gc_collections_total", generation="0") >= 0
+    from importlib.metadata import version
+
+    assert sample(m, "ext_authz_build_info", version=version("ext-authz")) == 1
+    assert "_created" not in m.replace("ext_authz_revocations_created", "")  # no *_created series
     # No SPIFFE ID, subject or path ever becomes a label.
     assert FRONTEND not in m and "alice" not in m and "/api/orders" not in m
 
@@ -408,3 +422,22 @@ async def test_dashboard_queries_only_metrics_that_exist(running: Running, demo_
     assert used, "the dashboard queries no ext-authz metric"
     missing = sorted(used - present)
     assert not missing, f"dashboard queries metrics that /metrics does not expose: {missing}"
+
+
+def test_the_dashboard_never_sums_shared_state_across_replicas() -> None:
+    """Every replica reports the same shared revocations, grants and exceptions: a sum counts each once
+    per replica. Gauges of shared state, and counters every replica bumps for one shared record, are
+    aggregated with max."""
+    from ext_authz.serve.workers import _SHARED_GAUGES
+
+    shared = set(_SHARED_GAUGES) | {"ext_authz_revocations_created_total", "ext_authz_state_records_rejected"}
+    dash = json.loads((REPO / "deploy/grafana/ext-authz.json").read_text())
+    checked = 0
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name in shared:
+                if re.search(rf"\b{name}\b", expr):
+                    checked += 1
+                    assert not re.match(r"\s*sum\b", expr), f"{panel['title']}: {expr}"
+    assert checked >= 5

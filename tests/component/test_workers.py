@@ -67,6 +67,8 @@ def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp
             == n
         )
         assert sample(metrics, "ext_authz_ready") == 1
+        assert sample(metrics, "ext_authz_build_info") == 1  # one build, not one per worker
+        assert sample(metrics, "python_info") == 1
 
         def served_by() -> set[int]:  # decision logs are written by a background thread in each worker
             return {json.loads(ln).get("worker") for ln in log.read_text().splitlines() if ln.startswith("{")}

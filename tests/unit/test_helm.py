@@ -158,7 +158,7 @@ def test_the_chart_refuses_values_that_cannot_work(values: dict[str, Any], messa
 
 # ---- every object valid ---------------------------------------------------------------------------
 
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 ISTIO_KINDS = {
     ("security.istio.io/v1", "AuthorizationPolicy"),
     ("security.istio.io/v1", "PeerAuthentication"),
@@ -205,8 +205,10 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-def podmonitor_validator() -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((DATA / "monitoring.coreos.com_podmonitors.yaml").read_text())
+def podmonitor_validator(
+    crd_file: str = "monitoring.coreos.com_podmonitors.yaml",
+) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load((DATA / crd_file).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
 
@@ -229,6 +231,21 @@ def test_podmonitors_follow_the_prometheus_operator_crd() -> None:
     # the schema is strict: a misspelt field is refused
     bad = copy.deepcopy(render(CASES[4]).of("PodMonitor")[0])
     bad["spec"]["podMetricEndpoints"] = bad["spec"].pop("podMetricsEndpoints")
+    assert list(validator.iter_errors(bad))
+
+
+def test_prometheus_rules_follow_the_crd_and_carry_the_tested_rules() -> None:
+    validator = podmonitor_validator("monitoring.coreos.com_prometheusrules.yaml")
+    tested = yaml.safe_load((REPO / "deploy/prometheus/ext-authz.rules.yaml").read_text())
+    rendered = [(c, d) for c in CASES for d in render(c).of("PrometheusRule")]
+    assert len(rendered) >= 2
+    for case, doc in rendered:
+        assert [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(doc)] == [], case.name
+        assert doc["spec"] == {"groups": tested["groups"]}  # exactly what promtool tests
+    _, monitoring = next((c, d) for c, d in rendered if d["metadata"]["namespace"] == "monitoring")
+    assert monitoring["metadata"]["labels"]["release"] == "prom"
+    bad = copy.deepcopy(rendered[0][1])
+    bad["spec"]["groups"][0]["rules"][0]["alrt"] = "x"
     assert list(validator.iter_errors(bad))
 
 
