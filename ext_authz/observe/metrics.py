@@ -183,7 +183,7 @@ def _version() -> str:
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        disable_created_metrics()  # no ``*_created`` series: counters start at process start anyway
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: counters start at process start anyway
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # process_* (CPU, memory, fds, start time), python_info and python_gc_*: the same collectors
