@@ -761,6 +761,51 @@ class DecisionLogSettings(Section):
     )
 
 
+def _otlp_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return value
+    raise ValueError(f"expected an http:// or https:// URL (OTLP/HTTP), got {value!r}")
+
+
+class TracingSettings(Section):
+    """OpenTelemetry: one span per Check, exported over OTLP/HTTP (needs ``ext-authz[tracing]``)."""
+
+    endpoint: Annotated[StrictStr, AfterValidator(_otlp_url)] = Field(
+        ..., description="the collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces"
+    )
+    service_name: Text = "ext-authz"
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        1.0, description="share of new traces sampled; a request's own sampling decision is kept"
+    )
+    timeout: Annotated[Duration, Field(gt=0, le=60)] = Field(10.0, description="per OTLP export")
+    flush_interval: Annotated[Duration, Field(gt=0, le=60)] = Field(
+        1.0, description="spans are exported in batches at least this often"
+    )
+    queue: Annotated[StrictInt, Field(ge=1)] = Field(
+        4096, description="spans waiting for export before new ones are dropped"
+    )
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingSettings:
+        import importlib.util
+
+        for module in (
+            "opentelemetry.sdk",
+            "opentelemetry.exporter.otlp.proto.http",
+            "opentelemetry.propagators.b3",
+        ):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                raise ValueError(
+                    f"tracing needs the extra: pip install 'ext-authz[tracing]' ({module} is missing)"
+                )
+        return self
+
+
 def _limit(low: int, high: int, default: int, description: str) -> Any:
     return Field(default, ge=low, le=high, description=description)
 
@@ -831,6 +876,7 @@ class Settings(Section):
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
+    tracing: TracingSettings | None = Field(None, description="OpenTelemetry traces; off when absent")
     workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     limits: Limits = Field(default_factory=Limits)
     transport: Literal["auto", "grpcio", "native"] = Field(

@@ -205,6 +205,10 @@ class Server:
             if ss.receivers or ss.transmitter is not None:  # one per host too: the store shares what it does
                 rt.ssf = SharedSignals(rt)
                 await rt.ssf.start()
+        if cfg.tracing is not None:
+            from ..observe.tracing import Tracing
+
+            rt.tracing = Tracing(cfg.tracing, worker=self.worker)
         self._bind_check(cfg)
         await self.grpc.start()
         if self._socket is not None:
@@ -253,6 +257,8 @@ class Server:
         if self.admin is not None:
             stops.append(self.admin.stop(min(grace, 1.0)))
         await asyncio.gather(*stops)
+        if self.runtime.tracing is not None:
+            await asyncio.to_thread(self.runtime.tracing.shutdown)  # the last spans, bounded
         await self.runtime.replica.close()
         if self.http is not None:
             self.http.close()

@@ -50,8 +50,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         ctx: RequestContext | None = None
         decision: Decision | None = None
         fault = ""
+        span = None
         try:
             ctx = normalize(request, engine.config.limits)
+            if rt.tracing is not None:  # after the limits: the trace headers are within them
+                span = rt.tracing.start(ctx.http.headers if ctx.http else None)
             decision = decide(ctx, engine, caches, now, decision_id, rt.replica.snapshot)
             rt.apply(decision)
             return render(decision, ctx.http.headers if ctx.http else None)
@@ -67,6 +70,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         finally:
             latency = time.perf_counter() - started
             rt.metrics.observe(decision, latency)
+            if rt.tracing is not None:
+                if span is None:  # the request was refused before its headers could be read
+                    span = rt.tracing.start(None)
+                rt.tracing.finish(span, decision_id, ctx, decision, fault)
             if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
                 rec = record(
                     decision_id=decision_id,
@@ -82,6 +89,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 )
                 if rt.worker is not None:
                     rec["worker"] = rt.worker
+                if span is not None and span.trace_id:
+                    rec["trace_id"] = span.trace_id
                 rt.decision_log.write(rec)
                 rt.hub.publish(rec)
 

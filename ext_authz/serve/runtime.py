@@ -19,6 +19,7 @@ from ..model import CountDenial, Decision, NewSession, UnknownKeyId
 from ..observe.decision_log import DecisionLog, Redactor
 from ..observe.metrics import Metrics
 from ..observe.stream import DecisionHub
+from ..observe.tracing import Tracing
 from ..pipeline import Caches, Engine
 from ..state import commands
 from ..state.quarantine import DenialCounter
@@ -51,6 +52,7 @@ class Runtime:
     last_reload_error: str = ""
     own_svid_ready: Callable[[], bool] = lambda: True  # check.tls.workload_api: has our SVID come?
     ssf: SharedSignals | None = None  # receivers and transmitter (worker 0 only, when configured)
+    tracing: Tracing | None = None  # OpenTelemetry, when configured (read at start)
     caches: Caches = field(init=False)
     base: Engine = field(init=False)  # the generation loaded from files, before live sources
     redactor: Redactor = field(init=False)
