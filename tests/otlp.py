@@ -45,8 +45,8 @@ class OtlpReceiver:
     @property
     def endpoint(self) -> str:
         assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1/traces"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}/v1/traces"
 
     def start(self) -> OtlpReceiver:
         receiver = self
