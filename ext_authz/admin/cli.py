@@ -22,7 +22,7 @@ from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
 from ..settings import DEFAULT_ADMIN_LISTEN, parse_duration
 from ..state.commands import InvalidArgument, revocation_value
-from .servicer import ACTOR_METADATA
+from . import ACTOR_METADATA
 
 __all__ = ["add_admin_commands"]
 

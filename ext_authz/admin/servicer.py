@@ -32,14 +32,14 @@ from ..state.audit import AuditEntry
 from ..state.commands import InvalidArgument
 from ..state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ..state.replica import RevocationEvent
+from . import ACTOR_METADATA
 
 if TYPE_CHECKING:
     from ..serve.runtime import Runtime
 
-__all__ = ["ACTOR_METADATA", "AdminServicer", "start_admin_server"]
+__all__ = ["AdminServicer", "start_admin_server"]
 
 log = logging.getLogger("ext_authz.admin")
-ACTOR_METADATA = "x-ext-authz-actor"
 MAX_WATCH_QUEUE = 1000
 T = TypeVar("T")
 

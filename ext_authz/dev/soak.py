@@ -29,7 +29,7 @@ from joserfc.jwk import ECKey
 
 from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
-from ..admin.servicer import ACTOR_METADATA
+from ..admin import ACTOR_METADATA
 from . import pki
 from .demo import BACKEND_ID, DEMO_TD, WORKLOADS
 from .stack import Ports, Stack, proc_rss_mb

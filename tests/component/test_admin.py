@@ -19,7 +19,7 @@ import yaml
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
-from ext_authz.admin.servicer import ACTOR_METADATA
+from ext_authz.admin import ACTOR_METADATA
 from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
 from ext_authz.serve.app import Server, build_runtime

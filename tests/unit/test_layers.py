@@ -134,3 +134,17 @@ def test_the_graph_is_read() -> None:
     ]
     assert "ext_authz.serve.runtime" in g["ext_authz.serve.app"]
     assert layer("ext_authz.serve.app") > layer("ext_authz.pipeline") > layer("ext_authz.settings")
+
+
+def test_the_admin_cli_does_not_load_the_servicer() -> None:
+    """Validation and record building live in state/commands.py, shared by the servicer and the CLI; the
+    CLI is a client and never imports the server side."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ext_authz.admin.cli; print(sorted(m for m in sys.modules if m.startswith('ext_authz.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "ext_authz.state.commands" in out
+    assert "ext_authz.admin.servicer" not in out and "ext_authz.serve" not in out
