@@ -17,6 +17,7 @@ import yaml
 
 from tests.component.test_sqlite_processes import FRONTEND, Proc, procs, sqlite_config  # noqa: F401
 
+REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "ext_authz.cli"]
 
 
@@ -97,6 +98,13 @@ def test_an_invalid_test_file_is_exit_3_with_one_line(
     assert res.returncode == 3, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and str(path) in lines[0] and "Traceback" not in res.stderr
+
+
+def test_the_cookbook_passes() -> None:
+    res = run("test", str(REPO / "docs/cookbook"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    passed = int(res.stdout.split()[-4])
+    assert passed >= 30 and res.stdout.strip().endswith(f"{passed} passed, 0 failed")
 
 
 def test_a_case_catches_a_policy_change(demo_dir: Path, tmp_path: Path) -> None:

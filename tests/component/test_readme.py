@@ -1,0 +1,103 @@
+"""The README's shell examples that run offline, run as printed (from the repository root, with the
+demo written where the README says): policy tests, the cookbook, the config error example, promtool.
+The demo walkthrough (make run's printed commands) is tested in tests/e2e/test_demo_walkthrough.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ext_authz.dev.demo import init_demo
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+BIN = Path(sys.executable).parent  # ext-authz is installed beside the interpreter
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end > 0 else None]
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def commands(block: str) -> list[str]:
+    """Each command of a block, without its trailing comment."""
+    out = []
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def run(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(
+        shlex.split(line), capture_output=True, text=True, timeout=120, check=False, cwd=cwd, env=env
+    )
+
+
+@pytest.fixture
+def repo_with_demo(tmp_path: Path) -> Path:
+    """The repository's docs and deploy folders with a demo/ beside them, as after `make run`."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("docs", "deploy"):
+        shutil.copytree(REPO / name, work / name, symlinks=True)
+    init_demo(work / "demo")
+    return work
+
+
+def test_the_policy_test_commands_run_as_printed(repo_with_demo: Path) -> None:
+    cmds = [c for b in sh_blocks(section("Policy tests")) for c in commands(b)]
+    assert len(cmds) == 3 and all(c.startswith("ext-authz test ") for c in cmds)
+    for line in cmds:
+        res = run(line, repo_with_demo)
+        assert res.returncode == 0, f"{line}\n{res.stdout}{res.stderr}"
+        assert re.search(r"^\d+ passed, 0 failed$", res.stdout, re.M), res.stdout
+    assert (repo_with_demo / "policy-tests.xml").read_text().startswith("<?xml")
+
+
+def test_the_test_file_example_runs_against_the_demo(repo_with_demo: Path) -> None:
+    example = re.search(r"A test file:\n\n```yaml\n(.*?)```", section("Policy tests"), re.S)
+    assert example
+    path = repo_with_demo / "demo" / "readme-test.yaml"
+    path.write_text(example.group(1))
+    res = run(f"ext-authz test -v {path}", repo_with_demo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("PASS ") == 2
+
+
+def test_the_cookbook_has_ten_policies_each_tested() -> None:
+    book = REPO / "docs/cookbook"
+    numbers = sorted(set(re.findall(r"^  # (\d\d) ", (book / "policies.yaml").read_text(), re.M)))
+    assert numbers == [f"{i:02d}" for i in range(1, 11)]
+    for n in numbers:
+        (test_file,) = book.glob(f"{n}-*.test.yaml")
+        assert "expect:" in test_file.read_text()
+
+
+def test_the_config_error_example_is_what_validate_prints(tmp_path: Path) -> None:
+    block = re.search(r"```\n\$ (ext-authz validate bad\.yaml)\n(.*?)\n```", README)
+    assert block
+    (tmp_path / "bad.yaml").write_text("rules:\n  - name: r\n    effect: maybe\n")
+    res = run(block.group(1), tmp_path)
+    assert res.returncode == 3
+    assert res.stderr.strip() == block.group(2)
+
+
+def test_the_promtool_command_runs_as_printed() -> None:
+    (line,) = re.findall(r"`(promtool test rules [^`]+)`", README)
+    res = run(line, REPO)
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
