@@ -717,31 +717,34 @@ class StateSettings(Section):
         from .state.backends import BACKENDS  # the registry of backends, read lazily (it imports us)
 
         scheme = self.scheme
-        if scheme not in BACKENDS:
+        backend = BACKENDS.get(scheme)
+        if backend is None:
             known = ", ".join(f"{name}://" for name in BACKENDS)
             raise _SubKeyError("url", f"expected the URL of a state backend ({known}), e.g. sqlite:///PATH")
-        if scheme == "sqlite" and not self.url.startswith("sqlite:///"):
-            raise _SubKeyError("url", "expected sqlite:///absolute/path")
-        redis = scheme in ("redis", "rediss")
-        if redis:
+        if backend.url_form and not self.url.startswith(backend.url_form):
+            raise _SubKeyError("url", f"expected {backend.url_form}…")
+        if backend.shared:
             netloc = self.url.split("://", 1)[1].split("/", 1)[0]
             if "@" in netloc:
                 raise _SubKeyError(
                     "url",
-                    "a Redis password is never written in the config: use password_file or password_env",
+                    "a password is never written in the config: use password_file or password_env",
                 )
             if self.hmac_key_file is None:
                 raise _SubKeyError(
                     "hmac_key_file",
-                    "hmac_key_file is required with Redis: every replica must be able to tell records that"
-                    " ext-authz wrote from records anyone with Redis access wrote",
+                    f"hmac_key_file is required with {scheme}://: every replica must be able to tell records"
+                    " that ext-authz wrote from records anyone with access to the store wrote",
                 )
         elif self.password_file or self.password_env or self.username or self.tls:
-            raise ValueError("username, password_file, password_env and tls are for Redis only")
+            raise ValueError(
+                "username, password_file, password_env and tls are for a shared store: Redis only"
+            )
         if self.password_file and self.password_env:
             raise ValueError("either password_file or password_env, not both")
-        if self.tls is not None and scheme != "rediss":
-            raise _SubKeyError("tls", "TLS to Redis needs a rediss:// URL")
+        if self.tls is not None and not backend.tls:
+            tls_schemes = ", ".join(f"{n}://" for n, b in BACKENDS.items() if b.tls)
+            raise _SubKeyError("tls", f"TLS needs a TLS URL ({tls_schemes})")
         return self
 
     @property

@@ -6,11 +6,24 @@ Each implements :class:`~ext_authz.state.backends.base.ChangeLog` and is built f
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ...settings import StateSettings
 from .base import Batch, Change, ChangeLog, Loaded
 
-__all__ = ["BACKENDS", "Batch", "Change", "ChangeLog", "Loaded", "open_log"]
+__all__ = ["BACKENDS", "Backend", "Batch", "Change", "ChangeLog", "Loaded", "open_log"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One store: how to open it, and what the settings must require of it."""
+
+    open: Callable[[StateSettings], ChangeLog]
+    # Shared over a network by replicas that trust each other's records only when authenticated: the
+    # settings require hmac_key_file, and accept username, password_file/password_env and tls.
+    shared: bool = False
+    tls: bool = False  # the scheme is the TLS one (tls: is accepted only here)
+    url_form: str = ""  # a required prefix of the URL, e.g. sqlite:/// (an absolute path)
 
 
 def _memory(s: StateSettings) -> ChangeLog:
@@ -31,14 +44,14 @@ def _redis(s: StateSettings) -> ChangeLog:
     return RedisLog.from_settings(s)
 
 
-BACKENDS: dict[str, Callable[[StateSettings], ChangeLog]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
-    "redis": _redis,
-    "rediss": _redis,
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend(_memory),
+    "sqlite": Backend(_sqlite, url_form="sqlite:///"),
+    "redis": Backend(_redis, shared=True),
+    "rediss": Backend(_redis, shared=True, tls=True),
 }
 
 
 def open_log(settings: StateSettings) -> ChangeLog:
     """The backend for ``settings.url`` (the settings already refused unknown schemes)."""
-    return BACKENDS[settings.scheme](settings)
+    return BACKENDS[settings.scheme].open(settings)

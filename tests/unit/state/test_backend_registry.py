@@ -1,0 +1,56 @@
+"""A store backend is one file plus one registry line: the settings read the registry, so a new scheme
+is accepted, and a shared one must be protected, without touching settings.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ext_authz.config import parse_settings
+from ext_authz.errors import ConfigError
+from ext_authz.state.backends import BACKENDS, Backend, open_log
+from ext_authz.state.backends.memory import MemoryLog
+
+
+@pytest.fixture
+def etcd() -> Iterator[None]:
+    BACKENDS["etcd"] = Backend(MemoryLog.from_settings, shared=True)
+    BACKENDS["etcds"] = Backend(MemoryLog.from_settings, shared=True, tls=True)
+    yield
+    del BACKENDS["etcd"], BACKENDS["etcds"]
+
+
+def parse(tmp_path: Path, state: object) -> object:
+    return parse_settings(yaml.safe_dump({"allow_empty": True, "state": state}), tmp_path / "c.yaml")
+
+
+def test_a_registered_scheme_is_accepted_and_opened(etcd: None, tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_bytes(b"k" * 32)
+    cfg = parse(tmp_path, {"url": "etcd://etcd:2379", "hmac_key_file": str(key), "password_env": "P"})
+    assert isinstance(open_log(cfg.state), MemoryLog)  # type: ignore[attr-defined]
+
+
+def test_a_shared_backend_requires_the_hmac_key_and_refuses_inline_passwords(
+    etcd: None, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="hmac_key_file is required with etcd://"):
+        parse(tmp_path, "etcd://etcd:2379")
+    with pytest.raises(ConfigError, match="never written in the config"):
+        parse(tmp_path, "etcd://user:pw@etcd:2379")
+
+
+def test_tls_only_on_a_tls_scheme(etcd: None, tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_bytes(b"k" * 32)
+    with pytest.raises(ConfigError, match="etcds://"):
+        parse(tmp_path, {"url": "etcd://e:1", "hmac_key_file": str(key), "tls": {}})
+    parse(tmp_path, {"url": "etcds://e:1", "hmac_key_file": str(key), "tls": {}})
+
+
+def test_an_unregistered_scheme_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"memory://, sqlite://, redis://, rediss://"):
+        parse(tmp_path, "etcd://etcd:2379")
