@@ -8,8 +8,9 @@ Check path.
 
 Attributes say what was decided, never with what: decision, status, reason, rule, decision id, the
 credential kinds, method, host and path (no query string). No token, certificate, subject or header
-value is ever an attribute. Trace context comes from the client, so ids are only ever parsed by the
-propagators (fixed-size hex), and a malformed header is ignored.
+value is ever an attribute. Trace context comes from the client: only the trace headers reach the
+propagators, each within a small bound (``TRACE_HEADERS``), ids are fixed-size hex, a malformed header
+is ignored, and a trace id is for correlation, never evidence (a caller may choose its own).
 """
 
 from __future__ import annotations
@@ -23,10 +24,35 @@ from ..model import Decision, RequestContext
 if TYPE_CHECKING:
     from ..settings import TracingSettings
 
-__all__ = ["CheckSpan", "Tracing"]
+__all__ = ["TRACE_HEADERS", "CheckSpan", "Tracing", "trace_headers"]
 
 log = logging.getLogger("ext_authz.tracing")
 SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
+# The headers the propagators read, and the longest value handed to them. W3C: a traceparent is 55
+# characters, a tracestate at most 32 members that vendors must propagate up to 512 characters; B3
+# values are ids and flags. Longer values are ignored unread: OpenTelemetry splits a tracestate with a
+# regular expression that is quadratic in a run of blanks (40,000 spaces: seconds of CPU), and logs an
+# invalid member verbatim (client text, which may be a secret).
+TRACE_HEADERS = {
+    "traceparent": 128,
+    "tracestate": 512,
+    "b3": 128,
+    "x-b3-traceid": 64,
+    "x-b3-spanid": 32,
+    "x-b3-sampled": 8,
+    "x-b3-flags": 8,
+    "x-b3-parentspanid": 32,
+}
+
+
+def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The trace context headers of a request, each within its bound (others are dropped unread)."""
+    out = {}
+    for name, bound in TRACE_HEADERS.items():
+        value = headers.get(name)
+        if value is not None and len(value) <= bound:
+            out[name] = value
+    return out
 
 
 class CheckSpan:
@@ -67,13 +93,16 @@ class Tracing:
             )
         )
         self.tracer = self.provider.get_tracer("ext_authz")
+        # The API logs an invalid tracestate member verbatim at WARNING: client text stays out of our log.
+        logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
         # Extracted in order, the last found wins: traceparent over B3 when a request carries both.
         self.propagator = CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator()])
         self._server = SpanKind.SERVER
         self._status, self._error = Status, StatusCode.ERROR
 
     def start(self, headers: Mapping[str, str] | None) -> CheckSpan:
-        parent = self.propagator.extract(headers) if headers else None
+        carrier = trace_headers(headers) if headers else None
+        parent = self.propagator.extract(carrier) if carrier else None
         return CheckSpan(self.tracer.start_span(SPAN_NAME, context=parent, kind=self._server))
 
     def finish(

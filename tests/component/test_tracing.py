@@ -182,3 +182,31 @@ def test_tracing_settings_are_checked(tmp_path: Path) -> None:
         parse({"endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 2})
     ok = parse({"endpoint": "http://127.0.0.1:4318/v1/traces"})
     assert ok.tracing is not None and ok.tracing.sample_ratio == 1.0
+
+
+def test_only_bounded_trace_headers_reach_the_propagators() -> None:
+    """OpenTelemetry's tracestate split is quadratic in a run of blanks (40,000 spaces: seconds): an
+    oversized trace header is dropped unread, and no other header is handed over."""
+    from ext_authz.observe.tracing import TRACE_HEADERS, trace_headers
+
+    huge = dict.fromkeys(TRACE_HEADERS, " " * 40_000)
+    assert trace_headers(huge) == {}
+    ok = {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=b", "authorization": "Bearer x"}
+    assert trace_headers(ok) == {"traceparent": ok["traceparent"], "tracestate": "a=b"}
+    assert all(bound <= 512 for bound in TRACE_HEADERS.values())
+
+
+async def test_a_hostile_tracestate_is_ignored_and_never_logged(
+    traced: Running, demo_dir: Path, otlp: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2ln"
+    for tracestate in (" " * 40_000 + "a=b", f"bad key={secret}"):
+        await traced.stub.Check(
+            check_request(
+                demo_dir,
+                workload="frontend",
+                headers={"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": tracestate},
+            )
+        )
+    await until(lambda: len(otlp.by_trace(TRACE)) == 2, "both spans, continuing the traceparent")
+    assert secret not in caplog.text
