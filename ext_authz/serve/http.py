@@ -7,11 +7,11 @@ import asyncio
 import logging
 import re
 import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from ..httpclient import BodyTooLarge, HttpError, fetch
 
 __all__ = [
     "Handler",
@@ -39,12 +39,14 @@ _REASONS = {
     409: "Conflict",
     413: "Content Too Large",
     429: "Too Many Requests",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }
 log = logging.getLogger("ext_authz.http")
 MAX_LINE = 8192
 MAX_HEADERS = 64
 MAX_BODY = 256 * 1024
+MAX_ANSWER = 16 * 1024 * 1024  # a worker's answer passed on (metrics; a poll of many SETs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,43 +170,41 @@ async def serve_get(handler: Handler, reader: asyncio.StreamReader, writer: asyn
 
 def _get_blocking(url: str, timeout: float) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own loopback addresses
-            return r.status, r.read().decode()
-    except OSError:
+        resp = fetch(url, timeout=timeout, max_body=MAX_ANSWER)  # our own worker on loopback
+    except HttpError:
         return 0, ""
+    return resp.status, resp.body.decode(errors="replace")
 
 
 async def get(url: str, deadline: float) -> tuple[int, str]:
     """(status, body) of a GET, or (0, "") if it failed or did not finish within ``deadline`` seconds."""
     try:
         return await asyncio.wait_for(asyncio.to_thread(_get_blocking, url, deadline), deadline)
-    except TimeoutError:
+    except TimeoutError:  # waiting for a thread counts too; the exchange itself ends by its deadline
         return 0, ""
 
 
 _FORWARDED = ("content-type", "accept", "authorization", "content-language", "accept-language")
+_ANSWERED = ("content-language", "cache-control", "www-authenticate")
 
 
 def _forward_blocking(base: str, request: Request, timeout: float) -> Response:
     headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
-    req = urllib.request.Request(  # noqa: S310 - our own worker on loopback
-        base + request.target, data=request.body or None, headers=headers, method=request.method
-    )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
-            resp_headers = {
-                k: v for k, v in r.headers.items() if k.lower() in ("content-language", "cache-control")
-            }
-            return Response(
-                r.status, r.read(MAX_BODY), r.headers.get("Content-Type", "text/plain"), resp_headers
-            )
-    except urllib.error.HTTPError as exc:
-        extra = {
-            k: v for k, v in exc.headers.items() if k.lower() in ("content-language", "www-authenticate")
-        }
-        return Response(exc.code, exc.read(MAX_BODY), exc.headers.get("Content-Type", "text/plain"), extra)
-    except OSError:
+        resp = fetch(  # our own worker on loopback; a redirect would be passed back, not followed
+            base + request.target,
+            method=request.method,
+            body=request.body or None,
+            headers=headers,
+            timeout=timeout,
+            max_body=MAX_ANSWER,
+        )
+    except BodyTooLarge:
+        return Response(502, "the worker's answer is too large to pass on\n")
+    except HttpError:
         return Response(503, "the worker serving this endpoint is not reachable\n")
+    extra = {k: v for k, v in resp.headers.items() if k.lower() in _ANSWERED}
+    return Response(resp.status, resp.body, resp.headers.get("Content-Type", "text/plain"), extra)
 
 
 async def forward(base: str, request: Request, timeout: float = 10.0) -> Response:

@@ -18,25 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import http.client
 import json
 import logging
 import secrets
 import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError, TrustError
-from ..httpclient import open_url
+from ..httpclient import HttpError, fetch
 from ..secrets import read_secret
 from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
 from ..state.records import Revocation, SeenEvent, Signal
-from ..trust.bundles import JwtKeys, parse_jwks
+from ..trust.bundles import JwtKeys
+from ..trust.remote import RemoteJwks, loopback, refresh_jwks
 from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
 from .sets import SecurityEvent, SetError, peek, verify_set
 from .subjects import SubjectError, resolve
@@ -63,41 +61,38 @@ def metric_event(event_type: str) -> str:
     return key.split("/", 1)[1] if key in APPLIED | VERIFICATION | STREAM_UPDATED else "other"
 
 
-def _loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
-
-
 def _request(
     method: str, url: str, body: bytes | None, headers: dict[str, str], ca: str | None, timeout: float = 10.0
 ) -> tuple[int, bytes]:
-    """One HTTP exchange (https, or http on loopback; redirects are not followed): (status, body), or a
-    TrustError saying why not — whatever the peer sends."""
-    if not (url.startswith("https://") or (url.startswith("http://") and _loopback(url))):
+    """One HTTP exchange (https, or http on loopback; within ``timeout`` overall; redirects are not
+    followed): (status, body), or a TrustError saying why not — whatever the peer sends."""
+    if not (url.startswith("https://") or (url.startswith("http://") and loopback(url))):
         raise TrustError(f"{url}: only https:// (or http:// on loopback) is used")
-    req = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
     ctx = None
     if url.startswith("https://"):
         ctx = ssl.create_default_context()
         if ca:
             ctx.load_verify_locations(cafile=ca)
     try:
-        with open_url(req, timeout, ctx) as resp:
-            return resp.status, resp.read(MAX_POLL_BODY + 1)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read(64 * 1024)
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise TrustError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        resp = fetch(
+            url,
+            method=method,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            max_body=MAX_POLL_BODY,
+            context=ctx,
+        )
+    except HttpError as exc:
+        raise TrustError(str(exc)[:300]) from exc
+    return resp.status, resp.body
 
 
 @dataclass
 class ReceiverState:
     cfg: SsfReceiverSettings
     secret: str = ""
-    keys: JwtKeys | None = None  # fetched from jwks_url (a JWKS file's keys are in the engine)
-    keys_at: float | None = None
-    key_failures: int = 0
+    jwks: RemoteJwks | None = None  # the keys from jwks_url (a JWKS file's keys are in the engine)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expected_state: str | None = None  # the verification state we asked for, until it comes back
     verified_at: float | None = None
@@ -105,6 +100,11 @@ class ReceiverState:
     stream_status: str = ""
     poll_url: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def keys(self) -> JwtKeys | None:
+        """The keys fetched from jwks_url, if any yet."""
+        return None if self.jwks is None else self.jwks.keys
 
     def authorized(self, header: str) -> bool:
         if not self.secret:
@@ -131,12 +131,24 @@ class Receivers:
                 for task in self.receivers.pop(iss).tasks:
                     task.cancel()
         for iss, rc in wanted.items():
-            state = self.receivers.get(iss) or ReceiverState(rc)
+            state = self.receivers.get(iss) or ReceiverState(rc, jwks=self._remote_keys(rc))
             if rc.authorization_file is not None:  # read again on every reload: a secret may be rotated
                 state.secret = read_secret(rc.authorization_file, "authorization_file")
             if iss in self.receivers:
                 continue
             self.receivers[iss] = state
+
+    def _remote_keys(self, rc: SsfReceiverSettings) -> RemoteJwks | None:
+        if not rc.jwks_url:
+            return None
+        return RemoteJwks(
+            rc.jwks_url,
+            ca=rc.ca,
+            refresh=rc.refresh,
+            max_stale=rc.max_stale,
+            clock=self.runtime.clock,
+            loopback_http=True,  # a transmitter on this machine may serve plain http (as it may push)
+        )
 
     async def start(self) -> None:
         for state in self.receivers.values():
@@ -145,8 +157,8 @@ class Receivers:
     def _start(self, state: ReceiverState) -> None:
         if state.tasks:
             return
-        if state.cfg.jwks_url:
-            state.tasks.append(asyncio.create_task(self._refresh_keys(state)))
+        if state.jwks is not None:
+            state.tasks.append(asyncio.create_task(self._refresh_keys(state, state.jwks)))
         if state.cfg.manage_stream:
             state.tasks.append(asyncio.create_task(self._manage(state)))
         if state.cfg.delivery == "poll":
@@ -166,48 +178,32 @@ class Receivers:
             state.tasks.clear()
 
     def _keys(self, state: ReceiverState) -> JwtKeys:
-        if state.cfg.jwks_url:
-            if state.keys is None or state.keys_at is None:
+        jwks = state.jwks
+        if jwks is not None:
+            if jwks.keys is None:
                 raise SetError("invalid_key", "the transmitter's keys have not been fetched yet")
-            if self._now() - state.keys_at > state.cfg.max_stale:
+            if jwks.stale(self._now()):
                 raise SetError(
                     "invalid_key", "the transmitter's keys are stale (not refreshed within max_stale)"
                 )
-            return state.keys
+            return jwks.keys
         keys = self.runtime.engine.ssf_keys.get(state.cfg.issuer)
         if keys is None:
             raise SetError("invalid_key", "no keys for this transmitter")
         return keys
 
-    def _fetch_keys(self, state: ReceiverState) -> None:
-        """Blocking: the transmitter's JWKS from its URL (https, or http on loopback)."""
-        url = state.cfg.jwks_url
-        status, body = _request(
-            "GET", url, None, {"Accept": "application/json"}, str(state.cfg.ca or "") or None
-        )
-        if status != 200:
-            raise TrustError(f"{url}: HTTP {status}")
-        state.keys = parse_jwks(body, url, require_use=None)
-        state.keys_at = self._now()
-
-    async def _refresh_keys(self, state: ReceiverState) -> None:
+    async def _refresh_keys(self, state: ReceiverState, jwks: RemoteJwks) -> None:
+        """Keep the transmitter's keys fresh, as remote issuers' are (trust/remote.py)."""
         while True:
             try:
-                await asyncio.to_thread(self._fetch_keys, state)
-                state.key_failures = 0
-            except TrustError as exc:
-                state.key_failures += 1
-                log.warning("SSF keys of %s could not be refreshed: %s", state.cfg.issuer, exc.detail)
+                await refresh_jwks(jwks, f"SSF keys of {state.cfg.issuer}", log)
             except Exception as exc:  # never let the refresher die: stale keys refuse every SET
-                state.key_failures += 1
+                jwks.failed(type(exc).__name__)
                 self.errors += 1
                 log.error(
                     "SSF keys of %s: unexpected %s", state.cfg.issuer, type(exc).__name__, exc_info=True
                 )
-            refresh = state.cfg.refresh
-            await asyncio.sleep(
-                refresh if not state.key_failures else min(refresh, 2.0 ** min(state.key_failures, 8))
-            )
+            await asyncio.sleep(jwks.retry_interval())
 
     def _now(self) -> float:
         return self.runtime.clock.now().timestamp()
@@ -514,7 +510,7 @@ class Receivers:
         out = []
         now = self._now()
         for iss, st in sorted(self.receivers.items()):
-            if st.cfg.jwks_url and (st.keys_at is None or now - st.keys_at > st.cfg.max_stale):
+            if st.jwks is not None and st.jwks.stale(now):
                 out.append(f"SSF receiver {iss}: no fresh keys from {st.cfg.jwks_url}, every SET is refused")
         return out
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +60,10 @@ class SharedSignals:
             if cfg is not None:
                 metrics = self.runtime.metrics
                 self.transmitter = Transmitter(
-                    cfg, lambda: cfg.issuer.rstrip("/"), lambda result: metrics.ssf_sent.get(result).inc()
+                    cfg,
+                    lambda: cfg.issuer.rstrip("/"),
+                    lambda result: metrics.ssf_sent.get(result).inc(),
+                    clock=self.runtime.clock,
                 )
                 self._unwatch = self.runtime.replica.watch(self.transmitter.on_revocation)
 
@@ -154,8 +156,11 @@ class SharedSignals:
                 log.warning("SSF stream %s is now %s (by its receiver)", stream.id, status)
             return _json(200, {"stream_id": stream.id, "status": stream.status})
         if path == "/ssf/verify" and method == "POST":
-            now = time.monotonic()
-            if now - stream.last_verification < 10:
+            # The runtime's clock, so a test can move it. A wall clock set back must not silence
+            # verification until it catches up: a last verification "in the future" does not count.
+            now = self.runtime.clock.now().timestamp()
+            last = stream.last_verification
+            if last is not None and 0 <= now - last < 10:
                 return Response(429, "at most one verification every 10s\n", headers={"Retry-After": "10"})
             stream.last_verification = now
             state = doc.get("state")

@@ -16,18 +16,14 @@ same revocation, send the same SET, and a receiver keeps it once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import hashlib
 import hmac
-import http.client
 import json
 import logging
+import secrets
 import ssl
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +32,9 @@ from typing import Any
 from joserfc import jws
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
+from ..clock import Clock, SystemClock
 from ..errors import ConfigError
-from ..httpclient import open_url
+from ..httpclient import BodyTooLarge, fetch
 from ..settings import SsfStreamSettings, SsfTransmitterSettings
 from ..state.records import Revocation
 from ..state.replica import RevocationEvent
@@ -50,6 +47,7 @@ SSF = "https://schemas.openid.net/secevent/ssf/event-type/"
 PUSH = "urn:ietf:rfc:8935"
 POLL = "urn:ietf:rfc:8936"
 MAX_QUEUE = 10_000  # SETs held per stream; the oldest are dropped (and counted) past it
+MAX_ANSWER = 64 * 1024  # a receiver's answer to a push: a status and, on an error, a small JSON body
 
 
 def load_signing_key(path: Path, algorithm: str | None) -> tuple[Key, str, str]:
@@ -161,7 +159,7 @@ class Stream:
     queue: collections.deque[tuple[str, str]] = field(default_factory=collections.deque)  # (jti, SET)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     status: str = "enabled"
-    last_verification: float = 0.0
+    last_verification: float | None = None  # when a receiver last asked for one (the runtime clock)
 
     @property
     def id(self) -> str:
@@ -187,17 +185,17 @@ class Stream:
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
-    """POST (redirects are not followed: they could take our stream's secret elsewhere)."""
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    """POST within ``timeout`` overall (redirects are not followed: they could take our stream's secret
+    elsewhere): (status, body). Only the first MAX_ANSWER bytes of the answer matter (its error code):
+    a longer one keeps its status, without its body. Raises HttpError when there is no answer."""
     ctx = ssl.create_default_context() if url.startswith("https://") else None
     try:
-        with open_url(req, timeout, ctx) as resp:
-            return resp.status, resp.read(64 * 1024)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read(64 * 1024)
-    except http.client.HTTPException as exc:
-        raise OSError(f"bad HTTP answer ({type(exc).__name__})") from exc
+        resp = fetch(
+            url, method="POST", body=body, headers=headers, timeout=timeout, max_body=MAX_ANSWER, context=ctx
+        )
+    except BodyTooLarge as exc:
+        return exc.status, b""
+    return resp.status, resp.body
 
 
 class Transmitter:
@@ -206,8 +204,10 @@ class Transmitter:
         cfg: SsfTransmitterSettings,
         base_url: Callable[[], str],
         on_sent: Callable[[str], None] = lambda result: None,
+        clock: Clock | None = None,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock or SystemClock()
         self.key, self.alg, self.kid = load_signing_key(cfg.key, cfg.algorithm)
         self.streams = [Stream(s, _secret(s.authorization_file)) for s in cfg.streams]
         self.base_url = base_url
@@ -225,7 +225,7 @@ class Transmitter:
         rev = event.revocation
         if event.op != "created" or rev.source == "ssf":
             return
-        now = time.time()
+        now = self.clock.now().timestamp()
         whose = issuer_of(rev)
         for stream in self.streams:
             wanted = stream.cfg.for_issuers
@@ -252,10 +252,8 @@ class Transmitter:
         payload: dict[str, Any] = {"state": state} if state is not None else {}
         claims = {
             "iss": self.cfg.issuer,
-            "jti": base64.urlsafe_b64encode(hashlib.sha256(f"{time.time_ns()}{stream.id}".encode()).digest())
-            .decode()
-            .rstrip("=")[:32],
-            "iat": int(time.time()),
+            "jti": secrets.token_urlsafe(24),  # an id, unique per verification (32 characters)
+            "iat": int(self.clock.now().timestamp()),
             "aud": stream.cfg.audience,
             "sub_id": {"format": "opaque", "id": stream.id},
             "events": {SSF + "verification": payload},

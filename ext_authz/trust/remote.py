@@ -1,51 +1,65 @@
-"""JWKS over HTTPS for OIDC issuers (edge code): periodic refresh, OIDC discovery, refetch on an
-unknown ``kid`` (rate-limited), stale-if-error up to ``max_stale`` — after which that issuer's tokens
-are refused with ``trust_stale`` (the check itself is in the pure core, with ``now`` passed in).
+"""Remote JWKS (edge code). ``RemoteJwks`` keeps one key set fresh from a URL: periodic refresh, a
+sooner retry after a failure (backing off), stale-if-error up to ``max_stale``. OIDC issuers use it
+(``RemoteIssuer`` adds OIDC discovery; ``RemoteTrust``, their trust source, adds a rate-limited refetch
+on an unknown ``kid``; past ``max_stale`` their tokens are refused with ``trust_stale``, the check being
+in the pure core with ``now`` passed in), and so do the SSF receivers for their transmitters' keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
-import http.client
 import json
 import logging
 import ssl
-import urllib.request
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import TrustError
-from ..httpclient import open_url
+from ..httpclient import HttpError, fetch
 from ..settings import IssuerSettings, Settings
 from .bundles import IssuerTrust, JwtKeys, TrustSnapshot, parse_jwks
 from .sources import OnChange
 
-__all__ = ["MAX_DOCUMENT_BYTES", "RemoteIssuer", "RemoteTrust", "fetch_json"]
+__all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "RemoteIssuer",
+    "RemoteJwks",
+    "RemoteTrust",
+    "fetch_json",
+    "loopback",
+    "refresh_jwks",
+]
 
 log = logging.getLogger("ext_authz.trust")
 MAX_DOCUMENT_BYTES = 1 << 20
 MIN_REFETCH_INTERVAL = 30.0  # an unknown kid triggers at most one refetch per issuer this often
 
 
-def fetch_json(url: str, context: ssl.SSLContext, timeout: float = 5.0) -> tuple[bytes, dict[str, Any]]:
-    """GET an https URL; the body (bounded) and its JSON. Raises TrustError with the reason."""
-    if not url.startswith("https://"):
-        raise TrustError(f"{url}: only https:// URLs are fetched")
-    req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "ext-authz"})  # noqa: S310
+def loopback(url: str) -> bool:
+    """Is ``url``'s host this machine (where plain http cannot be intercepted on the way)?"""
+    return (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def fetch_json(
+    url: str, context: ssl.SSLContext, timeout: float = 5.0, *, loopback_http: bool = False
+) -> tuple[bytes, dict[str, Any]]:
+    """GET an https URL (or, with ``loopback_http``, an http one on loopback) within ``timeout`` overall,
+    a redirect not followed; the body (bounded) and its JSON. Raises TrustError with the reason."""
+    if not (url.startswith("https://") or (loopback_http and url.startswith("http://") and loopback(url))):
+        also = " (or http:// on loopback)" if loopback_http else ""
+        raise TrustError(f"{url}: only https://{also} URLs are fetched")
+    headers = {"Accept": "application/json", "User-Agent": "ext-authz"}
     try:
-        with open_url(req, timeout, context) as resp:  # https only; a redirect is an error, not followed
-            if resp.status != 200:
-                raise TrustError(f"{url}: HTTP {resp.status}")
-            body: bytes = resp.read(MAX_DOCUMENT_BYTES + 1)
-    except TrustError:
-        raise
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise TrustError(f"{url}: {exc}") from exc
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise TrustError(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
+        resp = fetch(url, headers=headers, timeout=timeout, max_body=MAX_DOCUMENT_BYTES, context=context)
+    except HttpError as exc:
+        raise TrustError(str(exc)) from exc
+    if resp.status != 200:
+        raise TrustError(f"{url}: HTTP {resp.status}")
+    body = resp.body
     try:
         doc = json.loads(body)
     except ValueError as exc:
@@ -55,46 +69,108 @@ def fetch_json(url: str, context: ssl.SSLContext, timeout: float = 5.0) -> tuple
     return body, doc
 
 
-@dataclasses.dataclass
-class RemoteIssuer:
-    issuer: str
-    cfg: IssuerSettings
-    clock: Clock = dataclasses.field(default_factory=SystemClock)
-    keys: JwtKeys | None = None
-    digest: str = ""
-    fetched_at: float | None = None
-    last_attempt: float = 0.0
-    last_error: str = ""
-    jwks_url: str = ""
-    failures: int = 0
+class RemoteJwks:
+    """A key set fetched from a URL and kept fresh: the keys, when they were last fetched (past
+    ``max_stale`` they are stale, and refused), and the failures since (the next try backs off, up to
+    the refresh period). OIDC issuers (``RemoteIssuer``, which may discover the URL) and SSF receivers
+    (their transmitter's ``jwks`` URL) share it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca: Path | None,
+        refresh: float,
+        max_stale: float,
+        clock: Clock | None = None,
+        loopback_http: bool = False,
+    ) -> None:
+        self.jwks_url = url
+        self.ca, self.refresh, self.max_stale = ca, refresh, max_stale
+        self.clock = clock or SystemClock()
+        self.loopback_http = loopback_http  # also http:// on loopback (a transmitter beside us)
+        self.keys: JwtKeys | None = None
+        self.digest = ""
+        self.fetched_at: float | None = None  # the last successful fetch
+        self.last_attempt = 0.0
+        self.last_error = ""
+        self.failures = 0  # since the last success
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
-        if self.cfg.ca is not None:
-            ctx.load_verify_locations(cafile=str(self.cfg.ca))
+        if self.ca is not None:
+            ctx.load_verify_locations(cafile=str(self.ca))
         return ctx
+
+    def locate(self, context: ssl.SSLContext) -> str:
+        """The URL of the key set (blocking)."""
+        return self.jwks_url
 
     def fetch(self) -> bool:
         """Blocking: refresh the keys. True when they changed. Raises TrustError on failure."""
         self.last_attempt = self.clock.now().timestamp()
         ctx = self.context()
-        url = self.cfg.jwks_url or self.jwks_url
-        if not url:
-            disc = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            _, doc = fetch_json(disc, ctx)
-            if doc.get("issuer") != self.issuer:
-                raise TrustError(f"{disc}: issuer is {doc.get('issuer')!r}, expected {self.issuer!r}")
-            uri = doc.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith("https://"):
-                raise TrustError(f"{disc}: no https jwks_uri")
-            self.jwks_url = url = uri
-        body, _ = fetch_json(url, ctx)
+        url = self.locate(ctx)
+        body, _ = fetch_json(url, ctx, loopback_http=self.loopback_http)
         keys = parse_jwks(body, url, require_use=None)
         digest = hashlib.sha256(body).hexdigest()[:16]
         changed = digest != self.digest
         self.keys, self.digest, self.fetched_at = keys, digest, self.clock.now().timestamp()
         self.failures, self.last_error = 0, ""
         return changed
+
+    def failed(self, detail: str) -> None:
+        self.failures += 1
+        self.last_error = detail
+
+    def retry_interval(self) -> float:
+        """How long after an attempt the next is due: the refresh period; after failures, sooner
+        (1, 2, 4… seconds, never more than the refresh period)."""
+        return self.refresh if not self.failures else min(self.refresh, 2.0 ** min(self.failures, 8))
+
+    def due(self, now: float) -> bool:
+        return now - self.last_attempt >= self.retry_interval()
+
+    def stale(self, now: float) -> bool:
+        """Never fetched, or not refreshed for longer than ``max_stale``."""
+        return self.fetched_at is None or now - self.fetched_at > self.max_stale
+
+
+async def refresh_jwks(jwks: RemoteJwks, what: str, logger: logging.Logger = log) -> bool | None:
+    """One refresh, off the event loop: True when the keys changed, False when they did not, None when
+    it failed (counted and logged; the last keys are kept until they are stale)."""
+    try:
+        changed = await asyncio.to_thread(jwks.fetch)
+    except TrustError as exc:
+        jwks.failed(exc.detail)
+        now = jwks.clock.now().timestamp()
+        age = "never fetched" if jwks.fetched_at is None else f"last good {int(now - jwks.fetched_at)}s ago"
+        logger.warning("%s could not be refreshed (%s), keeping the last keys: %s", what, age, exc.detail)
+        return None
+    if changed:
+        logger.info("%s updated (%d keys)", what, len(jwks.keys or ()))
+    return changed
+
+
+class RemoteIssuer(RemoteJwks):
+    """An OIDC issuer's keys: from its ``jwks`` URL, or found by OIDC discovery."""
+
+    def __init__(self, issuer: str, cfg: IssuerSettings, clock: Clock | None = None) -> None:
+        super().__init__(cfg.jwks_url, ca=cfg.ca, refresh=cfg.refresh, max_stale=cfg.max_stale, clock=clock)
+        self.issuer, self.cfg = issuer, cfg
+
+    def locate(self, context: ssl.SSLContext) -> str:
+        if self.jwks_url:
+            return self.jwks_url
+        disc = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        _, doc = fetch_json(disc, context)
+        if doc.get("issuer") != self.issuer:
+            raise TrustError(f"{disc}: issuer is {doc.get('issuer')!r}, expected {self.issuer!r}")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or not uri.startswith("https://"):
+            raise TrustError(f"{disc}: no https jwks_uri")
+        self.jwks_url = uri
+        return uri
 
 
 class RemoteTrust:
@@ -131,7 +207,7 @@ class RemoteTrust:
                 keys=ri.keys or JwtKeys(),
                 remote=True,
                 fetched_at=ri.fetched_at,
-                max_stale=ri.cfg.max_stale,
+                max_stale=ri.max_stale,
             )
             parts.append(f"{iss}={ri.digest}")
         return trust.with_source(self.name, "|".join(parts), issuers=issuers)
@@ -143,23 +219,8 @@ class RemoteTrust:
         ri = self.issuers.get(iss)
         if ri is None:
             return
-        try:
-            changed = await asyncio.to_thread(ri.fetch)
-        except TrustError as exc:
-            ri.failures += 1
-            ri.last_error = exc.detail
-            age = (
-                "never fetched"
-                if ri.fetched_at is None
-                else f"last good {int(self._now() - ri.fetched_at)}s ago"
-            )
-            log.warning(
-                "JWKS of %s could not be refreshed (%s), keeping the last keys: %s", iss, age, exc.detail
-            )
-            return
-        if changed:
-            log.info("JWKS of %s updated (%d keys)", iss, len(ri.keys or ()))
-        self.on_change()
+        if await refresh_jwks(ri, f"JWKS of {iss}") is not None:
+            self.on_change()
 
     async def start(self, timeout: float = 10.0) -> None:
         """First fetch of every remote issuer (bounded), then the refresh loop."""
@@ -179,9 +240,7 @@ class RemoteTrust:
             await asyncio.sleep(1.0)
             now = self._now()
             for iss, ri in list(self.issuers.items()):
-                # Refresh on schedule; after a failure retry sooner (backing off up to the refresh period).
-                due = ri.cfg.refresh if not ri.failures else min(ri.cfg.refresh, 2.0 ** min(ri.failures, 8))
-                if now - ri.last_attempt >= due:
+                if ri.due(now):  # on schedule; after a failure sooner (backing off up to the refresh period)
                     await self.refresh(iss)
 
     def request_refetch(self, issuer: str) -> None:
