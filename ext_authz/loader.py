@@ -6,32 +6,15 @@ import hashlib
 from pathlib import Path
 
 from .config import parse_settings, read_config
-from .errors import ConfigError, TrustError
+from .errors import ConfigError
 from .identity.jwt import TokenSettings
 from .pipeline import Engine
 from .policy import compile_policy
 from .secrets import read_secret
 from .settings import Settings
-from .trust.bundles import JwtKeys, parse_jwks
 from .trust.files import load_trust
 
 __all__ = ["build_engine", "load_engine"]
-
-
-def _ssf_keys(cfg: Settings) -> dict[str, JwtKeys]:
-    """The keys of SSF transmitters whose JWKS is a file (URLs are fetched by the receivers)."""
-    out = {}
-    for r in cfg.shared_signals.receivers:
-        path = r.jwks_file
-        if path is not None:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise TrustError(
-                    f"{path}: cannot read the SSF transmitter's JWKS ({exc.strerror or exc})"
-                ) from exc
-            out[r.issuer] = parse_jwks(data, str(path), require_use=None)
-    return out
 
 
 def build_engine(cfg: Settings, config_bytes: bytes) -> Engine:
@@ -46,7 +29,6 @@ def build_engine(cfg: Settings, config_bytes: bytes) -> Engine:
         policy=policy,
         tokens=TokenSettings(cfg.jwt_svid, cfg.issuers),
         config_revision=hashlib.sha256(config_bytes).hexdigest()[:12],
-        ssf_keys=_ssf_keys(cfg),
     )
 
 

@@ -33,7 +33,7 @@ from .policy import Policy
 from .policy.engine import StepUp
 from .settings import Limits, Settings
 from .state.snapshot import StateSnapshot
-from .trust.bundles import JwtKeys, TrustSnapshot
+from .trust.bundles import TrustSnapshot
 from .trust.revision import Revision
 
 __all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
@@ -52,7 +52,6 @@ class Engine:
     policy: Policy
     tokens: TokenSettings
     config_revision: str
-    ssf_keys: Mapping[str, JwtKeys] = field(default_factory=dict)  # SSF transmitters' keys from files
 
     @property
     def revision(self) -> Revision:

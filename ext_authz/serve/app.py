@@ -33,7 +33,7 @@ from ..ssf.service import SharedSignals
 from ..state.backends import open_log
 from ..state.integrity import Sealer, load_key
 from ..state.replica import Replica
-from ..trust.remote import RemoteTrust
+from ..trust.remote import RemoteTrust, TransmitterKeys
 from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
 from .check import AUTH_SERVICE, AuthorizationServicer
@@ -113,7 +113,8 @@ class Server:
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
         self.workload_api = WorkloadApiTrust(runtime.sources_changed)
-        runtime.sources = TrustSources((self.remote, self.workload_api))
+        self.transmitter_keys = TransmitterKeys(runtime.sources_changed, runtime.clock)
+        runtime.sources = TrustSources((self.remote, self.workload_api, self.transmitter_keys))
         runtime.on_unknown_key = self.remote.request_refetch
         self.reloader = Reloader(config_path, runtime)
         self._tasks: list[asyncio.Task[None]] = []

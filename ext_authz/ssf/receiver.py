@@ -34,7 +34,7 @@ from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
 from ..state.records import Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
-from ..trust.remote import RemoteJwks, loopback, refresh_jwks
+from ..trust.remote import loopback
 from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
 from .sets import SecurityEvent, SetError, peek, verify_set
 from .subjects import SubjectError, resolve
@@ -92,7 +92,6 @@ def _request(
 class ReceiverState:
     cfg: SsfReceiverSettings
     secret: str = ""
-    jwks: RemoteJwks | None = None  # the keys from jwks_url (a JWKS file's keys are in the engine)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expected_state: str | None = None  # the verification state we asked for, until it comes back
     verified_at: float | None = None
@@ -100,11 +99,6 @@ class ReceiverState:
     stream_status: str = ""
     poll_url: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def keys(self) -> JwtKeys | None:
-        """The keys fetched from jwks_url, if any yet."""
-        return None if self.jwks is None else self.jwks.keys
 
     def authorized(self, header: str) -> bool:
         if not self.secret:
@@ -131,24 +125,12 @@ class Receivers:
                 for task in self.receivers.pop(iss).tasks:
                     task.cancel()
         for iss, rc in wanted.items():
-            state = self.receivers.get(iss) or ReceiverState(rc, jwks=self._remote_keys(rc))
+            state = self.receivers.get(iss) or ReceiverState(rc)
             if rc.authorization_file is not None:  # read again on every reload: a secret may be rotated
                 state.secret = read_secret(rc.authorization_file, "authorization_file")
             if iss in self.receivers:
                 continue
             self.receivers[iss] = state
-
-    def _remote_keys(self, rc: SsfReceiverSettings) -> RemoteJwks | None:
-        if not rc.jwks_url:
-            return None
-        return RemoteJwks(
-            rc.jwks_url,
-            ca=rc.ca,
-            refresh=rc.refresh,
-            max_stale=rc.max_stale,
-            clock=self.runtime.clock,
-            loopback_http=True,  # a transmitter on this machine may serve plain http (as it may push)
-        )
 
     async def start(self) -> None:
         for state in self.receivers.values():
@@ -157,8 +139,6 @@ class Receivers:
     def _start(self, state: ReceiverState) -> None:
         if state.tasks:
             return
-        if state.jwks is not None:
-            state.tasks.append(asyncio.create_task(self._refresh_keys(state, state.jwks)))
         if state.cfg.manage_stream:
             state.tasks.append(asyncio.create_task(self._manage(state)))
         if state.cfg.delivery == "poll":
@@ -178,32 +158,16 @@ class Receivers:
             state.tasks.clear()
 
     def _keys(self, state: ReceiverState) -> JwtKeys:
-        jwks = state.jwks
-        if jwks is not None:
-            if jwks.keys is None:
-                raise SetError("invalid_key", "the transmitter's keys have not been fetched yet")
-            if jwks.stale(self._now()):
-                raise SetError(
-                    "invalid_key", "the transmitter's keys are stale (not refreshed within max_stale)"
-                )
-            return jwks.keys
-        keys = self.runtime.engine.ssf_keys.get(state.cfg.issuer)
-        if keys is None:
+        """The transmitter's keys in the current trust snapshot: from its JWKS file, or fetched from its
+        URL by the trust source (trust/remote.TransmitterKeys) and fresh."""
+        trust = self.runtime.engine.trust.transmitters.get(state.cfg.issuer)
+        if trust is None:
             raise SetError("invalid_key", "no keys for this transmitter")
-        return keys
-
-    async def _refresh_keys(self, state: ReceiverState, jwks: RemoteJwks) -> None:
-        """Keep the transmitter's keys fresh, as remote issuers' are (trust/remote.py)."""
-        while True:
-            try:
-                await refresh_jwks(jwks, f"SSF keys of {state.cfg.issuer}", log)
-            except Exception as exc:  # never let the refresher die: stale keys refuse every SET
-                jwks.failed(type(exc).__name__)
-                self.errors += 1
-                log.error(
-                    "SSF keys of %s: unexpected %s", state.cfg.issuer, type(exc).__name__, exc_info=True
-                )
-            await asyncio.sleep(jwks.retry_interval())
+        if trust.remote and trust.fetched_at is None:
+            raise SetError("invalid_key", "the transmitter's keys have not been fetched yet")
+        if trust.stale(self._now()):
+            raise SetError("invalid_key", "the transmitter's keys are stale (not refreshed within max_stale)")
+        return trust.keys
 
     def _now(self) -> float:
         return self.runtime.clock.now().timestamp()
@@ -509,8 +473,10 @@ class Receivers:
         """What keeps a receiver from taking SETs in, for /readyz (every SET would be refused)."""
         out = []
         now = self._now()
+        transmitters = self.runtime.engine.trust.transmitters
         for iss, st in sorted(self.receivers.items()):
-            if st.jwks is not None and st.jwks.stale(now):
+            trust = transmitters.get(iss)
+            if st.cfg.jwks_url and (trust is None or trust.stale(now)):
                 out.append(f"SSF receiver {iss}: no fresh keys from {st.cfg.jwks_url}, every SET is refused")
         return out
 

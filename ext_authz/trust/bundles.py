@@ -76,6 +76,8 @@ class TrustSnapshot:
     revision: TrustRevision = field(default_factory=TrustRevision)
     domains: Mapping[str, TrustDomainTrust] = field(default_factory=dict)
     issuers: Mapping[str, IssuerTrust] = field(default_factory=dict)
+    # SSF transmitters' SET-signing keys, by the transmitter's issuer (files here; URLs by a live source)
+    transmitters: Mapping[str, IssuerTrust] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -89,12 +91,14 @@ class TrustSnapshot:
         *,
         domains: Mapping[str, TrustDomainTrust] | None = None,
         issuers: Mapping[str, IssuerTrust] | None = None,
+        transmitters: Mapping[str, IssuerTrust] | None = None,
     ) -> TrustSnapshot:
         """This material with a live source's part replaced; the revision covers every source."""
         return TrustSnapshot(
             revision=self.revision.with_source(name, digest),
             domains=self.domains if domains is None else domains,
             issuers=self.issuers if issuers is None else issuers,
+            transmitters=self.transmitters if transmitters is None else transmitters,
         )
 
 

@@ -64,4 +64,23 @@ def load_trust(cfg: Settings) -> TrustSnapshot:
         data = _read(jwks, f"JWKS of issuer {iss}")
         digest.update(b"iss\0" + iss.encode() + b"\0" + data)
         issuers[iss] = IssuerTrust(issuer=iss, keys=parse_jwks(data, str(jwks), require_use=None))
-    return TrustSnapshot(revision=TrustRevision(digest.hexdigest()[:16]), domains=domains, issuers=issuers)
+    transmitters: dict[str, IssuerTrust] = {}
+    for rc in cfg.shared_signals.receivers:
+        if rc.jwks_file is None:
+            # Fetched at the edge (trust/remote.TransmitterKeys) and merged in; none until then.
+            digest.update(b"ssf-remote\0" + rc.issuer.encode())
+            transmitters[rc.issuer] = IssuerTrust(
+                issuer=rc.issuer, keys=JwtKeys(), remote=True, max_stale=rc.max_stale
+            )
+            continue
+        data = _read(rc.jwks_file, f"JWKS of SSF transmitter {rc.issuer}")
+        digest.update(b"ssf\0" + rc.issuer.encode() + b"\0" + data)
+        transmitters[rc.issuer] = IssuerTrust(
+            issuer=rc.issuer, keys=parse_jwks(data, str(rc.jwks_file), require_use=None)
+        )
+    return TrustSnapshot(
+        revision=TrustRevision(digest.hexdigest()[:16]),
+        domains=domains,
+        issuers=issuers,
+        transmitters=transmitters,
+    )

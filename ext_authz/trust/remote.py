@@ -20,7 +20,7 @@ from typing import Any
 from ..clock import Clock, SystemClock
 from ..errors import TrustError
 from ..httpclient import HttpError, fetch
-from ..settings import IssuerSettings, Settings
+from ..settings import IssuerSettings, Settings, SsfReceiverSettings
 from .bundles import IssuerTrust, JwtKeys, TrustSnapshot, parse_jwks
 from .sources import OnChange
 
@@ -177,21 +177,32 @@ class RemoteTrust:
     """A trust source: keeps every remote issuer's keys fresh (see sources.py)."""
 
     name = "jwks"
+    what = "JWKS of"  # how the log names one key set
 
     def __init__(self, on_change: OnChange, clock: Clock | None = None) -> None:
         self.on_change = on_change
         self.clock = clock or SystemClock()
-        self.issuers: dict[str, RemoteIssuer] = {}
+        self.issuers: dict[str, RemoteJwks] = {}
         self._task: asyncio.Task[None] | None = None
         self._refetching: set[str] = set()
 
     def configure(self, settings: Settings) -> None:
         wanted = {iss: ic for iss, ic in settings.issuers.items() if ic.remote}
         for iss in list(self.issuers):
-            if iss not in wanted or self.issuers[iss].cfg != wanted[iss]:
+            ri = self.issuers[iss]
+            if iss not in wanted or not isinstance(ri, RemoteIssuer) or ri.cfg != wanted[iss]:
                 del self.issuers[iss]
         for iss, ic in wanted.items():
             self.issuers.setdefault(iss, RemoteIssuer(iss, ic, self.clock))
+
+    def _remote(self, iss: str, ri: RemoteJwks) -> IssuerTrust:
+        return IssuerTrust(
+            issuer=iss,
+            keys=ri.keys or JwtKeys(),
+            remote=True,
+            fetched_at=ri.fetched_at,
+            max_stale=ri.max_stale,
+        )
 
     def contribute(self, trust: TrustSnapshot) -> TrustSnapshot:
         """The latest remote keys; the revision changes only when keys change."""
@@ -202,13 +213,7 @@ class RemoteTrust:
         for iss, ri in sorted(self.issuers.items()):
             if iss not in issuers:
                 continue
-            issuers[iss] = IssuerTrust(
-                issuer=iss,
-                keys=ri.keys or JwtKeys(),
-                remote=True,
-                fetched_at=ri.fetched_at,
-                max_stale=ri.max_stale,
-            )
+            issuers[iss] = self._remote(iss, ri)
             parts.append(f"{iss}={ri.digest}")
         return trust.with_source(self.name, "|".join(parts), issuers=issuers)
 
@@ -219,7 +224,7 @@ class RemoteTrust:
         ri = self.issuers.get(iss)
         if ri is None:
             return
-        if await refresh_jwks(ri, f"JWKS of {iss}") is not None:
+        if await refresh_jwks(ri, f"{self.what} {iss}") is not None:
             self.on_change()
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -252,3 +257,49 @@ class RemoteTrust:
         self._refetching.add(issuer)
         task = asyncio.ensure_future(self.refresh(issuer))
         task.add_done_callback(lambda _: self._refetching.discard(issuer))
+
+
+class RemoteTransmitter(RemoteJwks):
+    """An SSF transmitter's SET-signing keys, from its ``jwks`` URL (http:// too on loopback: a
+    transmitter on this machine, as it may push to us)."""
+
+    def __init__(self, cfg: SsfReceiverSettings, clock: Clock | None = None) -> None:
+        super().__init__(
+            cfg.jwks_url,
+            ca=cfg.ca,
+            refresh=cfg.refresh,
+            max_stale=cfg.max_stale,
+            clock=clock,
+            loopback_http=True,
+        )
+        self.cfg = cfg
+
+
+class TransmitterKeys(RemoteTrust):
+    """A trust source: the keys of every SSF transmitter we receive from by URL, fresh, in
+    ``TrustSnapshot.transmitters`` (a JWKS file's are there from the files). The receivers verify SETs
+    with the snapshot's keys, and refuse them while the keys are missing or stale."""
+
+    name = "ssf-jwks"
+    what = "SSF keys of"
+
+    def configure(self, settings: Settings) -> None:
+        wanted = {r.issuer: r for r in settings.shared_signals.receivers if r.jwks_url}
+        for iss in list(self.issuers):
+            rt = self.issuers[iss]
+            if iss not in wanted or not isinstance(rt, RemoteTransmitter) or rt.cfg != wanted[iss]:
+                del self.issuers[iss]
+        for iss, rc in wanted.items():
+            self.issuers.setdefault(iss, RemoteTransmitter(rc, self.clock))
+
+    def contribute(self, trust: TrustSnapshot) -> TrustSnapshot:
+        if not self.issuers:
+            return trust
+        transmitters = dict(trust.transmitters)
+        parts = []
+        for iss, rt in sorted(self.issuers.items()):
+            if iss not in transmitters:
+                continue
+            transmitters[iss] = self._remote(iss, rt)
+            parts.append(f"{iss}={rt.digest}")
+        return trust.with_source(self.name, "|".join(parts), transmitters=transmitters)

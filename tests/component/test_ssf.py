@@ -329,7 +329,10 @@ async def test_a_revocation_made_on_a_is_enforced_by_b(demo_dir: Path, tmp_path:
         b_ssf = pair.b.runtime.ssf
         assert b_ssf is not None
         (state,) = b_ssf.receivers.receivers.values()
-        await until(lambda: state.keys is not None, "B fetched A's keys")
+        await until(
+            lambda: pair.b.runtime.engine.trust.transmitters[state.cfg.issuer].fetched_at is not None,
+            "B fetched A's keys",
+        )
         if delivery == "poll":
             await until(lambda: state.verified_at is not None, "B's stream at A verified")
         older = alice_token(demo_dir, iat=int(time.time()) - 60)

@@ -131,6 +131,7 @@ async def test_sets_wait_for_the_transmitters_keys_and_readyz_says_so(receiving:
     assert status == 400 and json.loads(body)["err"] == "invalid_key"
 
     receiving.keys.serving = True
+    receiving.clock.at += timedelta(seconds=5)  # the next retry is due (retries run on the runtime's clock)
 
     async def ready() -> bool:
         return (await receiving.readyz()).startswith("ready")
@@ -141,6 +142,7 @@ async def test_sets_wait_for_the_transmitters_keys_and_readyz_says_so(receiving:
 
 async def test_keys_not_refreshed_within_max_stale_refuse_every_set(receiving: Receiving) -> None:
     receiving.keys.serving = True
+    receiving.clock.at += timedelta(seconds=5)  # the first fetch (at start) failed: the retry is due
 
     async def ready() -> bool:
         return (await receiving.readyz()).startswith("ready")
@@ -155,5 +157,6 @@ async def test_keys_not_refreshed_within_max_stale_refuse_every_set(receiving: R
     assert status == 400 and "stale" in json.loads(body)["description"]
 
     receiving.keys.serving = True  # back: the next retry fetches them again
+    receiving.clock.at += timedelta(seconds=10)  # past any backoff so far
     await until(ready, "the transmitter's keys fetched again")
     assert await receiving.push() == (202, "")
