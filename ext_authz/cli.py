@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continuous zero-trust authorization for Envoy",
         epilog="Exit codes: 0 ok (allowed); 1 denied, or a policy test failed; 2 usage;"
         " 3 invalid input; 4 the admin API is unreachable.",
+        allow_abbrev=False,  # `report --log` is not an abbreviation of the global --log-level
     )
     parser.add_argument("--version", action="version", version=f"ext-authz {_version()}")
     _global_flags(parser, None)

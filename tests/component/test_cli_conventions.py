@@ -150,6 +150,16 @@ def test_global_flags_after_the_subcommand(demo_dir: Path) -> None:
     assert run("validate", cfg, "--log-level", "loud").returncode == 2
 
 
+def test_a_subcommand_option_that_starts_like_a_global_flag(tmp_path: Path) -> None:
+    """`report --log FILE` is report's own option, not an abbreviation of --log-level/--log-format."""
+    log = tmp_path / "decisions.log"
+    log.write_text("")
+    for args in (["report", "--log", str(log)], ["report", "--log", str(log), "--log-level", "debug"]):
+        res = run(*args)
+        assert res.returncode == 0, res.stderr
+    assert run("--log-le", "debug", "validate", "x").returncode == 2  # no abbreviations of global flags
+
+
 def test_json_logs(demo_dir: Path, tmp_path: Path) -> None:
     """--log-format json (after the subcommand): every log line is one JSON object with an RFC 3339 time."""
     config = sqlite_config(demo_dir, tmp_path / "a", tmp_path / "state.db")
