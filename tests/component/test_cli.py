@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -146,10 +145,8 @@ def test_serve_turns_not_serving_on_sigterm_then_exits(
 def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("listen: nowhere\n")
-    start = time.monotonic()
-    res = run("serve", "--config", str(cfg))
+    res = run("serve", "--config", str(cfg))  # exits, not serves: run()'s timeout fails a hang
     assert res.returncode == 3 and "listen" in res.stderr and "Traceback" not in res.stderr
-    assert time.monotonic() - start < 30
 
 
 def test_a_second_signal_cuts_the_drain_short(demo_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from tests.component.checkreq import check_request
 from tests.component.test_server import _http_get
 from tests.component.test_streams import sample, scrape, start
 from tests.redis_server import RedisServer
+from tests.waiting import until
 
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 BILLING = "spiffe://example.org/ns/billing/sa/worker"
@@ -82,14 +84,6 @@ async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Repli
     yield make
     for s in made:
         await s.close()
-
-
-async def until(pred: Callable[[], bool], what: str = "condition", timeout: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.002)
 
 
 def test_redis_urls_choose_the_redis_backend() -> None:
@@ -175,7 +169,6 @@ async def test_no_revocation_is_lost_across_a_redis_restart(
     await until(
         lambda: b.healthy and b.snapshot.revoked("spiffe_id", BILLING, T) is not None,
         "b caught up",
-        timeout=20,
     )
     assert b.snapshot.revoked("spiffe_id", FRONTEND, T) is not None
     assert b.errors >= 1
@@ -241,10 +234,11 @@ async def test_a_server_that_is_not_the_ones_ca_vouches_for_is_refused(
 
 
 async def test_a_record_forged_with_redis_cli_is_ignored_logged_and_counted(
-    demo_dir: Path, tmp_path: Path, secure_redis: RedisServer
+    demo_dir: Path, tmp_path: Path, secure_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Someone with Redis access but not the HMAC key writes an exception for billing (a year long,
     with an author of their choosing) and a delete entry for a real revocation. Neither counts."""
+    caplog.set_level(logging.WARNING, logger="ext_authz.state")
     r = await start(demo_dir, tmp_path, state=secure_redis.settings())
     try:
         async with grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen) as ch:
@@ -300,6 +294,15 @@ async def test_a_record_forged_with_redis_cli_is_ignored_logged_and_counted(
         )
         replica = r.runtime.replica
         await until(lambda: sum(replica.rejected.values()) >= 2, "both forgeries read and refused")
+        logged = [rec.getMessage() for rec in caplog.records if rec.name == "ext_authz.state"]
+        assert any(
+            m.startswith("state: ignoring exception 'exc_forged'") and m.endswith("(unauthenticated)")
+            for m in logged
+        ), logged
+        assert any(
+            m.startswith(f"state: ignoring revocation {real.id!r}") and m.endswith("(unauthenticated)")
+            for m in logged
+        ), logged
         billing = await r.stub.Check(check_request(demo_dir, workload="billing"))
         assert billing.dynamic_metadata.fields["reason"].string_value == "no_rule"  # no exception applied
         frontend = await r.stub.Check(check_request(demo_dir, workload="frontend"))
@@ -334,6 +337,106 @@ async def test_a_record_forged_with_redis_cli_is_ignored_logged_and_counted(
         await second.server.stop(0)
 
 
+async def test_a_sealed_record_of_an_unknown_kind_is_ignored_logged_and_counted(
+    demo_dir: Path, tmp_path: Path, secure_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Written with the HMAC key, so its MAC verifies: only its kind is one this version does not know."""
+    caplog.set_level(logging.WARNING, logger="ext_authz.state")
+    key = load_key(secure_redis.hmac_key)
+    r = await start(demo_dir, tmp_path, state=secure_redis.settings())
+    try:
+        body = Sealer(key).seal("put", "widget", "w1", encode(rev("w1")))
+        assert Sealer(key).open("put", "widget", "w1", body) is not None  # authentic under the key
+        secure_redis.cli("HSET", "ext-authz:records", "widget\x1fw1", body)
+        secure_redis.cli(
+            "XADD",
+            "ext-authz:changes",
+            "*",
+            "op",
+            "put",
+            "kind",
+            "widget",
+            "id",
+            "w1",
+            "body",
+            body,
+            "at",
+            "0",
+        )
+        replica = r.runtime.replica
+        await until(lambda: replica.rejected[("unknown", "unknown_kind")] == 1, "the widget read and ignored")
+        assert sum(replica.rejected.values()) == 1  # not counted as anything else
+        assert replica.healthy  # ignored: the follower goes on
+        assert any(
+            rec.name == "ext_authz.state"
+            and rec.getMessage().startswith("state: ignoring widget 'w1'")
+            and rec.getMessage().endswith("(unknown_kind)")
+            for rec in caplog.records
+        ), caplog.text
+        scraped = await scrape(r)
+        assert (
+            sample(scraped, "ext_authz_state_records_rejected_total", kind="unknown", reason="unknown_kind")
+            == 1
+        )
+        frontend = await r.stub.Check(check_request(demo_dir, workload="frontend"))
+        assert (
+            frontend.dynamic_metadata.fields["reason"].string_value == "allowed"
+        )  # its body applied nowhere
+        async with grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen) as ch:
+            await admin_pb2_grpc.AdminStub(ch).Revoke(pb.RevokeRequest(value=BILLING, reason="after"))
+        await until(
+            lambda: replica.snapshot.revoked("spiffe_id", BILLING, time.time()) is not None,
+            "a record after the widget applied",
+        )
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)
+    second = await start(demo_dir, tmp_path / "restart", state=secure_redis.settings())  # and on a full load
+    try:
+        assert second.runtime.replica.rejected[("unknown", "unknown_kind")] == 1
+        assert second.runtime.replica.snapshot.revoked("spiffe_id", BILLING, time.time()) is not None
+    finally:
+        await second.channel.close()
+        await second.server.stop(0)
+
+
+# --- the password from the environment -----------------------------------------------------------------
+
+
+async def test_the_redis_password_from_password_env_opens_the_secure_store(
+    secure_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXT_AUTHZ_TEST_REDIS_PASSWORD", secure_redis.password)
+    settings = {k: v for k, v in secure_redis.settings().items() if k != "password_file"}
+    settings["password_env"] = "EXT_AUTHZ_TEST_REDIS_PASSWORD"
+    state = StateSettings.model_validate(settings)
+    assert state.password_file is None and secure_redis.password not in json.dumps(settings)
+    replica = Replica(open_log(state), Settings, sealer=Sealer(load_key(secure_redis.hmac_key)))
+    try:
+        await replica.start()
+        await replica.put(rev("via-env"))
+    finally:
+        await replica.close()
+    assert "revocation\x1fvia-env" in secure_redis.cli("HKEYS", "ext-authz:records")  # written under AUTH
+
+    monkeypatch.setenv("EXT_AUTHZ_TEST_REDIS_PASSWORD", "not-the-password")  # the variable is what is used
+    wrong = Replica(open_log(state), Settings, sealer=Sealer(load_key(secure_redis.hmac_key)))
+    with pytest.raises(StateError):
+        await wrong.start()
+    await wrong.close()
+
+
+def test_a_missing_password_env_variable_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EXT_AUTHZ_TEST_REDIS_PASSWORD", raising=False)
+    unstarted = RedisServer(tmp_path / "redis", secure=True)  # its files only: nothing is reached
+    settings = {k: v for k, v in unstarted.settings().items() if k != "password_file"}
+    state = StateSettings.model_validate({**settings, "password_env": "EXT_AUTHZ_TEST_REDIS_PASSWORD"})
+    with pytest.raises(StateError, match=r"state\.password_env: .*EXT_AUTHZ_TEST_REDIS_PASSWORD is not set"):
+        open_log(state)
+
+
 # --- a server on Redis ---------------------------------------------------------------------------------
 
 
@@ -363,17 +466,16 @@ async def test_server_on_redis_keeps_enforcing_and_reports_degraded(
         async def state_status() -> Any:
             return (await health.Check(health_pb2.HealthCheckRequest(service="ext_authz.state"))).status
 
-        for _ in range(200):
-            if await state_status() == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            await asyncio.sleep(0.01)
-        assert await state_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        async def state_not_serving() -> bool:
+            return bool(await state_status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        await until(state_not_serving, "the state health service NOT_SERVING")
         main = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert main.status == health_pb2.HealthCheckResponse.SERVING
         assert sample(await scrape(r), "ext_authz_state_connected") == 0
 
         redis_server.start()
-        await until(lambda: r.runtime.replica.healthy, "healthy again", timeout=20)
+        await until(lambda: r.runtime.replica.healthy, "healthy again")
         code, body = await _http_get(http, "/readyz")
         assert code == 200 and body.startswith("ready")
     finally:
@@ -412,7 +514,8 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
     try:
         await revoke(a, FRONTEND)
         await until(
-            lambda: b.runtime.replica.snapshot.revoked("spiffe_id", FRONTEND, time.time()) is not None
+            lambda: b.runtime.replica.snapshot.revoked("spiffe_id", FRONTEND, time.time()) is not None,
+            "the revocation on b",
         )
         settled = time.monotonic()
 
@@ -422,15 +525,12 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
             await revoke(a, BILLING)  # refused while Redis is down: never silently dropped
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         redis_server.start()
-        await until(
-            lambda: a.runtime.replica.healthy and b.runtime.replica.healthy, "both reconnect", timeout=20
-        )
+        await until(lambda: a.runtime.replica.healthy and b.runtime.replica.healthy, "both reconnect")
 
         await revoke(b, BILLING)  # after the restart, on the other replica
         await until(
             lambda: a.runtime.replica.snapshot.revoked("spiffe_id", BILLING, time.time()) is not None,
             "a caught up",
-            timeout=20,
         )
         caught_up = time.monotonic()
         count = len(seen)

@@ -299,14 +299,14 @@ async def test_a_file_written_while_it_is_being_loaded_is_loaded_again(
     assert await running.server.reloader.check()
     monkeypatch.setattr(server_module, "load_engine", real_load)
     billing = check_request(demo_dir, workload="billing")
+
     # The late write is picked up by a later tick (the test's or the background reloader's), not
     # recorded as seen and then never loaded.
-    for _ in range(200):
+    async def billing_allowed() -> bool:
         await running.server.reloader.check()
-        if (await running.stub.Check(billing)).status.code == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert (await running.stub.Check(billing)).status.code == 0
+        return bool((await running.stub.Check(billing)).status.code == 0)
+
+    await until(billing_allowed, "the late write loaded: billing allowed")
 
 
 @pytest.mark.parametrize("fault", ["deleted", "corrupted", "emptied"])

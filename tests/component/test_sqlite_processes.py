@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
+from tests.waiting import until_sync
 
 CLI = [sys.executable, "-m", "ext_authz.cli"]
 # What an operator pastes by mistake where a jti belongs: a whole token (a secret).
@@ -189,11 +190,11 @@ def test_two_processes_on_one_file_see_each_others_revocations(
     res = cli("revoke", FRONTEND, "--reason", "incident", "-c", str(a.config))
     assert res.returncode == 0, res.stderr
     returned = time.monotonic()
-    deadline = returned + 5
-    while b.reason(demo_dir, workload="frontend") != "revoked":
-        assert time.monotonic() < deadline, "the other process never saw the revocation"
-        time.sleep(0.005)
-    seen_after = time.monotonic() - returned
+    until_sync(
+        lambda: b.reason(demo_dir, workload="frontend") == "revoked",
+        "the revocation seen by the other process",
+    )
+    seen_after = time.monotonic() - returned  # reported, not asserted
     print(
         f"revocation visible in the other process after {seen_after * 1000:.0f} ms"
     )  # the bench measures p99

@@ -259,15 +259,27 @@ class BlockedSink(io.StringIO):
 
 
 async def test_a_blocked_log_sink_never_stalls_checks(demo_dir: Path, tmp_path: Path) -> None:
-    sink = BlockedSink()
+    from tests.waiting import TIMEOUT as WAIT_BOUND
+
+    class StuckSink(BlockedSink):
+        """Takes no line until released. Should a write give up waiting (a bound for a broken build that
+        writes on the Check path, which would otherwise hang the event loop), it releases the sink: the
+        assertion below then fails instead of the test hanging."""
+
+        def write(self, s: str) -> int:
+            if not self.release.wait(WAIT_BOUND):
+                self.release.set()
+            return io.StringIO.write(self, s)
+
+    sink = StuckSink()
     log = DecisionLog(sink, background=True, max_queue=3)
     r = await start(demo_dir, tmp_path, log=log)
     try:
-        t0 = time.monotonic()
-        for _ in range(20):
-            resp = await r.stub.Check(check_request(demo_dir, workload="frontend"))
+        for _ in range(20):  # the deadline fails a Check that waits for the sink elsewhere
+            resp = await r.stub.Check(check_request(demo_dir, workload="frontend"), timeout=WAIT_BOUND)
             assert resp.status.code == 0
-        assert time.monotonic() - t0 < 5  # the sink is blocked for 10 s: no Check waited for it
+        # Every Check was answered while the sink was still blocked and had taken no line: none waited.
+        assert not sink.release.is_set() and sink.getvalue() == ""
         m = await scrape(r)
         assert log.dropped >= 20 - 2 * 3  # at most one batch is stuck in the sink and one queue is full
         assert sample(m, "ext_authz_decision_log_dropped_total") == log.dropped

@@ -84,13 +84,10 @@ def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp
             check=False,
         )
         assert res.returncode == 0, res.stderr
-        deadline = time.monotonic() + 5
-        while True:  # every worker (every new connection) must refuse it, soon
-            reasons = {check_once(cfg["listen"], demo_dir) for _ in range(10)}
-            if reasons == {"revoked"}:
-                break
-            assert time.monotonic() < deadline, f"still {reasons}"
-            time.sleep(0.05)
+        until_sync(  # every worker (every new connection) must refuse it
+            lambda: {check_once(cfg["listen"], demo_dir) for _ in range(10)} == {"revoked"},
+            "every worker refusing the revoked identity",
+        )
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -21,6 +21,7 @@ from ext_authz.dev import pki
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import start
+from tests.waiting import until
 
 TD, FED = "example.org", "other.org"
 WORKLOAD = f"spiffe://{TD}/ns/backend/sa/api"
@@ -147,10 +148,10 @@ async def reason(r: Running, demo: Path, leaf: pki.Issued | None = None, token: 
 
 
 async def eventually(r: Running, demo: Path, want: str, **kw: Any) -> None:
-    deadline = time.monotonic() + 15
-    while (got := await reason(r, demo, **kw)) != want:
-        assert time.monotonic() < deadline, f"still {got}, wanted {want}"
-        await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return await reason(r, demo, **kw) == want
+
+    await until(reached, f"the reason {want}")
 
 
 async def test_bundles_from_the_workload_api_including_federated(
@@ -179,11 +180,30 @@ async def test_a_broken_stream_keeps_the_last_bundles_and_recovers(
     running: Running, demo_dir: Path, agent: AgentServer, pkis: dict[str, Any]
 ) -> None:
     agent.stop()
-    # The client retries quietly, so there is no moment to wait for: every Check while the agent is
-    # away (sampled over half a second of its retries) is decided on the last bundles.
-    for _ in range(50):
-        assert await reason(running, demo_dir, pkis["leaf_a"]) == "allowed"
-        await asyncio.sleep(0.01)
+    # The client retries quietly; where the agent was, a listener that hangs up on every connection
+    # makes its retries visible. Every Check while it retries is decided on the last bundles.
+    attempts = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()
+
+    agent.socket.unlink(missing_ok=True)
+    broken = await asyncio.start_unix_server(hang_up, path=str(agent.socket))
+    decided: list[str] = []
+
+    async def retried_twice() -> bool:
+        decided.append(await reason(running, demo_dir, pkis["leaf_a"]))
+        return attempts >= 2
+
+    try:
+        await until(retried_twice, "the client reconnecting to the broken agent twice")
+    finally:
+        broken.close()
+        await broken.wait_closed()
+        agent.socket.unlink(missing_ok=True)
+    assert decided and set(decided) == {"allowed"}
     agent.agent.publish({TD: [pkis["ca_a"], pkis["ca_c"]], FED: [pkis["ca_b"]]}, [pkis["jwt"]])
     agent.start()  # the agent returns (same socket) with a rotated bundle
     await eventually(running, demo_dir, "allowed", leaf=pkis["leaf_c"])
@@ -195,7 +215,6 @@ async def test_not_ready_until_every_workload_api_trust_domain_has_its_bundle(
     """Without a registration entry (or before the agent has one), SVIDs of that trust domain would be
     refused: /readyz says what ext-authz is waiting for, so a probe keeps it out of rotation."""
     from tests.component.test_server import _http_get
-    from tests.waiting import until
 
     a = Agent()
     a.entry = False  # no registration entry yet: the agent refuses, as SPIRE's does

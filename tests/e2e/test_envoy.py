@@ -8,7 +8,6 @@ import re
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,20 +173,26 @@ def test_access_log_carries_the_decision_id(stack: Stack) -> None:
     denied = request(stack, "/api/orders?probe=1", workload="billing")
     did = denied.headers["x-ext-authz-decision-id"]
     allowed = request(stack, "/api/orders?probe=2").echo()["x-ext-authz-decision-id"]
-    deadline = time.monotonic() + 10
-    log = ""
-    while time.monotonic() < deadline:
-        log = stack.log_path("envoy").read_text()
-        if did in log and allowed in log:
-            break
-        time.sleep(0.1)
-    line = next(ln for ln in log.splitlines() if f"decision_id={did}" in ln)
+
+    def access_log() -> str:
+        return stack.log_path("envoy").read_text()
+
+    until_sync(
+        lambda: did in access_log() and allowed in access_log(), "both decisions in Envoy's access log"
+    )
+    log = access_log()
+    lines = [ln for ln in log.splitlines() if f"decision_id={did}" in ln]
+    assert lines, f"no access log line with decision_id={did}:\n{log[-2000:]}"
+    line = lines[0]
     assert " 403 " in line and "reason=no_rule" in line
     assert any(f"decision_id={allowed}" in ln and " 200 " in ln for ln in log.splitlines())
-    decisions = [
-        json.loads(x) for x in stack.log_path("ext-authz").read_text().splitlines() if x.startswith("{")
-    ]
-    assert {did, allowed} <= {d["decision_id"] for d in decisions}
+
+    def logged_ids() -> set[str]:  # ext-authz writes its decision log from a background thread
+        text = stack.log_path("ext-authz").read_text()
+        complete = text[: text.rfind("\n") + 1]  # not a line still being written
+        return {json.loads(x)["decision_id"] for x in complete.splitlines() if x.startswith("{")}
+
+    until_sync(lambda: {did, allowed} <= logged_ids(), "both decisions in ext-authz's decision log")
 
 
 def test_envoy_yaml_validates(demo_dir: Path, tmp_path: Path) -> None:

@@ -649,6 +649,25 @@ def test_an_unknown_transport_is_refused() -> None:
     assert "grpcio" in str(err) and "native" in str(err)
 
 
+CHECK_TLS = """
+    listen: 0.0.0.0:9191
+    trust_domains: {{example.org: {{x509_bundle: bundle.pem}}}}
+    check:
+      tls: {{cert: server.pem, key: server.key}}
+      allowed_spiffe_ids: [spiffe://example.org/ns/backend/sa/envoy]
+    transport: {transport}
+"""
+
+
+def test_native_transport_with_check_tls_is_refused_at_load() -> None:
+    assert parse(CHECK_TLS.format(transport="grpcio")).check_transport == "grpcio"  # TLS served by grpcio
+    err = parse_error(CHECK_TLS.format(transport="native"))  # native serves plaintext only
+
+    assert err.reason == "config_invalid"
+    assert (err.file, err.key) == (FILE, "transport")
+    assert str(err).startswith(f"{FILE}: transport: ") and "check.tls" in str(err)
+
+
 def test_limits_default_and_may_be_set() -> None:
     assert parse("").limits == Limits()
     cfg = parse("limits: {max_token_bytes: 4096, max_headers: 50, max_chain_length: 2}")

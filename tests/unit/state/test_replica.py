@@ -32,6 +32,7 @@ from ext_authz.state.commands import InvalidArgument
 from ext_authz.state.integrity import Sealer
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal, encode
 from ext_authz.state.replica import Replica, RevocationEvent
+from tests.waiting import until
 
 T = 1_900_000_000.0
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -131,16 +132,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     )
     async with running(replica_on(backend)) as replica:
         yield replica
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Until ``condition()`` holds; fails naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.005)
 
 
 # --- the backend registry -----------------------------------------------------------------------
@@ -386,7 +377,7 @@ async def test_a_revocation_from_another_process_appears_in_the_snapshot(tmp_pat
         )
         try:
             # Stop waiting early if the child failed: its stderr says why.
-            await wait_for(
+            await until(
                 lambda: store.snapshot.revoked("jti", jti, T) is not None or proc.returncode not in (None, 0),
                 "the child's revocation in our snapshot",
             )
@@ -420,14 +411,14 @@ async def test_a_locked_database_delays_changes_but_the_snapshot_is_still_served
             # A session to persist makes the follower write: it fails, is counted, and is retried.
             store.note_session("s#locked", T + 1)
             errors = store.errors
-            await wait_for(lambda: store.errors >= errors + 2, "two failed attempts of the follower")
+            await until(lambda: store.errors >= errors + 2, "two failed attempts of the follower")
             assert not store.healthy
             assert store.snapshot.revoked("spiffe_id", FRONTEND, T) == held
             assert store.snapshot.sessions.get("s#locked") == T + 1
         finally:
             locker.execute("ROLLBACK")
             locker.close()
-        await wait_for(lambda: store.healthy, "the follower working again")
+        await until(lambda: store.healthy, "the follower working again")
 
     async with running(sqlite_replica(db)) as again:
         assert again.get(Revocation, "rev_2") is None
