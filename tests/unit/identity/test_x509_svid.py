@@ -11,12 +11,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import Store
 
-from ext_authz.dev.pki import Issued, PrivateKey, make_ca, make_leaf, new_ec_key
+from ext_authz.dev.pki import Issued, PrivateKey, cert_pem, make_ca, make_leaf, new_ec_key
 from ext_authz.errors import CredentialError
-from ext_authz.identity.x509_svid import verify_x509_svid
+from ext_authz.identity.x509_svid import (
+    MAX_CERT_BYTES,
+    MAX_NAME_CONSTRAINTS,
+    MAX_RSA_BITS,
+    MAX_RSA_EXPONENT,
+    MAX_SANS,
+    _issuer_path,
+    _names,
+    verify_x509_svid,
+)
 from ext_authz.model import Identity
 from ext_authz.trust.bundles import JwtKeys, TrustDomainTrust, TrustSnapshot
 from ext_authz.trust.revision import TrustRevision
@@ -320,3 +333,249 @@ def test_garbage_chain_pem(
     with pytest.raises(CredentialError) as caught:
         verify_x509_svid(good_leaf.pem, (intermediate_a.pem, GARBAGE_PEMS[name]), trust, NOW)
     assert caught.value.reason == "cert_malformed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounded cost: what a caller sends cannot make verification expensive (bench/hostile.py measures the
+# CPU; these tests pin the rules that bound it).
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _ca_cert(
+    cn: str,
+    issuer: x509.Name,
+    signer: PrivateKey,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    extensions: Sequence[x509.ExtensionType] = (),
+) -> str:
+    """A CA certificate with any public key (no private key needed) and extra extensions, as PEM."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=isinstance(ext, x509.NameConstraints))
+    return cert_pem(builder.sign(signer, hashes.SHA256()))
+
+
+def _leaf_of(cn: str, signer: PrivateKey, leaf_key: PrivateKey) -> str:
+    """A good SVID for WORKLOAD whose issuer is the CA named ``cn`` with key ``signer``."""
+    issuer = Issued(
+        x509.load_pem_x509_certificate(_ca_cert(cn, _name(cn), signer, signer.public_key()).encode()), signer
+    )
+    return make_leaf(issuer, (WORKLOAD,), key=leaf_key, now=NOW).pem
+
+
+def _reason_pem(leaf_pem: str, chain: Sequence[str], trust: TrustSnapshot) -> CredentialError:
+    with pytest.raises(CredentialError) as caught:
+        verify_x509_svid(leaf_pem, tuple(chain), trust, NOW)
+    return caught.value
+
+
+def test_a_certificate_over_the_size_cap_is_refused_before_it_is_parsed(
+    leaf: LeafFactory, good_leaf: Issued, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    names = [f"n{i}.x" for i in range(600)]
+    fat_leaf = leaf(intermediate_a, dns=names)
+    assert len(fat_leaf.pem) > MAX_CERT_BYTES
+    err = _reason_pem(fat_leaf.pem, [intermediate_a.pem], trust)
+    assert (err.reason, str(MAX_CERT_BYTES) in err.detail) == ("cert_chain_too_large", True)
+    # In the chain, even a certificate that plays no part in the path.
+    fat_junk = make_leaf(intermediate_a, dns=names, now=NOW).pem
+    err = _reason_pem(good_leaf.pem, [fat_junk, intermediate_a.pem], trust)
+    assert (err.reason, "chain certificate 0" in err.detail) == ("cert_chain_too_large", True)
+
+
+def test_a_leaf_with_more_names_than_the_cap_is_refused(
+    leaf: LeafFactory, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    at_cap = leaf(intermediate_a, dns=[f"n{i}.x" for i in range(MAX_SANS - 1)])  # + the URI SAN
+    assert _verify(at_cap, [intermediate_a], trust).spiffe_id == WORKLOAD
+    over = leaf(intermediate_a, dns=[f"n{i}.x" for i in range(MAX_SANS)])
+    assert len(over.pem) <= MAX_CERT_BYTES
+    err = _reason_pem(over.pem, [intermediate_a.pem], trust)
+    assert (err.reason, f"at most {MAX_SANS}" in err.detail) == ("cert_chain_too_large", True)
+
+
+def test_a_leaf_with_a_realistic_number_of_names_fits(
+    leaf: LeafFactory, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    dns = [f"billing-{i}.prod.svc.cluster.local" for i in range(60)]
+    roomy = leaf(intermediate_a, dns=dns)
+    assert len(roomy.pem) <= MAX_CERT_BYTES
+    assert _verify(roomy, [intermediate_a], trust).spiffe_id == WORKLOAD
+
+
+def test_names_read_from_the_der_are_the_names(
+    good_leaf: Issued, root_a: Issued, intermediate_a: Issued, root_b: Issued
+) -> None:
+    key = new_ec_key()
+    nc = x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("example.org"), x509.DNSName("example.net")],
+        excluded_subtrees=[x509.DNSName("bad.example.org")],
+    )
+    constrained = x509.load_pem_x509_certificate(
+        _ca_cert("constrained", root_a.cert.subject, root_a.key, key.public_key(), extensions=[nc]).encode()
+    )
+    for cert in (good_leaf.cert, root_a.cert, intermediate_a.cert, root_b.cert, constrained):
+        issuer, subject, subtrees = _names(cert)
+        assert (issuer, subject) == (cert.issuer.public_bytes(), cert.subject.public_bytes())
+        assert subtrees == (3 if cert is constrained else 0)
+
+
+def test_roots_and_unrelated_certificates_in_the_chain_are_left_out(
+    good_leaf: Issued, root_a: Issued, intermediate_a: Issued, intermediate_b: Issued, trust: TrustSnapshot
+) -> None:
+    chain = [good_leaf, root_a, intermediate_b, intermediate_a]
+    assert _verify(good_leaf, chain, trust).spiffe_id == WORKLOAD
+    candidates = [(i, c.cert) for i, c in enumerate(chain[1:])]
+    assert _issuer_path(good_leaf.cert, candidates) == [intermediate_a.cert]
+
+
+def test_certificates_signing_each_other_in_a_loop_give_a_short_path(
+    leaf_key: PrivateKey, trust: TrustSnapshot
+) -> None:
+    """Five self-issued CAs with one key, or two names issuing each other: path building would check
+    signatures round the loop until its budget ran out; it is handed at most one path instead."""
+    key = new_ec_key()
+    loop = [_ca_cert("loop", _name("loop"), key, key.public_key()) for _ in range(5)]
+    leaf_pem = _leaf_of("loop", key, leaf_key)
+    assert _reason_pem(leaf_pem, [leaf_pem, *loop], trust).reason == "cert_untrusted"
+    leaf_cert = x509.load_pem_x509_certificate(leaf_pem.encode())
+    load = x509.load_pem_x509_certificate
+    assert _issuer_path(leaf_cert, [(i, load(p.encode())) for i, p in enumerate(loop)]) == []
+
+    x_by_y = [_ca_cert("X", _name("Y"), key, key.public_key()) for _ in range(3)]
+    y_by_x = [_ca_cert("Y", _name("X"), key, key.public_key()) for _ in range(2)]
+    leaf_pem = _leaf_of("X", key, leaf_key)
+    assert _reason_pem(leaf_pem, [*x_by_y, *y_by_x], trust).reason == "cert_untrusted"
+    leaf_cert = x509.load_pem_x509_certificate(leaf_pem.encode())
+    path = _issuer_path(leaf_cert, [(i, load(p.encode())) for i, p in enumerate([*x_by_y, *y_by_x])])
+    assert path == [load(x_by_y[0].encode())]  # the first X; the Y that leads back to X is left out
+
+
+def test_of_certificates_with_one_subject_the_first_sent_is_tried(
+    good_leaf: Issued, root_a: Issued, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    """Another CA with the intermediate's very name (a re-key, a cross-sign): only the first sent is
+    path material, so a client sends its issuer first, as TLS requires."""
+    namesake = make_ca(f"{TD_A} intermediate", parent=root_a, spiffe_td=TD_A, now=NOW)
+    assert namesake.cert.subject == intermediate_a.cert.subject
+    assert _verify(good_leaf, [intermediate_a, namesake], trust).spiffe_id == WORKLOAD
+    assert _reason(good_leaf, [namesake, intermediate_a], trust) == "cert_untrusted"
+
+
+def test_a_few_name_constraints_on_the_path_are_enforced(
+    leaf_key: PrivateKey, root_a: Issued, trust: TrustSnapshot
+) -> None:
+    """A CA that constrains its names (a handful of subtrees) is a normal PKI: it verifies, and its
+    constraints hold."""
+    key = new_ec_key()
+    nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("example.org")], excluded_subtrees=None)
+    constrained = _ca_cert("constrained", root_a.cert.subject, root_a.key, key.public_key(), extensions=[nc])
+    issuer = Issued(x509.load_pem_x509_certificate(constrained.encode()), key)
+    inside = make_leaf(issuer, (WORKLOAD,), key=leaf_key, now=NOW, dns=("api.example.org",)).pem
+    assert verify_x509_svid(inside, (constrained,), trust, NOW).spiffe_id == WORKLOAD
+    outside = make_leaf(issuer, (WORKLOAD,), key=leaf_key, now=NOW, dns=("api.example.com",)).pem
+    assert _reason_pem(outside, [constrained], trust).reason == "cert_untrusted"
+
+
+def test_many_name_constraints_on_the_path_are_refused(
+    leaf_key: PrivateKey, root_a: Issued, good_leaf: Issued, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    """Each constraint is checked against each name below it: a request could make that millions."""
+    key = new_ec_key()
+    nc = x509.NameConstraints(
+        permitted_subtrees=None, excluded_subtrees=[x509.DNSName("b")] * (MAX_NAME_CONSTRAINTS + 1)
+    )
+    constrained = _ca_cert("constrained", root_a.cert.subject, root_a.key, key.public_key(), extensions=[nc])
+    issuer = Issued(x509.load_pem_x509_certificate(constrained.encode()), key)
+    leaf_pem = make_leaf(issuer, (WORKLOAD,), key=leaf_key, now=NOW).pem
+    err = _reason_pem(leaf_pem, [constrained], trust)
+    assert (err.reason, "name-constraint subtrees" in err.detail) == ("cert_untrusted", True)
+    # Not on the path: left out like any unrelated certificate.
+    assert (
+        verify_x509_svid(good_leaf.pem, (constrained, intermediate_a.pem), trust, NOW).spiffe_id == WORKLOAD
+    )
+
+
+def test_a_name_constrained_root_in_the_bundle_still_constrains(leaf: LeafFactory) -> None:
+    key = new_ec_key()
+    nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("example.org")], excluded_subtrees=None)
+    root_pem = _ca_cert("constrained root", _name("constrained root"), key, key.public_key(), extensions=[nc])
+    root = Issued(x509.load_pem_x509_certificate(root_pem.encode()), key)
+    constrained = TrustSnapshot(
+        domains={TD_A: TrustDomainTrust(TD_A, (root.cert,), store=Store([root.cert]))}
+    )
+    assert _verify(leaf(root, dns=("api.example.org",)), [], constrained).spiffe_id == WORKLOAD
+    assert _reason(leaf(root, dns=("api.example.com",)), [], constrained) == "cert_untrusted"
+
+
+def test_a_leaf_with_name_constraints_is_not_an_svid(
+    leaf_key: PrivateKey, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("example.org")], excluded_subtrees=None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("workload"))
+        .issuer_name(intermediate_a.cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(WORKLOAD)]), critical=False
+        )
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(nc, critical=True)
+    )
+    leaf_pem = cert_pem(builder.sign(intermediate_a.key, hashes.SHA256()))
+    err = _reason_pem(leaf_pem, [intermediate_a.pem], trust)
+    assert (err.reason, "nameConstraints" in err.detail) == ("cert_not_svid", True)
+
+
+def _odd_modulus(bits: int) -> int:
+    return int.from_bytes(hashes.Hash(hashes.SHAKE256(bits // 8)).finalize(), "big") | (1 << (bits - 1)) | 1
+
+
+@pytest.mark.parametrize(
+    ("bits", "exponent"), [(2048, MAX_RSA_EXPONENT + 2), (3072, (1 << 3071) + 1), (MAX_RSA_BITS + 8, 65537)]
+)
+def test_an_rsa_key_made_to_verify_slowly_is_refused_on_the_path(
+    bits: int, exponent: int, leaf_key: PrivateKey, root_a: Issued, trust: TrustSnapshot
+) -> None:
+    """One signature check with a 3072-bit public exponent costs about 10 ms."""
+    slow = rsa.RSAPublicNumbers(exponent, _odd_modulus(bits)).public_key()
+    ca_pem = _ca_cert("slow", root_a.cert.subject, root_a.key, slow)
+    signer = Issued(x509.load_pem_x509_certificate(ca_pem.encode()), root_a.key)  # any key: never checked
+    leaf_pem = make_leaf(signer, (WORKLOAD,), key=leaf_key, now=NOW).pem
+    err = _reason_pem(leaf_pem, [ca_pem], trust)
+    assert (err.reason, "RSA key" in err.detail) == ("cert_untrusted", True)
+
+
+def test_an_ordinary_rsa_intermediate_verifies(
+    leaf: LeafFactory, root_a: Issued, trust: TrustSnapshot
+) -> None:
+    rsa_ca = make_ca(
+        f"{TD_A} rsa intermediate",
+        parent=root_a,
+        spiffe_td=TD_A,
+        now=NOW,
+        key=rsa.generate_private_key(65537, 2048),
+    )
+    assert _verify(leaf(rsa_ca), [rsa_ca], trust).spiffe_id == WORKLOAD
