@@ -21,6 +21,9 @@ __all__ = ["main"]
 # Exit codes, the same for every command: 0 ok (allowed); 1 denied, or a policy test failed; 2 usage
 # (argparse); 3 invalid input (a config, a request, a value refused); 4 the admin API is unreachable.
 EXIT_OK, EXIT_DENY, EXIT_USAGE, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+# The output's reader went away before it was all written: what shells report for a program SIGPIPE
+# killed (128 + 13), so `ext-authz test | head` under pipefail never passes for a failing suite.
+EXIT_PIPE = 141
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -38,11 +41,20 @@ class _JsonFormatter(logging.Formatter):
             .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _utf8(record.getMessage()),
         }
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = _utf8(self.formatException(record.exc_info))
         return orjson.dumps(out).decode()
+
+
+def _utf8(text: str) -> str:
+    """Text JSON can carry: a lone surrogate (from a JSON ``\\ud800`` escape) becomes an escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -550,9 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (`| head`): nothing of ours failed
+    except BrokenPipeError:  # the reader went away (`| head`): no traceback, and not a success either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at interpreter exit
-        return EXIT_OK
+        return EXIT_PIPE
     return result
 
 

@@ -13,7 +13,9 @@ forwarding to a worker): one exchange, bounded as a whole, whatever the peer doe
 - **Every status is an answer.** A 404 or a 503 comes back as an ``HttpResponse``; ``HttpError`` (naming
   the URL) is every failure to get one.
 
-Proxies from the environment (``https_proxy``, ``no_proxy``…) are honoured as urllib does. Name
+Proxies from the environment (``https_proxy``, ``no_proxy``…) are honoured as urllib does, except for
+loopback (``127.0.0.1``, ``::1``, ``localhost``): a worker, or a transmitter beside us, is reached
+directly, never through a proxy that would see its secrets and could answer for it. Name
 resolution is the one step not bounded here (``getaddrinfo`` takes no timeout; the resolver's own
 timeouts bound it).
 """
@@ -27,6 +29,7 @@ import socket
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -206,6 +209,10 @@ def _read_body(resp: http.client.HTTPResponse, url: str, deadline: float, max_bo
         chunks.append(chunk)
 
 
+def _loopback(url: str) -> bool:
+    return (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
 def fetch(
     url: str,
     *,
@@ -224,9 +231,15 @@ def fetch(
         raise HttpError(f"{url[:200]}: only http:// and https:// URLs are fetched")
     try:
         req = urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method)  # noqa: S310
-        opener = urllib.request.build_opener(
-            _NoRedirects(), _EveryStatus(), _HTTPHandler(deadline), _HTTPSHandler(deadline, context)
-        )
+        handlers: list[urllib.request.BaseHandler] = [
+            _NoRedirects(),
+            _EveryStatus(),
+            _HTTPHandler(deadline),
+            _HTTPSHandler(deadline, context),
+        ]
+        if _loopback(url):  # never through a proxy: plain http on this machine is only safe unproxied
+            handlers.append(urllib.request.ProxyHandler({}))
+        opener = urllib.request.build_opener(*handlers)
         with opener.open(req, timeout=timeout) as resp:
             assert isinstance(resp, http.client.HTTPResponse)
             return HttpResponse(resp.status, resp.headers, _read_body(resp, url, deadline, max_body))

@@ -725,6 +725,12 @@ class StateSettings(Section):
             raise _SubKeyError("url", f"expected {backend.url_form}…")
         if backend.shared:
             netloc = self.url.split("://", 1)[1].split("/", 1)[0]
+            if "?" in self.url or "#" in self.url:
+                raise _SubKeyError(
+                    "url",
+                    "no query or fragment: credentials and TLS settings are keys of state (password_file,"
+                    " password_env, username, tls), never URL options that would override them",
+                )
             if "@" in netloc:
                 raise _SubKeyError(
                     "url",
@@ -766,9 +772,11 @@ class DecisionLogSettings(Section):
 
 def _otlp_url(value: str) -> str:
     parts = urllib.parse.urlsplit(value)
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return value
-    raise ValueError(f"expected an http:// or https:// URL (OTLP/HTTP), got {value!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL (OTLP/HTTP), got {value!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("no user, password, query or fragment in the URL: it is logged when an export fails")
+    return value
 
 
 class TracingSettings(Section):
@@ -788,6 +796,25 @@ class TracingSettings(Section):
     queue: Annotated[StrictInt, Field(ge=1)] = Field(
         4096, description="spans waiting for export before new ones are dropped"
     )
+    follow_caller_sampling: StrictBool = Field(
+        True,
+        description="a request that says it is sampled is recorded (W3C/B3 parent-based sampling); false:"
+        " every span is sampled at sample_ratio, whatever the caller asks (callers cannot force 100%)",
+    )
+    plaintext: StrictBool = Field(
+        False, description="allow http:// to a collector beyond loopback (spans carry paths and decisions)"
+    )
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> TracingSettings:
+        parts = urllib.parse.urlsplit(self.endpoint)
+        if parts.scheme == "http" and not self.plaintext and not is_loopback(f"{parts.hostname}:0"):
+            raise _SubKeyError(
+                "endpoint",
+                "http:// only to a collector on loopback; across a network use https://, or say"
+                " plaintext: true (a collector in the same pod, a trusted node network)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _installed(self) -> TracingSettings:

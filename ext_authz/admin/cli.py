@@ -65,10 +65,10 @@ def _since(value: str) -> float:
 
 
 def _admin_address(args: argparse.Namespace) -> str:
+    """--admin, else --config's admin_listen (both said on this command line), else EXT_AUTHZ_ADMIN (the
+    environment's default), else the built-in default."""
     if args.admin:
         return str(args.admin)
-    if os.environ.get("EXT_AUTHZ_ADMIN"):
-        return os.environ["EXT_AUTHZ_ADMIN"]
     if args.config:
         import yaml
 
@@ -77,6 +77,8 @@ def _admin_address(args: argparse.Namespace) -> str:
         except (OSError, yaml.YAMLError) as exc:
             raise CliError(f"cannot read {args.config}: {exc}") from exc
         return str(data.get("admin_listen") or DEFAULT_ADMIN_LISTEN)
+    if os.environ.get("EXT_AUTHZ_ADMIN"):
+        return os.environ["EXT_AUTHZ_ADMIN"]
     return DEFAULT_ADMIN_LISTEN
 
 
@@ -562,7 +564,7 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="ext-authz config (its admin_listen is used)")
     p.add_argument(
         "--admin",
-        help=f"admin API address (default: EXT_AUTHZ_ADMIN, else from --config, else {DEFAULT_ADMIN_LISTEN})",
+        help=f"admin API address (default: from --config, else EXT_AUTHZ_ADMIN, else {DEFAULT_ADMIN_LISTEN})",
     )
     p.add_argument("--cert", help="client certificate for a TCP (mTLS) admin address")
     p.add_argument("--key", help="client key for a TCP (mTLS) admin address")

@@ -83,7 +83,11 @@ class Tracing:
             attrs["service.instance.id"] = f"worker-{worker}"
         self.provider = TracerProvider(
             resource=Resource.create(attrs),
-            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+            sampler=(
+                ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+                if cfg.follow_caller_sampling
+                else TraceIdRatioBased(cfg.sample_ratio)
+            ),
         )
         self.provider.add_span_processor(
             BatchSpanProcessor(

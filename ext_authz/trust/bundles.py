@@ -107,6 +107,8 @@ def _load_json(data: bytes, source: str) -> dict[str, Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TrustError(f"{source}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise TrustError(f"{source}: not valid JSON (nested too deeply)") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise TrustError(f"{source}: expected a JWK set: an object with a 'keys' list")
     return doc
@@ -172,8 +174,10 @@ def parse_jwks(data: bytes, source: str, *, require_use: str | None) -> JwtKeys:
         public = {k: v for k, v in entry.items() if k not in ("use", "key_ops", "x5c", "x5t", "x5t#S256")}
         try:
             key = _import_jwk(public)
-        except (JoseError, ValueError, TypeError) as exc:
-            raise TrustError(f"{source}: keys[{i}]: not a usable public key ({exc})") from exc
+        except (JoseError, ValueError, TypeError, KeyError) as exc:  # KeyError: an unknown curve
+            raise TrustError(
+                f"{source}: keys[{i}]: not a usable public key ({type(exc).__name__}: {exc})"
+            ) from exc
         kid = entry.get("kid")
         if isinstance(kid, str) and kid:
             if kid in by_kid:

@@ -62,8 +62,8 @@ def fetch_json(
     body = resp.body
     try:
         doc = json.loads(body)
-    except ValueError as exc:
-        raise TrustError(f"{url}: not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise TrustError(f"{url}: not JSON ({type(exc).__name__})") from exc
     if not isinstance(doc, dict):
         raise TrustError(f"{url}: not a JSON object")
     return body, doc
@@ -141,11 +141,12 @@ async def refresh_jwks(jwks: RemoteJwks, what: str, logger: logging.Logger = log
     it failed (counted and logged; the last keys are kept until they are stale)."""
     try:
         changed = await asyncio.to_thread(jwks.fetch)
-    except TrustError as exc:
-        jwks.failed(exc.detail)
+    except Exception as exc:  # whatever a remote document does, the refresher lives and the keys stay
+        detail = exc.detail if isinstance(exc, TrustError) else f"unexpected {type(exc).__name__}"
+        jwks.failed(detail)
         now = jwks.clock.now().timestamp()
         age = "never fetched" if jwks.fetched_at is None else f"last good {int(now - jwks.fetched_at)}s ago"
-        logger.warning("%s could not be refreshed (%s), keeping the last keys: %s", what, age, exc.detail)
+        logger.warning("%s could not be refreshed (%s), keeping the last keys: %s", what, age, detail)
         return None
     if changed:
         logger.info("%s updated (%d keys)", what, len(jwks.keys or ()))
@@ -243,10 +244,15 @@ class RemoteTrust:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = self._now()
-            for iss, ri in list(self.issuers.items()):
-                if ri.due(now):  # on schedule; after a failure sooner (backing off up to the refresh period)
-                    await self.refresh(iss)
+            try:
+                now = self._now()
+                for iss, ri in list(self.issuers.items()):
+                    if ri.due(
+                        now
+                    ):  # on schedule; after a failure sooner (backing off up to the refresh period)
+                        await self.refresh(iss)
+            except Exception:  # the loop keeps every key set fresh: one fault must not end it for all
+                log.exception("%s refresh loop: unexpected fault (continuing)", self.name)
 
     def request_refetch(self, issuer: str) -> None:
         """A token of ``issuer`` named a kid we do not have: refetch, at most once per

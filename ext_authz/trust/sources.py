@@ -2,10 +2,10 @@
 
 The files named in the settings are the base (``files.py``, reloaded by the reloader). Every live
 source — remote JWKS (``remote.RemoteTrust``), the SPIFFE Workload API (``workload_api.py``), and
-shared-signal transmitters' keys (``remote.TransmitterKeys``) — implements :class:`TrustSource`: it is configured from the
-settings, runs at the edge (``start``/``stop``), and ``contribute`` lays its latest material over a
-snapshot, naming itself in the typed trust revision. A source calls the ``on_change`` it was given
-when its material changed; the runtime then re-merges every source over the current base.
+shared-signal transmitters' keys (``remote.TransmitterKeys``) — implements :class:`TrustSource`: it is
+configured from the settings, runs at the edge (``start``/``stop``), and ``contribute`` lays its latest
+material over a snapshot, naming itself in the typed trust revision. A source calls the ``on_change``
+it was given when its material changed; the runtime then re-merges every source over the current base.
 """
 
 from __future__ import annotations

@@ -199,10 +199,12 @@ def test_admin_address_from_the_environment_and_output_formats(
     assert [r["value"] for r in as_yaml["revocations"]] == [FRONTEND]
     table = run("revocations", env=env)
     assert table.returncode == 0 and FRONTEND in table.stdout and "drill" in table.stdout
-    # the environment names a dead address: unreachable is exit 4, and --admin wins over it
+    # the environment names a dead address: unreachable is exit 4; --admin and --config, said on the
+    # command line, win over it
     dead = {"EXT_AUTHZ_ADMIN": f"unix://{tmp_path}/none.sock"}
     assert run("revocations", env=dead).returncode == 4
     assert run("revocations", "--admin", env["EXT_AUTHZ_ADMIN"], env=dead).returncode == 0
+    assert run("revocations", "--config", str(config), env=dead).returncode == 0
 
 
 def test_check_exit_codes_tell_allow_from_deny(demo_dir: Path, tmp_path: Path) -> None:
@@ -219,7 +221,7 @@ def test_check_exit_codes_tell_allow_from_deny(demo_dir: Path, tmp_path: Path) -
 
 
 def test_a_closed_pipe_is_not_a_traceback(demo_dir: Path) -> None:
-    """`ext-authz config schema | true`: the reader is gone before we write; we exit quietly."""
+    """`ext-authz config schema | true`: the reader is gone before we write; we exit without a traceback."""
     res = subprocess.run(
         ["bash", "-c", f"{sys.executable} -m ext_authz.cli config schema | true; echo ${{PIPESTATUS[0]}}"],
         capture_output=True,
@@ -228,7 +230,8 @@ def test_a_closed_pipe_is_not_a_traceback(demo_dir: Path) -> None:
         check=False,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert res.stdout.strip() == "0" and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+    # 141 as for a program SIGPIPE ended: never 0, so a failing suite piped to head cannot pass
+    assert res.stdout.strip() == "141" and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
 
 
 def test_bash_completion(tmp_path: Path) -> None:
@@ -250,3 +253,14 @@ def test_bash_completion(tmp_path: Path) -> None:
     assert out[0] == "grant grants"
     assert {"approve", "create", "end", "list"} <= set(out[1].split())
     assert out[2] == "--now"
+
+
+def test_json_log_lines_survive_a_lone_surrogate() -> None:
+    """Text from a JSON \\ud800 escape cannot be UTF-8: the line is still one JSON object."""
+    import logging
+
+    from ext_authz.cli import _JsonFormatter
+
+    record = logging.LogRecord("ext_authz", logging.WARNING, "x", 1, "bad value %s", ("a\ud800b",), None)
+    line = _JsonFormatter().format(record)
+    assert json.loads(line)["message"] == "bad value a\\ud800b"

@@ -182,6 +182,15 @@ def test_tracing_settings_are_checked(tmp_path: Path) -> None:
         parse({"endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 2})
     ok = parse({"endpoint": "http://127.0.0.1:4318/v1/traces"})
     assert ok.tracing is not None and ok.tracing.sample_ratio == 1.0
+    # credentials or a query in the URL would be logged with every failed export
+    for url in ("https://user:pw@collector/v1/traces", "https://collector/v1/traces?api_key=k"):
+        with pytest.raises(ConfigError, match=r"tracing\.endpoint"):
+            parse({"endpoint": url})
+    # spans carry paths and decisions: plaintext across a network only when said
+    with pytest.raises(ConfigError, match="plaintext"):
+        parse({"endpoint": "http://otel-collector.monitoring:4318/v1/traces"})
+    assert parse({"endpoint": "http://otel-collector.monitoring:4318/v1/traces", "plaintext": True}).tracing
+    assert parse({"endpoint": "https://otel-collector.monitoring:4318/v1/traces"}).tracing
 
 
 def test_only_bounded_trace_headers_reach_the_propagators() -> None:
@@ -210,3 +219,29 @@ async def test_a_hostile_tracestate_is_ignored_and_never_logged(
         )
     await until(lambda: len(otlp.by_trace(TRACE)) == 2, "both spans, continuing the traceparent")
     assert secret not in caplog.text
+
+
+async def test_callers_cannot_force_sampling_when_told_not_to(
+    demo_dir: Path, tmp_path: Path, otlp: OtlpReceiver
+) -> None:
+    """follow_caller_sampling: false with sample_ratio 0: a request that says sampled=1 is not recorded,
+    yet its trace id is still the log's (the trace is continued, not recorded)."""
+    r = await start(
+        demo_dir,
+        tmp_path,
+        tracing={
+            "endpoint": otlp.endpoint,
+            "flush_interval": "50ms",
+            "sample_ratio": 0,
+            "follow_caller_sampling": False,
+        },
+    )
+    try:
+        await r.stub.Check(
+            check_request(demo_dir, workload="frontend", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+        )
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)  # flushes whatever was recorded
+    assert otlp.by_trace(TRACE) == []
+    assert [rec["trace_id"] for rec in records(r)] == [TRACE]

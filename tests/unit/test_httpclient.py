@@ -244,3 +244,37 @@ async def test_forwarding_an_endless_answer_is_refused(server: str) -> None:
 async def test_a_scrape_is_bounded_by_its_deadline(server: str) -> None:
     assert await get(f"{server}/ok", 5) == (200, '{"keys": []}')
     assert await get(f"{server}/drip-headers", 0.5) == (0, "")
+
+
+def test_loopback_is_never_reached_through_a_proxy(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With http_proxy set (common in corporate pods), a worker or a transmitter on this machine is still
+    reached directly: a proxy would see its bearer secrets and could answer in its place."""
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = b"from the proxy"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for var in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        resp = fetch(f"{server}/ok", timeout=5, max_body=1024)
+        assert resp.status == 200 and resp.body != b"from the proxy" and seen == []
+        # a host that is not loopback does go through it (the proxy is honoured there)
+        other = fetch("http://example.invalid/x", timeout=5, max_body=1024)
+        assert other.body == b"from the proxy" and seen == ["http://example.invalid/x"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -11,6 +11,7 @@ verifies the server against ``state.tls.ca`` and may present a client certificat
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -180,7 +181,9 @@ class RedisLog:
         )
 
     def _where(self) -> str:
-        return self.url.split("@")[-1]
+        """host:port/db, for messages: never a password, user or query."""
+        parts = urllib.parse.urlsplit(self.url)
+        return f"{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
     async def append(self, change: Change, audit: AuditRow | None = None) -> None:
         r = self._client_or_fail()

@@ -54,3 +54,21 @@ def test_tls_only_on_a_tls_scheme(etcd: None, tmp_path: Path) -> None:
 def test_an_unregistered_scheme_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"memory://, sqlite://, redis://, rediss://"):
         parse(tmp_path, "etcd://etcd:2379")
+
+
+def test_a_shared_store_url_takes_no_query(tmp_path: Path) -> None:
+    """redis-py lets URL options override the settings: ?ssl_cert_reqs=none would turn off certificate
+    checks, ?password= would put a secret in the config."""
+    key = tmp_path / "k"
+    key.write_bytes(b"k" * 32)
+    for url in ("rediss://r:6379/0?ssl_cert_reqs=none", "redis://r:6379/0?password=hunter2", "redis://r/0#x"):
+        with pytest.raises(ConfigError, match="no query"):
+            parse(tmp_path, {"url": url, "hmac_key_file": str(key)})
+
+
+def test_redis_messages_name_host_port_and_db_only() -> None:
+    from ext_authz.state.backends.redis import RedisLog
+
+    log = RedisLog.__new__(RedisLog)
+    log.url = "rediss://user:secret@r.example:6380/2?x=secret"
+    assert log._where() == "r.example:6380/2"
