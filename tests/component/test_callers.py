@@ -137,6 +137,33 @@ async def test_a_certificate_that_is_not_an_svid_of_its_own_trust_domain_is_refu
     assert tls.records() == []
 
 
+async def test_plaintext_beyond_loopback_is_served_only_when_said_and_then_with_a_warning(
+    demo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.0.0.0 without TLS is refused at load unless check.plaintext says so; said, it is served, and
+    the log warns that anyone who can reach it can call Check."""
+    from ext_authz.errors import ConfigError
+    from ext_authz.loader import load_engine
+
+    port = free_port()
+    with pytest.raises(ConfigError, match=r"check\.plaintext"):
+        load_engine(write_config(demo_dir, tmp_path / "refused", listen=f"0.0.0.0:{port}"))
+    config = write_config(demo_dir, tmp_path / "said", listen=f"0.0.0.0:{port}", check={"plaintext": True})
+    r = await start(config)
+    try:
+        assert any(
+            rec.levelname == "WARNING" and "plaintext" in rec.getMessage() and "anyone" in rec.getMessage()
+            for rec in caplog.records
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+            resp = await stub.Check(check_request(demo_dir, workload="frontend"))
+        assert resp.status.code == 0
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)
+
+
 async def test_check_on_a_unix_socket_is_open_to_its_group_only(demo_dir: Path, tmp_path: Path) -> None:
     sock = tmp_path / "run" / "check.sock"
     r = await start(write_config(demo_dir, tmp_path, listen=f"unix://{sock}"))
