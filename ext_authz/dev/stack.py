@@ -301,6 +301,8 @@ curl -si {ca} -H "Authorization: Bearer $(cat {tok}/frontend-jwt-svid.jwt)" {edg
 
 # 8. decide a request offline, as CI can (exit status 0 allow, 1 deny) → exit 0
 {ext} check {cfg} --request {d}/requests/alice-profile.json
+#    and run the demo's policy tests, as CI does (exit 1 if a case fails) → exit 0
+{ext} test {d}/policy-tests.yaml
 
 Continuous trust, live: nothing is trusted because it was trusted a moment ago.
 Watch every decision as it happens, in a second terminal:
