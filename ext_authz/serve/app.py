@@ -114,6 +114,7 @@ class Server:
         self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
         self.workload_api = WorkloadApiTrust(runtime.sources_changed)
         self.transmitter_keys = TransmitterKeys(runtime.sources_changed, runtime.clock)
+        self.transmitter_keys.enabled = self.worker in (None, 0)  # where the SSF receivers run
         runtime.sources = TrustSources((self.remote, self.workload_api, self.transmitter_keys))
         runtime.on_unknown_key = self.remote.request_refetch
         self.reloader = Reloader(config_path, runtime)

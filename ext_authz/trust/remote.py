@@ -288,9 +288,12 @@ class TransmitterKeys(RemoteTrust):
 
     name = "ssf-jwks"
     what = "SSF keys of"
+    # Only the process that runs the receivers fetches (with `workers: N`, worker 0): the others would
+    # fetch every transmitter's keys N times for nothing.
+    enabled = True
 
     def configure(self, settings: Settings) -> None:
-        wanted = {r.issuer: r for r in settings.shared_signals.receivers if r.jwks_url}
+        wanted = {r.issuer: r for r in settings.shared_signals.receivers if r.jwks_url and self.enabled}
         for iss in list(self.issuers):
             rt = self.issuers[iss]
             if iss not in wanted or not isinstance(rt, RemoteTransmitter) or rt.cfg != wanted[iss]:

@@ -73,3 +73,15 @@ def test_the_live_source_lays_fetched_keys_over_the_snapshot_and_the_revision(tm
     assert after.transmitters[FILE_TX] is base.transmitters[FILE_TX]
     assert "ssf-jwks" in dict(after.revision.sources) and after.revision.key != before.revision.key
     assert after.issuers == base.issuers and after.domains == base.domains
+
+
+def test_only_the_process_that_receives_fetches(tmp_path: Path) -> None:
+    """With `workers: N`, worker 0 runs the receivers: the other workers fetch no transmitter keys."""
+    cfg = settings(tmp_path)
+    source = TransmitterKeys(lambda: None)
+    source.enabled = False
+    source.configure(cfg)  # type: ignore[arg-type]
+    assert source.issuers == {}
+    source.enabled = True
+    source.configure(cfg)  # type: ignore[arg-type]
+    assert list(source.issuers) == [URL_TX]
