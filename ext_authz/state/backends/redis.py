@@ -122,9 +122,10 @@ class RedisLog:
                     f"state.password_env: the environment variable {settings.password_env} is not set"
                 )
         tls: dict[str, Any] = {}
-        if settings.tls is not None:
+        if settings.scheme == "rediss":  # with or without a tls: section (the system's CAs then)
             tls["ssl_cert_reqs"] = "required"
             tls["ssl_check_hostname"] = True  # the default only from redis-py 6; we accept 5
+        if settings.tls is not None:
             if settings.tls.ca is not None:
                 tls["ssl_ca_certs"] = str(settings.tls.ca)
             if settings.tls.cert is not None:

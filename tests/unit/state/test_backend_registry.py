@@ -11,6 +11,7 @@ import yaml
 
 from ext_authz.config import parse_settings
 from ext_authz.errors import ConfigError
+from ext_authz.settings import Settings
 from ext_authz.state.backends import BACKENDS, Backend, open_log
 from ext_authz.state.backends.memory import MemoryLog
 
@@ -23,7 +24,7 @@ def etcd() -> Iterator[None]:
     del BACKENDS["etcd"], BACKENDS["etcds"]
 
 
-def parse(tmp_path: Path, state: object) -> object:
+def parse(tmp_path: Path, state: object) -> Settings:
     return parse_settings(yaml.safe_dump({"allow_empty": True, "state": state}), tmp_path / "c.yaml")
 
 
@@ -31,7 +32,7 @@ def test_a_registered_scheme_is_accepted_and_opened(etcd: None, tmp_path: Path) 
     key = tmp_path / "k"
     key.write_bytes(b"k" * 32)
     cfg = parse(tmp_path, {"url": "etcd://etcd:2379", "hmac_key_file": str(key), "password_env": "P"})
-    assert isinstance(open_log(cfg.state), MemoryLog)  # type: ignore[attr-defined]
+    assert isinstance(open_log(cfg.state), MemoryLog)
 
 
 def test_a_shared_backend_requires_the_hmac_key_and_refuses_inline_passwords(
@@ -72,3 +73,18 @@ def test_redis_messages_name_host_port_and_db_only() -> None:
     log = RedisLog.__new__(RedisLog)
     log.url = "rediss://user:secret@r.example:6380/2?x=secret"
     assert log._where() == "r.example:6380/2"
+
+
+def test_rediss_checks_the_servers_certificate_and_name_even_without_a_tls_section(tmp_path: Path) -> None:
+    """redis-py 5 checks no hostname by default: rediss:// with the system's CAs must still check it."""
+    from ext_authz.state.backends.redis import RedisLog
+
+    key = tmp_path / "k"
+    key.write_bytes(b"k" * 32)
+    cfg = parse(tmp_path, {"url": "rediss://redis.example:6380/0", "hmac_key_file": str(key)})
+    log = RedisLog.from_settings(cfg.state)
+    assert log._options["ssl_cert_reqs"] == "required" and log._options["ssl_check_hostname"] is True
+    plain = RedisLog.from_settings(
+        parse(tmp_path, {"url": "redis://r:6379/0", "hmac_key_file": str(key)}).state
+    )
+    assert "ssl_cert_reqs" not in plain._options and "ssl_check_hostname" not in plain._options
