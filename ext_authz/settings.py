@@ -818,21 +818,19 @@ class TracingSettings(Section):
 
     @model_validator(mode="after")
     def _installed(self) -> TracingSettings:
-        import importlib.util
+        import importlib
 
         for module in (
-            "opentelemetry.sdk",
-            "opentelemetry.exporter.otlp.proto.http",
+            "opentelemetry.sdk.trace",
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
             "opentelemetry.propagators.b3",
         ):
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:
-                found = False
-            if not found:
+            try:  # imported, not only found: a broken install is a config error, not a failed start
+                importlib.import_module(module)
+            except ImportError as exc:
                 raise ValueError(
-                    f"tracing needs the extra: pip install 'ext-authz[tracing]' ({module} is missing)"
-                )
+                    f"tracing needs the extra: pip install 'ext-authz[tracing]' ({module}: {exc})"
+                ) from exc
         return self
 
 
