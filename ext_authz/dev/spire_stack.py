@@ -292,6 +292,8 @@ class SpireDemo:
         shutil.copyfile(
             self.demo_dir / "requests/alice-profile.json", self.out / "requests/alice-profile.json"
         )
+        # The printed `ext-authz test` example: the demo's policy tests, against the config copied below.
+        shutil.copyfile(self.demo_dir / "policy-tests.yaml", self.out / "policy-tests.yaml")
         self.stack.start()
         # The config in force, where the printed `ext-authz check --config` example looks for it.
         header = (

@@ -39,15 +39,24 @@ def test_license_is_the_apache_license_verbatim() -> None:
 
 
 def test_no_raw_manifests_beside_the_chart() -> None:
-    """Kubernetes objects come from the chart (tested); the only other YAML is istiod's values."""
+    """Kubernetes objects come from the chart (tested); the only other YAML is istiod's values and the
+    Prometheus rule file with its promtool tests (the chart renders the same rules; test_alerts.py)."""
     outside = sorted(
         str(p.relative_to(DEPLOY))
         for p in DEPLOY.rglob("*.y*ml")
         if not p.is_relative_to(DEPLOY / "helm/ext-authz")
     )
-    assert outside == ["istio/istiod-values.yaml"]
+    assert outside == [
+        "istio/istiod-values.yaml",
+        "prometheus/ext-authz.rules.test.yaml",
+        "prometheus/ext-authz.rules.yaml",
+    ]
+    assert (DEPLOY / "prometheus/ext-authz.rules.yaml").resolve() == (
+        DEPLOY / "helm/ext-authz/files/prometheus-rules.yaml"
+    ).resolve()  # one file: a link to the chart's
 
 
 def test_the_grafana_dashboard_is_a_dashboard() -> None:
     dash = json.loads((DEPLOY / "grafana/ext-authz.json").read_text())
-    assert dash["panels"] and all("ext_authz_" in json.dumps(p) for p in dash["panels"] if p.get("targets"))
+    queried = [json.dumps(p["targets"]) for p in dash["panels"] if p.get("targets")]
+    assert queried and all("ext_authz_" in q or "process_" in q for q in queried)
