@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# xds-protos (Envoy's API) ships old copies of opentelemetry's proto modules under the same paths:
+	@# whichever installs last wins. The OTLP exporter needs opentelemetry-proto's own.
+	$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps 'opentelemetry-proto==1.45.0'
 	@touch $(STAMP)
 
 # make run SPIRE=1: the same demo, with a real spire-server and spire-agent issuing the identities.

@@ -828,8 +828,11 @@ class TracingSettings(Section):
             try:  # imported, not only found: a broken install is a config error, not a failed start
                 importlib.import_module(module)
             except ImportError as exc:
+                hint = ""
+                if "opentelemetry.proto" in str(exc):  # xds-protos overwrote opentelemetry-proto's files
+                    hint = "; then: pip install --force-reinstall --no-deps opentelemetry-proto==1.45.0"
                 raise ValueError(
-                    f"tracing needs the extra: pip install 'ext-authz[tracing]' ({module}: {exc})"
+                    f"tracing needs the extra: pip install 'ext-authz[tracing]'{hint} ({module}: {exc})"
                 ) from exc
         return self
 
