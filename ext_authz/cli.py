@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .admin.cli import add_admin_commands
 
 __all__ = ["main"]
@@ -64,15 +65,6 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ext-authz")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -458,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         " 3 invalid input; 4 the admin API is unreachable.",
         allow_abbrev=False,  # `report --log` is not an abbreviation of the global --log-level
     )
-    parser.add_argument("--version", action="version", version=f"ext-authz {_version()}")
+    parser.add_argument("--version", action="version", version=f"ext-authz {__version__}")
     _global_flags(parser, None)
     parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .. import __version__
 from ..model import Decision
 
 __all__ = ["CONTENT_TYPE", "Metrics", "kind_label"]
@@ -172,15 +173,6 @@ class _StateCollector(Collector):
         yield rejected
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ext-authz")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: counters start at process start anyway
@@ -195,7 +187,7 @@ class Metrics:
             "Always 1; the labels say which ext-authz and Python this process runs",
             ["version", "python_version"],
             registry=r,
-        ).labels(_version(), platform.python_version()).set(1)
+        ).labels(__version__, platform.python_version()).set(1)
         self.checks = _CheckTally()
         r.register(self.checks)
         self.revocations_created = _Children(
