@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BodyTooLarge", "DeadlineExceeded", "HttpError", "HttpResponse", "fetch"]
+__all__ = ["BodyTooLarge", "DeadlineExceeded", "HttpError", "HttpResponse", "fetch", "is_loopback_url"]
 
 CHUNK = 64 * 1024
 
@@ -209,7 +209,8 @@ def _read_body(resp: http.client.HTTPResponse, url: str, deadline: float, max_bo
         chunks.append(chunk)
 
 
-def _loopback(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
+    """Is ``url``'s host this machine (where plain http cannot be intercepted on the way)?"""
     return (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
@@ -237,7 +238,7 @@ def fetch(
             _HTTPHandler(deadline),
             _HTTPSHandler(deadline, context),
         ]
-        if _loopback(url):  # never through a proxy: plain http on this machine is only safe unproxied
+        if is_loopback_url(url):  # never through a proxy: plain http on this machine is only safe unproxied
             handlers.append(urllib.request.ProxyHandler({}))
         opener = urllib.request.build_opener(*handlers)
         with opener.open(req, timeout=timeout) as resp:

@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from .httpclient import is_loopback_url
 from .identity.spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
 from .match import PatternError, Selector
 
@@ -483,7 +484,7 @@ def _ssf_url(value: str) -> str:
     parts = urllib.parse.urlsplit(value)
     if parts.scheme == "https" and parts.hostname:
         return value
-    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+    if parts.scheme == "http" and is_loopback_url(value):
         return value
     raise ValueError(f"expected an https:// URL (http:// only on loopback), got {value!r}")
 

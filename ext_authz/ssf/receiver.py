@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError, TrustError
-from ..httpclient import HttpError, fetch
+from ..httpclient import HttpError, fetch, is_loopback_url
 from ..secrets import read_secret
 from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
 from ..state.records import Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
-from ..trust.remote import loopback
 from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
 from .sets import SecurityEvent, SetError, peek, verify_set
 from .subjects import SubjectError, resolve
@@ -66,7 +65,7 @@ def _request(
 ) -> tuple[int, bytes]:
     """One HTTP exchange (https, or http on loopback; within ``timeout`` overall; redirects are not
     followed): (status, body), or a TrustError saying why not — whatever the peer sends."""
-    if not (url.startswith("https://") or (url.startswith("http://") and loopback(url))):
+    if not (url.startswith("https://") or (url.startswith("http://") and is_loopback_url(url))):
         raise TrustError(f"{url}: only https:// (or http:// on loopback) is used")
     ctx = None
     if url.startswith("https://"):

@@ -13,13 +13,12 @@ import hashlib
 import json
 import logging
 import ssl
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import TrustError
-from ..httpclient import HttpError, fetch
+from ..httpclient import HttpError, fetch, is_loopback_url
 from ..settings import IssuerSettings, Settings, SsfReceiverSettings
 from .bundles import IssuerTrust, JwtKeys, TrustSnapshot, parse_jwks
 from .sources import OnChange
@@ -30,7 +29,6 @@ __all__ = [
     "RemoteJwks",
     "RemoteTrust",
     "fetch_json",
-    "loopback",
     "refresh_jwks",
 ]
 
@@ -39,17 +37,14 @@ MAX_DOCUMENT_BYTES = 1 << 20
 MIN_REFETCH_INTERVAL = 30.0  # an unknown kid triggers at most one refetch per issuer this often
 
 
-def loopback(url: str) -> bool:
-    """Is ``url``'s host this machine (where plain http cannot be intercepted on the way)?"""
-    return (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
-
-
 def fetch_json(
     url: str, context: ssl.SSLContext, timeout: float = 5.0, *, loopback_http: bool = False
 ) -> tuple[bytes, dict[str, Any]]:
     """GET an https URL (or, with ``loopback_http``, an http one on loopback) within ``timeout`` overall,
     a redirect not followed; the body (bounded) and its JSON. Raises TrustError with the reason."""
-    if not (url.startswith("https://") or (loopback_http and url.startswith("http://") and loopback(url))):
+    if not (
+        url.startswith("https://") or (loopback_http and url.startswith("http://") and is_loopback_url(url))
+    ):
         also = " (or http:// on loopback)" if loopback_http else ""
         raise TrustError(f"{url}: only https://{also} URLs are fetched")
     headers = {"Accept": "application/json", "User-Agent": "ext-authz"}
