@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.verification import Store
@@ -26,6 +27,19 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise TrustError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+
+
+def _key_set(
+    digest: Any, tag: bytes, name: str, path: Path | None, max_stale: float, what: str
+) -> IssuerTrust:
+    """A key set by name: from its file (digested), or remote (only its name digested: the fetched keys
+    are a live source's part of the revision)."""
+    if path is None:
+        digest.update(tag + b"-remote\0" + name.encode())
+        return IssuerTrust(issuer=name, keys=JwtKeys(), remote=True, max_stale=max_stale)
+    data = _read(path, what)
+    digest.update(tag + b"\0" + name.encode() + b"\0" + data)
+    return IssuerTrust(issuer=name, keys=parse_jwks(data, str(path), require_use=None))
 
 
 def load_trust(cfg: Settings) -> TrustSnapshot:
@@ -53,31 +67,18 @@ def load_trust(cfg: Settings) -> TrustSnapshot:
             store=Store(list(roots)) if roots else None,
             revision=td_digest.hexdigest()[:16],
         )
-    issuers: dict[str, IssuerTrust] = {}
-    for iss, ic in sorted(cfg.issuers.items()):
-        jwks = ic.jwks_file
-        if jwks is None:
-            # Fetched over HTTPS at the edge (trust/remote.py) and merged in; none until then.
-            digest.update(b"iss-remote\0" + iss.encode())
-            issuers[iss] = IssuerTrust(issuer=iss, keys=JwtKeys(), remote=True, max_stale=ic.max_stale)
-            continue
-        data = _read(jwks, f"JWKS of issuer {iss}")
-        digest.update(b"iss\0" + iss.encode() + b"\0" + data)
-        issuers[iss] = IssuerTrust(issuer=iss, keys=parse_jwks(data, str(jwks), require_use=None))
-    transmitters: dict[str, IssuerTrust] = {}
-    for rc in cfg.shared_signals.receivers:
-        if rc.jwks_file is None:
-            # Fetched at the edge (trust/remote.TransmitterKeys) and merged in; none until then.
-            digest.update(b"ssf-remote\0" + rc.issuer.encode())
-            transmitters[rc.issuer] = IssuerTrust(
-                issuer=rc.issuer, keys=JwtKeys(), remote=True, max_stale=rc.max_stale
-            )
-            continue
-        data = _read(rc.jwks_file, f"JWKS of SSF transmitter {rc.issuer}")
-        digest.update(b"ssf\0" + rc.issuer.encode() + b"\0" + data)
-        transmitters[rc.issuer] = IssuerTrust(
-            issuer=rc.issuer, keys=parse_jwks(data, str(rc.jwks_file), require_use=None)
+    # OIDC issuers' keys and SSF transmitters' keys: a JWKS file read here, or a URL fetched at the edge
+    # (trust/remote.py: RemoteTrust, TransmitterKeys) and merged in, with no keys until then.
+    issuers = {
+        iss: _key_set(digest, b"iss", iss, ic.jwks_file, ic.max_stale, f"JWKS of issuer {iss}")
+        for iss, ic in sorted(cfg.issuers.items())
+    }
+    transmitters = {
+        rc.issuer: _key_set(
+            digest, b"ssf", rc.issuer, rc.jwks_file, rc.max_stale, f"JWKS of SSF transmitter {rc.issuer}"
         )
+        for rc in cfg.shared_signals.receivers
+    }
     return TrustSnapshot(
         revision=TrustRevision(digest.hexdigest()[:16]),
         domains=domains,
