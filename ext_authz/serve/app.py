@@ -113,8 +113,9 @@ class Server:
         self.http: asyncio.Server | None = None
         self.remote = RemoteTrust(runtime.sources_changed, runtime.clock)
         self.workload_api = WorkloadApiTrust(runtime.sources_changed)
-        self.transmitter_keys = TransmitterKeys(runtime.sources_changed, runtime.clock)
-        self.transmitter_keys.enabled = self.worker in (None, 0)  # where the SSF receivers run
+        self.transmitter_keys = TransmitterKeys(  # fetched where the SSF receivers run
+            runtime.sources_changed, runtime.clock, enabled=self.worker in (None, 0)
+        )
         runtime.sources = TrustSources((self.remote, self.workload_api, self.transmitter_keys))
         runtime.on_unknown_key = self.remote.request_refetch
         self.reloader = Reloader(config_path, runtime)

@@ -283,9 +283,12 @@ class TransmitterKeys(RemoteTrust):
 
     name = "ssf-jwks"
     what = "SSF keys of"
-    # Only the process that runs the receivers fetches (with `workers: N`, worker 0): the others would
-    # fetch every transmitter's keys N times for nothing.
-    enabled = True
+
+    def __init__(self, on_change: OnChange, clock: Clock | None = None, *, enabled: bool = True) -> None:
+        super().__init__(on_change, clock)
+        # Only the process that runs the receivers fetches (with `workers: N`, worker 0): the others
+        # would fetch every transmitter's keys N times for nothing.
+        self.enabled = enabled
 
     def configure(self, settings: Settings) -> None:
         wanted = {r.issuer: r for r in settings.shared_signals.receivers if r.jwks_url and self.enabled}

@@ -78,10 +78,9 @@ def test_the_live_source_lays_fetched_keys_over_the_snapshot_and_the_revision(tm
 def test_only_the_process_that_receives_fetches(tmp_path: Path) -> None:
     """With `workers: N`, worker 0 runs the receivers: the other workers fetch no transmitter keys."""
     cfg = settings(tmp_path)
-    source = TransmitterKeys(lambda: None)
-    source.enabled = False
-    source.configure(cfg)  # type: ignore[arg-type]
-    assert source.issuers == {}
-    source.enabled = True
-    source.configure(cfg)  # type: ignore[arg-type]
-    assert list(source.issuers) == [URL_TX]
+    elsewhere = TransmitterKeys(lambda: None, enabled=False)
+    elsewhere.configure(cfg)  # type: ignore[arg-type]
+    assert elsewhere.issuers == {}
+    receiving = TransmitterKeys(lambda: None)
+    receiving.configure(cfg)  # type: ignore[arg-type]
+    assert list(receiving.issuers) == [URL_TX]
