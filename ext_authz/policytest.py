@@ -37,6 +37,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from .envoy.normalize import normalize
 from .errors import AuthzError
+from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .loader import load_engine
 from .model import Decision, Identity, Principal
 from .pipeline import Caches, Engine, decide
@@ -126,12 +127,18 @@ def _identities(spec: dict[str, Any]) -> Principal:
     identities: list[Identity] = []
     for kind, key in (("x509_svid", "workload"), ("jwt_svid", "jwt_svid")):
         if key in spec:
-            sid = str(spec[key])
-            if not sid.startswith("spiffe://"):
-                raise TestFileError(f"identity.{key}: a SPIFFE ID, got {sid!r}")
-            td, _, path = sid[len("spiffe://") :].partition("/")
+            try:
+                sid = SpiffeId.parse(str(spec[key]))
+            except SpiffeIdError as exc:
+                raise TestFileError(f"identity.{key}: a SPIFFE ID, got {spec[key]!r} ({exc})") from exc
             identities.append(
-                Identity(kind=kind, spiffe_id=sid, trust_domain=td, path="/" + path, subject=sid)  # type: ignore[arg-type]
+                Identity(
+                    kind=kind,  # type: ignore[arg-type]
+                    spiffe_id=str(sid),
+                    trust_domain=sid.trust_domain.name,
+                    path=sid.path,
+                    subject=str(sid),
+                )
             )
     if "user" in spec:
         user = _map(spec["user"], "identity.user")
