@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .principal import user_key, workload_scope
 
@@ -30,6 +30,11 @@ IdentityKind = Literal["x509_svid", "jwt_svid", "oidc"]
 Channel = Literal["peer", "bearer"]  # the connection's certificate, or a token in the request
 
 EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
+_T = TypeVar("_T")
+
+
+def _first(items: Iterator[_T]) -> _T | None:
+    return next(items, None)
 
 
 def path_without_query(path: str) -> str:
@@ -70,8 +75,7 @@ class Credentials:
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     http: HttpRequest | None  # None for a network (L4) check
-    source_address: str
-    destination_address: str
+    source_address: str  # the downstream peer Envoy saw ("host:port", "[v6]:port" or "unix:PATH")
     source_principal: str
     context_extensions: Mapping[str, str]
     credentials: Credentials
@@ -140,9 +144,29 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: every verified credential, the connection's first (peer), then bearer tokens."""
+    """Who is calling: every verified credential, the connection's first (peer), then bearer tokens.
+
+    What the pipeline, the response and the record read of it is worked out once, here."""
 
     identities: tuple[Identity, ...] = ()
+    workload: Identity | None = field(init=False, repr=False, compare=False)  # the peer's X.509-SVID
+    token: Identity | None = field(init=False, repr=False, compare=False)  # a JWT-SVID or a user's token
+    user: Identity | None = field(init=False, repr=False, compare=False)  # a person's token (OIDC)
+    kinds: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Every principal key this caller holds (what grants, exceptions and quarantine name).
+    keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # The peer's SPIFFE ID, or a JWT-SVID's subject when there is no peer SVID.
+    spiffe_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = self.identities
+        first = _first
+        object.__setattr__(self, "workload", first(i for i in ids if i.channel == "peer"))
+        object.__setattr__(self, "token", first(i for i in ids if i.channel == "bearer"))
+        object.__setattr__(self, "user", first(i for i in ids if i.is_user))
+        object.__setattr__(self, "kinds", tuple(i.kind for i in ids))
+        object.__setattr__(self, "keys", tuple(dict.fromkeys(i.principal for i in ids)))
+        object.__setattr__(self, "spiffe_id", first(i.spiffe_id for i in ids if i.spiffe_id) or "")
 
     @classmethod
     def of(cls, *identities: Identity | None) -> Principal:
@@ -153,48 +177,8 @@ class Principal:
         return bool(self.identities)
 
     @property
-    def workload(self) -> Identity | None:
-        """The peer's X.509-SVID."""
-        for i in self.identities:
-            if i.channel == "peer":
-                return i
-        return None
-
-    @property
-    def token(self) -> Identity | None:
-        """The bearer token (a JWT-SVID or a user's OIDC token)."""
-        for i in self.identities:
-            if i.channel == "bearer":
-                return i
-        return None
-
-    @property
-    def user(self) -> Identity | None:
-        for i in self.identities:
-            if i.is_user:
-                return i
-        return None
-
-    @property
     def primary(self) -> Identity | None:
         return self.identities[0] if self.identities else None
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(i.kind for i in self.identities)
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """Every principal key this caller holds (what grants, exceptions and quarantine name)."""
-        return tuple(dict.fromkeys(i.principal for i in self.identities))
-
-    @property
-    def spiffe_id(self) -> str:
-        """The peer's SPIFFE ID, or a JWT-SVID's subject when there is no peer SVID."""
-        for i in self.identities:
-            if i.spiffe_id:
-                return i.spiffe_id
-        return ""
 
     def accountable(self, attribution: str = "user") -> str:
         """Whom a denial counts against. ``user``: the user when a user token is present, else the

@@ -52,10 +52,10 @@ class Engine:
     policy: Policy
     tokens: TokenSettings
     config_revision: str
+    revision: Revision = field(init=False, repr=False, compare=False)  # computed once, read per Check
 
-    @property
-    def revision(self) -> Revision:
-        return Revision(self.config_revision, self.trust.revision)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revision", Revision(self.config_revision, self.trust.revision))
 
     def with_trust(self, trust: TrustSnapshot) -> Engine:
         """The same settings and policy over other trust material (a live source changed it)."""
@@ -66,10 +66,29 @@ class Engine:
 class Caches:
     x509: LruCache[str] = field(default_factory=lambda: LruCache(10_000))
     tokens: LruCache[str] = field(default_factory=lambda: LruCache(10_000))
+    # The Principal of each pair of identities the caches above hold: built (and its derived values
+    # worked out) once per pair, not per Check. Keyed by the identities' ids; an entry holds the
+    # identities themselves, so an id cannot be reused for another object while its entry lives.
+    principals: dict[tuple[int, int], tuple[Identity | None, Identity | None, Principal]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def sized(cls, size: int) -> Caches:
         return cls(LruCache(size), LruCache(size))
+
+    def principal(self, workload: Identity | None, token: Identity | None) -> Principal:
+        key = (id(workload), id(token))
+        hit = self.principals.get(key)
+        if hit is not None and hit[0] is workload and hit[1] is token:
+            return hit[2]
+        principal = Principal.of(workload, token)
+        bound = max(self.x509.size, self.tokens.size)  # caching off: identities are never the same
+        if bound > 0:
+            if len(self.principals) >= bound:
+                self.principals.clear()  # bounded: distinct credentials only cost building afresh
+            self.principals[key] = (workload, token, principal)
+        return principal
 
 
 def _workload(
@@ -193,7 +212,7 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
         raise CredentialError(
             "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
         ) from exc
-    return Principal.of(workload, token)
+    return caches.principal(workload, token)
 
 
 # What CEL's `identity` holds for a caller without a credential; every key an identity can have.

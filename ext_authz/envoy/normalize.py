@@ -11,7 +11,7 @@ import re
 from types import MappingProxyType
 from typing import Any
 
-from ..model import Credentials, HttpRequest, RequestContext
+from ..model import EMPTY_MAP, Credentials, HttpRequest, RequestContext
 from ..settings import Limits
 
 __all__ = ["normalize"]
@@ -51,11 +51,12 @@ def _headers(h: Any, limits: Limits) -> tuple[dict[str, str], int, int]:
     max_count, max_bytes = limits.max_headers, limits.max_header_bytes
     headers: dict[str, str] = {}
     count = size = 0
-    if h.headers:
-        count = len(h.headers)
+    header_map = h.headers  # one read: each read of a protobuf field costs a lookup
+    if header_map:
+        count = len(header_map)
         if count > max_count:
             return {}, count, 0
-        headers = dict(h.headers)  # at most max_count entries, each as long as Envoy allowed
+        headers = dict(header_map)  # at most max_count entries, each as long as Envoy allowed
         size = sum(map(len, headers)) + sum(map(len, headers.values()))
         if size > max_bytes:
             return {}, count, size
@@ -76,41 +77,45 @@ def _headers(h: Any, limits: Limits) -> tuple[dict[str, str], int, int]:
 
 
 def normalize(request: Any, limits: Limits = _DEFAULT_LIMITS) -> RequestContext:
-    """Read a ``CheckRequest`` into a frozen RequestContext. Missing fields become empty values."""
+    """Read a ``CheckRequest`` into a frozen RequestContext. Missing fields become empty values.
+
+    Only what the verifiers, rules and records read is taken: each protobuf field read costs."""
     attrs = request.attributes
     http_req = None
     headers: dict[str, str] = {}
     count = size = body = 0
-    if attrs.request.HasField("http"):
-        h = attrs.request.http
+    req = attrs.request
+    if req.HasField("http"):
+        h = req.http
         headers, count, size = _headers(h, limits)
         body = max(len(h.raw_body), len(h.body))
         http_req = HttpRequest(
-            method=(h.method or headers.get(":method", "")).upper(),
-            path=h.path or headers.get(":path", ""),
-            host=h.host or headers.get(":authority", ""),
-            scheme=h.scheme or headers.get(":scheme", ""),
-            protocol=h.protocol,
-            headers=MappingProxyType(headers),
+            (h.method or headers.get(":method", "")).upper(),
+            h.path or headers.get(":path", ""),
+            h.host or headers.get(":authority", ""),
+            h.scheme or headers.get(":scheme", ""),
+            h.protocol,
+            MappingProxyType(headers),
         )
-    cert = attrs.source.certificate
+    source = attrs.source
+    principal = source.principal
     bearer, malformed = _bearer(headers)
     creds = Credentials(
-        peer_certificate=cert or None,
-        xfcc=headers.get("x-forwarded-client-cert", ""),
-        principal=attrs.source.principal or None,
-        bearer=bearer,
-        bearer_malformed=malformed,
+        source.certificate or None,
+        headers.get("x-forwarded-client-cert", ""),
+        principal or None,
+        bearer,
+        malformed,
     )
+    extensions = attrs.context_extensions
     return RequestContext(
-        http=http_req,
-        source_address=_address(attrs.source),
-        destination_address=_address(attrs.destination),
-        source_principal=attrs.source.principal,
-        context_extensions=MappingProxyType(dict(attrs.context_extensions)),
-        credentials=creds,
-        request_id=headers.get("x-request-id", ""),
-        header_count=count,
-        header_bytes=size,
-        body_bytes=body,
+        http_req,
+        _address(source),
+        principal,
+        MappingProxyType(dict(extensions)) if extensions else EMPTY_MAP,
+        creds,
+        headers.get("x-request-id", ""),
+        count,
+        size,
+        body,
     )

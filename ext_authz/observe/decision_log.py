@@ -55,29 +55,30 @@ class Redactor:
         return path_without_query(path)
 
 
-_IDENTITIES: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+_IDENTITIES: dict[int, tuple[Principal, dict[str, Any]]] = {}
 _MAX_IDENTITIES = 10_000
 
 
 def _identity(p: Principal) -> dict[str, Any]:
-    """A record's identity section. The verified identities of a credential are the same objects from
-    Check to Check (the verification caches hold them): their section is built once. The cache holds
-    the identities themselves, so an id can never be reused for another while its entry lives."""
-    key = tuple(map(id, p.identities))
-    hit = _IDENTITIES.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], p.identities, strict=True)):
+    """A record's identity section. A caller's Principal is the same object from Check to Check (the
+    pipeline's caches hold it): its section is built once. The cache holds the principal itself, so an
+    id can never be reused for another while its entry lives."""
+    hit = _IDENTITIES.get(id(p))
+    if hit is not None and hit[0] is p:
         return hit[1]
+    token = p.token
+    primary = p.primary
     section = {
         "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
         "kinds": list(p.kinds),
         "spiffe_id": p.spiffe_id,
-        "subject": p.token.subject if p.token else "",
-        "issuer": p.token.issuer if p.token else "",
-        "trust_domain": p.primary.trust_domain if p.primary else "",
+        "subject": token.subject if token else "",
+        "issuer": token.issuer if token else "",
+        "trust_domain": primary.trust_domain if primary else "",
     }
     if len(_IDENTITIES) >= _MAX_IDENTITIES:
         _IDENTITIES.clear()
-    _IDENTITIES[key] = (p.identities, section)
+    _IDENTITIES[id(p)] = (p, section)
     return section
 
 

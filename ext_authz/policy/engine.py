@@ -23,7 +23,7 @@ from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
 from .types import TYPED_ENV
 
-__all__ = ["CompiledRule", "Policy", "PolicyResult", "StepUp", "compile_policy"]
+__all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
 
 _DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 # Evaluation sees plain maps and lists (cheap to build per Check); the typed declarations in types.py
@@ -115,12 +115,33 @@ class PolicyResult:
 
 
 MEMO_SIZE = 20_000  # remembered condition results per policy generation
+SELECTION_MEMO_SIZE = 4096  # remembered rule selections per policy generation
+# A target longer than this (host + path) is selected afresh each time: the memo's memory stays bounded.
+SELECTION_MEMO_MAX_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The enforced rules a request's ``match`` selects, in policy order, and every shadow rule with
+    whether it is selected: a function of the target, the context extensions rules name, and whether
+    the caller is authenticated, so it is remembered per those."""
+
+    deny: tuple[CompiledRule, ...]
+    allow: tuple[CompiledRule, ...]
+    shadow: tuple[tuple[CompiledRule, bool], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[CompiledRule, ...]
     _memo: dict[tuple[str, Hashable], bool | str] = field(default_factory=dict, repr=False, compare=False)
+    _selections: dict[Hashable, Selection] = field(default_factory=dict, repr=False, compare=False)
+    # The context-extension keys any rule's match names: the only ones selection depends on.
+    _extension_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = sorted({k for r in self.rules for k, _ in r.context_extensions})
+        object.__setattr__(self, "_extension_keys", tuple(keys))
 
     @property
     def uses_cel(self) -> bool:
@@ -130,6 +151,33 @@ class Policy:
         """Enforced rules whose condition reads ``variable`` (one of request, source, identity,
         signals, grants, now)."""
         return tuple(r.name for r in self.rules if not r.shadow and variable in r.variables)
+
+    def select(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> Selection:
+        """The rules that apply to this request (see :class:`Selection`), remembered per what
+        selection reads (bounded, and dropped with this policy)."""
+        host = target.host
+        size = len(target.path) + (len(host.name) if host is not None else 0)
+        key: Hashable = None
+        if size <= SELECTION_MEMO_MAX_CHARS:
+            key = (target, authenticated, tuple(extensions.get(k) for k in self._extension_keys))
+            found = self._selections.get(key)
+            if found is not None:
+                return found
+        deny: list[CompiledRule] = []
+        allow: list[CompiledRule] = []
+        shadow: list[tuple[CompiledRule, bool]] = []
+        for r in self.rules:
+            selected = r.selects(target, extensions, authenticated)
+            if r.shadow:
+                shadow.append((r, selected))
+            elif selected:
+                (deny if r.effect == "deny" else allow).append(r)
+        selection = Selection(tuple(deny), tuple(allow), tuple(shadow))
+        if key is not None:
+            if len(self._selections) >= SELECTION_MEMO_SIZE:
+                self._selections.clear()  # a flood of distinct targets only costs selecting afresh
+            self._selections[key] = selection
+        return selection
 
     def evaluate(
         self,
@@ -150,6 +198,7 @@ class Policy:
         ``signals``, ``grants`` or ``now`` are evaluated on every Check."""
         cached: dict[str, Mapping[str, Any]] = {}
         memo = self._memo
+        selection = self.select(target, extensions, authenticated)
 
         def data() -> Mapping[str, Any]:
             if "v" not in cached:
@@ -170,9 +219,7 @@ class Policy:
 
         result: PolicyResult | None = None
         errors: list[tuple[str, str]] = []
-        for r in self.rules:
-            if r.shadow or r.effect != "deny" or not r.selects(target, extensions, authenticated):
-                continue
+        for r in selection.deny:
             if result is not None and not r.exceptable:
                 # Denied already by an exceptable rule: an exception may override it only if no other
                 # deny rule that is not exceptable would deny too.
@@ -192,9 +239,7 @@ class Policy:
                 break
         challenge: CompiledRule | None = None
         if result is None:
-            for r in self.rules:
-                if r.shadow or r.effect != "allow" or not r.selects(target, extensions, authenticated):
-                    continue
+            for r in selection.allow:
                 cond = condition(r)
                 if cond is True:
                     if r.step_up is not None and (stepped is None or not stepped(r.step_up)):
@@ -221,10 +266,8 @@ class Policy:
                 result = PolicyResult(False, "no_rule" if authenticated else "no_credential")
 
         shadow: list[ShadowResult] = []
-        for r in self.rules:
-            if not r.shadow:
-                continue
-            cond = condition(r) if r.selects(target, extensions, authenticated) else False
+        for r, selected in selection.shadow:
+            cond = condition(r) if selected else False
             if isinstance(cond, str):
                 shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
             else:

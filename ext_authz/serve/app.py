@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -36,7 +35,7 @@ from ..state.replica import Replica
 from ..trust.remote import RemoteTrust, TransmitterKeys
 from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
-from .check import AUTH_SERVICE, AuthorizationServicer
+from .check import AUTH_SERVICE, AuthorizationServicer, add_to_server
 from .health import serve_health, watch_state_health
 from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
@@ -190,9 +189,7 @@ class Server:
         peers = None
         if cfg.check.tls is not None:
             peers = self._peers(lambda: self.runtime.engine.config.check.allowed_spiffe_ids)
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(rt, peers), self.grpc
-        )
+        add_to_server(AuthorizationServicer(rt, peers), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -13,17 +13,17 @@ import time
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from ..envoy.normalize import normalize
-from ..envoy.render import render
+from ..envoy.render import render_wire
 from ..model import Decision, RequestContext
 from ..observe.decision_log import record
 from ..pipeline import decide
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
 
-__all__ = ["AUTH_SERVICE", "AuthorizationServicer"]
+__all__ = ["AUTH_SERVICE", "AuthorizationServicer", "add_to_server"]
 
 log = logging.getLogger("ext_authz")
 AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
@@ -34,7 +34,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self.runtime = runtime
         self.peers = peers  # set when Check is served over TLS: callers must be allowed Envoys
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """The serialized CheckResponse (see :func:`add_to_server`)."""
         if self.peers is not None:
             try:
                 self.peers.verify(context.auth_context())
@@ -57,7 +58,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 span = rt.tracing.start(ctx.http.headers if ctx.http else None)
             decision = decide(ctx, engine, caches, now, decision_id, rt.replica.snapshot)
             rt.apply(decision)
-            return render(decision, ctx.http.headers if ctx.http else None)
+            return render_wire(decision)
         except Exception as exc:
             # A fault is never an allow: Envoy's failure_mode_allow=false / status_on_error decide.
             fault = type(exc).__name__
@@ -93,6 +94,17 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                     rec["trace_id"] = span.trace_id
                 rt.decision_log.write(rec)
                 rt.hub.publish(rec)
+
+
+def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
+    """Serve ``Authorization/Check``. Check returns its response serialized (envoy/render.py keeps
+    responses as serialized templates), so the method has no response serializer."""
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.Check,
+        request_deserializer=external_auth_pb2.CheckRequest.FromString,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(AUTH_SERVICE, {"Check": handler}),))
 
 
 def _new_decision_id() -> str:

@@ -94,7 +94,6 @@ def test_http_request_is_read() -> None:
     assert ctx.http.path == "/api/orders?id=7&sort=desc"  # as sent: the query string stays
     assert ctx.http.path_only == "/api/orders"
     assert ctx.source_address == "10.0.0.7:40312"
-    assert ctx.destination_address == "10.0.0.1:8443"
     assert ctx.source_principal == FRONTEND
     assert ctx.credentials.principal == FRONTEND
     assert dict(ctx.context_extensions) == {"listener": "mesh", "route": "orders"}
@@ -174,7 +173,6 @@ def test_empty_check_request_is_an_l4_check() -> None:
     assert ctx == RequestContext(
         http=None,
         source_address="",
-        destination_address="",
         source_principal="",
         context_extensions={},
         credentials=Credentials(),
@@ -199,9 +197,16 @@ def test_network_check_keeps_addresses_principal_and_extensions() -> None:
 
     assert ctx.http is None
     assert ctx.source_address == "[::1]:5"  # bracketed: "::1:5" would be ambiguous
-    assert ctx.destination_address == "unix:/run/backend.sock"
     assert ctx.credentials.principal == FRONTEND
     assert dict(ctx.context_extensions) == {"listener": "tcp"}
+
+
+def test_a_unix_socket_peer_is_named_by_its_path() -> None:
+    ctx = normalize(
+        check_request({"attributes": {"source": {"address": {"pipe": {"path": "/run/frontend.sock"}}}}})
+    )
+
+    assert ctx.source_address == "unix:/run/frontend.sock"
 
 
 def test_header_map_with_raw_values() -> None:

@@ -10,7 +10,7 @@ import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from google.protobuf import json_format
 
-from ext_authz.envoy.render import IDENTITY_HEADERS, render
+from ext_authz.envoy.render import IDENTITY_HEADERS, render, render_wire
 from ext_authz.model import Decision, Identity, Principal, ShadowResult
 
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -330,3 +330,40 @@ def test_the_upstream_is_told_which_exception_and_grants_let_a_request_through()
     assert headers["x-ext-authz-grant-ids"] == "grt_1,grt_2"
     removed = render(d).ok_response.headers_to_remove
     assert "x-ext-authz-exception-id" not in removed and "x-ext-authz-grant-ids" not in removed
+
+
+# --- render_wire: the Check server's serialized response -----------------------------------------
+
+WIRE_DECISIONS = [
+    allowed(Principal.of(WORKLOAD, ALICE), grant_ids=("g1",), exception_id="x1"),
+    allowed(Principal()),
+    denied(401, "token_expired", credential_failed="token"),
+    denied(403, "revoked", revocation_id="rev_1", revocation_kind="jti", principal=Principal.of(ALICE)),
+]
+
+
+@pytest.mark.parametrize("decision", WIRE_DECISIONS, ids=["allow", "anonymous", "401", "403"])
+@pytest.mark.parametrize("decision_id", ["0123456789abcdef0123456789abcdef", "fedcba9876543210" * 2, "d-1"])
+def test_render_wire_is_the_serialized_response(decision: Decision, decision_id: str) -> None:
+    d = dataclasses.replace(decision, decision_id=decision_id)
+
+    wire = render_wire(d)
+
+    assert CheckResponse.FromString(wire) == render(d)
+    assert wire.count(decision_id.encode()) == (2 if d.allowed else 3)
+
+
+@pytest.mark.parametrize("subject", ["@" * 32, "x" + "@" * 40, "@" * 31])
+def test_render_wire_writes_the_id_only_where_it_belongs(subject: str) -> None:
+    """A token's subject is the identity provider's, not ours: one that contains the placeholder must
+    come out as it was, with the decision id only in the header and the metadata."""
+    user = Identity(kind="oidc", subject=subject, issuer="https://idp.example.com")
+    did = "0123456789abcdef0123456789abcdef"
+    d = dataclasses.replace(allowed(Principal.of(user)), decision_id=did)
+
+    resp = CheckResponse.FromString(render_wire(d))
+
+    assert resp == render(d)
+    assert set_headers(resp)[IDENTITY_HEADERS[1]] == subject
+    assert set_headers(resp)["x-ext-authz-decision-id"] == did
+    assert metadata(resp)["decision_id"] == did

@@ -79,7 +79,6 @@ def request(
     return RequestContext(
         http=http,
         source_address="10.0.0.7:40000",
-        destination_address="10.0.0.1:8443",
         source_principal="",
         context_extensions=MappingProxyType(dict(ext or {})),
         credentials=Credentials(),
