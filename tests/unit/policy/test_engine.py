@@ -647,3 +647,44 @@ def test_an_expression_over_the_size_limit_is_a_config_error() -> None:
         compile_policy(keyed, FILE)
     assert "cel_max_expression_bytes" in str(info.value)
     compile_policy(keyed, FILE, Limits(cel_max_expression_bytes=len(long)))
+
+
+# --- rule selection is remembered per what it reads, bounded --------------------------------------
+
+
+def test_remembered_selection_follows_every_input_it_depends_on() -> None:
+    p = policy(
+        rule("mesh-orders", paths=("/api/*",), methods=("GET",), ext={"listener": "mesh"}),
+        rule("edge-admin", "deny", hosts=("admin.internal",), ext={"listener": "edge"}),
+        rule("anyone-health", paths=("/healthz",), anonymous=True),
+    )
+    cases = [  # each input changed once from the first; every answer asked twice (the second remembered)
+        (request("/api/orders", ext={"listener": "mesh"}), AUTH, "allowed"),
+        (request("/api/orders", ext={"listener": "edge"}), AUTH, "no_rule"),
+        (request("/api/orders", ext={"listener": "mesh", "route": "x"}), AUTH, "allowed"),
+        (request("/api/orders"), AUTH, "no_rule"),
+        (request("/api/orders", method="POST", ext={"listener": "mesh"}), AUTH, "no_rule"),
+        (request("/other", ext={"listener": "mesh"}), AUTH, "no_rule"),
+        (request("/api/orders", ext={"listener": "mesh"}), ANON, "no_credential"),
+        (request("/healthz", ext={"listener": "mesh"}), ANON, "allowed"),
+        (request("/x", host="admin.internal", ext={"listener": "edge"}), AUTH, "policy_denied"),
+        (request("/x", host="admin.internal:8443", ext={"listener": "edge"}), AUTH, "policy_denied"),
+        (request("/x", host="other.internal", ext={"listener": "edge"}), AUTH, "no_rule"),
+    ]
+    for _ in range(2):
+        for ctx, authenticated, reason in cases:
+            assert p.evaluate(ctx, authenticated, Activation()).reason == reason, (ctx, authenticated)
+
+
+def test_a_flood_of_distinct_targets_keeps_the_selection_memo_bounded() -> None:
+    from ext_authz.policy import engine
+
+    p = policy(rule("orders", paths=("/api/*",)))
+    for i in range(engine.SELECTION_MEMO_SIZE + 50):
+        assert p.evaluate(request(f"/api/{i}"), AUTH, Activation()).reason == "allowed"
+    long_path = "/api/" + "a" * engine.SELECTION_MEMO_MAX_CHARS
+    assert p.evaluate(request(long_path), AUTH, Activation()).reason == "allowed"
+
+    memo = p.policy._selections
+    assert 0 < len(memo) <= engine.SELECTION_MEMO_SIZE
+    assert all(len(key[0].path) <= engine.SELECTION_MEMO_MAX_CHARS for key in memo)  # type: ignore[index]
