@@ -337,3 +337,17 @@ async def test_a_trust_file_broken_while_serving_keeps_the_last_good_and_is_repo
     assert (await running.stub.Check(alice)).status.code == 0
     target.write_bytes(original)  # the next good write is picked up
     assert await running.server.reloader.check()
+
+
+async def test_native_transport_serves_check_and_health_itself(demo_dir: Path, tmp_path: Path) -> None:
+    """pygrpc-native hands a method it was not given as a *registered* handler to a grpcio server
+    behind it, which would cost more than grpcio alone: Check and health must be its own."""
+    r = await start(write_config(demo_dir, tmp_path, transport="native"))
+    try:
+        assert r.server.grpc._fallback is None  # type: ignore[attr-defined]
+        resp = await r.stub.Check(check_request(demo_dir, workload="frontend"))
+        assert resp.status.code == 0
+        assert len(resp.dynamic_metadata.fields["decision_id"].string_value) == 32
+    finally:
+        await r.channel.close()
+        await r.server.stop(0)
