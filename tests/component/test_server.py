@@ -344,7 +344,7 @@ async def test_native_transport_serves_check_and_health_itself(demo_dir: Path, t
     behind it, which would cost more than grpcio alone: Check and health must be its own."""
     r = await start(write_config(demo_dir, tmp_path, transport="native"))
     try:
-        assert r.server.grpc._fallback is None  # type: ignore[attr-defined]
+        assert r.server.grpc._fallback is None
         resp = await r.stub.Check(check_request(demo_dir, workload="frontend"))
         assert resp.status.code == 0
         assert len(resp.dynamic_metadata.fields["decision_id"].string_value) == 32
