@@ -9,6 +9,8 @@ or blocked sink never stalls a Check: records queue up to a bound, then are drop
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import re
 import sys
 import threading
@@ -16,15 +18,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from ..model import Decision, Principal, RequestContext, path_without_query
+from ..model import Decision, Principal, RequestContext, ShadowResult, path_without_query
 from ..settings import DEFAULT_REDACT_HEADERS
 from ..trust.revision import Revision
 
-__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "encode", "record"]
+__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "encode", "encode_line", "record"]
 
 REDACTED = "[REDACTED]"
 DRAIN_INTERVAL = 0.02  # seconds between batched writes of the background writer
@@ -82,6 +84,34 @@ def _identity(p: Principal) -> dict[str, Any]:
     return section
 
 
+_SHADOWS: dict[tuple[ShadowResult, ...], list[dict[str, Any]]] = {}
+_MAX_SHADOWS = 1024
+_last_revision: tuple[Revision, int, dict[str, Any]] | None = None
+
+
+def _shadow(results: tuple[ShadowResult, ...]) -> list[dict[str, Any]]:
+    """A record's shadow section: a function of the results (few distinct ones), built once each."""
+    section = _SHADOWS.get(results)
+    if section is None:
+        if len(_SHADOWS) >= _MAX_SHADOWS:
+            _SHADOWS.clear()
+        section = _SHADOWS[results] = [
+            {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in results
+        ]
+    return section
+
+
+def _revision(revision: Revision, state_revision: int) -> dict[str, Any]:
+    """A record's revision section; the same from Check to Check until config, trust or state change."""
+    global _last_revision
+    last = _last_revision
+    if last is not None and last[0] is revision and last[1] == state_revision:
+        return last[2]
+    section = {"config": revision.config, "trust": revision.trust.key, "state": state_revision}
+    _last_revision = (revision, state_revision, section)
+    return section
+
+
 def record(
     *,
     decision_id: str,
@@ -95,7 +125,6 @@ def record(
     redactor: Redactor | None = None,
     include_headers: bool = False,
 ) -> dict[str, Any]:
-    redactor = redactor or Redactor()
     rec: dict[str, Any] = {
         "time": at,  # encoded as RFC 3339 by the writer (orjson), with microseconds
         "decision_id": decision_id,
@@ -103,20 +132,21 @@ def record(
     if ctx is not None:
         http = ctx.http
         rec["request_id"] = ctx.request_id
-        rec["method"] = http.method if http else ""
-        rec["host"] = http.host if http else ""
-        rec["path"] = http.path_only if http else ""  # never the query string: it may carry secrets
+        if http is not None:
+            rec["method"] = http.method
+            rec["host"] = http.host
+            rec["path"] = http.path_only  # never the query string: it may carry secrets
+        else:
+            rec["method"] = rec["host"] = rec["path"] = ""
         rec["source"] = ctx.source_address
         if include_headers and http is not None:
-            rec["headers"] = redactor.headers_map(http.headers)
+            rec["headers"] = (redactor or Redactor()).headers_map(http.headers)
     if decision is not None:
-        rec.update(
-            decision="allow" if decision.allowed else "deny",
-            status=decision.status,
-            reason=decision.reason,
-            rule=decision.rule,
-            identity=_identity(decision.principal),
-        )
+        rec["decision"] = "allow" if decision.allowed else "deny"
+        rec["status"] = decision.status
+        rec["reason"] = decision.reason
+        rec["rule"] = decision.rule
+        rec["identity"] = _identity(decision.principal)
         if decision.revocation_id:
             rec["revocation"] = {"id": decision.revocation_id, "kind": decision.revocation_kind}
         if decision.exception_id:
@@ -126,9 +156,7 @@ def record(
         if decision.signals_read:  # which facts the decision was given: keys only, never their values
             rec["signals_read"] = list(decision.signals_read)
         if decision.shadow:
-            rec["shadow"] = [
-                {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in decision.shadow
-            ]
+            rec["shadow"] = _shadow(decision.shadow)
             rec["shadow_decision"] = "allow" if decision.shadow_allowed else "deny"
         if decision.policy_errors:
             rec["policy_errors"] = [{"rule": rule, "error": error} for rule, error in decision.policy_errors]
@@ -137,13 +165,18 @@ def record(
     if fault:
         rec.update(decision="error", status=0, reason="internal", fault=fault)
     rec["latency_ms"] = round(latency_s * 1000, 3)
-    rec["revision"] = {"config": revision.config, "trust": revision.trust.key, "state": state_revision}
+    rec["revision"] = _revision(revision, state_revision)
     return rec
 
 
+def encode_line(rec: dict[str, Any]) -> bytes:
+    """One JSON line, UTF-8 (orjson: several times faster than the standard library on these records)."""
+    return orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
 def encode(rec: dict[str, Any]) -> str:
-    """One JSON line (orjson: several times faster than the standard library on these records)."""
-    return orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+    """:func:`encode_line` as text."""
+    return encode_line(rec).decode()
 
 
 class DecisionLog:
@@ -151,7 +184,7 @@ class DecisionLog:
 
     def __init__(
         self,
-        sink: TextIO | None = None,
+        sink: TextIO | BinaryIO | None = None,
         *,
         background: bool = False,
         max_queue: int = 10_000,
@@ -160,9 +193,12 @@ class DecisionLog:
     ) -> None:
         self.enabled = enabled  # off: no record is built unless a live stream subscribes
         self.sink = sink if sink is not None else sys.stdout
+        # A file is written as bytes (orjson's own, never decoded); a text stream (stdout) as text.
+        self._text = isinstance(self.sink, io.TextIOBase)
+        self._owns_sink = False
         self.dropped = 0
         self.on_drop = on_drop
-        self._queue: collections.deque[str | None] | None = None
+        self._queue: collections.deque[bytes | None] | None = None
         self.max_queue = max_queue
         self._thread: threading.Thread | None = None
         if background:
@@ -176,12 +212,14 @@ class DecisionLog:
             return cls(sys.stdout, **kw)
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path.open("a", buffering=1, encoding="utf-8"), **kw)
+        log = cls(path.open("ab"), **kw)
+        log._owns_sink = True  # opened here: closed by close()
+        return log
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = encode(rec)
+        line = encode_line(rec)
         if self._queue is None:
             self._emit(line)
             return
@@ -195,9 +233,12 @@ class DecisionLog:
         if self.on_drop is not None:
             self.on_drop()
 
-    def _emit(self, text: str, count: int = 1) -> None:
+    def _emit(self, data: bytes, count: int = 1) -> None:
         try:
-            self.sink.write(text)
+            if self._text:
+                self.sink.write(data.decode())  # type: ignore[call-overload]
+            else:
+                self.sink.write(data)  # type: ignore[arg-type]
             self.sink.flush()
         except (OSError, ValueError):
             for _ in range(count):
@@ -212,7 +253,7 @@ class DecisionLog:
         assert self._queue is not None
         while True:
             time.sleep(DRAIN_INTERVAL)
-            batch: list[str] = []
+            batch: list[bytes] = []
             stop = False
             while self._queue:
                 line = self._queue.popleft()
@@ -221,7 +262,7 @@ class DecisionLog:
                     break
                 batch.append(line)
             if batch:
-                self._emit("".join(batch), count=len(batch))
+                self._emit(b"".join(batch), count=len(batch))
             if stop:
                 return
 
@@ -229,3 +270,6 @@ class DecisionLog:
         if self._queue is not None and self._thread is not None:
             self._queue.append(None)  # after everything queued: written, then the writer stops
             self._thread.join(timeout)
+        if self._owns_sink and not (self._thread is not None and self._thread.is_alive()):
+            with contextlib.suppress(OSError):
+                self.sink.close()
