@@ -9,7 +9,6 @@ rule: faults fail closed, and they are never silent.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -68,10 +67,14 @@ class CompiledRule:
     exceptable: bool = False  # a deny rule a break-glass exception may override
     step_up: StepUp | None = None  # an allow rule that also requires this of the user's authentication
 
-    @property
-    def memoizable(self) -> bool:
-        """Is the condition a function of the verified identity alone?"""
-        return self.when is not None and self.variables <= {"identity"}
+    # Is the condition a function of the verified identity alone? (Worked out once: read per Check.)
+    memoizable: bool = field(init=False, repr=False, compare=False)
+    # What a shadow rule reports when its match does not select the request.
+    unmatched: ShadowResult = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memoizable", self.when is not None and self.variables <= {"identity"})
+        object.__setattr__(self, "unmatched", ShadowResult(self.name, self.effect, False))
 
     def selects(self, target: Target, extensions: Mapping[str, str], authenticated: bool) -> bool:
         """Does the rule's ``match`` (and audience: authenticated or anonymous) select this request?"""
@@ -217,25 +220,26 @@ class Policy:
                 memo[key] = found
             return found
 
-        result: PolicyResult | None = None
+        # The outcome so far: (allowed, reason, rule, detail, exceptable, step_up), or None.
+        result: tuple[bool, str, str, str, bool, StepUp | None] | None = None
         errors: list[tuple[str, str]] = []
         for r in selection.deny:
             if result is not None and not r.exceptable:
                 # Denied already by an exceptable rule: an exception may override it only if no other
                 # deny rule that is not exceptable would deny too.
                 if condition(r) is not False:
-                    result = dataclasses.replace(result, exceptable=False)
+                    result = (*result[:4], False, result[5])
                     break
                 continue
             if result is not None:
                 continue
             cond = condition(r)
             if cond is True:
-                result = PolicyResult(False, "policy_denied", r.name, exceptable=r.exceptable)
+                result = (False, "policy_denied", r.name, "", r.exceptable, None)
             elif isinstance(cond, str):
                 errors.append((r.name, cond))
-                result = PolicyResult(False, "policy_error", r.name, detail=cond, exceptable=r.exceptable)
-            if result is not None and not result.exceptable:
+                result = (False, "policy_error", r.name, cond, r.exceptable, None)
+            if result is not None and not result[4]:
                 break
         challenge: CompiledRule | None = None
         if result is None:
@@ -245,53 +249,47 @@ class Policy:
                     if r.step_up is not None and (stepped is None or not stepped(r.step_up)):
                         challenge = challenge or r  # allowed, once the user authenticates as it asks
                         continue
-                    result = PolicyResult(True, "allowed", r.name)
+                    result = (True, "allowed", r.name, "", True, None)
                     break
                 if isinstance(cond, str):
                     errors.append((r.name, cond))
         if result is None and challenge is not None:
-            result = PolicyResult(
+            result = (
                 False,
                 "step_up_required",
                 challenge.name,
-                detail="the user's authentication is weaker or older than the rule requires",
-                exceptable=False,
-                step_up=challenge.step_up,
+                "the user's authentication is weaker or older than the rule requires",
+                False,
+                challenge.step_up,
             )
         if result is None:
             if errors:
                 rule, error = errors[0]
-                result = PolicyResult(False, "policy_error", rule, detail=error)
+                result = (False, "policy_error", rule, error, True, None)
             else:
-                result = PolicyResult(False, "no_rule" if authenticated else "no_credential")
+                result = (False, "no_rule" if authenticated else "no_credential", "", "", True, None)
+        allowed, reason, rule_name, detail, exceptable, step_up = result
 
         shadow: list[ShadowResult] = []
         for r, selected in selection.shadow:
-            cond = condition(r) if selected else False
+            if not selected:
+                shadow.append(r.unmatched)
+                continue
+            cond = condition(r)
             if isinstance(cond, str):
                 shadow.append(ShadowResult(r.name, r.effect, r.effect == "deny", cond))
             else:
                 shadow.append(ShadowResult(r.name, r.effect, cond))
         would: bool | None = None
         if shadow:
-            if result.reason in ("policy_denied", "policy_error") or any(
+            if reason in ("policy_denied", "policy_error") or any(
                 s.matched and s.effect == "deny" for s in shadow
             ):
                 would = False
             else:
-                would = result.allowed or any(s.matched and s.effect == "allow" for s in shadow)
-        if not shadow and not errors:
-            return result
+                would = allowed or any(s.matched and s.effect == "allow" for s in shadow)
         return PolicyResult(
-            result.allowed,
-            result.reason,
-            result.rule,
-            tuple(shadow),
-            would,
-            result.detail,
-            tuple(errors),
-            result.exceptable,
-            result.step_up,
+            allowed, reason, rule_name, tuple(shadow), would, detail, tuple(errors), exceptable, step_up
         )
 
 

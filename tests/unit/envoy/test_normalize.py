@@ -114,6 +114,23 @@ def test_header_keys_are_lower_cased() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer abc.def.ghi", "X-Request-Id": "r-1", "123": "n"},
+        {"authorization": "Bearer abc.def.ghi", "x-request-ID": "r-1", "123": "n"},
+        {"123": "n", "authorization": "Bearer abc.def.ghi", "x-request-id": "r-1"},
+    ],
+)
+def test_names_sent_in_upper_case_are_read_lower_cased(headers: dict[str, str]) -> None:
+    ctx = normalize(with_headers(headers))
+
+    assert ctx.http is not None
+    assert dict(ctx.http.headers) == {"authorization": "Bearer abc.def.ghi", "x-request-id": "r-1", "123": "n"}
+    assert ctx.credentials.bearer == "abc.def.ghi"
+    assert ctx.request_id == "r-1"
+
+
 def test_context_is_read_only() -> None:
     ctx = normalize(check_request(HTTP_REQUEST))
 
