@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from .principal import user_key, workload_scope
+from .values import value
 
 __all__ = [
     "EMPTY_MAP",
@@ -47,7 +48,7 @@ def path_without_query(path: str) -> str:
     return path[:cut]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class HttpRequest:
     method: str
     path: str  # as Envoy sent it: includes the query string, undecoded
@@ -61,7 +62,7 @@ class HttpRequest:
         object.__setattr__(self, "path_only", path_without_query(self.path))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Credentials:
     """What the caller presented, unverified."""
 
@@ -72,7 +73,7 @@ class Credentials:
     bearer_malformed: bool = False  # an Authorization: Bearer header that is not a token
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestContext:
     http: HttpRequest | None  # None for a network (L4) check
     source_address: str  # the downstream peer Envoy saw ("host:port", "[v6]:port" or "unix:PATH")
@@ -85,7 +86,7 @@ class RequestContext:
     body_bytes: int = 0  # a body is present only if Envoy was told to send it
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Identity:
     """A verified identity. Nothing here is set unless a verifier proved it.
 
@@ -142,7 +143,7 @@ class Identity:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Principal:
     """Who is calling: every verified credential, the connection's first (peer), then bearer tokens.
 
@@ -192,7 +193,7 @@ class Principal:
         return user.principal if user is not None else ""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ShadowResult:
     rule: str
     effect: str
@@ -200,7 +201,7 @@ class ShadowResult:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class NewSession:
     """A session (``ISSUER#sid``) seen for the first time: remember when."""
 
@@ -208,14 +209,14 @@ class NewSession:
     first_seen: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CountDenial:
     """A denial that counts toward quarantining ``principal``."""
 
     principal: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class UnknownKeyId:
     """A token named a key id its issuer's keys lack: maybe the issuer rotated; refetch them."""
 
@@ -225,7 +226,7 @@ class UnknownKeyId:
 Effect = NewSession | CountDenial | UnknownKeyId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Decision:
     decision_id: str
     allowed: bool

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..match import Selector, Target
 from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
+from ..values import value
 from .types import TYPED_ENV
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
@@ -81,8 +82,8 @@ class CompiledRule:
         # Deny rules apply to every caller; `anonymous` only widens who an allow rule admits.
         if not authenticated and not self.anonymous and self.effect == "allow":
             return False
-        for key, value in self.context_extensions:
-            if extensions.get(key) != value:
+        for key, expected in self.context_extensions:
+            if extensions.get(key) != expected:
                 return False
         return self.selector.matches(target)
 
@@ -104,7 +105,7 @@ class CompiledRule:
         return f"condition did not yield a boolean (it yielded {value.type()})"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PolicyResult:
     allowed: bool
     reason: str  # allowed | no_rule | no_credential | policy_denied | policy_error

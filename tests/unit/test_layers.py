@@ -19,6 +19,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ext_authz._proto",
             "ext_authz.httpclient",
             "ext_authz.secrets",
+            "ext_authz.values",
         ),
     ),
     (1, ("ext_authz.principal", "ext_authz.match")),

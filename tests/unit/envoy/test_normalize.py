@@ -126,7 +126,11 @@ def test_names_sent_in_upper_case_are_read_lower_cased(headers: dict[str, str]) 
     ctx = normalize(with_headers(headers))
 
     assert ctx.http is not None
-    assert dict(ctx.http.headers) == {"authorization": "Bearer abc.def.ghi", "x-request-id": "r-1", "123": "n"}
+    assert dict(ctx.http.headers) == {
+        "authorization": "Bearer abc.def.ghi",
+        "x-request-id": "r-1",
+        "123": "n",
+    }
     assert ctx.credentials.bearer == "abc.def.ghi"
     assert ctx.request_id == "r-1"
 
