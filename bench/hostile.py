@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from ext_authz.dev.demo import init_demo  # noqa: E402
 from ext_authz.dev.pki import PrivateKey, cert_pem, load_issued  # noqa: E402
 from ext_authz.envoy.normalize import normalize  # noqa: E402
-from ext_authz.envoy.render import render  # noqa: E402
+from ext_authz.envoy.render import render_wire  # noqa: E402
 from ext_authz.identity.x509_svid import MAX_CERT_BYTES, MAX_NAME_CONSTRAINTS, MAX_SANS  # noqa: E402
 from ext_authz.loader import load_engine  # noqa: E402
 from ext_authz.pipeline import Caches, Engine, decide  # noqa: E402
@@ -364,7 +364,7 @@ def _measure(raw: bytes, engine: Engine, now: datetime) -> dict[str, Any]:
         request = CheckRequest.FromString(raw)
         ctx = normalize(request, engine.config.limits)
         decision = decide(ctx, engine, Caches.sized(0), now, "bench")
-        render(decision, ctx.http.headers if ctx.http else None)
+        render_wire(decision)
 
     one()  # warm the interpreter's paths, not the credential caches (size 0)
     ctx = normalize(CheckRequest.FromString(raw), engine.config.limits)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from ext_authz.dev import pki  # noqa: E402
 from ext_authz.dev.demo import init_demo  # noqa: E402
 from ext_authz.envoy.normalize import normalize  # noqa: E402
-from ext_authz.envoy.render import render  # noqa: E402
+from ext_authz.envoy.render import render_wire  # noqa: E402
 from ext_authz.envoy.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
 from ext_authz.identity.jwt import verify_token  # noqa: E402
 from ext_authz.identity.x509_svid import verify_x509_svid  # noqa: E402
@@ -169,7 +169,7 @@ def main() -> None:
             def run(raw: bytes = raw, caches: Caches = warm) -> None:
                 ctx = normalize(CheckRequest.FromString(raw))
                 d = decide(ctx, engine, caches, now, "id")
-                render(d, ctx.http.headers if ctx.http else None).SerializeToString()
+                render_wire(d)
 
             run()
             core[name] = {
