@@ -164,9 +164,20 @@ def _split(authority: str) -> tuple[str, str, bool] | None:
     return head, port, False
 
 
-@functools.lru_cache(maxsize=4096)  # the hosts a deployment serves are few; the cache is bounded
+# The longest authority that can be a host: a name of 253 characters with its trailing dot, and ":65535".
+# (A bracketed IPv6 literal is shorter.)
+_MAX_AUTHORITY = _MAX_NAME + 1 + 6
+
+
 def parse_host(authority: str) -> Host | None:
     """``Api.Example.com.:8443`` → ``Host("api.example.com", 8443)``; None if it is not a host."""
+    if len(authority) > _MAX_AUTHORITY:  # not a host, and not worth a place in the cache
+        return None
+    return _parse_host(authority)
+
+
+@functools.lru_cache(maxsize=4096)  # the hosts a deployment serves are few; bounded in count and size
+def _parse_host(authority: str) -> Host | None:
     parts = _split(authority)
     if parts is None:
         return None

@@ -8,13 +8,14 @@ slot descriptor, and storing through it directly does the same in a third less t
 assignment) is the dataclass's own.
 
 Only ``__init__`` is replaced, and only for the shapes it handles (positional-or-keyword fields with
-or without a default or factory, ``init=False`` fields, ``__post_init__``); a class with keyword-only
-fields or ``InitVar`` pseudo-fields keeps the generated one.
+or without a default or factory, ``init=False`` fields, ``__post_init__``): a class whose generated
+``__init__`` takes anything else (keyword-only fields, ``InitVar`` pseudo-fields) keeps it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, TypeVar, dataclass_transform
 
 __all__ = ["value"]
@@ -33,9 +34,13 @@ def value(cls: type[_T]) -> type[_T]:
 
 
 def _init(cls: Any) -> Any:
-    fields = dataclasses.fields(cls)
-    if any(f.kw_only for f in fields) or any(
-        isinstance(a, dataclasses.InitVar) for a in getattr(cls, "__annotations__", {}).values()
+    fields = dataclasses.fields(cls)  # InitVar pseudo-fields are not among them
+    init_names = [f.name for f in fields if f.init]
+    # The generated __init__'s parameters must be exactly the fields with init=True, in order (no
+    # InitVar, nothing keyword-only): otherwise keep it.
+    params_now = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if [p.name for p in params_now] != init_names or any(
+        p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params_now
     ):
         return None
     ns: dict[str, Any] = {"_MISSING": dataclasses.MISSING}

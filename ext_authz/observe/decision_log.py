@@ -193,8 +193,9 @@ class DecisionLog:
     ) -> None:
         self.enabled = enabled  # off: no record is built unless a live stream subscribes
         self.sink = sink if sink is not None else sys.stdout
-        # A file is written as bytes (orjson's own, never decoded); a text stream (stdout) as text.
-        self._text = isinstance(self.sink, io.TextIOBase)
+        # A binary file is written as bytes (orjson's own, never decoded); anything else (stdout, a
+        # StringIO) as text.
+        self._text = not isinstance(self.sink, io.RawIOBase | io.BufferedIOBase)
         self._owns_sink = False
         self.dropped = 0
         self.on_drop = on_drop

@@ -17,7 +17,7 @@ from typing import Any
 from cel_expr_python import cel
 
 from ..errors import ConfigError
-from ..match import Selector, Target
+from ..match import METHODS, Selector, Target
 from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
 from ..values import value
@@ -163,7 +163,9 @@ class Policy:
         size = len(target.path) + (len(host.name) if host is not None else 0)
         key: Hashable = None
         if size <= SELECTION_MEMO_MAX_CHARS:
-            key = (target, authenticated, tuple(extensions.get(k) for k in self._extension_keys))
+            # Rules name standard methods only: any other method (of any length) selects as "" does.
+            method = target.method if target.method in METHODS else ""
+            key = (method, host, target.path, authenticated, tuple(map(extensions.get, self._extension_keys)))
             found = self._selections.get(key)
             if found is not None:
                 return found

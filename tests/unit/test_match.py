@@ -167,3 +167,14 @@ def test_selectors_match_all_or_nothing_on_l4() -> None:
     assert not sel.matches(Target("GET", Host("api.example.com"), "/other"))
     assert not sel.matches(Target("", None, ""))  # an L4 check has no host, path or method
     assert Selector().matches(Target("", None, ""))
+
+
+def test_an_authority_too_long_to_be_a_host_is_refused_before_the_cache() -> None:
+    from ext_authz import match
+
+    longest = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 + ".:65535"  # 253 + dot + port
+    assert parse_host(longest) == Host(longest[:253], 65535)
+    before = match._parse_host.cache_info().currsize
+    for i in range(100):
+        assert parse_host(f"{i}." + "x" * 90_000) is None
+    assert match._parse_host.cache_info().currsize == before

@@ -120,3 +120,26 @@ def test_model_values_keep_their_defaults() -> None:
     assert (d.shadow, d.effects, d.challenge) == ((), (), "")
     ident = model.Identity(kind="oidc", issuer="https://idp", subject="alice")
     assert (ident.principal, ident.scope, ident.channel) == ("https://idp#alice", "https://idp", "bearer")
+
+
+@value
+class WithInitVar:
+    x: int
+    scale: dataclasses.InitVar[int] = 1
+    scaled: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self, scale: int) -> None:
+        object.__setattr__(self, "scaled", self.x * scale)
+
+
+@value
+class WithKeywordOnly:
+    x: int
+    y: int = dataclasses.field(default=2, kw_only=True)
+
+
+def test_shapes_it_does_not_handle_keep_the_generated_init() -> None:
+    assert WithInitVar(3, 5).scaled == 15 and WithInitVar(3).scaled == 3
+    assert (WithKeywordOnly(1).y, WithKeywordOnly(1, y=4).y) == (2, 4)
+    with pytest.raises(TypeError):
+        WithKeywordOnly(1, 4)  # type: ignore[call-arg]

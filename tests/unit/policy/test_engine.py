@@ -687,4 +687,17 @@ def test_a_flood_of_distinct_targets_keeps_the_selection_memo_bounded() -> None:
 
     memo = p.policy._selections
     assert 0 < len(memo) <= engine.SELECTION_MEMO_SIZE
-    assert all(len(key[0].path) <= engine.SELECTION_MEMO_MAX_CHARS for key in memo)  # type: ignore[index]
+    assert all(len(key[2]) <= engine.SELECTION_MEMO_MAX_CHARS for key in memo)  # type: ignore[index]
+
+
+def test_custom_methods_of_any_length_share_one_remembered_selection() -> None:
+    """HTTP/2 lets a client send any token as its method, up to Envoy's header limit: a flood of long,
+    distinct methods must neither pin memory in the memo nor select a rule that names methods."""
+    p = policy(rule("reads", methods=("GET",)), rule("anything"))
+    for i in range(50):
+        method = f"X{i}" + "M" * 60_000
+        assert p.evaluate(request(method=method), AUTH, Activation()).rule == "anything"
+    assert p.evaluate(request(method="GET"), AUTH, Activation()).rule == "reads"
+
+    memo = p.policy._selections
+    assert sorted(key[0] for key in memo) == ["", "GET"]  # type: ignore[index]
