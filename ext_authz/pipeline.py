@@ -539,9 +539,9 @@ def decide(
         shadow_allowed=result.shadow_allowed,
         detail=result.detail,
         exception_id=exception_id,
-        grant_ids=tuple(g.id for g in covering),
-        signals_read=tuple(signals_read),
+        grant_ids=tuple([g.id for g in covering]) if covering else (),
+        signals_read=tuple(signals_read) if signals_read else (),
         policy_errors=result.errors,
         challenge=_challenge(result.step_up) if result.step_up is not None else "",
-        effects=tuple(effects_list),
+        effects=tuple(effects_list) if effects_list else (),
     )
