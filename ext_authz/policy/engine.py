@@ -120,6 +120,7 @@ class PolicyResult:
 
 MEMO_SIZE = 20_000  # remembered condition results per policy generation
 SELECTION_MEMO_SIZE = 4096  # remembered rule selections per policy generation
+RESULT_MEMO_SIZE = 10_000  # remembered outcomes of identity-only selections per policy generation
 # A target longer than this (host + path) is selected afresh each time: the memo's memory stays bounded.
 SELECTION_MEMO_MAX_CHARS = 512
 
@@ -133,6 +134,16 @@ class Selection:
     deny: tuple[CompiledRule, ...]
     allow: tuple[CompiledRule, ...]
     shadow: tuple[tuple[CompiledRule, bool], ...]
+    # Is the outcome a function of the verified identity alone? Every rule that will be evaluated is
+    # unconditional or reads only `identity`, and no allow rule asks for a step-up (which reads state).
+    pure: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        evaluated = [*self.deny, *self.allow, *(r for r, selected in self.shadow if selected)]
+        pure = all(r.when is None or r.memoizable for r in evaluated) and all(
+            r.step_up is None for r in self.allow
+        )
+        object.__setattr__(self, "pure", pure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +151,10 @@ class Policy:
     rules: tuple[CompiledRule, ...]
     _memo: dict[tuple[str, Hashable], bool | str] = field(default_factory=dict, repr=False, compare=False)
     _selections: dict[Hashable, Selection] = field(default_factory=dict, repr=False, compare=False)
+    # Outcomes of pure selections (see Selection.pure) per selection and identity key.
+    _results: dict[tuple[int, Hashable], tuple[Selection, PolicyResult]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     # The context-extension keys any rule's match names: the only ones selection depends on.
     _extension_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -202,9 +217,17 @@ class Policy:
         nothing but ``identity`` is a function of them, so its result is remembered per rule and key
         (bounded, and dropped with this policy). Conditions reading ``request``, ``source``,
         ``signals``, ``grants`` or ``now`` are evaluated on every Check."""
+        selection = self.select(target, extensions, authenticated)
+        pure_key: tuple[int, Hashable] | None = None
+        if identity_key is not None and selection.pure:
+            # The whole outcome is then a function of the selection and the credentials: remembered
+            # (keyed by the selection object, held in the entry so its id is never reused meanwhile).
+            pure_key = (id(selection), identity_key)
+            hit = self._results.get(pure_key)
+            if hit is not None and hit[0] is selection:
+                return hit[1]
         cached: dict[str, Mapping[str, Any]] = {}
         memo = self._memo
-        selection = self.select(target, extensions, authenticated)
 
         def data() -> Mapping[str, Any]:
             if "v" not in cached:
@@ -291,9 +314,14 @@ class Policy:
                 would = False
             else:
                 would = allowed or any(s.matched and s.effect == "allow" for s in shadow)
-        return PolicyResult(
+        outcome = PolicyResult(
             allowed, reason, rule_name, tuple(shadow), would, detail, tuple(errors), exceptable, step_up
         )
+        if pure_key is not None:
+            if len(self._results) >= RESULT_MEMO_SIZE:
+                self._results.clear()  # bounded: distinct credentials only cost evaluating afresh
+            self._results[pure_key] = (selection, outcome)
+        return outcome
 
 
 _MACROS = frozenset(("all", "exists", "exists_one", "map", "filter"))

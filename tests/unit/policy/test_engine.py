@@ -701,3 +701,61 @@ def test_custom_methods_of_any_length_share_one_remembered_selection() -> None:
 
     memo = p.policy._selections
     assert sorted(key[0] for key in memo) == ["", "GET"]  # type: ignore[index]
+
+
+# --- outcomes of identity-only selections are remembered per credentials ---------------------------
+
+
+def evaluate_as(
+    p: Compiled, ctx: RequestContext, act: Activation, key: Any, stepped: Any = None
+) -> PolicyResult:
+    target = target_of(ctx)
+    assert target is not None
+    return p.policy.evaluate(target, ctx.context_extensions, AUTH, act, stepped, key)
+
+
+def test_an_identity_only_outcome_is_remembered_per_credentials() -> None:
+    p = policy(
+        rule("frontend", when=f'identity.spiffe_id == "{FRONTEND}"'),
+        rule("no-admin", "deny", paths=("/admin/*",)),
+        rule("shadow-billing", mode="shadow", when='identity.spiffe_id.startsWith("spiffe://x/")'),
+    )
+    frontend, other = Activation(), Activation(spiffe_id="spiffe://example.org/ns/other/sa/x")
+    for _ in range(3):
+        assert evaluate_as(p, request(), frontend, ("cert-a", None, None)).reason == "allowed"
+        assert evaluate_as(p, request(), other, ("cert-b", None, None)).reason == "no_rule"
+        assert evaluate_as(p, request("/admin/x"), frontend, ("cert-a", None, None)).reason == "policy_denied"
+    assert (frontend.calls, other.calls) == (1, 1)  # each credential's identity was read once
+
+
+def test_an_outcome_that_reads_more_than_the_identity_is_decided_every_time() -> None:
+    p = policy(rule("get-only", when='request.method == "GET" && identity.authenticated'))
+    act = Activation()
+    for _ in range(3):
+        assert evaluate_as(p, request(), act, ("cert-a", None, None)).reason == "allowed"
+    assert act.calls == 3
+
+
+def test_a_step_up_is_asked_every_time() -> None:
+    step = RuleSettings.model_validate(
+        {"name": "stepped", "match": {}, "when": "identity.authenticated", "step_up": {"max_age": "5m"}}
+    )
+    p = policy(step)
+    answers = iter([False, True, False])
+    asked: list[bool] = []
+
+    def stepped(_: Any) -> bool:
+        asked.append(next(answers))
+        return asked[-1]
+
+    reasons = [evaluate_as(p, request(), Activation(), ("t", None, None), stepped).reason for _ in range(3)]
+    assert reasons == ["step_up_required", "allowed", "step_up_required"] and len(asked) == 3
+
+
+def test_remembered_outcomes_stay_bounded() -> None:
+    from ext_authz.policy import engine
+
+    p = policy(rule("frontend", when='identity.spiffe_id.startsWith("spiffe://")'))
+    for i in range(engine.RESULT_MEMO_SIZE + 10):
+        assert evaluate_as(p, request(), Activation(), (f"cert-{i}", None, None)).reason == "allowed"
+    assert 0 < len(p.policy._results) <= engine.RESULT_MEMO_SIZE
