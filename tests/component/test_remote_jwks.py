@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,11 @@ from joserfc.jwk import Key
 
 from ext_authz.dev import pki
 from ext_authz.serve.http import free_port
+from tests import httpserver
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import start
+from tests.httpserver import QuietHandler, serving
 from tests.waiting import until
 
 
@@ -61,7 +62,7 @@ def idp(tmp_path: Path) -> Iterator[Idp]:
     (tmp_path / "ca.pem").write_text(root.pem)
     state = Idp(free_port(), tmp_path / "ca.pem", [pki.new_jwt_key("ES256", kid="k1")])
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             state.requests.append(self.path)
             if self.path == "/.well-known/openid-configuration":
@@ -71,26 +72,13 @@ def idp(tmp_path: Path) -> Iterator[Idp]:
             else:
                 self.send_error(404)
                 return
-            body = json.dumps(doc).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, json.dumps(doc).encode(), {"content-type": "application/json"})
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tmp_path / "idp.pem", tmp_path / "idp.key")
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.server = server
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler, port=state.port, tls=ctx) as server:
+        state.server = server
+        yield state
 
 
 @pytest.fixture
@@ -140,8 +128,7 @@ async def test_stale_if_error_then_trust_stale(running: Running, demo_dir: Path,
     token = idp.token(idp.keys[0])
     assert await reason(running, demo_dir, token) == "allowed"
     assert idp.server is not None
-    idp.server.shutdown()
-    idp.server.server_close()  # the IdP is gone: the last keys keep working for max_stale (2 s)
+    httpserver.stop(idp.server)  # the IdP is gone: the last keys keep working for max_stale (2 s)
     remote = running.server.remote.issuers[idp.issuer]
     failures = remote.failures
     await until(lambda: remote.failures > failures, "a refresh failed")

@@ -4,14 +4,12 @@ runtime's clock), every SET is refused and /readyz says why; a fetch that succee
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,10 @@ import pytest
 
 from ext_authz.clock import FixedClock
 from ext_authz.dev import pki
-from ext_authz.loader import load_engine
-from ext_authz.observe.decision_log import DecisionLog
-from ext_authz.serve.app import Server, build_runtime
 from tests.component.test_server import _http_get, write_config
+from tests.component.test_server import start as start_server
 from tests.component.test_ssf import post
+from tests.httpserver import QuietHandler, base_url, serving
 from tests.ssfkit import SSF, mint_set, new_key
 from tests.waiting import until
 
@@ -44,16 +41,12 @@ class Keys:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         keys = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                body = keys.doc if keys.serving else b"down\n"
-                self.send_response(200 if keys.serving else 503)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
+                if keys.serving:
+                    self.reply(200, keys.doc)
+                else:
+                    self.reply(503, b"down\n")
 
         return Handler
 
@@ -62,13 +55,8 @@ class Keys:
 def keyset() -> Iterator[tuple[Keys, str, Any]]:
     key = new_key()
     keys = Keys(key)
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), keys.handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield keys, f"http://127.0.0.1:{srv.server_address[1]}/jwks.json", key
-    srv.shutdown()
-    srv.server_close()
+    with serving(keys.handler, poll_interval=0.05) as srv:
+        yield keys, f"{base_url(srv)}/jwks.json", key
 
 
 @dataclass
@@ -114,15 +102,14 @@ async def receiving(
     }
     config = write_config(demo_dir, tmp_path / "authz", shared_signals={"receivers": [receiver]})
     clock = FixedClock(datetime.now(UTC))
-    runtime = build_runtime(load_engine(config), DecisionLog(io.StringIO()), clock=clock)
-    server = Server(config, runtime)
-    await server.start()
-    http = runtime.engine.config.http_listen
+    running = await start_server(config, clock=clock)
+    http = running.runtime.engine.config.http_listen
     assert http is not None
     try:
         yield Receiving(clock, http, key, keys)
     finally:
-        await server.stop(0)
+        await running.channel.close()
+        await running.server.stop(0)
 
 
 async def test_sets_wait_for_the_transmitters_keys_and_readyz_says_so(receiving: Receiving) -> None:

@@ -8,19 +8,19 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ext_authz.httpclient import BodyTooLarge, DeadlineExceeded, HttpError, fetch
 from ext_authz.serve.http import Request, forward, get
+from tests.httpserver import QuietHandler, base_url, serving
 
 SEEN: list[str] = []
 STOP = threading.Event()  # set at teardown: a dripping handler stops
 DRIP_GAP = 0.05  # between two bytes: far below any timeout used here, so no single read ever times out
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -33,29 +33,21 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         SEEN.append(f"POST {self.path} {body.decode()}")
         if self.path == "/moved":
-            self._send(307, b"", {"Location": "/elsewhere"})
+            self.reply(307, b"", {"Location": "/elsewhere"})
             return
-        self._send(202, b"accepted:" + body, {"Content-Type": "text/plain"})
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(202, b"accepted:" + body, {"Content-Type": "text/plain"})
 
     def _answer(self) -> None:
         if self.path == "/ok":
-            self._send(
+            self.reply(
                 200, b'{"keys": []}', {"Content-Type": "application/json", "Cache-Control": "no-store"}
             )
         elif self.path == "/missing":
-            self._send(404, b"not here\n", {})
+            self.reply(404, b"not here\n", {})
         elif self.path in ("/jwks", "/elsewhere-redirect"):
-            self._send(302, b"", {"Location": "/elsewhere"})
+            self.reply(302, b"", {"Location": "/elsewhere"})
         elif self.path == "/absolute-redirect":
-            self._send(301, b"", {"Location": "http://127.0.0.1:1/stolen"})
+            self.reply(301, b"", {"Location": "http://127.0.0.1:1/stolen"})
         elif self.path == "/drip-body":  # headers at once, then the body a byte at a time
             self.send_response(200)
             self.send_header("Content-Length", "100000")
@@ -89,7 +81,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         else:
-            self._send(500, b"unexpected path\n", {})
+            self.reply(500, b"unexpected path\n", {})
 
     def _drip(self, data: bytes) -> None:
         for i in range(len(data)):
@@ -105,14 +97,9 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
     STOP.clear()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    STOP.set()
-    srv.shutdown()
-    srv.server_close()
+    with serving(Handler) as srv:
+        yield base_url(srv)
+        STOP.set()
 
 
 @pytest.fixture
@@ -251,23 +238,14 @@ def test_loopback_is_never_reached_through_a_proxy(server: str, monkeypatch: pyt
     reached directly: a proxy would see its bearer secrets and could answer in its place."""
     seen: list[str] = []
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         def do_GET(self) -> None:
             seen.append(self.path)
-            body = b"from the proxy"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, b"from the proxy")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    with serving(Proxy) as proxy:
         for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.setenv(var, base_url(proxy))
         for var in ("no_proxy", "NO_PROXY"):
             monkeypatch.delenv(var, raising=False)
         resp = fetch(f"{server}/ok", timeout=5, max_body=1024)
@@ -275,6 +253,3 @@ def test_loopback_is_never_reached_through_a_proxy(server: str, monkeypatch: pyt
         # a host that is not loopback does go through it (the proxy is honoured there)
         other = fetch("http://example.invalid/x", timeout=5, max_body=1024)
         assert other.body == b"from the proxy" and seen == ["http://example.invalid/x"]
-    finally:
-        proxy.shutdown()
-        proxy.server_close()

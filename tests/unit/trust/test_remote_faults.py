@@ -5,9 +5,7 @@ server from starting, nor the refresh loop that keeps every other key set fresh.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +13,7 @@ from ext_authz.dev import pki
 from ext_authz.errors import TrustError
 from ext_authz.trust.bundles import parse_jwks
 from ext_authz.trust.remote import RemoteJwks, TransmitterKeys, refresh_jwks
+from tests.httpserver import QuietHandler, base_url, serving
 from tests.waiting import until
 
 GOOD = json.dumps({"keys": [pki.jwk_public(pki.new_jwt_key(), use="sig")]}).encode()
@@ -27,22 +26,12 @@ HOSTILE = {
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
-            body = HOSTILE[self.path]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, HOSTILE[self.path])
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serving(Handler) as srv:
+        yield base_url(srv)
 
 
 def remote(url: str) -> RemoteJwks:
