@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import io
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -20,12 +19,9 @@ import yaml
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
 from ext_authz.admin import ACTOR_METADATA
-from ext_authz.loader import load_engine
-from ext_authz.observe.decision_log import DecisionLog
-from ext_authz.serve.app import Server, build_runtime
 from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
-from tests.component.test_server import Running, write_config
+from tests.component.test_server import Running, start, write_config
 from tests.waiting import until
 
 BILLING = "spiffe://example.org/ns/billing/sa/worker"
@@ -76,13 +72,8 @@ async def start_admin(demo: Path, dest: Path, **overrides: Any) -> Admin:
     cfg["rules"] = EXTRA_RULES + cfg["rules"]
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     clock = MovableClock()
-    log = io.StringIO()
-    runtime = build_runtime(load_engine(cfg_path), DecisionLog(log), clock)
-    server = Server(cfg_path, runtime)
-    await server.start()
-    channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
-    admin_channel = grpc.aio.insecure_channel(runtime.engine.config.admin_listen)
-    running = Running(server, runtime, cfg_path, channel, log)
+    running = await start(cfg_path, clock=clock)
+    admin_channel = grpc.aio.insecure_channel(running.runtime.engine.config.admin_listen)
     return Admin(running, clock, admin_pb2_grpc.AdminStub(admin_channel), admin_channel)
 
 

@@ -19,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ext_authz.clock import Clock
 from ext_authz.dev import pki
 from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
@@ -77,13 +78,15 @@ class Running:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
 
-async def start(config: Path) -> Running:
-    log = io.StringIO()
-    runtime = build_runtime(load_engine(config), DecisionLog(log))
+async def start(config: Path, *, log: DecisionLog | None = None, clock: Clock | None = None) -> Running:
+    """A Server from ``config``, started, and a channel to its Check port. Decisions are logged to
+    ``Running.log`` unless another ``log`` is given."""
+    buf = io.StringIO()
+    runtime = build_runtime(load_engine(config), log if log is not None else DecisionLog(buf), clock)
     server = Server(config, runtime)
     await server.start()
     channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
-    return Running(server, runtime, config, channel, log)
+    return Running(server, runtime, config, channel, buf)
 
 
 @pytest.fixture

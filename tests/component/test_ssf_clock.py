@@ -4,7 +4,6 @@ one verification every 10 s of that clock, and the verification SET it queues is
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 
 from ext_authz.clock import FixedClock
-from ext_authz.loader import load_engine
-from ext_authz.observe.decision_log import DecisionLog
-from ext_authz.serve.app import Server, build_runtime
+from ext_authz.serve.app import Server
+from tests.component.test_server import start as start_server
 from tests.component.test_server import write_config
 from tests.component.test_ssf import post
 from tests.ssfkit import new_key
@@ -65,15 +63,14 @@ async def served(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Served]:
         },
     )
     clock = FixedClock(datetime.now(UTC).replace(microsecond=0))
-    runtime = build_runtime(load_engine(config), DecisionLog(io.StringIO()), clock=clock)
-    server = Server(config, runtime)
-    await server.start()
-    http = runtime.engine.config.http_listen
+    running = await start_server(config, clock=clock)
+    http = running.runtime.engine.config.http_listen
     assert http is not None
     try:
-        yield Served(server, clock, http)
+        yield Served(running.server, clock, http)
     finally:
-        await server.stop(0)
+        await running.channel.close()
+        await running.server.stop(0)
 
 
 async def test_verification_is_limited_by_the_runtimes_clock(served: Served) -> None:

@@ -19,11 +19,10 @@ import yaml
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
-from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
-from ext_authz.serve.app import Server, build_runtime
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, _http_get, write_config
+from tests.component.test_server import start as start_server
 from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,15 +44,8 @@ def sample(scrape: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def start(demo: Path, dest: Path, log: Any = None, **overrides: Any) -> Running:
-    config = write_config(demo, dest, **overrides)
-    buf = log if log is not None else io.StringIO()
-    engine = load_engine(config)
-    runtime = build_runtime(engine, buf if isinstance(buf, DecisionLog) else DecisionLog(buf))
-    server = Server(config, runtime)
-    await server.start()
-    channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
-    return Running(server, runtime, config, channel, buf if isinstance(buf, io.StringIO) else io.StringIO())
+async def start(demo: Path, dest: Path, log: DecisionLog | None = None, **overrides: Any) -> Running:
+    return await start_server(write_config(demo, dest, **overrides), log=log)
 
 
 @pytest.fixture
