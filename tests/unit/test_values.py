@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -13,34 +13,27 @@ from ext_authz import model
 from ext_authz.values import value
 
 
-@value
-class Point:
-    x: int
-    y: int = 0
-    tags: tuple[str, ...] = dataclasses.field(default_factory=tuple)
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
-    norm: int = dataclasses.field(init=False, default=-1)
-    label: str = dataclasses.field(init=False, default="")
+def point_class(decorate: Callable[[type], Any]) -> Any:
+    """One class body, decorated two ways: ``@value`` and the plain frozen, slotted dataclass whose
+    behaviour it must keep."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", abs(self.x) + abs(self.y))
-        object.__setattr__(self, "label", f"{self.x},{self.y}")
+    class Point:
+        x: int
+        y: int = 0
+        tags: tuple[str, ...] = dataclasses.field(default_factory=tuple)
+        meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+        norm: int = dataclasses.field(init=False, default=-1)
+        label: str = dataclasses.field(init=False, default="")
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "norm", abs(self.x) + abs(self.y))
+            object.__setattr__(self, "label", f"{self.x},{self.y}")
+
+    return decorate(Point)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reference:
-    """The same fields with the dataclass's own __init__: what Point must behave like."""
-
-    x: int
-    y: int = 0
-    tags: tuple[str, ...] = dataclasses.field(default_factory=tuple)
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
-    norm: int = dataclasses.field(init=False, default=-1)
-    label: str = dataclasses.field(init=False, default="")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", abs(self.x) + abs(self.y))
-        object.__setattr__(self, "label", f"{self.x},{self.y}")
+Point = point_class(value)
+Reference = point_class(dataclasses.dataclass(frozen=True, slots=True))
 
 
 def fields_of(obj: Any) -> dict[str, Any]:
@@ -81,14 +74,18 @@ def test_factories_give_each_instance_its_own() -> None:
 def test_still_frozen_slotted_hashable_and_replaceable() -> None:
     p = Point(1, 2, ("t",))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.x = 5  # type: ignore[misc]
+        p.x = 5
     with pytest.raises((AttributeError, TypeError)):
-        p.other = 1  # type: ignore[attr-defined]
+        p.other = 1
     assert not hasattr(p, "__dict__")
     assert p == Point(1, 2, ("t",), {"ignored": True}) and hash(p) == hash(Point(1, 2, ("t",)))
     q = dataclasses.replace(p, y=5)
     assert (q.x, q.y, q.norm, q.label) == (1, 5, 6, "1,5")
-    assert repr(Point(1)) == "Point(x=1, y=0, tags=(), meta={}, norm=1, label='1,0')"
+    assert (
+        repr(Point(1))
+        == repr(Reference(1))
+        == f"{Point.__qualname__}(x=1, y=0, tags=(), meta={{}}, norm=1, label='1,0')"
+    )
 
 
 VALUE_TYPES = [
