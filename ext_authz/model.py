@@ -40,6 +40,8 @@ def _first(items: Iterator[_T]) -> _T | None:
 
 def path_without_query(path: str) -> str:
     """``/a/b?x=1#f`` → ``/a/b``: what path patterns are matched against."""
+    if "?" not in path and "#" not in path:  # most paths: nothing to cut
+        return path
     cut = len(path)
     for sep in ("?", "#"):
         i = path.find(sep)
