@@ -579,3 +579,86 @@ def test_an_ordinary_rsa_intermediate_verifies(
         key=rsa.generate_private_key(65537, 2048),
     )
     assert _verify(leaf(rsa_ca), [rsa_ca], trust).spiffe_id == WORKLOAD
+
+
+# ---------------------------------------------------------------------------------------------------
+# Signatures from the root down: a caller's forged certificates can only sit under the genuine ones,
+# so checking top down meets the first forgery with a genuine CA's key, after one or two checks.
+
+
+def _forged_path(top_issuer: x509.Name, n: int) -> tuple[list[str], PrivateKey]:
+    """``n`` P-384 CAs, F0 … F(n-1), each signed by the next one's key; the top names ``top_issuer``
+    and signs itself. Returns their PEMs (F0 first) and F0's key, which signs the leaf."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = [ec.generate_private_key(ec.SECP384R1()) for _ in range(n)]
+    issuers = [_name(f"F{i + 1}") for i in range(n - 1)] + [top_issuer]
+    pems = [_ca_cert(f"F{i}", issuers[i], keys[min(i + 1, n - 1)], keys[i].public_key()) for i in range(n)]
+    return pems, keys[0]
+
+
+def _leaf_under(cn: str, signer: PrivateKey, leaf_key: PrivateKey) -> str:
+    ca = _ca_cert(cn, _name(cn), signer, signer.public_key())
+    return make_leaf(
+        Issued(x509.load_pem_x509_certificate(ca.encode()), signer), (WORKLOAD,), key=leaf_key, now=NOW
+    ).pem
+
+
+def test_a_forged_path_to_the_roots_name_is_refused_at_its_top(
+    leaf_key: PrivateKey, root_a: Issued, trust: TrustSnapshot
+) -> None:
+    """Five P-384 CAs, each signing the next, the top claiming the root's name: refused by the one
+    check of the top against the root, not after five P-384 checks from the leaf up."""
+    pems, f0 = _forged_path(root_a.cert.subject, 5)
+    err = _reason_pem(_leaf_under("F0", f0, leaf_key), pems, trust)
+    assert err.reason == "cert_untrusted"
+    assert "path certificate 5 is not signed by the root it names" in err.detail
+
+
+def test_a_copied_genuine_intermediate_above_forged_ones_is_refused_right_below_it(
+    leaf_key: PrivateKey, intermediate_a: Issued, trust: TrustSnapshot
+) -> None:
+    """A CA certificate is public: put on top, it passes its own check, and the next one down (the
+    first forgery) fails against the genuine CA's key."""
+    pems, f0 = _forged_path(intermediate_a.cert.subject, 4)
+    err = _reason_pem(_leaf_under("F0", f0, leaf_key), [*pems, intermediate_a.pem], trust)
+    assert err.reason == "cert_untrusted"
+    assert "path certificate 4 is not signed by path certificate 5" in err.detail
+
+
+def test_a_path_that_names_no_root_is_refused_without_a_signature_check(
+    leaf_key: PrivateKey, trust: TrustSnapshot
+) -> None:
+    pems, f0 = _forged_path(_name("nobody's root"), 5)
+    err = _reason_pem(_leaf_under("F0", f0, leaf_key), pems, trust)
+    assert err.reason == "cert_untrusted"
+    assert "no certificate on it names one as issuer" in err.detail
+
+
+def test_of_two_roots_with_one_name_either_may_sign_the_path(leaf: LeafFactory) -> None:
+    """A root rotated with its name kept: the bundle holds both while their chains overlap."""
+    old = make_ca(f"{TD_A} root", spiffe_td=TD_A, now=NOW)
+    new = make_ca(f"{TD_A} root", spiffe_td=TD_A, now=NOW)
+    assert old.cert.subject == new.cert.subject
+    for roots in ((old.cert, new.cert), (new.cert, old.cert)):
+        rotating = TrustSnapshot(
+            revision=TrustRevision("r1"),
+            domains={TD_A: TrustDomainTrust(TD_A, roots, store=Store(list(roots)))},
+        )
+        for signer in (old, new):
+            inter = make_ca(f"{TD_A} intermediate", parent=signer, spiffe_td=TD_A, now=NOW)
+            second = make_ca(f"{TD_A} second", parent=inter, spiffe_td=TD_A, now=NOW)
+            svid = leaf(second)
+            assert _verify(svid, [second, inter], rotating).spiffe_id == WORKLOAD
+
+
+def test_a_leaf_the_root_signed_verifies_whatever_path_sits_above_it(
+    leaf: LeafFactory, root_a: Issued, root_b: Issued, trust: TrustSnapshot
+) -> None:
+    """The chain holds a certificate with the root's name issued by another CA (a cross-signature):
+    the path ends at the root as soon as the leaf names it, and the check from the root down agrees."""
+    cross = make_ca(f"{TD_A} root", parent=root_b, spiffe_td=TD_A, now=NOW)
+    assert cross.cert.subject == root_a.cert.subject and cross.cert.issuer != cross.cert.subject
+    svid = leaf(root_a)
+    assert _issuer_path(svid.cert, [(0, cross.cert)]) == [cross.cert]
+    assert _verify(svid, [cross], trust).spiffe_id == WORKLOAD
