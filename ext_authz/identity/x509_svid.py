@@ -24,7 +24,10 @@ few milliseconds of CPU whatever the certificates hold:
   validation checks them from the leaf up: a forged certificate can only sit below the genuine ones
   (a copied intermediate is public), so the first signature that fails is the one right under the
   last genuine certificate, checked with a genuine CA's key. A chain of certificates the caller made
-  to be slow to verify (five P-384 CAs) is refused after one check, not five.
+  to be slow to verify (five P-384 CAs claiming the root's name) is refused after one check, not
+  five; a forged leaf under copied genuine CAs after one check per genuine CA and one more, all with
+  the deployment's own keys. A chain that verifies has its signatures checked twice (cold only:
+  verified SVIDs are cached), so a path of one intermediate is left to path validation alone.
 """
 
 from __future__ import annotations
@@ -266,10 +269,12 @@ def _signed_from_a_root(leaf: x509.Certificate, path: list[x509.Certificate], td
     signatures from that root down to the leaf all verify; checked top down, stopping at the first
     that fails (see the module docstring).
 
-    Path validation can only end a path at a root, and it is handed exactly ``path``: the paths it
-    could find are the prefixes of ``[leaf, *path]`` that end at a certificate a root of that name
-    issued. If none of them has good signatures, it would refuse the chain too, after checking them
-    from the leaf up, with the keys the caller chose."""
+    Path validation ends a path at a certificate of the bundle (the leaf itself, if pinned there, or a
+    certificate a root of that name issued), and it is handed exactly ``path``: the paths it could
+    find are the prefixes of ``[leaf, *path]`` that end so. If none of them has good signatures, it
+    would refuse the chain too, after checking them from the leaf up, with the keys the caller chose."""
+    if leaf in td.x509_roots:
+        return  # a leaf pinned in the bundle: path validation ends at the leaf itself
     anchors: dict[bytes, list[x509.Certificate]] = {}
     for root in td.x509_roots:
         anchors.setdefault(_names(root, extensions=False)[1], []).append(root)
@@ -285,11 +290,13 @@ def _signed_from_a_root(leaf: x509.Certificate, path: list[x509.Certificate], td
     for k in ends:  # the shortest first
         if not any(_issued_by(links[k], root) for root in anchors[issuers[k]]):
             broken = f"path certificate {k} is not signed by the root it names"
-            continue
+            continue  # a longer path may end at another root
         below = next((i for i in range(k - 1, -1, -1) if not _issued_by(links[i], links[i + 1])), None)
         if below is None:
             return
+        # Every longer path has this link too: checking them would repeat the same failure.
         broken = f"path certificate {below} is not signed by path certificate {below + 1}"
+        break
     raise _fail(
         "cert_untrusted",
         f"no valid path to a root of {td.name!r}: {broken} (0 is the leaf; checked from the root down)",
@@ -324,7 +331,9 @@ def verify_x509_svid(
         intermediates = _issuer_path(leaf, candidates)
     except ValueError as exc:
         raise _fail("cert_malformed", f"a certificate's DER cannot be read ({exc})") from exc
-    if intermediates:  # without, path validation checks one signature, with a root's key
+    # With one intermediate or none, path validation checks at most one signature with a key the
+    # caller chose before it reaches a root: checked twice (here, then there) would cost more.
+    if len(intermediates) > 1:
         try:
             _signed_from_a_root(leaf, intermediates, td)
         except ValueError as exc:

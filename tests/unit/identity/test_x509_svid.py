@@ -662,3 +662,44 @@ def test_a_leaf_the_root_signed_verifies_whatever_path_sits_above_it(
     svid = leaf(root_a)
     assert _issuer_path(svid.cert, [(0, cross.cert)]) == [cross.cert]
     assert _verify(svid, [cross], trust).spiffe_id == WORKLOAD
+
+
+def test_a_failing_link_under_one_root_is_not_checked_again_for_a_longer_path(
+    leaf_key: PrivateKey, root_a: Issued, intermediate_a: Issued
+) -> None:
+    """Two roots named on one path: the genuine intermediate under the first verifies, the forged leaf
+    under it does not, and every longer path (to the second root) runs through that same leaf: the
+    check stops there rather than try the second root too."""
+    root_c = make_ca("c root", spiffe_td=TD_A, now=NOW)
+    roots = (root_a.cert, root_c.cert)
+    two_roots = TrustSnapshot(
+        revision=TrustRevision("r1"), domains={TD_A: TrustDomainTrust(TD_A, roots, store=Store(list(roots)))}
+    )
+    attacker = new_ec_key()
+    cross_pem = cert_pem(
+        x509.CertificateBuilder()
+        .subject_name(root_a.cert.subject)  # the first root's name, issued (it says) by the second
+        .issuer_name(root_c.cert.subject)
+        .public_key(attacker.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(attacker, hashes.SHA256())
+    )
+    forged = make_leaf(Issued(intermediate_a.cert, attacker), (WORKLOAD,), key=leaf_key, now=NOW)
+    err = _reason_pem(forged.pem, [intermediate_a.pem, cross_pem], two_roots)
+    assert err.reason == "cert_untrusted"
+    assert "path certificate 0 is not signed by path certificate 1" in err.detail
+
+
+def test_a_leaf_pinned_in_the_bundle_verifies_with_a_chain_sent(leaf: LeafFactory, root_a: Issued) -> None:
+    """Path validation ends at a certificate of the bundle, the leaf itself included."""
+    upper = make_ca(f"{TD_A} upper", parent=root_a, spiffe_td=TD_A, now=NOW)
+    lower = make_ca(f"{TD_A} lower", parent=upper, spiffe_td=TD_A, now=NOW)
+    svid = leaf(lower)
+    pinned = TrustSnapshot(
+        revision=TrustRevision("r1"),
+        domains={TD_A: TrustDomainTrust(TD_A, (svid.cert,), store=Store([svid.cert]))},
+    )
+    assert _verify(svid, [lower, upper], pinned).spiffe_id == WORKLOAD
