@@ -767,7 +767,7 @@ class DecisionLogSettings(Section):
         DEFAULT_REDACT_HEADERS
     )
     queue: Annotated[StrictInt, Field(ge=1)] = Field(
-        10_000, description="records waiting for a slow sink before they are dropped (and counted)"
+        10_000, description="records waiting for the writer before they are dropped (and counted)"
     )
 
 

@@ -3,7 +3,9 @@
 Redaction is on by default: the configured headers (authorization, cookies, API keys …) and any header
 value that parses as a token are replaced before a record is built, and a path is recorded without its
 query string or fragment, whatever their shape (a bare token after ``?`` is still a secret). A slow
-or blocked sink never stalls a Check: records queue up to a bound, then are dropped and counted.
+or blocked sink never stalls a Check: records queue up to a bound (a count, and MAX_QUEUE_BYTES), then
+are dropped and counted. With the background writer, a Check queues only what its record is made of,
+and the writer builds and encodes the records, in batches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import logging
 import re
 import sys
 import threading
@@ -26,10 +29,25 @@ from ..model import Decision, Principal, RequestContext, ShadowResult, path_with
 from ..settings import DEFAULT_REDACT_HEADERS
 from ..trust.revision import Revision
 
-__all__ = ["DEFAULT_REDACT_HEADERS", "REDACTED", "DecisionLog", "Redactor", "encode", "encode_line", "record"]
+__all__ = [
+    "DEFAULT_REDACT_HEADERS",
+    "REDACTED",
+    "DecisionLog",
+    "Pending",
+    "Redactor",
+    "encode",
+    "encode_line",
+    "pending_record",
+    "record",
+]
 
+_log = logging.getLogger("ext_authz")
 REDACTED = "[REDACTED]"
 DRAIN_INTERVAL = 0.02  # seconds between batched writes of the background writer
+# What the background writer's queue may hold, whatever the count allows: a record's request can be as
+# large as limits.max_header_bytes, so 10,000 queued while a sink is stuck could otherwise hold a GiB.
+MAX_QUEUE_BYTES = 64 * 1024 * 1024
+_PENDING_BYTES = 1024  # a queued record's own inputs, besides its request's headers and body
 # Compact JWS/JWE, or a long opaque secret-looking run of base64url characters.
 _TOKENISH = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}|[A-Za-z0-9_\-+/=]{40,}"
@@ -169,6 +187,68 @@ def record(
     return rec
 
 
+# What a Check hands the background writer instead of a record: the record's inputs, all immutable,
+# from which the writer builds and encodes it (see DecisionLog.write_later).
+Pending = tuple[
+    str,  # decision_id
+    datetime,  # at
+    "RequestContext | None",
+    "Decision | None",
+    float,  # latency_s
+    Revision,
+    str,  # fault
+    int,  # state_revision
+    "Redactor | None",
+    bool,  # include_headers
+    "int | None",  # worker
+    str,  # trace_id
+]
+
+
+def pending_record(item: Pending) -> dict[str, Any]:
+    """The record a :data:`Pending` stands for: what :func:`record` builds from the same inputs."""
+    (
+        decision_id,
+        at,
+        ctx,
+        decision,
+        latency_s,
+        revision,
+        fault,
+        state_revision,
+        redactor,
+        headers,
+        worker,
+        trace,
+    ) = item
+    rec = record(
+        decision_id=decision_id,
+        at=at,
+        ctx=ctx,
+        decision=decision,
+        latency_s=latency_s,
+        revision=revision,
+        fault=fault,
+        state_revision=state_revision,
+        redactor=redactor,
+        include_headers=headers,
+    )
+    if worker is not None:
+        rec["worker"] = worker
+    if trace:
+        rec["trace_id"] = trace
+    return rec
+
+
+def _size(item: bytes | Pending) -> int:
+    """What a queued item holds, for the queue's byte bound: a line's length, or a pending record's
+    request (headers and body, as counted against the limits) and its own inputs."""
+    if isinstance(item, bytes):
+        return len(item)
+    ctx = item[2]
+    return _PENDING_BYTES + (ctx.header_bytes + ctx.body_bytes if ctx is not None else 0)
+
+
 def encode_line(rec: dict[str, Any]) -> bytes:
     """One JSON line, UTF-8 (orjson: several times faster than the standard library on these records)."""
     return orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE)
@@ -188,6 +268,7 @@ class DecisionLog:
         *,
         background: bool = False,
         max_queue: int = 10_000,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
         on_drop: Callable[[], None] | None = None,
         enabled: bool = True,
     ) -> None:
@@ -199,8 +280,13 @@ class DecisionLog:
         self._owns_sink = False
         self.dropped = 0
         self.on_drop = on_drop
-        self._queue: collections.deque[bytes | None] | None = None
+        self._queue: collections.deque[bytes | Pending | None] | None = None
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        # Bytes queued = in - out. Each counter has one writer (the Check path; the writer thread), so
+        # neither needs a lock.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._thread: threading.Thread | None = None
         if background:
             self._queue = collections.deque()  # append and popleft are atomic: no lock per Check
@@ -224,10 +310,31 @@ class DecisionLog:
         if self._queue is None:
             self._emit(line)
             return
-        if len(self._queue) >= self.max_queue:
-            self._drop()
+        if self._admit(len(line)):
+            self._queue.append(line)
+
+    def write_later(self, item: Pending) -> None:
+        """Log the record ``item`` stands for. With a background writer, the writer builds and encodes
+        it, in batches: the Check only queues its inputs (all immutable). Without one, now."""
+        if not self.enabled:
             return
-        self._queue.append(line)
+        if self._queue is None:
+            self._emit(encode_line(pending_record(item)))
+            return
+        if self._admit(_size(item)):
+            self._queue.append(item)
+
+    def _admit(self, size: int) -> bool:
+        """Room for one more item of ``size`` bytes? Else it is dropped and counted."""
+        assert self._queue is not None
+        if (
+            len(self._queue) >= self.max_queue
+            or self._bytes_in - self._bytes_out + size > self.max_queue_bytes
+        ):
+            self._drop()
+            return False
+        self._bytes_in += size
+        return True
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -257,11 +364,19 @@ class DecisionLog:
             batch: list[bytes] = []
             stop = False
             while self._queue:
-                line = self._queue.popleft()
-                if line is None:
+                item = self._queue.popleft()
+                if item is None:
                     stop = True
                     break
-                batch.append(line)
+                self._bytes_out += _size(item)
+                if isinstance(item, bytes):
+                    batch.append(item)
+                    continue
+                try:
+                    batch.append(encode_line(pending_record(item)))
+                except Exception:  # a record that cannot be built is dropped and counted, never fatal
+                    self._drop()
+                    _log.exception("decision %s: the record could not be built", item[0])
             if batch:
                 self._emit(b"".join(batch), count=len(batch))
             if stop:

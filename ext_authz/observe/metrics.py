@@ -197,7 +197,9 @@ class Metrics:
             Counter("ext_authz_config_reloads", "Config reloads", ["result"], registry=r)
         )
         self.log_dropped = Counter(
-            "ext_authz_decision_log_dropped", "Decision-log records dropped (slow sink)", registry=r
+            "ext_authz_decision_log_dropped",
+            "Decision-log records dropped (a full queue, a failing sink, a record that could not be built)",
+            registry=r,
         )
         self.stream_dropped = _Children(
             Counter(

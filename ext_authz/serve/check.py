@@ -18,7 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ..envoy.normalize import normalize
 from ..envoy.render import render_wire
 from ..model import Decision, RequestContext
-from ..observe.decision_log import record
+from ..observe.decision_log import Pending, pending_record
 from ..pipeline import decide
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
@@ -76,24 +76,27 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                     span = rt.tracing.start(None)
                 rt.tracing.finish(span, decision_id, ctx, decision, fault)
             if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
-                rec = record(
-                    decision_id=decision_id,
-                    at=now,
-                    ctx=ctx,
-                    decision=decision,
-                    latency_s=latency,
-                    revision=engine.revision,
-                    fault=fault,
-                    state_revision=rt.replica.snapshot.revision,
-                    redactor=rt.redactor,
-                    include_headers=engine.config.decision_log.headers,
+                trace_id = span.trace_id if span is not None else ""
+                pending: Pending = (
+                    decision_id,
+                    now,
+                    ctx,
+                    decision,
+                    latency,
+                    engine.revision,
+                    fault,
+                    rt.replica.snapshot.revision,
+                    rt.redactor,
+                    engine.config.decision_log.headers,
+                    rt.worker,
+                    trace_id or "",
                 )
-                if rt.worker is not None:
-                    rec["worker"] = rt.worker
-                if span is not None and span.trace_id:
-                    rec["trace_id"] = span.trace_id
-                rt.decision_log.write(rec)
-                rt.hub.publish(rec)
+                if rt.hub.subscribers:  # the live stream needs the record now
+                    rec = pending_record(pending)
+                    rt.decision_log.write(rec)
+                    rt.hub.publish(rec)
+                else:  # the log's writer builds the record, if the log is on
+                    rt.decision_log.write_later(pending)
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
