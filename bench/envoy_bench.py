@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -555,6 +556,7 @@ def main() -> None:
     }
     out = {
         "machine": f"{os.cpu_count()} cores",
+        "python": f"Python {platform.python_version()} ({sys.executable})",
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "requests_per_run": REQUESTS,
         "concurrency": CONC,
@@ -567,7 +569,8 @@ def main() -> None:
     res_dir.mkdir(parents=True, exist_ok=True)
     (res_dir / "envoy.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
-        f"{out['machine']}, {out['when']}; {REQUESTS} requests x {ROUNDS} rounds, {CONC} connections (h2c)",
+        f"{out['machine']}, {out['when']}; {REQUESTS} requests x {ROUNDS} rounds, {CONC} connections (h2c);"
+        f" {out['python']}",
         "",
         "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | RSS MB | errors |",
         "|---|---|---|---|---|---|---|",
