@@ -33,10 +33,12 @@ __all__ = [
     "DEFAULT_REDACT_HEADERS",
     "REDACTED",
     "DecisionLog",
+    "LoggedRequest",
     "Pending",
     "Redactor",
     "encode",
     "encode_line",
+    "logged_request",
     "pending_record",
     "record",
 ]
@@ -47,7 +49,8 @@ DRAIN_INTERVAL = 0.02  # seconds between batched writes of the background writer
 # What the background writer's queue may hold, whatever the count allows: a record's request can be as
 # large as limits.max_header_bytes, so 10,000 queued while a sink is stuck could otherwise hold a GiB.
 MAX_QUEUE_BYTES = 64 * 1024 * 1024
-_PENDING_BYTES = 1024  # a queued record's own inputs, besides its request's headers and body
+_PENDING_BYTES = 1024  # a queued record's own inputs, besides its request's strings
+_HEADER_BYTES = 200  # a header kept for the record (headers: true): two string objects and a dict entry
 # Compact JWS/JWE, or a long opaque secret-looking run of base64url characters.
 _TOKENISH = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}|[A-Za-z0-9_\-+/=]{40,}"
@@ -130,6 +133,21 @@ def _revision(revision: Revision, state_revision: int) -> dict[str, Any]:
     return section
 
 
+# What a record says of the request: (request_id, method, host, path without query, source address,
+# redacted headers or None). Taken from the RequestContext on the Check path, so a queued record holds
+# these strings and nothing else of the request (no credentials, no unredacted header).
+LoggedRequest = tuple[str, str, str, str, str, "dict[str, str] | None"]
+
+
+def logged_request(ctx: RequestContext, redactor: Redactor | None, include_headers: bool) -> LoggedRequest:
+    http = ctx.http
+    if http is None:
+        return (ctx.request_id, "", "", "", ctx.source_address, None)
+    headers = (redactor or Redactor()).headers_map(http.headers) if include_headers else None
+    # The path never with its query string: it may carry secrets.
+    return (ctx.request_id, http.method, http.host, http.path_only, ctx.source_address, headers)
+
+
 def record(
     *,
     decision_id: str,
@@ -143,22 +161,33 @@ def record(
     redactor: Redactor | None = None,
     include_headers: bool = False,
 ) -> dict[str, Any]:
+    req = logged_request(ctx, redactor, include_headers) if ctx is not None else None
+    return _record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
+
+
+def _record(
+    decision_id: str,
+    at: datetime,
+    req: LoggedRequest | None,
+    decision: Decision | None,
+    latency_s: float,
+    revision: Revision,
+    fault: str,
+    state_revision: int,
+) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "time": at,  # encoded as RFC 3339 by the writer (orjson), with microseconds
         "decision_id": decision_id,
     }
-    if ctx is not None:
-        http = ctx.http
-        rec["request_id"] = ctx.request_id
-        if http is not None:
-            rec["method"] = http.method
-            rec["host"] = http.host
-            rec["path"] = http.path_only  # never the query string: it may carry secrets
-        else:
-            rec["method"] = rec["host"] = rec["path"] = ""
-        rec["source"] = ctx.source_address
-        if include_headers and http is not None:
-            rec["headers"] = (redactor or Redactor()).headers_map(http.headers)
+    if req is not None:
+        request_id, method, host, path, source, headers = req
+        rec["request_id"] = request_id
+        rec["method"] = method
+        rec["host"] = host
+        rec["path"] = path
+        rec["source"] = source
+        if headers is not None:
+            rec["headers"] = headers
     if decision is not None:
         rec["decision"] = "allow" if decision.allowed else "deny"
         rec["status"] = decision.status
@@ -192,14 +221,12 @@ def record(
 Pending = tuple[
     str,  # decision_id
     datetime,  # at
-    "RequestContext | None",
+    "LoggedRequest | None",
     "Decision | None",
     float,  # latency_s
     Revision,
     str,  # fault
     int,  # state_revision
-    "Redactor | None",
-    bool,  # include_headers
     "int | None",  # worker
     str,  # trace_id
 ]
@@ -207,32 +234,8 @@ Pending = tuple[
 
 def pending_record(item: Pending) -> dict[str, Any]:
     """The record a :data:`Pending` stands for: what :func:`record` builds from the same inputs."""
-    (
-        decision_id,
-        at,
-        ctx,
-        decision,
-        latency_s,
-        revision,
-        fault,
-        state_revision,
-        redactor,
-        headers,
-        worker,
-        trace,
-    ) = item
-    rec = record(
-        decision_id=decision_id,
-        at=at,
-        ctx=ctx,
-        decision=decision,
-        latency_s=latency_s,
-        revision=revision,
-        fault=fault,
-        state_revision=state_revision,
-        redactor=redactor,
-        include_headers=headers,
-    )
+    decision_id, at, req, decision, latency_s, revision, fault, state_revision, worker, trace = item
+    rec = _record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
     if worker is not None:
         rec["worker"] = worker
     if trace:
@@ -241,12 +244,19 @@ def pending_record(item: Pending) -> dict[str, Any]:
 
 
 def _size(item: bytes | Pending) -> int:
-    """What a queued item holds, for the queue's byte bound: a line's length, or a pending record's
-    request (headers and body, as counted against the limits) and its own inputs."""
+    """What a queued item holds, for the queue's byte bound: a line's length; or a pending record's
+    own inputs, and its request's strings at 4 bytes a character (what Python stores a string with one
+    character outside the BMP in), each kept header with its dict entry and string objects."""
     if isinstance(item, bytes):
         return len(item)
-    ctx = item[2]
-    return _PENDING_BYTES + (ctx.header_bytes + ctx.body_bytes if ctx is not None else 0)
+    req = item[2]
+    if req is None:
+        return _PENDING_BYTES
+    size = _PENDING_BYTES + 4 * (len(req[0]) + len(req[1]) + len(req[2]) + len(req[3]) + len(req[4]))
+    headers = req[5]
+    if headers:
+        size += 4 * (sum(map(len, headers)) + sum(map(len, headers.values()))) + _HEADER_BYTES * len(headers)
+    return size
 
 
 def encode_line(rec: dict[str, Any]) -> bytes:
@@ -279,6 +289,7 @@ class DecisionLog:
         self._text = not isinstance(self.sink, io.RawIOBase | io.BufferedIOBase)
         self._owns_sink = False
         self.dropped = 0
+        self._drop_lock = threading.Lock()
         self.on_drop = on_drop
         self._queue: collections.deque[bytes | Pending | None] | None = None
         self.max_queue = max_queue
@@ -337,7 +348,8 @@ class DecisionLog:
         return True
 
     def _drop(self) -> None:
-        self.dropped += 1
+        with self._drop_lock:  # the Check path (a full queue) and the writer (a failed write) both drop
+            self.dropped += 1
         if self.on_drop is not None:
             self.on_drop()
 
@@ -356,7 +368,8 @@ class DecisionLog:
         """Write in batches: wake every few milliseconds, take everything queued, one write, one flush.
 
         A writer that woke for every record would contend for the GIL with the Check path on each
-        one; batching keeps the log's cost per Check to the queue put.
+        one; batching keeps the log's cost per Check to the queue put. Records a Check left to it
+        (:meth:`write_later`) are built and encoded here, together.
         """
         assert self._queue is not None
         while True:
@@ -386,6 +399,12 @@ class DecisionLog:
         if self._queue is not None and self._thread is not None:
             self._queue.append(None)  # after everything queued: written, then the writer stops
             self._thread.join(timeout)
+            if self._thread.is_alive():  # a stuck sink: what is still queued is not written
+                _log.warning(
+                    "decision log: the writer did not finish within %.0fs; %d queued records not written",
+                    timeout,
+                    max(len(self._queue) - 1, 0),
+                )
         if self._owns_sink and not (self._thread is not None and self._thread.is_alive()):
             with contextlib.suppress(OSError):
                 self.sink.close()

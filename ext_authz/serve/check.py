@@ -18,7 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ..envoy.normalize import normalize
 from ..envoy.render import render_wire
 from ..model import Decision, RequestContext
-from ..observe.decision_log import Pending, pending_record
+from ..observe.decision_log import Pending, logged_request, pending_record
 from ..pipeline import decide
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
@@ -80,14 +80,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 pending: Pending = (
                     decision_id,
                     now,
-                    ctx,
+                    None
+                    if ctx is None
+                    else logged_request(ctx, rt.redactor, engine.config.decision_log.headers),
                     decision,
                     latency,
                     engine.revision,
                     fault,
                     rt.replica.snapshot.revision,
-                    rt.redactor,
-                    engine.config.decision_log.headers,
                     rt.worker,
                     trace_id or "",
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from ext_authz.model import EMPTY_MAP, Credentials, Decision, HttpRequest, RequestContext
-from ext_authz.observe.decision_log import DecisionLog, Pending, Redactor, encode, pending_record
+from ext_authz.observe.decision_log import (
+    DecisionLog,
+    Pending,
+    Redactor,
+    _size,
+    encode,
+    logged_request,
+    pending_record,
+    record,
+)
 from ext_authz.trust.revision import Revision, TrustRevision
 
 RECORDS = [
@@ -57,16 +67,19 @@ def test_a_text_stream_gets_text(background: bool) -> None:
 # Records a Check leaves to the writer (write_later): built there from the Check's inputs, all frozen.
 
 
-def _pending(i: int, *, decision: object = None, fault: str = "", header_bytes: int = 0) -> Pending:
-    http = HttpRequest("GET", f"/api/orders?token=secret{i}", "api.example.org", "https", "HTTP/2", EMPTY_MAP)
-    ctx = RequestContext(
-        http, "10.0.0.1:4000", "", EMPTY_MAP, Credentials(), request_id=f"req-{i}", header_bytes=header_bytes
+def _pending(
+    i: int, *, decision: object = None, fault: str = "", headers: dict[str, str] | None = None
+) -> Pending:
+    http = HttpRequest(
+        "GET", f"/api/orders?token=secret{i}", "api.example.org", "https", "HTTP/2", headers or EMPTY_MAP
     )
+    ctx = RequestContext(http, "10.0.0.1:4000", "", EMPTY_MAP, Credentials(), request_id=f"req-{i:03d}")
     if decision is None and not fault:
         decision = Decision(f"{i:032x}", allowed=i % 2 == 0, status=200 if i % 2 == 0 else 403, reason="r")
     revision = Revision("cfg", TrustRevision("trust"))
     at = datetime(2031, 3, 14, 12, 0, i % 60, tzinfo=UTC)
-    return (f"{i:032x}", at, ctx, decision, 0.0002, revision, fault, 7, Redactor(), False, 2, f"trace{i}")  # type: ignore[return-value]
+    req = logged_request(ctx, Redactor(), headers is not None)
+    return (f"{i:032x}", at, req, decision, 0.0002, revision, fault, 7, 2, f"trace{i}")  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -126,16 +139,61 @@ class _StuckSink(io.StringIO):
 
 
 def test_while_the_sink_is_stuck_the_queue_holds_at_most_its_bytes() -> None:
-    """Requests as large as the limits allow, queued behind a stuck sink: the count alone (10,000)
-    would let them hold a GiB; the byte bound drops what is over it, and counts it."""
+    """Records with large headers (`headers: true`) queued behind a stuck sink: the count alone (10,000)
+    would let them hold hundreds of MiB; the byte bound drops what is over it, and counts it."""
     sink = _StuckSink()
     log = DecisionLog(sink, background=True, max_queue=10_000, max_queue_bytes=1_000_000)
     log.write_later(_pending(0))
     assert sink.entered.wait(5), "the writer took the first record and is stuck writing it"
-    for i in range(1, 41):
-        log.write_later(_pending(i, header_bytes=90_000))
-    room = 1_000_000 // (90_000 + 1024)
-    assert (log.dropped, room) == (40 - 10, 10)
+    big = {f"x-big-{j}": "\U0001f510" * 1000 for j in range(20)}
+    items = [_pending(i, headers=big) for i in range(1, 41)]
+    room = 1_000_000 // _size(items[0])
+    assert 0 < room < 40
+    for item in items:
+        log.write_later(item)
+    assert log.dropped == 40 - room
     sink.release.set()
     log.close()
     assert len(sink.getvalue().splitlines()) == 1 + room
+
+
+def _held(value: object) -> int:
+    """Bytes a queued record's request holds, as Python stores it."""
+    if isinstance(value, dict):
+        return sys.getsizeof(value) + sum(_held(k) + _held(v) for k, v in value.items())
+    if isinstance(value, tuple):
+        return sys.getsizeof(value) + sum(_held(v) for v in value)
+    return sys.getsizeof(value)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"h{j}": "v" for j in range(200)},  # many tiny headers: the entries, not the text
+        {f"h{j}": "\U0001f510" * 8 for j in range(200)},  # 4 bytes a character
+        {"x-big": "\u00e9" * 50_000},
+    ],
+)
+def test_the_byte_bound_counts_at_least_what_a_queued_request_holds(headers: dict[str, str]) -> None:
+    item = _pending(1, headers=headers)
+    assert _size(item) >= _held(item[2])
+
+
+def test_a_queued_record_holds_no_unredacted_header_and_no_credential() -> None:
+    item = _pending(1, headers={"authorization": "Bearer abc.def.ghi", "x-ok": "fine"})
+    assert item[2] is not None and item[2][5] == {"authorization": "[REDACTED]", "x-ok": "fine"}
+    plain = _pending(1)[2]
+    assert plain is not None and plain[5] is None  # headers: false keeps none
+    assert all(isinstance(v, str) for v in item[2][:5])  # strings of the request, no RequestContext
+
+
+def test_a_record_built_now_and_one_built_later_are_the_same() -> None:
+    http = HttpRequest("GET", "/a?b=c", "h", "https", "HTTP/2", EMPTY_MAP)
+    ctx = RequestContext(http, "1.2.3.4:5", "", EMPTY_MAP, Credentials(), request_id="r")
+    decision = Decision("d" * 32, allowed=True, status=200, reason="allowed")
+    revision = Revision("cfg", TrustRevision("trust"))
+    at = datetime(2031, 1, 1, tzinfo=UTC)
+    now = record(decision_id="d" * 32, at=at, ctx=ctx, decision=decision, latency_s=0.001, revision=revision)
+    req = logged_request(ctx, None, False)
+    later = pending_record(("d" * 32, at, req, decision, 0.001, revision, "", 0, None, ""))
+    assert now == later and now["path"] == "/a"
