@@ -149,23 +149,6 @@ def logged_request(ctx: RequestContext, redactor: Redactor | None, include_heade
 
 
 def record(
-    *,
-    decision_id: str,
-    at: datetime,
-    ctx: RequestContext | None,
-    decision: Decision | None,
-    latency_s: float,
-    revision: Revision,
-    fault: str = "",
-    state_revision: int = 0,
-    redactor: Redactor | None = None,
-    include_headers: bool = False,
-) -> dict[str, Any]:
-    req = logged_request(ctx, redactor, include_headers) if ctx is not None else None
-    return _record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
-
-
-def _record(
     decision_id: str,
     at: datetime,
     req: LoggedRequest | None,
@@ -175,6 +158,7 @@ def _record(
     fault: str,
     state_revision: int,
 ) -> dict[str, Any]:
+    """One Check's record; ``req`` is what :func:`logged_request` took from its request."""
     rec: dict[str, Any] = {
         "time": at,  # encoded as RFC 3339 by the writer (orjson), with microseconds
         "decision_id": decision_id,
@@ -235,7 +219,7 @@ Pending = tuple[
 def pending_record(item: Pending) -> dict[str, Any]:
     """The record a :data:`Pending` stands for: what :func:`record` builds from the same inputs."""
     decision_id, at, req, decision, latency_s, revision, fault, state_revision, worker, trace = item
-    rec = _record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
+    rec = record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
     if worker is not None:
         rec["worker"] = worker
     if trace:

@@ -76,7 +76,6 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                     span = rt.tracing.start(None)
                 rt.tracing.finish(span, decision_id, ctx, decision, fault)
             if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
-                trace_id = span.trace_id if span is not None else ""
                 pending: Pending = (
                     decision_id,
                     now,
@@ -89,7 +88,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                     fault,
                     rt.replica.snapshot.revision,
                     rt.worker,
-                    trace_id or "",
+                    (span.trace_id or "") if span is not None else "",
                 )
                 if rt.hub.subscribers:  # the live stream needs the record now
                     rec = pending_record(pending)
