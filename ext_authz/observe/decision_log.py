@@ -78,11 +78,19 @@ class Redactor:
         return path_without_query(path)
 
 
-_IDENTITIES: dict[int, tuple[Principal, dict[str, Any]]] = {}
+# A record's sections that are the same from Check to Check, kept both as values (for the live stream
+# and callers) and as orjson Fragments (already-encoded JSON, for the writer: the bulk of a line is not
+# encoded again).
+_Section = tuple[Any, orjson.Fragment]
+_IDENTITIES: dict[int, tuple[Principal, _Section]] = {}
 _MAX_IDENTITIES = 10_000
 
 
-def _identity(p: Principal) -> dict[str, Any]:
+def _section(value: Any) -> _Section:
+    return value, orjson.Fragment(orjson.dumps(value))
+
+
+def _identity(p: Principal) -> _Section:
     """A record's identity section. A caller's Principal is the same object from Check to Check (the
     pipeline's caches hold it): its section is built once. The cache holds the principal itself, so an
     id can never be reused for another while its entry lives."""
@@ -91,44 +99,54 @@ def _identity(p: Principal) -> dict[str, Any]:
         return hit[1]
     token = p.token
     primary = p.primary
-    section = {
-        "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
-        "kinds": list(p.kinds),
-        "spiffe_id": p.spiffe_id,
-        "subject": token.subject if token else "",
-        "issuer": token.issuer if token else "",
-        "trust_domain": primary.trust_domain if primary else "",
-    }
+    section = _section(
+        {
+            "principals": list(p.keys),  # exactly as state names them (ext_authz/principal.py)
+            "kinds": list(p.kinds),
+            "spiffe_id": p.spiffe_id,
+            "subject": token.subject if token else "",
+            "issuer": token.issuer if token else "",
+            "trust_domain": primary.trust_domain if primary else "",
+        }
+    )
     if len(_IDENTITIES) >= _MAX_IDENTITIES:
         _IDENTITIES.clear()
     _IDENTITIES[id(p)] = (p, section)
     return section
 
 
-_SHADOWS: dict[tuple[ShadowResult, ...], list[dict[str, Any]]] = {}
+_SHADOWS: dict[tuple[ShadowResult, ...], _Section] = {}
 _MAX_SHADOWS = 1024
-_last_revision: tuple[Revision, int, dict[str, Any]] | None = None
+# The last results seen, by identity: a policy's remembered outcome hands the same tuple to every Check
+# it decides, and a lookup by value would hash each ShadowResult (a Python-level __hash__) each time.
+_last_shadow: tuple[tuple[ShadowResult, ...], _Section] | None = None
+_last_revision: tuple[Revision, int, _Section] | None = None
 
 
-def _shadow(results: tuple[ShadowResult, ...]) -> list[dict[str, Any]]:
+def _shadow(results: tuple[ShadowResult, ...]) -> _Section:
     """A record's shadow section: a function of the results (few distinct ones), built once each."""
+    global _last_shadow
+    last = _last_shadow
+    if last is not None and last[0] is results:
+        return last[1]
     section = _SHADOWS.get(results)
     if section is None:
         if len(_SHADOWS) >= _MAX_SHADOWS:
             _SHADOWS.clear()
-        section = _SHADOWS[results] = [
-            {"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in results
-        ]
+        section = _SHADOWS[results] = _section(
+            [{"rule": s.rule, "effect": s.effect, "matched": s.matched} for s in results]
+        )
+    _last_shadow = (results, section)
     return section
 
 
-def _revision(revision: Revision, state_revision: int) -> dict[str, Any]:
+def _revision(revision: Revision, state_revision: int) -> _Section:
     """A record's revision section; the same from Check to Check until config, trust or state change."""
     global _last_revision
     last = _last_revision
     if last is not None and last[0] is revision and last[1] == state_revision:
         return last[2]
-    section = {"config": revision.config, "trust": revision.trust.key, "state": state_revision}
+    section = _section({"config": revision.config, "trust": revision.trust.key, "state": state_revision})
     _last_revision = (revision, state_revision, section)
     return section
 
@@ -148,6 +166,10 @@ def logged_request(ctx: RequestContext, redactor: Redactor | None, include_heade
     return (ctx.request_id, http.method, http.host, http.path_only, ctx.source_address, headers)
 
 
+_NO_REQUEST: LoggedRequest = ("", "", "", "", "", None)
+_REQUEST_KEYS = ("request_id", "method", "host", "path", "source")
+
+
 def record(
     decision_id: str,
     at: datetime,
@@ -157,27 +179,42 @@ def record(
     revision: Revision,
     fault: str,
     state_revision: int,
+    encoded: bool = False,
 ) -> dict[str, Any]:
-    """One Check's record; ``req`` is what :func:`logged_request` took from its request."""
+    """One Check's record; ``req`` is what :func:`logged_request` took from its request. ``encoded``:
+    its identity, shadow and revision sections are already-encoded JSON (orjson Fragments), for
+    :func:`encode_line` only; else plain values."""
+    part = 1 if encoded else 0
+    request_id, method, host, path, source, headers = req if req is not None else _NO_REQUEST
+    # One dict display for what every decided Check's record has (a dict grown key by key resizes
+    # twice on the way); what only some have is added after, and what a record without a request or a
+    # decision lacks is taken out.
     rec: dict[str, Any] = {
         "time": at,  # encoded as RFC 3339 by the writer (orjson), with microseconds
         "decision_id": decision_id,
+        "request_id": request_id,
+        "method": method,
+        "host": host,
+        "path": path,
+        "source": source,
+        "headers": headers,
+        "decision": "",
+        "status": 0,
+        "reason": "",
+        "rule": "",
+        "identity": None,
     }
-    if req is not None:
-        request_id, method, host, path, source, headers = req
-        rec["request_id"] = request_id
-        rec["method"] = method
-        rec["host"] = host
-        rec["path"] = path
-        rec["source"] = source
-        if headers is not None:
-            rec["headers"] = headers
+    if headers is None:
+        del rec["headers"]
+    if req is None:
+        for key in _REQUEST_KEYS:
+            del rec[key]
     if decision is not None:
         rec["decision"] = "allow" if decision.allowed else "deny"
         rec["status"] = decision.status
         rec["reason"] = decision.reason
         rec["rule"] = decision.rule
-        rec["identity"] = _identity(decision.principal)
+        rec["identity"] = _identity(decision.principal)[part]
         if decision.revocation_id:
             rec["revocation"] = {"id": decision.revocation_id, "kind": decision.revocation_kind}
         if decision.exception_id:
@@ -187,16 +224,21 @@ def record(
         if decision.signals_read:  # which facts the decision was given: keys only, never their values
             rec["signals_read"] = list(decision.signals_read)
         if decision.shadow:
-            rec["shadow"] = _shadow(decision.shadow)
+            rec["shadow"] = _shadow(decision.shadow)[part]
             rec["shadow_decision"] = "allow" if decision.shadow_allowed else "deny"
         if decision.policy_errors:
             rec["policy_errors"] = [{"rule": rule, "error": error} for rule, error in decision.policy_errors]
         if decision.detail:
             rec["detail"] = decision.detail
+    else:
+        del rec["rule"], rec["identity"]
+        if not fault:
+            del rec["decision"], rec["status"], rec["reason"]
     if fault:
         rec.update(decision="error", status=0, reason="internal", fault=fault)
-    rec["latency_ms"] = round(latency_s * 1000, 3)
-    rec["revision"] = _revision(revision, state_revision)
+    # Milliseconds to the microsecond (round() to a number of digits goes through a string: slow).
+    rec["latency_ms"] = round(latency_s * 1_000_000) / 1000
+    rec["revision"] = _revision(revision, state_revision)[part]
     return rec
 
 
@@ -216,10 +258,10 @@ Pending = tuple[
 ]
 
 
-def pending_record(item: Pending) -> dict[str, Any]:
+def pending_record(item: Pending, encoded: bool = False) -> dict[str, Any]:
     """The record a :data:`Pending` stands for: what :func:`record` builds from the same inputs."""
     decision_id, at, req, decision, latency_s, revision, fault, state_revision, worker, trace = item
-    rec = record(decision_id, at, req, decision, latency_s, revision, fault, state_revision)
+    rec = record(decision_id, at, req, decision, latency_s, revision, fault, state_revision, encoded)
     if worker is not None:
         rec["worker"] = worker
     if trace:
@@ -227,12 +269,11 @@ def pending_record(item: Pending) -> dict[str, Any]:
     return rec
 
 
-def _size(item: bytes | Pending) -> int:
-    """What a queued item holds, for the queue's byte bound: a line's length; or a pending record's
-    own inputs, and its request's strings at 4 bytes a character (what Python stores a string with one
-    character outside the BMP in), each kept header with its dict entry and string objects."""
-    if isinstance(item, bytes):
-        return len(item)
+def _size(item: Pending) -> int:
+    """What a queued pending record holds, for the queue's byte bound: its own inputs, and its
+    request's strings at 4 bytes a character (what Python stores a string with one character outside
+    the BMP in), each kept header with its dict entry and string objects. (A queued line counts its
+    length.)"""
     req = item[2]
     if req is None:
         return _PENDING_BYTES
@@ -275,7 +316,8 @@ class DecisionLog:
         self.dropped = 0
         self._drop_lock = threading.Lock()
         self.on_drop = on_drop
-        self._queue: collections.deque[bytes | Pending | None] | None = None
+        # (size, item): an item's size is worked out once, when it is queued; None stops the writer.
+        self._queue: collections.deque[tuple[int, bytes | Pending] | None] | None = None
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         # Bytes queued = in - out. Each counter has one writer (the Check path; the writer thread), so
@@ -305,8 +347,9 @@ class DecisionLog:
         if self._queue is None:
             self._emit(line)
             return
-        if self._admit(len(line)):
-            self._queue.append(line)
+        size = len(line)
+        if self._admit(size):
+            self._queue.append((size, line))
 
     def write_later(self, item: Pending) -> None:
         """Log the record ``item`` stands for. With a background writer, the writer builds and encodes
@@ -314,10 +357,11 @@ class DecisionLog:
         if not self.enabled:
             return
         if self._queue is None:
-            self._emit(encode_line(pending_record(item)))
+            self._emit(encode_line(pending_record(item, encoded=True)))
             return
-        if self._admit(_size(item)):
-            self._queue.append(item)
+        size = _size(item)
+        if self._admit(size):
+            self._queue.append((size, item))
 
     def _admit(self, size: int) -> bool:
         """Room for one more item of ``size`` bytes? Else it is dropped and counted."""
@@ -361,16 +405,17 @@ class DecisionLog:
             batch: list[bytes] = []
             stop = False
             while self._queue:
-                item = self._queue.popleft()
-                if item is None:
+                entry = self._queue.popleft()
+                if entry is None:
                     stop = True
                     break
-                self._bytes_out += _size(item)
+                size, item = entry
+                self._bytes_out += size
                 if isinstance(item, bytes):
                     batch.append(item)
                     continue
                 try:
-                    batch.append(encode_line(pending_record(item)))
+                    batch.append(encode_line(pending_record(item, encoded=True)))
                 except Exception:  # a record that cannot be built is dropped and counted, never fatal
                     self._drop()
                     _log.exception("decision %s: the record could not be built", item[0])

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from ext_authz.model import EMPTY_MAP, Credentials, Decision, HttpRequest, RequestContext
+from ext_authz.model import (
+    EMPTY_MAP,
+    Credentials,
+    Decision,
+    HttpRequest,
+    Identity,
+    Principal,
+    RequestContext,
+    ShadowResult,
+)
 from ext_authz.observe.decision_log import (
     DecisionLog,
     Pending,
@@ -82,6 +91,43 @@ def _pending(
     return (f"{i:032x}", at, req, decision, 0.0002, revision, fault, 7, 2, f"trace{i}")  # type: ignore[return-value]
 
 
+_ALICE = Identity(kind="oidc", subject="alice ✓", issuer="https://idp.example.com")
+_WEB = Identity(kind="x509_svid", spiffe_id="spiffe://example.org/web", trust_domain="example.org")
+_SHADOW = (ShadowResult("s1", "allow", True), ShadowResult("s2", "deny", False, "no such key"))
+# Decisions with every section a record can have, the same sections twice over (the writer keeps
+# encoded sections and must not hand one decision's to another).
+_FULL_DECISIONS = [
+    Decision(
+        "d" * 32,
+        allowed=True,
+        status=200,
+        reason="exception",
+        rule="r1",
+        principal=Principal((_WEB, _ALICE)),
+        shadow=_SHADOW,
+        shadow_allowed=True,
+        exception_id="exc-1",
+        grant_ids=("g1", "g2"),
+        signals_read=("device.managed",),
+        policy_errors=(("r2", "no such key: x"),),
+        detail="because",
+    ),
+    Decision(
+        "e" * 32,
+        allowed=False,
+        status=403,
+        reason="revoked",
+        principal=Principal((_ALICE,)),
+        shadow=_SHADOW[1:],
+        shadow_allowed=False,
+        revocation_id="rev-1",
+        revocation_kind="sub",
+    ),
+    Decision("f" * 32, allowed=False, status=401, reason="token_expired", principal=Principal((_WEB,))),
+]
+_FULL_DECISIONS += _FULL_DECISIONS
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_a_record_left_to_the_writer_is_the_record_the_check_would_write(
     tmp_path: Path, background: bool
@@ -89,6 +135,7 @@ def test_a_record_left_to_the_writer_is_the_record_the_check_would_write(
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog.open(str(path), background=background)
     items = [_pending(i) for i in range(40)] + [_pending(40, fault="RuntimeError")]
+    items += [_pending(41 + i, decision=d) for i, d in enumerate(_FULL_DECISIONS)]
     for item in items:
         log.write_later(item)
     log.close()  # everything queued is built and written before the writer stops
@@ -102,7 +149,11 @@ def test_a_record_left_to_the_writer_is_the_record_the_check_would_write(
         "trace0",
         7,
     )
-    assert written[-1]["decision"] == "error" and written[-1]["fault"] == "RuntimeError"
+    assert written[40]["decision"] == "error" and written[40]["fault"] == "RuntimeError"
+    full = written[41]
+    assert full["shadow"][1] == {"rule": "s2", "effect": "deny", "matched": False}
+    assert (full["grant_ids"], full["identity"]["subject"]) == (["g1", "g2"], "alice ✓")
+    assert written[42]["revocation"] == {"id": "rev-1", "kind": "sub"}
     assert "secret" not in path.read_text()
 
 
