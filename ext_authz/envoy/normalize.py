@@ -7,7 +7,6 @@ work here is bounded whatever a caller sends.
 
 from __future__ import annotations
 
-import re
 from types import MappingProxyType
 from typing import Any
 
@@ -18,7 +17,15 @@ __all__ = ["normalize"]
 
 _DEFAULT_LIMITS = Limits()
 
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-_.~+/]+=*$")
+# RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_TOKEN_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+
+
+def _is_b64token(token: str) -> bool:
+    """Deleting every b64token character leaves nothing: one table pass in C (half a regex's time on a
+    JWT, and a bearer is read on every Check)."""
+    body = token.rstrip("=")
+    return bool(body) and body.isascii() and not body.encode().translate(None, _TOKEN_ALPHABET)
 
 
 def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
@@ -32,15 +39,17 @@ def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
             return None, True  # "Bearer<junk>": meant as a token, not well formed
         return None, False  # another scheme (Basic, …) is not our credential
     token = parts[1].strip() if len(parts) > 1 else ""
-    if not token or not _TOKEN_CHARS.match(token):
+    if not _is_b64token(token):
         return None, True
     return token, False
 
 
 def _address(peer: Any) -> str:
     sock = peer.address.socket_address
-    if sock.address:
-        host = f"[{sock.address}]" if ":" in sock.address else sock.address  # IPv6: [::1]:port
+    host = sock.address  # one read: each makes a new string
+    if host:
+        if ":" in host:  # IPv6: [::1]:port
+            return f"[{host}]:{sock.port_value}"
         return f"{host}:{sock.port_value}"
     pipe = peer.address.pipe.path
     return f"unix:{pipe}" if pipe else ""

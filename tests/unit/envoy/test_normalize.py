@@ -278,6 +278,14 @@ def test_header_map_with_raw_values() -> None:
         ("Bearer abc,def", None, True),
         ('Bearer "abc"', None, True),
         ("Bearer =abc", None, True),
+        ("Bearer ==", None, True),  # padding alone
+        ("Bearer ab=cd", None, True),  # "=" only at the end
+        ("Bearer abc==", "abc==", False),
+        ("Bearer ~.~", "~.~", False),
+        ("Bearer abcé", None, True),  # a letter, not an ASCII one
+        ("Bearer abc\x00def", None, True),
+        ("Bearer abc\u0660", None, True),  # a digit, not an ASCII one
+        ("Bearer abc%2Fdef", None, True),
     ],
 )
 def test_bearer_token(authorization: str, bearer: str | None, malformed: bool) -> None:
