@@ -212,24 +212,59 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
     return resp
 
 
+# The serialized templates again, found without building a _Shape: by the decision's scalar fields and
+# the identities of its principal and shadow results (the pipeline's caches hand the same objects to
+# every Check of a caller; the entry holds them, so their ids cannot be reused while it lives).
+_wire_by_id: dict[tuple[object, ...], tuple[object, object, tuple[bytes, int] | None]] = {}
+
+
 def render_wire(decision: Decision) -> bytes:
     """The serialized CheckResponse: what :func:`render` builds, as bytes. A decision id of 32 hex
     digits (every Check's) is written over the serialized template's placeholders; any other id, or a
     template in which the placeholder also appears elsewhere (say, in a token's subject), is rendered
     and serialized in full."""
-    did = decision.decision_id
-    shape = _shape(decision)
-    if shape in _wire_templates:
-        entry = _wire_templates[shape]
+    d = decision
+    principal, shadow = d.principal, d.shadow
+    key = (
+        id(principal),
+        id(shadow),
+        d.allowed,
+        d.status,
+        d.reason,
+        d.rule,
+        d.credential_failed,
+        d.revocation_id,
+        d.revocation_kind,
+        d.exception_id,
+        d.grant_ids,
+        d.shadow_allowed,
+        d.challenge,
+    )
+    hit = _wire_by_id.get(key)
+    if hit is not None and hit[0] is principal and hit[1] is shadow:
+        entry = hit[2]
     else:
-        wire = _build(shape, _WIRE_ID.decode()).SerializeToString()
-        # The id is in the decision-id header and the metadata, and a denial's body: nowhere else.
-        expected = 2 if shape.allowed else 3
-        entry = (wire, expected) if wire.count(_WIRE_ID) == expected else None
-        if len(_wire_templates) >= _MAX_TEMPLATES:
-            _wire_templates.clear()
-        _wire_templates[shape] = entry
+        entry = _wire_template(_shape(d))
+        if len(_wire_by_id) >= _MAX_TEMPLATES:
+            _wire_by_id.clear()
+        _wire_by_id[key] = (principal, shadow, entry)
+    did = d.decision_id
     if entry is None or len(did) != 32 or not did.isascii() or not did.isalnum():
-        return bytes(render(decision).SerializeToString())
+        return bytes(render(d).SerializeToString())
     wire, expected = entry
     return wire.replace(_WIRE_ID, did.encode(), expected)
+
+
+def _wire_template(shape: _Shape) -> tuple[bytes, int] | None:
+    """The serialized template of ``shape`` and how many placeholders it holds; None when the
+    placeholder also appears where no decision id goes."""
+    if shape in _wire_templates:
+        return _wire_templates[shape]
+    wire = _build(shape, _WIRE_ID.decode()).SerializeToString()
+    # The id is in the decision-id header and the metadata, and a denial's body: nowhere else.
+    expected = 2 if shape.allowed else 3
+    entry = (wire, expected) if wire.count(_WIRE_ID) == expected else None
+    if len(_wire_templates) >= _MAX_TEMPLATES:
+        _wire_templates.clear()
+    _wire_templates[shape] = entry
+    return entry

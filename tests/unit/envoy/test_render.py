@@ -367,3 +367,20 @@ def test_render_wire_writes_the_id_only_where_it_belongs(subject: str) -> None:
     assert set_headers(resp)[IDENTITY_HEADERS[1]] == subject
     assert set_headers(resp)["x-ext-authz-decision-id"] == did
     assert metadata(resp)["decision_id"] == did
+
+
+def test_render_wire_never_answers_with_another_principals_or_shadows_response() -> None:
+    """Responses are found again by the identity of the decision's principal and shadow results: a
+    principal built anew (a new caller, or one whose id an old one had) gets its own response."""
+    did = "0123456789abcdef0123456789abcdef"
+    seen = []
+    for i in range(50):  # principals made and dropped: ids get reused
+        user = Identity(kind="oidc", subject=f"user-{i}", issuer="https://idp.example.com")
+        shadow = (ShadowResult("s", "allow", i % 2 == 0),)
+        d = dataclasses.replace(
+            allowed(Principal.of(user)), decision_id=did, shadow=shadow, shadow_allowed=True
+        )
+        resp = CheckResponse.FromString(render_wire(d))
+        assert resp == render(d)
+        seen.append((set_headers(resp)[IDENTITY_HEADERS[1]], metadata(resp)["shadow_matched"]))
+    assert seen == [(f"user-{i}", ["s"] if i % 2 == 0 else []) for i in range(50)]
