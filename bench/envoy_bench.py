@@ -2,9 +2,8 @@
 
 (a) Envoy direct response; (b) Envoy jwt_authn + RBAC in-process (the no-hop limit); (c) Envoy +
 a minimal allow-all grpc.aio ext_authz server (the Python floor); (d) Envoy + ext-authz with the demo
-policy, warm caches, on grpcio (what `check.tls` is served with); (e) the same with caching off (every
-Check verifies from scratch); (f) warm with `workers: 2`; (g) the allow-all floor on pygrpc-native;
-(h) ext-authz warm with `transport: native` (what `auto`, the default, serves plaintext TCP with);
+policy, warm caches; (e) the same with caching off (every Check verifies from scratch); (f) warm with
+`workers: 2`; (g) the allow-all floor on pygrpc-native; (h) ext-authz warm with `transport: native`;
 (i) ext-authz warm with an mTLS X.509-SVID *and* a JWT-SVID: h2load cannot present a client certificate,
 so a front listener of the same Envoy originates mTLS with the frontend's SVID to a listener that
 verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml; (j) (d) with
@@ -510,11 +509,11 @@ def main() -> None:
         "a": "Envoy direct response",
         "b": "Envoy jwt_authn + RBAC",
         "c": "Envoy + allow-all grpc.aio (floor)",
-        "d": "Envoy + ext-authz, demo policy, warm, transport: grpcio",
+        "d": "Envoy + ext-authz, demo policy, warm",
         "e": "Envoy + ext-authz, caching off",
         "f": "Envoy + ext-authz, workers: 2, warm",
         "g": "Envoy + allow-all on pygrpc-native (native floor)",
-        "h": "Envoy + ext-authz, warm, transport: native (auto without TLS)",
+        "h": "Envoy + ext-authz, warm, transport: native",
         "i": "Envoy (mTLS hop) + ext-authz, X.509-SVID + JWT-SVID, warm",
         "j": "Envoy + ext-authz, warm, decision log off",
         "k": "Envoy + ext-authz sidecar: unix socket, transport auto (native)",

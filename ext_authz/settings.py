@@ -913,9 +913,8 @@ class Settings(Section):
     limits: Limits = Field(default_factory=Limits)
     transport: Literal["auto", "grpcio", "native"] = Field(
         "auto",
-        description="the Check port's HTTP/2 server. auto: native (pygrpc-native, when installed) wherever"
-        " Check is served without TLS (a unix socket, loopback, check.plaintext); grpcio for check.tls,"
-        " which native cannot serve",
+        description="the Check port's HTTP/2 server. auto: native (pygrpc-native, when installed) on a"
+        " unix-socket listen without TLS — the sidecar, where it is safe — else grpcio",
     )
     shared_signals: SharedSignalsSettings = Field(default_factory=SharedSignalsSettings)
     allow_empty: StrictBool = Field(
@@ -1094,9 +1093,7 @@ class Settings(Section):
         """The transport in force: ``auto`` resolved."""
         if self.transport != "auto":
             return self.transport
-        # Native serves plaintext only; where Check needs no TLS it is the cheaper server (README,
-        # Performance), and the Envoy suite runs on both.
-        native = self.check.tls is None and _installed("pygrpc_native")
+        native = self.listen.startswith("unix://") and self.check.tls is None and _installed("pygrpc_native")
         return "native" if native else "grpcio"
 
     def watched_files(self) -> tuple[Path, ...]:

@@ -633,12 +633,11 @@ def test_load_config_errors_name_the_loaded_file(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: rules[0].effect: ")
 
 
-def test_transport_is_native_without_tls_and_grpcio_where_tls_is_needed() -> None:
-    """auto: pygrpc-native (installed with the dev extras) wherever Check is served in plaintext."""
+def test_transport_is_native_on_a_unix_socket_and_grpcio_where_tls_is_needed() -> None:
+    """auto: pygrpc-native (installed with the dev extras) where it is safe, the unix-socket sidecar."""
     assert parse("").transport == "auto"
     assert parse("listen: unix:///run/ext-authz/check.sock").check_transport == "native"
-    assert parse("").check_transport == "native"  # the default: TCP on loopback
-    assert parse("listen: 0.0.0.0:9191\ncheck: {plaintext: true}").check_transport == "native"
+    assert parse("").check_transport == "grpcio"  # TCP (loopback here): grpcio, as for TLS
     assert parse("listen: unix:///run/x.sock\ntransport: grpcio").check_transport == "grpcio"
     assert parse("transport: native").check_transport == "native"
 
@@ -662,7 +661,6 @@ CHECK_TLS = """
 
 def test_native_transport_with_check_tls_is_refused_at_load() -> None:
     assert parse(CHECK_TLS.format(transport="grpcio")).check_transport == "grpcio"  # TLS served by grpcio
-    assert parse(CHECK_TLS.format(transport="auto")).check_transport == "grpcio"
     err = parse_error(CHECK_TLS.format(transport="native"))  # native serves plaintext only
 
     assert err.reason == "config_invalid"
