@@ -1087,6 +1087,12 @@ class Settings(Section):
             raise _KeyError(
                 "transport", "native needs the pygrpc-native package: pip install 'ext-authz[native]'"
             )
+        if self.check_transport == "native" and self.listen.rpartition(":")[0] == "localhost":
+            # grpcio binds every address localhost names; native binds one, and another local process
+            # could then take the other (say [::1]:PORT) and answer an Envoy that resolves it there.
+            raise _KeyError(
+                "listen", "with transport: native, name the loopback address (127.0.0.1:PORT or [::1]:PORT)"
+            )
 
     @property
     def check_transport(self) -> str:

@@ -172,6 +172,13 @@ class Server:
                     " call Check and cause its side effects",
                     listen,
                 )
+            if cfg.check_transport == "native":
+                log.warning(
+                    "Check is served by pygrpc-native on TCP %s: it reads a whole request before its size"
+                    " limit refuses it, so anyone who can connect can make it hold large requests in"
+                    " memory (transport: auto takes native on a unix socket only)",
+                    listen,
+                )
             self.bound_port = self.grpc.add_insecure_port(listen)
 
     async def start(self) -> None:

@@ -342,11 +342,15 @@ async def test_a_trust_file_broken_while_serving_keeps_the_last_good_and_is_repo
     assert await running.server.reloader.check()
 
 
-async def test_native_transport_serves_check_and_health_itself(demo_dir: Path, tmp_path: Path) -> None:
+async def test_native_transport_serves_check_and_health_itself(
+    demo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """pygrpc-native hands a method it was not given as a *registered* handler to a grpcio server
-    behind it, which would cost more than grpcio alone: Check and health must be its own."""
+    behind it, which would cost more than grpcio alone: Check and health must be its own. On TCP, the
+    operator is told what native does with a large request."""
     r = await start(write_config(demo_dir, tmp_path, transport="native"))
     try:
+        assert "reads a whole request before its size limit refuses it" in caplog.text
         assert r.server.grpc._fallback is None
         resp = await r.stub.Check(check_request(demo_dir, workload="frontend"))
         assert resp.status.code == 0

@@ -642,6 +642,17 @@ def test_transport_is_native_on_a_unix_socket_and_grpcio_where_tls_is_needed() -
     assert parse("transport: native").check_transport == "native"
 
 
+def test_native_on_localhost_must_name_the_loopback_address() -> None:
+    """Native binds one address for ``localhost`` (grpcio binds all it names): another local process
+    could take the other family's and answer an Envoy that resolves there."""
+    err = parse_error("listen: localhost:9191\ntransport: native")
+
+    assert err.key == "listen" and "127.0.0.1" in str(err)
+    assert parse("listen: localhost:9191").check_transport == "grpcio"
+    assert parse("listen: 127.0.0.1:9191\ntransport: native").check_transport == "native"
+    assert parse("listen: '[::1]:9191'\ntransport: native").check_transport == "native"
+
+
 def test_an_unknown_transport_is_refused() -> None:
     err = parse_error("transport: h3")
 
