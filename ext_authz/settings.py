@@ -1087,7 +1087,8 @@ class Settings(Section):
             raise _KeyError(
                 "transport", "native needs the pygrpc-native package: pip install 'ext-authz[native]'"
             )
-        if self.check_transport == "native" and self.listen.rpartition(":")[0] == "localhost":
+        named = self.listen.rpartition(":")[0].lower().rstrip(".")
+        if self.check_transport == "native" and named == "localhost":
             # grpcio binds every address localhost names; native binds one, and another local process
             # could then take the other (say [::1]:PORT) and answer an Envoy that resolves it there.
             raise _KeyError(

@@ -648,6 +648,8 @@ def test_native_on_localhost_must_name_the_loopback_address() -> None:
     err = parse_error("listen: localhost:9191\ntransport: native")
 
     assert err.key == "listen" and "127.0.0.1" in str(err)
+    other = parse_error("listen: LocalHost.:9191\ncheck: {plaintext: true}\ntransport: native")
+    assert other.key == "listen" and "name the loopback address" in str(other)
     assert parse("listen: localhost:9191").check_transport == "grpcio"
     assert parse("listen: 127.0.0.1:9191\ntransport: native").check_transport == "native"
     assert parse("listen: '[::1]:9191'\ntransport: native").check_transport == "native"
