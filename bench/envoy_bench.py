@@ -8,7 +8,8 @@ policy, warm caches; (e) the same with caching off (every Check verifies from sc
 so a front listener of the same Envoy originates mTLS with the frontend's SVID to a listener that
 verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml; (j) (d) with
 the decision log off; (k) the sidecar default: ext-authz on a unix socket, where `transport: auto` is
-native. Configurations
+native; (l) (h) with the decision log off (the log's cost where CPU per Check is small and steady).
+Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
 """
@@ -38,7 +39,7 @@ from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
 from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
-CONFIGS = "abcdefghijk"
+CONFIGS = "abcdefghijkl"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,7 +264,7 @@ def open_loop(
 
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijk"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijkl"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -272,7 +273,17 @@ def main() -> None:
         init_demo(demo)
         jwt_svid = (demo / "tokens/frontend-jwt-svid.jwt").read_text().strip()
         alice = (demo / "tokens/alice.jwt").read_text().strip()
-        names = ("floor", "warm", "cold", "workers", "native_floor", "native", "i_tls", "nolog")
+        names = (
+            "floor",
+            "warm",
+            "cold",
+            "workers",
+            "native_floor",
+            "native",
+            "i_tls",
+            "nolog",
+            "native_nolog",
+        )
         ports = {k: free_port() for k in (*CONFIGS, *names)}
 
         sidecar_socket = f"{tmp}/sidecar-check.sock"
@@ -360,6 +371,7 @@ def main() -> None:
                     front_listener("i", ports["i"], "mtls_hop"),
                     mtls_listener("i_tls", ports["i_tls"], demo, [ext_authz("warm", peer_certificate=True)]),
                     listener("j", ports["j"], [ext_authz("nolog")]),
+                    listener("l", ports["l"], [ext_authz("native_nolog")]),
                     listener("k", ports["k"], [ext_authz("sidecar")]),
                 ],
                 "clusters": [
@@ -372,6 +384,7 @@ def main() -> None:
                     cluster("native", ports["native"]),
                     mtls_cluster("mtls_hop", ports["i_tls"], demo),
                     cluster("nolog", ports["nolog"]),
+                    cluster("native_nolog", ports["native_nolog"]),
                     cluster("sidecar", sidecar_socket),
                 ],
             },
@@ -445,7 +458,21 @@ def main() -> None:
                     ),
                 ]
             )
-            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, envoy]
+            native_nolog = subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "-c",
+                    str(
+                        authz_config(
+                            "native_nolog", ports["native_nolog"], 10_000, transport="native", log=False
+                        )
+                    ),
+                ]
+            )
+            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog, envoy]
             time.sleep(4)
             servers = {
                 "c": floor,
@@ -456,6 +483,7 @@ def main() -> None:
                 "i": warm,
                 "j": nolog,
                 "k": sidecar,
+                "l": native_nolog,
             }
             work = {
                 "a": ("/", None),
@@ -469,6 +497,7 @@ def main() -> None:
                 "i": ("/internal/jobs", jwt_svid),  # + the frontend's X.509-SVID on the mTLS hop
                 "j": ("/internal/jobs", jwt_svid),
                 "k": ("/internal/jobs", jwt_svid),
+                "l": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -517,6 +546,7 @@ def main() -> None:
         "i": "Envoy (mTLS hop) + ext-authz, X.509-SVID + JWT-SVID, warm",
         "j": "Envoy + ext-authz, warm, decision log off",
         "k": "Envoy + ext-authz sidecar: unix socket, transport auto (native)",
+        "l": "Envoy + ext-authz, warm, transport: native, decision log off",
     }
     table = {}
     for k in CONFIGS:
@@ -550,6 +580,9 @@ def main() -> None:
         "cpu h/g": round(table["h"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
         "cpu i/c": round(table["i"]["cpu_us_per_check"] / table["c"]["cpu_us_per_check"], 3),
         "cpu log on/off d/j": round(table["d"]["cpu_us_per_check"] / table["j"]["cpu_us_per_check"], 3),
+        "cpu log on/off native h/l": round(
+            table["h"]["cpu_us_per_check"] / table["l"]["cpu_us_per_check"], 3
+        ),
         "cpu k/g": round(table["k"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
         "k/b": round(table["k"]["rps"] / table["b"]["rps"], 3),
         "h/b": round(table["h"]["rps"] / table["b"]["rps"], 3),
