@@ -391,27 +391,18 @@ def main() -> None:
         }
         (tmp / "envoy.json").write_text(json.dumps(envoy_cfg))
         py = sys.executable
+
+        def serve(config: Path) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([py, "-m", "ext_authz.cli", "serve", "-c", str(config)])
+
         try:
             floor = subprocess.Popen([py, str(ROOT / "bench/floor_server.py"), str(ports["floor"])])
             native_floor = subprocess.Popen(
                 [py, str(ROOT / "bench/floor_server.py"), str(ports["native_floor"]), "native"]
             )
-            native = subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "-c",
-                    str(authz_config("native", ports["native"], 10_000, transport="native")),
-                ]
-            )
-            warm = subprocess.Popen(
-                [py, "-m", "ext_authz.cli", "serve", "-c", str(authz_config("warm", ports["warm"], 10_000))]
-            )
-            cold = subprocess.Popen(
-                [py, "-m", "ext_authz.cli", "serve", "-c", str(authz_config("cold", ports["cold"], 0))]
-            )
+            native = serve(authz_config("native", ports["native"], 10_000, transport="native"))
+            warm = serve(authz_config("warm", ports["warm"], 10_000))
+            cold = serve(authz_config("cold", ports["cold"], 0))
             envoy = subprocess.Popen(
                 [
                     envoy_binary(),
@@ -424,53 +415,13 @@ def main() -> None:
                     "--disable-hot-restart",
                 ]
             )
-            workers = subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "-c",
-                    str(authz_config("workers", ports["workers"], 10_000, 2)),
-                ]
+            workers = serve(authz_config("workers", ports["workers"], 10_000, 2))
+            nolog = serve(authz_config("nolog", ports["nolog"], 10_000, log=False))
+            sidecar = serve(
+                authz_config("sidecar", 0, 10_000, transport="auto", listen=f"unix://{sidecar_socket}")
             )
-            nolog = subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "-c",
-                    str(authz_config("nolog", ports["nolog"], 10_000, log=False)),
-                ]
-            )
-            sidecar = subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "-c",
-                    str(
-                        authz_config(
-                            "sidecar", 0, 10_000, transport="auto", listen=f"unix://{sidecar_socket}"
-                        )
-                    ),
-                ]
-            )
-            native_nolog = subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "-c",
-                    str(
-                        authz_config(
-                            "native_nolog", ports["native_nolog"], 10_000, transport="native", log=False
-                        )
-                    ),
-                ]
+            native_nolog = serve(
+                authz_config("native_nolog", ports["native_nolog"], 10_000, transport="native", log=False)
             )
             procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog, envoy]
             time.sleep(4)
