@@ -73,10 +73,9 @@ def check_server(transport: str, limits: Limits, *, reuse_port: bool) -> grpc.ai
     largest = limits.max_header_bytes + limits.max_body_bytes + 64 * 1024
     options = [("grpc.so_reuseport", 1 if reuse_port else 0), ("grpc.max_receive_message_length", largest)]
     if transport == "native":
-        import pygrpc_native.aio  # optional: the settings checked it is installed
+        from .native import NativeServer  # optional: the settings checked pygrpc-native is installed
 
-        server: grpc.aio.Server = pygrpc_native.aio.server(options=options)
-        return server
+        return NativeServer(options)
     return grpc.aio.server(options=options)
 
 

@@ -23,10 +23,15 @@ from ..pipeline import decide
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
 
-__all__ = ["AUTH_SERVICE", "AuthorizationServicer", "add_to_server"]
+__all__ = ["AUTH_SERVICE", "AuthorizationServicer", "CheckFailed", "add_to_server"]
 
 log = logging.getLogger("ext_authz")
 AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class CheckFailed(Exception):
+    """A Check that faulted. The message is what its caller is told: the decision id (the log has the
+    rest)."""
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -43,6 +48,19 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 self.runtime.metrics.callers_refused.inc()
                 log.warning("Check refused: %s (peer %s)", exc, context.peer())
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller is not an allowed Envoy")
+        try:
+            return self.answer(request)
+        except CheckFailed as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            raise  # abort raises; this keeps type checkers honest
+
+    def answer(self, request: Any) -> bytes:
+        """Decide one CheckRequest of a verified caller: its serialized CheckResponse, recorded.
+
+        Synchronous (nothing here waits), so a transport may call it straight from its event loop (see
+        serve/native.py). A fault is never an allow: it raises :class:`CheckFailed`, whose message names
+        the decision, and the transport answers INTERNAL (Envoy's failure_mode_allow=false and
+        status_on_error decide what the client sees)."""
         rt = self.runtime
         started = time.perf_counter()
         now = rt.clock.now()
@@ -60,14 +78,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             rt.apply(decision)
             return render_wire(decision)
         except Exception as exc:
-            # A fault is never an allow: Envoy's failure_mode_allow=false / status_on_error decide.
             fault = type(exc).__name__
             log.exception("Check %s failed", decision_id)
             decision = None
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"ext-authz internal error (decision {decision_id})"
-            )
-            raise  # abort raises; this keeps type checkers honest
+            raise CheckFailed(f"ext-authz internal error (decision {decision_id})") from exc
         finally:
             latency = time.perf_counter() - started
             rt.metrics.observe(decision, latency)
@@ -111,6 +125,12 @@ def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> N
     # generic handler alone is left to its grpcio fallback), and grpcio looks it up faster.
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(AUTH_SERVICE, handlers),))
     server.add_registered_method_handlers(AUTH_SERVICE, handlers)
+    # pygrpc-native (serve/native.py) answers Check from its batch callback, without a task per call.
+    # It serves no TLS, so there is no caller to verify first; were there one, Check keeps the path
+    # that verifies it.
+    answer_directly = getattr(server, "answer_check_with", None)
+    if answer_directly is not None and servicer.peers is None:
+        answer_directly(servicer.answer)
 
 
 def _new_decision_id() -> str:
