@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -19,7 +21,7 @@ from ..envoy.normalize import normalize
 from ..envoy.render import render_wire
 from ..model import Decision, RequestContext
 from ..observe.decision_log import Pending, logged_request, pending_record
-from ..pipeline import decide
+from ..pipeline import Engine, decide
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
 
@@ -27,6 +29,13 @@ __all__ = ["AUTH_SERVICE", "AuthorizationServicer", "CheckFailed", "add_to_serve
 
 log = logging.getLogger("ext_authz")
 AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+@runtime_checkable
+class AnswersCheck(Protocol):
+    """A server that can answer Check with a synchronous function (serve/native.py)."""
+
+    def answer_check_with(self, answer: Callable[[Any], bytes]) -> None: ...
 
 
 class CheckFailed(Exception):
@@ -83,33 +92,58 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             decision = None
             raise CheckFailed(f"ext-authz internal error (decision {decision_id})") from exc
         finally:
+            # Each record is kept apart: one that fails is logged and neither changes the answer nor
+            # keeps the others from being made.
             latency = time.perf_counter() - started
-            rt.metrics.observe(decision, latency)
+            try:
+                rt.metrics.observe(decision, latency)
+            except Exception:
+                log.exception("Check %s: the metrics failed", decision_id)
             if rt.tracing is not None:
-                if span is None:  # the request was refused before its headers could be read
-                    span = rt.tracing.start(None)
-                rt.tracing.finish(span, decision_id, ctx, decision, fault)
+                try:
+                    if span is None:  # the request was refused before its headers could be read
+                        span = rt.tracing.start(None)
+                    rt.tracing.finish(span, decision_id, ctx, decision, fault)
+                except Exception:
+                    log.exception("Check %s: tracing failed", decision_id)
             if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
-                pending: Pending = (
-                    decision_id,
-                    now,
-                    None
-                    if ctx is None
-                    else logged_request(ctx, rt.redactor, engine.config.decision_log.headers),
-                    decision,
-                    latency,
-                    engine.revision,
-                    fault,
-                    rt.replica.snapshot.revision,
-                    rt.worker,
-                    (span.trace_id or "") if span is not None else "",
-                )
-                if rt.hub.subscribers:  # the live stream needs the record now
-                    rec = pending_record(pending)
-                    rt.decision_log.write(rec)
-                    rt.hub.publish(rec)
-                else:  # the log's writer builds the record, if the log is on
-                    rt.decision_log.write_later(pending)
+                try:
+                    self._log(engine, decision_id, now, ctx, decision, latency, fault, span)
+                except Exception:
+                    log.exception("Check %s: the decision log failed", decision_id)
+
+    def _log(
+        self,
+        engine: Engine,
+        decision_id: str,
+        now: datetime,
+        ctx: RequestContext | None,
+        decision: Decision | None,
+        latency: float,
+        fault: str,
+        span: Any,
+    ) -> None:
+        """The decision record: handed to the log's writer, or built now when the live stream has
+        subscribers."""
+        rt = self.runtime
+        pending: Pending = (
+            decision_id,
+            now,
+            None if ctx is None else logged_request(ctx, rt.redactor, engine.config.decision_log.headers),
+            decision,
+            latency,
+            engine.revision,
+            fault,
+            rt.replica.snapshot.revision,
+            rt.worker,
+            (span.trace_id or "") if span is not None else "",
+        )
+        if rt.hub.subscribers:  # the live stream needs the record now
+            rec = pending_record(pending)
+            rt.decision_log.write(rec)
+            rt.hub.publish(rec)
+        else:  # the log's writer builds the record, if the log is on
+            rt.decision_log.write_later(pending)
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
@@ -128,9 +162,8 @@ def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> N
     # pygrpc-native (serve/native.py) answers Check from its batch callback, without a task per call.
     # It serves no TLS, so there is no caller to verify first; were there one, Check keeps the path
     # that verifies it.
-    answer_directly = getattr(server, "answer_check_with", None)
-    if answer_directly is not None and servicer.peers is None:
-        answer_directly(servicer.answer)
+    if isinstance(server, AnswersCheck) and servicer.peers is None:
+        server.answer_check_with(servicer.answer)
 
 
 def _new_decision_id() -> str:

@@ -10,6 +10,13 @@ callback, with the checks the aio path makes first (a message over the receive l
 RESOURCE_EXHAUSTED, one that does not parse is INTERNAL, as in grpcio and pygrpc-native), and hands
 every other event (health, cancellations, calls while stopping) to pygrpc-native unchanged.
 
+What differs, and why it does not matter here: pygrpc-native's send limit is not applied (ext-authz
+sets none; responses are a few hundred bytes); a Check whose caller left in the same batch is still
+decided (its effects applied, its record written) and its answer dropped, where pygrpc-native would
+have cancelled the task before it ran; and the Checks of one batch share the callback's contextvars
+context rather than a copy each (nothing on the Check path sets a ContextVar: tracing passes its
+context explicitly, and anything that does must set it per Check).
+
 It reads five attributes of pygrpc-native's server that are not its public API (the method table,
 the front, the stopping flag, the receive limit and the interceptors: with any, Check keeps
 pygrpc-native's path, which runs them). ``pyproject.toml`` pins pygrpc-native to 0.5.x;
@@ -20,6 +27,7 @@ pins that the direct path is the one taken).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,6 +47,7 @@ _CHECK_PATH = f"/{AUTH_SERVICE}/Check"
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INTERNALS = ("_table", "_front", "_stopping", "_receive_limit", "_interceptors")
+_WARN_EVERY = 10.0  # seconds: one warning for any number of undecodable requests meanwhile
 
 
 class NativeServer(pygrpc_native.aio.Server):
@@ -50,6 +59,8 @@ class NativeServer(pygrpc_native.aio.Server):
         self._answer: Callable[[Any], bytes] | None = None
         self._check_id = -1  # the front's id for Check, once started
         self.direct_answers = 0  # Checks answered here (a test pins that this path is taken)
+        self._undecodable = 0  # requests that were not a CheckRequest, since the last warning
+        self._undecodable_warned = -_WARN_EVERY
 
     def answer_check_with(self, answer: Callable[[Any], bytes]) -> None:
         """Answer Check with ``answer(CheckRequest) -> serialized CheckResponse`` (it raises
@@ -70,6 +81,8 @@ class NativeServer(pygrpc_native.aio.Server):
 
     async def start(self) -> None:
         await super().start()
+        if self._answer is None:  # pygrpc-native's path for everything (and _table may not exist)
+            return
         # No await between the front starting (in super().start()) and this: no batch has been handed
         # to the loop yet, and until then every event takes pygrpc-native's path anyway.
         paths = [path for path, _ in self._table]
@@ -104,7 +117,7 @@ class NativeServer(pygrpc_native.aio.Server):
         try:
             request = CheckRequest.FromString(payload)
         except DecodeError:
-            log.warning("Check refused: the request is not a CheckRequest (%d bytes)", len(payload))
+            self._refused_undecodable()
             front.fail(call_id, _INTERNAL, "Exception deserializing request!")
             return
         try:
@@ -116,4 +129,12 @@ class NativeServer(pygrpc_native.aio.Server):
             log.exception("Check failed")
             front.fail(call_id, _INTERNAL, "ext-authz internal error")
             return
-        front.respond(call_id, response)
+        front.respond(call_id, response)  # False if the caller left meanwhile: it was decided anyway
+
+    def _refused_undecodable(self) -> None:
+        """Warn, at most every _WARN_EVERY seconds: anyone who can connect could otherwise fill the log."""
+        self._undecodable += 1
+        now = time.monotonic()
+        if now - self._undecodable_warned >= _WARN_EVERY:
+            log.warning("Check refused %d request(s) that were not a CheckRequest", self._undecodable)
+            self._undecodable, self._undecodable_warned = 0, now
