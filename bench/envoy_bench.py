@@ -8,7 +8,9 @@ policy, warm caches; (e) the same with caching off (every Check verifies from sc
 so a front listener of the same Envoy originates mTLS with the frontend's SVID to a listener that
 verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in envoy.yaml; (j) (d) with
 the decision log off; (k) the sidecar default: ext-authz on a unix socket, where `transport: auto` is
-native; (l) (h) with the decision log off (the log's cost where CPU per Check is small and steady).
+native; (l) (h) with the decision log off (the log's cost where CPU per Check is small and steady);
+(m) the allow-all floor on the path (h) and (k) take: pygrpc-native with Check answered from its batch
+callback, without a task per call (serve/native.py).
 Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
@@ -39,7 +41,7 @@ from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
 from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
-CONFIGS = "abcdefghijkl"
+CONFIGS = "abcdefghijklm"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -264,7 +266,7 @@ def open_loop(
 
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijkl"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklm"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -283,6 +285,7 @@ def main() -> None:
             "i_tls",
             "nolog",
             "native_nolog",
+            "direct_floor",
         )
         ports = {k: free_port() for k in (*CONFIGS, *names)}
 
@@ -373,6 +376,7 @@ def main() -> None:
                     listener("j", ports["j"], [ext_authz("nolog")]),
                     listener("l", ports["l"], [ext_authz("native_nolog")]),
                     listener("k", ports["k"], [ext_authz("sidecar")]),
+                    listener("m", ports["m"], [ext_authz("direct_floor")]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
@@ -386,6 +390,7 @@ def main() -> None:
                     cluster("nolog", ports["nolog"]),
                     cluster("native_nolog", ports["native_nolog"]),
                     cluster("sidecar", sidecar_socket),
+                    cluster("direct_floor", ports["direct_floor"]),
                 ],
             },
         }
@@ -399,6 +404,9 @@ def main() -> None:
             floor = subprocess.Popen([py, str(ROOT / "bench/floor_server.py"), str(ports["floor"])])
             native_floor = subprocess.Popen(
                 [py, str(ROOT / "bench/floor_server.py"), str(ports["native_floor"]), "native"]
+            )
+            direct_floor = subprocess.Popen(
+                [py, str(ROOT / "bench/floor_server.py"), str(ports["direct_floor"]), "direct"]
             )
             native = serve(authz_config("native", ports["native"], 10_000, transport="native"))
             warm = serve(authz_config("warm", ports["warm"], 10_000))
@@ -423,7 +431,8 @@ def main() -> None:
             native_nolog = serve(
                 authz_config("native_nolog", ports["native_nolog"], 10_000, transport="native", log=False)
             )
-            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog, envoy]
+            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog]
+            procs += [direct_floor, envoy]
             time.sleep(4)
             servers = {
                 "c": floor,
@@ -435,6 +444,7 @@ def main() -> None:
                 "j": nolog,
                 "k": sidecar,
                 "l": native_nolog,
+                "m": direct_floor,
             }
             work = {
                 "a": ("/", None),
@@ -449,6 +459,7 @@ def main() -> None:
                 "j": ("/internal/jobs", jwt_svid),
                 "k": ("/internal/jobs", jwt_svid),
                 "l": ("/internal/jobs", jwt_svid),
+                "m": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -498,6 +509,7 @@ def main() -> None:
         "j": "Envoy + ext-authz, warm, decision log off",
         "k": "Envoy + ext-authz sidecar: unix socket, transport auto (native)",
         "l": "Envoy + ext-authz, warm, transport: native, decision log off",
+        "m": "Envoy + allow-all on pygrpc-native, Check answered from the batch (direct floor)",
     }
     table = {}
     for k in CONFIGS:
@@ -535,6 +547,8 @@ def main() -> None:
             table["h"]["cpu_us_per_check"] / table["l"]["cpu_us_per_check"], 3
         ),
         "cpu k/g": round(table["k"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
+        "cpu m/g": round(table["m"]["cpu_us_per_check"] / table["g"]["cpu_us_per_check"], 3),
+        "cpu k/m": round(table["k"]["cpu_us_per_check"] / table["m"]["cpu_us_per_check"], 3),
         "k/b": round(table["k"]["rps"] / table["b"]["rps"], 3),
         "h/b": round(table["h"]["rps"] / table["b"]["rps"], 3),
     }

@@ -1,6 +1,8 @@
 """The Python floor: a minimal allow-all ext_authz server (what any Python authorizer costs).
 
-`floor_server.py PORT [grpcio|native]`: on grpc.aio (the default), or on pygrpc-native.
+`floor_server.py PORT [grpcio|native|direct]`: on grpc.aio (the default), on pygrpc-native, or on
+pygrpc-native with Check answered from its batch callback as ext-authz's `transport: native` does
+(serve/native.py): the floor of that path, without its task per call.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, OkHttpRespons
 from google.rpc.status_pb2 import Status
 
 _OK = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse())
+_OK_BYTES = _OK.SerializeToString()
 
 
 class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -23,10 +26,16 @@ class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[mi
 
 
 async def main(port: int, transport: str) -> None:
+    server: Any
     if transport == "native":  # the same servicer behind pygrpc-native's Rust HTTP/2 front
         import pygrpc_native.aio
 
         server = pygrpc_native.aio.server()
+    elif transport == "direct":
+        from ext_authz.serve.native import NativeServer
+
+        server = NativeServer(())
+        server.answer_check_with(lambda request: _OK_BYTES)  # parsed, as any authorizer must
     else:
         server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
