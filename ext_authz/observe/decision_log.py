@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from ..model import Decision, Principal, RequestContext, ShadowResult, path_without_query
+from ..model import Decision, Principal, RequestContext, ShadowResult
 from ..settings import DEFAULT_REDACT_HEADERS
 from ..trust.revision import Revision
 
@@ -71,11 +71,6 @@ class Redactor:
 
     def headers_map(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {k: self.header(k, v) for k, v in headers.items() if k not in _SKIP and not k.startswith(":")}
-
-    @staticmethod
-    def path(path: str) -> str:
-        """The path alone: no query string, no fragment."""
-        return path_without_query(path)
 
 
 # A record's sections that are the same from Check to Check, kept both as values (for the live stream
