@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation fuzz soak bench-rss tools spire helm istioctl
+.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation bench-receive-limit fuzz soak bench-rss tools spire helm istioctl
 
 venv: $(STAMP)
 
@@ -68,7 +68,7 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/fuzz/test_properties.py
 
 # Benchmarks measure; tests never time things. Results land in bench/results/.
-bench: bench-micro bench-hostile bench-envoy bench-propagation
+bench: bench-micro bench-hostile bench-envoy bench-propagation bench-receive-limit
 
 # Debian's h2load (nghttp2-client) drives the Envoy comparison.
 bench-envoy: venv
@@ -79,6 +79,10 @@ bench-envoy: venv
 
 bench-micro: venv
 	$(PY) bench/micro.py
+
+# What grpcio and pygrpc-native hold for requests over their receive limit (why auto keeps native off TCP).
+bench-receive-limit: venv
+	$(PY) bench/receive_limit.py
 
 # The worst Check across hostile inputs within the limits, beside a normal one (target: none over 10 ms).
 bench-hostile: venv
