@@ -1,13 +1,13 @@
 """What a server holds for a request over its receive limit: grpcio against pygrpc-native.
 
 `make bench-receive-limit` (or `python bench/receive_limit.py [MiB] [at once]`). Each transport serves
-Check with `grpc.max_receive_message_length` at 1 MiB, the way ext-authz's `check_server` sets a limit;
-a client sends requests of MiB mebibytes (default 256), several at once (default 4), and the server's
-peak RSS (VmHWM) is read before and after. grpcio refuses on the gRPC length prefix; pygrpc-native
-0.5 reads the whole message before its Python side compares it with the limit, which is why
-`transport: auto` keeps native to unix sockets (README, Threat model and Performance). The day
-pygrpc-native refuses on the prefix too, its growth here drops to a few MiB, and auto can take native
-on TCP. Results go to bench/results/receive_limit.{json,md}.
+Check (bench/floor_server.py's allow-all) with `grpc.max_receive_message_length` at 1 MiB, the way
+ext-authz's `check_server` sets a limit; a client sends requests of MiB mebibytes (default 256),
+several at once (default 4), and the server's peak RSS (VmHWM) is read before and after. grpcio
+refuses on the gRPC length prefix; pygrpc-native 0.5 reads the whole message before its Python side
+compares it with the limit, which is why `transport: auto` keeps native to unix sockets (README,
+Threat model and Performance). The day pygrpc-native refuses on the prefix too, its growth here drops
+to a few MiB, and auto can take native on TCP. Results go to bench/results/receive_limit.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,32 +28,6 @@ from ext_authz.serve.http import free_port  # noqa: E402
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 LIMIT = 1 << 20
-
-_SERVER = """
-import asyncio, sys
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
-
-class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):
-    async def Check(self, request, context):
-        return CheckResponse()
-
-async def main(port, transport):
-    options = [("grpc.max_receive_message_length", int(sys.argv[3]))]
-    if transport == "native":
-        import pygrpc_native.aio
-        server = pygrpc_native.aio.server(options=options)
-    else:
-        server = grpc.aio.server(options=options)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print("ready", flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
-"""
 
 
 def peak_mib(pid: int) -> float:
@@ -80,11 +54,13 @@ async def send(port: int, size: int, count: int) -> list[str]:
 
 def measure(transport: str, mib: int, count: int) -> dict[str, object]:
     port = free_port()
+    # The allow-all floor of `make bench-envoy`, with the receive limit ext-authz's check_server sets.
     server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(port), transport, str(LIMIT)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(ROOT / "bench/floor_server.py"), str(port), transport, str(LIMIT)]
     )
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
         before = peak_mib(server.pid)
         started = time.perf_counter()
         codes = asyncio.run(send(port, mib << 20, count))
