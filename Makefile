@@ -1,27 +1,63 @@
 # ext-authz — `make run` (demo: ext-authz + Envoy + upstream) and `make test` on a fresh machine.
+#
+# Every Python environment installs from uv.lock (exact versions and hashes), with a pinned uv that is
+# itself installed with pip --require-hashes (tools/uv/requirements.txt). pyproject.toml keeps the ranges
+# library users need; `make lock` moves the lock within them, `make test-latest` tries the newest.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-e2e lint typecheck venv protos clean system-deps bench bench-micro bench-hostile bench-envoy bench-propagation bench-receive-limit fuzz soak bench-rss tools spire helm istioctl
+TOOLS_DIR := $(or $(EXT_AUTHZ_TOOLS_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ext-authz/tools)
+UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' tools/uv/requirements.txt)
+UV_HOME := $(TOOLS_DIR)/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+# uv uses the machine's Python (3.11+) and never downloads one; the venv is always ./.venv.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_NO_PROGRESS := 1
+
+# Run as root (CI, containers) or through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL = $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+
+.PHONY: run test test-unit test-e2e test-latest prepare lock lint typecheck venv protos envoy-protos clean \
+        system-deps bench bench-micro bench-hostile bench-envoy bench-propagation bench-receive-limit fuzz soak \
+        bench-rss tools spire helm istioctl dist docs docs-serve uv-pin
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
-	  rm -rf $(VENV); \
+# uv itself: once per version, into the tools cache, verified by hash. A Debian without python3-venv gets it.
+$(UV): tools/uv/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required (found: $$($(PYTHON) --version 2>&1)); set PYTHON=python3.X" >&2; exit 1; }
+	@echo "installing uv $(UV_VERSION) into $(UV_HOME) (pinned with hashes; a few seconds, once)"
+	@rm -rf $(UV_HOME).tmp && mkdir -p $(TOOLS_DIR)
+	@$(PYTHON) -m venv $(UV_HOME).tmp 2>/dev/null || { \
+	  rm -rf $(UV_HOME).tmp; \
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@# xds-protos (Envoy's API) ships old copies of opentelemetry's proto modules under the same paths:
-	@# whichever installs last wins. The OTLP exporter needs opentelemetry-proto's own.
-	$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps 'opentelemetry-proto==1.45.0'
+	  $(APT_INSTALL) python3-venv >/dev/null && $(PYTHON) -m venv $(UV_HOME).tmp; }
+	@$(UV_HOME).tmp/bin/python -m pip install -q --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --require-hashes -r tools/uv/requirements.txt
+	@rm -rf $(UV_HOME) && mv $(UV_HOME).tmp $(UV_HOME)
+
+# The development environment: the project (editable), both extras and every dependency group, exactly as
+# uv.lock says. A lock that no longer matches pyproject.toml is an error, never silently re-resolved.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(UV) lock --check -q 2>/dev/null || { echo "uv.lock is out of date with pyproject.toml: run 'make lock'" >&2; exit 1; }
+	@test -d $(VENV) || echo "installing the Python environment from uv.lock into $(VENV) (~1 min the first time, seconds after)"
+	@$(UV) sync --locked --all-extras -q
 	@touch $(STAMP)
+
+# Refresh uv.lock to the newest versions pyproject.toml allows (then run `make test` and commit the lock).
+lock: | $(UV)
+	$(UV) lock --upgrade
+	@$(MAKE) --no-print-directory venv
+
+# Move to another uv release: `make uv-pin UV_VERSION=X.Y.Z` rewrites tools/uv/requirements.txt from PyPI.
+uv-pin:
+	$(PYTHON) scripts/pin_uv.py $(UV_VERSION)
 
 # make run SPIRE=1: the same demo, with a real spire-server and spire-agent issuing the identities.
 run: venv $(if $(filter 1,$(SPIRE)),spire)
@@ -41,19 +77,45 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian's$$missing for the tests"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  echo "installing Debian's$$missing for the tests (~1 min)"; \
+	  $(APT_INSTALL) $$missing >/dev/null; \
 	fi
 
-test: venv system-deps tools
+# Everything the tests need, at once: the venv installs while the tools build and apt runs.
+prepare: | $(UV)
+	@$(MAKE) --no-print-directory -j4 --output-sync=line venv system-deps spire helm istioctl
+
+test: prepare
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: venv system-deps helm istioctl
-	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
+# Pure unit tests: nothing but the venv.
+test-unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-test-e2e: venv system-deps tools
+test-e2e: prepare
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+# The whole suite against the newest releases pyproject.toml allows, in .venv-latest (uv.lock is not
+# touched): a maintainer sees a breaking upstream release before users do. Not part of `make test`.
+test-latest: | $(UV)
+	@$(MAKE) --no-print-directory -j4 --output-sync=line system-deps spire helm istioctl
+	$(UV) venv -q --clear .venv-latest
+	$(UV) pip install -q --python .venv-latest --upgrade -e '.[native,tracing]' --group dev
+	@$(UV) pip list -q --python .venv-latest --format freeze | grep -iE '^(cryptography|grpcio|protobuf|spiffe|joserfc|pydantic|redis|cel-expr-python)=' | tr '\n' ' '; echo
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
+
+# A wheel and an sdist in dist/, with their metadata checked.
+dist: venv
+	rm -rf dist
+	$(UV) build -q --out-dir dist
+	$(VENV)/bin/twine check --strict dist/*
+
+# The documentation site (MkDocs + Material) into site/; a broken link or a page outside the nav is an error.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: venv
+	$(VENV)/bin/mkdocs serve
 
 # Longer fuzzing than `make test` does: every atheris target for FUZZ_SECONDS, then hypothesis with many
 # more examples. Findings are written to fuzz-findings/ (crash-* inputs reproduce with the same command).
@@ -72,9 +134,7 @@ bench: bench-micro bench-hostile bench-envoy bench-propagation bench-receive-lim
 
 # Debian's h2load (nghttp2-client) drives the Envoy comparison.
 bench-envoy: venv
-	@command -v h2load >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq nghttp2-client >/dev/null; fi; }
+	@command -v h2load >/dev/null 2>&1 || $(APT_INSTALL) nghttp2-client >/dev/null
 	$(PY) bench/envoy_bench.py
 
 bench-micro: venv
@@ -100,16 +160,23 @@ bench-propagation: venv system-deps
 	$(PY) bench/propagation.py 200
 
 lint: venv
-	$(VENV)/bin/ruff check ext_authz tests
-	$(VENV)/bin/ruff format --check ext_authz tests
+	$(VENV)/bin/ruff check ext_authz tests bench scripts
+	$(VENV)/bin/ruff format --check ext_authz tests bench scripts
 	$(VENV)/bin/mypy
 
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# Our admin API: protos/ → ext_authz/_proto/ (committed). Envoy stubs come from the xds-protos wheel.
+# Our admin API and the few Envoy protos Check needs → ext_authz/_proto/ (committed; a test regenerates).
 protos: venv
 	$(PY) scripts/gen_protos.py
 
+# The Envoy API files Check needs, as descriptors taken from this xds-protos release in a throwaway
+# environment (ext-authz does not depend on it), then compiled by `make protos`.
+XDS_PROTOS_VERSION := 1.85.0
+envoy-protos: | $(UV)
+	$(UV) run -q --no-project --isolated --with 'xds-protos==$(XDS_PROTOS_VERSION)' python scripts/envoy_descriptors.py
+	@$(MAKE) --no-print-directory protos
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info demo
+	rm -rf $(VENV) .venv-latest .mypy_cache .ruff_cache .pytest_cache build dist site *.egg-info demo

@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, OkHttpResponse
 from google.rpc.status_pb2 import Status
+
+from ext_authz._proto.envoy import external_auth_pb2_grpc
+from ext_authz._proto.envoy.external_auth_pb2 import CheckResponse, OkHttpResponse
 
 _OK = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse())
 _OK_BYTES = _OK.SerializeToString()

@@ -44,8 +44,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
-from envoy.config.core.v3.base_pb2 import HeaderValue
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+from ext_authz._proto.envoy.base_pb2 import HeaderValue
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -21,9 +21,10 @@ from typing import Any
 
 import grpc
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from joserfc.jwk import ECKey
+
+from ext_authz._proto.envoy import external_auth_pb2_grpc
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -19,7 +19,8 @@ from typing import Any
 
 import grpc
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

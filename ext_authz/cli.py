@@ -138,8 +138,9 @@ def _decision_json(decision: Any, response: Any) -> dict[str, Any]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
     from google.protobuf import json_format
+
+    from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
     from .envoy.normalize import normalize
     from .envoy.render import render

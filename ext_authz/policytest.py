@@ -33,7 +33,8 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import yaml
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 from .envoy.normalize import normalize
 from .errors import AuthzError

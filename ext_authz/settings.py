@@ -830,8 +830,10 @@ class TracingSettings(Section):
                 importlib.import_module(module)
             except ImportError as exc:
                 hint = ""
-                if "opentelemetry.proto" in str(exc):  # xds-protos overwrote opentelemetry-proto's files
-                    hint = "; then: pip install --force-reinstall --no-deps opentelemetry-proto==1.45.0"
+                if "opentelemetry.proto" in str(exc):
+                    # xds-protos (which ext-authz 0.1 needed) ships old copies of these files: an
+                    # environment that had it may still hold them, or lack them once it was removed
+                    hint = "; then: pip install --force-reinstall --no-deps opentelemetry-proto"
                 raise ValueError(
                     f"tracing needs the extra: pip install 'ext-authz[tracing]'{hint} ({module}: {exc})"
                 ) from exc

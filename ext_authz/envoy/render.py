@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
-from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
-from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue
 from google.rpc.status_pb2 import Status
+
+from ext_authz._proto.envoy.base_pb2 import HeaderValue, HeaderValueOption
+from ext_authz._proto.envoy.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
+from ext_authz._proto.envoy.http_status_pb2 import HttpStatus, StatusCode
 
 from ..model import Decision
 
@@ -177,7 +178,7 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
             message=s.reason,
         ),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=s.status), headers=headers, body=body + "\n"
+            status=HttpStatus(code=cast(StatusCode, s.status)), headers=headers, body=body + "\n"
         ),
         dynamic_metadata=_metadata(s, decision_id),
     )

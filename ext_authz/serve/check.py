@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+from ext_authz._proto.envoy import external_auth_pb2, external_auth_pb2_grpc
 
 from ..envoy.normalize import normalize
 from ..envoy.render import render_wire

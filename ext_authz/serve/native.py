@@ -33,9 +33,10 @@ from typing import Any
 
 import grpc
 import pygrpc_native.aio
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf.message import DecodeError
 from pygrpc_native._native import EVENT_CALL
+
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 from .check import AUTH_SERVICE, CheckFailed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 
 def leaf_and_chain(demo: Path, workload: str) -> tuple[str, str]:

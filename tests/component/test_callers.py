@@ -18,10 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 from ext_authz.dev import pki
 from ext_authz.dev.demo import BACKEND_ID
 from ext_authz.serve.http import free_port

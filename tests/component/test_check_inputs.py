@@ -9,8 +9,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest, CheckResponse
 from tests.component.checkreq import check_request, leaf_and_chain
 from tests.component.test_server import Running
 from tests.component.test_streams import sample, scrape, start

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
 

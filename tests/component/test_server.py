@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ext_authz._proto.envoy import external_auth_pb2_grpc
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz.clock import Clock
 from ext_authz.dev import pki
 from ext_authz.loader import load_engine

@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.protobuf import json_format
 
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
 from tests.waiting import until_sync

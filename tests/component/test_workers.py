@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 from ext_authz.serve.workers import aggregate_metrics
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from ext_authz._proto.envoy import external_auth_pb2_grpc
 from ext_authz.dev.stack import Ports, Stack
 from tests.component.checkreq import check_request
 from tests.conftest import REPO

@@ -18,9 +18,9 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf.message import DecodeError
 
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz.config import parse_settings
 from ext_authz.dev.demo import init_demo
 from ext_authz.envoy.normalize import normalize

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz.dev.demo import WORKLOADS, init_demo, leaf_expiry
 from ext_authz.envoy.normalize import normalize
 from ext_authz.loader import load_engine

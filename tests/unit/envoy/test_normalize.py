@@ -7,10 +7,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from envoy.config.core.v3.base_pb2 import HeaderValue
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 
+from ext_authz._proto.envoy.base_pb2 import HeaderValue
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz.dev import pki
 from ext_authz.envoy.normalize import normalize
 from ext_authz.envoy.xfcc import (

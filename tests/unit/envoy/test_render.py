@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from google.protobuf import json_format
 
+from ext_authz._proto.envoy.external_auth_pb2 import CheckResponse
 from ext_authz.envoy.render import IDENTITY_HEADERS, render, render_wire
 from ext_authz.model import Decision, Identity, Principal, ShadowResult
 
