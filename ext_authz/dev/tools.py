@@ -27,7 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TOOLS", "Binary", "Tool", "ToolError", "bin_dir", "build", "cache_root", "executable"]
+__all__ = [
+    "TOOLS",
+    "Binary",
+    "Tool",
+    "ToolError",
+    "bin_dir",
+    "build",
+    "cache_root",
+    "executable",
+    "uv_executable",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_SRC = REPO / "tools"
@@ -176,6 +186,20 @@ def _go_build(go: str, tool: Tool, b: Binary, out: Path, *, log: bool) -> None:
 def executable(tool: str, binary: str) -> Path:
     """The path of one binary of a tool, built if needed."""
     return build(tool) / binary
+
+
+def uv_executable() -> Path:
+    """The pinned uv that `make` installs into the tools cache (tools/uv/requirements.txt)."""
+    pinned = (TOOLS_SRC / "uv" / "requirements.txt").read_text()
+    version = next(
+        (line.split("==")[1].split()[0] for line in pinned.splitlines() if line.startswith("uv==")), None
+    )
+    if version is None:
+        raise ToolError("tools/uv/requirements.txt pins no uv version")
+    uv = cache_root() / f"uv-{version}" / "bin" / "uv"
+    if not os.access(uv, os.X_OK):
+        raise ToolError(f"uv {version} is not installed at {uv}: run `make venv`")
+    return uv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
