@@ -112,7 +112,7 @@ dist: venv
 
 # The documentation site (MkDocs + Material) into site/; a broken link or a page outside the nav is an error.
 docs: venv
-	$(VENV)/bin/mkdocs build --strict --quiet
+	$(VENV)/bin/mkdocs build --strict
 
 docs-serve: venv
 	$(VENV)/bin/mkdocs serve

@@ -5,8 +5,8 @@ Check (bench/floor_server.py's allow-all) with `grpc.max_receive_message_length`
 ext-authz's `check_server` sets a limit; a client sends requests of MiB mebibytes (default 256),
 several at once (default 4), and the server's peak RSS (VmHWM) is read before and after. grpcio
 refuses on the gRPC length prefix; pygrpc-native 0.5 reads the whole message before its Python side
-compares it with the limit, which is why `transport: auto` keeps native to unix sockets (README,
-Threat model and Performance). The day pygrpc-native refuses on the prefix too, its growth here drops
+compares it with the limit, which is why `transport: auto` keeps native to unix sockets (docs/threat-model.md
+and docs/performance.md). The day pygrpc-native refuses on the prefix too, its growth here drops
 to a few MiB, and auto can take native on TCP. Results go to bench/results/receive_limit.{json,md}.
 """
 

@@ -105,7 +105,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not engine.policy.reading("grants"):
         print(
             "warning: no enforced rule reads `grants`: just-in-time grants change no decision"
-            " (see the README, 'Just-in-time grants')",
+            " (see docs/continuous-trust.md, 'Just-in-time grants')",
             file=sys.stderr,
         )
     return 0

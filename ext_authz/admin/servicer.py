@@ -279,7 +279,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if not engine.policy.reading("grants"):
                 warnings.append(
                     "no enforced rule reads `grants`: this grant changes no decision until one does"
-                    " (see the README, 'Just-in-time grants')"
+                    " (see docs/continuous-trust.md, 'Just-in-time grants')"
                 )
             return pb.CreateGrantResponse(grant=grant_pb(g), warnings=warnings)
 

@@ -90,8 +90,8 @@ rules:
 
 POLICY_TESTS = """\
 # Policy tests for the demo policy: `ext-authz test {dir}/policy-tests.yaml` (exit 0: all pass).
-# Identities here are taken as verified: these tests are about policy, not key material (see the README,
-# "Policy tests"); the last case verifies a real token against the config's trust.
+# Identities here are taken as verified: these tests are about policy, not key material (see
+# docs/policy-tests.md); the last case verifies a real token against the config's trust.
 config: config.yaml
 tests:
   - name: the frontend reads the API on the mesh listener

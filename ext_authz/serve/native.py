@@ -4,7 +4,7 @@ pygrpc-native's Rust front reads HTTP/2 and gRPC outside the GIL and hands calls
 (one event-loop callback per batch). Its ``grpc.aio`` server then gives each call a call object, a
 context, a task and a coroutine, and serializes the response through the method handler: about 40 µs
 of CPU per call on this repository's bench VM, a quarter of an allow-all Check through Envoy
-(README, Performance). Check needs none of it: ``AuthorizationServicer.answer`` is synchronous, takes
+(docs/performance.md). Check needs none of it: ``AuthorizationServicer.answer`` is synchronous, takes
 no metadata and sets none, and never waits. So this server answers Check calls itself, in the batch
 callback, with the checks the aio path makes first (a message over the receive limit is
 RESOURCE_EXHAUSTED, one that does not parse is INTERNAL, as in grpcio and pygrpc-native), and hands

@@ -9,7 +9,7 @@ a ``delete`` entry nobody with the key made. Without a key (memory, or SQLite wi
 carry no MAC and only their shape is checked.
 
 What a MAC cannot stop: someone with write access to the store can delete or replay records that were
-validly written (see the README's threat model); keep them out with Redis AUTH, TLS and a network policy.
+validly written (see docs/threat-model.md); keep them out with Redis AUTH, TLS and a network policy.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The README's shell examples that run offline, run as printed (from the repository root, with the
-demo written where the README says): policy tests, the cookbook, the config error example, promtool.
-The demo walkthrough (make run's printed commands) is tested in tests/e2e/test_demo_walkthrough.py."""
+"""The documentation's shell examples that run offline, run as printed (from the repository root, with
+the demo written where the docs say): policy tests and the cookbook (docs/policy-tests.md), the config
+error example (docs/configuration.md), promtool (docs/observing.md). The demo walkthrough (make run's
+printed commands) is tested in tests/e2e/test_demo_walkthrough.py."""
 
 from __future__ import annotations
 
@@ -17,14 +18,20 @@ import pytest
 from ext_authz.dev.demo import init_demo
 from tests.conftest import REPO
 
-README = (REPO / "README.md").read_text()
 BIN = Path(sys.executable).parent  # ext-authz is installed beside the interpreter
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end > 0 else None]
+def page(name: str) -> str:
+    """A page of the documentation site: docs/NAME.md."""
+    return (REPO / "docs" / f"{name}.md").read_text()
+
+
+def section(name: str, title: str) -> str:
+    """The `## title` section of docs/NAME.md, up to the next `## ` heading."""
+    text = page(name)
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
 
 
 def sh_blocks(text: str) -> list[str]:
@@ -60,7 +67,7 @@ def repo_with_demo(tmp_path: Path) -> Path:
 
 
 def test_the_policy_test_commands_run_as_printed(repo_with_demo: Path) -> None:
-    cmds = [c for b in sh_blocks(section("Policy tests")) for c in commands(b)]
+    cmds = [c for b in sh_blocks(page("policy-tests")) for c in commands(b)]
     assert len(cmds) == 3 and all(c.startswith("ext-authz test ") for c in cmds)
     for line in cmds:
         res = run(line, repo_with_demo)
@@ -70,7 +77,7 @@ def test_the_policy_test_commands_run_as_printed(repo_with_demo: Path) -> None:
 
 
 def test_the_test_file_example_runs_against_the_demo(repo_with_demo: Path) -> None:
-    example = re.search(r"A test file:\n\n```yaml\n(.*?)```", section("Policy tests"), re.S)
+    example = re.search(r"```yaml\n(.*?)```", section("policy-tests", "A test file"), re.S)
     assert example
     path = repo_with_demo / "demo" / "readme-test.yaml"
     path.write_text(example.group(1))
@@ -89,7 +96,7 @@ def test_the_cookbook_has_ten_policies_each_tested() -> None:
 
 
 def test_the_config_error_example_is_what_validate_prints(tmp_path: Path) -> None:
-    block = re.search(r"```\n\$ (ext-authz validate bad\.yaml)\n(.*?)\n```", README)
+    block = re.search(r"```\n\$ (ext-authz validate bad\.yaml)\n(.*?)\n```", page("configuration"))
     assert block
     (tmp_path / "bad.yaml").write_text("rules:\n  - name: r\n    effect: maybe\n")
     res = run(block.group(1), tmp_path)
@@ -98,6 +105,6 @@ def test_the_config_error_example_is_what_validate_prints(tmp_path: Path) -> Non
 
 
 def test_the_promtool_command_runs_as_printed() -> None:
-    (line,) = re.findall(r"`(promtool test rules [^`]+)`", README)
+    (line,) = re.findall(r"`(promtool test rules [^`]+)`", page("observing"))
     res = run(line, REPO)
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr

@@ -1,4 +1,4 @@
-"""README.md, "Migrating from OPA-Envoy": each rewritten policy (a YAML block after an
+"""docs/migrating-from-opa-envoy.md: each rewritten policy (a YAML block after an
 `<!-- opa-example: NAME -->` marker) is loaded by ext-authz and decides the requests the text says as it
 says. The examples' identities are SPIFFE IDs Envoy verified (`mtls.source: principal`, as under Istio)
 and tokens of a test issuer standing in for https://idp.example.com."""
@@ -23,7 +23,7 @@ from ext_authz.loader import load_engine
 from ext_authz.pipeline import Caches, Engine, decide
 from tests.conftest import REPO
 
-SECTIONS = REPO / "README.md"
+SECTIONS = REPO / "docs" / "migrating-from-opa-envoy.md"
 NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://idp.example.com"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
