@@ -80,12 +80,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if worker_index() is None and cfg.workers > 1:
         from .serve.workers import Supervisor
 
-        return asyncio.run(Supervisor(Path(args.config), cfg).run())
+        return asyncio.run(Supervisor(Path(args.config), cfg, ready_file=args.ready_file).run())
+    ready = Path(args.ready_file) if args.ready_file else None
     if cfg.event_loop == "uvloop":
         import uvloop
 
-        return int(uvloop.run(serve(Path(args.config))))
-    return asyncio.run(serve(Path(args.config)))
+        return int(uvloop.run(serve(Path(args.config), ready)))
+    return asyncio.run(serve(Path(args.config), ready))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -458,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve Envoy's ext_authz gRPC API")
     p.add_argument("--config", "-c", required=True, help="configuration file (YAML)")
+    p.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="once ready, write where each listener is bound as JSON ({pid, check, http, admin}): a TCP"
+        " port 0 in the config becomes the port taken. Removed when the server stops",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(

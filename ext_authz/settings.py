@@ -1083,6 +1083,11 @@ class Settings(Section):
             raise _KeyError(
                 "workers", "several workers share a TCP port (SO_REUSEPORT); listen is a unix socket"
             )
+        if self.workers > 1 and self.listen.endswith(":0"):
+            raise _KeyError(
+                "workers",
+                "several workers share one TCP port: listen must name it (port 0 would give each its own)",
+            )
         if self.event_loop == "uvloop" and not _installed("uvloop"):
             raise _KeyError("event_loop", "uvloop is not installed; install it or use asyncio")
         if self.transport == "native" and not _installed("pygrpc_native"):

@@ -1,14 +1,18 @@
 """A real redis-server for tests, on a free loopback port, with persistence (AOF) in a temp dir; with
-``secure=True`` it speaks only TLS (a CA and server certificate made here) and requires a password."""
+``secure=True`` it speaks only TLS (a CA and server certificate made here) and requires a password.
+
+redis-server cannot bind port 0 and say which port it took, so a port is chosen free and the start is
+retried with another when something else took it meanwhile (redis-server logs "Address already in use"
+and exits). Ready means its own log says so, never merely that something answers on the port."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,34 @@ import pytest
 
 from ext_authz.dev import pki
 from ext_authz.serve.http import free_port
+
+ATTEMPTS = 5
+
+
+def launch(
+    argv_for: Callable[[int], list[str]], log: Path, port: int | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start redis-server on ``port``, or on a free one (another, if it is taken before redis binds it).
+    Returns once this process logged that it accepts connections."""
+    for _ in range(ATTEMPTS if port is None else 1):
+        chosen = port or free_port()
+        offset = log.stat().st_size if log.exists() else 0
+        proc = subprocess.Popen(argv_for(chosen), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")[offset:] if log.exists() else ""
+            if "Ready to accept connections" in text and proc.poll() is None:
+                return proc, chosen
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        else:
+            proc.kill()
+            proc.wait()
+            raise TimeoutError("redis-server did not start")
+        if "Address already in use" not in text:
+            raise RuntimeError(f"redis-server exited: {text[-500:]}")
+    raise RuntimeError(f"redis-server: the port was taken {ATTEMPTS} times over")
 
 
 def redis_binary(name: str = "redis-server") -> str:
@@ -30,7 +62,7 @@ def redis_binary(name: str = "redis-server") -> str:
 class RedisServer:
     def __init__(self, directory: Path, port: int | None = None, *, secure: bool = False) -> None:
         self.dir = directory
-        self.port = port or free_port()
+        self.port = port or 0  # chosen at the first start, then kept (a restart comes back on it)
         self.secure = secure
         self.proc: subprocess.Popen[bytes] | None = None
         self.password = secrets.token_urlsafe(24) if secure else ""
@@ -74,6 +106,9 @@ class RedisServer:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc, self.port = launch(self._argv, self.dir / "redis.log", self.port or None)
+
+    def _argv(self, port: int) -> list[str]:
         argv = [
             redis_binary(),
             "--bind",
@@ -98,7 +133,7 @@ class RedisServer:
                 "--port",
                 "0",
                 "--tls-port",
-                str(self.port),
+                str(port),
                 "--tls-cert-file",
                 str(self.dir / "server.pem"),
                 "--tls-key-file",
@@ -111,17 +146,8 @@ class RedisServer:
                 self.password,
             ]
         else:
-            argv += ["--port", str(self.port)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-500:]}")
-            time.sleep(0.02)
-        raise TimeoutError("redis-server did not start")
+            argv += ["--port", str(port)]
+        return argv
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

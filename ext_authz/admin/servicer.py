@@ -25,6 +25,7 @@ from .._proto import admin_pb2_grpc
 from ..errors import StateError
 from ..observe.decision_log import encode
 from ..observe.stream import DecisionFilter
+from ..serve.http import with_port
 from ..serve.peers import PeerRefused, SvidPeers, files_identity, tls_server_credentials
 from ..settings import TlsFiles
 from ..state import commands
@@ -489,8 +490,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
 async def start_admin_server(
     runtime: Runtime, peers: SvidPeers | None
-) -> tuple[grpc.aio.Server, AdminServicer]:
-    """The admin API on ``admin_listen``: a unix socket created 0600, or TCP with TLS (``peers`` given)."""
+) -> tuple[grpc.aio.Server, AdminServicer, str]:
+    """The admin API on ``admin_listen``: a unix socket created 0600, or TCP with TLS (``peers`` given).
+    Returns the server, its servicer and the address it is bound to (a TCP port 0 resolved)."""
     cfg = runtime.engine.config
     addr = cfg.admin_listen
     server = grpc.aio.server()
@@ -508,6 +510,7 @@ async def start_admin_server(
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        bound = addr
     else:
         admin = cfg.admin
         assert admin.cert is not None and admin.key is not None  # the settings require both for TCP
@@ -521,7 +524,8 @@ async def start_admin_server(
             domains,
             admin.client_ca,
         )
-        server.add_secure_port(addr, creds)
+        port = server.add_secure_port(addr, creds)
         await server.start()
-    log.info("admin API on %s", addr)
-    return server, servicer
+        bound = with_port(addr, port)
+    log.info("admin API on %s", bound)
+    return server, servicer, bound

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
 from .check import AUTH_SERVICE, AuthorizationServicer, add_to_server
 from .health import serve_health, watch_state_health
+from .http import bound_address, with_port
 from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
 from .runtime import Runtime
@@ -120,6 +122,8 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_cut = asyncio.Event()
         self.bound_port = 0
+        # Where each listener is bound once started (a TCP port 0 resolved): check, http, admin.
+        self.addresses: dict[str, str] = {}
         self.admin: grpc.aio.Server | None = None
         self.admin_servicer: AdminServicer | None = None
         self._socket: tuple[Path, int] | None = None  # a unix-socket Check port and its mode
@@ -179,6 +183,9 @@ class Server:
                     listen,
                 )
             self.bound_port = self.grpc.add_insecure_port(listen)
+        self.addresses["check"] = (
+            listen if listen.startswith("unix://") else with_port(listen, self.bound_port)
+        )
 
     async def start(self) -> None:
         """Everything up, or nothing left running: a start that fails part way stops what it began."""
@@ -206,7 +213,9 @@ class Server:
             admin_peers = None
             if not cfg.admin_listen.startswith("unix://"):
                 admin_peers = self._peers(lambda: self.runtime.engine.config.admin.allowed_spiffe_ids)
-            self.admin, self.admin_servicer = await start_admin_server(rt, admin_peers)
+            self.admin, self.admin_servicer, self.addresses["admin"] = await start_admin_server(
+                rt, admin_peers
+            )
             ss = cfg.shared_signals
             if ss.receivers or ss.transmitter is not None:  # one per host too: the store shares what it does
                 rt.ssf = SharedSignals(rt)
@@ -225,6 +234,7 @@ class Server:
             self.http = await asyncio.start_server(
                 lambda r, w: serve_health(self.runtime, r, w), host.strip("[]"), int(port)
             )
+            self.addresses["http"] = bound_address(self.http)
         # Config, trust bundles, state and policy are loaded: now we are ready.
         rt.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -234,7 +244,7 @@ class Server:
         loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
         log.info(
             "ext-authz serving Check on %s over %s on %s (revision %s)",
-            cfg.listen,
+            self.addresses["check"],
             cfg.check_transport,
             loop,
             rt.engine.revision,
@@ -310,7 +320,15 @@ def build_runtime(
     return runtime
 
 
-async def serve(config_path: Path) -> int:
+def write_ready_file(path: Path, addresses: dict[str, str]) -> None:
+    """``serve --ready-file``: once ready, where each listener is bound, as one JSON object, written
+    whole (a reader never sees half a file). A supervisor or a test that binds port 0 reads it back."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **addresses}) + "\n")
+    tmp.replace(path)
+
+
+async def serve(config_path: Path, ready_file: Path | None = None) -> int:
     try:
         engine = load_engine(config_path)
     except AuthzError as exc:
@@ -333,9 +351,19 @@ async def serve(config_path: Path) -> int:
         log.error("cannot start: %s", exc)
         return 3  # invalid input (the CLI's exit codes)
     signals = StopSignals(on_repeat=server.cut_drain)  # a second signal: no more waiting
-    log.info("ready: grpc %s, http %s", engine.config.listen, engine.config.http_listen)
+    log.info("ready: %s", ", ".join(f"{k} {v}" for k, v in server.addresses.items()))
+    if ready_file is not None:
+        try:
+            write_ready_file(ready_file, server.addresses)
+        except OSError as exc:
+            log.error("cannot write --ready-file %s: %s", ready_file, exc)
+            await server.stop(grace=0)
+            return 3  # invalid input (the CLI's exit codes)
     await signals.event.wait()
     log.info("signal received: draining (pid %d)", os.getpid())
+    if ready_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            ready_file.unlink()  # not ready any more: nobody should read these addresses now
     await server.stop(drain=signals.drain(server.runtime.engine.config))
     decision_log.close()
     return 0

@@ -18,11 +18,13 @@ __all__ = [
     "Request",
     "RequestHandler",
     "Response",
+    "bound_address",
     "forward",
     "free_port",
     "get",
     "serve_get",
     "serve_http",
+    "with_port",
 ]
 
 # path -> (status, body, content type)
@@ -210,6 +212,18 @@ def _forward_blocking(base: str, request: Request, timeout: float) -> Response:
 async def forward(base: str, request: Request, timeout: float = 10.0) -> Response:
     """Pass ``request`` on to ``base`` (a worker's http_listen) and its answer back."""
     return await asyncio.to_thread(_forward_blocking, base, request, timeout)
+
+
+def with_port(address: str, port: int) -> str:
+    """``HOST:PORT`` with the port a server was actually bound to (what port 0 became)."""
+    host = address.rpartition(":")[0]
+    return f"{host}:{port}"
+
+
+def bound_address(server: asyncio.Server) -> str:
+    """Where an asyncio server listens, as ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def free_port() -> int:

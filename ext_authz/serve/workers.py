@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,8 +28,8 @@ from prometheus_client.registry import Collector
 
 from ..observe.metrics import CONTENT_TYPE
 from ..settings import Settings
-from .app import WORKER_ENV, WORKER_HTTP_ENV, StopSignals
-from .http import Request, Response, forward, free_port, get, serve_http
+from .app import WORKER_ENV, WORKER_HTTP_ENV, StopSignals, write_ready_file
+from .http import Request, Response, bound_address, forward, get, serve_http
 
 __all__ = ["Supervisor", "aggregate_metrics"]
 
@@ -89,29 +91,54 @@ def aggregate_metrics(scrapes: list[str]) -> str:
 
 
 class Worker:
-    def __init__(self, index: int, config: Path) -> None:
+    """One serving process. Its private metrics/health port is a port 0 it reports in its ready file,
+    so no other process can take it between choosing and binding."""
+
+    def __init__(self, index: int, config: Path, run_dir: Path) -> None:
         self.index = index
         self.config = config
-        self.http = f"127.0.0.1:{free_port()}"
+        self.ready_file = run_dir / f"worker-{index}.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
     def start(self) -> None:
-        env = {**os.environ, WORKER_ENV: str(self.index), WORKER_HTTP_ENV: self.http}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ext_authz.cli", "serve", "--config", str(self.config)], env=env
-        )
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_file.unlink()  # a restarted worker reports its new port
+        env = {**os.environ, WORKER_ENV: str(self.index), WORKER_HTTP_ENV: "127.0.0.1:0"}
+        argv = [sys.executable, "-m", "ext_authz.cli", "serve", "--config", str(self.config)]
+        self.proc = subprocess.Popen([*argv, "--ready-file", str(self.ready_file)], env=env)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """What the worker reported once ready (empty before, and while it restarts)."""
+        try:
+            reported = json.loads(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        if self.proc is None or reported.get("pid") != self.proc.pid:
+            return {}
+        return {k: v for k, v in reported.items() if isinstance(v, str)}
+
+    @property
+    def http(self) -> str | None:
+        return self.addresses.get("http")
 
     async def get(self, path: str) -> tuple[int, str]:
-        return await get(f"http://{self.http}{path}", SCRAPE_DEADLINE)
+        http = self.http
+        if http is None:
+            return 0, "starting"
+        return await get(f"http://{http}{path}", SCRAPE_DEADLINE)
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, cfg: Settings) -> None:
+    def __init__(self, config_path: Path, cfg: Settings, ready_file: str | None = None) -> None:
         self.config_path = config_path
         self.cfg = cfg
-        self.workers = [Worker(i, config_path) for i in range(cfg.workers)]
+        self._run_dir = tempfile.TemporaryDirectory(prefix="ext-authz-workers-")
+        self.workers = [Worker(i, config_path, Path(self._run_dir.name)) for i in range(cfg.workers)]
         self.stopping = False
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.addresses: dict[str, str] = {}
 
     async def _page(self, path: str) -> tuple[int, str, str]:
         if path == "/metrics":
@@ -130,7 +157,10 @@ class Supervisor:
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def handle(request: Request) -> Response:
             if request.path.startswith(("/ssf/", "/.well-known/ssf-configuration")):
-                return await forward(f"http://{self.workers[0].http}", request)  # worker 0 runs SSF
+                ssf = self.workers[0].http  # worker 0 runs SSF
+                if ssf is None:
+                    return Response(503, "the worker serving this endpoint is starting\n")
+                return await forward(f"http://{ssf}", request)
             if request.method not in ("GET", "HEAD"):
                 return Response(405, "method not allowed\n", headers={"Allow": "GET"})
             code, body, ctype = await self._page(request.target)
@@ -145,10 +175,32 @@ class Supervisor:
         if self.cfg.http_listen:
             host, _, port = self.cfg.http_listen.rpartition(":")
             server = await asyncio.start_server(self._http, host.strip("[]"), int(port))
+            self.addresses["http"] = bound_address(server)
         signals = StopSignals()
-        stop = signals.event
         log.info("supervising %d workers on %s", len(self.workers), self.cfg.listen)
+        try:
+            return await self._supervise(signals, server)
+        finally:
+            if self.ready_file is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.ready_file.unlink()
+            self._run_dir.cleanup()
+
+    def _report_ready(self) -> None:
+        """Once every worker is up: the shared Check port, this http_listen and worker 0's admin API."""
+        if self.ready_file is None or "check" in self.addresses:
+            return
+        reported = [w.addresses for w in self.workers]
+        if all(reported):
+            self.addresses["check"] = reported[0]["check"]
+            if "admin" in reported[0]:
+                self.addresses["admin"] = reported[0]["admin"]
+            write_ready_file(self.ready_file, self.addresses)
+
+    async def _supervise(self, signals: StopSignals, server: asyncio.Server | None) -> int:
+        stop = signals.event
         while not stop.is_set():
+            self._report_ready()
             for w in self.workers:
                 if w.proc is not None and w.proc.poll() is not None:
                     w.restarts += 1

@@ -19,7 +19,6 @@ import yaml
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
 from ext_authz.admin import ACTOR_METADATA
-from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, start, write_config
 from tests.waiting import until
@@ -73,7 +72,7 @@ async def start_admin(demo: Path, dest: Path, **overrides: Any) -> Admin:
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     clock = MovableClock()
     running = await start(cfg_path, clock=clock)
-    admin_channel = grpc.aio.insecure_channel(running.runtime.engine.config.admin_listen)
+    admin_channel = grpc.aio.insecure_channel(running.server.addresses["admin"])
     return Admin(running, clock, admin_pb2_grpc.AdminStub(admin_channel), admin_channel)
 
 
@@ -410,11 +409,10 @@ async def test_watch_revocations_streams_changes(admin: Admin) -> None:
 
 
 async def test_tcp_admin_requires_mtls_and_an_allowed_spiffe_id(demo_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
     a = await start_admin(
         demo_dir,
         tmp_path,
-        admin_listen=f"127.0.0.1:{port}",
+        admin_listen="127.0.0.1:0",
         admin={
             "allowed_spiffe_ids": [FRONTEND],
             "cert": str(demo_dir / "envoy/server.pem"),
@@ -422,6 +420,7 @@ async def test_tcp_admin_requires_mtls_and_an_allowed_spiffe_id(demo_dir: Path, 
             "client_ca": str(demo_dir / "bundle/root.pem"),
         },
     )
+    port = a.running.server.addresses["admin"].rpartition(":")[2]
     try:
         root = (demo_dir / "bundle/root.pem").read_bytes()
 
@@ -457,17 +456,17 @@ async def test_tcp_admin_requires_mtls_and_an_allowed_spiffe_id(demo_dir: Path, 
 async def test_two_people_are_two_svids_over_tcp(demo_dir: Path, tmp_path: Path) -> None:
     """Over TCP each caller is the verified SPIFFE ID of its certificate: the opener cannot approve,
     whatever metadata it sends; another allowed SVID can."""
-    port = free_port()
     a = await start_admin(
         demo_dir,
         tmp_path,
-        admin_listen=f"127.0.0.1:{port}",
+        admin_listen="127.0.0.1:0",
         admin={
             "allowed_spiffe_ids": [FRONTEND, BILLING],
             "cert": str(demo_dir / "envoy/server.pem"),
             "key": str(demo_dir / "envoy/server.key"),
         },
     )
+    port = a.running.server.addresses["admin"].rpartition(":")[2]
     root = (demo_dir / "bundle/root.pem").read_bytes()
 
     def as_workload(name: str) -> grpc.aio.Channel:

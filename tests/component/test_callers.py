@@ -24,7 +24,6 @@ from ext_authz._proto import admin_pb2_grpc
 from ext_authz._proto.envoy import external_auth_pb2_grpc
 from ext_authz.dev import pki
 from ext_authz.dev.demo import BACKEND_ID
-from ext_authz.serve.http import free_port
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, start, write_config
 
@@ -50,7 +49,7 @@ async def tls(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Running]:
     cfg = write_config(
         demo_dir,
         tmp_path,
-        listen=f"localhost:{free_port()}",
+        listen="localhost:0",
         check={
             "tls": {"cert": str(demo_dir / "envoy/server.pem"), "key": str(demo_dir / "envoy/server.key")},
             "allowed_spiffe_ids": [BACKEND_ID],
@@ -66,7 +65,7 @@ async def tls(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Running]:
 async def call_check(
     r: Running, demo: Path, channel_creds: grpc.ChannelCredentials | None, **req: Any
 ) -> Any:
-    target = r.runtime.engine.config.listen
+    target = r.server.addresses["check"]
     channel = (
         grpc.aio.secure_channel(target, channel_creds) if channel_creds else grpc.aio.insecure_channel(target)
     )
@@ -145,11 +144,11 @@ async def test_plaintext_beyond_loopback_is_served_only_when_said_and_then_with_
     from ext_authz.errors import ConfigError
     from ext_authz.loader import load_engine
 
-    port = free_port()
     with pytest.raises(ConfigError, match=r"check\.plaintext"):
-        load_engine(write_config(demo_dir, tmp_path / "refused", listen=f"0.0.0.0:{port}"))
-    config = write_config(demo_dir, tmp_path / "said", listen=f"0.0.0.0:{port}", check={"plaintext": True})
+        load_engine(write_config(demo_dir, tmp_path / "refused", listen="0.0.0.0:0"))
+    config = write_config(demo_dir, tmp_path / "said", listen="0.0.0.0:0", check={"plaintext": True})
     r = await start(config)
+    port = r.server.bound_port
     try:
         assert any(
             rec.levelname == "WARNING" and "plaintext" in rec.getMessage() and "anyone" in rec.getMessage()
@@ -202,11 +201,10 @@ except PermissionError:
 
 @pytest.fixture
 async def tcp_admin(demo_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Running, int]]:
-    port = free_port()
     cfg = write_config(
         demo_dir,
         tmp_path,
-        admin_listen=f"localhost:{port}",
+        admin_listen="localhost:0",
         admin={
             # An operator of each trust domain: both roots are in the TLS handshake's pool.
             "allowed_spiffe_ids": [FRONTEND, "spiffe://other.org/ns/ops/sa/admin"],
@@ -222,7 +220,7 @@ async def tcp_admin(demo_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Runni
         },
     )
     r = await start(cfg)
-    yield r, port
+    yield r, int(r.server.addresses["admin"].rpartition(":")[2])
     await r.channel.close()
     await r.server.stop(0)
 

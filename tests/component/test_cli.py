@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ext_authz._proto.envoy import external_auth_pb2_grpc
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
+from tests.serving import spawn_serve
 
 CLI = [sys.executable, "-m", "ext_authz.cli"]
 
@@ -116,12 +117,9 @@ def test_serve_turns_not_serving_on_sigterm_then_exits(
     config = write_config(
         demo_dir, tmp_path, transport=transport, event_loop=event_loop, drain_delay="1500ms"
     )
-    listen = yaml.safe_load(config.read_text())["listen"]
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc, bound = spawn_serve(config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with grpc.insecure_channel(listen) as channel:
+        with grpc.insecure_channel(bound["check"]) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             health = health_pb2_grpc.HealthStub(channel)
             check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
@@ -151,12 +149,9 @@ def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
 
 def test_a_second_signal_cuts_the_drain_short(demo_dir: Path, tmp_path: Path) -> None:
     config = write_config(demo_dir, tmp_path, drain_delay="60s")
-    listen = yaml.safe_load(config.read_text())["listen"]
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc, bound = spawn_serve(config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with grpc.insecure_channel(listen) as channel:
+        with grpc.insecure_channel(bound["check"]) as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING

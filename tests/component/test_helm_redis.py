@@ -20,7 +20,6 @@ import yaml
 
 from ext_authz.clock import SystemClock
 from ext_authz.config import parse_settings
-from ext_authz.serve.http import free_port
 from ext_authz.settings import Settings
 from ext_authz.state.backends import open_log
 from ext_authz.state.backends.redis import RedisLog
@@ -28,7 +27,7 @@ from ext_authz.state.integrity import Sealer, load_key
 from ext_authz.state.records import Revocation
 from ext_authz.state.replica import Replica
 from tests.helm import CASES, RELEASE, Rendered, render
-from tests.redis_server import redis_binary
+from tests.redis_server import launch, redis_binary
 from tests.waiting import until, until_sync
 
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -46,7 +45,7 @@ def _secret(r: Rendered, name: str) -> dict[str, bytes]:
 class ChartRedis:
     def __init__(self, r: Rendered, root: Path) -> None:
         self.root = root
-        self.port = free_port()
+        self.port = 0  # chosen by launch() at start
         container: dict[str, Any] = r.container("redis")
         self.container = container
         secrets = {s["metadata"]["name"]: _secret(r, s["metadata"]["name"]) for s in r.of("Secret")}
@@ -71,7 +70,8 @@ class ChartRedis:
         text = text.replace("/tls/", f"{self.root}/tls/").replace("/data", f"{self.root}/data")
         return re.sub(r"\b6379\b", str(self.port), text)
 
-    def argv(self) -> list[str]:
+    def argv(self, port: int) -> list[str]:
+        self.port = port
         args = [self.local(_kubelet_expand(a, self.env)) for a in self.container["args"]]
         assert self.container["command"] == ["redis-server"]
         # loopback only in a test; the pod binds Redis's default (all interfaces)
@@ -90,7 +90,7 @@ class ChartRedis:
         ).returncode
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc, self.port = launch(self.argv, self.root / "redis.log", self.port or None)
         until_sync(
             lambda: self.alive() and self.probe(self.env["REDISCLI_AUTH"]) == 0, "the chart's Redis ready"
         )

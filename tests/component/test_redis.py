@@ -457,7 +457,7 @@ async def test_server_on_redis_keeps_enforcing_and_reports_degraded(
         assert (await r.stub.Check(check)).dynamic_metadata.fields["reason"].string_value == "revoked"
         billing = await r.stub.Check(check_request(demo_dir, workload="billing"))
         assert billing.dynamic_metadata.fields["reason"].string_value == "no_rule"
-        http = r.runtime.engine.config.http_listen
+        http = r.http
         assert http is not None
         code, body = await _http_get(http, "/readyz")
         assert code == 200 and body.startswith("degraded")

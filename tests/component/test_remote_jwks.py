@@ -16,7 +16,6 @@ import yaml
 from joserfc.jwk import Key
 
 from ext_authz.dev import pki
-from ext_authz.serve.http import free_port
 from tests import httpserver
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
@@ -60,7 +59,7 @@ def idp(tmp_path: Path) -> Iterator[Idp]:
     (tmp_path / "idp.pem").write_text(leaf.pem)
     (tmp_path / "idp.key").write_text(leaf.key_pem)
     (tmp_path / "ca.pem").write_text(root.pem)
-    state = Idp(free_port(), tmp_path / "ca.pem", [pki.new_jwt_key("ES256", kid="k1")])
+    state = Idp(0, tmp_path / "ca.pem", [pki.new_jwt_key("ES256", kid="k1")])  # its port once it serves
 
     class Handler(QuietHandler):
         def do_GET(self) -> None:
@@ -76,8 +75,9 @@ def idp(tmp_path: Path) -> Iterator[Idp]:
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tmp_path / "idp.pem", tmp_path / "idp.key")
-    with serving(Handler, port=state.port, tls=ctx) as server:
+    with serving(Handler, tls=ctx) as server:
         state.server = server
+        state.port = server.server_address[1]
         yield state
 
 

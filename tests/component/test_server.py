@@ -25,7 +25,6 @@ from ext_authz.loader import load_engine
 from ext_authz.observe.decision_log import DecisionLog
 from ext_authz.serve.app import Server, build_runtime
 from ext_authz.serve.check import AUTH_SERVICE
-from ext_authz.serve.http import free_port
 from ext_authz.serve.runtime import Runtime
 from tests.component.checkreq import check_request
 from tests.waiting import until
@@ -37,8 +36,8 @@ PERMISSION_DENIED = 7
 def write_config(demo: Path, dest: Path, *, listen: str | None = None, **overrides: Any) -> Path:
     """A copy of the demo config in ``dest`` with its own ports and absolute trust file paths."""
     cfg = yaml.safe_load((demo / "config.yaml").read_text())
-    cfg["listen"] = listen or f"127.0.0.1:{free_port()}"
-    cfg["http_listen"] = f"127.0.0.1:{free_port()}"
+    cfg["listen"] = listen or "127.0.0.1:0"  # port 0: the server takes a free one and says which
+    cfg["http_listen"] = "127.0.0.1:0"
     cfg["admin_listen"] = f"unix://{dest}/admin.sock"
     cfg["state"] = "memory://"
     cfg["reload_interval"] = "50ms"
@@ -74,6 +73,11 @@ class Running:
     def health(self) -> Any:
         return health_pb2_grpc.HealthStub(self.channel)
 
+    @property
+    def http(self) -> str:
+        """Where http_listen is bound (HOST:PORT)."""
+        return self.server.addresses["http"]
+
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
@@ -85,7 +89,7 @@ async def start(config: Path, *, log: DecisionLog | None = None, clock: Clock | 
     runtime = build_runtime(load_engine(config), log if log is not None else DecisionLog(buf), clock)
     server = Server(config, runtime)
     await server.start()
-    channel = grpc.aio.insecure_channel(runtime.engine.config.listen)
+    channel = grpc.aio.insecure_channel(server.addresses["check"])
     return Running(server, runtime, config, channel, buf)
 
 
@@ -172,7 +176,7 @@ async def _http_get(address: str, path: str) -> tuple[int, str]:
 
 
 async def test_healthz_and_readyz(running: Running) -> None:
-    http = running.runtime.engine.config.http_listen
+    http = running.http
     assert http is not None
     assert await _http_get(http, "/healthz") == (200, "ok\n")
     code, body = await _http_get(http, "/readyz")
@@ -220,7 +224,7 @@ async def test_a_truncated_config_is_refused_and_the_failure_is_visible(
     """A config file emptied to 0 bytes (an interrupted write, a bad ConfigMap) must not replace a good
     one: every key is optional, so only `allow_empty` tells an empty file on purpose from an accident."""
     caplog.set_level(logging.INFO, logger="ext_authz")
-    http = running.runtime.engine.config.http_listen
+    http = running.http
     assert http is not None
     frontend = check_request(demo_dir, workload="frontend")
     good_text, good = running.config.read_text(), running.runtime.engine.revision

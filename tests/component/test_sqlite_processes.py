@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from ext_authz._proto.envoy import external_auth_pb2_grpc
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
+from tests.serving import spawn_serve
 from tests.waiting import until_sync
 
 CLI = [sys.executable, "-m", "ext_authz.cli"]
@@ -37,13 +38,10 @@ FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 class Proc:
     def __init__(self, config: Path) -> None:
         self.config = config
-        cfg = yaml.safe_load(config.read_text())
-        self.listen = cfg["listen"]
         self.log = config.with_suffix(".log")
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*CLI, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc, self.addresses = spawn_serve(config, stdout=out, stderr=subprocess.STDOUT)
+        self.listen = self.addresses["check"]
         self.channel = grpc.insecure_channel(self.listen)
         grpc.channel_ready_future(self.channel).result(timeout=20)
         self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)

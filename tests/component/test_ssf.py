@@ -4,6 +4,7 @@ polled (RFC 8936) with stream management, and two ext-authz instances as transmi
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from collections.abc import AsyncIterator
@@ -59,7 +60,7 @@ class Receiver:
 
     @property
     def http(self) -> str:
-        address = self.running.runtime.engine.config.http_listen
+        address = self.running.http
         assert address is not None
         return address
 
@@ -284,7 +285,19 @@ class Pair:
 
 
 async def make_pair(demo: Path, tmp: Path, delivery: str) -> Pair:
-    a_http, b_http = free_port(), free_port()
+    """Each names the other in its config, so neither can take port 0 and report it: the ports are chosen
+    free, and the pair is started again on others if something took one meanwhile."""
+    for attempt in range(5):
+        try:
+            return await _start_pair(demo, tmp / f"try-{attempt}", delivery, free_port(), free_port())
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise RuntimeError("the ports were taken five times over")
+
+
+async def _start_pair(demo: Path, tmp: Path, delivery: str, a_http: int, b_http: int) -> Pair:
+    tmp.mkdir(parents=True)
     issuer = f"http://127.0.0.1:{a_http}"
     key = new_key("ES256", kid="a-1")
     (tmp / "a-key.json").write_text(json.dumps(key.as_dict(private=True)))
@@ -316,9 +329,14 @@ async def make_pair(demo: Path, tmp: Path, delivery: str) -> Pair:
     }
     if delivery == "poll":
         receiver["manage_stream"] = True  # the poll endpoint comes from the stream's configuration
-    b = await start(
-        demo, tmp / "b", http_listen=f"127.0.0.1:{b_http}", shared_signals={"receivers": [receiver]}
-    )
+    try:
+        b = await start(
+            demo, tmp / "b", http_listen=f"127.0.0.1:{b_http}", shared_signals={"receivers": [receiver]}
+        )
+    except BaseException:
+        await a.channel.close()
+        await a.server.stop(0)
+        raise
     return Pair(a, b, demo)
 
 
@@ -372,7 +390,7 @@ async def test_the_transmitter_describes_itself_and_guards_its_endpoints(
 
     pair = await make_pair(demo_dir, tmp_path, "poll")
     try:
-        a_http = pair.a.runtime.engine.config.http_listen
+        a_http = pair.a.http
         assert a_http is not None
         code, body = await _http_get(a_http, "/.well-known/ssf-configuration")
         meta = json.loads(body)

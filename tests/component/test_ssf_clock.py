@@ -64,7 +64,7 @@ async def served(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Served]:
     )
     clock = FixedClock(datetime.now(UTC).replace(microsecond=0))
     running = await start_server(config, clock=clock)
-    http = running.runtime.engine.config.http_listen
+    http = running.http
     assert http is not None
     try:
         yield Served(running.server, clock, http)

@@ -103,7 +103,7 @@ async def receiving(
     config = write_config(demo_dir, tmp_path / "authz", shared_signals={"receivers": [receiver]})
     clock = FixedClock(datetime.now(UTC))
     running = await start_server(config, clock=clock)
-    http = running.runtime.engine.config.http_listen
+    http = running.http
     assert http is not None
     try:
         yield Receiving(clock, http, key, keys)

@@ -62,7 +62,7 @@ async def running(demo_dir: Path, tmp_path: Path) -> AsyncIterator[Running]:
 
 
 async def scrape(r: Running) -> str:
-    http = r.runtime.engine.config.http_listen
+    http = r.http
     assert http is not None
     code, body = await _http_get(http, "/metrics")
     assert code == 200

@@ -14,6 +14,7 @@ import grpc
 import yaml
 
 from ext_authz._proto.envoy import external_auth_pb2_grpc
+from ext_authz.serve.http import free_port
 from ext_authz.serve.workers import aggregate_metrics
 from tests.component.checkreq import check_request
 from tests.component.test_server import write_config
@@ -42,15 +43,26 @@ def check_once(listen: str, demo: Path) -> str:
 
 
 def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp_path: Path) -> None:
-    config = write_config(demo_dir, tmp_path, state=f"sqlite://{tmp_path}/state.db", workers=2)
+    # The workers share one Check port, so it is named (chosen free); http_listen is a port 0 that the
+    # supervisor reports in its ready file once every worker reported its own.
+    listen = f"127.0.0.1:{free_port()}"
+    config = write_config(demo_dir, tmp_path, listen=listen, state=f"sqlite://{tmp_path}/state.db", workers=2)
     cfg = yaml.safe_load(config.read_text())
-    http = f"http://{cfg['http_listen']}"
     log = tmp_path / "serve.log"
+    ready = tmp_path / "ready.json"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+            [*CLI, "serve", "--config", str(config), "--ready-file", str(ready)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
+        until_sync(lambda: ready.exists() or proc.poll() is not None, "the supervisor's ready file")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        reported = json.loads(ready.read_text())
+        assert reported["pid"] == proc.pid and reported["check"] == listen
+        assert reported["admin"] == cfg["admin_listen"]
+        http = f"http://{reported['http']}"
         deadline = time.monotonic() + 30
         while get(f"{http}/readyz")[0] != 200:
             assert proc.poll() is None, log.read_text()[-2000:]
@@ -91,6 +103,7 @@ def test_workers_share_a_port_state_and_one_metrics_endpoint(demo_dir: Path, tmp
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        assert not ready.exists()  # stopped: it no longer says where anything is
     finally:
         if proc.poll() is None:
             proc.kill()

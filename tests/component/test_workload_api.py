@@ -230,7 +230,7 @@ async def test_not_ready_until_every_workload_api_trust_domain_has_its_bundle(
         rules=[{"name": "any-workload"}],
     )
     try:
-        http = r.runtime.engine.config.http_listen
+        http = r.http
         assert http is not None
         code, body = await _http_get(http, "/readyz")
         assert code == 503 and "waiting for the X.509 bundle of example.org, other.org" in body
