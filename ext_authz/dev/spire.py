@@ -226,7 +226,7 @@ class SpireServer(_Process):
         return f"spiffe://{self.trust_domain}"
 
     def write_config(self) -> Path:
-        from .stack import free_port
+        from ..serve.http import free_port
 
         self.root.mkdir(parents=True, exist_ok=True)
         _check_socket(self.socket)
@@ -268,9 +268,23 @@ class SpireServer(_Process):
         return conf
 
     def start(self, timeout: float = 30) -> None:
-        conf = self.write_config()
-        self._spawn([str(spire_bin("spire-server")), "run", "-config", str(conf)])
-        wait_until("spire-server healthcheck", self._healthy, timeout, alive=self.alive)
+        """Its agents need the server's port in their config before it starts, and SPIRE does not say
+        which port a 0 became: a port is chosen free, and chosen again if something took it before
+        spire-server bound it (it logs "address already in use" and exits)."""
+        chosen = self.port is None
+        for _ in range(5 if chosen else 1):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            conf = self.write_config()
+            self._spawn([str(spire_bin("spire-server")), "run", "-config", str(conf)])
+            try:
+                wait_until("spire-server healthcheck", self._healthy, timeout, alive=self.alive)
+                return
+            except SpireError:
+                said = self.log_path.read_text(errors="replace")[offset:]
+                if not chosen or "address already in use" not in said:
+                    raise
+                self.port = None  # another one
+        raise SpireError("spire-server: its port was taken five times over")
 
     def _healthy(self) -> bool | None:
         if not self.socket.exists():

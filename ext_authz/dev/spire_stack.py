@@ -197,6 +197,7 @@ class SpireStack(Stack):
             )
         except SpireError as exc:
             raise TimeoutError(str(exc)) from exc
+        self.read_listener_ports()  # a listener that was warming is listed once active
 
 
 def _envoy_stats(admin_port: int, prefix: str) -> dict[str, int]:
@@ -392,7 +393,7 @@ def run_spire_demo(demo_dir: Path, envoy_template: Path) -> int:
                 f" JWT-SVID below are fetched from the agent and kept current.",
                 flush=True,
             )
-            print(_try_these(demo.out, ports), flush=True)
+            print(_try_these(demo.out, demo.stack.ports), flush=True)
             procs = {**demo.stack.procs, "spire-server": demo.server.proc, "spire-agent": demo.agent.proc}
             with contextlib.suppress(KeyboardInterrupt):
                 while all(p is not None and p.poll() is None for p in procs.values()):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,21 +16,29 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..serve.http import free_port
 from .demo import BACKEND_ID, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
 
-__all__ = ["Ports", "Stack", "envoy_binary", "free_port", "proc_rss_mb", "render_envoy_config", "run_demo"]
+__all__ = [
+    "Ports",
+    "Stack",
+    "envoy_binary",
+    "envoy_listener_ports",
+    "proc_rss_mb",
+    "render_envoy_config",
+    "run_demo",
+]
 
 
 @dataclass(frozen=True)
 class Ports:
-    """The ports of envoy.yaml as written, and what to use instead."""
+    """The ports of envoy.yaml as written, and what to use instead. A 0 lets the process take a free
+    port; once started, Stack.ports holds the ports actually bound (each read back from its process)."""
 
     ext_authz: int = 9191
     ext_authz_http: int = 9192
@@ -39,7 +49,8 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        """Every port 0: tests and benches run beside each other and anything else on the machine."""
+        return cls(0, 0, 0, 0, 0, 0)
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -112,6 +123,61 @@ def render_envoy_config(
     return out
 
 
+def _wait_file(
+    path: Path, deadline: float, proc: subprocess.Popen[bytes], name: str, whole: str = r".*\n"
+) -> str:
+    """The content of ``path`` once a process wrote it whole (``whole`` matches all of it), or why not."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} while starting")
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text()
+            if re.fullmatch(whole, text, re.S):
+                return text
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} did not become ready")
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def envoy_listener_ports(admin: str) -> dict[str, int]:
+    """Each active listener's bound port, by name, from Envoy's admin API: ``admin`` is HOST:PORT or
+    unix://PATH (an admin pipe, as the chart's Envoy has)."""
+    if admin.startswith("unix://"):
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(admin[len("unix://") :], 5)
+    else:
+        host, _, port = admin.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/listeners?format=json")
+        statuses = json.loads(conn.getresponse().read()).get("listener_statuses", [])
+    finally:
+        conn.close()
+    return {
+        s["name"]: int(s["local_address"]["socket_address"]["port_value"])
+        for s in statuses
+        if "socket_address" in s.get("local_address", {})
+    }
+
+
 def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], name: str) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -135,6 +201,10 @@ class Stack:
     base_config: Path | None = (
         None  # `dev up --config`: your config instead of the demo's (listeners replaced)
     )
+    listener_ports: dict[str, int] = field(default_factory=dict)  # Envoy's, by listener name, once started
+
+    def __post_init__(self) -> None:
+        self.asked = self.ports  # what ext-authz's config says (a 0 stays 0 there); self.ports: as bound
 
     @property
     def transport(self) -> str:
@@ -150,7 +220,7 @@ class Stack:
     def check_address(self) -> str:
         """Where ext-authz serves Check (and grpc.health.v1)."""
         if self.check == "tls":
-            return f"127.0.0.1:{self.ports.ext_authz}"
+            return f"127.0.0.1:{self.asked.ext_authz}"
         return f"unix://{self.run_dir.resolve()}/check.sock"
 
     @property
@@ -174,7 +244,7 @@ class Stack:
                 },
                 "allowed_spiffe_ids": [BACKEND_ID],
             }
-        cfg["http_listen"] = f"127.0.0.1:{self.ports.ext_authz_http}"
+        cfg["http_listen"] = f"127.0.0.1:{self.asked.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
         cfg.update(self.overrides)
         # Paths in the config are relative to its directory: make them absolute in the copy in force.
@@ -203,13 +273,40 @@ class Stack:
         return proc
 
     def start(self, timeout: float = 30) -> None:
-        self.write_configs()
+        """Upstream, then ext-authz, then Envoy, each on its configured port or, for a 0, on a port it
+        takes itself and reports (a ready file, Envoy's admin API): Envoy's config is written with the
+        ports its clusters reach, and ``self.ports`` ends with every port as bound."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ports = self.asked
         deadline = time.monotonic() + timeout
         py = sys.executable
-        up = self._spawn("upstream", [py, "-m", "ext_authz.dev.upstream", "--port", str(self.ports.upstream)])
-        authz = self._spawn(
-            "ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(self.config_path)]
+        ready = {name: self.run_dir / f"{name}.ready" for name in ("upstream", "ext-authz", "envoy-admin")}
+        for path in ready.values():
+            path.unlink(missing_ok=True)
+        up = self._spawn(
+            "upstream",
+            [
+                py,
+                "-m",
+                "ext_authz.dev.upstream",
+                "--port",
+                str(self.asked.upstream),
+                "--ready-file",
+                str(ready["upstream"]),
+            ],
         )
+        upstream = int(_wait_file(ready["upstream"], deadline, up, "demo upstream"))
+        self.write_configs()  # ext-authz's listeners do not depend on what the others bound
+        argv = [py, "-m", "ext_authz.cli", "serve", "--config", str(self.config_path)]
+        authz = self._spawn("ext-authz", [*argv, "--ready-file", str(ready["ext-authz"])])
+        bound = json.loads(_wait_file(ready["ext-authz"], deadline, authz, "ext-authz"))
+        self.ports = replace(
+            self.ports,
+            upstream=upstream,
+            ext_authz_http=_port(bound["http"]),
+            ext_authz=_port(bound["check"]) if self.check == "tls" else self.ports.ext_authz,
+        )
+        self.write_configs()  # now Envoy's clusters name the ports bound (ext-authz's config is unchanged)
         envoy = self._spawn(
             "envoy",
             [
@@ -218,20 +315,25 @@ class Stack:
                 str(self.run_dir / "envoy.json"),
                 "--log-level",
                 "warn",
-                "--base-id",
-                str(self.ports.envoy_admin),
                 "--disable-hot-restart",
+                "--admin-address-path",
+                str(ready["envoy-admin"]),
             ],
         )
-        _wait_http(f"http://127.0.0.1:{self.ports.ext_authz_http}/readyz", deadline, authz, "ext-authz")
-        _wait_http(f"http://127.0.0.1:{self.ports.envoy_admin}/ready", deadline, envoy, "envoy")
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.ports.upstream)) == 0:
-                    break
-            if up.poll() is not None:
-                raise RuntimeError("demo upstream exited while starting")
-            time.sleep(0.05)
+        # Envoy writes HOST:PORT without a newline
+        admin = _wait_file(ready["envoy-admin"], deadline, envoy, "envoy", r"[\w.:\[\]]+:\d+\s*").strip()
+        self.ports = replace(self.ports, envoy_admin=_port(admin))
+        _wait_http(f"http://{admin}/ready", deadline, envoy, "envoy")
+        self.read_listener_ports()
+
+    def read_listener_ports(self) -> None:
+        """Envoy's active listeners, as bound: ``listener_ports`` by name, and mesh and edge in ports."""
+        self.listener_ports = envoy_listener_ports(f"127.0.0.1:{self.ports.envoy_admin}")
+        self.ports = replace(
+            self.ports,
+            mesh=self.listener_ports.get("mesh", self.ports.mesh),
+            edge=self.listener_ports.get("edge", self.ports.edge),
+        )
 
     def stop(self) -> None:
         for name, proc in self.procs.items():

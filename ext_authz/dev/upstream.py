@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 __all__ = ["EchoHandler", "main"]
 
@@ -44,9 +45,15 @@ class EchoHandler(BaseHTTPRequestHandler):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port (see --ready-file)")
+    parser.add_argument("--ready-file", type=Path, help="once listening, write the port bound here")
     args = parser.parse_args(argv)
-    ThreadingHTTPServer((args.host, args.port), EchoHandler).serve_forever()
+    server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
+    if args.ready_file is not None:
+        tmp = args.ready_file.with_name(f".{args.ready_file.name}.tmp")
+        tmp.write_text(f"{server.server_address[1]}\n")
+        tmp.replace(args.ready_file)  # whole, or not at all
+    server.serve_forever()
 
 
 if __name__ == "__main__":

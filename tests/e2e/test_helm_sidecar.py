@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import re
 import shutil
 import ssl
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
-from ext_authz.dev.stack import envoy_binary, free_port
+from ext_authz.dev.stack import envoy_binary, envoy_listener_ports
 from tests.helm import render_values
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +91,9 @@ def pod() -> Iterator[Pod]:
             r = render_values({})
             envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
             assert envoy_text is not None
-            ports = {"mtls": free_port(), "ready": free_port(), "http": free_port(), "app": free_port()}
+            # Every port 0, each read back from its process: the app and ext-authz report theirs in a
+            # ready file; Envoy (started last, its cluster on the app's port) through its admin pipe.
+            ports = {"mtls": 0, "ready": 0, "http": 0, "app": 0}
             run = root / "run"
             for d in ("check", "admin", "envoy", "state"):
                 (run / d).mkdir(parents=True)
@@ -108,17 +111,49 @@ def pod() -> Iterator[Pod]:
                     text = re.sub(rf"\b{pod_port}\b", str(ports[name]), text)
                 return text.replace("0.0.0.0", "127.0.0.1")
 
-            (root / "envoy.yaml").write_text(local(envoy_text))
-            (root / "config.yaml").write_text(local(config_text))
-
-            def spawn(name: str, argv: list[str]) -> None:
+            def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
                 with (root / f"{name}.log").open("wb") as log:
                     procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+                return procs[name]
+
+            def reported(path: Path, name: str) -> str:
+                def written() -> str | None:
+                    if procs[name].poll() is not None:
+                        raise RuntimeError(f"{name} exited: {(root / f'{name}.log').read_text()[-1500:]}")
+                    text = path.read_text() if path.exists() else ""
+                    return text if text.endswith("\n") else None
+
+                return wait_until(f"{name} to report its port", written, 60)
 
             py = sys.executable
-            spawn("app", [py, "-m", "ext_authz.dev.upstream", "--port", str(ports["app"])])
-            spawn("ext-authz", [py, "-m", "ext_authz.cli", "serve", "--config", str(root / "config.yaml")])
+            app_ready = root / "app.ready"
+            spawn(
+                "app",
+                [py, "-m", "ext_authz.dev.upstream", "--port", "0", "--ready-file", str(app_ready)],
+            )
+            ports["app"] = int(reported(app_ready, "app"))
+            (root / "config.yaml").write_text(local(config_text))
+            argv = [py, "-m", "ext_authz.cli", "serve", "--config", str(root / "config.yaml")]
+            spawn("ext-authz", [*argv, "--ready-file", str(root / "ext-authz.ready")])
+            bound = json.loads(reported(root / "ext-authz.ready", "ext-authz"))
+            ports["http"] = int(bound["http"].rpartition(":")[2])
+            (root / "envoy.yaml").write_text(local(envoy_text))
             spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
+            admin = run / "envoy/admin.sock"  # the chart's envoyAdminSocket, /run/envoy/admin.sock
+
+            def envoy_alive() -> None:
+                if procs["envoy"].poll() is not None:
+                    raise RuntimeError(f"envoy exited: {(root / 'envoy.log').read_text()[-1500:]}")
+
+            def listening() -> dict[str, int] | None:
+                with contextlib.suppress(OSError, ValueError):
+                    found = envoy_listener_ports(f"unix://{admin}")
+                    if {"mesh", "ready"} <= found.keys():
+                        return found
+                return None
+
+            found = wait_until("Envoy's listeners", listening, 60, alive=envoy_alive)
+            ports["mtls"], ports["ready"] = found["mesh"], found["ready"]
             p = Pod(
                 root,
                 ports,

@@ -29,7 +29,7 @@ from ext_authz.dev import pki
 from ext_authz.dev.demo import BACKEND_ID, WORKLOADS
 from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
 from ext_authz.dev.spire_stack import SpireStack, bundle_pem, svid_pems, write_pem
-from ext_authz.dev.stack import Ports, free_port
+from ext_authz.dev.stack import Ports
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +106,6 @@ def spire(demo_dir: Path) -> Iterator[Spire]:
             write_pem(plain_roots, bundle_pem(bundles, TD) + bundle_pem(bundles, OTHER))
             chain, key, _ = other.mint_x509(PARTNER, root / "partner")
             rules = yaml.safe_load((demo_dir / "config.yaml").read_text())["rules"] + [PARTNER_RULE]
-            plain_port = free_port()
             stack_ = SpireStack(
                 demo_dir=demo_dir,
                 envoy_template=REPO / "envoy.yaml",
@@ -115,9 +114,10 @@ def spire(demo_dir: Path) -> Iterator[Spire]:
                 overrides={"rules": rules, "state": "memory://"},
                 agent_socket=agent.socket,
                 trust_domains=(TD, OTHER),
-                plain_x509=(plain_port, plain_roots),
+                plain_x509=(0, plain_roots),  # a free port, read back from Envoy once it listens
             )
             stack.enter_context(stack_)
+            plain_port = stack_.listener_ports["mesh_x509"]
             yield Spire(root, server, other, agent, stack_, upstream, ca_file, (chain, key), plain_port)
     finally:
         shutil.rmtree(root, ignore_errors=True)
