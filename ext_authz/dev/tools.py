@@ -60,6 +60,7 @@ class Binary:
 class Tool:
     name: str
     binaries: tuple[Binary, ...]
+    first_build: str = ""  # what a first build takes on 2 cores (bench/results/first-run.md), to say so
 
     @property
     def module_dir(self) -> Path:
@@ -82,9 +83,10 @@ TOOLS: dict[str, Tool] = {
                 Binary("spire-server", "github.com/spiffe/spire/cmd/spire-server", cgo=True),
                 Binary("spire-agent", "github.com/spiffe/spire/cmd/spire-agent"),
             ),
+            "~10 min",
         ),
-        Tool("helm", (Binary("helm", "helm.sh/helm/v3/cmd/helm"),)),
-        Tool("istioctl", (Binary("istioctl", "istio.io/istio/istioctl/cmd/istioctl"),)),
+        Tool("helm", (Binary("helm", "helm.sh/helm/v3/cmd/helm"),), "~3 min"),
+        Tool("istioctl", (Binary("istioctl", "istio.io/istio/istioctl/cmd/istioctl"),), "~4 min"),
     )
 }
 
@@ -136,7 +138,10 @@ def build(name: str, *, log: bool = True) -> Path:
         return bindir
     go = shutil.which("go")
     if go is None:
-        raise ToolError(f"go not found on PATH: building {name} needs Go (see tools/{name}/go.mod)")
+        raise ToolError(
+            f"go not found on PATH: building {name} needs Go {_go_version(tool)} or newer; install it from"
+            " https://go.dev/dl/ and run make again"
+        )
     final = bindir.parent
     final.parent.mkdir(parents=True, exist_ok=True)
     with (final.parent / f"{final.name}.lock").open("w") as lock:
@@ -146,6 +151,14 @@ def build(name: str, *, log: bool = True) -> Path:
         for stale in final.parent.glob(f".{final.name}.*"):  # left by an interrupted build of this key
             shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
+        if log:
+            names = ", ".join(b.name for b in tool.binaries)
+            took = f", {tool.first_build} on 2 cores" if tool.first_build else ""
+            print(
+                f"building {name} from source ({names}) the first time{took}; cached after in {final}",
+                file=sys.stderr,
+                flush=True,
+            )
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             (tmp / "bin").mkdir()
@@ -164,14 +177,19 @@ def build(name: str, *, log: bool = True) -> Path:
     return bindir
 
 
+def _go_version(tool: Tool) -> str:
+    for line in (tool.module_dir / "go.mod").read_text().splitlines():
+        if line.startswith("go "):
+            return line.split()[1]
+    return "(see go.mod)"
+
+
 def _go_build(go: str, tool: Tool, b: Binary, out: Path, *, log: bool) -> None:
     env = dict(os.environ)
     env["CGO_ENABLED"] = "1" if b.cgo else "0"
     env["GOTOOLCHAIN"] = "local"  # never fetch another toolchain: an old Go fails with its own clear line
     env["GOFLAGS"] = ""  # only the flags below decide the build
     argv = [go, "build", *BUILD_FLAGS, "-o", str(out), b.package]
-    if log:
-        print(f"building {b.name} ({b.package}) in tools/{tool.name}", file=sys.stderr, flush=True)
     proc = subprocess.run(
         argv, cwd=tool.module_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False
     )
