@@ -83,7 +83,7 @@ system-deps:
 
 # Everything the tests need, at once: the venv installs while the tools build and apt runs.
 prepare: | $(UV)
-	@$(MAKE) --no-print-directory -j4 --output-sync=line venv system-deps spire helm istioctl
+	@$(MAKE) --no-print-directory -j4 venv system-deps spire helm istioctl
 
 test: prepare
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -98,7 +98,7 @@ test-e2e: prepare
 # The whole suite against the newest releases pyproject.toml allows, in .venv-latest (uv.lock is not
 # touched): a maintainer sees a breaking upstream release before users do. Not part of `make test`.
 test-latest: | $(UV)
-	@$(MAKE) --no-print-directory -j4 --output-sync=line system-deps spire helm istioctl
+	@$(MAKE) --no-print-directory -j4 system-deps spire helm istioctl
 	$(UV) venv -q --clear .venv-latest
 	$(UV) pip install -q --python .venv-latest --upgrade -e '.[native,tracing]' --group dev
 	@$(UV) pip list -q --python .venv-latest --format freeze | grep -iE '^(cryptography|grpcio|protobuf|spiffe|joserfc|pydantic|redis|cel-expr-python)=' | tr '\n' ' '; echo

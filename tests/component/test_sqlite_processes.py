@@ -43,7 +43,11 @@ class Proc:
             self.proc, self.addresses = spawn_serve(config, stdout=out, stderr=subprocess.STDOUT)
         self.listen = self.addresses["check"]
         self.channel = grpc.insecure_channel(self.listen)
-        grpc.channel_ready_future(self.channel).result(timeout=20)
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=20)
+        except BaseException:
+            self.stop()  # never leave a server behind a test that failed to reach it
+            raise
         self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)
 
     def reason(self, demo: Path, **kw: Any) -> str:
