@@ -21,6 +21,7 @@ from ..match import METHODS, Selector, Target
 from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
 from ..values import value
+from .index import RuleIndex
 from .types import TYPED_ENV
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
@@ -157,10 +158,19 @@ class Policy:
     )
     # The context-extension keys any rule's match names: the only ones selection depends on.
     _extension_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Which rules may select a request, by what their match names (policy/index.py).
+    _index: RuleIndex = field(init=False, repr=False, compare=False)
+    # Every shadow rule, unselected, in policy order; and where each one sits in that tuple.
+    _shadow_default: tuple[tuple[CompiledRule, bool], ...] = field(init=False, repr=False, compare=False)
+    _shadow_at: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         keys = sorted({k for r in self.rules for k, _ in r.context_extensions})
         object.__setattr__(self, "_extension_keys", tuple(keys))
+        object.__setattr__(self, "_index", RuleIndex(self.rules))
+        shadows = [i for i, r in enumerate(self.rules) if r.shadow]
+        object.__setattr__(self, "_shadow_default", tuple((self.rules[i], False) for i in shadows))
+        object.__setattr__(self, "_shadow_at", {i: n for n, i in enumerate(shadows)})
 
     @property
     def uses_cel(self) -> bool:
@@ -186,14 +196,20 @@ class Policy:
                 return found
         deny: list[CompiledRule] = []
         allow: list[CompiledRule] = []
-        shadow: list[tuple[CompiledRule, bool]] = []
-        for r in self.rules:
-            selected = r.selects(target, extensions, authenticated)
+        shadow: list[tuple[CompiledRule, bool]] | None = None
+        rules = self.rules
+        for i in self._index.candidates(target, extensions):  # a superset, in policy order
+            r = rules[i]
+            if not r.selects(target, extensions, authenticated):
+                continue
             if r.shadow:
-                shadow.append((r, selected))
-            elif selected:
+                if shadow is None:
+                    shadow = list(self._shadow_default)
+                shadow[self._shadow_at[i]] = (r, True)
+            else:
                 (deny if r.effect == "deny" else allow).append(r)
-        selection = Selection(tuple(deny), tuple(allow), tuple(shadow))
+        selected_shadow = self._shadow_default if shadow is None else tuple(shadow)
+        selection = Selection(tuple(deny), tuple(allow), selected_shadow)
         if key is not None:
             if len(self._selections) >= SELECTION_MEMO_SIZE:
                 self._selections.clear()  # a flood of distinct targets only costs selecting afresh
