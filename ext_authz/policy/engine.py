@@ -14,32 +14,15 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cel_expr_python import cel
-
 from ..errors import ConfigError
 from ..match import METHODS, Selector, Target
 from ..model import ShadowResult
 from ..settings import Limits, RuleSettings
 from ..values import value
+from .cel import CompileError, compile_many
 from .index import RuleIndex
-from .types import TYPED_ENV
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
-
-_DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
-# Evaluation sees plain maps and lists (cheap to build per Check); the typed declarations in types.py
-# check every expression at load, so a misspelled variable or field is a config error, not a silent
-# runtime miss.
-_ENV = cel.NewEnv(
-    variables={
-        "request": _DYN_MAP,
-        "source": _DYN_MAP,
-        "identity": _DYN_MAP,
-        "signals": _DYN_MAP,
-        "grants": cel.Type.List(cel.Type.DYN),
-        "now": cel.Type.TIMESTAMP,
-    }
-)
 
 Activation = Callable[[], Mapping[str, Any]]
 _VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
@@ -396,12 +379,18 @@ def comprehension_depth(source: str) -> int:
 
 def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | None = None) -> Policy:
     limits = limits or Limits()
+    conditions: list[tuple[int, str]] = []
+    for index, rc in enumerate(rules):
+        if rc.when is not None:
+            _check_condition_size(rc.when, file, f"rules[{index}].when", limits)
+            conditions.append((index, rc.when))
+    compiled_when: dict[int, Any] = {}
+    for (index, _), result in zip(conditions, compile_many([s for _, s in conditions]), strict=True):
+        if isinstance(result, CompileError):
+            raise ConfigError(file, f"rules[{index}].when", str(result))
+        compiled_when[index] = result
     compiled: list[CompiledRule] = []
     for index, rc in enumerate(rules):
-        key = f"rules[{index}]"
-        when = None
-        if rc.when is not None:
-            when = _compile_condition(rc.when, file, f"{key}.when", limits)
         m = rc.match
         compiled.append(
             CompiledRule(
@@ -411,7 +400,7 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
                 anonymous=rc.anonymous,
                 selector=Selector.compile(m.hosts, m.paths, m.methods),  # checked when settings were read
                 context_extensions=tuple(sorted(m.context_extensions.items())),
-                when=when,
+                when=compiled_when.get(index),
                 when_source=rc.when or "",
                 variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
                 exceptable=rc.exceptable,
@@ -421,7 +410,7 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
     return Policy(tuple(compiled))
 
 
-def _compile_condition(source: str, file: str, key: str, limits: Limits) -> Any:
+def _check_condition_size(source: str, file: str, key: str, limits: Limits) -> None:
     if len(source.encode()) > limits.cel_max_expression_bytes:
         raise ConfigError(
             file,
@@ -436,13 +425,3 @@ def _compile_condition(source: str, file: str, key: str, limits: Limits) -> Any:
             f"comprehensions nest {nesting} deep; limits.cel_max_comprehension_depth is "
             f"{limits.cel_max_comprehension_depth}",
         )
-    try:
-        checked = TYPED_ENV.compile(source)  # every variable and field name is declared (types.py)
-        when = _ENV.compile(source)
-    except Exception as exc:  # cel-cpp reports compile errors as RuntimeError
-        msg = " ".join(str(exc).split())
-        raise ConfigError(file, key, f"not a valid CEL expression: {msg}") from exc
-    rtype = str(checked.return_type())
-    if rtype not in ("BOOL", "DYN", "bool", "dyn"):
-        raise ConfigError(file, key, f"must be a boolean expression, it yields {rtype}")
-    return when
