@@ -196,7 +196,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _state_at(settings: Any, url: str, at: float) -> Any:
     """The state ``url`` holds, as it stood at ``at`` (read once; the config's HMAC key opens it)."""
-    return asyncio.run(_replica_for(settings, url).snapshot_at(at))
+    from .state.offline import snapshot_at
+
+    return asyncio.run(snapshot_at(settings, url, at))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -253,36 +255,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replica_for(settings: Any, url: str | None) -> Any:
-    """A replica of the store ``url`` (default: the config's), opened with the config's key."""
-    from pydantic import ValidationError
-
-    from .clock import SystemClock
-    from .errors import ConfigError
-    from .serve.app import open_replica
-    from .settings import StateSettings
-
-    cfg = settings
-    if url:
-        try:
-            state = StateSettings.model_validate({**settings.state.model_dump(), "url": url})
-        except ValidationError as exc:
-            raise ConfigError("--state", "url", exc.errors()[0]["msg"]) from exc
-        cfg = settings.model_copy(update={"state": state})
-    return open_replica(cfg, lambda: cfg, SystemClock())
-
-
 def _audit_of(settings: Any, url: str | None, since: float) -> Any:
-    replica = _replica_for(settings, url)
+    from .state.offline import audit
 
-    async def read() -> Any:
-        await replica.backend.open()
-        try:
-            return await replica.audit(since, "", 0)
-        finally:
-            await replica.backend.close()
-
-    return asyncio.run(read())
+    return asyncio.run(audit(settings, url, since))
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
@@ -377,24 +353,10 @@ def _cmd_state_legacy(args: argparse.Namespace) -> int:
     """Records a store holds from before principal keys, one JSON object per line (they are not read)."""
     from .config import load_settings
     from .errors import AuthzError
-    from .state.backends import open_log
-    from .state.integrity import IntegrityError, Sealer
+    from .state.offline import legacy_records
 
     async def run() -> list[dict[str, Any]]:
-        backend = open_log(load_settings(args.config).state)
-        await backend.open()
-        try:
-            loaded = await backend.load()
-        finally:
-            await backend.close()
-        out = []
-        for kind, rid, body in loaded.records:
-            try:
-                Sealer(None).open("put", kind, rid, body)
-            except IntegrityError as exc:
-                if exc.reason == "legacy":
-                    out.append({"kind": kind, "id": rid, "record": json.loads(body)})
-        return out
+        return await legacy_records(load_settings(args.config))
 
     try:
         found = asyncio.run(run())

@@ -185,7 +185,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             rev = commands.revoke(
                 request.kind, request.value, request.reason, request.duration_seconds, actor, now
             )
-            for known in self.replica.all(Revocation):
+            for known in self.replica.snapshot.named(rev.value):  # an index lookup, not a scan
                 if commands.same_revocation(rev, known, now):
                     return pb.RevokeResponse(revocation=rev_pb(known), existing=True)
             await self.replica.put(rev, action="revoke", actor=actor, reason=rev.reason)
@@ -217,11 +217,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 what = repr(request.id) + (" in force" if rev is not None else "")
             else:  # by what it names: every active revocation of that value
                 kind, value = commands.revocation_value(request.kind, request.value)
-                revs = [
-                    r
-                    for r in self.replica.all(Revocation)
-                    if (r.kind, r.value) == (kind, value) and r.active(now)
-                ]
+                revs = [r for r in self.replica.snapshot.named(value) if r.kind == kind and r.active(now)]
                 what = f"in force for {value!r}"
             lifted = await self._lift(context, revs, request.reason, actor, now, what)
             return pb.UnrevokeResponse(revocation=rev_pb(lifted[0]), revocations=[rev_pb(r) for r in lifted])
@@ -231,11 +227,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     async def ReleaseQuarantine(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
             who = commands.principal(request.principal)
-            revs = [
-                r
-                for r in self.replica.all(Revocation)
-                if r.kind == "quarantine" and r.value == who and r.active(now)
-            ]
+            revs = [r for r in self.replica.snapshot.named(who) if r.kind == "quarantine" and r.active(now)]
             lifted = await self._lift(context, revs, request.reason, actor, now, f"quarantining {who}")
             self.runtime.release_quarantine(who)
             return pb.ReleaseQuarantineResponse(revocations=[rev_pb(r) for r in lifted])

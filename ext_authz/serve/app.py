@@ -30,9 +30,7 @@ from ..observe.decision_log import DecisionLog
 from ..pipeline import Engine
 from ..settings import Limits, Settings, TlsFiles, TlsServer, is_loopback
 from ..ssf.service import SharedSignals
-from ..state.backends import open_log
-from ..state.integrity import Sealer, load_key
-from ..state.replica import Replica
+from ..state.offline import open_replica
 from ..trust.remote import RemoteTrust, TransmitterKeys
 from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
@@ -43,7 +41,7 @@ from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credent
 from .reload import Reloader
 from .runtime import Runtime
 
-__all__ = ["WORKER_ENV", "WORKER_HTTP_ENV", "Server", "StopSignals", "open_replica", "serve", "worker_index"]
+__all__ = ["WORKER_ENV", "WORKER_HTTP_ENV", "Server", "StopSignals", "serve", "worker_index"]
 
 log = logging.getLogger("ext_authz")
 WORKER_ENV = "EXT_AUTHZ_WORKER"  # set by the supervisor: this process is worker N
@@ -53,15 +51,6 @@ WORKER_HTTP_ENV = "EXT_AUTHZ_WORKER_HTTP"  # its private metrics/health address
 def worker_index() -> int | None:
     value = os.environ.get(WORKER_ENV)
     return int(value) if value and value.isdigit() else None
-
-
-def open_replica(settings: Settings, current: Callable[[], Settings], clock: Clock) -> Replica:
-    """The state replica the settings name (raises StateError for a key or password it cannot read)."""
-    state = settings.state
-    key = load_key(state.hmac_key_file) if state.hmac_key_file is not None else None
-    return Replica(
-        open_log(state), current, sealer=Sealer(key), clock=clock, retention=settings.state_retention
-    )
 
 
 def check_server(transport: str, limits: Limits, *, reuse_port: bool) -> grpc.aio.Server:

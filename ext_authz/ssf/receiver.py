@@ -317,9 +317,9 @@ class Receivers:
                 continue  # a newer fact from the transmitter is already in force
             await replica.put(sig, action="signal", actor=actor, reason=f"SET {event.jti}")
         for kind, value in changes.lift:
-            for rev in replica.all(Revocation):
+            for rev in replica.snapshot.named(value):
                 if (
-                    (rev.kind, rev.value) == (kind, value)
+                    rev.kind == kind
                     and rev.created_by == actor
                     and rev.active(now)
                     and rev.created_at <= changes.at  # never a revocation from an event after this one

@@ -2,30 +2,41 @@
 
 It writes records (sealed, see integrity.py) through its backend, follows the backend's change log,
 opens and re-validates everything it reads against its own settings (a record that fails is ignored,
-logged and counted, never applied), prunes what ended past the retention, and builds the immutable
-snapshot the Check path reads. Checks never wait on a store: if the backend is unreachable they go on
-with the last snapshot and ``healthy`` says so.
+logged and counted, never applied), and keeps the immutable snapshot the Check path reads.
+
+Nothing here rebuilds the world for one change:
+
+- a change becomes the next snapshot by updating the persistent indexes of the records it touches
+  (snapshot.py); a batch of changes is one snapshot swap;
+- writes made at about the same time share one store transaction (``put`` waits for its own to be
+  persisted: acknowledged still means persisted);
+- what ended is found in a time-ordered queue (timeline.py), for the audit's expiry entries, the
+  metrics and for forgetting records past the retention;
+- loading reads the store in pages, each under its own deadline, and a replica that fell behind the
+  change log loads again that way while it keeps serving its last snapshot.
+
+Work that runs on the event loop (where Checks are answered) is cut into slices of about a
+millisecond, with the loop free between them. Checks never wait on a store: if the backend is
+unreachable they go on with the last snapshot and ``healthy`` says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-import re
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TypeVar
 
 from ..clock import Clock, SystemClock
 from ..errors import StateError
 from ..settings import Settings
 from .audit import AuditEntry, AuditRow, entry_id, expiry_entry, new_entry
-from .backends.base import Change, ChangeLog, Loaded
+from .backends.base import Change, ChangeLog
 from .commands import InvalidArgument, check_record
 from .integrity import IntegrityError, Sealer
 from .records import (
@@ -41,14 +52,18 @@ from .records import (
     decode,
     encode,
 )
+from .sessions import Sessions
 from .snapshot import StateSnapshot
+from .timeline import Timeline
 
 __all__ = ["Replica", "RevocationEvent"]
 
 log = logging.getLogger("ext_authz.state")
-_LEGACY_SESSION = re.compile(r"-?[0-9.e+]+")
 R = TypeVar("R", bound=Record)
 MAINTENANCE_EVERY = 30.0
+SLICE = 0.001  # seconds of work on the event loop before it is let go (Checks are answered there)
+WRITE_BATCH = 256  # writes that share one store transaction, at most
+FORGET_BATCH = 5000  # records forgotten from the store per maintenance, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,14 @@ class RevocationEvent:
     op: str  # created | removed
     revocation: Revocation
     at: float
+
+
+@dataclass(slots=True)
+class _Write:
+    change: Change
+    audit: AuditRow | None
+    record: Record | None  # what the change leaves (None: deleted)
+    done: asyncio.Future[None]
 
 
 def _made(record: Record) -> tuple[str, str]:
@@ -69,6 +92,14 @@ def _made(record: Record) -> tuple[str, str]:
     if isinstance(record, SeenEvent):
         return "seen", f"ssf:{record.issuer}"
     return "signal", record.set_by
+
+
+async def _breathe(started: float) -> float:
+    """Let the loop answer Checks if this slice of work has run for ``SLICE``; the new slice's start."""
+    if time.perf_counter() - started >= SLICE:
+        await asyncio.sleep(0)
+        return time.perf_counter()
+    return started
 
 
 class Replica:
@@ -86,15 +117,12 @@ class Replica:
         self.sealer = sealer or Sealer(None)
         self.clock = clock or SystemClock()
         self.retention = settings().state_retention if retention is None else retention
-        self.snapshot = StateSnapshot()
         self.rejected: Counter[tuple[str, str]] = Counter()  # (kind, reason) -> records ignored
         self.connected = False
         self.errors = 0  # failed attempts to follow the change log (the follower retries)
-        self._records: dict[str, dict[str, Record]] = {k: {} for k in RECORD_TYPES}
-        self._bodies: dict[tuple[str, str], str] = {}  # what the store holds for each record we hold
-        self._sessions: dict[str, float] = {}
-        self._pending_sessions: dict[str, float] = {}
-        self._forgotten: list[tuple[str, str, str]] = []
+        self.audit_rejected = 0  # audit entries read whose MAC or shape did not hold
+        self.sessions = Sessions(self.sealer, durable=backend.durable, reject=self._reject)
+        self.snapshot = StateSnapshot(0, self.sessions.view)
         self._position = ""
         self._revision = 0
         self._watchers: list[Callable[[RevocationEvent], None]] = []
@@ -102,9 +130,18 @@ class Replica:
         self._applying = asyncio.Lock()
         self._maintained = 0.0
         self._legacy = 0  # records read that an earlier version wrote (see _load)
-        self._legacy_sessions = 0  # sessions it wrote: skipped (their sid has no issuer), not fatal
-        self._expiries_noted: set[tuple[str, str]] = set()  # records whose expiry is in the audit log
-        self.audit_rejected = 0  # audit entries read whose MAC or shape did not hold
+        self._reset_timelines()
+        self._writes: list[_Write] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def _reset_timelines(self) -> None:
+        self._ending = Timeline()  # records by when they end: expiry audit entries and metrics
+        self._expired_until = 0.0  # every end at or before this was noted (counted, filed to forget)
+        self._forgetting = Timeline()  # ended records by when they are past the retention
+        self._forgotten: list[tuple[str, str, Record]] = []  # to delete from the store, if unchanged
+        self._open_revocations: Counter[str] = Counter()  # by kind: not lifted (in force, or expired)
+        self._expired_revocations: Counter[str] = Counter()  # by kind: not lifted, and expired
+        self._pending_expiries: list[Record] = []  # ran out by themselves: for the audit log
 
     # -- reading -----------------------------------------------------------------------------------------
     @property
@@ -113,11 +150,19 @@ class Replica:
         return self.connected
 
     def get(self, cls: type[R], rid: str) -> R | None:
-        record = self._records[cls.RECORD].get(rid)
-        return record if isinstance(record, cls) else None
+        return self.snapshot.get(cls, rid)
 
     def all(self, cls: type[R]) -> list[R]:
-        return [r for r in self._records[cls.RECORD].values() if isinstance(r, cls)]
+        return list(self.snapshot.all(cls))
+
+    def active_revocations(self, now: float) -> dict[str, int]:
+        """Revocations in force now, by kind: counted as records change and end, never by a walk."""
+        self._note_expired(now)
+        return {
+            kind: n - self._expired_revocations[kind]
+            for kind, n in self._open_revocations.items()
+            if n - self._expired_revocations[kind] > 0
+        }
 
     @property
     def watchers(self) -> int:
@@ -137,8 +182,12 @@ class Replica:
     def _now(self) -> float:
         return self.clock.now().timestamp()
 
-    def _revocation_event(self, known: Record | None, record: Record, at: float) -> None:
-        """``created`` for a new revocation, ``removed`` when one is lifted (ended early); nothing else."""
+    def _revocation_event(self, known: Record | None, record: Record | None, at: float) -> None:
+        """``created`` for a new revocation, ``removed`` when one is lifted or deleted; nothing else."""
+        if record is None:
+            if isinstance(known, Revocation):
+                self._emit(RevocationEvent("removed", known, at))
+            return
         if not isinstance(record, Revocation) or known == record:
             return
         if record.ended_at is None:
@@ -177,29 +226,27 @@ class Replica:
             return None
         return record
 
-    def _open_session(self, key: str, body: str) -> float | None:
-        if _LEGACY_SESSION.fullmatch(body):  # a bare first use, written before principal keys: unusable
-            self._legacy_sessions += 1
-            return None
-        try:
-            value = self.sealer.open("session", "session", key, body)
-        except IntegrityError as exc:
-            self._reject("session", key, exc.reason, str(exc))
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self._reject("session", key, "malformed", "a first use is a number")
-            return None
-        return float(value)
-
-    def _load(self, loaded: Loaded) -> None:
+    async def _load(self) -> StateSnapshot:
+        """Everything the store holds, opened and checked, as a snapshot (not yet in force): read in
+        pages, built in slices, the loop free between them."""
         legacy_before = self._legacy
-        records: dict[str, dict[str, Record]] = {k: {} for k in RECORD_TYPES}
-        bodies: dict[tuple[str, str], str] = {}
-        for kind, rid, body in loaded.records:
-            record = self._open("put", kind, rid, body)
-            if record is not None:
-                records[kind][rid] = record
-                bodies[(kind, rid)] = body
+        position = await self.backend.position()
+        builder = StateSnapshot(self._revision + 1, self.sessions.view)
+        started = time.perf_counter()
+        pending: dict[tuple[str, str], tuple[Record | None, Record]] = {}
+        async for page in self.backend.records():
+            for kind, rid, body in page:
+                record = self._open("put", kind, rid, body)
+                if record is not None:  # read twice (a scan may): the last one read is held
+                    held = (
+                        pending[(kind, rid)][0] if (kind, rid) in pending else builder.get(type(record), rid)
+                    )
+                    pending[(kind, rid)] = (held, record)
+                if time.perf_counter() - started >= SLICE:
+                    builder = builder.apply(builder.revision, pending.values())
+                    pending = {}
+                    started = await _breathe(started)
+        builder = builder.apply(builder.revision, pending.values())
         legacy = self._legacy - legacy_before
         if legacy:
             raise StateError(
@@ -208,44 +255,49 @@ class Replica:
                 " meant cannot be known. `ext-authz state legacy --config FILE` lists them; point state.url"
                 " at a new store and make again those still needed (users as ISSUER#SUBJECT)"
             )
-        self._records, self._bodies = records, bodies
-        for key, body in loaded.sessions.items():
-            first = self._open_session(key, body)
-            if first is not None:
-                self._sessions[key] = min(first, self._sessions.get(key, first))
-        self._position = loaded.position
+        async for sessions in self.backend.sessions():
+            for key, body in sessions:
+                self.sessions.read(key, body)
+            started = await _breathe(started)
+        self._position = position
+        return builder
+
+    async def _install(self, snapshot: StateSnapshot) -> None:
+        """Put a whole new snapshot in force (at start, or after loading again) and file its records."""
+        self._reset_timelines()
+        self._revision = snapshot.revision
+        self.snapshot = snapshot
+        started = time.perf_counter()
+        for kind in RECORD_TYPES:
+            for record in snapshot.all(RECORD_TYPES[kind]):
+                self._track(None, record)
+                started = await _breathe(started)
+        self._settle(self._now())
 
     async def snapshot_at(self, at: float) -> StateSnapshot:
         """Read the store once (no follower, nothing written) and build the snapshot as it stood at
         ``at``: for ``ext-authz check --state``. Only what the store still holds can be reproduced."""
         await self.backend.open()
         try:
-            self._load(await self.backend.load())
+            loaded = await self._load()
         finally:
             with contextlib.suppress(StateError):
                 await self.backend.close()
         then = [
             r
-            for rec in (rr for kind in self._records.values() for rr in kind.values())
-            if (r := as_of(rec, at))
+            for kind in RECORD_TYPES
+            for rec in loaded.all(RECORD_TYPES[kind])
+            if (r := as_of(rec, at)) is not None and not isinstance(r, SeenEvent)
         ]
-        return StateSnapshot.build(
-            0,
-            revocations=[r for r in then if isinstance(r, Revocation)],
-            grants=[r for r in then if isinstance(r, Grant)],
-            exceptions=[r for r in then if isinstance(r, ExceptionGrant)],
-            signals=[r for r in then if isinstance(r, Signal)],
-            sessions={k: v for k, v in self._sessions.items() if v <= at},
-        )
+        return StateSnapshot.build(0, others=then, sessions=self.sessions.at(at))
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the backend and load everything: a replica that cannot read its store does not start."""
         await self.backend.open()
-        self._load(await self.backend.load())
+        await self._install(await self._load())
         self.connected = True
         self._maintained = self._now()
-        self._rebuild()
         self._follower = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
@@ -253,15 +305,18 @@ class Replica:
         if follower is not None:
             follower.cancel()
             await asyncio.wait({follower}, timeout=2.0)
+        if self._writer is not None:
+            with contextlib.suppress(StateError, TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), 2)
         with contextlib.suppress(StateError, TimeoutError):
-            await asyncio.wait_for(self._flush_sessions(), 2)
+            await asyncio.wait_for(self.sessions.flush(self.backend, self._now()), 2)
         with contextlib.suppress(StateError, TimeoutError):
             await asyncio.wait_for(self.backend.close(), 3)
 
     async def reload(self) -> None:
         """Read everything again (after the settings changed: re-validate under the new ones)."""
-        self._load(await self.backend.load())
-        self._rebuild()
+        async with self._applying:
+            await self._install(await self._load())
 
     async def sync(self) -> bool:
         """One step of following the change log now, without waiting: True if the snapshot changed.
@@ -269,22 +324,16 @@ class Replica:
         return await self._step(wait=False)
 
     async def _step(self, *, wait: bool) -> bool:
-        await self._flush_sessions()
+        await self.sessions.flush(self.backend, self._now())
         await self._maintain()
         batch = await self.backend.follow(self._position, wait=wait)
         async with self._applying:  # a sync() and the follower never interleave their batches
             if batch.behind:
                 log.warning("the state change log was pruned past our position: loading all state")
-                self._load(await self.backend.load())
-                self._rebuild()
+                await self._install(await self._load())  # the last snapshot is served meanwhile
                 return True
-            if not batch.changes:
-                self._position = batch.position
-                return False
-            changed = self._apply(batch.changes)
+            changed = await self._apply(batch.changes) if batch.changes else False
             self._position = batch.position
-            if changed:
-                self._rebuild()
             return changed
 
     async def _follow(self) -> None:
@@ -310,32 +359,114 @@ class Replica:
                 log.exception("state follower failed unexpectedly; retrying")
                 await asyncio.sleep(backoff)
 
-    def _apply(self, changes: list[Change]) -> bool:
+    async def _apply(self, changes: list[Change]) -> bool:
+        """Changes other replicas made, opened and checked, in slices: one snapshot swap per slice."""
         changed = False
+        started = time.perf_counter()
+        slice_: list[tuple[Record | None, Record | None, float]] = []
         for ch in changes:
             if ch.op == "session":
-                first = self._open_session(ch.id, ch.body)
-                if first is not None and first < self._sessions.get(ch.id, float("inf")):
-                    self._sessions[ch.id] = first
+                self.sessions.read(ch.id, ch.body)
                 continue
             record = self._open(ch.op, ch.kind, ch.id, ch.body)
-            if record is None:
-                continue
-            records = self._records[ch.kind]
-            known = records.get(ch.id)
-            if ch.op == "put":
-                if known != record:
-                    records[ch.id] = record
-                    self._bodies[(ch.kind, ch.id)] = ch.body
-                    changed = True
-                    self._revocation_event(known, record, ch.at)
-            elif known is not None:
-                del records[ch.id]
-                self._bodies.pop((ch.kind, ch.id), None)
-                changed = True
-                if isinstance(known, Revocation):
-                    self._emit(RevocationEvent("removed", known, ch.at))
+            if record is not None:
+                slice_.append((None, record if ch.op == "put" else None, ch.at))
+                if ch.op == "delete":  # what is deleted is the record held under that id
+                    slice_[-1] = (record, None, ch.at)
+            if time.perf_counter() - started >= SLICE:
+                changed |= self._swap(slice_)
+                slice_ = []
+                started = await _breathe(started)
+        changed |= self._swap(slice_)
         return changed
+
+    def _swap(self, items: Iterable[tuple[Record | None, Record | None, float]]) -> bool:
+        """Apply (_, new record or None to delete, at) items: one new snapshot, the events, the filing."""
+        changes: list[tuple[Record | None, Record | None]] = []
+        events: list[tuple[Record | None, Record | None, float]] = []
+        current: dict[tuple[str, str], Record | None] = {}
+        for deleted, new, at in items:
+            some = new if new is not None else deleted
+            if some is None:
+                continue
+            key = (some.RECORD, some.record_id)
+            known = current[key] if key in current else self.snapshot.get(type(some), some.record_id)
+            if new is None and known is None:
+                continue
+            if new is not None and known == new:
+                continue
+            changes.append((known, new))
+            events.append((known, new, at))
+            current[key] = new
+        if not changes:
+            return False
+        self._revision += 1
+        self.snapshot = self.snapshot.apply(self._revision, changes)
+        for known, new in changes:
+            self._track(known, new)
+        for known, new, at in events:
+            self._revocation_event(known, new, at)
+        self._settle(self._now())
+        return True
+
+    # -- time: what ends, what is forgotten ----------------------------------------------------------------
+    def _track(self, known: Record | None, record: Record | None) -> None:
+        """File a record that changed by when it ends, and keep the revocation counts."""
+        for rec, sign in ((known, -1), (record, 1)):
+            if isinstance(rec, Revocation) and rec.ended_at is None:
+                self._open_revocations[rec.kind] += sign
+                if rec.expires_at is not None and rec.expires_at <= self._expired_until:
+                    self._expired_revocations[rec.kind] += sign
+        if record is not None:
+            end = record.finished_at()
+            if known is not None and known.finished_at() == end:
+                return  # filed already, under this end: that filing finds the record as it is now
+            if end is not None and end <= self._expired_until:
+                self._forgetting.file(record.RECORD, record.record_id, end + self.retention)
+            else:
+                self._ending.file(record.RECORD, record.record_id, end)
+
+    def _note_expired(self, now: float) -> list[Record]:
+        """Records whose end has passed since the last call: counted, and filed for forgetting."""
+        ended: list[Record] = []
+        for kind, rid, end in self._ending.due(now, inclusive=True):
+            record = self.snapshot.get(RECORD_TYPES[kind], rid)
+            if record is None or record.finished_at() != end:
+                continue  # gone, or its end moved: filed again under the new one
+            ended.append(record)
+            if isinstance(record, Revocation) and record.ended_at is None:
+                self._expired_revocations[record.kind] += 1
+            self._forgetting.file(kind, rid, end + self.retention)
+        self._expired_until = max(self._expired_until, now)
+        return ended
+
+    def _settle(self, now: float) -> list[Record]:
+        """Count what ended and forget what ended more than ``retention`` ago (memory stays bounded under
+        churn). Returns what ended since the last call, for the audit."""
+        ended = self._note_expired(now)
+        gone: list[tuple[Record | None, Record | None]] = []
+        for kind, rid, due in self._forgetting.due(now):
+            record = self.snapshot.get(RECORD_TYPES[kind], rid)
+            end = None if record is None else record.finished_at()
+            if record is None or end is None or end + self.retention != due:
+                continue
+            gone.append((record, None))
+            self._forgotten.append((kind, rid, record))
+        if gone:
+            self._revision += 1
+            self.snapshot = self.snapshot.apply(self._revision, gone)
+            for record, _ in gone:
+                self._track(record, None)
+        self._pending_expiries.extend(r for r in ended if self._audits_expiry(r))
+        return ended
+
+    @staticmethod
+    def _audits_expiry(record: Record) -> bool:
+        """An ``expire`` entry is written for what ran out by itself; not for signals (their freshness
+        is continuous by design), seen SETs, or what someone ended first."""
+        if isinstance(record, Signal | SeenEvent):
+            return False
+        return getattr(record, "ended_at", None) is None and getattr(record, "closed_at", None) is None
 
     async def maintain(self) -> None:
         """Audit expiries, forget what ended past the retention, prune the audit log: now."""
@@ -347,65 +478,25 @@ class Replica:
         if now - self._maintained < MAINTENANCE_EVERY:
             return
         self._maintained = now
-        await self._audit_expiries(now)
-        forgotten, self._forgotten = self._forgotten, []
+        self._settle(now)
+        expiries = self._pending_expiries[:FORGET_BATCH]
+        self._pending_expiries = self._pending_expiries[FORGET_BATCH:]
+        if expiries:  # every replica may write them; the entry id makes them one
+            rows = [self._row(expiry_entry(r, end)) for r in expiries if (end := r.finished_at()) is not None]
+            try:
+                await self.backend.add_audit(rows)
+            except StateError:
+                self._pending_expiries[:0] = expiries
+                raise
+        forgotten, self._forgotten = self._forgotten[:FORGET_BATCH], self._forgotten[FORGET_BATCH:]
+        # The store deletes each only if it still holds this very record: sealing is deterministic, so
+        # the body is made again here rather than kept in memory for every record.
+        items = [(kind, rid, self.sealer.seal("put", kind, rid, encode(rec))) for kind, rid, rec in forgotten]
         try:
-            await self.backend.forget(forgotten, now, now - self.settings().audit_retention)
+            await self.backend.forget(items, now, now - self.settings().audit_retention)
         except StateError:
             self._forgotten[:0] = forgotten  # try again next time
             raise
-        for kind, rid, _ in forgotten:
-            self._expiries_noted.discard((kind, rid))
-
-    async def _audit_expiries(self, now: float) -> None:
-        """Append an ``expire`` entry for each record that ran out by itself (signals excepted: their
-        freshness is continuous by design). Every replica may; the entry id makes them one."""
-        rows: list[tuple[tuple[str, str], AuditRow]] = []
-        for kind, records in self._records.items():
-            if kind in (Signal.RECORD, SeenEvent.RECORD):
-                continue
-            for rid, rec in records.items():
-                if (kind, rid) in self._expiries_noted or getattr(rec, "ended_at", None) is not None:
-                    continue
-                if getattr(rec, "closed_at", None) is not None:
-                    continue
-                end = rec.finished_at()
-                if end is not None and end <= now:
-                    rows.append(((kind, rid), self._row(expiry_entry(rec, end))))
-        if rows:
-            await self.backend.add_audit([row for _, row in rows])
-            self._expiries_noted.update(key for key, _ in rows)
-
-    def _prune(self, now: float) -> None:
-        """Forget records that ended more than ``retention`` ago: memory stays bounded under churn."""
-        horizon = now - self.retention
-        for kind, records in self._records.items():
-            gone = [
-                rid
-                for rid, rec in records.items()
-                if (end := rec.finished_at()) is not None and end < horizon
-            ]
-            for rid in gone:
-                body = self._bodies.pop((kind, rid), None)
-                if body is not None:
-                    self._forgotten.append((kind, rid, body))
-                del records[rid]
-
-    def _rebuild(self) -> None:
-        self._prune(self._now())
-        self._revision += 1
-        snapshot = StateSnapshot.build(
-            self._revision,
-            revocations=self.all(Revocation),
-            grants=self.all(Grant),
-            exceptions=self.all(ExceptionGrant),
-            signals=self.all(Signal),
-        )
-        # First uses of sessions are only ever added (or moved earlier), never withdrawn: the snapshot
-        # reads them live, so a session counts from its first request rather than from the next
-        # unrelated change that happens to rebuild the snapshot.
-        object.__setattr__(snapshot, "sessions", MappingProxyType(self._sessions))
-        self.snapshot = snapshot
 
     # -- the audit log -------------------------------------------------------------------------------------
     def _row(self, entry: AuditEntry) -> AuditRow:
@@ -435,16 +526,16 @@ class Replica:
 
     # -- writing -------------------------------------------------------------------------------------------
     async def put(self, record: Record, *, action: str = "", actor: str = "", reason: str = "") -> None:
-        """Write a record (made by the admin API or by ext-authz itself) and apply it here at once, with
-        the audit entry that says who did ``action``, and why (for a record being made, by default: its
-        maker, making it). A record this replica would not accept from the store is refused here too
-        (InvalidArgument)."""
+        """Write a record (made by the admin API or by ext-authz itself) and apply it here once the store
+        has it, with the audit entry that says who did ``action``, and why (for a record being made, by
+        default: its maker, making it). A record this replica would not accept from the store is refused
+        here too (InvalidArgument)."""
         check_record(record, self.settings())
         if not action:
             action, actor = _made(record)
         kind, rid, at = record.RECORD, record.record_id, self._now()
         body = self.sealer.seal("put", kind, rid, encode(record))
-        known = self._records[kind].get(rid)
+        known = self.snapshot.get(type(record), rid)
         entry: AuditRow | None = self._row(new_entry(entry_id(at), at, actor, action, known, record, reason))
         if (
             isinstance(record, Signal)
@@ -455,11 +546,7 @@ class Replica:
             entry = None  # a refresh of the same fact is not a change worth an entry
         if isinstance(record, SeenEvent):
             entry = None  # what the SET changed is audited; that it was seen is bookkeeping
-        await self.backend.append(Change("put", kind, rid, body, at), entry)
-        self._records[kind][rid] = record
-        self._bodies[(kind, rid)] = body
-        self._rebuild()
-        self._revocation_event(known, record, at)
+        await self._write(Change("put", kind, rid, body, at), entry, record)
 
     async def delete(self, cls: type[R], rid: str, *, action: str, actor: str, reason: str = "") -> R | None:
         record = self.get(cls, rid)
@@ -468,34 +555,46 @@ class Replica:
         kind, at = cls.RECORD, self._now()
         body = self.sealer.seal("delete", kind, rid, encode(record))
         entry = self._row(new_entry(entry_id(at), at, actor, action, record, None, reason))
-        await self.backend.append(Change("delete", kind, rid, body, at), entry)
-        self._records[kind].pop(rid, None)
-        self._bodies.pop((kind, rid), None)
-        self._rebuild()
-        if isinstance(record, Revocation):
-            self._emit(RevocationEvent("removed", record, at))
+        await self._write(Change("delete", kind, rid, body, at), entry, None, deleted=record)
         return record
+
+    async def _write(
+        self, change: Change, audit: AuditRow | None, record: Record | None, *, deleted: Record | None = None
+    ) -> None:
+        """Queue a write and wait until the store has it (and this replica applied it). Writes queued
+        together share one transaction and one snapshot swap."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write(change, audit, record if record is not None else deleted, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes[:WRITE_BATCH], self._writes[WRITE_BATCH:]
+            try:
+                await self.backend.append(
+                    [w.change for w in batch], [w.audit for w in batch if w.audit is not None]
+                )
+            except BaseException as exc:
+                for w in batch:
+                    if not w.done.done():
+                        w.done.set_exception(exc if isinstance(exc, Exception) else StateError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self._swap(
+                (
+                    w.record if w.change.op == "delete" else None,
+                    w.record if w.change.op == "put" else None,
+                    w.change.at,
+                )
+                for w in batch
+            )
+            for w in batch:
+                if not w.done.done():
+                    w.done.set_result(None)
 
     def note_session(self, key: str, first_seen: float) -> float:
         """First use of a session (kept if already known). Never waits: written by the follower."""
-        known = self._sessions.get(key)
-        if known is not None:
-            return known
-        self._sessions[key] = first_seen
-        if self.backend.durable:
-            self._pending_sessions[key] = first_seen
-        return first_seen
-
-    async def _flush_sessions(self) -> None:
-        """Write newly seen sessions. The queue is swapped on the event loop (where Checks add to it) and
-        only the detached batch is written; on failure it is kept for the next attempt."""
-        if not self._pending_sessions:
-            return
-        pending, self._pending_sessions = self._pending_sessions, {}
-        sealed = {k: self.sealer.seal("session", "session", k, json.dumps(v)) for k, v in pending.items()}
-        try:
-            await self.backend.add_sessions(sealed, self._now())
-        except BaseException:
-            for key, first in pending.items():
-                self._pending_sessions.setdefault(key, first)
-            raise
+        return self.sessions.note(key, first_seen)

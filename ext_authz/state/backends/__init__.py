@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...settings import StateSettings
-from .base import Batch, Change, ChangeLog, Loaded
+from .base import Batch, Change, ChangeLog
 
-__all__ = ["BACKENDS", "Backend", "Batch", "Change", "ChangeLog", "Loaded", "open_log"]
+__all__ = ["BACKENDS", "Backend", "Batch", "Change", "ChangeLog", "open_log"]
 
 
 @dataclass(frozen=True, slots=True)

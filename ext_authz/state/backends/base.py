@@ -9,12 +9,15 @@ and nothing else escapes it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ..audit import AuditRow
 
-__all__ = ["AuditRow", "Batch", "Change", "ChangeLog", "Loaded"]
+__all__ = ["PAGE", "AuditRow", "Batch", "Change", "ChangeLog"]
+
+PAGE = 2000  # records or sessions read per request when loading: each request has its own deadline
 
 Op = Literal["put", "delete", "session"]
 
@@ -26,15 +29,6 @@ class Change:
     id: str
     body: str  # the sealed envelope (state/integrity.py)
     at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """Everything stored, and the log position it corresponds to."""
-
-    position: str
-    records: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, id, sealed body)
-    sessions: dict[str, str] = field(default_factory=dict)  # session key -> sealed first use
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +47,22 @@ class ChangeLog(Protocol):
 
     async def close(self) -> None: ...
 
-    async def load(self) -> Loaded:
-        """The position first, then the records: a change committed in between is read again from
-        the log (harmless), never counted as read while missing."""
+    async def position(self) -> str:
+        """The change log's position now. A full load reads it first, then the records: a change
+        committed in between is read again from the log (harmless), never counted as read while
+        missing."""
 
-    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
-        """Apply ``change`` to the stored records and append it to the log (and ``audit`` to the audit
-        log), atomically."""
+    def records(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str, str]]]:
+        """Every stored record as (kind, id, sealed body), ``page`` at a time, each page read under its
+        own deadline: a million records take many short reads, never one long one. A record may come
+        twice (Redis's HSCAN); the last one read wins."""
+
+    def sessions(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every stored first use as (session key, sealed body), ``page`` at a time."""
+
+    async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
+        """Apply ``changes`` to the stored records and append them to the log (and ``audit`` to the
+        audit log), in order, atomically: all of them or none."""
 
     async def add_audit(self, rows: list[AuditRow]) -> None:
         """Append audit entries; an entry whose id is already stored is kept as it is (idempotent)."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 from ...settings import StateSettings
-from .base import AuditRow, Batch, Change, Loaded
+from .base import PAGE, AuditRow, Batch, Change
 
 __all__ = ["MemoryLog"]
 
@@ -30,18 +31,28 @@ class MemoryLog:
     async def close(self) -> None:
         return None
 
-    async def load(self) -> Loaded:
-        records = [(kind, rid, body) for (kind, rid), body in self._records.items()]
-        return Loaded(str(self._seq), records, dict(self._sessions))
+    async def position(self) -> str:
+        return str(self._seq)
 
-    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
-        if audit is not None:
-            self._audit.setdefault(audit.id, audit)
-        if change.op == "put":
-            self._records[(change.kind, change.id)] = change.body
-        elif change.op == "delete":
-            self._records.pop((change.kind, change.id), None)
-        self._seq += 1
+    async def records(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str, str]]]:
+        items = [(kind, rid, body) for (kind, rid), body in self._records.items()]
+        for i in range(0, len(items), page):
+            yield items[i : i + page]
+
+    async def sessions(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str]]]:
+        items = list(self._sessions.items())
+        for i in range(0, len(items), page):
+            yield items[i : i + page]
+
+    async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
+        for row in audit:
+            self._audit.setdefault(row.id, row)
+        for change in changes:
+            if change.op == "put":
+                self._records[(change.kind, change.id)] = change.body
+            elif change.op == "delete":
+                self._records.pop((change.kind, change.id), None)
+            self._seq += 1
 
     async def follow(self, position: str, *, wait: bool = True) -> Batch:
         # This process is the only writer, and the replica applies its own writes as it makes them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from ...errors import StateError
 from ...settings import StateSettings
-from .base import AuditRow, Batch, Change, Loaded
+from .base import PAGE, AuditRow, Batch, Change
 
 __all__ = ["RedisLog"]
 
@@ -164,47 +165,67 @@ class RedisLog:
                     pass
         self._redis = self._reader = None
 
-    async def load(self) -> Loaded:
+    async def position(self) -> str:
         r = self._client_or_fail()
         try:
             last: Any = await r.xrevrange(CHANGES, count=1)
-            raw: Any = await r.hgetall(RECORDS)
-            sessions: Any = await r.hgetall(SESSIONS)
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
-        records = []
-        for fld, body in raw.items():
-            kind, _, rid = str(fld).partition("\x1f")
-            records.append((kind, rid, str(body)))
         self._check_trim = False
-        return Loaded(
-            str(last[0][0]) if last else "0-0", records, {str(k): str(v) for k, v in sessions.items()}
-        )
+        return str(last[0][0]) if last else "0-0"
+
+    async def _scan(self, key: str, page: int) -> AsyncIterator[dict[Any, Any]]:
+        """HSCAN, a page per request under the client's timeout (never one HGETALL of everything)."""
+        r = self._client_or_fail()
+        cursor: Any = 0
+        found: Any
+        while True:
+            try:
+                cursor, found = await r.hscan(key, cursor, count=page)
+            except _ERRORS as exc:
+                raise StateError(f"{self._where()}: {exc}") from exc
+            if found:
+                yield dict(found)
+            if int(cursor) == 0:
+                return
+
+    async def records(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str, str]]]:
+        async for found in self._scan(RECORDS, page):
+            out = []
+            for fld, body in found.items():
+                kind, _, rid = str(fld).partition("\x1f")
+                out.append((kind, rid, str(body)))
+            yield out
+
+    async def sessions(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str]]]:
+        async for found in self._scan(SESSIONS, page):
+            yield [(str(k), str(v)) for k, v in found.items()]
 
     def _where(self) -> str:
         """host:port/db, for messages: never a password, user or query."""
         parts = urllib.parse.urlsplit(self.url)
         return f"{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
-    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
+    async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
         r = self._client_or_fail()
-        fields = {
-            "op": change.op,
-            "kind": change.kind,
-            "id": change.id,
-            "body": change.body,
-            "at": repr(change.at),
-        }
         try:
-            async with r.pipeline(transaction=True) as pipe:
-                if change.op == "put":
-                    pipe.hset(RECORDS, _field(change.kind, change.id), change.body)
-                else:
-                    pipe.hdel(RECORDS, _field(change.kind, change.id))
-                pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
-                if audit is not None:
-                    pipe.hsetnx(AUDIT_ROWS, audit.id, f"{audit.principal}\x1f{audit.body}")
-                    pipe.zadd(AUDIT, {audit.id: audit.at}, nx=True)
+            async with r.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all of them or none
+                for change in changes:
+                    fields = {
+                        "op": change.op,
+                        "kind": change.kind,
+                        "id": change.id,
+                        "body": change.body,
+                        "at": repr(change.at),
+                    }
+                    if change.op == "put":
+                        pipe.hset(RECORDS, _field(change.kind, change.id), change.body)
+                    else:
+                        pipe.hdel(RECORDS, _field(change.kind, change.id))
+                    pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
+                for row in audit:
+                    pipe.hsetnx(AUDIT_ROWS, row.id, f"{row.principal}\x1f{row.body}")
+                    pipe.zadd(AUDIT, {row.id: row.at}, nx=True)
                 await pipe.execute()
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc

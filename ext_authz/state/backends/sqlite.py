@@ -12,13 +12,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from ...errors import StateError
 from ...settings import StateSettings
-from .base import AuditRow, Batch, Change, Loaded
+from .base import PAGE, AuditRow, Batch, Change
 
 __all__ = ["SqliteLog"]
 
@@ -37,6 +37,7 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE INDEX IF NOT EXISTS audit_principal ON audit (principal, at);
 """
 _Row = tuple[int, float, str, str, str, str]
+FOLLOW_BATCH = 1000  # change-log entries read per follow: a burst is applied a batch at a time
 
 
 @contextlib.contextmanager
@@ -112,30 +113,47 @@ class SqliteLog:
             with self._lock, contextlib.suppress(sqlite3.Error):
                 db.close()
 
-    async def load(self) -> Loaded:
-        def read(db: sqlite3.Connection) -> Loaded:
-            seq = _last_seq(db)
-            rows = db.execute("SELECT kind, id, body FROM records").fetchall()
-            sessions = db.execute("SELECT sid, first_seen FROM sessions").fetchall()
-            return Loaded(str(seq), [tuple(r) for r in rows], dict(sessions))
+    async def position(self) -> str:
+        return str(await self._call(_last_seq))
 
-        return await self._call(read)
+    async def records(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str, str]]]:
+        after = 0  # pages by rowid: each is one short read, and a row written meanwhile is not skipped
 
-    async def append(self, change: Change, audit: AuditRow | None = None) -> None:
+        def read(db: sqlite3.Connection) -> list[tuple[int, str, str, str]]:
+            query = "SELECT rowid, kind, id, body FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?"
+            return db.execute(query, (after, page)).fetchall()
+
+        while rows := await self._call(read):
+            after = rows[-1][0]
+            yield [(kind, rid, body) for _, kind, rid, body in rows]
+
+    async def sessions(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str]]]:
+        after = ""
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            query = "SELECT sid, first_seen FROM sessions WHERE sid > ? ORDER BY sid LIMIT ?"
+            return db.execute(query, (after, page)).fetchall()
+
+        while rows := await self._call(read):
+            after = rows[-1][0]
+            yield rows
+
+    async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
         def write(db: sqlite3.Connection) -> None:
-            with _transaction(db):  # the record, its change-log and audit entries: all or nothing
-                if audit is not None:
-                    _insert_audit(db, [audit])
-                if change.op == "put":
-                    db.execute(
-                        "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)",
-                        (change.kind, change.id, change.body),
-                    )
-                else:
-                    db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (change.kind, change.id))
-                db.execute(
+            with _transaction(db):  # the records, their change-log and audit entries: all or nothing
+                if audit:
+                    _insert_audit(db, list(audit))
+                for change in changes:
+                    if change.op == "put":
+                        db.execute(
+                            "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)",
+                            (change.kind, change.id, change.body),
+                        )
+                    else:
+                        db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (change.kind, change.id))
+                db.executemany(
                     "INSERT INTO changes (at, op, kind, id, body) VALUES (?, ?, ?, ?, ?)",
-                    (change.at, change.op, change.kind, change.id, change.body),
+                    [(c.at, c.op, c.kind, c.id, c.body) for c in changes],
                 )
 
         await self._call(write)
@@ -147,7 +165,8 @@ class SqliteLog:
 
         def read(db: sqlite3.Connection) -> Batch:
             rows: list[_Row] = db.execute(
-                "SELECT seq, at, op, kind, id, body FROM changes WHERE seq > ? ORDER BY seq", (after,)
+                "SELECT seq, at, op, kind, id, body FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, FOLLOW_BATCH),
             ).fetchall()
             # Behind: the first entry is not the next one, or the log moved on and is empty.
             behind = rows[0][0] > after + 1 if rows else _last_seq(db) > after
