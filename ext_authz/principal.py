@@ -39,11 +39,14 @@ def workload_scope(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}"
 
 
+_SPACE = re.compile(r"\s")
+
+
 def _issuer_and_value(text: str, what: str) -> tuple[str, str]:
     issuer, sep, value = text.partition("#")
     if not sep or not issuer or not value:
         raise PrincipalError(f"{what} is named with its issuer: ISSUER#VALUE, e.g. {_EXAMPLE}")
-    if any(c.isspace() for c in issuer):
+    if _SPACE.search(issuer):
         raise PrincipalError(f"the issuer in {text!r} contains whitespace")
     if _CONTROL.search(value):
         raise PrincipalError(f"{what} contains control characters")

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import StateError
 
 __all__ = ["MIN_KEY_BYTES", "IntegrityError", "Sealer", "load_key"]
@@ -49,15 +51,19 @@ def load_key(path: Path) -> bytes:
 class Sealer:
     def __init__(self, key: bytes | None) -> None:
         self._key = key
+        # HMAC-SHA256 with the key already mixed in: each MAC copies it (about half the cost of keying
+        # afresh, which counts when a million records are read at start).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
 
     @property
     def keyed(self) -> bool:
         return self._key is not None
 
     def _mac(self, op: str, kind: str, rid: str, canonical: str) -> str:
-        assert self._key is not None
-        msg = "\0".join(("ext-authz/state/v2", op, kind, rid, canonical)).encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
+        assert self._keyed is not None
+        mac = self._keyed.copy()
+        mac.update("\0".join(("ext-authz/state/v2", op, kind, rid, canonical)).encode())
+        return mac.hexdigest()
 
     def seal(self, op: str, kind: str, rid: str, canonical: str) -> str:
         """The envelope for a record's canonical JSON (see records.encode)."""
@@ -68,6 +74,9 @@ class Sealer:
 
     def open(self, op: str, kind: str, rid: str, stored: str) -> Any:
         """The record's decoded JSON, if the envelope is well formed and (with a key) authentic."""
+        fast = self._open_sealed(op, kind, rid, stored)
+        if fast is not None:
+            return fast
         try:
             env = json.loads(stored)
         except (ValueError, RecursionError) as exc:
@@ -79,9 +88,43 @@ class Sealer:
         if env.get("v") != _VERSION or "record" not in env or set(env) - {"v", "record", "mac"}:
             raise IntegrityError("malformed", "not a version-2 envelope")
         record = env["record"]
-        if self._key is not None:
+        if self._key is not None:  # an envelope laid out otherwise than seal() lays it out
             mac = env.get("mac")
             canonical = json.dumps(record, separators=(",", ":"), sort_keys=True)
             if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
                 raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
         return record
+
+    def _open_sealed(self, op: str, kind: str, rid: str, stored: str) -> Any | None:
+        """The fast way, for an envelope exactly as :meth:`seal` writes it (every one this version and
+        its predecessors wrote): ``{"mac":"<64 hex>","record":CANONICAL,"v":2}``. The MAC is checked
+        over the canonical text as stored, and that same text is parsed: nothing is encoded again.
+        None if the envelope is laid out any other way (then the general path decides)."""
+        if self._key is not None:
+            if not (stored.startswith(_MAC_HEAD) and stored.startswith(_RECORD_KEY, _MAC_END)):
+                return None
+            canonical = stored[_MAC_END + len(_RECORD_KEY) : -len(_TAIL)]
+            mac = stored[len(_MAC_HEAD) : _MAC_END - 1]
+        else:
+            if not stored.startswith(_RECORD_HEAD):
+                return None
+            canonical, mac = stored[len(_RECORD_HEAD) : -len(_TAIL)], ""
+        if not stored.endswith(_TAIL) or not canonical.startswith("{"):
+            return None
+        try:
+            record = orjson.loads(canonical)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        if self._key is not None and not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
+            raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
+        return record
+
+
+# How seal() lays an envelope out (json.dumps with sorted keys and compact separators).
+_MAC_HEAD = '{"mac":"'
+_MAC_END = len(_MAC_HEAD) + 64 + 1  # past the closing quote of the 64 hex digits
+_RECORD_KEY = ',"record":'
+_RECORD_HEAD = '{"record":'
+_TAIL = f',"v":{_VERSION}}}'

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -231,6 +232,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     t.RECORD: t for t in (Revocation, Grant, ExceptionGrant, Signal, SeenEvent)
 }
 R = TypeVar("R", bound=Record)
+_SPECS: dict[type[Record], _Spec] = {}  # filled below, once the types are defined
 
 
 def finished_at(record: Record) -> float | None:
@@ -277,24 +279,108 @@ def encode(record: Record) -> str:
     return json.dumps(as_dict(record), separators=(",", ":"), sort_keys=True)
 
 
-def _build(cls: type[R], data: dict[str, Any]) -> R:
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What decoding a record of one type checks, worked out once per type (not per record)."""
+
+    names: frozenset[str]
+    required: frozenset[str]
+    slots: tuple[tuple[str, Any, Any], ...]  # (field, its slot descriptor, default) in order
+    strings: tuple[str, ...]
+    numbers: tuple[str, ...]
+    optional_numbers: tuple[str, ...]
+    shared: tuple[str, ...]  # few distinct values across records (kinds, makers): held once, interned
+
+
+# Fields whose values repeat across many records: interning holds each value once (a million SSF
+# revocations have one maker, one source and a handful of kinds and reasons).
+_SHARED = frozenset(
+    (
+        "kind",
+        "source",
+        "created_by",
+        "ended_by",
+        "reason",
+        "subject_kind",
+        "key",
+        "value",  # a signal's (a revocation's value names one credential: not shared)
+        "set_by",
+        "issuer",
+        "event",
+        "approver",
+        "opened_by",
+        "approved_by",
+        "closed_by",
+    )
+)
+
+
+def _spec(cls: type[Record]) -> _Spec:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = set(data) - set(fields)
-    missing = {
-        name
-        for name, f in fields.items()
-        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    required = {
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
-    if unknown or missing:
+    kinds = {n: str(f.type) for n, f in fields.items() if n != "scope"}
+    slots = tuple(
+        (n, getattr(cls, n), None if f.default is dataclasses.MISSING else f.default)
+        for n, f in fields.items()
+    )
+    return _Spec(
+        frozenset(fields),
+        frozenset(required),
+        slots,
+        tuple(n for n, t in kinds.items() if t == "str"),
+        tuple(n for n, t in kinds.items() if t == "float"),
+        tuple(n for n, t in kinds.items() if t == "float | None"),
+        tuple(
+            n
+            for n, t in kinds.items()
+            if t == "str" and n in _SHARED and not (cls is Revocation and n == "value")
+        ),
+    )
+
+
+def _number(value: object) -> bool:
+    return type(value) is float or (type(value) is int)
+
+
+def _build(cls: type[R], data: dict[str, Any]) -> R:
+    spec = _SPECS[cls]  # type: ignore[index]
+    keys = data.keys()
+    if not (keys <= spec.names and spec.required <= keys):
+        unknown, missing = set(keys) - spec.names, spec.required - set(keys)
         raise RecordError(f"not a {cls.RECORD}: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+    for name in spec.strings:
+        if name in data and type(data[name]) is not str:
+            raise RecordError(f"{name} is not a string")
+    for name in spec.numbers:
+        if name in data and not _number(data[name]):
+            raise RecordError(f"{name} is not a number")
+    for name in spec.optional_numbers:
+        value = data.get(name)
+        if value is not None and not _number(value):
+            raise RecordError(f"{name} is not a number")
+    for name in spec.shared:  # (``data`` is the decoder's own: its strings are replaced in place)
+        if name in data:
+            data[name] = sys.intern(data[name])
     if "scope" in data:
         scope = data["scope"]
         if not isinstance(scope, dict) or set(scope) - {"hosts", "paths", "methods"}:
             raise RecordError("scope is not hosts/paths/methods")
         if not all(isinstance(v, list) for v in scope.values()):
             raise RecordError("scope patterns are lists")
-        data = {**data, "scope": Scope(**{k: tuple(v) for k, v in scope.items()})}
-    return cls(**data)
+        if not all(isinstance(x, str) for v in scope.values() for x in v):
+            raise RecordError("scope patterns are strings")
+        data["scope"] = Scope(**{k: tuple(v) for k, v in scope.items()})
+    # As the dataclass's own __init__ would, field by field (records have no __post_init__), through the
+    # slot descriptors: a frozen dataclass's __init__ goes through object.__setattr__ for each field,
+    # which is most of the cost of reading a million records.
+    record = object.__new__(cls)
+    for name, slot, default in spec.slots:
+        slot.__set__(record, data.get(name, default))
+    return record
 
 
 def decode(kind: str, data: object) -> Record:
@@ -310,27 +396,7 @@ def decode(kind: str, data: object) -> Record:
         raise
     except (TypeError, ValueError) as exc:  # a bad scope pattern, a wrong shape
         raise RecordError(f"not a {kind}: {exc}") from exc
-    _check_types(record)
     return record
 
 
-def _check_types(record: Record) -> None:
-    """Field values of the declared types (a stored record is input like any other)."""
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if f.name == "scope":
-            for part in (value.hosts, value.paths, value.methods):
-                if not all(isinstance(x, str) for x in part):
-                    raise RecordError("scope patterns are strings")
-            continue
-        typ = str(f.type)
-        if typ == "str" and not isinstance(value, str):
-            raise RecordError(f"{f.name} is not a string")
-        if typ == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise RecordError(f"{f.name} is not a number")
-        if (
-            typ == "float | None"
-            and value is not None
-            and (isinstance(value, bool) or not isinstance(value, int | float))
-        ):
-            raise RecordError(f"{f.name} is not a number")
+_SPECS.update({cls: _spec(cls) for cls in RECORD_TYPES.values()})

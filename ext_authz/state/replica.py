@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -53,7 +54,7 @@ from .records import (
     encode,
 )
 from .sessions import Sessions
-from .snapshot import StateSnapshot
+from .snapshot import Builder, StateSnapshot, fold_steps, rebase
 from .timeline import Timeline
 
 __all__ = ["Replica", "RevocationEvent"]
@@ -64,6 +65,7 @@ MAINTENANCE_EVERY = 30.0
 SLICE = 0.001  # seconds of work on the event loop before it is let go (Checks are answered there)
 WRITE_BATCH = 256  # writes that share one store transaction, at most
 FORGET_BATCH = 5000  # records forgotten from the store per maintenance, at most
+FOLD_FROM = 50_000  # keys changed since the snapshot's bases were built: fold them in (in slices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,46 @@ class _Write:
     done: asyncio.Future[None]
 
 
+class _Tracking:
+    """When held records end, and how many revocations are in force: kept as records change."""
+
+    def __init__(self, retention: float) -> None:
+        self.retention = retention
+        # records by when they end (expiry audit entries, counts), then by when they are past the retention
+        self.ending: Timeline[Record] = Timeline(lambda r: r.finished_at())
+        self.forgetting: Timeline[Record] = Timeline(self._forget_at)
+        self.expired_until = 0.0  # every end at or before this was noted (counted, filed to forget)
+        self.open_revocations: Counter[str] = Counter()  # by kind: not lifted (in force, or expired)
+        self.expired_revocations: Counter[str] = Counter()  # by kind: not lifted, and expired
+
+    def _forget_at(self, record: Record) -> float | None:
+        end = record.finished_at()
+        return None if end is None else end + self.retention
+
+    def track(self, known: Record | None, record: Record | None) -> None:
+        """File a record that changed by when it ends, and keep the revocation counts."""
+        for rec, sign in ((known, -1), (record, 1)):
+            if isinstance(rec, Revocation) and rec.ended_at is None:
+                self.open_revocations[rec.kind] += sign
+                if rec.expires_at is not None and rec.expires_at <= self.expired_until:
+                    self.expired_revocations[rec.kind] += sign
+        if record is not None:
+            end = record.finished_at()
+            if end is None or (known is not None and known.finished_at() == end):
+                return  # never ends; or filed already under this end, and that filing finds it as it is now
+            if end <= self.expired_until:
+                self.forgetting.file(record)
+            else:
+                self.ending.file(record)
+
+    def active(self) -> dict[str, int]:
+        return {
+            kind: n - self.expired_revocations[kind]
+            for kind, n in self.open_revocations.items()
+            if n - self.expired_revocations[kind] > 0
+        }
+
+
 def _made(record: Record) -> tuple[str, str]:
     """The audit action and actor of making ``record``."""
     if isinstance(record, Revocation):
@@ -92,6 +134,21 @@ def _made(record: Record) -> tuple[str, str]:
     if isinstance(record, SeenEvent):
         return "seen", f"ssf:{record.issuer}"
     return "signal", record.set_by
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """A full load makes a million long-lived objects and no garbage: the cyclic collector, which would
+    walk them again and again as they are made, is paused, and afterwards they are moved out of its way
+    (``gc.freeze``), so that no later collection walks them either (a pause the Check path would feel)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
 
 
 async def _breathe(started: float) -> float:
@@ -123,6 +180,9 @@ class Replica:
         self.audit_rejected = 0  # audit entries read whose MAC or shape did not hold
         self.sessions = Sessions(self.sealer, durable=backend.durable, reject=self._reject)
         self.snapshot = StateSnapshot(0, self.sessions.view)
+        # Every record held, by kind and id: this replica's own (the Check path reads the snapshot).
+        self._by_id: dict[str, dict[str, Record]] = {kind: {} for kind in RECORD_TYPES}
+        self._folding: asyncio.Task[None] | None = None
         self._position = ""
         self._revision = 0
         self._watchers: list[Callable[[RevocationEvent], None]] = []
@@ -130,18 +190,12 @@ class Replica:
         self._applying = asyncio.Lock()
         self._maintained = 0.0
         self._legacy = 0  # records read that an earlier version wrote (see _load)
-        self._reset_timelines()
+        self._tracking = _Tracking(self.retention)
+        self._forgotten: list[tuple[str, str, Record]] = []  # to delete from the store, if unchanged
+        self._pending_expiries: list[Record] = []  # ran out by themselves: for the audit log
+        self._written_while_loading: list[tuple[Record | None, Record | None, float]] | None = None
         self._writes: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
-
-    def _reset_timelines(self) -> None:
-        self._ending = Timeline()  # records by when they end: expiry audit entries and metrics
-        self._expired_until = 0.0  # every end at or before this was noted (counted, filed to forget)
-        self._forgetting = Timeline()  # ended records by when they are past the retention
-        self._forgotten: list[tuple[str, str, Record]] = []  # to delete from the store, if unchanged
-        self._open_revocations: Counter[str] = Counter()  # by kind: not lifted (in force, or expired)
-        self._expired_revocations: Counter[str] = Counter()  # by kind: not lifted, and expired
-        self._pending_expiries: list[Record] = []  # ran out by themselves: for the audit log
 
     # -- reading -----------------------------------------------------------------------------------------
     @property
@@ -150,19 +204,16 @@ class Replica:
         return self.connected
 
     def get(self, cls: type[R], rid: str) -> R | None:
-        return self.snapshot.get(cls, rid)
+        record = self._by_id[cls.RECORD].get(rid)
+        return record if isinstance(record, cls) else None
 
     def all(self, cls: type[R]) -> list[R]:
-        return list(self.snapshot.all(cls))
+        return [r for r in self._by_id[cls.RECORD].values() if isinstance(r, cls)]
 
     def active_revocations(self, now: float) -> dict[str, int]:
         """Revocations in force now, by kind: counted as records change and end, never by a walk."""
         self._note_expired(now)
-        return {
-            kind: n - self._expired_revocations[kind]
-            for kind, n in self._open_revocations.items()
-            if n - self._expired_revocations[kind] > 0
-        }
+        return self._tracking.active()
 
     @property
     def watchers(self) -> int:
@@ -226,27 +277,26 @@ class Replica:
             return None
         return record
 
-    async def _load(self) -> StateSnapshot:
-        """Everything the store holds, opened and checked, as a snapshot (not yet in force): read in
-        pages, built in slices, the loop free between them."""
+    async def _load(self) -> tuple[StateSnapshot, dict[str, dict[str, Record]]]:
+        """Everything the store holds, opened and checked: a snapshot (not yet in force) and the records
+        by id. Read in pages; the loop is let go every ``SLICE``."""
         legacy_before = self._legacy
+        self._written_while_loading = []  # what this replica writes meanwhile is applied again after
         position = await self.backend.position()
-        builder = StateSnapshot(self._revision + 1, self.sessions.view)
+        builder = Builder()
+        by_id: dict[str, dict[str, Record]] = {kind: {} for kind in RECORD_TYPES}
         started = time.perf_counter()
-        pending: dict[tuple[str, str], tuple[Record | None, Record]] = {}
+        n = 0
         async for page in self.backend.records():
             for kind, rid, body in page:
                 record = self._open("put", kind, rid, body)
-                if record is not None:  # read twice (a scan may): the last one read is held
-                    held = (
-                        pending[(kind, rid)][0] if (kind, rid) in pending else builder.get(type(record), rid)
-                    )
-                    pending[(kind, rid)] = (held, record)
-                if time.perf_counter() - started >= SLICE:
-                    builder = builder.apply(builder.revision, pending.values())
-                    pending = {}
+                if record is not None:
+                    held = by_id[kind]
+                    builder.add(record, held.get(rid))  # read twice (a scan may): the last one is held
+                    held[rid] = record
+                n += 1
+                if not n % 64:
                     started = await _breathe(started)
-        builder = builder.apply(builder.revision, pending.values())
         legacy = self._legacy - legacy_before
         if legacy:
             raise StateError(
@@ -260,18 +310,31 @@ class Replica:
                 self.sessions.read(key, body)
             started = await _breathe(started)
         self._position = position
-        return builder
+        return builder.finish(self._revision + 1, self.sessions.view), by_id
 
-    async def _install(self, snapshot: StateSnapshot) -> None:
-        """Put a whole new snapshot in force (at start, or after loading again) and file its records."""
-        self._reset_timelines()
+    async def _install(self, loaded: tuple[StateSnapshot, dict[str, dict[str, Record]]]) -> None:
+        """Put a whole new snapshot in force (at start, or after loading again). Its records are filed
+        first, while the last snapshot is still served; then it replaces that one with no pause in between,
+        together with what this replica wrote while it was loading (those writes are persisted, but after
+        the log position the load started from: without this they would be missing until the next read of
+        the log)."""
+        snapshot, by_id = loaded
+        tracking = _Tracking(self.retention)
+        started = time.perf_counter()
+        n = 0
+        for records in by_id.values():
+            for record in records.values():
+                tracking.track(None, record)
+                n += 1
+                if not n % 256:
+                    started = await _breathe(started)
+        self._tracking = tracking
         self._revision = snapshot.revision
         self.snapshot = snapshot
-        started = time.perf_counter()
-        for kind in RECORD_TYPES:
-            for record in snapshot.all(RECORD_TYPES[kind]):
-                self._track(None, record)
-                started = await _breathe(started)
+        self._by_id = by_id
+        written, self._written_while_loading = self._written_while_loading or [], None
+        if written:
+            self._swap(written)
         self._settle(self._now())
 
     async def snapshot_at(self, at: float) -> StateSnapshot:
@@ -279,14 +342,14 @@ class Replica:
         ``at``: for ``ext-authz check --state``. Only what the store still holds can be reproduced."""
         await self.backend.open()
         try:
-            loaded = await self._load()
+            _, by_id = await self._load()
         finally:
             with contextlib.suppress(StateError):
                 await self.backend.close()
         then = [
             r
-            for kind in RECORD_TYPES
-            for rec in loaded.all(RECORD_TYPES[kind])
+            for records in by_id.values()
+            for rec in records.values()
             if (r := as_of(rec, at)) is not None and not isinstance(r, SeenEvent)
         ]
         return StateSnapshot.build(0, others=then, sessions=self.sessions.at(at))
@@ -295,7 +358,8 @@ class Replica:
     async def start(self) -> None:
         """Open the backend and load everything: a replica that cannot read its store does not start."""
         await self.backend.open()
-        await self._install(await self._load())
+        with _no_collection():
+            await self._install(await self._load())
         self.connected = True
         self._maintained = self._now()
         self._follower = asyncio.create_task(self._follow())
@@ -316,7 +380,8 @@ class Replica:
     async def reload(self) -> None:
         """Read everything again (after the settings changed: re-validate under the new ones)."""
         async with self._applying:
-            await self._install(await self._load())
+            with _no_collection():
+                await self._install(await self._load())
 
     async def sync(self) -> bool:
         """One step of following the change log now, without waiting: True if the snapshot changed.
@@ -330,7 +395,8 @@ class Replica:
         async with self._applying:  # a sync() and the follower never interleave their batches
             if batch.behind:
                 log.warning("the state change log was pruned past our position: loading all state")
-                await self._install(await self._load())  # the last snapshot is served meanwhile
+                with _no_collection():
+                    await self._install(await self._load())  # the last snapshot is served meanwhile
                 return True
             changed = await self._apply(batch.changes) if batch.changes else False
             self._position = batch.position
@@ -390,7 +456,7 @@ class Replica:
             if some is None:
                 continue
             key = (some.RECORD, some.record_id)
-            known = current[key] if key in current else self.snapshot.get(type(some), some.record_id)
+            known = current[key] if key in current else self._by_id[some.RECORD].get(some.record_id)
             if new is None and known is None:
                 continue
             if new is not None and known == new:
@@ -403,7 +469,14 @@ class Replica:
         self._revision += 1
         self.snapshot = self.snapshot.apply(self._revision, changes)
         for known, new in changes:
+            some = new if new is not None else known
+            assert some is not None
+            if new is None:
+                self._by_id[some.RECORD].pop(some.record_id, None)
+            else:
+                self._by_id[some.RECORD][some.record_id] = new
             self._track(known, new)
+        self._fold_if_due()
         for known, new, at in events:
             self._revocation_event(known, new, at)
         self._settle(self._now())
@@ -411,33 +484,28 @@ class Replica:
 
     # -- time: what ends, what is forgotten ----------------------------------------------------------------
     def _track(self, known: Record | None, record: Record | None) -> None:
-        """File a record that changed by when it ends, and keep the revocation counts."""
-        for rec, sign in ((known, -1), (record, 1)):
-            if isinstance(rec, Revocation) and rec.ended_at is None:
-                self._open_revocations[rec.kind] += sign
-                if rec.expires_at is not None and rec.expires_at <= self._expired_until:
-                    self._expired_revocations[rec.kind] += sign
-        if record is not None:
-            end = record.finished_at()
-            if known is not None and known.finished_at() == end:
-                return  # filed already, under this end: that filing finds the record as it is now
-            if end is not None and end <= self._expired_until:
-                self._forgetting.file(record.RECORD, record.record_id, end + self.retention)
-            else:
-                self._ending.file(record.RECORD, record.record_id, end)
+        self._tracking.track(known, record)
+
+    def _current(self, filed: Record, end: float | None) -> Record | None:
+        """The record held under a filing's id, if it still ends when the filing said."""
+        record = self._by_id[filed.RECORD].get(filed.record_id)
+        if record is None or end is None or record.finished_at() != end:
+            return None
+        return record
 
     def _note_expired(self, now: float) -> list[Record]:
         """Records whose end has passed since the last call: counted, and filed for forgetting."""
         ended: list[Record] = []
-        for kind, rid, end in self._ending.due(now, inclusive=True):
-            record = self.snapshot.get(RECORD_TYPES[kind], rid)
-            if record is None or record.finished_at() != end:
+        t = self._tracking
+        for filed in t.ending.due(now, inclusive=True):
+            record = self._current(filed, filed.finished_at())
+            if record is None:
                 continue  # gone, or its end moved: filed again under the new one
             ended.append(record)
             if isinstance(record, Revocation) and record.ended_at is None:
-                self._expired_revocations[record.kind] += 1
-            self._forgetting.file(kind, rid, end + self.retention)
-        self._expired_until = max(self._expired_until, now)
+                t.expired_revocations[record.kind] += 1
+            t.forgetting.file(record)
+        t.expired_until = max(t.expired_until, now)
         return ended
 
     def _settle(self, now: float) -> list[Record]:
@@ -445,20 +513,35 @@ class Replica:
         churn). Returns what ended since the last call, for the audit."""
         ended = self._note_expired(now)
         gone: list[tuple[Record | None, Record | None]] = []
-        for kind, rid, due in self._forgetting.due(now):
-            record = self.snapshot.get(RECORD_TYPES[kind], rid)
-            end = None if record is None else record.finished_at()
-            if record is None or end is None or end + self.retention != due:
+        for filed in self._tracking.forgetting.due(now):
+            record = self._current(filed, filed.finished_at())
+            if record is None:
                 continue
             gone.append((record, None))
-            self._forgotten.append((kind, rid, record))
+            self._forgotten.append((record.RECORD, record.record_id, record))
         if gone:
             self._revision += 1
             self.snapshot = self.snapshot.apply(self._revision, gone)
             for record, _ in gone:
+                assert record is not None
+                self._by_id[record.RECORD].pop(record.record_id, None)
                 self._track(record, None)
         self._pending_expiries.extend(r for r in ended if self._audits_expiry(r))
         return ended
+
+    def _fold_if_due(self) -> None:
+        """Once many keys changed since the snapshot's bases were built, fold them in, in slices."""
+        if self.snapshot.changed >= FOLD_FROM and (self._folding is None or self._folding.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop (a test building by hand)
+                self._folding = asyncio.get_running_loop().create_task(self._fold())
+
+    async def _fold(self) -> None:
+        since = self.snapshot
+        for step in fold_steps(since):
+            if step is None:
+                await asyncio.sleep(0)
+                continue
+            self.snapshot = rebase(step, since, self.snapshot)
 
     @staticmethod
     def _audits_expiry(record: Record) -> bool:
@@ -535,7 +618,7 @@ class Replica:
             action, actor = _made(record)
         kind, rid, at = record.RECORD, record.record_id, self._now()
         body = self.sealer.seal("put", kind, rid, encode(record))
-        known = self.snapshot.get(type(record), rid)
+        known = self.get(type(record), rid)
         entry: AuditRow | None = self._row(new_entry(entry_id(at), at, actor, action, known, record, reason))
         if (
             isinstance(record, Signal)
@@ -583,14 +666,17 @@ class Replica:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            self._swap(
+            applied = [
                 (
                     w.record if w.change.op == "delete" else None,
                     w.record if w.change.op == "put" else None,
                     w.change.at,
                 )
                 for w in batch
-            )
+            ]
+            self._swap(applied)
+            if self._written_while_loading is not None:
+                self._written_while_loading += applied
             for w in batch:
                 if not w.done.done():
                     w.done.set_result(None)

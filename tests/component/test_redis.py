@@ -492,7 +492,7 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
         "frontend": check_request(demo_dir, workload="frontend"),
         "billing": check_request(demo_dir, workload="billing"),
     }
-    seen: list[tuple[float, str, str]] = []  # (when, who, reason) from both replicas
+    seen: list[tuple[float, str, str]] = []  # (when sent, who, reason) from both replicas
     failures: list[str] = []
     stop = asyncio.Event()
 
@@ -500,8 +500,9 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
         while not stop.is_set():
             for who, req in checks.items():
                 try:
+                    sent = time.monotonic()  # a Check in flight when a change lands was decided before it
                     resp = await r.stub.Check(req, timeout=5)
-                    seen.append((time.monotonic(), who, resp.dynamic_metadata.fields["reason"].string_value))
+                    seen.append((sent, who, resp.dynamic_metadata.fields["reason"].string_value))
                 except grpc.aio.AioRpcError as exc:
                     failures.append(f"{who}: {exc.code()}")
             await asyncio.sleep(0.002)

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from ext_authz.clock import FixedClock
 from ext_authz.settings import QuarantineSettings, Settings
+from ext_authz.state import replica as replica_module
 from ext_authz.state.backends.memory import MemoryLog
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
-from ext_authz.state.replica import Replica
+from ext_authz.state.replica import FOLD_FROM, Replica
 from ext_authz.state.snapshot import StateSnapshot
 
 T = 1_900_000_000.0
@@ -49,6 +50,7 @@ ops = st.lists(
             st.floats(-900, 900),
         ),
         st.tuples(st.just("wait"), st.floats(0, 1200)),
+        st.tuples(st.just("yield"), st.integers(1, 4)),  # let a fold in progress take steps
     ),
     max_size=40,
 )
@@ -83,7 +85,8 @@ def same_answers(kept: StateSnapshot, fresh: StateSnapshot, now: float) -> None:
         assert sorted(map(repr, kept.all(cls))) == sorted(map(repr, fresh.all(cls)))
 
 
-async def play(steps: list[tuple[object, ...]]) -> None:
+async def play(steps: list[tuple[object, ...]], fold_from: int) -> None:
+    replica_module.FOLD_FROM = fold_from  # small: folds happen, and changes keep coming while they run
     clock = FixedClock(datetime.fromtimestamp(T, UTC))
     replica = Replica(MemoryLog(interval=3600), lambda: SETTINGS, clock=clock, retention=RETENTION)
     await replica.start()
@@ -133,6 +136,9 @@ async def play(steps: list[tuple[object, ...]]) -> None:
                 case ("wait", float(seconds)):
                     clock.at = datetime.fromtimestamp(now + seconds, UTC)
                     await replica.maintain()
+                case ("yield", int(times)):
+                    for _ in range(times):
+                        await asyncio.sleep(0)
             now = clock.now().timestamp()
             revs = list(replica.snapshot.all(Revocation))
             grants = list(replica.snapshot.all(Grant))
@@ -140,6 +146,14 @@ async def play(steps: list[tuple[object, ...]]) -> None:
             signals = list(replica.snapshot.all(Signal))
             fresh = StateSnapshot.build(0, revs, grants, exceptions, signals)
             same_answers(replica.snapshot, fresh, now)
+            # the snapshot holds what the replica holds
+            for cls, records in (
+                (Revocation, revs),
+                (Grant, grants),
+                (ExceptionGrant, exceptions),
+                (Signal, signals),
+            ):
+                assert sorted(map(repr, replica.all(cls))) == sorted(map(repr, records))
             # nothing held ended more than the retention ago
             held: list[Revocation | Grant | ExceptionGrant | Signal] = [*revs, *grants, *exceptions, *signals]
             for r in held:
@@ -153,9 +167,12 @@ async def play(steps: list[tuple[object, ...]]) -> None:
             assert replica.active_revocations(now) == counted
     finally:
         await replica.close()
+        replica_module.FOLD_FROM = FOLD_FROM
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops)
-def test_a_snapshot_changed_record_by_record_is_the_one_built_afresh(steps: list[tuple[object, ...]]) -> None:
-    asyncio.run(play(steps))
+@given(ops, st.sampled_from([FOLD_FROM, 1, 3]))
+def test_a_snapshot_changed_record_by_record_is_the_one_built_afresh(
+    steps: list[tuple[object, ...]], fold_from: int
+) -> None:
+    asyncio.run(play(steps, fold_from))

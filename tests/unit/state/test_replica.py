@@ -775,3 +775,35 @@ async def test_the_state_as_it_stood_reproduces_a_past_decision(tmp_path: Path) 
     assert later.revoked("spiffe_id", FRONTEND, T + 150) is None
     before = await sqlite_replica(db).snapshot_at(T - 1)
     assert before.revocations == ()
+
+
+async def test_a_write_made_while_loading_again_is_never_missing_from_a_snapshot(tmp_path: Path) -> None:
+    """A reload (or a catch-up after falling behind the log) builds a new snapshot in slices while the
+    old one is served. A revocation written meanwhile, after the load read the records, is in force from
+    its write on, in every snapshot after it, not only once the follower reads the log again."""
+    async with running(sqlite_replica(tmp_path / "s.db")) as store:
+        for i in range(50):
+            await store.put(revocation(f"r{i}", f"spiffe://example.org/ns/n{i}/sa/s"))
+        late = revocation("r-late", BILLING)
+        read = store.backend.records
+        written = asyncio.Event()
+
+        async def records_then_a_write(page: int = 2000) -> AsyncIterator[list[tuple[str, str, str]]]:
+            async for chunk in read(page):
+                yield chunk
+            # every record read: now another task writes, before the load is put in force
+            asyncio.get_running_loop().create_task(store.put(late)).add_done_callback(lambda _: written.set())
+            await written.wait()
+
+        store.backend.records = records_then_a_write  # type: ignore[method-assign]
+        seen_once = False
+        reload = asyncio.create_task(store.reload())
+        while not reload.done():
+            held = store.snapshot.revoked("spiffe_id", BILLING, T) is not None
+            assert held or not seen_once, "a revocation in force went missing during the reload"
+            seen_once = seen_once or held
+            await asyncio.sleep(0)
+        await reload
+        assert seen_once
+        assert store.snapshot.revoked("spiffe_id", BILLING, T) is not None  # without reading the log again
+        assert store.get(Revocation, "r-late") == late
