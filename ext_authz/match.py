@@ -254,15 +254,13 @@ class Selector:
         cls, hosts: Iterable[str] = (), paths: Iterable[str] = (), methods: Iterable[str] = ()
     ) -> Selector:
         """Raises PatternError naming the first pattern that is not in the matcher's syntax."""
-        return cls(
-            hosts=tuple(HostPattern.parse(h) for h in hosts),
-            paths=tuple(path_pattern(p) for p in paths),
-            methods=frozenset(method_name(m) for m in methods),
-        )
+        return _compiled(tuple(hosts), tuple(paths), tuple(methods))
 
     @property
     def any(self) -> bool:
         return not (self.hosts or self.paths or self.methods)
+
+    # (the selectors a config or a record names are compiled once, however often they are named)
 
     def matches(self, target: Target) -> bool:
         if self.any:
@@ -275,3 +273,12 @@ class Selector:
         if self.hosts and not any(p.match(host) for p in self.hosts):
             return False
         return not self.paths or any(p.match(target.path) for p in self.paths)
+
+
+@functools.lru_cache(maxsize=65536)  # bounded: what configs and records name; compiling is pure
+def _compiled(hosts: tuple[str, ...], paths: tuple[str, ...], methods: tuple[str, ...]) -> Selector:
+    return Selector(
+        hosts=tuple(HostPattern.parse(h) for h in hosts),
+        paths=tuple(path_pattern(p) for p in paths),
+        methods=frozenset(method_name(m) for m in methods),
+    )

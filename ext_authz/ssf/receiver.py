@@ -32,7 +32,7 @@ from ..httpclient import HttpError, fetch, is_loopback_url
 from ..secrets import read_secret
 from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
-from ..state.records import Revocation, SeenEvent, Signal
+from ..state.records import Record, Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
 from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
 from .sets import SecurityEvent, SetError, peek, verify_set
@@ -106,6 +106,16 @@ class ReceiverState:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A verified SET's result, and what it changes: records to write with their audit action, actor
+    and reason; what to log once they are written."""
+
+    result: str  # applied | ignored | verified
+    writes: list[tuple[Record, str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Receivers:
@@ -228,16 +238,9 @@ class Receivers:
                 )
                 return "duplicate"
             try:
-                result = await self._apply(state, event, engine.config)
-            except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
-                self.on_event(label, "invalid_request")
-                raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
-            except SetError as exc:
-                self.on_event(label, exc.err)
-                raise
-            now = self._now()
-            await self.runtime.replica.put(
-                SeenEvent(
+                outcome = self._apply(state, event, engine.config)
+                now = self._now()
+                seen = SeenEvent(
                     id=seen_id,
                     issuer=rc.issuer,
                     jti=event.jti,
@@ -247,23 +250,34 @@ class Receivers:
                     # clock, within the leeway, counts from now).
                     expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
                 )
-            )
+                # What the SET changes, and that it was seen: one transaction, all of it or none.
+                await self.runtime.replica.put_all([*outcome.writes, (seen, "", "", "")])
+            except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
+                self.on_event(label, "invalid_request")
+                raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
+            except SetError as exc:
+                self.on_event(label, exc.err)
+                raise
+            for note in outcome.notes:
+                log.warning("SSF %r: %s", event.name, note)
+            result = outcome.result
         self.on_event(label, result)
         return result
 
-    async def _apply(self, state: ReceiverState, event: SecurityEvent, settings: Settings) -> str:
+    def _apply(self, state: ReceiverState, event: SecurityEvent, settings: Settings) -> _Outcome:
+        """What a verified SET changes: the records to write (nothing is written here), or a result."""
         rc = state.cfg
         key = event_key(event.event_type)
         if key in VERIFICATION:
             got = event.payload.get("state")
             if got is None:
-                return "verified"  # an unsolicited verification carries no state (SSF §8.1.4.1)
+                return _Outcome("verified")  # an unsolicited verification carries no state (SSF §8.1.4.1)
             if got != state.expected_state:
                 raise SetError("invalid_state", "the verification state is not the one requested")
             state.expected_state = None
             state.verified_at = self._now()
             log.info("SSF stream of %s verified", rc.issuer)
-            return "verified"
+            return _Outcome("verified")
         if key in STREAM_UPDATED:
             status = event.payload.get("status")
             state.stream_status = str(status) if isinstance(status, str) else ""
@@ -273,14 +287,14 @@ class Receivers:
                 status,
                 str(event.payload.get("reason", ""))[:200],
             )
-            return "applied"
+            return _Outcome("applied")
         if key not in APPLIED:
             log.info(
                 "SSF %r from %s acknowledged and ignored (not an event ext-authz applies)",
                 event.event_type[:200],
                 rc.issuer,
             )
-            return "ignored"
+            return _Outcome("ignored")
         if event.sub_id is None:
             raise SetError("invalid_request", "sub_id is required (SSF 1.0 §3.1)")
         email_issuers = frozenset(
@@ -301,21 +315,20 @@ class Receivers:
             log.info(
                 "SSF %s %s from %s names nobody this receiver may act on", event.name, event.jti, rc.issuer
             )
-            return "ignored"
+            return _Outcome("ignored")
         actor = f"ssf:{rc.issuer}"
         replica = self.runtime.replica
-        records: list[Revocation | Signal] = [*changes.revocations, *changes.signals]
-        for record in records:  # all or nothing: refuse before writing any
-            commands.check_record(record, settings)
+        writes: list[tuple[Record, str, str, str]] = []
+        notes: list[str] = []
         for rev in changes.revocations:
             if replica.get(Revocation, rev.id) is None:
-                await replica.put(rev, action="revoke", actor=actor, reason=f"{rev.reason} (SET {event.jti})")
-                log.warning("SSF %r: revoked %s %s (%s)", event.name, rev.kind, rev.value, rev.reason)
+                writes.append((rev, "revoke", actor, f"{rev.reason} (SET {event.jti})"))
+                notes.append(f"revoked {rev.kind} {rev.value} ({rev.reason})")
         for sig in changes.signals:
             known = replica.get(Signal, sig.record_id)
             if known is not None and known.source == "ssf" and known.set_at > sig.set_at:
                 continue  # a newer fact from the transmitter is already in force
-            await replica.put(sig, action="signal", actor=actor, reason=f"SET {event.jti}")
+            writes.append((sig, "signal", actor, f"SET {event.jti}"))
         for kind, value in changes.lift:
             for rev in replica.snapshot.named(value):
                 if (
@@ -325,9 +338,9 @@ class Receivers:
                     and rev.created_at <= changes.at  # never a revocation from an event after this one
                 ):
                     ended = commands.end_revocation(rev, f"{event.name} (SET {event.jti})", actor, now)
-                    await replica.put(ended, action="unrevoke", actor=actor, reason=ended.end_reason)
-                    log.warning("SSF %r: lifted %s (%s %s)", event.name, rev.id, kind, value)
-        return "applied"
+                    writes.append((ended, "unrevoke", actor, ended.end_reason))
+                    notes.append(f"lifted {rev.id} ({kind} {value})")
+        return _Outcome("applied", writes, notes)
 
     # -- poll (RFC 8936) --------------------------------------------------------------------------------
     async def _poll(self, state: ReceiverState) -> None:

@@ -66,11 +66,12 @@ class Sealer:
         return mac.hexdigest()
 
     def seal(self, op: str, kind: str, rid: str, canonical: str) -> str:
-        """The envelope for a record's canonical JSON (see records.encode)."""
-        env: dict[str, Any] = {"v": _VERSION, "record": json.loads(canonical)}
-        if self._key is not None:
-            env["mac"] = self._mac(op, kind, rid, canonical)
-        return json.dumps(env, separators=(",", ":"), sort_keys=True)
+        """The envelope for a record's canonical JSON (see records.encode): the text
+        ``json.dumps({"mac": …, "record": …, "v": 2}, separators=(",", ":"), sort_keys=True)`` would
+        write, put together directly (the record's canonical text is already that encoding of it)."""
+        if self._key is None:
+            return f"{_RECORD_HEAD}{canonical}{_TAIL}"
+        return f'{_MAC_HEAD}{self._mac(op, kind, rid, canonical)}"{_RECORD_KEY}{canonical}{_TAIL}'
 
     def open(self, op: str, kind: str, rid: str, stored: str) -> Any:
         """The record's decoded JSON, if the envelope is well formed and (with a key) authentic."""

@@ -65,6 +65,7 @@ MAINTENANCE_EVERY = 30.0
 SLICE = 0.001  # seconds of work on the event loop before it is let go (Checks are answered there)
 WRITE_BATCH = 256  # writes that share one store transaction, at most
 FORGET_BATCH = 5000  # records forgotten from the store per maintenance, at most
+OWN_KEPT = 20_000
 FOLD_FROM = 50_000  # keys changed since the snapshot's bases were built: fold them in (in slices)
 
 
@@ -77,9 +78,11 @@ class RevocationEvent:
 
 @dataclass(slots=True)
 class _Write:
-    change: Change
-    audit: AuditRow | None
-    record: Record | None  # what the change leaves (None: deleted)
+    """Changes that go to the store together (one transaction: all of them or none)."""
+
+    changes: list[Change]
+    audit: list[AuditRow]
+    records: list[Record]  # what each change puts, or for a delete, the record it deletes
     done: asyncio.Future[None]
 
 
@@ -195,6 +198,9 @@ class Replica:
         self._pending_expiries: list[Record] = []  # ran out by themselves: for the audit log
         self._written_while_loading: list[tuple[Record | None, Record | None, float]] | None = None
         self._writes: list[_Write] = []
+        # What this replica wrote, as written, until the follower reads it back from the log: applied
+        # already, it is not opened and checked again (bounded: cleared past OWN_KEPT).
+        self._own: dict[tuple[str, str, str], str] = {}
         self._writer: asyncio.Task[None] | None = None
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -430,10 +436,13 @@ class Replica:
         changed = False
         started = time.perf_counter()
         slice_: list[tuple[Record | None, Record | None, float]] = []
+        own = self._own
         for ch in changes:
             if ch.op == "session":
                 self.sessions.read(ch.id, ch.body)
                 continue
+            if own and own.pop((ch.op, ch.kind, ch.id), None) == ch.body:
+                continue  # our own write, applied when it was made
             record = self._open(ch.op, ch.kind, ch.id, ch.body)
             if record is not None:
                 slice_.append((None, record if ch.op == "put" else None, ch.at))
@@ -613,23 +622,36 @@ class Replica:
         has it, with the audit entry that says who did ``action``, and why (for a record being made, by
         default: its maker, making it). A record this replica would not accept from the store is refused
         here too (InvalidArgument)."""
-        check_record(record, self.settings())
-        if not action:
-            action, actor = _made(record)
-        kind, rid, at = record.RECORD, record.record_id, self._now()
-        body = self.sealer.seal("put", kind, rid, encode(record))
-        known = self.get(type(record), rid)
-        entry: AuditRow | None = self._row(new_entry(entry_id(at), at, actor, action, known, record, reason))
-        if (
-            isinstance(record, Signal)
-            and isinstance(known, Signal)
-            and known.fresh(at)
-            and known.value == record.value
-        ):
-            entry = None  # a refresh of the same fact is not a change worth an entry
-        if isinstance(record, SeenEvent):
-            entry = None  # what the SET changed is audited; that it was seen is bookkeeping
-        await self._write(Change("put", kind, rid, body, at), entry, record)
+        await self.put_all([(record, action, actor, reason)])
+
+    async def put_all(self, items: list[tuple[Record, str, str, str]]) -> None:
+        """Write records (each with its audit action, actor and reason, as for :meth:`put`) in one store
+        transaction: all of them or none. Every one is checked before any is written."""
+        settings = self.settings()
+        for record, _, _, _ in items:
+            check_record(record, settings)
+        at = self._now()
+        changes: list[Change] = []
+        audit: list[AuditRow] = []
+        held: dict[tuple[str, str], Record | None] = {}
+        for record, action, actor, reason in items:
+            if not action:
+                action, actor = _made(record)
+            kind, rid = record.RECORD, record.record_id
+            changes.append(Change("put", kind, rid, self.sealer.seal("put", kind, rid, encode(record)), at))
+            known = held[(kind, rid)] if (kind, rid) in held else self.get(type(record), rid)
+            held[(kind, rid)] = record
+            if isinstance(record, SeenEvent):
+                continue  # what the SET changed is audited; that it was seen is bookkeeping
+            if (
+                isinstance(known, Signal)
+                and isinstance(record, Signal)
+                and known.value == record.value
+                and known.fresh(at)
+            ):
+                continue  # a refresh of the same fact is not a change worth an entry
+            audit.append(self._row(new_entry(entry_id(at), at, actor, action, known, record, reason)))
+        await self._write(_Write(changes, audit, [r for r, _, _, _ in items], self._future()))
 
     async def delete(self, cls: type[R], rid: str, *, action: str, actor: str, reason: str = "") -> R | None:
         record = self.get(cls, rid)
@@ -638,26 +660,37 @@ class Replica:
         kind, at = cls.RECORD, self._now()
         body = self.sealer.seal("delete", kind, rid, encode(record))
         entry = self._row(new_entry(entry_id(at), at, actor, action, record, None, reason))
-        await self._write(Change("delete", kind, rid, body, at), entry, None, deleted=record)
+        await self._write(_Write([Change("delete", kind, rid, body, at)], [entry], [record], self._future()))
         return record
 
-    async def _write(
-        self, change: Change, audit: AuditRow | None, record: Record | None, *, deleted: Record | None = None
-    ) -> None:
+    @staticmethod
+    def _future() -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _write(self, write: _Write) -> None:
         """Queue a write and wait until the store has it (and this replica applied it). Writes queued
         together share one transaction and one snapshot swap."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writes.append(_Write(change, audit, record if record is not None else deleted, done))
+        self._writes.append(write)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
-        await done
+        await write.done
+
+    def _next_batch(self) -> list[_Write]:
+        """Queued writes for one transaction: about WRITE_BATCH changes, never a write split."""
+        batch: list[_Write] = []
+        size = 0
+        while self._writes and (not batch or size + len(self._writes[0].changes) <= WRITE_BATCH):
+            w = self._writes.pop(0)
+            batch.append(w)
+            size += len(w.changes)
+        return batch
 
     async def _drain(self) -> None:
         while self._writes:
-            batch, self._writes = self._writes[:WRITE_BATCH], self._writes[WRITE_BATCH:]
+            batch = self._next_batch()
             try:
                 await self.backend.append(
-                    [w.change for w in batch], [w.audit for w in batch if w.audit is not None]
+                    [c for w in batch for c in w.changes], [a for w in batch for a in w.audit]
                 )
             except BaseException as exc:
                 for w in batch:
@@ -666,15 +699,17 @@ class Replica:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            applied = [
-                (
-                    w.record if w.change.op == "delete" else None,
-                    w.record if w.change.op == "put" else None,
-                    w.change.at,
-                )
+            applied: list[tuple[Record | None, Record | None, float]] = [
+                (record, None, c.at) if c.op == "delete" else (None, record, c.at)
                 for w in batch
+                for c, record in zip(w.changes, w.records, strict=True)
             ]
             self._swap(applied)
+            if len(self._own) > OWN_KEPT:
+                self._own.clear()  # (a backend that does not read our writes back: memory stays bounded)
+            for w in batch:
+                for c in w.changes:
+                    self._own[(c.op, c.kind, c.id)] = c.body
             if self._written_while_loading is not None:
                 self._written_while_loading += applied
             for w in batch:

@@ -710,3 +710,25 @@ def test_event_loop_defaults_to_uvloop_and_may_be_asyncio() -> None:
     assert parse("").event_loop == "uvloop"
     assert parse("event_loop: asyncio").event_loop == "asyncio"
     assert parse_error("event_loop: trio").key == "event_loop"
+
+
+def test_a_config_written_as_json_is_the_same_config(tmp_path: Path) -> None:
+    """JSON is read by a JSON parser (fast for generated policies); the settings are YAML's."""
+    import json
+
+    doc = {
+        "allow_empty": True,
+        "rules": [
+            {"name": "a", "match": {"paths": ["/x/*"], "methods": ["GET"]}, "when": "identity.authenticated"},
+            {"name": "b", "effect": "deny", "anonymous": True, "match": {"hosts": ["*.example.com"]}},
+        ],
+        "cache": {"size": 123},
+    }
+    as_yaml = parse_settings(yaml.safe_dump(doc), tmp_path / "c.yaml")
+    as_json = parse_settings(json.dumps(doc).encode(), tmp_path / "c.json")
+    assert as_json.model_dump() == as_yaml.model_dump()
+    # YAML that merely starts with a brace (a flow mapping) is still YAML
+    flow = parse_settings("{allow_empty: true, cache: {size: 7}}", tmp_path / "f.yaml")
+    assert flow.cache.size == 7
+    with pytest.raises(ConfigError, match="rules"):
+        parse_settings('{"rules": [{"name": "r", "effect": "maybe"}]}', tmp_path / "bad.json")

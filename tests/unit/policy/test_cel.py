@@ -135,14 +135,3 @@ def test_errors_are_reasons_and_keep_what_compiled() -> None:
     assert not isinstance(results[0], CompileError)
     assert isinstance(results[1], CompileError) and "nope" in str(results[1])
     assert isinstance(results[2], CompileError) and "boolean" in str(results[2])
-
-
-def test_many_new_conditions_compile_in_worker_processes() -> None:
-    sources = [f"identity.claims.n == {i}" for i in range(cel_module.PARALLEL_FROM + 10)]
-    sources.append("identity.nope")
-    results = compile_many(sources)
-    assert all(not isinstance(r, CompileError) for r in results[:-1])
-    assert isinstance(results[-1], CompileError)
-    seventh = results[7]
-    assert not isinstance(seventh, CompileError)
-    assert seventh.eval(data={"identity": {"claims": {"n": 7}}}).value() is True

@@ -373,3 +373,33 @@ def test_empty_snapshot_answers_nothing() -> None:
     assert snap.exceptions_for([FRONTEND], T) == []
     assert snap.signals_for("device", "LAPTOP-7", T) == {}
     assert snap.active_revocations(T) == []
+
+
+def test_an_envelope_is_the_json_encoding_of_its_parts() -> None:
+    """seal() puts the envelope together as text, and open() reads it by position: both must be exactly
+    json.dumps of {"mac", "record", "v"} (sorted, compact), whatever the record holds."""
+    import json
+
+    from ext_authz.state.integrity import IntegrityError, Sealer
+    from ext_authz.state.records import encode
+
+    records = [
+        Revocation("rev_é", "sub", 'https://idp.example.com#zoë "quoted" \\ back', "réason ✓", "ops", 1.5e9),
+        Revocation("rev_2", "jti", "https://idp.example.com#x", "r", "ops", 1900000000.25, expires_at=2e9),
+    ]
+    for key in (None, b"k" * 32):
+        sealer = Sealer(key)
+        for r in records:
+            canonical = encode(r)
+            env: dict[str, object] = {"v": 2, "record": json.loads(canonical)}
+            if key is not None:
+                env["mac"] = sealer._mac("put", "revocation", r.id, canonical)
+            assert sealer.seal("put", "revocation", r.id, canonical) == json.dumps(
+                env, separators=(",", ":"), sort_keys=True
+            )
+            body = sealer.seal("put", "revocation", r.id, canonical)
+            assert sealer.open("put", "revocation", r.id, body) == json.loads(canonical)
+            if key is not None:
+                tampered = body.replace('"ops"', '"eve"')
+                with pytest.raises(IntegrityError):
+                    sealer.open("put", "revocation", r.id, tampered)
