@@ -60,7 +60,8 @@ def _check_ssf_secrets(cfg: Settings) -> None:
             seen[secret] = i
 
 
-def load_engine(path: str | Path) -> Engine:
-    """Settings, trust material and compiled policy, or a ConfigError/TrustError naming the file."""
+def load_engine(path: str | Path, *, isolated: bool = False) -> Engine:
+    """Settings, trust material and compiled policy, or a ConfigError/TrustError naming the file.
+    ``isolated``: while Checks are being answered (a reload), parse a large YAML file in a child process."""
     data = read_config(path)  # read once: the revision is the digest of exactly what was parsed
-    return build_engine(parse_settings(data, Path(path)), data)
+    return build_engine(parse_settings(data, Path(path), isolated=isolated), data)

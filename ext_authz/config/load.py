@@ -7,6 +7,8 @@ one :class:`~ext_authz.errors.ConfigError` a person can act on.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -38,9 +40,51 @@ def load_settings(path: str | Path) -> Settings:
     return parse_settings(read_config(path), Path(path))
 
 
-def parse_settings(text: bytes | str, source: Path) -> Settings:
+# A YAML file larger than this is parsed in a child process when the caller asks (a reload, while Checks
+# are answered): libyaml's parser holds the GIL throughout, a quarter of a second for ten thousand rules.
+ISOLATED_FROM = 256 * 1024
+_CHILD = """
+import sys, yaml, orjson
+def plain(v):
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and plain(x) for k, x in v.items())
+    if isinstance(v, list):
+        return all(plain(x) for x in v)
+    return v is None or type(v) in (str, int, float, bool)
+try:
+    data = yaml.load(sys.stdin.buffer.read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+except Exception:
+    sys.exit(3)  # the parent reads it again, and says what is wrong
+if not plain(data):
+    sys.exit(4)  # YAML-only values (dates, binary): the parent reads it itself
+sys.stdout.buffer.write(orjson.dumps(data))
+"""
+
+
+def _yaml_elsewhere(text: bytes | str) -> Any:
+    """The YAML document, parsed in a child process (this one's GIL stays free); None if the child could
+    not or would not (the caller parses it here then, with the same result or error)."""
+    raw = text.encode() if isinstance(text, str) else text
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD], input=raw, capture_output=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return orjson.loads(done.stdout)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def parse_settings(text: bytes | str, source: Path, *, isolated: bool = False) -> Settings:
+    """Settings from a config's text. ``isolated``: parse a large YAML file in a child process."""
     file = str(source)
     data = _json(text)
+    if data is None and isolated and len(text) >= ISOLATED_FROM:
+        data = _yaml_elsewhere(text)
     try:
         if data is None:
             data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - the safe loader, in C where libyaml is there

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
+from ..collect import paused_collection
 from ..errors import AuthzError
 from ..loader import load_engine
 from ..settings import Settings
@@ -76,7 +78,10 @@ class Reloader:
         self._seen = seen
         rt = self.runtime
         try:
-            engine = await asyncio.to_thread(load_engine, self.config_path)
+            with paused_collection():  # a large engine: no collection walks it, now or later
+                engine = await asyncio.to_thread(
+                    functools.partial(load_engine, self.config_path, isolated=True)
+                )
         except AuthzError as exc:
             rt.metrics.reloads.get("failure").inc()
             rt.metrics.reload_failed.set(1)

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from ..clock import Clock, SystemClock
+from ..collect import paused_collection
 from ..errors import StateError
 from ..settings import Settings
 from .audit import AuditEntry, AuditRow, entry_id, expiry_entry, new_entry
@@ -137,21 +137,6 @@ def _made(record: Record) -> tuple[str, str]:
     if isinstance(record, SeenEvent):
         return "seen", f"ssf:{record.issuer}"
     return "signal", record.set_by
-
-
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """A full load makes a million long-lived objects and no garbage: the cyclic collector, which would
-    walk them again and again as they are made, is paused, and afterwards they are moved out of its way
-    (``gc.freeze``), so that no later collection walks them either (a pause the Check path would feel)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was:
-            gc.enable()
 
 
 async def _breathe(started: float) -> float:
@@ -364,7 +349,7 @@ class Replica:
     async def start(self) -> None:
         """Open the backend and load everything: a replica that cannot read its store does not start."""
         await self.backend.open()
-        with _no_collection():
+        with paused_collection():
             await self._install(await self._load())
         self.connected = True
         self._maintained = self._now()
@@ -386,7 +371,7 @@ class Replica:
     async def reload(self) -> None:
         """Read everything again (after the settings changed: re-validate under the new ones)."""
         async with self._applying:
-            with _no_collection():
+            with paused_collection():
                 await self._install(await self._load())
 
     async def sync(self) -> bool:
@@ -401,7 +386,7 @@ class Replica:
         async with self._applying:  # a sync() and the follower never interleave their batches
             if batch.behind:
                 log.warning("the state change log was pruned past our position: loading all state")
-                with _no_collection():
+                with paused_collection():
                     await self._install(await self._load())  # the last snapshot is served meanwhile
                 return True
             changed = await self._apply(batch.changes) if batch.changes else False

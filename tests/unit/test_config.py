@@ -732,3 +732,28 @@ def test_a_config_written_as_json_is_the_same_config(tmp_path: Path) -> None:
     assert flow.cache.size == 7
     with pytest.raises(ConfigError, match="rules"):
         parse_settings('{"rules": [{"name": "r", "effect": "maybe"}]}', tmp_path / "bad.json")
+
+
+def test_a_large_yaml_file_parsed_in_a_child_process_is_the_same_config(tmp_path: Path) -> None:
+    """On reload a large YAML file is parsed in a child process (libyaml holds the GIL); the settings,
+    and the error for a broken file, are those of parsing it here."""
+    from ext_authz.config import load as config_load
+
+    rules = [
+        {"name": f"r{i}", "match": {"paths": [f"/t{i}/*"]}, "when": f'identity.path == "/{i}"'}
+        for i in range(3000)
+    ]
+    text = yaml.safe_dump({"allow_empty": True, "rules": rules}).encode()
+    assert len(text) >= config_load.ISOLATED_FROM
+    here = parse_settings(text, tmp_path / "c.yaml")
+    elsewhere = parse_settings(text, tmp_path / "c.yaml", isolated=True)
+    assert elsewhere.model_dump() == here.model_dump()
+    assert config_load._yaml_elsewhere(text) == yaml.safe_load(text)  # it really was the child's
+    broken = text + b"\n  - : [unclosed"
+    with pytest.raises(ConfigError) as a:
+        parse_settings(broken, tmp_path / "c.yaml")
+    with pytest.raises(ConfigError) as b:
+        parse_settings(broken, tmp_path / "c.yaml", isolated=True)
+    assert str(a.value) == str(b.value)
+    dated = text + b"\nwhen_written: 2024-01-01\n"  # a YAML date: not JSON, read here instead
+    assert config_load._yaml_elsewhere(dated) is None
