@@ -741,7 +741,7 @@ def test_a_large_yaml_file_parsed_in_a_child_process_is_the_same_config(tmp_path
 
     rules = [
         {"name": f"r{i}", "match": {"paths": [f"/t{i}/*"]}, "when": f'identity.path == "/{i}"'}
-        for i in range(3000)
+        for i in range(4000)
     ]
     text = yaml.safe_dump({"allow_empty": True, "rules": rules}).encode()
     assert len(text) >= config_load.ISOLATED_FROM
