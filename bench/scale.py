@@ -193,7 +193,7 @@ async def fill(backend: Any, n: int) -> None:
     await backend.close()
 
 
-async def state_point(make_backend: Callable[[], Any], n: int) -> dict[str, Any]:
+async def state_point(make_backend: Callable[[], Any], n: int, demo: Path) -> dict[str, Any]:
     await fill(make_backend(), n)
     gc.collect()
     before = rss()
@@ -210,6 +210,16 @@ async def state_point(make_backend: Callable[[], Any], n: int) -> dict[str, Any]
     for value in values:
         snapshot.revoked("jti", value, now)
     lookup_us = (time.process_time() - cpu) / len(values) * 1e6
+    # a whole Check (the demo's frontend, allowed) through the pipeline, against this state
+    engine = load_engine(demo / "config.yaml")
+    ctx = normalize(check_request(demo, workload="frontend"))
+    caches = Caches()
+    at = datetime.now(UTC)
+    assert decide(ctx, engine, caches, at, "id", replica.snapshot).allowed
+    cpu = time.process_time()
+    for _ in range(3000):
+        decide(ctx, engine, caches, at, "id", replica.snapshot)
+    check_us = (time.process_time() - cpu) / 3000 * 1e6
     enforce = []
     for i in range(30):
         r = revocation(i, time.time(), "new")
@@ -227,6 +237,7 @@ async def state_point(make_backend: Callable[[], Any], n: int) -> dict[str, Any]
         "start_s": round(start_s, 2),
         "bytes_per_record": round(per_record),
         "lookup_us": round(lookup_us, 2),
+        "check_us": round(check_us, 1),
         "enforce_ms_p50": round(statistics.median(enforce), 2),
         "enforce_ms_max": round(max(enforce), 2),
         "one_by_one_10k_s": round(one_by_one * 10_000, 1),
@@ -239,24 +250,25 @@ def sqlite_log(path: Path) -> Any:
     return SqliteLog(path, poll_interval=3600)
 
 
-def state_section(sizes: list[int], redis: bool) -> dict[str, Any]:
+def state_section(sizes: list[int], redis: bool, demo: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         points = []
         for n in sizes:
-            points.append(asyncio.run(state_point(functools.partial(sqlite_log, Path(tmp) / f"s{n}.db"), n)))
+            backend = functools.partial(sqlite_log, Path(tmp) / f"s{n}.db")
+            points.append(asyncio.run(state_point(backend, n, demo)))
             print(f"  sqlite {n}: {points[-1]}", flush=True)
         out["sqlite"] = points
         if redis:
-            out["redis"] = redis_points(sizes, Path(tmp))
-    for store, points in out.items():
-        for field in ("start_s", "bytes_per_record", "lookup_us", "enforce_ms_p50"):
+            out["redis"] = redis_points(sizes, Path(tmp), demo)
+    for store, points in list(out.items()):
+        for field in ("start_s", "bytes_per_record", "lookup_us", "check_us", "enforce_ms_p50"):
             points_verdicts = out.setdefault(f"{store}_verdicts", {})
             points_verdicts[field] = verdict(sizes, [p[field] or 0.001 for p in points])
     return out
 
 
-def redis_points(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+def redis_points(sizes: list[int], tmp: Path, demo: Path) -> list[dict[str, Any]]:
     from ext_authz.state.backends.redis import RedisLog
     from tests.redis_server import RedisServer
 
@@ -265,7 +277,7 @@ def redis_points(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
         server = RedisServer(tmp / f"redis-{n}")
         server.start()
         try:
-            points.append(asyncio.run(state_point(functools.partial(RedisLog, server.url), n)))
+            points.append(asyncio.run(state_point(functools.partial(RedisLog, server.url), n, demo)))
             print(f"  redis {n}: {points[-1]}", flush=True)
         finally:
             server.stop()
@@ -566,16 +578,18 @@ def markdown(r: dict[str, Any]) -> str:
             lines += [
                 f"## State on {store}",
                 "",
-                "| revocations | start s | bytes each | lookup µs | revoke → enforced ms (p50 / max) |"
-                " 10,000 one by one s |",
-                "|---|---|---|---|---|---|",
+                "| revocations | start s | bytes each | lookup µs | Check µs |"
+                " revoke → enforced ms (p50 / max) | 10,000 one by one s |",
+                "|---|---|---|---|---|---|---|",
                 *(
                     f"| {p['records']:,} | {p['start_s']} | {p['bytes_per_record']} | {p['lookup_us']} |"
+                    f" {p['check_us']} |"
                     f" {p['enforce_ms_p50']} / {p['enforce_ms_max']} | {p['one_by_one_10k_s']} |"
                     for p in pts
                 ),
                 "",
                 f"Start: {v['start_s']}. Bytes each: {v['bytes_per_record']}. Lookup: {v['lookup_us']}. "
+                f"Check: {v['check_us']}. "
                 f"Enforce: {v['enforce_ms_p50']}.",
                 "",
             ]
@@ -643,7 +657,7 @@ def main() -> int:
         if "state" in sections:
             print("state", flush=True)
             sizes = [n for n in (1000, 10_000, 100_000, 1_000_000) if n <= args.max_records]
-            result["state"] = state_section(sizes, redis=not args.no_redis)
+            result["state"] = state_section(sizes, redis=not args.no_redis, demo=demo)
         if "callers" in sections:
             print("callers", flush=True)
             result["callers"] = callers_section(demo, [1000, 10_000, 50_000])

@@ -464,7 +464,7 @@ def decide(
         )
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
-    if state.revocations and (principal.authenticated or device):
+    if state.any_revocations and (principal.authenticated or device):
         for kind, value, issued_at in _revocation_checks(principal, device):
             rev = state.revoked(kind, value, ts, issued_at)
             if rev is not None:

@@ -261,7 +261,14 @@ class StateSnapshot:
             yield from bucket
 
     @property
+    def any_revocations(self) -> bool:
+        """Whether a revocation may be held (O(1): the Check path asks it before any lookup)."""
+        index = self.revoked_index
+        return bool(index.base) or bool(index.top)
+
+    @property
     def revocations(self) -> tuple[Revocation, ...]:
+        """Every revocation held: a walk over all of them, never for the Check path."""
         return tuple(self.all(Revocation))
 
     @property

@@ -1016,3 +1016,22 @@ def test_an_assurance_decrease_to_an_accepted_level_does_not_lift_a_weak_token(t
         dataclasses.replace(signal("user", ALICE, "assurance_level", "phr"), set_at=TS - 10),
     )
     assert outcome(check(trust, trust.ctx("/payments/run", token=weak), decrease))[2] == "step_up_required"
+
+
+def test_a_check_never_walks_every_record_held(trust: Trust, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With state held, a Check looks records up by what names the caller: a walk over everything held
+    (a million revocations) would make every Check as slow as the state is large."""
+    from ext_authz.state.snapshot import Index
+
+    held = [revocation("jti", f"https://idp.example.com#t{i}", f"rev_{i}") for i in range(50)]
+    snapshot = StateSnapshot.build(1, revocations=held)
+    ctx, kind, value = revocation_case(trust, "jti")
+
+    def walked(*_: object) -> Any:
+        raise AssertionError("the Check path walked every record held")
+
+    monkeypatch.setattr(StateSnapshot, "all", walked)
+    monkeypatch.setattr(Index, "buckets", walked)
+    assert outcome(check(trust, ctx, snapshot)) == ALLOWED
+    revoked_too = StateSnapshot.build(1, revocations=[*held, revocation(kind, value, "rev_x")])
+    assert outcome(check(trust, ctx, revoked_too)) == (False, 403, "revoked")
