@@ -7,6 +7,7 @@ mutable thing touched is the verified-credential cache, which never changes an o
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from .model import (
 from .policy import Policy
 from .policy.engine import StepUp
 from .settings import Limits, Settings
+from .state.records import Signal
 from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot
 from .trust.revision import Revision
@@ -234,7 +236,9 @@ ANONYMOUS_IDENTITY: Mapping[str, Any] = {
 }
 
 
-def identity_for_cel(principal: Principal) -> Mapping[str, Any]:
+def identity_for_cel(principal: Principal, claims: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """CEL's ``identity``; ``claims``: the token's claims as a transmitter since changed them (CAEP
+    token-claims-change about that token), over what it carries."""
     primary = principal.primary
     if primary is None:
         return ANONYMOUS_IDENTITY
@@ -252,7 +256,26 @@ def identity_for_cel(principal: Principal) -> Mapping[str, Any]:
     out["kinds"] = list(principal.kinds)
     out["x509"] = principal.workload.as_cel() if principal.workload else {}
     out["token"] = principal.token.as_cel() if principal.token else {}
+    if claims and principal.token is not None:
+        # identity.claims are the token's whenever there is one (with an X.509-SVID too)
+        out["token"]["claims"] = {**out["token"].get("claims", {}), **claims}
+        out["claims"] = {**out.get("claims", {}), **claims}
     return out
+
+
+def _changed_claims(signals: Mapping[str, Signal], issuer: str) -> dict[str, Any] | None:
+    """A token's ``claims.NAME`` signals (JSON values) as the claims policy sees: those its own issuer
+    said (a transmitter whose iss is the token's), or an operator. Another transmitter's say-so is only
+    ``signals.token``: it may not change what a token it did not issue claims (a role, a group)."""
+    out: dict[str, Any] = {}
+    for key, sig in signals.items():
+        if not key.startswith("claims.") or (sig.source == "ssf" and sig.set_by != f"ssf:{issuer}"):
+            continue
+        try:
+            out[key[len("claims.") :]] = json.loads(sig.value)
+        except ValueError:
+            out[key[len("claims.") :]] = sig.value  # set by an operator as plain text
+    return out or None
 
 
 def activation(
@@ -261,6 +284,7 @@ def activation(
     now: datetime,
     signals: Mapping[str, Any] | None = None,
     grants: list[dict[str, Any]] | None = None,
+    claims: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     http = ctx.http
     request: dict[str, Any] = {
@@ -275,8 +299,10 @@ def activation(
     return {
         "request": request,
         "source": {"address": ctx.source_address, "principal": ctx.source_principal},
-        "identity": identity_for_cel(principal),
-        "signals": dict(signals) if signals is not None else {"device": {}, "workload": {}, "user": {}},
+        "identity": identity_for_cel(principal, claims),
+        "signals": dict(signals)
+        if signals is not None
+        else {"device": {}, "workload": {}, "user": {}, "token": {}},
         "grants": grants if grants is not None else [],
         "now": now,
     }
@@ -321,10 +347,45 @@ def _revocation_checks(principal: Principal, device: str) -> list[tuple[str, str
             if value:
                 checks.append((kind, value, iat))
     if device:
-        checks.append(("device", device, None))
+        # A device revocation refuses what was issued before it, as a user's does: the credential that
+        # carried the device id (a token's claim), else the newest the caller presented. Without one:
+        # refused (fail closed).
+        checks.append(("device", device, _device_credential_iat(principal)))
     for ident in principal.identities:
         checks.append(("quarantine", ident.principal, None))
     return checks
+
+
+def _device_credential_iat(principal: Principal) -> int | None:
+    token = principal.token
+    if token is not None:
+        return token.issued_at
+    issued = [i.issued_at for i in principal.identities if i.issued_at is not None]
+    return max(issued) if issued else None
+
+
+def _narrowing_context(principal: Principal, engine: Engine) -> dict[str, str]:
+    """What a request has, from its verified credentials, of each kind a revocation may be narrowed to
+    (Revocation.also). Only what a credential says can take a request out of a narrowed revocation: a
+    device id from a request header is the client's word, so it is not here (unknown: refused)."""
+    context: dict[str, str] = {}
+    user = principal.user
+    if user is not None:
+        context["sub"] = user.principal
+    if principal.spiffe_id:
+        context["spiffe_id"] = principal.spiffe_id
+    token = principal.token
+    if token is not None:
+        sid = _scoped_claim(token, "sid")
+        if sid:
+            context["sid"] = sid
+        device = token.claims.get(engine.config.device.claim)
+        if isinstance(device, str) and device:
+            context["device"] = device
+        tenant = token.claims.get(engine.config.tenant.claim)
+        if isinstance(tenant, str) and tenant:
+            context["tenant"] = tenant
+    return context
 
 
 def _credential_age(
@@ -465,8 +526,9 @@ def decide(
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
     if state.any_revocations and (principal.authenticated or device):
+        context = _narrowing_context(principal, engine)
         for kind, value, issued_at in _revocation_checks(principal, device):
-            rev = state.revoked(kind, value, ts, issued_at)
+            rev = state.revoked(kind, value, ts, issued_at, context)
             if rev is not None:
                 return _refused(
                     decision_id,
@@ -484,6 +546,14 @@ def decide(
     covering = [g for g in state.grants_for(keys, ts) if g.scope.matches(target)]
     signals_read: list[str] = []  # filled if (and when) a condition needs the activation
 
+    # A token a transmitter has said more about since it was issued (CAEP token-claims-change): what
+    # policy sees of it changes, so nothing about it is remembered from its credentials alone.
+    token = principal.token
+    token_key = _scoped_claim(token, "jti") if token is not None else ""
+    token_facts = state.fresh_signals("token", token_key, ts) if token_key else {}
+    token_signals = {k: s.value for k, s in token_facts.items()}
+    changed = _changed_claims(token_facts, token.issuer) if token is not None and token_facts else None
+
     def build() -> dict[str, Any]:
         workload = principal.spiffe_id
         user = principal.user
@@ -491,6 +561,7 @@ def decide(
             "device": state.signals_for("device", device, ts),
             "workload": state.signals_for("workload", workload, ts),
             "user": state.signals_for("user", user.principal if user is not None else "", ts),
+            "token": token_signals,
         }
         signals_read.extend(f"{kind}.{key}" for kind, facts in sig.items() for key in sorted(facts))
         grants = [
@@ -503,14 +574,14 @@ def decide(
             }
             for g in covering
         ]
-        return activation(ctx, principal, now, sig, grants)
+        return activation(ctx, principal, now, sig, grants, changed)
 
     def stepped(req: StepUp) -> bool:
         return _stepped_up(principal, state, req, ts)
 
     creds = ctx.credentials
     # What the identity was verified from: conditions reading only the identity are remembered per key.
-    identity_key = None if given else (creds.peer_certificate, creds.principal, creds.bearer)
+    identity_key = None if given or changed else (creds.peer_certificate, creds.principal, creds.bearer)
     result = engine.policy.evaluate(
         target, ctx.context_extensions, principal.authenticated, build, stepped, identity_key
     )

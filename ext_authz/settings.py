@@ -532,8 +532,23 @@ class SsfReceiverSettings(Section):
     )
     devices: StrictBool = Field(
         False,
-        description="its events may name devices (opaque ids, tied to no issuer: any device this"
-        " transmitter names is affected, whoever uses it)",
+        description="its events may name devices on their own (opaque ids, tied to no issuer: any device"
+        " this transmitter names is affected, whoever uses it); a device with a user only narrows",
+    )
+    opaque_subject: Literal["event", "session", "device"] = Field(
+        "event",
+        description="what an opaque sub_id names: event (a session in session-revoked, a device in"
+        " device-compliance-change), or always a session, or always a device",
+    )
+    session_wildcards: TextList = Field(
+        (),
+        description="session ids the transmitter sends to mean every session of the user (Keycloak's"
+        " 'log out all sessions' sends ALL): read as the user's sessions, never as one named so",
+    )
+    critical_subject_members: TextList = Field(
+        (),
+        description="complex-subject members that must be honoured or the event discarded (SSF 1.0 §3.4),"
+        " with those the transmitter's metadata lists (manage_stream)",
     )
 
     @field_validator("jwks")
@@ -615,6 +630,13 @@ class DeviceSettings(Section):
 
     claim: Text = "device_id"
     header: Annotated[StrictStr, AfterValidator(str.lower)] = ""
+
+
+class TenantSettings(Section):
+    """Which token claim names a request's tenant: a revocation from a complex subject with a tenant part
+    (SSF 1.0 §5) refuses only requests of that tenant."""
+
+    claim: Text = "tenant"
 
 
 class TlsFiles(Section):
@@ -908,6 +930,7 @@ class Settings(Section):
     max_token_age: Duration | None = None
     max_session_age: Duration | None = None
     device: DeviceSettings = Field(default_factory=DeviceSettings)
+    tenant: TenantSettings = Field(default_factory=TenantSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
     tracing: TracingSettings | None = Field(None, description="OpenTelemetry traces; off when absent")

@@ -17,7 +17,7 @@ class Scope(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Revocation(_message.Message):
-    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source", "ref", "issued_before", "ended_at", "ended_by", "end_reason")
+    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source", "ref", "issued_before", "ended_at", "ended_by", "end_reason", "also")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Revocation(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_BY_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    ALSO_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     value: str
@@ -44,7 +45,8 @@ class Revocation(_message.Message):
     ended_at: float
     ended_by: str
     end_reason: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., issued_before: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., end_reason: _Optional[str] = ...) -> None: ...
+    also: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., issued_before: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., end_reason: _Optional[str] = ..., also: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("kind", "value", "reason", "duration_seconds")
@@ -439,3 +441,68 @@ class DecisionEvent(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class SharedSignalsStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SsfReceiverStatus(_message.Message):
+    __slots__ = ("issuer", "delivery", "stream_id", "stream_status", "verified_at", "critical_subject_members")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    CRITICAL_SUBJECT_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    issuer: str
+    delivery: str
+    stream_id: str
+    stream_status: str
+    verified_at: float
+    critical_subject_members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, issuer: _Optional[str] = ..., delivery: _Optional[str] = ..., stream_id: _Optional[str] = ..., stream_status: _Optional[str] = ..., verified_at: _Optional[float] = ..., critical_subject_members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SsfStreamStatus(_message.Message):
+    __slots__ = ("stream_id", "audience", "delivery", "status", "status_reason", "queued", "delivered", "refused", "last_error_at", "last_error_status", "last_error", "last_error_description")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    audience: str
+    delivery: str
+    status: str
+    status_reason: str
+    queued: int
+    delivered: int
+    refused: _containers.ScalarMap[str, int]
+    last_error_at: float
+    last_error_status: int
+    last_error: str
+    last_error_description: str
+    def __init__(self, stream_id: _Optional[str] = ..., audience: _Optional[str] = ..., delivery: _Optional[str] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., queued: _Optional[int] = ..., delivered: _Optional[int] = ..., refused: _Optional[_Mapping[str, int]] = ..., last_error_at: _Optional[float] = ..., last_error_status: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_description: _Optional[str] = ...) -> None: ...
+
+class SharedSignalsStatusResponse(_message.Message):
+    __slots__ = ("configured", "receivers", "streams")
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVERS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    configured: bool
+    receivers: _containers.RepeatedCompositeFieldContainer[SsfReceiverStatus]
+    streams: _containers.RepeatedCompositeFieldContainer[SsfStreamStatus]
+    def __init__(self, configured: _Optional[bool] = ..., receivers: _Optional[_Iterable[_Union[SsfReceiverStatus, _Mapping]]] = ..., streams: _Optional[_Iterable[_Union[SsfStreamStatus, _Mapping]]] = ...) -> None: ...

@@ -124,6 +124,11 @@ class AdminStub:
                 request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.SerializeToString,
                 response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.FromString,
                 _registered_method=True)
+        self.SharedSignalsStatus = channel.unary_unary(
+                '/ext_authz.admin.v1.Admin/SharedSignalsStatus',
+                request_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusRequest.SerializeToString,
+                response_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -237,6 +242,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SharedSignalsStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +340,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchDecisions,
                     request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.FromString,
                     response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.SerializeToString,
+            ),
+            'SharedSignalsStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharedSignalsStatus,
+                    request_deserializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusRequest.FromString,
+                    response_serializer=ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -817,6 +833,33 @@ class Admin:
             '/ext_authz.admin.v1.Admin/WatchDecisions',
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.WatchDecisionsRequest.SerializeToString,
             ext__authz_dot_admin_dot_v1_dot_admin__pb2.DecisionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SharedSignalsStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ext_authz.admin.v1.Admin/SharedSignalsStatus',
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusRequest.SerializeToString,
+            ext__authz_dot_admin_dot_v1_dot_admin__pb2.SharedSignalsStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -436,8 +436,8 @@ def cmd_signal_set(args: argparse.Namespace) -> None:
 
 def _subject(value: str) -> tuple[str, str]:
     kind, sep, subject = value.partition(":")
-    if not sep or kind not in ("device", "workload", "user") or not subject:
-        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    if not sep or kind not in ("device", "workload", "user", "token") or not subject:
+        raise CliError("SUBJECT is device:ID, workload:SPIFFE-ID, user:ISSUER#SUBJECT or token:ISSUER#JTI")
     return kind, subject
 
 
@@ -490,6 +490,52 @@ def cmd_signal_list(args: argparse.Namespace) -> None:
         for s in resp.signals
     ]
     _out(args, resp, lambda: _table(rows, ("SUBJECT", "KEY", "VALUE", "SET BY", "SET", "EXPIRES")))
+
+
+def cmd_ssf_status(args: argparse.Namespace) -> None:
+    resp = _call(args, "SharedSignalsStatus", pb.SharedSignalsStatusRequest())
+
+    def table() -> str:
+        if not resp.configured:
+            return "no shared signals are configured (shared_signals: receivers or transmitter)"
+        out = []
+        if resp.receivers:
+            rows = [
+                (
+                    r.issuer,
+                    r.delivery,
+                    r.stream_id or "-",
+                    r.stream_status or "-",
+                    _when(r.verified_at),
+                    ",".join(r.critical_subject_members) or "-",
+                )
+                for r in resp.receivers
+            ]
+            out.append(
+                _table(rows, ("RECEIVING FROM", "DELIVERY", "STREAM", "STATUS", "VERIFIED", "CRITICAL"))
+            )
+        if resp.streams:
+            sent = [
+                (
+                    s.audience,
+                    s.stream_id,
+                    s.delivery,
+                    s.status + (f" ({s.status_reason})" if s.status_reason else ""),
+                    str(s.queued),
+                    str(s.delivered),
+                    " ".join(f"{k}={v}" for k, v in sorted(s.refused.items())) or "-",
+                    f"{_when(s.last_error_at)} HTTP {s.last_error_status} {s.last_error}: "
+                    f"{s.last_error_description}".rstrip(": ")
+                    if s.last_error_at
+                    else "-",
+                )
+                for s in resp.streams
+            ]
+            headers = ("SENDING TO", "STREAM", "DELIVERY", "STATUS", "QUEUED", "DELIVERED", "REFUSED")
+            out.append(_table(sent, (*headers, "LAST REFUSAL")))
+        return "\n\n".join(out)
+
+    _out(args, resp, table)
 
 
 # -- live streams ---------------------------------------------------------------------------------
@@ -702,18 +748,26 @@ def add_admin_commands(sub: Any) -> None:
         dest="signal_command", required=True
     )
     p = _common(sig.add_parser("set", help="set SUBJECT KEY=VALUE for --ttl"))
-    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID, user:ISSUER#SUBJECT or token:ISSUER#JTI")
     p.add_argument("pair", metavar="KEY=VALUE")
     p.add_argument("--ttl", required=True)
     p.set_defaults(func=_run(cmd_signal_set))
     p = _common(sig.add_parser("delete", help="delete a signal (its fact becomes unknown)"))
-    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID or user:ISSUER#SUBJECT")
+    p.add_argument("subject", help="device:ID, workload:SPIFFE-ID, user:ISSUER#SUBJECT or token:ISSUER#JTI")
     p.add_argument("key")
     p.add_argument("--reason", required=True)
     p.set_defaults(func=_run(cmd_signal_delete))
     p = _common(sig.add_parser("list", help="list fresh signals"))
     p.add_argument("--all", action="store_true", help="include stale ones")
     p.set_defaults(func=_run(cmd_signal_list))
+
+    ssf = sub.add_parser("ssf", help="shared signals: receivers and the transmitter").add_subparsers(
+        dest="ssf_command", required=True
+    )
+    p = _common(
+        ssf.add_parser("status", help="our streams: what each receiver refused, by error code, and why")
+    )
+    p.set_defaults(func=_run(cmd_ssf_status))
 
     qtn = sub.add_parser("quarantine", help="automatic quarantines").add_subparsers(
         dest="quarantine_command", required=True

@@ -60,6 +60,7 @@ def rev_pb(r: Revocation) -> Any:
         ended_at=r.ended_at or 0,
         ended_by=r.ended_by,
         end_reason=r.end_reason,
+        also=[f"{k}={v}" for k, v in r.also],
     )
 
 
@@ -441,6 +442,48 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             ss = [s for s in self.replica.all(Signal) if request.include_stale or s.fresh(now)]
             ss.sort(key=lambda s: (s.subject_kind, s.subject, s.key))
             return pb.ListSignalsResponse(signals=[signal_pb(s) for s in ss])
+
+        return await self._run(context, run)
+
+    async def SharedSignalsStatus(self, request: Any, context: Any) -> Any:
+        async def run(actor: str, now: float) -> Any:
+            ssf = self.runtime.ssf
+            if ssf is None:
+                return pb.SharedSignalsStatusResponse(configured=False)
+            receivers = [
+                pb.SsfReceiverStatus(
+                    issuer=iss,
+                    delivery=st.cfg.delivery,
+                    stream_id=st.stream_id,
+                    stream_status=st.stream_status,
+                    verified_at=st.verified_at or 0,
+                    critical_subject_members=sorted(set(st.cfg.critical_subject_members) | st.critical),
+                )
+                for iss, st in sorted(ssf.receivers.receivers.items())
+            ]
+            streams = []
+            tx = ssf.transmitter
+            for stream in tx.streams if tx is not None else ():
+                last = stream.last_error
+                streams.append(
+                    pb.SsfStreamStatus(
+                        stream_id=stream.id,
+                        audience=stream.cfg.audience,
+                        delivery=stream.cfg.delivery,
+                        status=stream.status,
+                        status_reason=stream.status_reason,
+                        queued=len(stream.queue),
+                        delivered=stream.delivered,
+                        refused=dict(stream.refused),
+                        last_error_at=last[0] if last else 0,
+                        last_error_status=last[1] if last else 0,
+                        last_error=last[2] if last else "",
+                        last_error_description=last[3] if last else "",
+                    )
+                )
+            return pb.SharedSignalsStatusResponse(
+                configured=bool(receivers or streams), receivers=receivers, streams=streams
+            )
 
         return await self._run(context, run)
 

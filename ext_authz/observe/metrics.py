@@ -227,7 +227,7 @@ class Metrics:
             Counter(
                 "ext_authz_ssf_events",
                 "Security Event Tokens received, by event and result (applied, ignored, duplicate,"
-                " verified, or the RFC 8935 error code)",
+                " verified, discarded, or the RFC 8935 error code)",
                 ["event", "result"],
                 registry=r,
             )
@@ -237,6 +237,15 @@ class Metrics:
                 "ext_authz_ssf_sets_sent",
                 "SETs our transmitter pushed, by result (delivered, retry, refused, dropped)",
                 ["result"],
+                registry=r,
+            )
+        )
+        self.ssf_refused = _Children(
+            Counter(
+                "ext_authz_ssf_receiver_errors",
+                "4xx answers receivers gave our transmitter's pushes, by stream and error (the RFC 8935"
+                " error code, else http_STATUS)",
+                ["stream", "error"],
                 registry=r,
             )
         )

@@ -121,7 +121,7 @@ def _covering_rules(engine: Engine, sample: dict[str, Any], now: datetime) -> li
         },
         "source": {"address": "", "principal": ""},
         "identity": identity,
-        "signals": {"device": {}, "workload": {}, "user": {}},
+        "signals": {"device": {}, "workload": {}, "user": {}, "token": {}},
         "grants": [],
         "now": now,
     }

@@ -47,7 +47,7 @@ FIELDS: dict[str, list[tuple[str, str]]] = {
     "Source": [("address", "string"), ("principal", "string")],
     "Credential": _CREDENTIAL,
     "Identity": [*_CREDENTIAL, ("kinds", "list:string"), ("x509", "Credential"), ("token", "Credential")],
-    "Signals": [("device", "map"), ("workload", "map"), ("user", "map")],
+    "Signals": [("device", "map"), ("workload", "map"), ("user", "map"), ("token", "map")],
     "Grant": [
         ("id", "string"),
         ("principal", "string"),

@@ -5,18 +5,26 @@ end of records (RISC ``account-enabled`` lifts what *this* transmitter revoked, 
 revocation). Records made from one SET get ids derived from it, so a SET applied twice (two replicas
 received it, or a transmitter resent it) makes the same records, not more.
 
-- CAEP session-revoked (and RISC sessions-revoked): a session (a complex subject's `session`) or a
-  token (`jwt_id`) is revoked; a user, workload or device without them: its credentials issued before
-  the event are refused (`issued_before`).
-- CAEP credential-change, RISC credential-compromise: a user's or workload's credentials issued before
-  the event are refused.
-- RISC account-disabled, account-purged: the user or workload is revoked (every credential) until
-  RISC account-enabled, which lifts what this transmitter revoked.
-- CAEP device-compliance-change: the device's signal `compliance` holds the current status.
-- CAEP assurance-level-change: the user's signals `assurance_level`, `assurance_direction` and
-  `assurance_namespace`.
-- CAEP token-claims-change: the user's signals `claims.NAME`; risk-level-change: `risk`.
+A subject's readings (subjects.py) say what each record names: the most specific part the event acts on,
+narrowed by the reading's other parts (``Revocation.also``): a session-revoked for {user: jane, device: D}
+refuses jane's credentials on D issued before the event, not jane elsewhere, nor anyone else on D.
 
+- CAEP session-revoked, RISC sessions-revoked: the session (``sid``), else the token (``jti``), else
+  the user, workload or device (``devices: true``): what was issued before the event is refused.
+- CAEP credential-change with ``change_type`` revoke, delete or update, and RISC credential-compromise:
+  the user's or workload's credentials issued before the event are refused. With ``create`` (a
+  credential was added) nothing is refused: the signal ``credential_change`` says ``create TYPE``.
+- RISC account-disabled, account-purged: the user or workload is revoked (every credential) until this
+  transmitter's account-enabled, which lifts what its earlier account events revoked.
+- CAEP device-compliance-change: the device's signal ``compliance``.
+- CAEP assurance-level-change: the user's signals ``assurance_level``, ``assurance_direction`` and
+  ``assurance_namespace``.
+- CAEP token-claims-change: a user's signals ``claims.NAME``; about one token (``jwt_id``), the token's
+  signals ``claims.NAME`` (JSON values), which policy sees in that token's ``identity.claims``.
+- CAEP risk-level-change: the user's or device's signal ``risk``.
+
+Account events are ordered by ``event_timestamp`` per transmitter and principal (a signal
+``account@TRANSMITTER`` holds the newest): an older one arriving late is acknowledged and not applied.
 Revocations bounded by ``issued_before`` expire ``hold`` after the event (by then every credential they
 could refuse has expired); account revocations last until lifted.
 """
@@ -73,17 +81,29 @@ MAX_CHANGES = 64  # records one SET may make or end: more is refused, not applie
 class Changes:
     revocations: tuple[Revocation, ...] = ()
     signals: tuple[Signal, ...] = ()
-    lift: tuple[tuple[str, str], ...] = ()  # (kind, value) whose revocations by this transmitter end
+    # (kind, value, narrowing) whose revocations by this transmitter end: those narrowed to at least
+    # the same parts (an enable for jane ends jane's disable in every tenant; one for jane in tenant T,
+    # only that one)
+    lift: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
     at: float = 0.0  # when the event happened: ``lift`` ends only revocations from events before it
+    # RISC account state per principal: (marker, the revocation it brings or None). The marker is a
+    # signal ``account@TRANSMITTER`` set at the event's time: an account event older than the marker
+    # held is acknowledged and not applied (a late disable never undoes a newer enable, nor the reverse)
+    accounts: tuple[tuple[Signal, Revocation | None], ...] = ()
     notes: tuple[str, ...] = field(default=())  # what was not applied, and why (for the log)
 
     @property
     def empty(self) -> bool:
-        return not (self.revocations or self.signals or self.lift)
+        return not (self.revocations or self.signals or self.lift or self.accounts)
+
+    @property
+    def size(self) -> int:
+        return len(self.revocations) + len(self.signals) + len(self.lift) + 2 * len(self.accounts)
 
 
-def _rid(event: SecurityEvent, kind: str, value: str) -> str:
-    digest = hashlib.sha256(f"{event.issuer}\0{event.jti}\0{kind}\0{value}".encode()).hexdigest()
+def _rid(event: SecurityEvent, kind: str, value: str, also: tuple[tuple[str, str], ...] = ()) -> str:
+    narrowed = "".join(f"\0{k}={v}" for k, v in also)
+    digest = hashlib.sha256(f"{event.issuer}\0{event.jti}\0{kind}\0{value}{narrowed}".encode()).hexdigest()
     return f"ssf_{digest[:12]}"
 
 
@@ -99,28 +119,69 @@ def _reason(event: SecurityEvent) -> str:
     return f"{base}: {' '.join(text.split())[:200]}" if text else base
 
 
+def account_key(issuer: str, also: tuple[tuple[str, str], ...] = ()) -> str:
+    """The signal that holds a principal's account state as ``issuer`` last said it (and when)."""
+    return "account@" + issuer + "".join(f" {k}={v}" for k, v in also)
+
+
+# The part of a reading each kind of event acts on, most specific first; the reading's other parts
+# narrow it (Revocation.also).
+_SESSION_TARGETS = ("sid", "jti", "sub", "spiffe_id", "device")
+_PRINCIPAL_TARGETS = ("sub", "spiffe_id")
+# credential-change by change_type: create adds a credential (nothing to refuse: a signal only);
+# revoke, delete and update end or replace one, so what was issued before the event is refused (as is
+# any change_type CAEP does not define: fail closed).
+CREDENTIAL_ADDS = frozenset({"create"})
+
+
+def _targets(subject: Subject, kinds: tuple[str, ...]) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
+    out = []
+    for reading in subject.readings:
+        parts = dict(reading)
+        primary = next((k for k in kinds if k in parts), None)
+        if primary is None:
+            continue
+        also = tuple((k, v) for k, v in reading if k != primary and k != "jti")
+        out.append((primary, parts[primary], also))
+    return out
+
+
 def changes_for(
-    event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float
+    event: SecurityEvent,
+    subject: Subject,
+    *,
+    now: float,
+    hold: float,
+    signal_ttl: float,
+    account_ttl: float | None = None,
 ) -> Changes:
     """The state changes ``event`` about ``subject`` makes (SetError for a payload the event's
-    definition does not allow, or for more changes than one SET may make)."""
-    changes = _changes_for(event, subject, now=now, hold=hold, signal_ttl=signal_ttl)
-    if len(changes.revocations) + len(changes.signals) + len(changes.lift) > MAX_CHANGES:
+    definition does not allow, or for more changes than one SET may make). ``account_ttl``: how long an
+    account marker is kept (as long as a late SET could still be accepted), ``signal_ttl`` if None."""
+    changes = _changes_for(
+        event,
+        subject,
+        now=now,
+        hold=hold,
+        signal_ttl=signal_ttl,
+        account_ttl=signal_ttl if account_ttl is None else account_ttl,
+    )
+    if changes.size > MAX_CHANGES:
         raise SetError("invalid_request", f"the event names more than {MAX_CHANGES} things to change")
     return changes
 
 
 def _changes_for(
-    event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float
+    event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float, account_ttl: float
 ) -> Changes:
     key = event_key(event.event_type)
     at = min(event.event_time, now)  # an event cannot have happened after we received it
     actor = f"ssf:{event.issuer}"
     reason = _reason(event)
 
-    def revoke(kind: str, value: str, *, bounded: bool) -> Revocation:
+    def revoke(kind: str, value: str, also: tuple[tuple[str, str], ...], *, bounded: bool) -> Revocation:
         return Revocation(
-            id=_rid(event, kind, value),
+            id=_rid(event, kind, value, also),
             kind=kind,
             value=value,
             reason=reason,
@@ -130,29 +191,57 @@ def _changes_for(
             source="ssf",
             ref=event.jti,
             issued_before=at if bounded else None,
+            also=also,
         )
 
-    def principals_kinds() -> list[tuple[str, str]]:
-        return [("sub", u) for u in subject.users] + [("spiffe_id", w) for w in subject.workloads]
-
     if key in SESSION:
-        if subject.sessions or subject.tokens:  # the narrowest the event names
-            revs = [revoke("sid", s, bounded=True) for s in subject.sessions]
-            revs += [revoke("jti", t, bounded=True) for t in subject.tokens]
-        else:
-            revs = [revoke(k, v, bounded=True) for k, v in principals_kinds()]
-            revs += [revoke("device", d, bounded=True) for d in subject.devices]
-        return Changes(revocations=tuple(revs))
+        targets = _targets(subject, _SESSION_TARGETS)
+        if not subject.devices_allowed:
+            targets = [t for t in targets if t[0] != "device"]
+        return Changes(revocations=tuple(revoke(k, v, a, bounded=True) for k, v, a in targets))
     if key in CREDENTIAL:
+        targets = _targets(subject, _PRINCIPAL_TARGETS)
         if key == "caep/credential-change":
             _need(event, "credential_type", "change_type")
+            change = event.payload["change_type"]
+            if change in CREDENTIAL_ADDS:
+                # create (a new credential enrolled): nothing is refused; a signal says what happened
+                sigs = [
+                    Signal(
+                        "user" if k == "sub" else "workload",
+                        v,
+                        "credential_change",
+                        f"{change} {_value(event.payload['credential_type'])}"[:_MAX_SIGNAL_VALUE],
+                        actor,
+                        at,
+                        at + signal_ttl,
+                        source="ssf",
+                        ref=event.jti,
+                    )
+                    for k, v, _ in targets
+                ]
+                return Changes(signals=tuple(sigs))
         else:
             _need(event, "credential_type")
-        return Changes(revocations=tuple(revoke(k, v, bounded=True) for k, v in principals_kinds()))
-    if key in DISABLE:
-        return Changes(revocations=tuple(revoke(k, v, bounded=False) for k, v in principals_kinds()))
-    if key in ENABLE:
-        return Changes(lift=tuple(principals_kinds()), at=at)
+        return Changes(revocations=tuple(revoke(k, v, a, bounded=True) for k, v, a in targets))
+    if key in DISABLE or key in ENABLE:
+        disable = key in DISABLE
+        accounts = []
+        for kind, value, also in _targets(subject, _PRINCIPAL_TARGETS):
+            marker = Signal(
+                "user" if kind == "sub" else "workload",
+                value,
+                account_key(event.issuer, also),
+                "disabled" if disable else "enabled",
+                actor,
+                at,
+                now + account_ttl,
+                source="ssf",
+                ref=event.jti,
+            )
+            accounts.append((marker, revoke(kind, value, also, bounded=False) if disable else None))
+        lift = () if disable else tuple(_targets(subject, _PRINCIPAL_TARGETS))
+        return Changes(accounts=tuple(accounts), lift=lift, at=at)
     if key in SIGNALS:
         return Changes(signals=tuple(_signals(event, key, subject, at, signal_ttl, actor)))
     return Changes(notes=(f"event {event.event_type} is not applied",))
@@ -166,6 +255,13 @@ def _need(event: SecurityEvent, *names: str) -> None:
 
 def _value(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if len(text) > _MAX_SIGNAL_VALUE:
+        raise SetError("invalid_request", f"a claim value is longer than {_MAX_SIGNAL_VALUE} characters")
+    return text
+
+
+def _json(value: object) -> str:
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True)
     if len(text) > _MAX_SIGNAL_VALUE:
         raise SetError("invalid_request", f"a claim value is longer than {_MAX_SIGNAL_VALUE} characters")
     return text
@@ -199,6 +295,10 @@ def _signals(
             raise SetError("invalid_request", f"token-claims-change requires claims (1 to {_MAX_CLAIMS})")
         for u in subject.users:
             out += [sig("user", u, f"claims.{name}", _value(v)) for name, v in sorted(claims.items())]
+        # About one token (jwt_id): what policy sees of that token changes (identity.claims), so the
+        # value is kept as JSON, exactly (false stays a boolean, "false" a string).
+        for t in subject.tokens:
+            out += [sig("token", t, f"claims.{name}", _json(v)) for name, v in sorted(claims.items())]
     elif key == "caep/risk-level-change":
         _need(event, "current_level")
         level = p["current_level"]

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +35,21 @@ from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
 from ..state.records import Record, Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
-from .events import APPLIED, STREAM_UPDATED, VERIFICATION, changes_for, event_key
+from .events import (
+    APPLIED,
+    SESSION,
+    STREAM_UPDATED,
+    VERIFICATION,
+    account_key,
+    changes_for,
+    event_key,
+)
 from .sets import SecurityEvent, SetError, peek, verify_set
 from .subjects import SubjectError, resolve
 
 if TYPE_CHECKING:
     from ..serve.runtime import Runtime
+    from ..state.replica import Replica
 
 __all__ = ["Receivers", "push_response"]
 
@@ -52,6 +62,49 @@ def push_response(err: SetError) -> tuple[int, str, str, dict[str, str]]:
     """RFC 8935 §2.3: 400, a JSON body with err and description, and Content-Language."""
     body = json.dumps({"err": err.err, "description": err.description})
     return 400, body, "application/json", {"Content-Language": "en"}
+
+
+def _opaque_as(setting: str, key: str, payload: Mapping[str, Any]) -> str:
+    """What an opaque subject on its own names for this event (subjects.resolve's ``opaque_as``)."""
+    if setting != "event":
+        return setting
+    if key in SESSION:
+        return "session"
+    if key == "caep/device-compliance-change":
+        return "device"
+    if key == "caep/risk-level-change":  # CAEP 1.0 §3.8: principal says what the risk is about
+        return {"DEVICE": "device", "SESSION": "session"}.get(str(payload.get("principal", "")).upper(), "")
+    return ""
+
+
+def _newer_account_event(
+    replica: Replica, marker: Signal, disable: Revocation | None, issuer: str, now: float
+) -> Signal | None:
+    """The account marker held that makes this account event late: its own (same principal and parts)
+    when newer; for a disable, also a newer enable of fewer parts (an enable of jane everywhere is newer
+    than a late disable of jane in tenant T)."""
+    known = replica.get(Signal, marker.record_id)
+    if known is not None and known.fresh(now) and known.set_at > marker.set_at:
+        return known
+    also = disable.also if disable is not None else ()
+    for n in range(len(also)):
+        for parts in itertools.combinations(also, n):
+            wider = replica.get(
+                Signal, f"{marker.subject_kind}\0{marker.subject}\0{account_key(issuer, parts)}"
+            )
+            if (
+                wider is not None
+                and wider.value == "enabled"
+                and wider.fresh(now)
+                and wider.set_at > marker.set_at
+            ):
+                return wider
+    return None
+
+
+def _named(rev: Revocation) -> str:
+    narrowed = "".join(f" with {k} {v}" for k, v in rev.also)
+    return f"{rev.kind} {rev.value}{narrowed}"
 
 
 def metric_event(event_type: str) -> str:
@@ -97,6 +150,7 @@ class ReceiverState:
     stream_id: str = ""
     stream_status: str = ""
     poll_url: str = ""
+    critical: frozenset[str] = frozenset()  # critical_subject_members from the transmitter's metadata
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def authorized(self, header: str) -> bool:
@@ -113,7 +167,7 @@ class _Outcome:
     """A verified SET's result, and what it changes: records to write with their audit action, actor
     and reason; what to log once they are written."""
 
-    result: str  # applied | ignored | verified
+    result: str  # applied | ignored | verified | discarded
     writes: list[tuple[Record, str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -268,6 +322,8 @@ class Receivers:
         """What a verified SET changes: the records to write (nothing is written here), or a result."""
         rc = state.cfg
         key = event_key(event.event_type)
+        if key in VERIFICATION or key in STREAM_UPDATED:
+            self._check_stream_subject(state, event)
         if key in VERIFICATION:
             got = event.payload.get("state")
             if got is None:
@@ -303,14 +359,28 @@ class Receivers:
             if (ic := settings.issuers.get(i)) is not None and ic.subject_claim == "email"
         )
         try:
-            subject = resolve(event.sub_id, frozenset(rc.for_issuers), email_issuers, devices=rc.devices)
+            subject = resolve(
+                event.sub_id,
+                frozenset(rc.for_issuers),
+                email_issuers,
+                devices=rc.devices,
+                opaque_as=_opaque_as(rc.opaque_subject, key, event.payload),
+                critical=frozenset(rc.critical_subject_members) | state.critical,
+                session_wildcards=frozenset(rc.session_wildcards),
+            )
         except SubjectError as exc:
             raise SetError("invalid_request", f"sub_id: {exc}") from exc
         for note in subject.ignored:
             log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, note)
+        if subject.discard:
+            # SSF 1.0 §3.4: an event whose subject has a critical member we cannot process is discarded
+            # (acknowledged, counted as discarded, nothing applied).
+            return _Outcome("discarded", notes=[f"discarded: {subject.discard}"])
         now = self._now()
         ttl = min(rc.hold, settings.signals.max_ttl)
-        changes = changes_for(event, subject, now=now, hold=rc.hold, signal_ttl=ttl)
+        # An account marker is kept as long as a late SET about an older event could still be accepted.
+        account_ttl = min(rc.max_age + rc.leeway + 60.0, settings.signals.max_ttl)
+        changes = changes_for(event, subject, now=now, hold=rc.hold, signal_ttl=ttl, account_ttl=account_ttl)
         if changes.empty:
             log.info(
                 "SSF %s %s from %s names nobody this receiver may act on", event.name, event.jti, rc.issuer
@@ -323,24 +393,52 @@ class Receivers:
         for rev in changes.revocations:
             if replica.get(Revocation, rev.id) is None:
                 writes.append((rev, "revoke", actor, f"{rev.reason} (SET {event.jti})"))
-                notes.append(f"revoked {rev.kind} {rev.value} ({rev.reason})")
+                notes.append(f"revoked {_named(rev)} ({rev.reason})")
         for sig in changes.signals:
             known = replica.get(Signal, sig.record_id)
             if known is not None and known.source == "ssf" and known.set_at > sig.set_at:
                 continue  # a newer fact from the transmitter is already in force
             writes.append((sig, "signal", actor, f"SET {event.jti}"))
-        for kind, value in changes.lift:
+        stale: set[str] = set()
+        for marker, account_rev in changes.accounts:
+            known = _newer_account_event(replica, marker, account_rev, rc.issuer, now)
+            if known is not None:
+                # A newer account event from this transmitter is in force: this older one is late.
+                stale.add(marker.subject)
+                notes.append(
+                    f"{event.name} for {marker.subject} is older than its {known.value} event"
+                    " already applied: acknowledged, not applied"
+                )
+                continue
+            writes.append((marker, "signal", actor, f"SET {event.jti}"))
+            if account_rev is not None and replica.get(Revocation, account_rev.id) is None:
+                writes.append((account_rev, "revoke", actor, f"{account_rev.reason} (SET {event.jti})"))
+                notes.append(f"revoked {_named(account_rev)} ({account_rev.reason})")
+        for kind, value, also in changes.lift:
+            if value in stale:
+                continue
             for rev in replica.snapshot.named(value):
                 if (
                     rev.kind == kind
                     and rev.created_by == actor
                     and rev.active(now)
                     and rev.created_at <= changes.at  # never a revocation from an event after this one
+                    and set(also) <= set(rev.also)  # an enable as wide as the revocation, or wider
                 ):
                     ended = commands.end_revocation(rev, f"{event.name} (SET {event.jti})", actor, now)
                     writes.append((ended, "unrevoke", actor, ended.end_reason))
-                    notes.append(f"lifted {rev.id} ({kind} {value})")
-        return _Outcome("applied", writes, notes)
+                    notes.append(f"lifted {rev.id} ({_named(rev)})")
+        return _Outcome("applied" if writes else "ignored", writes, notes)
+
+    @staticmethod
+    def _check_stream_subject(state: ReceiverState, event: SecurityEvent) -> None:
+        """SSF 1.0 §8.1.4, §8.1.5: a verification's or stream-updated's ``sub_id`` names the stream
+        (opaque, its stream id). Checked when we know our stream id (``manage_stream``)."""
+        if not state.stream_id or event.sub_id is None:
+            return
+        sub = event.sub_id
+        if not (isinstance(sub, dict) and sub.get("format") == "opaque" and sub.get("id") == state.stream_id):
+            raise SetError("invalid_request", "sub_id does not name this receiver's stream")
 
     # -- poll (RFC 8936) --------------------------------------------------------------------------------
     async def _poll(self, state: ReceiverState) -> None:
@@ -470,6 +568,9 @@ class Receivers:
         endpoint = (stream.get("delivery") or {}).get("endpoint_url")
         if rc.delivery == "poll" and isinstance(endpoint, str):
             state.poll_url = endpoint
+        critical = meta.get("critical_subject_members")
+        if isinstance(critical, list):
+            state.critical = frozenset(str(c) for c in critical if isinstance(c, str))
         verify_url = meta.get("verification_endpoint")
         if isinstance(verify_url, str) and state.stream_id:
             state.expected_state = secrets.token_urlsafe(16)

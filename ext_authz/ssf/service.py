@@ -64,6 +64,7 @@ class SharedSignals:
                     lambda: cfg.issuer.rstrip("/"),
                     lambda result: metrics.ssf_sent.get(result).inc(),
                     clock=self.runtime.clock,
+                    on_refused=lambda stream, error: metrics.ssf_refused.get(stream, error).inc(),
                 )
                 self._unwatch = self.runtime.replica.watch(self.transmitter.on_revocation)
 
@@ -151,10 +152,19 @@ class SharedSignals:
                 status = doc.get("status")
                 if status not in ("enabled", "paused", "disabled"):
                     return Response(400, "status is enabled, paused or disabled\n")
+                reason = doc.get("reason", "")
+                if not isinstance(reason, str) or len(reason) > 256:
+                    return Response(400, "reason is a string of at most 256 characters\n")
                 stream.status = str(status)
+                stream.status_reason = "".join(c if c.isprintable() else " " for c in reason)
                 stream.wakeup.set()
-                log.warning("SSF stream %s is now %s (by its receiver)", stream.id, status)
-            return _json(200, {"stream_id": stream.id, "status": stream.status})
+                log.warning(
+                    "SSF stream %s is now %s (by its receiver): %r", stream.id, status, stream.status_reason
+                )
+            answer = {"stream_id": stream.id, "status": stream.status}
+            if stream.status_reason:
+                answer["reason"] = stream.status_reason  # SSF 1.0 §8.1.2: the response echoes it
+            return _json(200, answer)
         if path == "/ssf/verify" and method == "POST":
             # The runtime's clock, so a test can move it. A wall clock set back must not silence
             # verification until it catches up: a last verification "in the future" does not count.

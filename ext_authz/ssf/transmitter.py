@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import ssl
 from collections.abc import Callable
@@ -159,7 +160,11 @@ class Stream:
     queue: collections.deque[tuple[str, str]] = field(default_factory=collections.deque)  # (jti, SET)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     status: str = "enabled"
+    status_reason: str = ""
     last_verification: float | None = None  # when a receiver last asked for one (the runtime clock)
+    delivered: int = 0
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)  # by error code
+    last_error: tuple[float, int, str, str] | None = None  # (when, HTTP status, code, description)
 
     @property
     def id(self) -> str:
@@ -205,6 +210,7 @@ class Transmitter:
         base_url: Callable[[], str],
         on_sent: Callable[[str], None] = lambda result: None,
         clock: Clock | None = None,
+        on_refused: Callable[[str, str], None] = lambda stream, error: None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
@@ -212,6 +218,7 @@ class Transmitter:
         self.streams = [Stream(s, _secret(s.authorization_file)) for s in cfg.streams]
         self.base_url = base_url
         self.on_sent = on_sent
+        self.on_refused = on_refused
         self.dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -299,18 +306,21 @@ class Transmitter:
                 continue
             if status == 202:
                 stream.queue.popleft()
+                stream.delivered += 1
                 self.on_sent("delivered")
                 backoff = 0.5
                 continue
-            err = _error_code(body)
-            if status == 400 and err in (
-                "invalid_request",
-                "invalid_key",
-                "invalid_audience",
-                "invalid_issuer",
-            ):
+            err, description = _error(body)
+            if 400 <= status < 500:
+                # What a receiver refuses is counted by its error code and kept for `ext-authz ssf
+                # status`: a receiver that cannot take what we send is visible, not only logged.
+                code = err if err in RFC8935_ERRORS else f"http_{status}"
+                stream.refused[code] += 1
+                stream.last_error = (self.clock.now().timestamp(), status, code, description)
+                self.on_refused(stream.id, code)
+            if status == 400 and err in _FINAL_ERRORS:
                 stream.queue.popleft()  # resending cannot help (RFC 8935 §4)
-                log.error("SSF receiver %s refused SET %s: %r", url, jti, err[:100])
+                log.error("SSF receiver %s refused SET %s: %s %r", url, jti, err, description)
                 self.on_sent("refused")
                 continue
             log.warning("SSF push to %s: HTTP %d %r; retrying in %.1fs", url, status, err[:100], backoff)
@@ -361,9 +371,33 @@ class Transmitter:
         return {"sets": dict(pending), "moreAvailable": len(stream.queue) > len(pending)}
 
 
-def _error_code(body: bytes) -> str:
+RFC8935_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_key",
+        "invalid_issuer",
+        "invalid_audience",
+        "authentication_failed",
+        "access_denied",
+    }
+)
+_FINAL_ERRORS = frozenset({"invalid_request", "invalid_key", "invalid_audience", "invalid_issuer"})
+_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{8,}[A-Za-z0-9_.-]*")
+
+
+def _error(body: bytes) -> tuple[str, str]:
+    """A receiver's RFC 8935 error answer: (err, description), each one short printable line; a token
+    the receiver may have echoed is cut out."""
     try:
         doc = json.loads(body or b"{}")
     except ValueError:
-        return ""
-    return str(doc.get("err", "")) if isinstance(doc, dict) else ""
+        return "", ""
+    if not isinstance(doc, dict):
+        return "", ""
+
+    def line(value: object, limit: int) -> str:
+        text = value if isinstance(value, str) else ""
+        text = _TOKENISH.sub("[token]", text)
+        return "".join(c if c.isprintable() else " " for c in text)[:limit]
+
+    return line(doc.get("err"), 64), line(doc.get("description"), 300)

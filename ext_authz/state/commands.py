@@ -18,6 +18,7 @@ from ..match import PatternError
 from ..principal import PrincipalError, parse_principal, parse_scoped
 from ..settings import GrantsSettings, QuarantineSettings, Settings, SignalsSettings
 from .records import (
+    NARROWING_KINDS,
     REVOCATION_KINDS,
     REVOCATION_SOURCES,
     SIGNAL_SUBJECTS,
@@ -336,12 +337,14 @@ def close_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) ->
 
 def _signal_subject(subject_kind: str, subject: str) -> str:
     if subject_kind not in SIGNAL_SUBJECTS:
-        raise InvalidArgument(f"unknown subject kind {subject_kind!r}; expected device, workload or user")
+        raise InvalidArgument(f"unknown subject kind {subject_kind!r}; expected {', '.join(SIGNAL_SUBJECTS)}")
     subject = subject.strip()
     if not subject:
         raise InvalidArgument("a signal needs a subject")
     if subject_kind == "workload":
         return _spiffe_id(subject)
+    if subject_kind == "token":  # one token: ISSUER#jti
+        return revocation_value("jti", subject)[1]
     if subject_kind == "user":
         key = principal(subject)
         if key.startswith("spiffe://"):
@@ -432,6 +435,33 @@ def _check_revocation(r: Revocation, settings: Settings) -> None:
         raise InvalidArgument("expires before it was created")
     if r.ended_at is not None:
         _text(r.ended_by, "ended_by")
+    _check_narrowing(r.also)
+
+
+_MAX_NARROWING = 4
+
+
+def narrowing(kind: str, value: str) -> tuple[str, str]:
+    """One part a revocation is narrowed to, checked and canonical (InvalidArgument otherwise)."""
+    if kind not in NARROWING_KINDS:
+        raise InvalidArgument(f"a revocation is narrowed by {', '.join(NARROWING_KINDS)}, not {kind!r}")
+    if kind == "sub":
+        return kind, principal(value)
+    if kind == "spiffe_id":
+        return kind, _spiffe_id(value)
+    if kind == "sid":
+        return revocation_value("sid", value)
+    return kind, _text(value, f"the {kind}")
+
+
+def _check_narrowing(also: tuple[tuple[str, str], ...]) -> None:
+    if len(also) > _MAX_NARROWING:
+        raise InvalidArgument(f"a revocation is narrowed by at most {_MAX_NARROWING} parts")
+    kinds = [kind for kind, _ in also]
+    if len(set(kinds)) != len(kinds):
+        raise InvalidArgument("a revocation is narrowed by each kind once")
+    for kind, value in also:
+        _canonical(narrowing(kind, value) == (kind, value), f"the {kind} it is narrowed to")
 
 
 def _check_exception(e: ExceptionGrant, settings: Settings) -> None:

@@ -12,12 +12,14 @@ import dataclasses
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from ..match import Selector, Target
 
 __all__ = [
+    "NARROWING_KINDS",
     "RECORD_TYPES",
     "REVOCATION_KINDS",
     "REVOCATION_SOURCES",
@@ -39,7 +41,10 @@ __all__ = [
 # What a revocation can name. "quarantine" revocations are made by ext-authz itself.
 REVOCATION_KINDS = ("spiffe_id", "cert", "jti", "sub", "sid", "device", "quarantine")
 REVOCATION_SOURCES = ("api", "quarantine", "ssf")
-SIGNAL_SUBJECTS = ("device", "workload", "user")
+# What a revocation may be narrowed to (``Revocation.also``): the user, the workload, the session
+# (ISSUER#sid), the device or the tenant (the token's tenant claim) a request also has.
+NARROWING_KINDS = ("sub", "spiffe_id", "sid", "device", "tenant")
+SIGNAL_SUBJECTS = ("device", "workload", "user", "token")
 
 
 class RecordError(ValueError):
@@ -88,6 +93,9 @@ class Revocation:
     ended_at: float | None = None  # lifted early (unrevoked, released): kept, listed, audited
     ended_by: str = ""
     end_reason: str = ""
+    # Only a request that also has each of these (kind, value): a complex subject's other parts (jane's
+    # credentials on device D; session S of user U). Kinds: NARROWING_KINDS.
+    also: tuple[tuple[str, str], ...] = ()
 
     @property
     def record_id(self) -> str:
@@ -95,6 +103,16 @@ class Revocation:
 
     def active(self, now: float) -> bool:
         return self.ended_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def narrows_to(self, context: Mapping[str, str]) -> bool:
+        """Is a request with ``context`` (what it has of each narrowing kind) within the narrowing? Only a
+        part the request shows to be different takes it out: a request that does not say (no device id, no
+        tenant claim) is within it, to fail closed."""
+        for kind, value in self.also:
+            got = context.get(kind)
+            if got is not None and got != value:
+                return False
+        return True
 
     def covers(self, issued_at: int | None) -> bool:
         """Does it refuse a credential issued at ``issued_at``? (Without an iat: yes, to fail closed.)"""
@@ -176,12 +194,12 @@ class ExceptionGrant:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A fact about a device, workload or user, valid until ``expires_at`` (then: unknown)."""
+    """A fact about a device, workload, user or token, valid until ``expires_at`` (then: unknown)."""
 
     RECORD: ClassVar[str] = "signal"
 
-    subject_kind: str  # device | workload | user
-    subject: str  # a device id, a SPIFFE ID, or ISSUER#SUBJECT
+    subject_kind: str  # device | workload | user | token
+    subject: str  # a device id, a SPIFFE ID, ISSUER#SUBJECT, or ISSUER#jti
     key: str
     value: str
     set_by: str
@@ -271,6 +289,11 @@ def as_dict(record: Record) -> dict[str, Any]:
     out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     if "scope" in out:
         out["scope"] = out["scope"].as_dict()
+    if "also" in out:
+        if out["also"]:
+            out["also"] = [list(pair) for pair in out["also"]]
+        else:
+            del out["also"]  # as records were written before narrowing existed: the same bytes, the same MAC
     return out
 
 
@@ -374,6 +397,14 @@ def _build(cls: type[R], data: dict[str, Any]) -> R:
         if not all(isinstance(x, str) for v in scope.values() for x in v):
             raise RecordError("scope patterns are strings")
         data["scope"] = Scope(**{k: tuple(v) for k, v in scope.items()})
+    if "also" in data:
+        also = data["also"]
+        if not isinstance(also, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            for pair in also
+        ):
+            raise RecordError("also is a list of [kind, value] pairs")
+        data["also"] = tuple((kind, value) for kind, value in also)
     # As the dataclass's own __init__ would, field by field (records have no __post_init__), through the
     # slot descriptors: a frozen dataclass's __init__ goes through object.__setattr__ for each field,
     # which is most of the cost of reading a million records.

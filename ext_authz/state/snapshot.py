@@ -36,6 +36,7 @@ __all__ = ["Index", "StateSnapshot"]
 
 R = TypeVar("R", bound=Record)
 _MISSING: Any = object()
+_NO_CONTEXT: Mapping[str, str] = {}
 
 # (index name, record type, the record's key in that index, its order within a bucket). A bucket is kept
 # in that order, so every question has one answer however the records arrived.
@@ -218,12 +219,22 @@ class StateSnapshot:
         return (self.revoked_index, self.grants_index, self.exceptions_index, self.signals_index)
 
     # -- the Check path -------------------------------------------------------------------------------------
-    def revoked(self, kind: str, value: str, now: float, issued_at: int | None = None) -> Revocation | None:
-        """The revocation in force for ``value`` that covers a credential issued at ``issued_at``."""
+    def revoked(
+        self,
+        kind: str,
+        value: str,
+        now: float,
+        issued_at: int | None = None,
+        context: Mapping[str, str] = _NO_CONTEXT,
+    ) -> Revocation | None:
+        """The revocation in force for ``value`` that covers a credential issued at ``issued_at``, and
+        whose narrowing (if any) the request's ``context`` (its user, device, session, tenant) meets."""
         if not value:
             return None
         for r in self.revoked_index.get(value):
-            if r.kind == kind and r.active(now) and r.covers(issued_at):
+            if r.kind != kind or not r.active(now) or not r.covers(issued_at):
+                continue
+            if not r.also or r.narrows_to(context):
                 return r  # type: ignore[no-any-return]
         return None
 
@@ -242,13 +253,17 @@ class StateSnapshot:
         return found
 
     def signals_for(self, subject_kind: str, subject: str, now: float) -> dict[str, str]:
+        return {k: s.value for k, s in self.fresh_signals(subject_kind, subject, now).items()}
+
+    def fresh_signals(self, subject_kind: str, subject: str, now: float) -> dict[str, Signal]:
+        """The newest fresh signal of each key about ``subject``."""
         if not subject:
             return {}
         latest: dict[str, Signal] = {}
         for s in self.signals_index.get((subject_kind, subject)):
             if s.fresh(now) and (s.key not in latest or s.set_at >= latest[s.key].set_at):
                 latest[s.key] = s
-        return {k: s.value for k, s in latest.items()}
+        return latest
 
     def named(self, value: str) -> tuple[Revocation, ...]:
         """Every revocation held that names ``value`` (in force or not), of any kind."""

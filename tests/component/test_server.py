@@ -164,10 +164,11 @@ async def test_health_is_serving_for_both_services_and_watch_sees_shutdown(runni
     await stopping
 
 
-async def _http_get(address: str, path: str) -> tuple[int, str]:
+async def _http_get(address: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     host, _, port = address.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
     await writer.drain()
     data = await reader.read()
     writer.close()

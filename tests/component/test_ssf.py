@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
 from ext_authz.dev import pki
 from ext_authz.serve.http import free_port
+from ext_authz.state.records import Revocation, Signal
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import sample, scrape, start
@@ -404,6 +406,14 @@ async def test_the_transmitter_describes_itself_and_guards_its_endpoints(
         wrong = {"Content-Type": "application/json", "Authorization": "Bearer nope"}
         assert (await post(a_http, "/ssf/poll", b"{}", {"Authorization": "Bearer "}))[0] == 401
         assert (await post(a_http, "/ssf/poll", b"{}", wrong))[0] == 401
+        # SSF 1.0 §8.1.2.2: a status update's response echoes its reason
+        ours = {"Content-Type": "application/json", "Authorization": "Bearer pair-secret-0123456789"}
+        update = {"status": "paused", "reason": "Disabled by administrator action."}
+        status, _, text = await post(a_http, "/ssf/status", json.dumps(update).encode(), ours)
+        answer = json.loads(text)
+        assert status == 200 and (answer["status"], answer["reason"]) == ("paused", update["reason"])
+        code, body = await _http_get(a_http, "/ssf/status", headers={"Authorization": ours["Authorization"]})
+        assert json.loads(body)["reason"] == update["reason"]
     finally:
         for r in (pair.b, pair.a):
             await r.channel.close()
@@ -515,8 +525,23 @@ async def test_devices_only_from_a_receiver_that_may_name_them(demo_dir: Path, t
     try:
         rc = Receiver(r, key, demo_dir)
         device = {"format": "opaque", "id": "LAPTOP-7"}
-        assert (await rc.push(rc.set(CAEP + "session-revoked", {}, device)))[0] == 202
-        assert r.runtime.replica.snapshot.revocations == ()  # devices: false (the default)
+        compliance = {"current_status": "not-compliant", "previous_status": "compliant"}
+        assert (await rc.push(rc.set(CAEP + "device-compliance-change", compliance, device)))[0] == 202
+        alone = {"format": "complex", "device": device}
+        assert (await rc.push(rc.set(CAEP + "session-revoked", {}, alone)))[0] == 202
+        # devices: false (the default): a device on its own is named by nobody here
+        assert r.runtime.replica.snapshot.revocations == ()
+        assert list(r.runtime.replica.all(Signal)) == []
+        # ... while with a user it only narrows: alice's credentials on LAPTOP-7
+        jane_on_d = {
+            "format": "complex",
+            "user": {"format": "iss_sub", "iss": IDP, "sub": "alice"},
+            "device": device,
+        }
+        assert (await rc.push(rc.set(CAEP + "session-revoked", {}, jane_on_d)))[0] == 202
+        revs: list[Revocation] = list(r.runtime.replica.snapshot.revocations)
+        (rev,) = revs
+        assert (rev.kind, rev.value, rev.also) == ("sub", ALICE, (("device", "LAPTOP-7"),))
     finally:
         await r.channel.close()
         await r.server.stop(0)
@@ -561,3 +586,50 @@ async def test_a_broken_secret_on_reload_keeps_the_last_good_and_a_rotation_is_p
     assert (await receiver.push(receiver.set(CAEP + "session-presented", {}, subject)))[0] == 400
     status, _, _ = await receiver.push(receiver.set(CAEP + "session-presented", {}, subject), secret=rotated)
     assert status == 202
+
+
+async def test_a_receiver_refusing_what_we_send_is_counted_and_shown(demo_dir: Path, tmp_path: Path) -> None:
+    """B names itself otherwise than A's stream does: every SET A pushes is refused (invalid_audience).
+    A counts it by error code, and `ext-authz ssf status` shows the refusal and why."""
+    pair = await make_pair(demo_dir, tmp_path, "push")
+    try:
+        b_ssf = pair.b.runtime.ssf
+        assert b_ssf is not None
+        (state,) = b_ssf.receivers.receivers.values()
+        await until(
+            lambda: pair.b.runtime.engine.trust.transmitters[state.cfg.issuer].fetched_at is not None,
+            "B fetched A's keys",
+        )
+        state.cfg = state.cfg.model_copy(update={"audience": "https://not-b.example"})
+        ch = grpc.aio.insecure_channel(pair.a.runtime.engine.config.admin_listen)
+        try:
+            await admin_pb2_grpc.AdminStub(ch).Revoke(
+                pb.RevokeRequest(kind="sub", value=ALICE, reason="phished")
+            )
+        finally:
+            await ch.close()
+
+        async def counted() -> bool:
+            m = await scrape(pair.a)
+            return sample(m, "ext_authz_ssf_receiver_errors_total", error="invalid_audience") == 1
+
+        await until(counted, "A counted B's refusal")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ext_authz.cli",
+            "ssf",
+            "status",
+            "--config",
+            str(pair.a.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        text = out.decode()
+        assert "https://b.example" in text and "invalid_audience=1" in text and "HTTP 400" in text, text
+    finally:
+        for r in (pair.b, pair.a):
+            await r.channel.close()
+            await r.server.stop(0)

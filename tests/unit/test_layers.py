@@ -14,6 +14,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         0,
         (
             "ext_authz.clock",
+            "ext_authz.collect",
             "ext_authz.errors",
             "ext_authz.identity.spiffe_id",
             "ext_authz._proto",

@@ -56,16 +56,23 @@ def test_published_examples(example: dict[str, Any]) -> None:
     if outcome != "applied":
         return
     event, changes = detail
-    revs = [(r.kind, r.value, r.issued_before is not None) for r in changes.revocations]
-    assert revs == [tuple(r) for r in example.get("revocations", [])]
-    for r in changes.revocations:
+    revocations = [*changes.revocations, *(r for _, r in changes.accounts if r is not None)]
+
+    def row(r: Any) -> list[Any]:  # [kind, value, bounded by issuance, (the parts it is narrowed to)]
+        out: list[Any] = [r.kind, r.value, r.issued_before is not None]
+        return [*out, [list(p) for p in r.also]] if r.also else out
+
+    assert [row(r) for r in revocations] == example.get("revocations", [])
+    for r in revocations:
         assert r.source == "ssf" and r.ref == event.jti and r.created_by == f"ssf:{event.issuer}"
         assert (r.expires_at is not None) == (r.issued_before is not None)  # bounded, or until lifted
         if r.issued_before is not None:
             assert r.issued_before == min(event.event_time, now) and r.expires_at == r.issued_before + HOLD
     sigs = [(s.subject_kind, s.subject, s.key, s.value) for s in changes.signals]
     assert sigs == [tuple(s) for s in example.get("signals", [])]
-    assert [list(x) for x in changes.lift] == example.get("lift", [])
+    assert [[kind, value] for kind, value, _ in changes.lift] == example.get("lift", [])
+    for marker, _ in changes.accounts:  # account events are ordered by a marker per principal
+        assert marker.key == f"account@{event.issuer}" and marker.set_at == min(event.event_time, now)
 
 
 def test_the_same_set_makes_the_same_records() -> None:
@@ -74,7 +81,7 @@ def test_the_same_set_makes_the_same_records() -> None:
     now = time.time()
     _, (_, first) = run(ex, now)
     _, (_, again) = run(ex, now + 1)
-    assert [r.id for r in first.revocations] == [r.id for r in again.revocations]
+    assert [r.id for _, r in first.accounts if r] == [r.id for _, r in again.accounts if r]
 
 
 # --- subjects --------------------------------------------------------------------------------------
@@ -93,7 +100,7 @@ FOR = frozenset({IDP, "spiffe://example.org"})
             "workloads",
             ("spiffe://example.org/ns/web/sa/app",),
         ),
-        ({"format": "opaque", "id": "LAPTOP-7"}, "devices", ("LAPTOP-7",)),
+        ({"format": "opaque", "id": "LAPTOP-7"}, "devices", ()),  # an opaque id alone: read per event
         ({"format": "jwt_id", "iss": IDP, "jti": "j-1"}, "tokens", (f"{IDP}#j-1",)),
         ({"format": "jwt-id", "iss": IDP, "jti": "j-1"}, "tokens", (f"{IDP}#j-1",)),  # legacy
         (
@@ -178,3 +185,60 @@ def test_event_keys() -> None:
     assert event_key(CAEP + "session-revoked") == "caep/session-revoked"
     assert event_key(RISC.replace("https", "http") + "account-disabled") == "risc/account-disabled"
     assert event_key("urn:example:other") == ""
+
+
+# --- complex subjects: readings, narrowing, critical members -----------------------------------------
+
+
+def test_a_complex_subject_is_one_reading_of_its_parts() -> None:
+    got = resolve(
+        {
+            "format": "complex",
+            "user": {"format": "iss_sub", "iss": IDP, "sub": "jane"},
+            "device": {"format": "opaque", "id": "D"},
+            "session": {"format": "opaque", "id": "S"},
+            "tenant": {"format": "opaque", "id": "T"},
+        },
+        FOR,
+        devices=False,  # with a user, a device only narrows: no devices: true needed
+    )
+    assert got.readings == ((("sid", f"{IDP}#S"), ("sub", f"{IDP}#jane"), ("device", "D"), ("tenant", "T")),)
+    assert got.devices == ()  # but no fact about D itself: devices: false
+
+
+@pytest.mark.parametrize(
+    ("member", "critical", "discarded"),
+    [("group", (), False), ("group", ("group",), True), ("tenant", ("tenant",), False)],
+)
+def test_a_critical_member_that_cannot_be_processed_discards_the_event(
+    member: str, critical: tuple[str, ...], discarded: bool
+) -> None:
+    sub_id = {
+        "format": "complex",
+        "user": {"format": "iss_sub", "iss": IDP, "sub": "jane"},
+        member: {"format": "opaque", "id": "x"},
+    }
+    got = resolve(sub_id, FOR, critical=critical)
+    assert bool(got.discard) == discarded
+    assert got.empty == discarded
+
+
+@pytest.mark.parametrize(
+    ("opaque_as", "field", "want"),
+    [("session", "sessions", (f"{IDP}#o-1",)), ("device", "devices", ("o-1",)), ("", "readings", ())],
+)
+def test_an_opaque_subject_is_read_as_the_event_says(
+    opaque_as: str, field: str, want: tuple[str, ...]
+) -> None:
+    assert getattr(resolve({"format": "opaque", "id": "o-1"}, FOR, opaque_as=opaque_as), field) == want
+
+
+def test_every_other_part_of_a_reading_narrows_the_revocation() -> None:
+    """Narrowing never widens: whatever the event acts on, the rest of the subject goes with it."""
+    ex = next(e for e in EXAMPLES if e["name"] == "ssf-session-revoked-complex-user-and-device")
+    _, (_, changes) = run(ex, time.time())
+    (rev,) = changes.revocations
+    assert rev.kind == "sub" and dict(rev.also) == {"device": "e9297990-14d2-42ec-a4a9-4036db86509a"}
+    assert rev.narrows_to({"sub": rev.value, "device": "e9297990-14d2-42ec-a4a9-4036db86509a"})
+    assert not rev.narrows_to({"sub": rev.value, "device": "another"})
+    assert rev.narrows_to({"sub": rev.value})  # a request that does not say: within it (fail closed)
