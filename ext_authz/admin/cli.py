@@ -256,7 +256,7 @@ def cmd_revocations(args: argparse.Namespace) -> None:
         (
             r.id,
             r.kind,
-            r.value,
+            r.value + "".join(f" & {a}" for a in r.also),  # narrowed: only requests that also have these
             r.source,
             r.created_by,
             _when(r.created_at),
