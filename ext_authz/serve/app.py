@@ -36,7 +36,7 @@ from ..trust.sources import TrustSources
 from ..trust.workload_api import WorkloadApiTrust
 from .check import AUTH_SERVICE, AuthorizationServicer, add_to_server
 from .health import serve_health, watch_state_health
-from .http import bound_address, with_port
+from .http import HTTP_BACKLOG, bound_address, with_port
 from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
 from .runtime import Runtime
@@ -221,7 +221,7 @@ class Server:
         if http_listen:
             host, _, port = http_listen.rpartition(":")
             self.http = await asyncio.start_server(
-                lambda r, w: serve_health(self.runtime, r, w), host.strip("[]"), int(port)
+                lambda r, w: serve_health(self.runtime, r, w), host.strip("[]"), int(port), backlog=HTTP_BACKLOG
             )
             self.addresses["http"] = bound_address(self.http)
         # Config, trust bundles, state and policy are loaded: now we are ready.

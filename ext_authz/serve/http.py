@@ -1,5 +1,6 @@
-"""One small HTTP/1.1 piece for health, metrics and the SSF endpoints: a server (one request per
-connection, no framework; bounded request line, headers and body) and a client with an overall deadline."""
+"""One small HTTP/1.1 piece for health, metrics and the SSF endpoints: a server (keep-alive, no
+framework; bounded request line, headers and body; connections that prove nothing make room for those
+that do, see Connections) and a client with an overall deadline."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 from ..httpclient import BodyTooLarge, HttpError, fetch
 
 __all__ = [
+    "CONNECTIONS",
+    "HTTP_BACKLOG",
+    "Connections",
     "Handler",
     "Request",
     "RequestHandler",
@@ -78,7 +82,7 @@ class Response:
 RequestHandler = Callable[[Request], Awaitable[Response]]
 
 
-async def _line(reader: asyncio.StreamReader) -> bytes | None:
+async def _line(reader: _Prefixed) -> bytes | None:
     """One line, or None when it is longer than the reader allows (never an exception)."""
     try:
         return await reader.readline()
@@ -86,76 +90,185 @@ async def _line(reader: asyncio.StreamReader) -> bytes | None:
         return None
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | Response:
+async def _read_request(reader: _Prefixed) -> tuple[Request | Response, str]:
+    """The request (or the error answer to it) and its HTTP version."""
+    return await _read_one(reader)
+
+
+async def _read_one(reader: _Prefixed) -> tuple[Request | Response, str]:
     line = await _line(reader)
     if line is None or len(line) > MAX_LINE:
-        return Response(400, "request line too long\n")
+        return Response(400, "request line too long\n"), ""
     parts = line.decode("latin-1").split()
     if len(parts) < 2:
-        return Response(400, "bad request\n")
+        return Response(400, "bad request\n"), ""
+    version = parts[2].upper() if len(parts) > 2 else "HTTP/1.0"
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADERS + 1):
         raw = await _line(reader)
         if raw in (b"\r\n", b"\n", b""):
             break
         if raw is None or len(raw) > MAX_LINE:
-            return Response(400, "header too long\n")
+            return Response(400, "header too long\n"), version
         name, sep, value = raw.decode("latin-1").partition(":")
         if sep:
             headers.setdefault(name.strip().lower(), value.strip())
     else:
-        return Response(400, "too many headers\n")
+        return Response(400, "too many headers\n"), version
     body = b""
     if "transfer-encoding" in headers:
-        return Response(400, "chunked bodies are not accepted: send Content-Length\n")
+        return Response(400, "chunked bodies are not accepted: send Content-Length\n"), version
     length = headers.get("content-length", "0")
     if not _DIGITS.fullmatch(length):  # ASCII digits only: str.isdigit() takes '²'
-        return Response(400, "bad Content-Length\n")
+        return Response(400, "bad Content-Length\n"), version
     size = int(length)
     if size > MAX_BODY:
-        return Response(413, "body too large\n")
+        return Response(413, "body too large\n"), version
     if size:
         body = await reader.readexactly(size)
-    return Request(parts[0].upper(), parts[1], headers, body)
+    return Request(parts[0].upper(), parts[1], headers, body), version
 
 
 _DIGITS = re.compile(r"[0-9]{1,12}")
-MAX_CONNECTIONS = 256  # served at once; more are closed unanswered (Check shares this process's files)
-_open = 0
+MAX_CONNECTIONS = 256  # held at once (Check shares this process's files)
+HTTP_BACKLOG = 4096  # connections the kernel queues for accept: a flood must not make a probe's SYN wait
+REQUEST_DEADLINE = 5.0  # a request's head and body, from its first byte's wait: no trickle resets it
+IDLE_TIMEOUT = 5.0  # a kept-alive connection waiting for its next request
+MAX_REQUESTS = 100  # on one connection
+
+
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    answering: bool = False  # a whole request was read and is being answered: not to be dropped
+
+    def drop(self) -> None:
+        transport = self.writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+
+class Connections:
+    """The connections a process's HTTP listeners hold, at most ``limit``.
+
+    A connection that has not given a whole request proves nothing: under pressure it makes room. When
+    the limit is reached, a new connection takes the place of the oldest one that is reading a request or
+    idle between requests (never one being answered). A stranger holding hundreds of connections that
+    trickle a byte a second therefore cannot keep a probe, a scrape or a signed push out: each of those
+    sends its request at once, is answered within milliseconds, and only a flood of new connections
+    faster than that could push it out first. Each request must arrive whole within REQUEST_DEADLINE of
+    its wait starting (a byte at a time does not extend it), and an idle connection is closed after
+    IDLE_TIMEOUT."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS) -> None:
+        self.limit = limit
+        self._held: dict[_Connection, None] = {}  # insertion order: oldest first
+        self.evicted = 0
+
+    def admit(self, writer: asyncio.StreamWriter) -> _Connection | None:
+        if len(self._held) >= self.limit:
+            victim = next((c for c in self._held if not c.answering), None)
+            if victim is None:  # every one is being answered: the newcomer waits its turn elsewhere
+                return None
+            self.release(victim)
+            victim.drop()
+            self.evicted += 1
+        conn = _Connection(writer)
+        self._held[conn] = None
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        self._held.pop(conn, None)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+CONNECTIONS = Connections()
+
+
+def _keep_alive(request: Request, line_version: str) -> bool:
+    connection = request.headers.get("connection", "").lower()
+    if line_version == "HTTP/1.0":
+        return "keep-alive" in connection
+    return "close" not in connection
 
 
 async def serve_http(
-    handler: RequestHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    handler: RequestHandler,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    connections: Connections | None = None,
 ) -> None:
-    global _open
-    if _open >= MAX_CONNECTIONS:
-        writer.close()
+    """Serve one connection: requests one after another (HTTP/1.1 keep-alive), each read within its
+    deadline, under the process's connection limit (see Connections)."""
+    pool = connections if connections is not None else CONNECTIONS
+    conn = pool.admit(writer)
+    if conn is None:
+        writer.transport.abort()
         return
-    _open += 1
     try:
-        async with asyncio.timeout(5):  # the whole request: a slow client cannot hold the connection
-            request = await _read_request(reader)
-        if isinstance(request, Response):
-            response = request
-        else:
-            try:
-                response = await handler(request)
-            except Exception:  # a handler's fault is a 500, logged by type; never a bare close
-                log.exception("HTTP %s %s failed", request.method, request.path[:200])
-                response = Response(500, "internal error\n")
-        data = response.body.encode() if isinstance(response.body, str) else response.body
-        head = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
-        if response.status != 204:
-            head += f"Content-Type: {response.content_type}\r\n"
-        for name, value in response.headers.items():
-            head += f"{name}: {value}\r\n"
-        writer.write(f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-        await writer.drain()
+        loop = asyncio.get_running_loop()
+        for served in range(MAX_REQUESTS):
+            conn.answering = False
+            # The first request must arrive whole within REQUEST_DEADLINE of the connection; a later one
+            # within IDLE_TIMEOUT of the last answer for its first byte, then REQUEST_DEADLINE.
+            deadline = loop.time() + (IDLE_TIMEOUT if served else REQUEST_DEADLINE)
+            async with asyncio.timeout_at(deadline):
+                first = await reader.read(1)  # the next request's first byte (b"": the client is done)
+            if not first:
+                return
+            if served:
+                deadline = loop.time() + REQUEST_DEADLINE
+            async with asyncio.timeout_at(deadline):
+                request, version = await _read_request(_Prefixed(first, reader))
+            conn.answering = True
+            keep = (
+                isinstance(request, Request) and _keep_alive(request, version) and served + 1 < MAX_REQUESTS
+            )
+            if isinstance(request, Response):
+                response = request
+            else:
+                try:
+                    response = await handler(request)
+                except Exception:  # a handler's fault is a 500, logged by type; never a bare close
+                    log.exception("HTTP %s %s failed", request.method, request.path[:200])
+                    response = Response(500, "internal error\n")
+            data = response.body.encode() if isinstance(response.body, str) else response.body
+            head = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
+            if response.status != 204:
+                head += f"Content-Type: {response.content_type}\r\n"
+            for name, value in response.headers.items():
+                head += f"{name}: {value}\r\n"
+            head += f"Content-Length: {len(data)}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n"
+            writer.write(head.encode() + data)
+            await writer.drain()
+            if not keep:
+                return
     except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        _open -= 1
+        pool.release(conn)
         writer.close()
+
+
+class _Prefixed:
+    """A reader that yields ``first`` before what ``reader`` has (the byte that ended an idle wait)."""
+
+    def __init__(self, first: bytes, reader: asyncio.StreamReader) -> None:
+        self._first = first
+        self._reader = reader
+
+    async def readline(self) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            if first == b"\n":
+                return first
+            return first + await self._reader.readline()
+        return await self._reader.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self._reader.readexactly(n)
 
 
 async def serve_get(handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

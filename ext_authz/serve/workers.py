@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from ..observe.metrics import CONTENT_TYPE
 from ..settings import Settings
 from .app import WORKER_ENV, WORKER_HTTP_ENV, StopSignals, write_ready_file
-from .http import Request, Response, bound_address, forward, get, serve_http
+from .http import HTTP_BACKLOG, Request, Response, bound_address, forward, get, serve_http
 
 __all__ = ["Supervisor", "aggregate_metrics"]
 
@@ -174,7 +174,7 @@ class Supervisor:
         server = None
         if self.cfg.http_listen:
             host, _, port = self.cfg.http_listen.rpartition(":")
-            server = await asyncio.start_server(self._http, host.strip("[]"), int(port))
+            server = await asyncio.start_server(self._http, host.strip("[]"), int(port), backlog=HTTP_BACKLOG)
             self.addresses["http"] = bound_address(server)
         signals = StopSignals()
         log.info("supervising %d workers on %s", len(self.workers), self.cfg.listen)

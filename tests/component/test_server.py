@@ -168,7 +168,7 @@ async def _http_get(address: str, path: str, headers: dict[str, str] | None = No
     host, _, port = address.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{head}\r\n".encode())
     await writer.drain()
     data = await reader.read()
     writer.close()
@@ -297,8 +297,8 @@ async def test_a_file_written_while_it_is_being_loaded_is_loaded_again(
     cfg["rules"].append({"name": "billing-too", "match": {"paths": ["/api/*"]}})
     late_write = yaml.safe_dump(cfg)
 
-    def load_then_someone_writes(path: Path) -> Any:
-        engine = real_load(path)
+    def load_then_someone_writes(path: Path, **kwargs: Any) -> Any:
+        engine = real_load(path, **kwargs)
         running.config.write_text(late_write)  # lands after we read the file
         return engine
 

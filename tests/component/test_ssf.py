@@ -43,7 +43,9 @@ async def post(
     reader, writer = await asyncio.open_connection(host, int(port))
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n{head}\r\n".encode()
+        + body
     )
     await writer.drain()
     data = await reader.read()
@@ -564,7 +566,10 @@ async def test_the_http_listener_answers_malformed_requests(receiver: Receiver) 
     assert (await raw(b"GET /x HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 400")
     chunked = b"POST /ssf/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     assert (await raw(chunked)).startswith(b"HTTP/1.1 400")
-    assert (await raw(b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")  # still serving
+    assert (await raw(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    # HTTP/1.1 keeps the connection: two requests, two answers, then the client closes
+    two = await raw(b"GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert two.count(b"HTTP/1.1 200") == 2 and b"Connection: keep-alive" in two
 
 
 async def test_a_broken_secret_on_reload_keeps_the_last_good_and_a_rotation_is_picked_up(
