@@ -527,8 +527,12 @@ def decide(
     device = _device_id(ctx, principal, engine)
     if state.any_revocations and (principal.authenticated or device):
         context = _narrowing_context(principal, engine)
+        # A workload's revocation is narrowed only by what its own credential says: a user token it
+        # forwards must not speak for it (its device or tenant claim would take the workload out).
+        workload_context = {k: v for k, v in context.items() if k == "spiffe_id"}
         for kind, value, issued_at in _revocation_checks(principal, device):
-            rev = state.revoked(kind, value, ts, issued_at, context)
+            narrowing = workload_context if kind in ("spiffe_id", "cert") else context
+            rev = state.revoked(kind, value, ts, issued_at, narrowing)
             if rev is not None:
                 return _refused(
                     decision_id,

@@ -131,7 +131,13 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else "-"
 
 
+def _cell(value: object) -> str:
+    """What a table shows of a value: printable characters only (state may hold what others sent)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    rows = [[_cell(c) for c in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

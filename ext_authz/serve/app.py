@@ -221,7 +221,10 @@ class Server:
         if http_listen:
             host, _, port = http_listen.rpartition(":")
             self.http = await asyncio.start_server(
-                lambda r, w: serve_health(self.runtime, r, w), host.strip("[]"), int(port), backlog=HTTP_BACKLOG
+                lambda r, w: serve_health(self.runtime, r, w),
+                host.strip("[]"),
+                int(port),
+                backlog=HTTP_BACKLOG,
             )
             self.addresses["http"] = bound_address(self.http)
         # Config, trust bundles, state and policy are loaded: now we are ready.

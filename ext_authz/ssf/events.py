@@ -120,8 +120,12 @@ def _reason(event: SecurityEvent) -> str:
 
 
 def account_key(issuer: str, also: tuple[tuple[str, str], ...] = ()) -> str:
-    """The signal that holds a principal's account state as ``issuer`` last said it (and when)."""
-    return "account@" + issuer + "".join(f" {k}={v}" for k, v in also)
+    """The signal that holds a principal's account state as ``issuer`` last said it (and when): per
+    narrowing too, named by a digest of its parts (bounded, and no value can pass for two parts)."""
+    if not also:
+        return f"account@{issuer}"
+    digest = hashlib.sha256(json.dumps(also, separators=(",", ":")).encode()).hexdigest()[:16]
+    return f"account@{issuer}#{digest}"
 
 
 # The part of a reading each kind of event acts on, most specific first; the reading's other parts
@@ -154,10 +158,12 @@ def changes_for(
     hold: float,
     signal_ttl: float,
     account_ttl: float | None = None,
+    max_ttl: float | None = None,
 ) -> Changes:
     """The state changes ``event`` about ``subject`` makes (SetError for a payload the event's
-    definition does not allow, or for more changes than one SET may make). ``account_ttl``: how long an
-    account marker is kept (as long as a late SET could still be accepted), ``signal_ttl`` if None."""
+    definition does not allow, or for more changes than one SET may make). ``account_ttl``: how long
+    past now an account marker is kept (as long as a late SET could still be accepted; ``signal_ttl``
+    if None), but never longer than ``max_ttl`` past the event (signals.max_ttl)."""
     changes = _changes_for(
         event,
         subject,
@@ -165,6 +171,7 @@ def changes_for(
         hold=hold,
         signal_ttl=signal_ttl,
         account_ttl=signal_ttl if account_ttl is None else account_ttl,
+        max_ttl=max_ttl,
     )
     if changes.size > MAX_CHANGES:
         raise SetError("invalid_request", f"the event names more than {MAX_CHANGES} things to change")
@@ -172,7 +179,14 @@ def changes_for(
 
 
 def _changes_for(
-    event: SecurityEvent, subject: Subject, *, now: float, hold: float, signal_ttl: float, account_ttl: float
+    event: SecurityEvent,
+    subject: Subject,
+    *,
+    now: float,
+    hold: float,
+    signal_ttl: float,
+    account_ttl: float,
+    max_ttl: float | None,
 ) -> Changes:
     key = event_key(event.event_type)
     at = min(event.event_time, now)  # an event cannot have happened after we received it
@@ -227,6 +241,9 @@ def _changes_for(
     if key in DISABLE or key in ENABLE:
         disable = key in DISABLE
         accounts = []
+        # Kept while a late SET could still come, and no longer than a signal may be fresh: an event
+        # older than that is applied without a marker (nothing later can still be late against it).
+        until = now + account_ttl if max_ttl is None else min(now + account_ttl, at + max_ttl)
         for kind, value, also in _targets(subject, _PRINCIPAL_TARGETS):
             marker = Signal(
                 "user" if kind == "sub" else "workload",
@@ -235,7 +252,7 @@ def _changes_for(
                 "disabled" if disable else "enabled",
                 actor,
                 at,
-                now + account_ttl,
+                until,
                 source="ssf",
                 ref=event.jti,
             )
@@ -275,6 +292,10 @@ def _signals(
 
     p = event.payload
     out: list[Signal] = []
+    # A fact about a user is kept per user: one the subject narrows (jane's session S, jane on device D,
+    # jane in tenant T) cannot be kept that narrowly, and applied to all of jane it could widen access
+    # (an assurance increase, a lower risk). Such readings make no user signals.
+    users = tuple(dict(r)["sub"] for r in subject.readings if "sub" in dict(r) and len(r) == 1)
     if key == "caep/device-compliance-change":
         _need(event, "current_status")
         status = p["current_status"]
@@ -284,7 +305,7 @@ def _signals(
     elif key == "caep/assurance-level-change":
         _need(event, "namespace", "current_level")
         direction = p.get("change_direction")
-        for u in subject.users:
+        for u in users:
             out.append(sig("user", u, "assurance_level", _value(p["current_level"])))
             out.append(sig("user", u, "assurance_namespace", _value(p["namespace"])))
             if direction in ("increase", "decrease"):
@@ -293,16 +314,19 @@ def _signals(
         claims = p.get("claims")
         if not isinstance(claims, dict) or not claims or len(claims) > _MAX_CLAIMS:
             raise SetError("invalid_request", f"token-claims-change requires claims (1 to {_MAX_CLAIMS})")
-        for u in subject.users:
+        for u in users:
             out += [sig("user", u, f"claims.{name}", _value(v)) for name, v in sorted(claims.items())]
-        # About one token (jwt_id): what policy sees of that token changes (identity.claims), so the
-        # value is kept as JSON, exactly (false stays a boolean, "false" a string).
+        # About one token (jwt_id): kept as JSON, exactly (false stays a boolean, "false" a string). From
+        # the token's own issuer it is what policy sees of that token (identity.claims); from another
+        # transmitter it is kept under its own name (claims.NAME@TRANSMITTER), so it can neither stand in
+        # for nor overwrite what the issuer said.
         for t in subject.tokens:
-            out += [sig("token", t, f"claims.{name}", _json(v)) for name, v in sorted(claims.items())]
+            suffix = "" if t.partition("#")[0] == event.issuer else f"@{event.issuer}"
+            out += [sig("token", t, f"claims.{name}{suffix}", _json(v)) for name, v in sorted(claims.items())]
     elif key == "caep/risk-level-change":
         _need(event, "current_level")
         level = p["current_level"]
-        for u in subject.users:
+        for u in users:
             out.append(sig("user", u, "risk", _value(level)))
         out += [sig("device", d, "risk", _value(level)) for d in subject.devices]
     return out

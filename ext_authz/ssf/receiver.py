@@ -102,6 +102,12 @@ def _newer_account_event(
     return None
 
 
+def _line(value: object, limit: int) -> str:
+    """A transmitter's text as one short printable line (for state shown to operators, and logs)."""
+    text = value if isinstance(value, str) else ""
+    return "".join(c if c.isprintable() else " " for c in text[:limit])
+
+
 def _named(rev: Revocation) -> str:
     narrowed = "".join(f" with {k} {v}" for k, v in rev.also)
     return f"{rev.kind} {rev.value}{narrowed}"
@@ -313,7 +319,7 @@ class Receivers:
                 self.on_event(label, exc.err)
                 raise
             for note in outcome.notes:
-                log.warning("SSF %r: %s", event.name, note)
+                log.warning("SSF %r: %s", event.name, _line(note, 600))
             result = outcome.result
         self.on_event(label, result)
         return result
@@ -335,13 +341,10 @@ class Receivers:
             log.info("SSF stream of %s verified", rc.issuer)
             return _Outcome("verified")
         if key in STREAM_UPDATED:
-            status = event.payload.get("status")
-            state.stream_status = str(status) if isinstance(status, str) else ""
+            status = _line(event.payload.get("status"), 32)
+            state.stream_status = status
             log.warning(
-                "SSF stream of %s is now %r: %r",
-                rc.issuer,
-                status,
-                str(event.payload.get("reason", ""))[:200],
+                "SSF stream of %s is now %r: %r", rc.issuer, status, _line(event.payload.get("reason"), 200)
             )
             return _Outcome("applied")
         if key not in APPLIED:
@@ -371,7 +374,7 @@ class Receivers:
         except SubjectError as exc:
             raise SetError("invalid_request", f"sub_id: {exc}") from exc
         for note in subject.ignored:
-            log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, note)
+            log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, _line(note, 600))
         if subject.discard:
             # SSF 1.0 §3.4: an event whose subject has a critical member we cannot process is discarded
             # (acknowledged, counted as discarded, nothing applied).
@@ -380,7 +383,15 @@ class Receivers:
         ttl = min(rc.hold, settings.signals.max_ttl)
         # An account marker is kept as long as a late SET about an older event could still be accepted.
         account_ttl = min(rc.max_age + rc.leeway + 60.0, settings.signals.max_ttl)
-        changes = changes_for(event, subject, now=now, hold=rc.hold, signal_ttl=ttl, account_ttl=account_ttl)
+        changes = changes_for(
+            event,
+            subject,
+            now=now,
+            hold=rc.hold,
+            signal_ttl=ttl,
+            account_ttl=account_ttl,
+            max_ttl=settings.signals.max_ttl,
+        )
         if changes.empty:
             log.info(
                 "SSF %s %s from %s names nobody this receiver may act on", event.name, event.jti, rc.issuer
@@ -396,8 +407,12 @@ class Receivers:
                 notes.append(f"revoked {_named(rev)} ({rev.reason})")
         for sig in changes.signals:
             known = replica.get(Signal, sig.record_id)
-            if known is not None and known.source == "ssf" and known.set_at > sig.set_at:
-                continue  # a newer fact from the transmitter is already in force
+            if known is not None and known.fresh(now) and known.set_at > sig.set_at:
+                # A newer fact is in force (a later event, or an operator who set it since): kept.
+                notes.append(
+                    f"signal {sig.key!r} of {sig.subject!r} not replaced: {known.set_by} set it later"
+                )
+                continue
             writes.append((sig, "signal", actor, f"SET {event.jti}"))
         stale: set[str] = set()
         for marker, account_rev in changes.accounts:
@@ -564,13 +579,13 @@ class Receivers:
                 raise TrustError(f"{config_url}: creating the stream: HTTP {status}")
         if stream.get("iss") != rc.issuer:
             raise TrustError(f"{config_url}: the stream's iss is {stream.get('iss')!r}")
-        state.stream_id = str(stream.get("stream_id", ""))
+        state.stream_id = _line(stream.get("stream_id"), 256)
         endpoint = (stream.get("delivery") or {}).get("endpoint_url")
         if rc.delivery == "poll" and isinstance(endpoint, str):
             state.poll_url = endpoint
         critical = meta.get("critical_subject_members")
         if isinstance(critical, list):
-            state.critical = frozenset(str(c) for c in critical if isinstance(c, str))
+            state.critical = frozenset(_line(c, 64) for c in critical[:32] if isinstance(c, str))
         verify_url = meta.get("verification_endpoint")
         if isinstance(verify_url, str) and state.stream_id:
             state.expected_state = secrets.token_urlsafe(16)

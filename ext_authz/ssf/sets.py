@@ -104,6 +104,12 @@ def _segment(part: str, what: str) -> dict[str, Any]:
         raise SetError("invalid_request", f"the SET's {what} is not a JSON object")
     if json_depth(value) > MAX_DEPTH:
         raise SetError("invalid_request", f"the SET's {what} nests deeper than {MAX_DEPTH}")
+    try:  # JSON may escape a lone surrogate (\ud800), which is no text: nothing downstream could use it
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise SetError(
+            "invalid_request", f"the SET's {what} holds a string that is not Unicode text"
+        ) from exc
     return value
 
 

@@ -107,6 +107,8 @@ def _text(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value or len(value) > _MAX_VALUE:
         raise SubjectError(f"{key} is required: a non-empty string")
+    if not value.isprintable():  # control characters name no one, and would reach logs and terminals
+        raise SubjectError(f"{key} holds a control character")
     return value
 
 

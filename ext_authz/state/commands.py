@@ -451,6 +451,8 @@ def narrowing(kind: str, value: str) -> tuple[str, str]:
         return kind, _spiffe_id(value)
     if kind == "sid":
         return revocation_value("sid", value)
+    if not value.isprintable():
+        raise InvalidArgument(f"the {kind} it is narrowed to holds a control character")
     return kind, _text(value, f"the {kind}")
 
 

@@ -7,6 +7,7 @@ principals the event names and of those it does not."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,13 +177,18 @@ async def test_token_claims_change_about_one_token_changes_what_policy_sees(
         assert (await s.push(from_tx))[0] == 202
         assert await s.reason(other) == "allowed"  # a third party's say-so is a signal, not a claim
         (sig,) = [x for x in s.running.runtime.replica.all(Signal) if x.subject_kind == "token"]
-        assert (sig.subject, sig.key, sig.value) == (f"{IDP}#tok-2", "claims.trusted_network", "false")
+        assert (sig.subject, sig.key, sig.value) == (f"{IDP}#tok-2", f"claims.trusted_network@{TX}", "false")
         event = a_set(
             CAEP + "token-claims-change", {"format": "jwt_id", "iss": IDP, "jti": "tok-1"}, change, iss=IDP
         )
         assert (await s.push(event))[0] == 202
         assert await s.reason(mine) == "policy_denied"
         assert await s.reason(other) == "allowed"
+        # The third party, later, cannot undo what the issuer said about tok-1.
+        undo = {"event_timestamp": t - 5, "claims": {"trusted_network": True}}
+        later = a_set(CAEP + "token-claims-change", {"format": "jwt_id", "iss": IDP, "jti": "tok-1"}, undo)
+        assert (await s.push(later))[0] == 202
+        assert await s.reason(mine) == "policy_denied"
         # The same jti from another issuer is another token.
         assert await s.reason(s.token(OTHER_IDP, "jane", t - 60, jti="tok-1")) == "allowed"
     finally:
@@ -340,3 +346,48 @@ async def test_a_device_header_cannot_take_a_request_out_of_a_narrowed_revocatio
         assert await s.reason(s.token(IDP, "jane", t - 300, device_id="E")) == "allowed"  # the IdP's word
     finally:
         await s.close()
+
+
+async def test_a_fact_narrowed_to_a_session_is_not_applied_to_the_whole_user(stack: SsfStack) -> None:
+    """An assurance increase for jane's session S kept for all of jane would widen access."""
+    t = now()
+    sub = {"format": "complex", "user": user("jane"), "session": opaque("S")}
+    payload = {
+        "namespace": "NIST-AAL",
+        "current_level": "nist-aal3",
+        "change_direction": "increase",
+        "event_timestamp": t,
+    }
+    assert (await stack.push(a_set(CAEP + "assurance-level-change", sub, payload)))[0] == 202
+    assert [x for x in stack.running.runtime.replica.all(Signal) if x.subject_kind == "user"] == []
+
+
+async def test_a_set_never_replaces_a_newer_operator_signal(stack: SsfStack) -> None:
+    t = now()
+    from ext_authz.state import commands
+
+    mine = commands.put_signal("user", f"{IDP}#jane", "risk", "high", 3600, "local:alice", t)
+    await stack.running.runtime.replica.put(mine, reason="by hand")
+    payload = {"current_level": "low", "principal": "USER", "event_timestamp": t - 60}
+    assert (await stack.push(a_set(CAEP + "risk-level-change", user("jane"), payload)))[0] == 202
+    (sig,) = [x for x in stack.running.runtime.replica.all(Signal) if x.key == "risk"]
+    assert (sig.value, sig.set_by) == ("high", "local:alice")
+
+
+@pytest.mark.parametrize("where", ["device", "tenant"])
+async def test_a_lone_surrogate_is_a_clean_refusal(stack: SsfStack, where: str) -> None:
+    """JSON can escape a lone surrogate, which is no text: 400, not a fault and a retry loop."""
+    sub = {"format": "complex", "user": user("jane"), where: opaque("x")}
+    body = a_set(CAEP + "session-revoked", sub)
+    from tests.ssfkit import b64, mint_set
+
+    token = mint_set(stack.set_key, body)
+    head, _claims, _ = token.split(".")
+    raw = json.dumps(body).replace('"id": "x"', '"id": "\\ud800"')
+    forged = f"{head}.{b64(raw.encode())}.x"
+    from tests.component.ssfstack import SECRET
+    from tests.component.test_ssf import post
+
+    headers = {"Content-Type": "application/secevent+jwt", "Authorization": f"Bearer {SECRET}"}
+    status, _, text = await post(stack.running.http, "/ssf/events", forged.encode(), headers)
+    assert status == 400 and json.loads(text)["err"] == "invalid_request"
