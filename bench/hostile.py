@@ -57,6 +57,7 @@ from ext_authz.envoy.normalize import normalize  # noqa: E402
 from ext_authz.envoy.render import render_wire  # noqa: E402
 from ext_authz.identity.x509_svid import MAX_CERT_BYTES, MAX_NAME_CONSTRAINTS, MAX_SANS  # noqa: E402
 from ext_authz.loader import load_engine  # noqa: E402
+from ext_authz.observe.decision_log import Redactor, logged_request  # noqa: E402
 from ext_authz.pipeline import Caches, Engine, decide  # noqa: E402
 from ext_authz.settings import Limits  # noqa: E402
 from tests.component.checkreq import check_request  # noqa: E402
@@ -334,6 +335,16 @@ def _cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
     cases["path: long, aimed at the glob and the CEL regex"] = check_request(
         demo, workload="frontend", path=path
     )
+    # Paths aimed at the redaction of tokens in paths (its cost is on the Check path).
+    cases["path: 2 KB of 20-character random-looking segments"] = check_request(
+        demo, workload="frontend", path="/" + "/".join(["aB3dE5gH7jK9mN1pQ3sT"] * 100)
+    )
+    cases["path: segments of eyJ repeated (the JWS pattern)"] = check_request(
+        demo, workload="frontend", path="/" + "/".join(["eyJ" * 42] * 30)
+    )
+    cases["path: matrix parameters everywhere"] = check_request(
+        demo, workload="frontend", path="/" + ";a" * (L.max_header_bytes // 4)
+    )
     req = check_request(demo, workload="frontend")
     host = ("a" * 60 + ".") * 4 + "internal"
     req.attributes.request.http.host = host
@@ -343,6 +354,9 @@ def _cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
     req.attributes.request.http.host = "a" * 50_000 + ":80"
     cases["host: not a host (refused)"] = req
     return cases
+
+
+REDACTOR = Redactor()
 
 
 def _cpu_ms(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
@@ -366,6 +380,7 @@ def _measure(raw: bytes, engine: Engine, now: datetime) -> dict[str, Any]:
         ctx = normalize(request, engine.config.limits)
         decision = decide(ctx, engine, Caches.sized(0), now, "bench")
         render_wire(decision)
+        logged_request(ctx, REDACTOR, False)  # what the decision log takes, the path redacted
 
     one()  # warm the interpreter's paths, not the credential caches (size 0)
     ctx = normalize(CheckRequest.FromString(raw), engine.config.limits)

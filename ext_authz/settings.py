@@ -781,6 +781,17 @@ class StateSettings(Section):
         return self.url.split("://", 1)[0] if "://" in self.url else ""
 
 
+def _path_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for p in patterns:
+        try:
+            compiled = re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"{p!r} is not a regular expression: {exc}") from exc
+        if compiled.fullmatch(""):
+            raise ValueError(f"{p!r} matches the empty string: it would match everywhere")
+    return patterns
+
+
 class DecisionLogSettings(Section):
     enabled: StrictBool = Field(True, description="off: no record is written (live streams still work)")
     path: Text = Field("stdout", description="stdout, or a file (appended)")
@@ -788,9 +799,18 @@ class DecisionLogSettings(Section):
     redact_headers: Annotated[TextList, AfterValidator(lambda hs: tuple(h.lower() for h in hs))] = (
         DEFAULT_REDACT_HEADERS
     )
+    redact_paths: Annotated[TextList, AfterValidator(_path_patterns)] = Field(
+        (),
+        description="more regular expressions (Python re) whose matches in a logged, streamed, traced or"
+        " reported path are replaced by [REDACTED], after the defaults (docs/observing.md); policy sees"
+        " the real path",
+    )
     queue: Annotated[StrictInt, Field(ge=1)] = Field(
         10_000, description="records waiting for the writer before they are dropped (and counted)"
     )
+
+    def path_patterns(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(p) for p in self.redact_paths)
 
 
 def _otlp_url(value: str) -> str:

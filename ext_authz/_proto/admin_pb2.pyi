@@ -17,7 +17,7 @@ class Scope(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Revocation(_message.Message):
-    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source", "ref", "issued_before", "ended_at", "ended_by", "end_reason", "also")
+    __slots__ = ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at", "source", "ref", "issued_before", "ended_at", "ended_by", "end_reason", "also", "unmatched")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Revocation(_message.Message):
     ENDED_BY_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     ALSO_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     value: str
@@ -46,19 +47,22 @@ class Revocation(_message.Message):
     ended_by: str
     end_reason: str
     also: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., issued_before: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., end_reason: _Optional[str] = ..., also: _Optional[_Iterable[str]] = ...) -> None: ...
+    unmatched: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., issued_before: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., end_reason: _Optional[str] = ..., also: _Optional[_Iterable[str]] = ..., unmatched: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
-    __slots__ = ("kind", "value", "reason", "duration_seconds")
+    __slots__ = ("kind", "value", "reason", "duration_seconds", "allow_unknown")
     KIND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     kind: str
     value: str
     reason: str
     duration_seconds: float
-    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+    allow_unknown: bool
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., allow_unknown: _Optional[bool] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
     __slots__ = ("revocation", "existing")
@@ -103,7 +107,7 @@ class ListRevocationsResponse(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("id", "principal", "scope", "not_before", "not_after", "reason", "approver", "created_by", "created_at", "ended_at", "ended_by", "ticket", "approved_at", "end_reason")
+    __slots__ = ("id", "principal", "scope", "not_before", "not_after", "reason", "approver", "created_by", "created_at", "ended_at", "ended_by", "ticket", "approved_at", "end_reason", "unmatched")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +122,7 @@ class Grant(_message.Message):
     TICKET_FIELD_NUMBER: _ClassVar[int]
     APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     scope: Scope
@@ -132,10 +137,11 @@ class Grant(_message.Message):
     ticket: str
     approved_at: float
     end_reason: str
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., not_after: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., ticket: _Optional[str] = ..., approved_at: _Optional[float] = ..., end_reason: _Optional[str] = ...) -> None: ...
+    unmatched: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., not_after: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., ended_by: _Optional[str] = ..., ticket: _Optional[str] = ..., approved_at: _Optional[float] = ..., end_reason: _Optional[str] = ..., unmatched: _Optional[str] = ...) -> None: ...
 
 class CreateGrantRequest(_message.Message):
-    __slots__ = ("principal", "scope", "not_before", "duration_seconds", "reason", "approver", "ticket")
+    __slots__ = ("principal", "scope", "not_before", "duration_seconds", "reason", "approver", "ticket", "allow_unknown")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +149,7 @@ class CreateGrantRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     APPROVER_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     principal: str
     scope: Scope
     not_before: float
@@ -150,7 +157,8 @@ class CreateGrantRequest(_message.Message):
     reason: str
     approver: str
     ticket: str
-    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., ticket: _Optional[str] = ...) -> None: ...
+    allow_unknown: bool
+    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., not_before: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ..., ticket: _Optional[str] = ..., allow_unknown: _Optional[bool] = ...) -> None: ...
 
 class CreateGrantResponse(_message.Message):
     __slots__ = ("grant", "warnings")
@@ -201,7 +209,7 @@ class ListGrantsResponse(_message.Message):
     def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ...) -> None: ...
 
 class Exception(_message.Message):
-    __slots__ = ("id", "principal", "scope", "reason", "opened_by", "opened_at", "expires_at", "closed_at", "closed_by", "approved_by", "approved_at", "close_reason")
+    __slots__ = ("id", "principal", "scope", "reason", "opened_by", "opened_at", "expires_at", "closed_at", "closed_by", "approved_by", "approved_at", "close_reason", "unmatched")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +222,7 @@ class Exception(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSE_REASON_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     scope: Scope
@@ -226,19 +235,22 @@ class Exception(_message.Message):
     approved_by: str
     approved_at: float
     close_reason: str
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., opened_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., closed_by: _Optional[str] = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[float] = ..., close_reason: _Optional[str] = ...) -> None: ...
+    unmatched: str
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., opened_by: _Optional[str] = ..., opened_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., closed_by: _Optional[str] = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[float] = ..., close_reason: _Optional[str] = ..., unmatched: _Optional[str] = ...) -> None: ...
 
 class OpenExceptionRequest(_message.Message):
-    __slots__ = ("principal", "scope", "reason", "duration_seconds")
+    __slots__ = ("principal", "scope", "reason", "duration_seconds", "allow_unknown")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     principal: str
     scope: Scope
     reason: str
     duration_seconds: float
-    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+    allow_unknown: bool
+    def __init__(self, principal: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., allow_unknown: _Optional[bool] = ...) -> None: ...
 
 class OpenExceptionResponse(_message.Message):
     __slots__ = ("exception",)
@@ -287,7 +299,7 @@ class ListExceptionsResponse(_message.Message):
     def __init__(self, exceptions: _Optional[_Iterable[_Union[Exception, _Mapping]]] = ...) -> None: ...
 
 class Signal(_message.Message):
-    __slots__ = ("subject_kind", "subject", "key", "value", "set_by", "set_at", "expires_at", "source", "ref")
+    __slots__ = ("subject_kind", "subject", "key", "value", "set_by", "set_at", "expires_at", "source", "ref", "unmatched")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +309,7 @@ class Signal(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
     subject: str
     key: str
@@ -306,21 +319,26 @@ class Signal(_message.Message):
     expires_at: float
     source: str
     ref: str
-    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., set_by: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+    unmatched: str
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., set_by: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ..., unmatched: _Optional[str] = ...) -> None: ...
 
 class PutSignalRequest(_message.Message):
-    __slots__ = ("subject_kind", "subject", "key", "value", "ttl_seconds")
+    __slots__ = ("subject_kind", "subject", "key", "value", "ttl_seconds", "reason", "allow_unknown")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
     subject: str
     key: str
     value: str
     ttl_seconds: float
-    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+    reason: str
+    allow_unknown: bool
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., allow_unknown: _Optional[bool] = ...) -> None: ...
 
 class PutSignalResponse(_message.Message):
     __slots__ = ("signal",)
@@ -373,7 +391,7 @@ class ReleaseQuarantineResponse(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
-    __slots__ = ("id", "at", "actor", "action", "kind", "record_id", "principal", "reason", "before_json", "after_json")
+    __slots__ = ("id", "at", "actor", "action", "kind", "record_id", "principal", "reason", "before_json", "after_json", "unmatched")
     ID_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -384,6 +402,7 @@ class AuditEntry(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
     AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     id: str
     at: float
     actor: str
@@ -394,7 +413,8 @@ class AuditEntry(_message.Message):
     reason: str
     before_json: str
     after_json: str
-    def __init__(self, id: _Optional[str] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., kind: _Optional[str] = ..., record_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ...) -> None: ...
+    unmatched: str
+    def __init__(self, id: _Optional[str] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., kind: _Optional[str] = ..., record_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., unmatched: _Optional[str] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
     __slots__ = ("since", "principal", "limit")

@@ -206,6 +206,20 @@ def _scope_text(s: Any) -> str:
     return " ".join(parts)
 
 
+def _unmatched(text: str, unmatched: str) -> str:
+    """A list's cell for a record that names an issuer or trust domain not configured (yet)."""
+    return f"{text}; matches nothing yet ({unmatched})" if unmatched else text
+
+
+def _warn_unmatched(unmatched: str) -> None:
+    if unmatched:
+        print(
+            f"ext-authz: warning: this matches nothing yet: {unmatched}; it takes effect once that is"
+            " configured",
+            file=sys.stderr,
+        )
+
+
 # -- revocations ---------------------------------------------------------------------------------
 def cmd_revoke(args: argparse.Namespace) -> None:
     try:
@@ -215,10 +229,12 @@ def cmd_revoke(args: argparse.Namespace) -> None:
     if not args.reason.strip():
         raise CliError("--reason is required and cannot be empty")
     dur = _positive(args.duration, "--for") if args.duration is not None else 0.0
-    resp = _call(
-        args, "Revoke", pb.RevokeRequest(kind=kind, value=value, reason=args.reason, duration_seconds=dur)
+    req = pb.RevokeRequest(
+        kind=kind, value=value, reason=args.reason, duration_seconds=dur, allow_unknown=args.allow_unknown
     )
+    resp = _call(args, "Revoke", req)
     r = resp.revocation
+    _warn_unmatched(r.unmatched)
     _out(
         args,
         resp,
@@ -256,7 +272,7 @@ def cmd_revocations(args: argparse.Namespace) -> None:
             return f"lifted {_when(r.ended_at)} by {r.ended_by}: {r.end_reason}"
         if r.expires_at and r.expires_at <= now:
             return "expired"
-        return "in force"
+        return _unmatched("in force", r.unmatched)
 
     rows = [
         (
@@ -299,9 +315,11 @@ def cmd_grant_create(args: argparse.Namespace) -> None:
         reason=args.reason,
         approver=args.approver or "",
         ticket=args.ticket or "",
+        allow_unknown=args.allow_unknown,
     )
     resp = _call(args, "CreateGrant", req)
     g = resp.grant
+    _warn_unmatched(g.unmatched)
     for warning in resp.warnings:
         print(f"ext-authz: warning: {warning}", file=sys.stderr)
     if args.quiet:
@@ -344,7 +362,7 @@ def cmd_grants(args: argparse.Namespace) -> None:
     rows = [
         (
             g.id,
-            _state(g.approved_at, g.ended_at, g.not_after),
+            _unmatched(_state(g.approved_at, g.ended_at, g.not_after), g.unmatched),
             g.principal,
             _scope_text(g.scope),
             _when(g.not_before),
@@ -370,10 +388,15 @@ def cmd_grants(args: argparse.Namespace) -> None:
 def cmd_exception_open(args: argparse.Namespace) -> None:
     dur = _duration(args.duration, "--for")
     req = pb.OpenExceptionRequest(
-        principal=_scoped(args, args.principal), scope=_scope(args), reason=args.reason, duration_seconds=dur
+        principal=_scoped(args, args.principal),
+        scope=_scope(args),
+        reason=args.reason,
+        duration_seconds=dur,
+        allow_unknown=args.allow_unknown,
     )
     resp = _call(args, "OpenException", req)
     e = resp.exception
+    _warn_unmatched(e.unmatched)
     if args.quiet:
         print(e.id)
         return
@@ -406,7 +429,7 @@ def cmd_exception_list(args: argparse.Namespace) -> None:
     rows = [
         (
             e.id,
-            _state(e.approved_at, e.closed_at, e.expires_at),
+            _unmatched(_state(e.approved_at, e.closed_at, e.expires_at), e.unmatched),
             e.principal,
             _scope_text(e.scope),
             e.opened_by,
@@ -434,9 +457,18 @@ def cmd_signal_set(args: argparse.Namespace) -> None:
     if not eq or not key:
         raise CliError("expected KEY=VALUE")
     ttl = _duration(args.ttl, "--ttl")
-    req = pb.PutSignalRequest(subject_kind=kind, subject=subject, key=key, value=value, ttl_seconds=ttl)
+    req = pb.PutSignalRequest(
+        subject_kind=kind,
+        subject=subject,
+        key=key,
+        value=value,
+        ttl_seconds=ttl,
+        reason=args.reason,
+        allow_unknown=args.allow_unknown,
+    )
     resp = _call(args, "PutSignal", req)
     s = resp.signal
+    _warn_unmatched(s.unmatched)
     _out(args, resp, lambda: f"{s.subject_kind}:{s.subject} {s.key}={s.value} until {_when(s.expires_at)}")
 
 
@@ -473,7 +505,15 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
     def text() -> str:
         rows = [
-            (_when(e.at), e.action, e.kind, e.record_id, e.principal or "-", e.actor, e.reason or "-")
+            (
+                _when(e.at),
+                e.action,
+                e.kind,
+                e.record_id,
+                _unmatched(e.principal or "-", e.unmatched),
+                e.actor,
+                e.reason or "-",
+            )
             for e in resp.entries
         ]
         return _table(rows, ("TIME", "ACTION", "KIND", "RECORD", "PRINCIPAL", "BY", "REASON"))
@@ -492,7 +532,14 @@ def cmd_audit(args: argparse.Namespace) -> None:
 def cmd_signal_list(args: argparse.Namespace) -> None:
     resp = _call(args, "ListSignals", pb.ListSignalsRequest(include_stale=args.all))
     rows = [
-        (f"{s.subject_kind}:{s.subject}", s.key, s.value, s.set_by, _when(s.set_at), _when(s.expires_at))
+        (
+            _unmatched(f"{s.subject_kind}:{s.subject}", s.unmatched),
+            s.key,
+            s.value,
+            s.set_by,
+            _when(s.set_at),
+            _when(s.expires_at),
+        )
         for s in resp.signals
     ]
     _out(args, resp, lambda: _table(rows, ("SUBJECT", "KEY", "VALUE", "SET BY", "SET", "EXPIRES")))
@@ -663,6 +710,11 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--issuer", help="the token issuer, for a bare subject, jti or sid")
     p.add_argument("--reason", required=True)
     p.add_argument("--for", dest="duration", help="expire after this long (default: until unrevoked)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="accept an issuer or trust domain not configured yet (it matches nothing until it is)",
+    )
     p.set_defaults(func=_run(cmd_revoke))
 
     p = _common(
@@ -692,6 +744,11 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--from", dest="start", help="start time, ISO 8601 (default: now)")
     p.add_argument("--reason", required=True)
     p.add_argument("--ticket", help="a change or incident reference, kept with the grant")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="accept an issuer or trust domain not configured yet (it matches nothing until it is)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print only the grant's id")
     p.add_argument(
         "--approver",
@@ -726,6 +783,11 @@ def add_admin_commands(sub: Any) -> None:
     )
     p.add_argument("--reason", required=True)
     p.add_argument("--quiet", "-q", action="store_true", help="print only the exception's id")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="accept an issuer or trust domain not configured yet (it matches nothing until it is)",
+    )
     p.set_defaults(func=_run(cmd_exception_open))
     p = _common(exc.add_parser("approve", help="approve a pending exception (not your own)"))
     p.add_argument("id")
@@ -757,6 +819,12 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("subject", help="device:ID, workload:SPIFFE-ID, user:ISSUER#SUBJECT or token:ISSUER#JTI")
     p.add_argument("pair", metavar="KEY=VALUE")
     p.add_argument("--ttl", required=True)
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="accept an issuer or trust domain not configured yet (it matches nothing until it is)",
+    )
     p.set_defaults(func=_run(cmd_signal_set))
     p = _common(sig.add_parser("delete", help="delete a signal (its fact becomes unknown)"))
     p.add_argument("subject", help="device:ID, workload:SPIFFE-ID, user:ISSUER#SUBJECT or token:ISSUER#JTI")

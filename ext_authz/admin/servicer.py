@@ -27,11 +27,11 @@ from ..observe.decision_log import encode
 from ..observe.stream import DecisionFilter
 from ..serve.http import with_port
 from ..serve.peers import PeerRefused, SvidPeers, files_identity, tls_server_credentials
-from ..settings import TlsFiles
+from ..settings import Settings, TlsFiles
 from ..state import commands
 from ..state.audit import AuditEntry
 from ..state.commands import InvalidArgument
-from ..state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
+from ..state.records import ExceptionGrant, Grant, Record, RecordError, Revocation, Scope, Signal, decode
 from ..state.replica import RevocationEvent
 from . import ACTOR_METADATA
 
@@ -45,7 +45,7 @@ MAX_WATCH_QUEUE = 1000
 T = TypeVar("T")
 
 
-def rev_pb(r: Revocation) -> Any:
+def rev_pb(r: Revocation, settings: Settings | None = None) -> Any:
     return pb.Revocation(
         id=r.id,
         kind=r.kind,
@@ -61,6 +61,7 @@ def rev_pb(r: Revocation) -> Any:
         ended_by=r.ended_by,
         end_reason=r.end_reason,
         also=[f"{k}={v}" for k, v in r.also],
+        unmatched=commands.unmatched(r, settings) if settings else "",
     )
 
 
@@ -68,7 +69,7 @@ def scope_pb(s: Scope) -> Any:
     return pb.Scope(hosts=s.hosts, paths=s.paths, methods=s.methods)
 
 
-def grant_pb(g: Grant) -> Any:
+def grant_pb(g: Grant, settings: Settings | None = None) -> Any:
     return pb.Grant(
         id=g.id,
         principal=g.principal,
@@ -84,10 +85,11 @@ def grant_pb(g: Grant) -> Any:
         ticket=g.ticket,
         approved_at=g.approved_at or 0,
         end_reason=g.end_reason,
+        unmatched=commands.unmatched(g, settings) if settings else "",
     )
 
 
-def exception_pb(e: ExceptionGrant) -> Any:
+def exception_pb(e: ExceptionGrant, settings: Settings | None = None) -> Any:
     return pb.Exception(
         id=e.id,
         principal=e.principal,
@@ -101,10 +103,11 @@ def exception_pb(e: ExceptionGrant) -> Any:
         approved_by=e.approved_by,
         approved_at=e.approved_at or 0,
         close_reason=e.close_reason,
+        unmatched=commands.unmatched(e, settings) if settings else "",
     )
 
 
-def signal_pb(s: Signal) -> Any:
+def signal_pb(s: Signal, settings: Settings | None = None) -> Any:
     return pb.Signal(
         subject_kind=s.subject_kind,
         subject=s.subject,
@@ -115,10 +118,11 @@ def signal_pb(s: Signal) -> Any:
         expires_at=s.expires_at,
         source=s.source,
         ref=s.ref,
+        unmatched=commands.unmatched(s, settings) if settings else "",
     )
 
 
-def audit_pb(e: AuditEntry) -> Any:
+def audit_pb(e: AuditEntry, settings: Settings | None = None) -> Any:
     def js(d: dict[str, Any] | None) -> str:
         return json.dumps(d, separators=(",", ":"), sort_keys=True) if d is not None else ""
 
@@ -133,7 +137,16 @@ def audit_pb(e: AuditEntry) -> Any:
         reason=e.reason,
         before_json=js(e.before),
         after_json=js(e.after),
+        unmatched=_unmatched_entry(e, settings) if settings else "",
     )
+
+
+def _unmatched_entry(e: AuditEntry, settings: Settings) -> str:
+    data = e.after if e.after is not None else e.before
+    try:
+        return commands.unmatched(decode(e.kind, data), settings) if data is not None else ""
+    except RecordError:
+        return ""
 
 
 def _scope(msg: Any) -> Scope:
@@ -169,6 +182,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def _now(self) -> float:
         return self.runtime.clock.now().timestamp()
 
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.engine.config
+
+    def _known(self, record: Record, allow_unknown: bool) -> None:
+        """A record about an issuer or trust domain not configured matches nothing: refused unless the
+        caller says it will be configured later (then it is listed and audited as matching nothing)."""
+        if not allow_unknown:
+            commands.known_issuer(record, self.settings)
+
     async def _run(self, context: Any, fn: Callable[[str, float], Awaitable[T]]) -> T:
         """Authenticate, then run; bad input is INVALID_ARGUMENT, a failing store UNAVAILABLE."""
         actor = await self._caller(context)
@@ -186,12 +209,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             rev = commands.revoke(
                 request.kind, request.value, request.reason, request.duration_seconds, actor, now
             )
+            self._known(rev, request.allow_unknown)
             for known in self.replica.snapshot.named(rev.value):  # an index lookup, not a scan
                 if commands.same_revocation(rev, known, now):
-                    return pb.RevokeResponse(revocation=rev_pb(known), existing=True)
+                    return pb.RevokeResponse(revocation=rev_pb(known, self.settings), existing=True)
             await self.replica.put(rev, action="revoke", actor=actor, reason=rev.reason)
             log.info("revoked %s %s by %s: %s", rev.kind, rev.value, rev.created_by, rev.reason)
-            return pb.RevokeResponse(revocation=rev_pb(rev))
+            return pb.RevokeResponse(revocation=rev_pb(rev, self.settings))
 
         return await self._run(context, run)
 
@@ -221,7 +245,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 revs = [r for r in self.replica.snapshot.named(value) if r.kind == kind and r.active(now)]
                 what = f"in force for {value!r}"
             lifted = await self._lift(context, revs, request.reason, actor, now, what)
-            return pb.UnrevokeResponse(revocation=rev_pb(lifted[0]), revocations=[rev_pb(r) for r in lifted])
+            return pb.UnrevokeResponse(
+                revocation=rev_pb(lifted[0], self.settings),
+                revocations=[rev_pb(r, self.settings) for r in lifted],
+            )
 
         return await self._run(context, run)
 
@@ -231,7 +258,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             revs = [r for r in self.replica.snapshot.named(who) if r.kind == "quarantine" and r.active(now)]
             lifted = await self._lift(context, revs, request.reason, actor, now, f"quarantining {who}")
             self.runtime.release_quarantine(who)
-            return pb.ReleaseQuarantineResponse(revocations=[rev_pb(r) for r in lifted])
+            return pb.ReleaseQuarantineResponse(revocations=[rev_pb(r, self.settings) for r in lifted])
 
         return await self._run(context, run)
 
@@ -241,7 +268,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if request.kind:
                 revs = [r for r in revs if r.kind == request.kind]
             revs.sort(key=lambda r: r.created_at)
-            return pb.ListRevocationsResponse(revocations=[rev_pb(r) for r in revs])
+            return pb.ListRevocationsResponse(revocations=[rev_pb(r, self.settings) for r in revs])
 
         return await self._run(context, run)
 
@@ -260,6 +287,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 engine.config.grants,
                 request.ticket,
             )
+            self._known(g, request.allow_unknown)
             await self.replica.put(g, action="grant", actor=actor, reason=g.reason)
             log.info(
                 "grant %s to %s by %s (%s): %s",
@@ -275,7 +303,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     "no enforced rule reads `grants`: this grant changes no decision until one does"
                     " (see docs/continuous-trust.md, 'Just-in-time grants')"
                 )
-            return pb.CreateGrantResponse(grant=grant_pb(g), warnings=warnings)
+            return pb.CreateGrantResponse(grant=grant_pb(g, self.settings), warnings=warnings)
 
         return await self._run(context, run)
 
@@ -299,7 +327,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             g = commands.approve_grant(await self._grant(context, request.id), request.reason, actor, now)
             await self.replica.put(g, action="approve", actor=actor, reason=request.reason.strip())
             log.info("grant %s approved by %s: %s", g.id, actor, request.reason.strip())
-            return pb.ApproveGrantResponse(grant=grant_pb(g))
+            return pb.ApproveGrantResponse(grant=grant_pb(g, self.settings))
 
         return await self._run(context, run)
 
@@ -310,7 +338,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if ended is not g:
                 await self.replica.put(ended, action="end", actor=actor, reason=ended.end_reason)
                 log.info("grant %s ended by %s: %s", g.id, actor, ended.end_reason)
-            return pb.EndGrantResponse(grant=grant_pb(ended))
+            return pb.EndGrantResponse(grant=grant_pb(ended, self.settings))
 
         return await self._run(context, run)
 
@@ -322,7 +350,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 if request.include_inactive or (g.ended_at is None and now < g.not_after)
             ]
             gs.sort(key=lambda g: g.created_at)
-            return pb.ListGrantsResponse(grants=[grant_pb(g) for g in gs])
+            return pb.ListGrantsResponse(grants=[grant_pb(g, self.settings) for g in gs])
 
         return await self._run(context, run)
 
@@ -339,6 +367,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 cfg.max_duration,
                 cfg.require_approval,
             )
+            self._known(e, request.allow_unknown)
             await self.replica.put(e, action="open", actor=actor, reason=e.reason)
             log.warning(
                 "exception %s opened for %s by %s until %s (%s): %s",
@@ -349,7 +378,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 "pending approval" if e.pending else "in force",
                 e.reason,
             )
-            return pb.OpenExceptionResponse(exception=exception_pb(e))
+            return pb.OpenExceptionResponse(exception=exception_pb(e, self.settings))
 
         return await self._run(context, run)
 
@@ -366,7 +395,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             approved = commands.approve_exception(e, request.reason, actor, now)
             await self.replica.put(approved, action="approve", actor=actor, reason=request.reason.strip())
             log.warning("exception %s approved by %s: %s", e.id, actor, request.reason.strip())
-            return pb.ApproveExceptionResponse(exception=exception_pb(approved))
+            return pb.ApproveExceptionResponse(exception=exception_pb(approved, self.settings))
 
         return await self._run(context, run)
 
@@ -377,7 +406,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if closed is not e:
                 await self.replica.put(closed, action="close", actor=actor, reason=closed.close_reason)
                 log.warning("exception %s closed by %s: %s", closed.id, actor, closed.close_reason)
-            return pb.CloseExceptionResponse(exception=exception_pb(closed))
+            return pb.CloseExceptionResponse(exception=exception_pb(closed, self.settings))
 
         return await self._run(context, run)
 
@@ -389,7 +418,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 if request.include_closed or (e.closed_at is None and now < e.expires_at)
             ]
             es.sort(key=lambda e: e.opened_at)
-            return pb.ListExceptionsResponse(exceptions=[exception_pb(e) for e in es])
+            return pb.ListExceptionsResponse(exceptions=[exception_pb(e, self.settings) for e in es])
 
         return await self._run(context, run)
 
@@ -405,8 +434,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 now,
                 self.runtime.engine.config.signals,
             )
-            await self.replica.put(s, action="signal", actor=actor)
-            return pb.PutSignalResponse(signal=signal_pb(s))
+            self._known(s, request.allow_unknown)
+            why = commands.reason(request.reason)
+            await self.replica.put(s, action="signal", actor=actor, reason=why)
+            return pb.PutSignalResponse(signal=signal_pb(s, self.settings))
 
         return await self._run(context, run)
 
@@ -424,7 +455,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             log.info(
                 "signal %s:%s %s deleted by %s: %s", gone.subject_kind, gone.subject, gone.key, actor, reason
             )
-            return pb.DeleteSignalResponse(signal=signal_pb(gone))
+            return pb.DeleteSignalResponse(signal=signal_pb(gone, self.settings))
 
         return await self._run(context, run)
 
@@ -433,7 +464,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             who = commands.principal(request.principal) if request.principal else ""
             limit = min(request.limit or 1000, 10_000)
             entries = await self.replica.audit(request.since, who, limit)
-            return pb.ListAuditResponse(entries=[audit_pb(e) for e in entries])
+            return pb.ListAuditResponse(entries=[audit_pb(e, self.settings) for e in entries])
 
         return await self._run(context, run)
 
@@ -441,7 +472,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         async def run(actor: str, now: float) -> Any:
             ss = [s for s in self.replica.all(Signal) if request.include_stale or s.fresh(now)]
             ss.sort(key=lambda s: (s.subject_kind, s.subject, s.key))
-            return pb.ListSignalsResponse(signals=[signal_pb(s) for s in ss])
+            return pb.ListSignalsResponse(signals=[signal_pb(s, self.settings) for s in ss])
 
         return await self._run(context, run)
 
@@ -515,10 +546,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 now = self._now()
                 for r in sorted(self.replica.all(Revocation), key=lambda r: r.created_at):
                     if r.active(now):
-                        yield pb.RevocationEvent(op="active", revocation=rev_pb(r), at=r.created_at)
+                        yield pb.RevocationEvent(
+                            op="active", revocation=rev_pb(r, self.settings), at=r.created_at
+                        )
             while True:
                 ev = await queue.get()
-                yield pb.RevocationEvent(op=ev.op, revocation=rev_pb(ev.revocation), at=ev.at)
+                yield pb.RevocationEvent(op=ev.op, revocation=rev_pb(ev.revocation, self.settings), at=ev.at)
         finally:
             unsubscribe()
 

@@ -136,6 +136,14 @@ def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[
         raise _fail("token_not_yet_valid", "token is not valid yet (nbf)")
     if iat is not None and now < iat - leeway:
         raise _fail("token_not_yet_valid", "token is issued in the future (iat)")
+    # OpenID Connect's auth_time: when the user authenticated. Step-up (max_age) trusts it, so a time
+    # to come would pass any max_age for as long as the token lives: refused, as a future iat is.
+    auth_time = _numeric(claims, "auth_time", required=False)
+    if auth_time is not None:
+        if now < auth_time - leeway:
+            raise _fail("token_not_yet_valid", "token says the user authenticated in the future (auth_time)")
+        if iat is not None and auth_time > iat + leeway:
+            raise _fail("token_claims", "token says the user authenticated after it was issued (auth_time)")
     return iat, exp
 
 

@@ -2,7 +2,8 @@
 
 Redaction is on by default: the configured headers (authorization, cookies, API keys …) and any header
 value that parses as a token are replaced before a record is built, and a path is recorded without its
-query string or fragment, whatever their shape (a bare token after ``?`` is still a secret). A slow
+query string or fragment, whatever their shape (a bare token after ``?`` is still a secret), and
+without what looks like a token inside it (:func:`redact_path`). A slow
 or blocked sink never stalls a Check: records queue up to a bound (a count, and MAX_QUEUE_BYTES), then
 are dropped and counted. With the background writer, a Check queues only what its record is made of,
 and the writer builds and encodes the records, in batches.
@@ -41,6 +42,7 @@ __all__ = [
     "logged_request",
     "pending_record",
     "record",
+    "redact_path",
 ]
 
 _log = logging.getLogger("ext_authz")
@@ -60,9 +62,91 @@ _TOKENISH = re.compile(
 _SKIP = frozenset(("x-forwarded-client-cert",))
 
 
+MAX_LOGGED_PATH = 2048  # a path is logged up to this many characters
+# --- paths: tokens travel in them too (password-reset and magic links, session ids in matrix params) --
+# What makes a path worth a closer look; most paths have none of it and are kept as they are, at the
+# cost of one scan.
+_PATH_SUSPECT = re.compile(r"[;%]|eyJ|[^/]{20,}")
+# A percent-encoded '?', '#' or '=': what follows is a query, a fragment or a value sent inside the path.
+_ENCODED_CUT = re.compile(r"%(?:3[fF]|23|3[dD])")
+# A compact JWS or JWE, whole or cut short.
+_JOSE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]")
+# 16+ letters and digits in a row, with both: nothing a person names a resource with looks like that.
+_MIXED_RUN = re.compile(r"(?=[A-Za-z0-9]{16})(?=[A-Za-z]*[0-9])(?=[0-9]*[A-Za-z])[A-Za-z0-9]{16,}")
+_HEX = re.compile(r"[0-9a-fA-F]{32,}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LOWER_RUN = re.compile(r"[a-z]+")
+
+
+# Each ASCII letter or digit as its kind (digit, upper, lower); anything else is dropped.
+_KINDS = str.maketrans(
+    {
+        **dict.fromkeys("0123456789", "d"),
+        **dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "U"),
+        **dict.fromkeys("abcdefghijklmnopqrstuvwxyz", "l"),
+    }
+)
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def _random_looking(segment: str) -> bool:
+    """A path segment of 20+ characters that reads like a random token, not a name: a hex run of 32+
+    (a UUID in its canonical form is kept: it is how resources are named), a run of 16+ letters and
+    digits mixing both, or letters and digits that change case or kind as often as random base64url
+    does (camelCase words change rarely, and in long lowercase runs). Longer than 128: always."""
+    if len(segment) < 20:
+        return False
+    if len(segment) > 128:  # no one names a resource so; and judging it must stay cheap
+        return True
+    if _UUID.fullmatch(segment):
+        return False
+    if _HEX.search(segment):
+        return True
+    chars = _NOT_ALNUM.sub("", segment)
+    if len(chars) < 16:
+        return False
+    if any(_MIXED_RUN.fullmatch(run) for run in re.findall(r"[A-Za-z0-9]{16,}", segment)):
+        return True
+    kinds = chars.translate(_KINDS)
+    ratio = sum(map(str.__ne__, kinds, kinds[1:])) / (len(kinds) - 1)
+    digits = kinds.count("d")
+    runs = [len(r) for r in _LOWER_RUN.findall(chars)] or [len(chars)]
+    return ratio >= 0.4 or (ratio >= 0.3 and digits >= 2) or (ratio >= 0.2 and sum(runs) / len(runs) < 2.2)
+
+
+def redact_path(path: str, extra: tuple[re.Pattern[str], ...] = ()) -> str:
+    """``path`` (already without its query string) as it may be logged, streamed, traced or reported:
+    a percent-encoded ``?``, ``#`` or ``=`` and all after it, every matrix parameter (``;jsessionid=…``),
+    a segment holding a compact JWS/JWE, and a long random-looking segment are each replaced by
+    [REDACTED]; then each of ``extra`` (decision_log.redact_paths). Policy is never given this: it sees
+    the real path."""
+    if len(path) > MAX_LOGGED_PATH:  # what is past the cut is not kept, so it cannot leak
+        path = path[:MAX_LOGGED_PATH] + "[TRUNCATED]"
+    if _PATH_SUSPECT.search(path):
+        cut = _ENCODED_CUT.search(path)
+        if cut is not None:
+            path = path[: cut.start()] + REDACTED
+        segments = path.split("/")
+        for i, segment in enumerate(segments):
+            name, semicolon, _params = segment.partition(";")
+            if _random_looking(name) or _JOSE.search(name):
+                name = REDACTED
+            segments[i] = f"{name};{REDACTED}" if semicolon else name
+        path = "/".join(segments)
+    for pattern in extra:
+        path = pattern.sub(REDACTED, path)
+    return path
+
+
 class Redactor:
-    def __init__(self, headers: Iterable[str] = DEFAULT_REDACT_HEADERS) -> None:
+    def __init__(
+        self, headers: Iterable[str] = DEFAULT_REDACT_HEADERS, paths: Iterable[re.Pattern[str]] = ()
+    ) -> None:
         self.headers = frozenset(h.lower() for h in headers)
+        self.paths = tuple(paths)
+
+    def path(self, path: str) -> str:
+        return redact_path(path, self.paths)
 
     def header(self, name: str, value: str) -> str:
         if name in self.headers:
@@ -156,9 +240,20 @@ def logged_request(ctx: RequestContext, redactor: Redactor | None, include_heade
     http = ctx.http
     if http is None:
         return (ctx.request_id, "", "", "", ctx.source_address, None)
-    headers = (redactor or Redactor()).headers_map(http.headers) if include_headers else None
-    # The path never with its query string: it may carry secrets.
-    return (ctx.request_id, http.method, http.host, http.path_only, ctx.source_address, headers)
+    redactor = redactor or _DEFAULT_REDACTOR
+    headers = redactor.headers_map(http.headers) if include_headers else None
+    # The path never with its query string, nor a token it carries: either may be a secret.
+    return (
+        ctx.request_id,
+        http.method,
+        http.host,
+        redactor.path(http.path_only),
+        ctx.source_address,
+        headers,
+    )
+
+
+_DEFAULT_REDACTOR = Redactor()
 
 
 _NO_REQUEST: LoggedRequest = ("", "", "", "", "", None)

@@ -16,10 +16,11 @@ is ignored, and a trace id is for correlation, never evidence (a caller may choo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..model import Decision, RequestContext
+from .decision_log import redact_path
 
 if TYPE_CHECKING:
     from ..settings import TracingSettings
@@ -116,6 +117,7 @@ class Tracing:
         ctx: RequestContext | None,
         decision: Decision | None,
         fault: str,
+        redact: Callable[[str], str] = redact_path,
     ) -> None:
         span = cs.span
         if span.is_recording():
@@ -123,7 +125,7 @@ class Tracing:
             if ctx is not None and ctx.http is not None:
                 attrs["http.request.method"] = ctx.http.method
                 attrs["server.address"] = ctx.http.host
-                attrs["url.path"] = ctx.http.path_only  # never the query string
+                attrs["url.path"] = redact(ctx.http.path_only)  # never the query string, nor a token
             if decision is not None:
                 attrs["ext_authz.decision"] = "allow" if decision.allowed else "deny"
                 attrs["ext_authz.status"] = decision.status

@@ -104,7 +104,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 try:
                     if span is None:  # the request was refused before its headers could be read
                         span = rt.tracing.start(None)
-                    rt.tracing.finish(span, decision_id, ctx, decision, fault)
+                    rt.tracing.finish(span, decision_id, ctx, decision, fault, rt.redactor.path)
                 except Exception:
                     log.exception("Check %s: tracing failed", decision_id)
             if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built

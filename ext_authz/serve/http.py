@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..httpclient import BodyTooLarge, HttpError, fetch
+from ..model import path_without_query
+from ..observe.decision_log import redact_path
 
 __all__ = [
     "CONNECTIONS",
@@ -232,7 +234,11 @@ async def serve_http(
                 try:
                     response = await handler(request)
                 except Exception:  # a handler's fault is a 500, logged by type; never a bare close
-                    log.exception("HTTP %s %s failed", request.method, request.path[:200])
+                    log.exception(
+                        "HTTP %s %s failed",
+                        request.method,
+                        redact_path(path_without_query(request.path))[:200],
+                    )
                     response = Response(500, "internal error\n")
             data = response.body.encode() if isinstance(response.body, str) else response.body
             head = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"

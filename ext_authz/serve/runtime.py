@@ -76,7 +76,8 @@ class Runtime:
 
     def _configure_edges(self) -> None:
         """Edge state derived from the current engine: redaction, quarantine counting, bundle ages."""
-        self.redactor = Redactor(self.engine.config.decision_log.redact_headers)
+        dl = self.engine.config.decision_log
+        self.redactor = Redactor(dl.redact_headers, dl.path_patterns())
         q = self.engine.config.quarantine
         if q is None:
             self.quarantine = None

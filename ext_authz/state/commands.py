@@ -8,13 +8,14 @@ one line a person can act on. The same checks re-validate records a replica read
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import secrets
 from collections.abc import Iterable
 
 from ..identity.names import NameError_, parse_name, parse_serial
 from ..identity.spiffe_id import SpiffeId, SpiffeIdError
-from ..match import PatternError
+from ..match import HostPattern, PatternError, parse_host, path_pattern
 from ..principal import PrincipalError, parse_principal, parse_scoped
 from ..settings import GrantsSettings, QuarantineSettings, Settings, SignalsSettings
 from .records import (
@@ -40,6 +41,7 @@ __all__ = [
     "create_grant",
     "end_grant",
     "end_revocation",
+    "known_issuer",
     "new_id",
     "open_exception",
     "put_signal",
@@ -50,6 +52,7 @@ __all__ = [
     "same_revocation",
     "scope",
     "signal_id",
+    "unmatched",
 ]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -166,10 +169,32 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{int(seconds)}s"
 
 
+# Requests unlike each other in every way a pattern can tell: a pattern that matches all of them
+# matches every request (only `*` is special, so a path glob that takes both "/" and a long path is all
+# `*` with at most one "/"; a host glob that takes every kind of host is `*`).
+_ANY_PATHS = ("/", "/zz9/q.r")
+_ANY_HOSTS = tuple(h for h in map(parse_host, ("a", "zz9.q.example", "[::1]:1", "192.0.2.1:65535")) if h)
+
+
+def _everything(what: Scope) -> tuple[str, str]:
+    """The host and the path pattern of ``what`` that match every request ('' where none does)."""
+    host = next((h for h in what.hosts if all(HostPattern.parse(h).match(t) for t in _ANY_HOSTS)), "")
+    path = next((p for p in what.paths if all(path_pattern(p).match(t) for t in _ANY_PATHS)), "")
+    return host, path
+
+
 def _scoped(what: Scope, record: str) -> Scope:
-    if not (what.hosts or what.paths):
+    """A scope that names something: a host or a path that is not every host or every path. ``*``,
+    ``/*`` and ``/**`` are everything, and a list that holds one of them is too."""
+    host, path = _everything(what)
+    hosts = bool(what.hosts) and not host
+    paths = bool(what.paths) and not path
+    if not (hosts or paths):
+        every = f" (--host {host!r} is every host)" if host else ""
+        every += f" (--path {path!r} is every path)" if path else ""
         raise InvalidArgument(
-            f"{record} names a scope: at least a host (--host) or a path (--path), never everything"
+            f"{record} names a scope: at least a host (--host) or a path (--path) that is not"
+            f" everything{every}"
         )
     return what
 
@@ -533,3 +558,58 @@ def check_record(record: Record, settings: Settings) -> None:
         _check_signal(record, settings)
     else:
         _check_seen(record, settings)
+
+
+# --- records that name an issuer or trust domain this config does not verify ------------------------
+
+
+def _named_source(record: Record) -> str:
+    """The principal key or token-scoped value a record names, whose issuer part must be configured for
+    it to ever match ('' when what it names is not tied to an issuer: a certificate, a device)."""
+    if isinstance(record, Revocation):
+        return record.value if record.kind in ("spiffe_id", "sub", "jti", "sid", "quarantine") else ""
+    if isinstance(record, Grant | ExceptionGrant):
+        return record.principal
+    if isinstance(record, Signal):
+        return record.subject if record.subject_kind in ("workload", "user", "token") else ""
+    return ""
+
+
+def _source_of(name: str) -> tuple[str, str]:
+    """(``trust domain`` or ``issuer``, its name) of a principal key or a token-scoped value."""
+    if name.startswith("spiffe://"):
+        return "trust domain", name[len("spiffe://") :].split("/", 1)[0].split("#", 1)[0]
+    return "issuer", name.partition("#")[0]
+
+
+def unmatched(record: Record, settings: Settings) -> str:
+    """Why ``record`` can match no request under ``settings`` ('' when it can): it names an issuer or a
+    trust domain that is not configured, so no credential this server accepts is ever about it."""
+    name = _named_source(record)
+    if not name:
+        return ""
+    what, source = _source_of(name)
+    configured = settings.trust_domains if what == "trust domain" else settings.issuers
+    return "" if source in configured else f"{what} {source!r} is not configured"
+
+
+def known_issuer(record: Record, settings: Settings) -> None:
+    """Refuse a record that names an issuer or trust domain this server does not verify: it would be
+    kept, listed and audited, and protect (or grant) nothing. The message lists what is configured and
+    suggests a close spelling (a trailing slash, a different case)."""
+    name = _named_source(record)
+    if not name or not unmatched(record, settings):
+        return
+    what, source = _source_of(name)
+    configured = sorted(settings.trust_domains if what == "trust domain" else settings.issuers)
+    folded = {c.lower().rstrip("/"): c for c in configured}
+    close = folded.get(source.lower().rstrip("/"))
+    if close is None:
+        near = difflib.get_close_matches(source, configured, n=1, cutoff=0.8)
+        close = near[0] if near else None
+    listed = ", ".join(configured) if configured else "none"
+    hint = f"; did you mean {close}?" if close else ""
+    raise InvalidArgument(
+        f"{what} {source!r} is not configured (configured: {listed}){hint}: a record about it would match"
+        " nothing; pass --allow-unknown if it will be configured later"
+    )

@@ -272,7 +272,12 @@ async def test_exception_never_overrides_a_revocation(admin: Admin, demo_dir: Pa
 async def test_signal_is_seen_while_fresh(admin: Admin, demo_dir: Path) -> None:
     await admin.stub.PutSignal(
         pb.PutSignalRequest(
-            subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=300
+            subject_kind="workload",
+            subject=FRONTEND,
+            key="risk",
+            value="high",
+            ttl_seconds=300,
+            reason="test",
         )
     )
     assert await admin.reason(demo_dir, workload="frontend") == "policy_denied"
@@ -348,7 +353,7 @@ async def test_unrevoke_keeps_the_record_and_a_second_revoke_returns_the_first(a
 
 async def test_a_signal_can_be_deleted_and_its_ttl_has_a_cap(admin: Admin, demo_dir: Path) -> None:
     put = pb.PutSignalRequest(
-        subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=300
+        subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=300, reason="test"
     )
     await admin.stub.PutSignal(put)
     assert await admin.reason(demo_dir, workload="frontend") == "policy_denied"
@@ -361,14 +366,19 @@ async def test_a_signal_can_be_deleted_and_its_ttl_has_a_cap(admin: Admin, demo_
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await admin.stub.PutSignal(
             pb.PutSignalRequest(
-                subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=2 * 86400
+                subject_kind="workload",
+                subject=FRONTEND,
+                key="risk",
+                value="high",
+                ttl_seconds=2 * 86400,
+                reason="test",
             )
         )
     assert "signals.max_ttl=24h" in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await admin.stub.PutSignal(
             pb.PutSignalRequest(
-                subject_kind="workload", subject="frontend", key="k", value="v", ttl_seconds=60
+                subject_kind="workload", subject="frontend", key="k", value="v", ttl_seconds=60, reason="test"
             )
         )
     assert "SPIFFE ID" in (err.value.details() or "")
@@ -521,3 +531,133 @@ async def test_approvals_over_the_unix_socket_are_refused_unless_local_approvals
         await a.channel.close()
         await a.running.channel.close()
         await a.running.server.stop(0)
+
+
+# -- records that name an issuer or trust domain not configured: they would match nothing ------------
+ISSUER = "https://idp.example.com"
+
+
+def _unknown_requests(value: str, allow: bool) -> list[tuple[str, Any]]:
+    scope = pb.Scope(paths=["/api/*"])
+    return [
+        ("Revoke", pb.RevokeRequest(kind="sub", value=value, reason="r", allow_unknown=allow)),
+        (
+            "CreateGrant",
+            pb.CreateGrantRequest(
+                principal=value, scope=scope, duration_seconds=60, reason="r", allow_unknown=allow
+            ),
+        ),
+        (
+            "OpenException",
+            pb.OpenExceptionRequest(
+                principal=value, scope=scope, duration_seconds=60, reason="r", allow_unknown=allow
+            ),
+        ),
+        (
+            "PutSignal",
+            pb.PutSignalRequest(
+                subject_kind="user",
+                subject=value,
+                key="risk",
+                value="high",
+                ttl_seconds=60,
+                reason="r",
+                allow_unknown=allow,
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (f"{ISSUER}/#carol", f"did you mean {ISSUER}?"),  # a trailing slash
+        ("https://IDP.example.com#carol", f"did you mean {ISSUER}?"),  # another case
+        ("https://idp.exampel.com#carol", f"did you mean {ISSUER}?"),  # a typo
+        ("https://elsewhere.test#carol", ""),
+    ],
+)
+async def test_a_record_about_an_issuer_not_configured_is_refused(
+    admin: Admin, value: str, hint: str
+) -> None:
+    for method, request in _unknown_requests(value, allow=False):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(admin.stub, method)(request)
+        details = err.value.details() or ""
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert f"issuer {value.partition('#')[0]!r} is not configured (configured: {ISSUER})" in details
+        assert (hint in details) if hint else ("did you mean" not in details)
+    assert (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations == []
+    assert (await admin.stub.ListGrants(pb.ListGrantsRequest(include_inactive=True))).grants == []
+    assert (await admin.stub.ListAudit(pb.ListAuditRequest())).entries == []
+
+
+async def test_a_workload_of_a_trust_domain_not_configured_is_refused(admin: Admin) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.Revoke(pb.RevokeRequest(value="spiffe://example.org.evil/x", reason="r"))
+    assert "trust domain 'example.org.evil' is not configured (configured: example.org)" in (
+        err.value.details() or ""
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.stub.Revoke(pb.RevokeRequest(kind="jti", value="spiffe://other.org#j1", reason="r"))
+    assert "trust domain 'other.org'" in (err.value.details() or "")
+
+
+async def test_allow_unknown_keeps_the_record_and_says_it_matches_nothing(
+    admin: Admin, demo_dir: Path
+) -> None:
+    value = "https://later.example.com#carol"
+    for method, request in _unknown_requests(value, allow=True):
+        resp = await getattr(admin.stub, method)(request)
+        record = next(getattr(resp, f.name) for f in resp.DESCRIPTOR.fields if f.message_type)
+        assert record.unmatched == "issuer 'https://later.example.com' is not configured", method
+    (rev,) = (await admin.stub.ListRevocations(pb.ListRevocationsRequest())).revocations
+    (grant,) = (await admin.stub.ListGrants(pb.ListGrantsRequest())).grants
+    (exc,) = (await admin.stub.ListExceptions(pb.ListExceptionsRequest())).exceptions
+    (sig,) = (await admin.stub.ListSignals(pb.ListSignalsRequest())).signals
+    assert rev.unmatched and grant.unmatched and exc.unmatched and sig.unmatched
+    entries = (await admin.stub.ListAudit(pb.ListAuditRequest())).entries
+    assert len(entries) == 4 and all(e.unmatched for e in entries)
+    # A configured principal is never marked.
+    known = await admin.stub.Revoke(pb.RevokeRequest(value=FRONTEND, reason="r"))
+    assert known.revocation.unmatched == ""
+    assert await admin.reason(demo_dir, workload="frontend") == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "paths", "named"),
+    [
+        ([], ["*"], "--path '*' is every path"),
+        ([], ["/*"], "--path '/*' is every path"),
+        ([], ["/**"], "--path '/**' is every path"),
+        ([], ["/api/*", "/*"], "--path '/*' is every path"),  # one of them is everything: so is the list
+        (["*"], [], "--host '*' is every host"),
+        (["*:*"], ["/*"], "--host '*:*' is every host"),
+    ],
+)
+async def test_a_scope_that_matches_everything_is_no_scope(
+    admin: Admin, hosts: list[str], paths: list[str], named: str
+) -> None:
+    scope = pb.Scope(hosts=hosts, paths=paths)
+    for method, request in (
+        (
+            "CreateGrant",
+            pb.CreateGrantRequest(principal=BILLING, scope=scope, duration_seconds=60, reason="r"),
+        ),
+        (
+            "OpenException",
+            pb.OpenExceptionRequest(principal=BILLING, scope=scope, duration_seconds=60, reason="r"),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(admin.stub, method)(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not everything" in (err.value.details() or "") and named in (err.value.details() or "")
+
+
+async def test_everything_on_one_side_is_fine_when_the_other_names_something(admin: Admin) -> None:
+    scope = pb.Scope(hosts=["*"], paths=["/api/*"])
+    made = await admin.stub.CreateGrant(
+        pb.CreateGrantRequest(principal=BILLING, scope=scope, duration_seconds=60, reason="r")
+    )
+    assert list(made.grant.scope.paths) == ["/api/*"]

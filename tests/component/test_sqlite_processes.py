@@ -137,7 +137,18 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
     mine = cli("exception", "approve", eid, "--reason", "me", "-c", str(config))
     assert mine.returncode == 3 and "different caller" in mine.stderr
     assert cli("exception", "approve", eid, "--reason", "go", "-c", str(config), actor="lead").returncode == 0
-    sig = cli("signal", "set", "device:LAPTOP-7", "posture=compliant", "--ttl", "10m", "-c", str(config))
+    sig = cli(
+        "signal",
+        "set",
+        "device:LAPTOP-7",
+        "posture=compliant",
+        "--ttl",
+        "10m",
+        "--reason",
+        "MDM",
+        "-c",
+        str(config),
+    )
     assert sig.returncode == 0, sig.stderr
 
     a.stop()
@@ -211,7 +222,7 @@ def test_two_processes_on_one_file_see_each_others_revocations(
         (["revoke", FRONTEND, "--reason", "r", "--for", "soon"], "--for"),
         (["exception", "open", BILLING, "--path", "/x", "--for", "5h", "--reason", "r"], "max_duration"),
         (["exception", "open", BILLING, "--for", "5m", "--reason", "r"], "at least a host"),
-        (["signal", "set", "laptop", "posture=ok", "--ttl", "1m"], "device:ID"),
+        (["signal", "set", "laptop", "posture=ok", "--ttl", "1m", "--reason", "r"], "device:ID"),
         (["revoke", FRONTEND, "--reason", "r", "--for", "0s"], "--for must be positive"),
         (["grant", "create", BILLING, "--path", "/x", "--for", "3650d", "--reason", "r"], "max_duration=8h"),
         (["grant", "create", BILLING, "--for", "1h", "--reason", "r"], "at least a host"),
@@ -220,6 +231,32 @@ def test_two_processes_on_one_file_see_each_others_revocations(
             "drop --approver",
         ),
         (["revoke", "--kind", "jti", f"https://idp.example.com#{TOKEN}", "--reason", "r"], "whole token"),
+        (
+            ["revoke", "https://idp.example.com/#carol", "--kind", "sub", "--reason", "r"],
+            "configured: https://idp.example.com); did you mean https://idp.example.com?",
+        ),
+        (
+            ["revoke", "https://IDP.example.com#carol", "--kind", "sub", "--reason", "r"],
+            "did you mean https://idp.example.com?",
+        ),
+        (
+            [
+                "exception",
+                "open",
+                "https://idp.example.com/#carol",
+                "--path",
+                "/x",
+                "--for",
+                "5m",
+                "--reason",
+                "r",
+            ],
+            "did you mean https://idp.example.com?",
+        ),
+        (
+            ["signal", "set", "workload:spiffe://example.com/x", "risk=high", "--ttl", "1m", "--reason", "r"],
+            "trust domain 'example.com' is not configured (configured: example.org)",
+        ),
     ],
 )
 def test_bad_cli_input_is_one_clear_line_and_changes_nothing(
@@ -238,6 +275,33 @@ def test_bad_cli_input_is_one_clear_line_and_changes_nothing(
         json.loads(cli("exception", "list", "-c", str(config), "--json").stdout or "{}").get("exceptions", [])
         == []
     )
+
+
+def test_allow_unknown_is_listed_and_audited_as_matching_nothing(
+    demo_dir: Path, tmp_path: Path, procs: list[Proc]
+) -> None:
+    config = sqlite_config(demo_dir, tmp_path / "a", tmp_path / "state.db")
+    procs.append(Proc(config))
+    made = cli(
+        "revoke",
+        "https://idp.example.com/#carol",
+        "--kind",
+        "sub",
+        "--reason",
+        "r",
+        "--allow-unknown",
+        "-c",
+        str(config),
+    )
+    assert made.returncode == 0, made.stderr
+    assert "revoked sub https://idp.example.com/#carol" in made.stdout
+    assert "matches nothing yet: issuer 'https://idp.example.com/' is not configured" in made.stderr
+    listed = cli("revocations", "-c", str(config))
+    assert (
+        "in force; matches nothing yet (issuer 'https://idp.example.com/' is not configured)" in listed.stdout
+    )
+    audit = cli("audit", "-c", str(config))
+    assert "https://idp.example.com/#carol; matches nothing yet" in audit.stdout
 
 
 def test_a_token_sent_as_a_jti_is_refused_and_reaches_no_log(

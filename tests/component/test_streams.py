@@ -445,3 +445,61 @@ def test_the_dashboard_never_sums_shared_state_across_replicas() -> None:
                     checked += 1
                     assert not re.match(r"\s*sum\b", expr), f"{panel['title']}: {expr}"
     assert checked >= 5
+
+
+async def test_tokens_in_paths_reach_no_log_and_no_stream(demo_dir: Path, tmp_path: Path) -> None:
+    """Password-reset and magic links carry tokens in the path: the decision log and the live stream
+    get the path with them replaced, while policy decides on the real path."""
+    token = (demo_dir / "tokens/alice.jwt").read_text().strip()
+    magic = "Q7vX2mRk9LpW4nZt8YbC3sDf"  # what a reset link's random token looks like
+    cfg = yaml.safe_load(write_config(demo_dir, tmp_path).read_text())
+    cfg["rules"].insert(
+        0,
+        {  # allows only when it sees the real path: [REDACTED] would not match
+            "name": "magic-links",
+            "effect": "allow",
+            "match": {"paths": ["/magic/*"]},
+            "when": f'request.path == "/magic/{magic}"',
+        },
+    )
+    cfg["decision_log"] = {"redact_paths": [r"/orders/\d+(?=/|$)"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = await start_server(tmp_path / "config.yaml")
+    ch, admin = admin_stub(r)
+    try:
+        live = admin.WatchDecisions(pb.WatchDecisionsRequest())
+        await until(lambda: r.runtime.hub.subscribers == 1, "a subscriber")
+        cases = {
+            f"/reset/{token}": "/reset/[REDACTED]",
+            "/p;jsessionid=S3SSION-SECRET/next": "/p;[REDACTED]/next",
+            "/a%3Fb%3Dpct-s3cret": "/a[REDACTED]",
+            "/a%23frag-s3cret": "/a[REDACTED]",
+            "/x/key%3dlower-s3cret/y": "/x/key[REDACTED]",
+            f"/magic/{magic}": "/magic/[REDACTED]",
+            "/orders/12345/items": "[REDACTED]/items",  # the operator's own pattern
+            "/orders/0b956be1-c462-4ea6-99a9-cda0387b07d0": "/orders/0b956be1-c462-4ea6-99a9-cda0387b07d0",
+            "/api/customer-account-settings-2024": "/api/customer-account-settings-2024",
+        }
+        streamed = []
+        for path in cases:
+            resp = await r.stub.Check(check_request(demo_dir, workload="frontend", path=path))
+            if path.startswith("/magic/"):
+                assert resp.dynamic_metadata.fields["rule"].string_value == "magic-links"
+            streamed.append(json.loads((await asyncio.wait_for(live.read(), 5)).json)["path"])
+        live.cancel()
+        logged = [rec["path"] for rec in r.records()]
+        assert logged == streamed == list(cases.values())
+        text = r.log.getvalue()
+        for secret in (
+            token.split(".")[1],
+            "S3SSION-SECRET",
+            "pct-s3cret",
+            "frag-s3cret",
+            "lower-s3cret",
+            magic,
+        ):
+            assert secret not in text, secret
+    finally:
+        await ch.close()
+        await r.channel.close()
+        await r.server.stop(0)

@@ -131,16 +131,16 @@ async def test_spans_carry_no_secrets(traced: Running, demo_dir: Path, otlp: Otl
     req = check_request(
         demo_dir,
         token=token,
-        path="/user/profile?access_token=s3cret-query",
+        path="/user/profile;jsessionid=s3cret-matrix?access_token=s3cret-query",
         listener="edge",
         headers={"traceparent": f"00-{TRACE}-{PARENT}-01", "cookie": "session=s3cret-cookie"},
     )
     await traced.stub.Check(req)
     span = await one_span(otlp, TRACE)
     assert span.attributes["ext_authz.decision"] == "allow"
-    assert span.attributes["url.path"] == "/user/profile"
+    assert span.attributes["url.path"] == "/user/profile;[REDACTED]"
     dumped = json.dumps([span.attributes, span.resource])
-    for secret in (token, token.split(".")[1], "s3cret-query", "s3cret-cookie", "alice"):
+    for secret in (token, token.split(".")[1], "s3cret-query", "s3cret-matrix", "s3cret-cookie", "alice"):
         assert secret not in dumped
 
 

@@ -951,6 +951,31 @@ def test_a_strong_recent_authentication_passes_the_step_up(trust: Trust) -> None
 
 
 @pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"auth_time": int(TS) + 365 * 86400}, "token_not_yet_valid"),  # a year ahead: any max_age passes
+        ({"auth_time": int(TS) + 3600, "iat": int(TS) + 3600}, "token_not_yet_valid"),
+        ({"auth_time": int(TS) + 120, "iat": int(TS) - 60}, "token_not_yet_valid"),
+        ({"auth_time": int(TS) - 10, "iat": int(TS) - 3600}, "token_claims"),  # after it was issued
+        ({"auth_time": "yesterday"}, "token_claims"),
+        ({"nbf": int(TS) + 3600}, "token_not_yet_valid"),
+        ({"iat": int(TS) + 3600}, "token_not_yet_valid"),
+    ],
+)
+def test_times_to_come_are_refused_beyond_the_leeway(
+    trust: Trust, claims: dict[str, Any], reason: str
+) -> None:
+    tok = trust.token(acr="urn:example:mfa", **claims)
+    d = check(trust, trust.ctx("/payments/run", token=tok))
+    assert outcome(d) == (False, 401, reason)
+
+
+def test_auth_time_within_the_leeway_is_now(trust: Trust) -> None:
+    tok = trust.token(acr="urn:example:mfa", auth_time=int(TS) + 5, iat=int(TS) + 5)  # a fast IdP clock
+    assert outcome(check(trust, trust.ctx("/payments/run", token=tok))) == ALLOWED
+
+
+@pytest.mark.parametrize(
     ("claims", "why"),
     [
         ({"acr": "urn:example:pwd", "auth_time": int(TS) - 60}, "a weaker acr"),
