@@ -22,6 +22,7 @@ __all__ = [
     "NewSession",
     "Principal",
     "RequestContext",
+    "Response",
     "ShadowResult",
     "UnknownKeyId",
     "path_without_query",
@@ -204,6 +205,22 @@ class ShadowResult:
 
 
 @value
+class Response:
+    """What a rule's decision answers besides allow or deny, every value worked out (literals, and CEL
+    results that passed their checks). Allowed: ``upstream`` headers set on the request, ``remove``d
+    request headers, ``client`` headers on the response. Denied: ``status`` (0: the reason's own),
+    ``headers`` and ``body`` (None: the default one). Both: ``metadata``, JSON of an object."""
+
+    upstream: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+    client: tuple[tuple[str, str], ...] = ()
+    status: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
+    metadata: str = ""
+
+
+@value
 class NewSession:
     """A session (``ISSUER#sid``) seen for the first time: remember when."""
 
@@ -248,3 +265,8 @@ class Decision:
     policy_errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of conditions that failed to evaluate
     effects: tuple[Effect, ...] = ()  # what the edge must carry out; the core decided it
     challenge: str = ""  # step_up_required: the RFC 9470 WWW-Authenticate value
+    response: Response | None = None  # the deciding rule's response (docs/responses.md)
+    response_errors: tuple[tuple[str, str], ...] = ()  # (rule, error) of response values left out
+    # Headers any rule may set upstream: a client's copy is removed unless this response sets it.
+    strip_headers: tuple[str, ...] = ()
+    hide_reason: bool = False  # response.reason_header: false

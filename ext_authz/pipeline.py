@@ -28,11 +28,12 @@ from .model import (
     NewSession,
     Principal,
     RequestContext,
+    Response,
     UnknownKeyId,
 )
 from .policy import Policy
 from .policy.engine import StepUp
-from .settings import Limits, Settings
+from .settings import Limits, ResponseSettings, Settings
 from .state.records import Signal
 from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot
@@ -503,6 +504,46 @@ def decide(
 ) -> Decision:
     """Decide one request. ``principal``: identities taken as verified (``ext-authz test`` only, to test
     policy apart from key material); by default every credential the request carries is verified."""
+    decision = _decide(ctx, engine, caches, now, decision_id, state, principal)
+    if decision.allowed:
+        return decision
+    cfg = engine.config.response
+    if decision.response is None and cfg.reasons:
+        fixed = _reason_response(cfg, decision.reason)
+        if fixed is not None:
+            decision = dataclasses.replace(decision, response=fixed)
+    if not cfg.reason_header:
+        decision = dataclasses.replace(decision, hide_reason=True)
+    return decision
+
+
+_REASON_RESPONSES: dict[int, tuple[ResponseSettings, dict[str, Response]]] = {}
+
+
+def _reason_response(cfg: ResponseSettings, reason: str) -> Response | None:
+    """``response.reasons`` as Response values, made once per config (the entry holds the config, so
+    its id is never reused while the entry lives)."""
+    known = _REASON_RESPONSES.get(id(cfg))
+    if known is None or known[0] is not cfg:
+        made = {
+            r: Response(status=rc.status or 0, headers=tuple(rc.headers.items()), body=rc.body)
+            for r, rc in cfg.reasons.items()
+        }
+        if len(_REASON_RESPONSES) >= 16:
+            _REASON_RESPONSES.clear()
+        known = _REASON_RESPONSES[id(cfg)] = (cfg, made)
+    return known[1].get(reason)
+
+
+def _decide(
+    ctx: RequestContext,
+    engine: Engine,
+    caches: Caches,
+    now: datetime,
+    decision_id: str,
+    state: StateSnapshot,
+    principal: Principal | None,
+) -> Decision:
     over = _over_limits(ctx, engine.config.limits)
     if over is not None:
         return _refused(decision_id, *over)
@@ -580,6 +621,14 @@ def decide(
         ]
         return activation(ctx, principal, now, sig, grants, changed)
 
+    built: list[dict[str, Any]] = []
+
+    def view() -> dict[str, Any]:
+        """What conditions and responses see, built at most once per Check (and only if asked)."""
+        if not built:
+            built.append(build())
+        return built[0]
+
     def stepped(req: StepUp) -> bool:
         return _stepped_up(principal, state, req, ts)
 
@@ -587,7 +636,7 @@ def decide(
     # What the identity was verified from: conditions reading only the identity are remembered per key.
     identity_key = None if given or changed else (creds.peer_certificate, creds.principal, creds.bearer)
     result = engine.policy.evaluate(
-        target, ctx.context_extensions, principal.authenticated, build, stepped, identity_key
+        target, ctx.context_extensions, principal.authenticated, view, stepped, identity_key
     )
     allowed, reason, exception_id = result.allowed, result.reason, ""
     if not allowed and reason in _EXCEPTABLE and result.exceptable and keys:
@@ -595,6 +644,12 @@ def decide(
             if exc_grant.scope.matches(target):
                 allowed, reason, exception_id = True, "exception", exc_grant.id
                 break
+    response: Response | None = None
+    response_errors: tuple[tuple[str, str], ...] = ()
+    if result.rule and (reason == "allowed" or reason == "policy_denied"):
+        # The deciding rule's response: an allow rule's when it allowed, a deny rule's when it denied.
+        # Not when an exception or a step-up decided, and never a shadow rule's.
+        response, response_errors = engine.policy.respond(result.rule, view, identity_key)
     effects_list: list[Effect] = []
     if new_session is not None:
         effects_list.append(new_session)
@@ -619,4 +674,7 @@ def decide(
         policy_errors=result.errors,
         challenge=_challenge(result.step_up) if result.step_up is not None else "",
         effects=tuple(effects_list) if effects_list else (),
+        response=response,
+        response_errors=response_errors,
+        strip_headers=engine.policy.strip_headers if allowed else (),
     )

@@ -17,8 +17,11 @@ tests:
 ``user``: an OIDC user with ``issuer``, ``subject`` and ``claims``), so policy is tested apart from key
 material; ``credentials`` instead (``certificate``: a PEM file; ``token``: a file or the token) are
 verified against the config's trust, as in production. ``state`` holds ``revocations``, ``signals``,
-``grants`` and ``exceptions``. ``expect`` may name ``decision`` (allow/deny), ``status``, ``reason``
-and ``rule``: each one named is compared.
+``grants`` and ``exceptions``. ``expect`` may name ``decision`` (allow/deny), ``status`` (the HTTP
+status Envoy answers with, a rule's own included), ``reason`` and ``rule``; and what the rule's response
+makes of it: ``upstream_headers`` and ``client_headers`` (each header named must have that value; ``null``:
+must not be set), ``body`` (a denial's, exactly) and ``metadata`` (each key named, that value). Each one
+named is compared. An unknown key anywhere in a case is an error, never ignored.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import yaml
+from google.protobuf import json_format
 
 from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
 from .envoy.normalize import normalize
+from .envoy.render import render
 from .errors import AuthzError
 from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .loader import load_engine
@@ -48,7 +53,19 @@ from .state.snapshot import StateSnapshot
 __all__ = ["CaseResult", "TestFileError", "junit", "run_file"]
 
 _CASE_KEYS = {"name", "request", "identity", "credentials", "state", "expect", "now"}
-_EXPECT_KEYS = {"decision", "status", "reason", "rule"}
+_EXPECT_KEYS = {
+    "decision",
+    "status",
+    "reason",
+    "rule",
+    "upstream_headers",
+    "client_headers",
+    "body",
+    "metadata",
+}
+_REQUEST_KEYS = {"method", "path", "host", "scheme", "protocol", "headers", "context_extensions", "source"}
+_CREDENTIAL_KEYS = {"certificate", "token"}
+_STATE_KEYS = {"revocations", "signals", "grants", "exceptions"}
 
 
 class TestFileError(ValueError):
@@ -69,11 +86,22 @@ class CaseResult:
         if self.passed:
             return f"PASS {self.file}: {self.name}"
         want = ", ".join(f"{k} {v}" for k, v in self.expected.items())
-        got = ", ".join(f"{k} {self.got.get(k)}" for k in ("decision", "status", "reason", "rule"))
+        shown = ["decision", "status", "reason", "rule", *(k for k in self.expected if k not in _BASICS)]
+        got = ", ".join(f"{k} {self.got.get(k)}" for k in dict.fromkeys(shown))
         return f"FAIL {self.file}: {self.name}: expected {want}; got {got}"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_BASICS = ("decision", "status", "reason", "rule")
+
+
+def _only(value: dict[str, Any], keys: set[str], what: str) -> dict[str, Any]:
+    unknown = set(value) - keys
+    if unknown:
+        raise TestFileError(f"{what}: unknown keys {sorted(unknown)}; expected some of {sorted(keys)}")
+    return value
 
 
 def _map(value: object, what: str) -> dict[str, Any]:
@@ -95,7 +123,7 @@ def _time(value: object, what: str) -> datetime:
 
 
 def _request(case: dict[str, Any], base: Path) -> CheckRequest:
-    req = _map(case.get("request"), "request")
+    req = _only(_map(case.get("request"), "request"), _REQUEST_KEYS, "request")
     r = CheckRequest()
     http = r.attributes.request.http
     http.method = str(req.get("method", "GET")).upper()
@@ -109,7 +137,7 @@ def _request(case: dict[str, Any], base: Path) -> CheckRequest:
     address, _, port = str(req.get("source", "10.0.0.7:40312")).rpartition(":")
     r.attributes.source.address.socket_address.address = address.strip("[]")
     r.attributes.source.address.socket_address.port_value = int(port) if port.isdigit() else 0
-    creds = _map(case.get("credentials"), "credentials")
+    creds = _only(_map(case.get("credentials"), "credentials"), _CREDENTIAL_KEYS, "credentials")
     if "certificate" in creds:
         pem = (base / str(creds["certificate"])).read_text()
         r.attributes.source.certificate = quote(pem, safe="")
@@ -209,12 +237,42 @@ def _state(spec: dict[str, Any], now: float) -> StateSnapshot:
 
 
 def _got(d: Decision) -> dict[str, Any]:
-    return {
+    """What Envoy is told: the decision, and the response rendered as Envoy gets it."""
+    resp = render(d)
+    md = json_format.MessageToDict(resp.dynamic_metadata)
+    got: dict[str, Any] = {
         "decision": "allow" if d.allowed else "deny",
-        "status": d.status,
+        "status": d.status if d.allowed else resp.denied_response.status.code,
         "reason": d.reason,
         "rule": d.rule,
+        "metadata": md,
     }
+    if d.allowed:
+        got["upstream_headers"] = {o.header.key: o.header.value for o in resp.ok_response.headers}
+        got["client_headers"] = {
+            o.header.key: o.header.value for o in resp.ok_response.response_headers_to_add
+        }
+    else:
+        got["upstream_headers"] = {}
+        got["client_headers"] = {o.header.key: o.header.value for o in resp.denied_response.headers}
+        got["body"] = resp.denied_response.body
+    return got
+
+
+def _matches(expected: dict[str, Any], got: dict[str, Any]) -> bool:
+    for key, want in expected.items():
+        have = got.get(key)
+        if key in ("upstream_headers", "client_headers", "metadata"):
+            if not isinstance(have, dict):
+                return False
+            if any(
+                have.get(str(k)) != (None if v is None else v if key == "metadata" else str(v))
+                for k, v in want.items()
+            ):
+                return False
+        elif have != want:
+            return False
+    return True
 
 
 def run_case(
@@ -229,19 +287,23 @@ def run_case(
         raise TestFileError(f"expect names some of {sorted(_EXPECT_KEYS)}")
     if "decision" in expected and expected["decision"] not in ("allow", "deny"):
         raise TestFileError("expect.decision is allow or deny")
+    for key in ("upstream_headers", "client_headers", "metadata"):
+        if key in expected:
+            _map(expected[key], f"expect.{key}")
     now = _time(case["now"], "now") if "now" in case else default_now
     if "identity" in case and "credentials" in case:
         raise TestFileError("a case gives identity (taken as verified) or credentials (verified), not both")
     try:
         ctx = normalize(_request(case, base), engine.config.limits)
-        state = _state(_map(case.get("state"), "state"), now.timestamp())
+        state = _state(_only(_map(case.get("state"), "state"), _STATE_KEYS, "state"), now.timestamp())
     except (KeyError, TypeError, OSError) as exc:
         raise TestFileError(f"{type(exc).__name__}: {exc}") from exc
     principal = _identities(_map(case["identity"], "identity")) if "identity" in case else None
     decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex, state, principal=principal)
     got = _got(decision)
-    passed = all(got.get(k) == v for k, v in expected.items())
-    return CaseResult(file, name, passed, dict(expected), got)
+    passed = _matches(expected, got)
+    shown = {k: v for k, v in got.items() if k in _BASICS or k in expected}
+    return CaseResult(file, name, passed, dict(expected), shown)
 
 
 def run_file(path: Path, config: Path | None = None, now: datetime | None = None) -> list[CaseResult]:

@@ -401,6 +401,175 @@ class StepUpSettings(Section):
         return self
 
 
+class CelValue(Section):
+    """A value computed per request: a CEL expression over what rules see (`identity`, `request`,
+    `source`, `signals`, `grants`, `now`), type-checked at load."""
+
+    cel: Text
+
+
+# A header's (or a body's) value: a literal string, or {cel: EXPR}. Metadata also takes numbers and
+# booleans.
+TextValue = Annotated[StrictStr | CelValue, Field(union_mode="left_to_right")]
+MetadataValue = Annotated[
+    StrictBool | StrictInt | float | StrictStr | CelValue, Field(union_mode="left_to_right")
+]
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+# Headers no rule may set or remove: ext-authz's own (identity, decision id, reason), hop-by-hop ones, and
+# those that change how a message is framed or routed.
+OWNED_HEADERS = ("x-spiffe-id", "x-forwarded-client-cert")
+OWNED_PREFIX = "x-ext-authz-"
+HOP_BY_HOP = (
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+)
+
+
+def _header_names(names: Mapping[str, Any] | tuple[str, ...]) -> Any:
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r}: a header name is lower-case token characters (RFC 9110), no ':'")
+        if name in OWNED_HEADERS or name.startswith(OWNED_PREFIX):
+            raise ValueError(f"{name!r} is ext-authz's own: no rule may set or remove it")
+        if name in HOP_BY_HOP:
+            raise ValueError(f"{name!r} is hop-by-hop or frames the message: no rule may set or remove it")
+    return names
+
+
+def _literal_values(headers: Mapping[str, Any]) -> Any:
+    for name, v in headers.items():
+        if isinstance(v, str) and re.search(r"[\r\n\x00]", v):
+            raise ValueError(f"{name}: a header value holds no CR, LF or NUL")
+    return headers
+
+
+Headers = Annotated[
+    Mapping[StrictStr, TextValue], AfterValidator(_header_names), AfterValidator(_literal_values)
+]
+RESERVED_METADATA = (
+    "decision_id",
+    "allowed",
+    "status",
+    "reason",
+    "rule",
+    "identity_kind",
+    "spiffe_id",
+    "revocation_id",
+    "revocation_kind",
+    "exception_id",
+    "grant_ids",
+    "shadow_allowed",
+    "shadow_matched",
+)
+
+
+def _metadata_keys(md: Mapping[str, Any]) -> Any:
+    for key in md:
+        if not key or key in RESERVED_METADATA:
+            raise ValueError(
+                f"{key!r}: a metadata key is not empty and not ext-authz's own"
+                f" ({', '.join(RESERVED_METADATA)})"
+            )
+    return md
+
+
+class RuleResponseSettings(Section):
+    """What the rule's decision answers besides allow or deny (docs/responses.md). Allow rules:
+    upstream_headers, remove_headers, client_headers. Deny rules: status, headers, body. Both: metadata."""
+
+    upstream_headers: Headers = Field(
+        default_factory=dict,
+        description="allow: headers set on the request to the upstream (a client's copy is replaced)",
+    )
+    remove_headers: Annotated[
+        TextList, AfterValidator(lambda hs: _header_names(tuple(h.lower() for h in hs)))
+    ] = Field((), description="allow: request headers the upstream must not see (a session cookie)")
+    client_headers: Headers = Field(
+        default_factory=dict, description="allow: headers added to the response the client gets"
+    )
+    status: Annotated[StrictInt, Field(ge=300, le=599)] | None = Field(
+        None, description="deny: the HTTP status (3xx with a location header is a redirect)"
+    )
+    headers: Headers = Field(default_factory=dict, description="deny: headers of the denial the client gets")
+    body: TextValue | None = Field(None, description="deny: the body of the denial")
+    redirect_hosts: TextList = Field(
+        (),
+        description="deny: hosts a location computed by CEL may send the client to (a literal location"
+        " needs none)",
+    )
+    metadata: Annotated[Mapping[StrictStr, MetadataValue], AfterValidator(_metadata_keys)] = Field(
+        default_factory=dict,
+        description="dynamic metadata for the filters after ext_authz (rate limits, the access log)",
+    )
+
+    @model_validator(mode="after")
+    def _redirect(self) -> RuleResponseSettings:
+        location = self.headers.get("location")
+        if self.status is not None and 300 <= self.status < 400 and location is None:
+            raise _SubKeyError("headers", f"a {self.status} redirect needs a location header")
+        if isinstance(location, CelValue) and not self.redirect_hosts:
+            raise _SubKeyError(
+                "redirect_hosts",
+                "a location computed by CEL needs redirect_hosts: the hosts it may send a client to"
+                " (else a request could choose where a user is sent)",
+            )
+        return self
+
+
+LiteralHeaders = Annotated[
+    Mapping[StrictStr, StrictStr], AfterValidator(_header_names), AfterValidator(_literal_values)
+]
+
+
+class ReasonResponseSettings(Section):
+    """How a denial for one reason is answered when no rule's response says (literals only)."""
+
+    status: Annotated[StrictInt, Field(ge=300, le=599)] | None = Field(None, description="the HTTP status")
+    headers: LiteralHeaders = Field(default_factory=dict, description="headers of the denial")
+    body: StrictStr | None = Field(None, description="the body of the denial")
+
+    @model_validator(mode="after")
+    def _redirect(self) -> ReasonResponseSettings:
+        if self.status is not None and 300 <= self.status < 400 and "location" not in self.headers:
+            raise _SubKeyError("headers", f"a {self.status} redirect needs a location header")
+        return self
+
+
+def _denial_reasons(reasons: Mapping[str, Any]) -> Any:
+    from .errors import REASON_STATUS
+
+    for reason in reasons:
+        if reason not in REASON_STATUS or reason in ("allowed", "exception"):
+            known = ", ".join(r for r in REASON_STATUS if r not in ("allowed", "exception"))
+            raise ValueError(f"{reason!r} is not a denial reason; expected one of {known}")
+    return reasons
+
+
+class ResponseSettings(Section):
+    """How denials are answered, whatever rule decided."""
+
+    reasons: Annotated[Mapping[StrictStr, ReasonResponseSettings], AfterValidator(_denial_reasons)] = Field(
+        default_factory=dict,
+        description="per denial reason (quarantined, no_credential …): status, headers and body, when the"
+        " deciding rule names no response of its own",
+    )
+
+    reason_header: StrictBool = Field(
+        True,
+        description="send x-ext-authz-reason (and the reason in the default body) on denials; false for a"
+        " deployment that must not reveal why (the decision id is still sent)",
+    )
+
+
 class RuleSettings(Section):
     name: Text
     description: StrictStr = ""
@@ -418,11 +587,24 @@ class RuleSettings(Section):
     step_up: StepUpSettings | None = Field(
         None, description="an allow rule that also requires a strong or recent user authentication (RFC 9470)"
     )
+    response: RuleResponseSettings | None = Field(
+        None, description="headers, status, body and metadata of this rule's decision (docs/responses.md)"
+    )
 
     @model_validator(mode="after")
     def _step_up_on_allow(self) -> RuleSettings:
         if self.step_up is not None and self.effect != "allow":
             raise _SubKeyError("step_up", "only an allow rule can require a step-up")
+        r = self.response
+        if r is not None:
+            keys: tuple[str, ...]
+            if self.effect == "allow":
+                keys, what = ("status", "headers", "body", "redirect_hosts"), "a deny rule's"
+            else:
+                keys, what = ("upstream_headers", "remove_headers", "client_headers"), "an allow rule's"
+            wrong = [k for k in keys if k in r.model_fields_set]
+            if wrong:
+                raise _SubKeyError(f"response.{wrong[0]}", f"is {what}: this rule's effect is {self.effect}")
         return self
 
 
@@ -904,6 +1086,12 @@ class Limits(Section):
         0, 16 * 1024 * 1024, 8 * 1024, "a body Envoy sends → 413 body_too_large"
     )
     cel_max_expression_bytes: StrictInt = _limit(16, 64 * 1024, 4096, "checked at load: a rule's `when`")
+    max_response_body_bytes: StrictInt = _limit(
+        0, 1024 * 1024, 16 * 1024, "a rule's denial body (literal at load, CEL per request)"
+    )
+    max_response_header_bytes: StrictInt = _limit(
+        64, 64 * 1024, 8 * 1024, "each header value a rule sets (literal at load, CEL per request)"
+    )
     cel_max_comprehension_depth: StrictInt = _limit(0, 8, 2, "checked at load: nested all/exists/map/filter")
 
 
@@ -953,6 +1141,7 @@ class Settings(Section):
     tenant: TenantSettings = Field(default_factory=TenantSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
+    response: ResponseSettings = Field(default_factory=ResponseSettings)
     tracing: TracingSettings | None = Field(None, description="OpenTelemetry traces; off when absent")
     workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
     limits: Limits = Field(default_factory=Limits)
@@ -1031,7 +1220,23 @@ class Settings(Section):
         self._check_shared_signals()
         self._check_listeners()
         self._check_workers_and_extras()
+        self._check_reason_responses()
         return self
+
+    def _check_reason_responses(self) -> None:
+        limits = self.limits
+        for reason, rc in self.response.reasons.items():
+            if rc.body is not None and len(rc.body.encode()) > limits.max_response_body_bytes:
+                raise _KeyError(
+                    f"response.reasons.{reason}.body",
+                    f"over limits.max_response_body_bytes ({limits.max_response_body_bytes})",
+                )
+            for name, value in rc.headers.items():
+                if len(value.encode()) > limits.max_response_header_bytes:
+                    raise _KeyError(
+                        f"response.reasons.{reason}.headers.{name}",
+                        f"over limits.max_response_header_bytes ({limits.max_response_header_bytes})",
+                    )
 
     def _check_not_empty(self) -> None:
         if self.allow_empty:

@@ -231,7 +231,7 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     if kind == "config":  # a check across keys names its own key
         return str(ctx["key"]), str(ctx["message"])
     if kind == "config_sub":  # a check inside a section names the key within it
-        return _key((*loc, str(ctx["sub"]))), str(ctx["message"])
+        return _key((*loc, *str(ctx["sub"]).split("."))), str(ctx["message"])
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and _bounds(loc):
         bounds = _bounds(loc)
         if bounds is not None:

@@ -22,7 +22,7 @@ from ext_authz._proto.envoy.base_pb2 import HeaderValue, HeaderValueOption
 from ext_authz._proto.envoy.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
 from ext_authz._proto.envoy.http_status_pb2 import HttpStatus, StatusCode
 
-from ..model import Decision
+from ..model import Decision, Response
 
 __all__ = ["IDENTITY_HEADERS", "render", "render_wire"]
 
@@ -68,6 +68,9 @@ class _Shape(NamedTuple):
     shadow_allowed: bool | None
     shadow_matched: tuple[str, ...] | None  # None when no shadow rule ran
     challenge: str  # step_up_required: the RFC 9470 WWW-Authenticate value
+    response: Response | None  # the deciding rule's
+    strip_headers: tuple[str, ...]  # every header a rule may set upstream
+    hide_reason: bool
 
 
 def _shape(d: Decision) -> _Shape:
@@ -90,6 +93,9 @@ def _shape(d: Decision) -> _Shape:
         d.shadow_allowed,
         tuple(s.rule for s in d.shadow if s.matched) if d.shadow else None,
         d.challenge,
+        d.response,
+        d.strip_headers,
+        d.hide_reason,
     )
 
 
@@ -131,6 +137,8 @@ def _metadata(s: _Shape, decision_id: str) -> Struct:
         md["grant_ids"] = list(s.grant_ids)
     if s.shadow_matched is not None:
         md.update({"shadow_allowed": bool(s.shadow_allowed), "shadow_matched": list(s.shadow_matched)})
+    if s.response is not None and s.response.metadata:
+        md.update(json.loads(s.response.metadata))  # its keys are never ours (checked at load)
     return md
 
 
@@ -139,24 +147,32 @@ def _option(key: str, value: str) -> HeaderValueOption:
 
 
 def _build(s: _Shape, decision_id: str) -> CheckResponse:
+    r = s.response
     if s.allowed:
-        set_headers = _identity_headers(s, decision_id)
-        # Removed whether or not Envoy showed them to us (allowed_headers may hide a forged copy).
+        set_headers = _identity_headers(s, decision_id)  # the decision id first
+        upstream = dict(r.upstream) if r is not None else {}
+        # Removed whether or not Envoy showed them to us (allowed_headers may hide a forged copy): our
+        # identity headers, and any header a rule may set upstream that this response does not set.
         forged = [h for h in IDENTITY_HEADERS if h not in set_headers]
+        forged += [h for h in s.strip_headers if h not in upstream]
+        if r is not None:
+            forged += [h for h in r.remove if h not in upstream and h not in forged]
         return CheckResponse(
             status=Status(code=_GRPC_OK),
             ok_response=OkHttpResponse(
-                headers=[_option(k, v) for k, v in set_headers.items()],
+                headers=[_option(k, v) for k, v in (*set_headers.items(), *upstream.items())],
                 headers_to_remove=forged,
+                response_headers_to_add=[_option(k, v) for k, v in r.client] if r is not None else [],
             ),
             dynamic_metadata=_metadata(s, decision_id),
         )
-    headers = [
-        _option(H_REASON, s.reason),
-        _option(H_DECISION, decision_id),
-        _option("content-type", "application/json"),
-    ]
-    if s.status == 401:
+    mine = dict(r.headers) if r is not None else {}
+    headers = [_option(H_DECISION, decision_id)]  # the decision id first, on every denial
+    if not s.hide_reason:
+        headers.append(_option(H_REASON, s.reason))
+    if "content-type" not in mine:
+        headers.append(_option("content-type", "application/json"))
+    if s.status == 401 and "www-authenticate" not in mine:
         if s.challenge:
             challenge = s.challenge
         elif s.credential_failed == "token":
@@ -164,21 +180,25 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
         else:
             challenge = 'Bearer realm="ext-authz"'
         headers.append(_option("www-authenticate", challenge))
-    body = json.dumps(
-        {
-            "error": {401: "unauthenticated", 403: "forbidden"}.get(s.status, "rejected"),
-            "reason": s.reason,
-            "decision_id": decision_id,
-        },
-        separators=(",", ":"),
-    )
+    headers.extend(_option(k, v) for k, v in mine.items())
+    if r is not None and r.body is not None:
+        body = r.body
+    else:
+        default: dict[str, str] = {
+            "error": {401: "unauthenticated", 403: "forbidden"}.get(s.status, "rejected")
+        }
+        if not s.hide_reason:
+            default["reason"] = s.reason
+        default["decision_id"] = decision_id
+        body = json.dumps(default, separators=(",", ":")) + "\n"
+    status = r.status if r is not None and r.status else s.status
     return CheckResponse(
         status=Status(
             code=_GRPC_UNAUTHENTICATED if s.status == 401 else _GRPC_PERMISSION_DENIED,
-            message=s.reason,
+            message="denied" if s.hide_reason else s.reason,
         ),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=cast(StatusCode, s.status)), headers=headers, body=body + "\n"
+            status=HttpStatus(code=cast(StatusCode, status)), headers=headers, body=body
         ),
         dynamic_metadata=_metadata(s, decision_id),
     )
@@ -208,15 +228,16 @@ def render(decision: Decision, request_headers: Mapping[str, str] | None = None)
         resp.ok_response.headers[0].header.value = did  # H_DECISION comes first
     else:
         denied = resp.denied_response
-        denied.headers[1].header.value = did  # after H_REASON
-        denied.body = denied.body.replace(_ID, did)
+        denied.headers[0].header.value = did  # H_DECISION comes first
+        if decision.response is None or decision.response.body is None:
+            denied.body = denied.body.replace(_ID, did)
     return resp
 
 
 # The serialized templates again, found without building a _Shape: by the decision's scalar fields and
 # the identities of its principal and shadow results (the pipeline's caches hand the same objects to
 # every Check of a caller; the entry holds them, so their ids cannot be reused while it lives).
-_wire_by_id: dict[tuple[object, ...], tuple[object, object, tuple[bytes, int] | None]] = {}
+_wire_by_id: dict[tuple[object, ...], tuple[object, object, object, object, tuple[bytes, int] | None]] = {}
 
 
 def render_wire(decision: Decision) -> bytes:
@@ -225,10 +246,13 @@ def render_wire(decision: Decision) -> bytes:
     template in which the placeholder also appears elsewhere (say, in a token's subject), is rendered
     and serialized in full."""
     d = decision
-    principal, shadow = d.principal, d.shadow
+    principal, shadow, response = d.principal, d.shadow, d.response
     key = (
         id(principal),
         id(shadow),
+        id(response),
+        id(d.strip_headers),
+        d.hide_reason,
         d.allowed,
         d.status,
         d.reason,
@@ -242,13 +266,19 @@ def render_wire(decision: Decision) -> bytes:
         d.challenge,
     )
     hit = _wire_by_id.get(key)
-    if hit is not None and hit[0] is principal and hit[1] is shadow:
-        entry = hit[2]
+    if (
+        hit is not None
+        and hit[0] is principal
+        and hit[1] is shadow
+        and hit[2] is response
+        and hit[3] is d.strip_headers
+    ):
+        entry = hit[4]
     else:
         entry = _wire_template(_shape(d))
         if len(_wire_by_id) >= _MAX_TEMPLATES:
             _wire_by_id.clear()
-        _wire_by_id[key] = (principal, shadow, entry)
+        _wire_by_id[key] = (principal, shadow, response, d.strip_headers, entry)
     did = d.decision_id
     if entry is None or len(did) != 32 or not did.isascii() or not did.isalnum():
         return bytes(render(d).SerializeToString())
@@ -262,8 +292,9 @@ def _wire_template(shape: _Shape) -> tuple[bytes, int] | None:
     if shape in _wire_templates:
         return _wire_templates[shape]
     wire = _build(shape, _WIRE_ID.decode()).SerializeToString()
-    # The id is in the decision-id header and the metadata, and a denial's body: nowhere else.
-    expected = 2 if shape.allowed else 3
+    # The id is in the decision-id header and the metadata, and a denial's default body: nowhere else.
+    own_body = shape.response is not None and shape.response.body is not None
+    expected = 2 if shape.allowed or own_body else 3
     entry = (wire, expected) if wire.count(_WIRE_ID) == expected else None
     if len(_wire_templates) >= _MAX_TEMPLATES:
         _wire_templates.clear()

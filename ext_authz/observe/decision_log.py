@@ -318,6 +318,8 @@ def record(
             rec["shadow_decision"] = "allow" if decision.shadow_allowed else "deny"
         if decision.policy_errors:
             rec["policy_errors"] = [{"rule": rule, "error": error} for rule, error in decision.policy_errors]
+        if decision.response_errors:
+            rec["response_errors"] = [{"rule": r, "error": e} for r, e in decision.response_errors]
         if decision.detail:
             rec["detail"] = decision.detail
     else:

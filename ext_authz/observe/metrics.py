@@ -62,6 +62,7 @@ class _CheckTally(Collector):
         self.decisions: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.revoked: defaultdict[str, int] = defaultdict(int)
         self.policy_errors: defaultdict[str, int] = defaultdict(int)
+        self.response_errors: defaultdict[str, int] = defaultdict(int)
         self.shadow: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.buckets = [0] * (len(_BUCKETS) + 1)  # the last: above every bound (+Inf)
         self.latency_sum = 0.0
@@ -95,6 +96,14 @@ class _CheckTally(Collector):
         for rule, n in sorted(self.policy_errors.items()):
             errs.add_metric([rule], n)
         yield errs
+        rerrs = CounterMetricFamily(
+            "ext_authz_response_errors",
+            "Values of a rule's response left out because they failed (the decision stands)",
+            labels=["rule"],
+        )
+        for rule, n in sorted(self.response_errors.items()):
+            rerrs.add_metric([rule], n)
+        yield rerrs
         sh = CounterMetricFamily(
             "ext_authz_shadow_decisions", "Shadow rule evaluations", labels=["rule", "outcome"]
         )
@@ -266,6 +275,8 @@ class Metrics:
             t.revoked[decision.revocation_kind] += 1
         for rule, _ in decision.policy_errors:
             t.policy_errors[rule] += 1
+        for rule, _ in decision.response_errors:
+            t.response_errors[rule] += 1
         for sh in decision.shadow:
             t.shadow[(sh.rule, "matched" if sh.matched else "unmatched")] += 1
 

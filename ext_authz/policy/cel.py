@@ -38,6 +38,16 @@ EVAL_ENV = cel.NewEnv(
 # (tests/unit/policy/test_cel.py checks this in a fresh interpreter).
 EVAL_ENV.compile("now == now")
 _BOOL = ("BOOL", "DYN", "bool", "dyn")
+# What each kind of expression may yield: a condition a boolean; a header or body value text (a
+# number or a boolean is written as text); a metadata value anything JSON can hold.
+_RETURNS: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "condition": (_BOOL, "must be a boolean expression"),
+    "text": (
+        ("STRING", "DYN", "INT", "UINT", "DOUBLE", "BOOL", "string", "dyn", "int", "uint", "double", "bool"),
+        "must yield text (a string, a number or a boolean)",
+    ),
+    "value": (None, ""),
+}
 
 
 class CompileError(ValueError):
@@ -45,31 +55,34 @@ class CompileError(ValueError):
 
 
 _lock = threading.Lock()
-_memory: dict[str, Any] = {}  # source -> evaluation-ready expression, as the last load left it
+# kind -> source -> evaluation-ready expression, as the last load left it
+_memories: dict[str, dict[str, Any]] = {kind: {} for kind in _RETURNS}
 
 
-def _check(source: str) -> bytes:
+def _check(source: str, kind: str = "condition") -> bytes:
     """Type-check ``source`` against what conditions see; the checked expression, serialized."""
     try:
         checked = TYPED_ENV.compile(source)
     except Exception as exc:  # cel-cpp reports compile errors as RuntimeError
         raise CompileError("not a valid CEL expression: " + " ".join(str(exc).split())) from exc
     rtype = str(checked.return_type())
-    if rtype not in _BOOL:
-        raise CompileError(f"must be a boolean expression, it yields {rtype}")
+    allowed, what = _RETURNS[kind]
+    if allowed is not None and rtype not in allowed:
+        raise CompileError(f"{what}, it yields {rtype}")
     data: bytes = checked.serialize()
     return data
 
 
-def compile_many(sources: Sequence[str]) -> list[Any | CompileError]:
-    """Each source as an evaluation-ready expression, or the CompileError that says why not; in order.
-    Remembers exactly these for the next call (a reload)."""
+def compile_many(sources: Sequence[str], kind: str = "condition") -> list[Any | CompileError]:
+    """Each source as an evaluation-ready expression of ``kind`` (condition, text, value), or the
+    CompileError that says why not; in order. Remembers exactly these for the next call (a reload)."""
+    _memory = _memories[kind]
     with _lock:
         known = dict(_memory)
     errors: dict[str, CompileError] = {}
     for s in dict.fromkeys(s for s in sources if s not in known):
         try:
-            known[s] = EVAL_ENV.deserialize(_check(s))
+            known[s] = EVAL_ENV.deserialize(_check(s, kind))
         except CompileError as exc:
             errors[s] = exc
     with _lock:

@@ -16,11 +16,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..match import METHODS, Selector, Target
-from ..model import ShadowResult
+from ..model import Response, ShadowResult
 from ..settings import Limits, RuleSettings
 from ..values import value
 from .cel import CompileError, compile_many
 from .index import RuleIndex
+from .response import CompiledResponse, compile_response
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
 
@@ -51,6 +52,7 @@ class CompiledRule:
     variables: frozenset[str] = frozenset(_VARIABLES)
     exceptable: bool = False  # a deny rule a break-glass exception may override
     step_up: StepUp | None = None  # an allow rule that also requires this of the user's authentication
+    response: CompiledResponse | None = None  # what its decision answers besides allow or deny
 
     # Is the condition a function of the verified identity alone? (Worked out once: read per Check.)
     memoizable: bool = field(init=False, repr=False, compare=False)
@@ -146,6 +148,12 @@ class Policy:
     # Every shadow rule, unselected, in policy order; and where each one sits in that tuple.
     _shadow_default: tuple[tuple[CompiledRule, bool], ...] = field(init=False, repr=False, compare=False)
     _shadow_at: dict[int, int] = field(init=False, repr=False, compare=False)
+    # Enforced rules with a response, by name; and every header any of them sets upstream.
+    _responses: dict[str, CompiledResponse] = field(init=False, repr=False, compare=False)
+    strip_headers: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _response_memo: dict[tuple[str, Hashable], tuple[Response, tuple[tuple[str, str], ...]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         keys = sorted({k for r in self.rules for k, _ in r.context_extensions})
@@ -154,6 +162,30 @@ class Policy:
         shadows = [i for i, r in enumerate(self.rules) if r.shadow]
         object.__setattr__(self, "_shadow_default", tuple((self.rules[i], False) for i in shadows))
         object.__setattr__(self, "_shadow_at", {i: n for n, i in enumerate(shadows)})
+        responses = {r.name: r.response for r in self.rules if r.response is not None and not r.shadow}
+        object.__setattr__(self, "_responses", responses)
+        names = sorted({name for r in responses.values() for name, _ in r.upstream})
+        object.__setattr__(self, "strip_headers", tuple(names))
+
+    def respond(
+        self, rule: str, activation: Activation, identity_key: Hashable | None = None
+    ) -> tuple[Response | None, tuple[tuple[str, str], ...]]:
+        """The response of the enforced rule ``rule`` for this request (None when it names none), and
+        the values left out with why. A response whose expressions read only ``identity`` is
+        remembered per ``identity_key``, like a condition."""
+        compiled = self._responses.get(rule)
+        if compiled is None:
+            return None, ()
+        if identity_key is None or not compiled.identity_only or compiled.fixed is not None:
+            return compiled.work_out(activation)
+        key = (rule, identity_key)
+        found = self._response_memo.get(key)
+        if found is None:
+            found = compiled.work_out(activation)
+            if len(self._response_memo) >= MEMO_SIZE:
+                self._response_memo.clear()
+            self._response_memo[key] = found
+        return found
 
     @property
     def uses_cel(self) -> bool:
@@ -405,6 +437,9 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
                 variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
                 exceptable=rc.exceptable,
                 step_up=StepUp(rc.step_up.acr_values, rc.step_up.max_age) if rc.step_up else None,
+                response=compile_response(rc.name, rc.response, file, f"rules[{index}].response", limits)
+                if rc.response is not None
+                else None,
             )
         )
     return Policy(tuple(compiled))

@@ -57,7 +57,7 @@ class Material:
         path.write_text(yaml.safe_dump(cfg))
         return load_engine(path)
 
-    def token(self, audience: str, *, key: Any = None, **claims: str) -> str:
+    def token(self, audience: str, *, key: Any = None, **claims: Any) -> str:
         body = {
             "iss": ISSUER,
             "sub": "user-1",
@@ -107,7 +107,13 @@ def decision(
 
 
 def test_every_example_is_tested() -> None:
-    assert sorted(examples()) == ["allow-list", "deny-wins", "headers-and-query", "token-roles"]
+    assert sorted(examples()) == [
+        "allow-list",
+        "deny-wins",
+        "headers-and-query",
+        "result-object",
+        "token-roles",
+    ]
 
 
 def test_allow_list(material: Material) -> None:
@@ -149,3 +155,35 @@ def test_headers_and_query(material: Material) -> None:
     )
     assert decision(e, "/reports/q3", token=acme, headers=tenant)[:2] == (403, "no_rule")
     assert decision(e, "/reports/q3?format=csvx", token=acme, headers=tenant)[:2] == (403, "no_rule")
+
+
+def test_result_object(material: Material) -> None:
+    from ext_authz.envoy.render import render
+
+    e = material.engine("result-object")
+    reader = material.token("docs", roles=["reader"], email="ada@acme.test", tenant="acme")
+    guest = material.token("docs", roles=["guest"], email="bob@acme.test", tenant="acme")
+    assert decision(e, "/docs/a", token=reader, headers={"cookie": "s=1"}) == (200, "allowed", "readers")
+    assert decision(e, "/docs/a", token=guest) == (403, "policy_denied", "others-get-a-problem")
+    h = {
+        ":method": "GET",
+        ":path": "/docs/a",
+        ":authority": "api.internal",
+        "authorization": f"Bearer {reader}",
+    }
+    doc = {
+        "attributes": {
+            "request": {"http": {"method": "GET", "path": "/docs/a", "host": "api.internal", "headers": h}}
+        }
+    }
+    ok = render(decide(normalize(json_format.Parse(json.dumps(doc), CheckRequest())), e, Caches(), NOW, "d1"))
+    up = {o.header.key: o.header.value for o in ok.ok_response.headers}
+    assert up["x-user-email"] == "ada@acme.test" and up["x-tenant"] == "acme"
+    assert "cookie" in ok.ok_response.headers_to_remove
+    assert ok.dynamic_metadata.fields["tenant"].string_value == "acme"
+    h["authorization"] = f"Bearer {guest}"
+    denied = render(
+        decide(normalize(json_format.Parse(json.dumps(doc), CheckRequest())), e, Caches(), NOW, "d2")
+    )
+    assert denied.denied_response.body == '{"title":"Forbidden","status":403}'
+    assert denied.denied_response.status.code == 403
