@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +26,11 @@ EXIT_OK, EXIT_DENY, EXIT_USAGE, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 # The output's reader went away before it was all written: what shells report for a program SIGPIPE
 # killed (128 + 13), so `ext-authz test | head` under pipefail never passes for a failing suite.
 EXIT_PIPE = 141
+EXIT_CODES = (
+    "Exit codes: 0 ok (allowed, valid, every test passed); 1 denied, or a policy test failed; 2 usage (an"
+    " unknown command or option, a missing argument); 3 invalid input (a config, a request, a value the"
+    " server refused); 4 the admin API is unreachable; 141 the reader of the output went away."
+)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -338,6 +344,8 @@ _ext_authz() {{
 }}
 complete -o default -F _ext_authz ext-authz
 """
+    if args.shell == "zsh":  # zsh runs bash completion functions once bashcompinit is loaded
+        script = "autoload -U +X compinit && compinit\nautoload -U +X bashcompinit && bashcompinit\n" + script
     print(script, end="")
     return EXIT_OK
 
@@ -400,18 +408,49 @@ def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
 
 class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("epilog", EXIT_CODES)  # every command's --help says what its exit codes mean
         p: argparse.ArgumentParser = super().add_parser(name, **kwargs)
         _global_flags(p, argparse.SUPPRESS)
         p.register("action", "parsers", _SubParsers)
         return p
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        # An unknown option is the subcommand's error, shown with its usage (not the top level's).
+        extras = getattr(namespace, argparse._UNRECOGNIZED_ARGS_ATTR, None)
+        if extras:
+            self._name_parser_map[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
+
+
+# Options whose value may start with '-' (a negative duration): `--for -5m` is `--for=-5m`, so the
+# command refuses the value itself (exit 3, "--for must be positive") instead of a usage error.
+_SIGNED_VALUES = ("--for", "--ttl", "--since")
+
+
+def _joined(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _SIGNED_VALUES and i + 1 < len(argv) and re.match(r"-\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ext-authz",
         description="Continuous zero-trust authorization for Envoy",
-        epilog="Exit codes: 0 ok (allowed); 1 denied, or a policy test failed; 2 usage;"
-        " 3 invalid input; 4 the admin API is unreachable.",
+        epilog=EXIT_CODES,
         allow_abbrev=False,  # `report --log` is not an abbreviation of the global --log-level
     )
     parser.add_argument("--version", action="version", version=f"ext-authz {__version__}")
@@ -430,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
-        "validate", help="check a configuration and the files it names; exit 0 valid, 2 invalid"
+        "validate", help="check a configuration and the files it names; exit 0 valid, 3 invalid"
     )
     p.add_argument("file")
     p.set_defaults(func=_cmd_validate)
@@ -519,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined(list(sys.argv[1:] if argv is None else argv)))
     _setup_logging(args.log_level or "info", args.log_format or "text")
     try:
         result: int = args.func(args)

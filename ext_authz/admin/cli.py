@@ -518,15 +518,24 @@ def cmd_audit(args: argparse.Namespace) -> None:
         ]
         return _table(rows, ("TIME", "ACTION", "KIND", "RECORD", "PRINCIPAL", "BY", "REASON"))
 
-    if args.json:  # one JSON object per line, the records before and after as objects
-        for e in resp.entries:
-            entry = json_format.MessageToDict(e, preserving_proto_field_name=True)
-            for side in ("before", "after"):
-                raw = entry.pop(f"{side}_json", "")
-                entry[side] = json.loads(raw) if raw else None
-            print(json.dumps(_rfc3339(entry), sort_keys=True))
+    output = "json" if args.json else args.output
+    if output == "table":
+        print(text())
         return
-    print(text())
+    entries = []
+    for e in resp.entries:  # the records before and after as objects, times as RFC 3339
+        entry = json_format.MessageToDict(e, preserving_proto_field_name=True)
+        for side in ("before", "after"):
+            raw = entry.pop(f"{side}_json", "")
+            entry[side] = json.loads(raw) if raw else None
+        entries.append(_rfc3339(entry))
+    if output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(entries, sort_keys=True), end="")
+        return
+    for entry in entries:  # one JSON object per line (JSON Lines): easy to grep, jq and ship
+        print(json.dumps(entry, sort_keys=True))
 
 
 def cmd_signal_list(args: argparse.Namespace) -> None:

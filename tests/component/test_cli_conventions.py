@@ -264,3 +264,75 @@ def test_json_log_lines_survive_a_lone_surrogate() -> None:
     record = logging.LogRecord("ext_authz", logging.WARNING, "x", 1, "bad value %s", ("a\ud800b",), None)
     line = _JsonFormatter().format(record)
     assert json.loads(line)["message"] == "bad value a\\ud800b"
+
+
+def _every_command() -> list[list[str]]:
+    from ext_authz.cli import _commands, build_parser
+
+    return [path.split() for path in sorted(_commands(build_parser())) if path]
+
+
+def test_every_commands_help_says_its_exit_codes() -> None:
+    """The same five meanings everywhere; the docs table lists the same ones."""
+    from ext_authz.cli import EXIT_CODES
+
+    for words in _every_command():
+        res = run(*words, "--help")
+        assert res.returncode == 0, words
+        assert " ".join(res.stdout.split()).endswith(" ".join(EXIT_CODES.split())), words
+    table = (REPO / "docs/command-line.md").read_text()
+    for code, meaning in (
+        ("0", "ok"),
+        ("1", "denied"),
+        ("2", "usage"),
+        ("3", "invalid input"),
+        ("4", "unreachable"),
+    ):
+        assert f"| {code} | {meaning}" in table, code
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (
+            ["revoke", "spiffe://example.org/x", "--reason", "r", "--bogus"],
+            2,
+            "ext-authz revoke: error: unrecognized",
+        ),
+        (
+            ["signal", "set", "device:x", "k=v", "--ttl", "1m", "--reason", "r", "--bogus"],
+            2,
+            "ext-authz signal set:",
+        ),
+        (["revoke", "spiffe://example.org/x", "--reason", "r", "--for", "-5m"], 3, "--for"),
+        (["grant", "create", FRONTEND, "--path", "/x", "--for", "-1h", "--reason", "r"], 3, "--for"),
+        (
+            ["revoke", "spiffe://example.org/x", "--reason", "r", "--admin", "unix:///nonexistent.sock"],
+            4,
+            "reach",
+        ),
+    ],
+)
+def test_each_kind_of_bad_input_exits_as_documented(args: list[str], code: int, says: str) -> None:
+    res = run(*args)
+    assert res.returncode == code, res.stderr
+    assert says in res.stderr and "Traceback" not in res.stderr
+    if code == 2:  # the subcommand's usage, not the top level's
+        assert res.stderr.startswith(f"usage: ext-authz {args[0]}")
+
+
+def test_validate_exits_3_on_a_bad_config_as_its_help_says(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: r, effect: maybe}]\n")
+    assert run("validate", str(bad)).returncode == 3
+    assert "exit 0 valid, 3 invalid" in " ".join(run("--help").stdout.split())
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_loads_in_zsh(tmp_path: Path) -> None:
+    script = tmp_path / "c.zsh"
+    script.write_text(run("completion", "zsh").stdout)
+    out = subprocess.run(
+        ["zsh", "-f", "-c", f"source {script} && complete -p ext-authz"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "_ext_authz" in out.stdout, out.stderr

@@ -172,6 +172,11 @@ def test_cli_revoke_is_enforced_and_survives_a_restart(
     actions = [(e["action"], e["actor"]) for e in map(json.loads, audit)]
     assert ("grant", "local:alice") in actions and ("approve", "local:cfo") in actions
     assert ("approve", "local:lead") in actions and actions[-1][0] == "unrevoke"
+    # -o json is --json; -o yaml the same entries as a YAML list (they printed the table once).
+    assert cli("audit", "-c", str(config), "-o", "json").stdout.splitlines() == audit
+    as_yaml = yaml.safe_load(cli("audit", "-c", str(config), "-o", "yaml").stdout)
+    assert [(e["action"], e["actor"]) for e in as_yaml] == actions
+    assert all(e["at"].endswith("Z") for e in as_yaml)
     # A past decision, replayed with the state of its time: the frontend was revoked then, not now.
     request = tmp_path / "frontend.json"
     request.write_text(json_format.MessageToJson(check_request(demo_dir, workload="frontend")))
