@@ -352,9 +352,9 @@ def _state(approved_at: float, ended_at: float, until: float) -> str:
     now = datetime.now(UTC).timestamp()
     if ended_at:
         return "ended"
-    if until <= now:
-        return "expired"
-    return "active" if approved_at else "PENDING"
+    if not approved_at:
+        return "PENDING"  # its window starts when a second person approves it
+    return "expired" if until <= now else "active"
 
 
 def cmd_grants(args: argparse.Namespace) -> None:

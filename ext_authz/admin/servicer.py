@@ -347,7 +347,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             gs = [  # pending ones too: they wait for a second person, and should be seen
                 g
                 for g in self.replica.all(Grant)
-                if request.include_inactive or (g.ended_at is None and now < g.not_after)
+                if request.include_inactive or (g.ended_at is None and now < (g.finished_at() or 0))
             ]
             gs.sort(key=lambda g: g.created_at)
             return pb.ListGrantsResponse(grants=[grant_pb(g, self.settings) for g in gs])
@@ -415,7 +415,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             es = [  # pending ones too: they wait for a second person, and should be seen
                 e
                 for e in self.replica.all(ExceptionGrant)
-                if request.include_closed or (e.closed_at is None and now < e.expires_at)
+                if request.include_closed or (e.closed_at is None and now < (e.finished_at() or 0))
             ]
             es.sort(key=lambda e: e.opened_at)
             return pb.ListExceptionsResponse(exceptions=[exception_pb(e, self.settings) for e in es])

@@ -298,13 +298,23 @@ def create_grant(
 
 
 def approve_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
+    """Approve a pending grant. Its window starts now if it was to start earlier: a 2-minute grant
+    approved an hour after it was asked for lasts 2 minutes from the approval. A request waits for its
+    approval at most APPROVAL_WAIT (24h)."""
     if not grant.pending:
         raise InvalidArgument(f"grant {grant.id} is already approved (by {grant.approver})")
-    if grant.ended_at is not None or now >= grant.not_after:
-        raise InvalidArgument(f"grant {grant.id} has ended; make a new one")
+    if grant.ended_at is not None or now >= (grant.finished_at() or 0):
+        raise InvalidArgument(f"grant {grant.id} has ended or waited too long; make a new one")
     _second_person(actor, grant.created_by, f"grant {grant.id}")
     _text(reason, "a reason")
-    return dataclasses.replace(grant, approver=actor, approved_at=now)
+    start = max(now, grant.not_before)
+    return dataclasses.replace(
+        grant,
+        approver=actor,
+        approved_at=now,
+        not_before=start,
+        not_after=start + (grant.not_after - grant.not_before),
+    )
 
 
 def end_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
@@ -345,13 +355,17 @@ def open_exception(
 
 
 def approve_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
+    """Approve a pending exception: its time box starts now, as long as it was asked for. A request
+    waits for its approval at most APPROVAL_WAIT (24h)."""
     if not exc.pending:
         raise InvalidArgument(f"exception {exc.id} is already approved (by {exc.approved_by or 'config'})")
-    if exc.closed_at is not None or now >= exc.expires_at:
-        raise InvalidArgument(f"exception {exc.id} is closed or expired; open a new one")
+    if exc.closed_at is not None or now >= (exc.finished_at() or 0):
+        raise InvalidArgument(f"exception {exc.id} is closed or waited too long; open a new one")
     _second_person(actor, exc.opened_by, f"exception {exc.id}")
     _text(reason, "a reason")
-    return dataclasses.replace(exc, approved_by=actor, approved_at=now)
+    return dataclasses.replace(
+        exc, approved_by=actor, approved_at=now, expires_at=now + (exc.expires_at - exc.opened_at)
+    )
 
 
 def close_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
@@ -494,7 +508,8 @@ def _check_narrowing(also: tuple[tuple[str, str], ...]) -> None:
 def _check_exception(e: ExceptionGrant, settings: Settings) -> None:
     _canonical(principal(e.principal) == e.principal, "the principal")
     cap = settings.exceptions.max_duration
-    if not 0 < e.expires_at - e.opened_at <= cap + 1:
+    start = e.approved_at if e.approved_at is not None and e.approved_at > e.opened_at else e.opened_at
+    if not 0 < e.expires_at - start <= cap + 1:
         raise InvalidArgument(f"an exception longer than exceptions.max_duration ({int(cap)}s)")
     _text(e.reason, "a reason")
     _scoped(e.scope, "an exception")

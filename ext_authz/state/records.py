@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from ..match import Selector, Target
 
 __all__ = [
+    "APPROVAL_WAIT",
     "NARROWING_KINDS",
     "RECORD_TYPES",
     "REVOCATION_KINDS",
@@ -45,6 +46,10 @@ REVOCATION_SOURCES = ("api", "quarantine", "ssf")
 # (ISSUER#sid), the device or the tenant (the token's tenant claim) a request also has.
 NARROWING_KINDS = ("sub", "spiffe_id", "sid", "device", "tenant")
 SIGNAL_SUBJECTS = ("device", "workload", "user", "token")
+
+
+# How long a grant or an exception waits for its second person; its window starts at approval.
+APPROVAL_WAIT = 24 * 3600.0
 
 
 class RecordError(ValueError):
@@ -155,7 +160,11 @@ class Grant:
         return not self.pending and self.ended_at is None and self.not_before <= now < self.not_after
 
     def finished_at(self) -> float | None:
-        return self.ended_at if self.ended_at is not None else self.not_after
+        if self.ended_at is not None:
+            return self.ended_at
+        if self.pending:  # waiting for a second person: its window starts when they approve
+            return max(self.not_after, self.created_at + APPROVAL_WAIT)
+        return self.not_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +198,11 @@ class ExceptionGrant:
         return not self.pending and self.closed_at is None and self.opened_at <= now < self.expires_at
 
     def finished_at(self) -> float | None:
-        return self.closed_at if self.closed_at is not None else self.expires_at
+        if self.closed_at is not None:
+            return self.closed_at
+        if self.pending:  # waiting for a second person: its window starts when they approve
+            return max(self.expires_at, self.opened_at + APPROVAL_WAIT)
+        return self.expires_at
 
 
 @dataclass(frozen=True, slots=True)

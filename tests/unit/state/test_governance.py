@@ -47,8 +47,8 @@ def test_an_approval_needs_a_reason_and_an_open_exception() -> None:
     e = open_exc()
     with pytest.raises(InvalidArgument, match="reason"):
         commands.approve_exception(e, " ", "lead", T + 1)
-    with pytest.raises(InvalidArgument, match="expired"):
-        commands.approve_exception(e, "late", "lead", T + 601)
+    with pytest.raises(InvalidArgument, match="waited too long"):
+        commands.approve_exception(e, "late", "lead", T + 24 * 3600)
     closed = commands.close_exception(e, "not needed", "oncall", T + 5)
     assert closed.close_reason == "not needed"
     with pytest.raises(InvalidArgument, match="closed"):
@@ -232,3 +232,25 @@ def test_as_of_undoes_what_happened_later() -> None:
     e = commands.close_exception(approved_exception("lead"), "done", "oncall", T + 30)
     was = as_of(e, T + 20)
     assert isinstance(was, ExceptionGrant) and was.active(T + 20)
+
+
+def test_a_window_starts_when_the_second_person_approves() -> None:
+    """A 10-minute exception approved 10 minutes after it was asked for lasts 10 minutes from then, and
+    so does a grant (it would have ended before anyone could use it)."""
+    e = open_exc()  # opened at T, for 600 s
+    approved = commands.approve_exception(e, "go", "lead", T + 600)
+    assert (approved.approved_at, approved.expires_at) == (T + 600, T + 1200)
+    assert approved.active(T + 1199) and not approved.active(T + 1200)
+    g = commands.create_grant(
+        "spiffe://example.org/ns/a/sa/b", Scope(paths=("/x/*",)), 0, 120, "task", "", "alice", T
+    )
+    ok = commands.approve_grant(g, "go", "lead", T + 120)
+    assert (ok.not_before, ok.not_after) == (T + 120, T + 240) and ok.active(T + 200)
+    later = commands.create_grant(
+        "spiffe://example.org/ns/a/sa/b", Scope(paths=("/x/*",)), T + 3600, 120, "task", "", "alice", T
+    )
+    assert commands.approve_grant(later, "go", "lead", T + 60).not_before == T + 3600  # not earlier
+    from ext_authz.settings import Settings
+
+    settings = Settings.model_validate({"allow_empty": True})
+    commands.check_record(approved, settings)  # a replica reading it accepts the shifted window

@@ -263,7 +263,16 @@ async def test_records_that_ended_past_the_retention_are_forgotten() -> None:
     recently = Revocation("r-recent", "device", "b", "x", "ops", now - 900, expires_at=now - 600)
     forever = Revocation("r-forever", "device", "c", "x", "ops", now - 9000)
     old_grant = Grant(
-        "g-old", FRONTEND, Scope(paths=("/x",)), now - 9000, now - 7200, "r", "a", "c", now - 9000
+        "g-old",
+        FRONTEND,
+        Scope(paths=("/x",)),
+        now - 9000,
+        now - 7200,
+        "r",
+        "a",
+        "c",
+        now - 9000,
+        approved_at=now - 9000,
     )
     async with running(replica_on(MemoryLog(interval=QUIET))) as store:
         for rec in (long_ago, recently, forever, old_grant):
