@@ -283,6 +283,7 @@ def cmd_revocations(args: argparse.Namespace) -> None:
             r.created_by,
             _when(r.created_at),
             _when(r.expires_at) if r.expires_at else "never",
+            f"credentials issued before {_when(r.issued_before)}" if r.issued_before else "every request",
             r.reason,
             status(r),
         )
@@ -292,7 +293,8 @@ def cmd_revocations(args: argparse.Namespace) -> None:
         args,
         resp,
         lambda: _table(
-            rows, ("ID", "KIND", "VALUE", "SOURCE", "BY", "CREATED", "EXPIRES", "REASON", "STATUS")
+            rows,
+            ("ID", "KIND", "VALUE", "SOURCE", "BY", "CREATED", "EXPIRES", "REFUSES", "REASON", "STATUS"),
         ),
     )
 
