@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -43,6 +44,11 @@ __all__ = ["AdminServicer", "start_admin_server"]
 log = logging.getLogger("ext_authz.admin")
 MAX_WATCH_QUEUE = 1000
 T = TypeVar("T")
+
+
+def _iso(ts: float) -> str:
+    """A time as the admin log prints it: RFC 3339, UTC."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rev_pb(r: Revocation, settings: Settings | None = None) -> Any:
@@ -132,7 +138,7 @@ def audit_pb(e: AuditEntry, settings: Settings | None = None) -> Any:
         actor=e.actor,
         action=e.action,
         kind=e.kind,
-        record_id=e.record_id,
+        record_id=e.record_id.replace("\0", ":"),  # a signal's id joins its parts with NUL
         principal=e.principal,
         reason=e.reason,
         before_json=js(e.before),
@@ -335,9 +341,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         async def run(actor: str, now: float) -> Any:
             g = await self._grant(context, request.id)
             ended = commands.end_grant(g, request.reason, actor, now)
-            if ended is not g:
-                await self.replica.put(ended, action="end", actor=actor, reason=ended.end_reason)
-                log.info("grant %s ended by %s: %s", g.id, actor, ended.end_reason)
+            await self.replica.put(ended, action="end", actor=actor, reason=ended.end_reason)
+            log.info("grant %s ended by %s: %s", g.id, actor, ended.end_reason)
             return pb.EndGrantResponse(grant=grant_pb(ended, self.settings))
 
         return await self._run(context, run)
@@ -374,7 +379,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 e.id,
                 e.principal,
                 e.opened_by,
-                int(e.expires_at),
+                _iso(e.expires_at),
                 "pending approval" if e.pending else "in force",
                 e.reason,
             )
@@ -403,9 +408,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         async def run(actor: str, now: float) -> Any:
             e = await self._exception(context, request.id)
             closed = commands.close_exception(e, request.reason, actor, now)
-            if closed is not e:
-                await self.replica.put(closed, action="close", actor=actor, reason=closed.close_reason)
-                log.warning("exception %s closed by %s: %s", closed.id, actor, closed.close_reason)
+            await self.replica.put(closed, action="close", actor=actor, reason=closed.close_reason)
+            log.warning("exception %s closed by %s: %s", closed.id, actor, closed.close_reason)
             return pb.CloseExceptionResponse(exception=exception_pb(closed, self.settings))
 
         return await self._run(context, run)

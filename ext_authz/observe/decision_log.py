@@ -405,6 +405,8 @@ class DecisionLog:
         # StringIO) as text.
         self._text = not isinstance(self.sink, io.RawIOBase | io.BufferedIOBase)
         self._owns_sink = False
+        self._path: Path | None = None  # a file this log opened, reopened on request (logrotate)
+        self._reopen = False
         self.dropped = 0
         self._drop_lock = threading.Lock()
         self.on_drop = on_drop
@@ -430,7 +432,14 @@ class DecisionLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         log = cls(path.open("ab"), **kw)
         log._owns_sink = True  # opened here: closed by close()
+        log._path = path
         return log
+
+    def reopen(self) -> None:
+        """Open the file again by its name before the next write (after logrotate moved it away): the
+        writer does it, between batches, so no record is split or lost. Not a file: nothing to do."""
+        if self._path is not None:
+            self._reopen = True
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
@@ -474,6 +483,16 @@ class DecisionLog:
             self.on_drop()
 
     def _emit(self, data: bytes, count: int = 1) -> None:
+        if self._reopen and self._path is not None:
+            self._reopen = False
+            try:
+                fresh = self._path.open("ab")
+            except OSError as exc:
+                _log.error("decision log: cannot reopen %s (%s); writing on to the old file", self._path, exc)
+            else:
+                old, self.sink = self.sink, fresh
+                with contextlib.suppress(OSError):
+                    old.close()
         try:
             if self._text:
                 self.sink.write(data.decode())  # type: ignore[call-overload]

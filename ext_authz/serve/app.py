@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,12 @@ class Server:
         await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.reloader.run()))
         self._tasks.append(asyncio.create_task(watch_state_health(rt, self.health)))
+        # logrotate: SIGHUP reopens the decision log's file (no copytruncate needed). Only the main
+        # thread may set a signal handler (a test's server in another thread goes without).
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: self.runtime.decision_log.reopen()
+            )
         loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
         log.info(
             "ext-authz serving Check on %s over %s on %s (revision %s)",

@@ -318,8 +318,9 @@ def approve_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
 
 
 def end_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
+    """End a grant early. Ending one already ended is refused, as lifting a lifted revocation is."""
     if grant.ended_at is not None:
-        return grant
+        raise InvalidArgument(f"grant {grant.id} has already ended (by {grant.ended_by})")
     return dataclasses.replace(grant, ended_at=now, ended_by=actor, end_reason=_text(reason, "a reason"))
 
 
@@ -369,8 +370,9 @@ def approve_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) 
 
 
 def close_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
+    """Close an exception. Closing one already closed is refused, as lifting a lifted revocation is."""
     if exc.closed_at is not None:
-        return exc
+        raise InvalidArgument(f"exception {exc.id} is already closed (by {exc.closed_by})")
     return dataclasses.replace(exc, closed_at=now, closed_by=actor, close_reason=_text(reason, "a reason"))
 
 

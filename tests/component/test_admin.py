@@ -661,3 +661,38 @@ async def test_everything_on_one_side_is_fine_when_the_other_names_something(adm
         pb.CreateGrantRequest(principal=BILLING, scope=scope, duration_seconds=60, reason="r")
     )
     assert list(made.grant.scope.paths) == ["/api/*"]
+
+
+async def test_ending_twice_is_refused_as_unrevoking_twice_is(admin: Admin) -> None:
+    scope = pb.Scope(paths=["/reports/*"])
+    g = (
+        await admin.stub.CreateGrant(
+            pb.CreateGrantRequest(principal=BILLING, scope=scope, duration_seconds=600, reason="r")
+        )
+    ).grant
+    await admin.stub.EndGrant(pb.EndGrantRequest(id=g.id, reason="done"))
+    e = (
+        await admin.stub.OpenException(
+            pb.OpenExceptionRequest(principal=BILLING, scope=scope, duration_seconds=600, reason="r")
+        )
+    ).exception
+    await admin.stub.CloseException(pb.CloseExceptionRequest(id=e.id, reason="done"))
+    for call in (
+        admin.stub.EndGrant(pb.EndGrantRequest(id=g.id, reason="again")),
+        admin.stub.CloseException(pb.CloseExceptionRequest(id=e.id, reason="again")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "already" in (
+            err.value.details() or ""
+        )
+
+
+async def test_audit_record_ids_are_printable(admin: Admin) -> None:
+    await admin.stub.PutSignal(
+        pb.PutSignalRequest(
+            subject_kind="workload", subject=FRONTEND, key="risk", value="high", ttl_seconds=60, reason="r"
+        )
+    )
+    (entry,) = (await admin.stub.ListAudit(pb.ListAuditRequest())).entries
+    assert entry.record_id == f"workload:{FRONTEND}:risk" and entry.record_id.isprintable()

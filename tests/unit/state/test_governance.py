@@ -50,6 +50,8 @@ def test_an_approval_needs_a_reason_and_an_open_exception() -> None:
     with pytest.raises(InvalidArgument, match="waited too long"):
         commands.approve_exception(e, "late", "lead", T + 24 * 3600)
     closed = commands.close_exception(e, "not needed", "oncall", T + 5)
+    with pytest.raises(InvalidArgument, match="already closed"):
+        commands.close_exception(closed, "again", "oncall", T + 6)
     assert closed.close_reason == "not needed"
     with pytest.raises(InvalidArgument, match="closed"):
         commands.approve_exception(closed, "late", "lead", T + 6)
