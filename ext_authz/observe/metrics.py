@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..model import Decision
+from ..state.records import REVOCATION_KINDS
 
 __all__ = ["CONTENT_TYPE", "Metrics", "kind_label"]
 
@@ -123,7 +124,9 @@ class _StateCollector(Collector):
         rev = GaugeMetricFamily(
             "ext_authz_active_revocations", "Revocations in force, by kind", labels=["kind"]
         )
-        for kind, n in sorted(data.get("revocations", {}).items()):
+        # Every kind has a series, 0 included: a rate or an alert over it never sees a gap.
+        counts = dict.fromkeys(REVOCATION_KINDS, 0) | dict(data.get("revocations", {}))
+        for kind, n in sorted(counts.items()):
             rev.add_metric([kind], n)
         yield rev
         yield GaugeMetricFamily(

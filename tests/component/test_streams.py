@@ -74,6 +74,13 @@ def admin_stub(r: Running) -> tuple[grpc.aio.Channel, Any]:
     return ch, admin_pb2_grpc.AdminStub(ch)
 
 
+async def test_every_revocation_kind_has_a_series_at_zero(running: Running) -> None:
+    """A rate or an alert over ext_authz_active_revocations never sees a gap for a kind with none."""
+    m = await scrape(running)
+    for kind in ("spiffe_id", "cert", "jti", "sub", "sid", "device", "quarantine"):
+        assert f'ext_authz_active_revocations{{kind="{kind}"}} 0.0' in m, kind
+
+
 async def test_metrics_move_with_checks(running: Running, demo_dir: Path) -> None:
     token = (demo_dir / "tokens/alice.jwt").read_text().strip()
     forged = (demo_dir / "tokens/forged.jwt").read_text().strip()
