@@ -38,7 +38,7 @@ from spiffe.workloadapi.x509_context import X509Context
 
 from .demo import BACKEND_ID, DEMO_TD, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
 from .spire import MAX_SOCKET_PATH, Entry, SpireAgent, SpireError, SpireServer, short_dir, wait_until
-from .stack import Ports, Stack, _try_these
+from .stack import DemoBusy, Ports, Stack, _try_these, demo_session
 
 __all__ = [
     "SDS_CLUSTER",
@@ -386,14 +386,14 @@ def run_spire_demo(demo_dir: Path, envoy_template: Path) -> int:
     ports = Ports.free() if os.environ.get("EXT_AUTHZ_DEMO_PORTS") == "free" else Ports()
     demo = SpireDemo(demo_dir, envoy_template, ports)
     try:
-        with demo:
+        with demo_session(demo_dir.resolve(), demo.run_dir), demo:
             print(
                 f"SPIRE issues the identities: spire-server for {DEMO_TD} and a spire-agent, Workload API and"
                 f" SDS at {demo.agent.socket}\n(SPIRE logs: {demo.spire_root}/*/*.log). SVIDs, bundle and"
                 f" JWT-SVID below are fetched from the agent and kept current.",
                 flush=True,
             )
-            print(_try_these(demo.out, demo.stack.ports), flush=True)
+            print(_try_these(demo.out, demo.stack.ports, demo.stack.config_path), flush=True)
             procs = {**demo.stack.procs, "spire-server": demo.server.proc, "spire-agent": demo.agent.proc}
             with contextlib.suppress(KeyboardInterrupt):
                 while all(p is not None and p.poll() is None for p in procs.values()):
@@ -401,6 +401,9 @@ def run_spire_demo(demo_dir: Path, envoy_template: Path) -> int:
             dead = [n for n, p in procs.items() if p is None or p.poll() is not None]
             if dead:
                 print(f"stopped because {', '.join(dead)} exited; see {demo.run_dir}", file=sys.stderr)
+    except DemoBusy as exc:
+        print(f"ext-authz: {exc}", file=sys.stderr)
+        return 3
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"demo failed to start: {exc}; logs in {demo.run_dir} and {demo.spire_root}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,8 @@ class Stack:
     )
     listener_ports: dict[str, int] = field(default_factory=dict)  # Envoy's, by listener name, once started
 
+    _as_is: bool = field(default=False, init=False, repr=False)  # serving the demo's config.yaml itself
+
     def __post_init__(self) -> None:
         self.asked = self.ports  # what ext-authz's config says (a 0 stays 0 there); self.ports: as bound
 
@@ -225,6 +227,10 @@ class Stack:
 
     @property
     def config_path(self) -> Path:
+        """The config ext-authz serves: the demo's own config.yaml when it already says what the stack
+        needs (`make run` on the default ports: editing it reloads), else a copy in the run dir."""
+        if self._as_is:
+            return self.demo_dir / "config.yaml"
         return self.run_dir / "ext-authz.yaml"
 
     def log_path(self, name: str) -> Path:
@@ -247,6 +253,10 @@ class Stack:
         cfg["http_listen"] = f"127.0.0.1:{self.asked.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
         cfg.update(self.overrides)
+        self._as_is = self.base_config is None and cfg == (yaml.safe_load(source.read_text()) or {})
+        if self._as_is:  # the demo's own file is the config in force: no copy
+            self._render_envoy()
+            return
         # Paths in the config are relative to its directory: make them absolute in the copy in force.
         for td in (cfg.get("trust_domains") or {}).values():
             for k in ("x509_bundle", "jwt_bundle"):
@@ -256,6 +266,9 @@ class Stack:
             if isinstance(iss.get("jwks"), str) and "://" not in iss["jwks"]:
                 iss["jwks"] = str((base / iss["jwks"]).resolve())
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self._render_envoy()
+
+    def _render_envoy(self) -> None:
         render_envoy_config(
             self.envoy_template,
             self.demo_dir.resolve(),
@@ -359,7 +372,7 @@ class Stack:
         self.stop()
 
 
-def _try_these(d: Path, p: Ports) -> str:
+def _try_these(d: Path, p: Ports, config: Path | None = None) -> str:
     """What `make run` prints: requests to try, then continuous trust, live. Every command works exactly
     as printed (tests/e2e/test_demo_walkthrough.py runs them), and each comment's "→" says what it does."""
     mesh = f"https://localhost:{p.mesh}"
@@ -374,6 +387,8 @@ def _try_these(d: Path, p: Ports) -> str:
     return f"""
 ext-authz demo is up: Envoy mesh listener {mesh} (mTLS), edge listener {edge} (bearer tokens).
 Decision log: {d}/.run/ext-authz.log   Envoy's access log: {d}/.run/envoy.log   Stop with Ctrl-C.
+Config in force: {config or f"{d}/config.yaml"} (edit it: ext-authz reloads it). State starts empty on
+every run: {d}/state.db is made anew (the last run's logs are kept as *.log.1).
 
 # 1. the frontend workload (X.509-SVID) reads the API; the upstream echoes x-spiffe-id → 200
 curl -si {ca} {fe} {mesh}/api/orders
@@ -494,6 +509,45 @@ curl -si {ca} -H "Authorization: Bearer $(cat {d}/tokens/alice.jwt)" https://loc
 """
 
 
+class DemoBusy(RuntimeError):
+    """Another demo runs from this directory."""
+
+
+@contextlib.contextmanager
+def demo_session(demo_dir: Path, *run_dirs: Path) -> Iterator[None]:
+    """One demo at a time per directory, each from empty state: a second `make run` while one is up
+    is refused at once (DemoBusy names the running one); otherwise the demo's state store is made anew
+    and the run logs (in ``demo_dir/.run`` and ``run_dirs``) start empty, the last run's kept as
+    ``NAME.log.1``: every printed command does what it says whatever an earlier run left."""
+    import fcntl
+
+    run = demo_dir / ".run"
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DemoBusy(
+            f"a demo is already running from {demo_dir} (pid {other}); stop it first (Ctrl-C in its"
+            f" terminal, or kill {other})"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (demo_dir / name).unlink(missing_ok=True)
+        for d in (run, *run_dirs):
+            for log in d.glob("*.log"):  # the last run's logs are kept once, as NAME.log.1
+                log.replace(log.with_name(log.name + ".1"))
+            for leftover in (d / "grant.id", d / "exception.id"):
+                leftover.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
 def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -> int:
     from datetime import UTC, datetime, timedelta
 
@@ -522,9 +576,9 @@ def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -
             print(f"ext-authz: {problem}", file=sys.stderr)
             return 3  # invalid input (the CLI's exit codes)
     try:
-        with stack:
+        with demo_session(demo_dir.resolve()), stack:
             if config is None:
-                print(_try_these(demo_dir.resolve(), stack.ports), flush=True)
+                print(_try_these(demo_dir.resolve(), stack.ports, stack.config_path), flush=True)
             else:
                 print(_yours(demo_dir.resolve(), stack.ports, stack.run_dir, config), flush=True)
             with contextlib.suppress(KeyboardInterrupt):
@@ -533,6 +587,9 @@ def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -
             dead = [n for n, p in stack.procs.items() if p.poll() is not None]
             if dead:
                 print(f"stopped because {', '.join(dead)} exited; see {stack.run_dir}/*.log", file=sys.stderr)
+    except DemoBusy as exc:
+        print(f"ext-authz: {exc}", file=sys.stderr)
+        return 3
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"demo failed to start: {exc}; logs in {stack.run_dir}", file=sys.stderr)
         return 1

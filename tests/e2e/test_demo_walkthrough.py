@@ -4,6 +4,7 @@ exception, `tail` in a second terminal, and `report` at the end."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,16 +69,65 @@ def test_the_printed_walkthrough_works_as_printed(tmp_path: Path) -> None:
         assert "made by local:oncall, approved by local:lead" in report, report
 
 
-def test_a_restarted_demo_keeps_its_logs(tmp_path: Path) -> None:
+def test_a_second_run_starts_clean_and_a_concurrent_one_is_refused(tmp_path: Path) -> None:
+    """make run twice: the second starts from empty state (a leftover exception would turn step 2's
+    403 into 200), keeps the first run's log as .1; while one runs, another is refused at once."""
     demo = tmp_path / "demo"
     with demo_up(demo) as printed:
         steps, _ = walkthrough.parse(printed)
+        assert "Config in force: " in printed and "State starts empty" in printed
         walkthrough.run(steps[0])
         log = demo / ".run/ext-authz.log"
         until_sync(lambda: '"decision_id"' in log.read_text(), "the first decision logged")
         first = log.read_text()
-    with demo_up(demo):
-        assert log.read_text().startswith(first)  # appended to, not truncated
+        # Leave state behind: an approved exception that would allow billing (step 2 says 403).
+        cli = [sys.executable, "-m", "ext_authz.cli"]
+        cfg = ["--config", f"{demo.resolve()}/config.yaml"]
+        billing = "spiffe://example.org/ns/billing/sa/worker"
+        opened = subprocess.run(
+            [
+                *cli,
+                "exception",
+                "open",
+                billing,
+                "--path",
+                "/api/*",
+                "--for",
+                "10m",
+                "--reason",
+                "x",
+                "-q",
+                *cfg,
+            ],
+            env={**os.environ, "EXT_AUTHZ_ACTOR": "oncall"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        subprocess.run(
+            [*cli, "exception", "approve", opened, "--reason", "ok", *cfg],
+            env={**os.environ, "EXT_AUTHZ_ACTOR": "lead"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        second = subprocess.run(
+            [sys.executable, "-m", "ext_authz.cli", "dev", "up", str(demo), "--envoy-config", "envoy.yaml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "EXT_AUTHZ_DEMO_PORTS": "free"},
+        )
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert f"a demo is already running from {demo.resolve()} (pid " in second.stderr
+        assert "demo is up" not in second.stdout
+    with demo_up(demo) as printed:
+        steps, _ = walkthrough.parse(printed)
+        outputs = [walkthrough.run(step) for step in steps[:2]]  # step 2: billing → 403 no_rule
+        assert "403" in outputs[1] and "no_rule" in outputs[1]
+        assert (demo / ".run/ext-authz.log.1").read_text().startswith(first)
+        assert first not in log.read_text()  # this run's log starts empty
 
 
 def test_dev_up_takes_your_config_and_its_printed_commands_run(tmp_path: Path) -> None:

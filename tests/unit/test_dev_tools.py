@@ -73,3 +73,21 @@ def test_without_go_the_failure_is_one_clear_line(
 def test_unknown_tool_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert tools.main(["kubectl"]) == 2
     assert "unknown tool 'kubectl'" in capsys.readouterr().err
+
+
+def test_make_run_serves_the_demos_own_config(tmp_path: Path) -> None:
+    """On the default ports the demo's config.yaml is the config in force (editing it reloads); only
+    where the stack must change it (free ports in tests, your --config) is a copy served."""
+    from ext_authz.dev.demo import init_demo
+    from ext_authz.dev.stack import Ports, Stack
+
+    demo = tmp_path / "demo"
+    init_demo(demo)
+    repo = Path(__file__).resolve().parents[2]
+    stack = Stack(demo.resolve(), repo / "envoy.yaml", demo.resolve() / ".run", Ports())
+    stack.write_configs()
+    assert stack.config_path == demo.resolve() / "config.yaml"
+    assert not (demo / ".run/ext-authz.yaml").exists()
+    free = Stack(demo.resolve(), repo / "envoy.yaml", demo.resolve() / ".run", Ports(ext_authz_http=0))
+    free.write_configs()
+    assert free.config_path == demo.resolve() / ".run/ext-authz.yaml" and free.config_path.exists()
