@@ -23,7 +23,7 @@ export UV_NO_PROGRESS := 1
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL = $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: run test test-unit test-e2e test-latest prepare lock lint typecheck venv protos envoy-protos clean \
+.PHONY: run test test-unit test-e2e test-latest prepare lock lint typecheck venv protos schema envoy-protos clean \
         system-deps bench bench-micro bench-hostile bench-envoy bench-propagation bench-receive-limit fuzz soak \
         bench-rss bench-scale tools spire helm istioctl dist docs docs-serve uv-pin
 
@@ -171,6 +171,11 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy
+
+# The config's JSON Schema, and the Helm chart's values.schema.json that embeds it (a test checks both).
+schema: venv
+	$(VENV)/bin/ext-authz config schema > deploy/ext-authz.schema.json
+	$(PY) scripts/embed_config_schema.py
 
 # Our admin API and the few Envoy protos Check needs → ext_authz/_proto/ (committed; a test regenerates).
 protos: venv

@@ -133,6 +133,14 @@ def pod() -> Iterator[Pod]:
             )
             ports["app"] = int(reported(app_ready, "app"))
             (root / "config.yaml").write_text(local(config_text))
+            # The pod's init container first, as the kubelet runs it: the rendered config validates.
+            (init,) = r.deployment()["spec"]["template"]["spec"]["initContainers"]
+            validate = [
+                a.replace("/etc/ext-authz/config/config.yaml", str(root / "config.yaml"))
+                for a in init["args"]
+            ]
+            checked = subprocess.run([py, "-m", "ext_authz.cli", *validate], capture_output=True, text=True)
+            assert checked.returncode == 0, checked.stderr
             argv = [py, "-m", "ext_authz.cli", "serve", "--config", str(root / "config.yaml")]
             spawn("ext-authz", [*argv, "--ready-file", str(root / "ext-authz.ready")])
             bound = json.loads(reported(root / "ext-authz.ready", "ext-authz"))

@@ -945,3 +945,47 @@ def test_the_readmes_envoy_cluster_for_shared_mode_validates(tmp_path: Path) -> 
         check=False,
     )
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_misspelled_config_key_fails_helm_install() -> None:
+    res = subprocess.run(
+        [str(helm()), "template", "t", str(CHART), "--kube-version", K8S_VERSION, "--set", "config.rulez=1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode != 0 and "rulez" in res.stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_config_change_rolls_the_pods_and_is_validated_first(case: Case) -> None:
+    pod = render(case).deployment()["spec"]["template"]
+    assert pod["metadata"]["annotations"]["checksum/config"]
+    (init,) = pod["spec"]["initContainers"]
+    main = next(c for c in pod["spec"]["containers"] if c["name"] == "ext-authz")
+    assert init["args"][0] == "validate" and init["args"][1] == main["args"][2]
+    assert init["image"] == main["image"] and init["volumeMounts"] == main["volumeMounts"]
+
+
+def test_extra_env_args_volumes_and_mounts_are_rendered() -> None:
+    values = {
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "extraArgs": ["--log-format", "json"],
+        "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+    }
+    base = next(c for c in CASES if c.mode == "shared")
+    pod = render_values({**base.values, **values}).deployment()["spec"]["template"]["spec"]
+    main = next(c for c in pod["containers"] if c["name"] == "ext-authz")
+    assert main["env"] == [{"name": "TZ", "value": "UTC"}]
+    assert main["args"][-2:] == ["--log-format", "json"]
+    assert {"name": "extra", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "extra", "mountPath": "/extra"} in main["volumeMounts"]
+    assert {"name": "extra", "mountPath": "/extra"} in pod["initContainers"][0]["volumeMounts"]
+
+
+def test_istio_admits_ssf_pushes() -> None:
+    r = render(next(c for c in CASES if c.name == "shared-istio"))
+    (policy,) = [p for p in r.of("AuthorizationPolicy") if p["spec"]["action"] == "ALLOW"]
+    ssf = [r for r in policy["spec"]["rules"] if "/ssf/*" in r["to"][0]["operation"].get("paths", [])]
+    assert ssf and "POST" in ssf[0]["to"][0]["operation"]["methods"]

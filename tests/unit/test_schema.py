@@ -27,9 +27,7 @@ def test_the_committed_schema_is_the_generated_one() -> None:
         text=True,
         check=True,
     ).stdout
-    assert json.loads(out) == json.loads(COMMITTED.read_text()) == json_schema(), (
-        "regenerate: ext-authz config schema > deploy/ext-authz.schema.json"
-    )
+    assert json.loads(out) == json.loads(COMMITTED.read_text()) == json_schema(), "regenerate: make schema"
 
 
 def configs(demo_dir: Path) -> list[tuple[str, Any]]:
@@ -57,3 +55,17 @@ def test_every_shipped_config_validates_against_the_schema(demo_dir: Path) -> No
 def test_the_schema_refuses_what_the_loader_refuses(cfg: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(cfg, json.loads(COMMITTED.read_text()))
+
+
+def test_the_chart_embeds_the_config_schema() -> None:
+    """`helm install --set config.rulez=1` fails as `ext-authz validate` would (make schema writes it)."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("embed", repo / "scripts/embed_config_schema.py")
+    assert spec is not None and spec.loader is not None
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    values = json.loads(embed.VALUES.read_text())
+    assert values == embed.embedded(values, json.loads(embed.CONFIG.read_text())), "regenerate: make schema"
+    assert values["properties"]["config"]["additionalProperties"] is False

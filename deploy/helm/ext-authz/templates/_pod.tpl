@@ -30,6 +30,9 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
+    # ext-authz reloads config.yaml by itself, keeping the last good one; a changed config still rolls
+    # the pods, so a new policy is validated (the init container) before any pod serves it.
+    checksum/config: {{ include "ext-authz.config" . | sha256sum }}
     {{- if $sidecar }}
     # Envoy reads its bootstrap once: a new one needs new pods. ext-authz reloads config.yaml by itself.
     checksum/envoy: {{ include "ext-authz.envoyConfig" . | sha256sum }}
@@ -75,6 +78,21 @@ spec:
       labelSelector:
         matchLabels:
           {{- include "ext-authz.selectorLabels" . | nindent 10 }}
+  {{- end }}
+  {{- if $v.validateConfig }}
+  initContainers:
+    # `ext-authz validate` on the rendered config and the files it names: a pod whose config does not
+    # load never starts, so a bad policy rolled out by `helm upgrade` stops at the first new pod.
+    - name: validate-config
+      image: {{ include "ext-authz.image" (dict "image" $v.image "default" .Chart.AppVersion) }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args: [validate, {{ $p.config }}]
+      resources:
+        {{- toYaml $v.resources | nindent 8 }}
+      securityContext:
+        {{- include "ext-authz.containerSecurityContext" (dict "root" . "user" $v.runAsUser "group" $v.runAsGroup) | nindent 8 }}
+      volumeMounts:
+        {{- include "ext-authz.mounts" . | nindent 8 }}
   {{- end }}
   containers:
     {{- if $sidecar }}
@@ -131,7 +149,11 @@ spec:
     - name: ext-authz
       image: {{ include "ext-authz.image" (dict "image" $v.image "default" .Chart.AppVersion) }}
       imagePullPolicy: {{ $v.image.pullPolicy }}
-      args: [serve, --config, {{ $p.config }}]
+      args: [serve, --config, {{ $p.config }}{{ range $v.extraArgs }}, {{ . | quote }}{{ end }}]
+      {{- with $v.extraEnv }}
+      env:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       ports:
         {{- if not $sidecar }}
         - {name: check, containerPort: {{ $v.ports.check }}}
@@ -158,34 +180,7 @@ spec:
         periodSeconds: 10
         failureThreshold: 3
       volumeMounts:
-        - {name: config, mountPath: {{ dir $p.config }}, readOnly: true}
-        {{- if $sidecar }}
-        - {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
-        {{- end }}
-        - {name: admin-socket, mountPath: {{ dir $p.adminSocket }}}
-        - {name: tmp, mountPath: /tmp}
-        {{- if not $redis }}
-        - {name: state, mountPath: {{ dir $p.sqlite }}}
-        {{- end }}
-        {{- if include "ext-authz.workloadApi" . }}
-        - {name: spiffe-workload-api, mountPath: {{ include "ext-authz.socketDir" . }}, readOnly: true}
-        {{- end }}
-        {{- if include "ext-authz.bundleFiles" . }}
-        - {name: bundles, mountPath: {{ $p.bundles }}, readOnly: true}
-        {{- end }}
-        {{- if and (not $sidecar) (not $v.istio.enabled) (not (include "ext-authz.workloadApi" .)) }}
-        - {name: check-tls, mountPath: {{ $p.checkTls }}, readOnly: true}
-        {{- end }}
-        {{- if $v.istio.enabled }}
-        - {name: istio-ca, mountPath: {{ $p.istioCa }}, readOnly: true}
-        {{- end }}
-        {{- if $redis }}
-        - {name: state-hmac, mountPath: {{ $p.hmac }}, readOnly: true}
-        - {name: redis-auth, mountPath: {{ $p.redisAuth }}, readOnly: true}
-        {{- if $caSource }}
-        - {name: redis-ca, mountPath: {{ $p.redisCa }}, readOnly: true}
-        {{- end }}
-        {{- end }}
+        {{- include "ext-authz.mounts" . | nindent 8 }}
   volumes:
     - name: config
       configMap: {name: {{ include "ext-authz.fullname" . }}-config}
@@ -259,4 +254,47 @@ spec:
           - {key: {{ index $ca 2 }}, path: ca.crt}
     {{- end }}
     {{- end }}
+    {{- with $v.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
+
+{{/* What the ext-authz container mounts: the validating init container mounts the same. */}}
+{{- define "ext-authz.mounts" -}}
+{{- $v := .Values -}}
+{{- $p := include "ext-authz.paths" . | fromYaml -}}
+{{- $sidecar := eq $v.mode "sidecar" -}}
+{{- $redis := eq (include "ext-authz.stateBackend" .) "redis" -}}
+{{- $caSource := include "ext-authz.redisCaSource" . -}}
+- {name: config, mountPath: {{ dir $p.config }}, readOnly: true}
+{{- if $sidecar }}
+- {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
+{{- end }}
+- {name: admin-socket, mountPath: {{ dir $p.adminSocket }}}
+- {name: tmp, mountPath: /tmp}
+{{- if not $redis }}
+- {name: state, mountPath: {{ dir $p.sqlite }}}
+{{- end }}
+{{- if include "ext-authz.workloadApi" . }}
+- {name: spiffe-workload-api, mountPath: {{ include "ext-authz.socketDir" . }}, readOnly: true}
+{{- end }}
+{{- if include "ext-authz.bundleFiles" . }}
+- {name: bundles, mountPath: {{ $p.bundles }}, readOnly: true}
+{{- end }}
+{{- if and (not $sidecar) (not $v.istio.enabled) (not (include "ext-authz.workloadApi" .)) }}
+- {name: check-tls, mountPath: {{ $p.checkTls }}, readOnly: true}
+{{- end }}
+{{- if $v.istio.enabled }}
+- {name: istio-ca, mountPath: {{ $p.istioCa }}, readOnly: true}
+{{- end }}
+{{- if $redis }}
+- {name: state-hmac, mountPath: {{ $p.hmac }}, readOnly: true}
+- {name: redis-auth, mountPath: {{ $p.redisAuth }}, readOnly: true}
+{{- if $caSource }}
+- {name: redis-ca, mountPath: {{ $p.redisCa }}, readOnly: true}
+{{- end }}
+{{- end }}
+{{- with $v.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
