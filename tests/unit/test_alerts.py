@@ -68,3 +68,30 @@ def test_every_metric_the_alerts_read_is_exported() -> None:
         "ExtAuthzDenialSpike",
         "ExtAuthzDecisionLogDropping",
     }
+
+
+def test_every_alert_has_a_runbook_whose_anchor_exists() -> None:
+    doc = yaml.safe_load(RULES.read_text())
+    page = (REPO / "docs/runbooks.md").read_text()
+    anchors = {line[3:].strip().lower() for line in page.splitlines() if line.startswith("## ")}
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"]["runbook_url"]
+            path, _, anchor = url.partition("#")
+            assert path == "docs/runbooks.md" and anchor == rule["alert"].lower(), url
+            assert anchor in anchors, f"{rule['alert']}: no section in docs/runbooks.md"
+
+
+def test_the_chart_points_runbooks_at_your_docs() -> None:
+    from tests.helm import render_values
+
+    r = render_values(
+        {
+            "metrics": {
+                "prometheusRule": {"enabled": True, "runbookBaseURL": "https://docs.example.com/runbooks/"}
+            }
+        }
+    )
+    (rule,) = r.of("PrometheusRule")
+    urls = [x["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for x in g["rules"]]
+    assert urls and all(u.startswith("https://docs.example.com/runbooks/#extauthz") for u in urls)
