@@ -156,3 +156,15 @@ def test_the_grafana_dashboard_is_a_dashboard() -> None:
     dash = json.loads((DEPLOY / "grafana/ext-authz.json").read_text())
     queried = [json.dumps(p["targets"]) for p in dash["panels"] if p.get("targets")]
     assert queried and all("ext_authz_" in q or "process_" in q for q in queried)
+
+
+def test_the_dashboard_narrows_to_a_namespace_pod_and_rule() -> None:
+    dash = json.loads((DEPLOY / "grafana/ext-authz.json").read_text())
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert names == ["datasource", "job", "namespace", "pod", "rule"]
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            assert 'namespace=~"$namespace"' in expr and 'pod=~"$pod"' in expr, expr
+            if "rule" in expr.split("by (")[-1] or "shadow_decisions" in expr:
+                assert 'rule=~"$rule"' in expr, expr
