@@ -27,9 +27,10 @@ from .. import __version__
 from ..model import Decision
 from ..state.records import REVOCATION_KINDS
 
-__all__ = ["CONTENT_TYPE", "Metrics", "kind_label"]
+__all__ = ["CONTENT_TYPE", "OPENMETRICS", "Metrics", "kind_label"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -285,3 +286,9 @@ class Metrics:
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)
+
+    def scrape_openmetrics(self) -> bytes:
+        """The same, as OpenMetrics (what Prometheus asks for first): counters with their _created."""
+        from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+        return bytes(openmetrics(self.registry))  # type: ignore[no-untyped-call]

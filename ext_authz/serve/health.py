@@ -8,7 +8,7 @@ import asyncio
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from ..observe.metrics import CONTENT_TYPE
+from ..observe.metrics import CONTENT_TYPE, OPENMETRICS
 from .http import Request, Response, serve_http
 from .runtime import Runtime
 
@@ -20,9 +20,11 @@ STATE_SERVICE = "ext_authz.state"  # health of the shared state store (degraded 
 DEGRADED_STATUS = 503  # /readyz?strict: what a degraded replica answers
 
 
-async def health_page(runtime: Runtime, target: str) -> tuple[int, str, str]:
+async def health_page(runtime: Runtime, target: str, accept: str = "") -> tuple[int, str, str]:
     path, _, query = target.partition("?")
     if path == "/metrics":
+        if "application/openmetrics-text" in accept:  # Prometheus asks for it first
+            return 200, runtime.metrics.scrape_openmetrics().decode(), OPENMETRICS
         return 200, runtime.metrics.scrape().decode(), CONTENT_TYPE
     if path == "/healthz":
         return 200, "ok\n", "text/plain"
@@ -82,7 +84,7 @@ async def serve_health(runtime: Runtime, reader: asyncio.StreamReader, writer: a
                 return answer
         if request.method not in ("GET", "HEAD"):
             return Response(405, "method not allowed\n", headers={"Allow": "GET"})
-        code, body, ctype = await health_page(runtime, request.target)
+        code, body, ctype = await health_page(runtime, request.target, request.headers.get("accept", ""))
         return Response(code, body, ctype)
 
     await serve_http(handle, reader, writer)

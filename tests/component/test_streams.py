@@ -510,3 +510,14 @@ async def test_tokens_in_paths_reach_no_log_and_no_stream(demo_dir: Path, tmp_pa
         await ch.close()
         await r.channel.close()
         await r.server.stop(0)
+
+
+async def test_metrics_are_served_as_openmetrics_when_asked(running: Running) -> None:
+    """Prometheus asks for OpenMetrics first: it gets it (with # EOF), else the classic text format."""
+    http = running.http
+    assert http is not None
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    code, body = await _http_get(http, "/metrics", headers={"Accept": accept})
+    assert code == 200 and body.rstrip().endswith("# EOF") and "# TYPE ext_authz_decisions counter" in body
+    code, classic = await _http_get(http, "/metrics")
+    assert code == 200 and "# EOF" not in classic and "# TYPE ext_authz_decisions_total counter" in classic
