@@ -989,3 +989,13 @@ def test_istio_admits_ssf_pushes() -> None:
     (policy,) = [p for p in r.of("AuthorizationPolicy") if p["spec"]["action"] == "ALLOW"]
     ssf = [r for r in policy["spec"]["rules"] if "/ssf/*" in r["to"][0]["operation"].get("paths", [])]
     assert ssf and "POST" in ssf[0]["to"][0]["operation"]["methods"]
+
+
+def test_shared_mode_can_autoscale() -> None:
+    base = next(c for c in CASES if c.mode == "shared")
+    r = render_values({**base.values, "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9}})
+    (hpa,) = r.of("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == r.deployment()["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 9)
+    assert "replicas" not in r.deployment()["spec"]  # the HPA owns the count
+    assert render_values(base.values).of("HorizontalPodAutoscaler") == []
