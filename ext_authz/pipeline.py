@@ -17,7 +17,6 @@ from .envoy.xfcc import MultipleCertificates, XfccTooComplex, chain_from_xfcc, d
 from .errors import CredentialError, status_for
 from .identity.cache import LruCache
 from .identity.jwt import TokenSettings, verify_token
-from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .identity.x509_svid import verify_x509_svid
 from .match import Target, parse_host
 from .model import (
@@ -34,6 +33,7 @@ from .model import (
 from .policy import Policy
 from .policy.engine import StepUp
 from .settings import Limits, ResponseSettings, Settings
+from .spiffe_id import SpiffeId, SpiffeIdError
 from .state.records import Signal
 from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot

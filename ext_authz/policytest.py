@@ -43,10 +43,10 @@ from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from .envoy.normalize import normalize
 from .envoy.render import render
 from .errors import AuthzError
-from .identity.spiffe_id import SpiffeId, SpiffeIdError
 from .loader import load_engine
 from .model import Decision, Identity, Principal
 from .pipeline import Caches, Engine, decide
+from .spiffe_id import SpiffeId, SpiffeIdError
 from .state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from .state.snapshot import StateSnapshot
 

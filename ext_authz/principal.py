@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .identity.spiffe_id import SpiffeId, SpiffeIdError
+from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["PrincipalError", "parse_principal", "parse_scoped", "user_key", "workload_scope"]
 

@@ -36,8 +36,9 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .httpclient import is_loopback_url
-from .identity.spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
 from .match import PatternError, Selector
+from .spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
+from .stores import SCHEMES
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -919,12 +920,10 @@ class StateSettings(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> StateSettings:
-        from .state.backends import BACKENDS  # the registry of backends, read lazily (it imports us)
-
         scheme = self.scheme
-        backend = BACKENDS.get(scheme)
+        backend = SCHEMES.get(scheme)
         if backend is None:
-            known = ", ".join(f"{name}://" for name in BACKENDS)
+            known = ", ".join(f"{name}://" for name in SCHEMES)
             raise _SubKeyError("url", f"expected the URL of a state backend ({known}), e.g. sqlite:///PATH")
         if backend.url_form and not self.url.startswith(backend.url_form):
             raise _SubKeyError("url", f"expected {backend.url_form}…")
@@ -954,7 +953,7 @@ class StateSettings(Section):
         if self.password_file and self.password_env:
             raise ValueError("either password_file or password_env, not both")
         if self.tls is not None and not backend.tls:
-            tls_schemes = ", ".join(f"{n}://" for n, b in BACKENDS.items() if b.tls)
+            tls_schemes = ", ".join(f"{n}://" for n, b in SCHEMES.items() if b.tls)
             raise _SubKeyError("tls", f"TLS needs a TLS URL ({tls_schemes})")
         return self
 

@@ -24,8 +24,8 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from ..errors import CredentialError
 from ..model import Identity
 from ..settings import MAX_TOKEN_BYTES, IssuerSettings, JwtSvidSettings
+from ..spiffe_id import SpiffeId, SpiffeIdError
 from ..trust.bundles import JwtKeys, TrustSnapshot
-from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = [
     "MAX_TOKEN_BYTES",

@@ -44,9 +44,9 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Verif
 from ..errors import CredentialError
 from ..model import Identity
 from ..settings import MAX_CHAIN
+from ..spiffe_id import SpiffeId, SpiffeIdError
 from ..trust.bundles import TrustDomainTrust, TrustSnapshot
 from .names import canonical_name
-from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = [
     "MAX_CERT_BYTES",

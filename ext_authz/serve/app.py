@@ -40,7 +40,7 @@ from .health import serve_health, watch_state_health
 from .http import HTTP_BACKLOG, bound_address, with_port
 from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeView
 
 __all__ = ["WORKER_ENV", "WORKER_HTTP_ENV", "Server", "StopSignals", "serve", "worker_index"]
 
@@ -208,7 +208,7 @@ class Server:
             )
             ss = cfg.shared_signals
             if ss.receivers or ss.transmitter is not None:  # one per host too: the store shares what it does
-                rt.ssf = SharedSignals(rt)
+                rt.ssf = SharedSignals(RuntimeView(rt))
                 await rt.ssf.start()
         if cfg.tracing is not None:
             from ..observe.tracing import Tracing

@@ -11,7 +11,7 @@ from ..collect import paused_collection
 from ..errors import AuthzError
 from ..loader import load_engine
 from ..settings import Settings
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeView
 
 __all__ = ["Reloader", "changes"]
 
@@ -109,7 +109,7 @@ class Reloader:
             elif (ss.receivers or ss.transmitter is not None) and rt.worker in (None, 0):
                 from ..ssf.service import SharedSignals
 
-                rt.ssf = SharedSignals(rt)
+                rt.ssf = SharedSignals(RuntimeView(rt))
                 await rt.ssf.start()
         except AuthzError as exc:  # a secret changed under us between load and use: say so, keep serving
             rt.metrics.reload_failed.set(1)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..errors import StateError
@@ -21,12 +21,12 @@ from ..observe.metrics import Metrics
 from ..observe.stream import DecisionHub
 from ..observe.tracing import Tracing
 from ..pipeline import Caches, Engine
+from ..settings import Settings
+from ..ssf.service import SharedSignals
 from ..state import commands
 from ..state.quarantine import DenialCounter
-
-if TYPE_CHECKING:
-    from ..ssf.service import SharedSignals
 from ..state.replica import Replica, RevocationEvent
+from ..trust.bundles import IssuerTrust
 from ..trust.sources import TrustSources
 
 __all__ = ["Runtime"]
@@ -197,3 +197,30 @@ class Runtime:
             "state_connected": 1 if self.replica.healthy else 0,
             "state_rejected": dict(self.replica.rejected),
         }
+
+
+class RuntimeView:
+    """The runtime as the shared-signals edge sees it (ssf.service.SignalsHost): what is in force now."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def settings(self) -> Settings:
+        return self._runtime.engine.config
+
+    @property
+    def transmitters(self) -> Mapping[str, IssuerTrust]:
+        return self._runtime.engine.trust.transmitters
+
+    @property
+    def clock(self) -> Clock:
+        return self._runtime.clock
+
+    @property
+    def replica(self) -> Replica:
+        return self._runtime.replica
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._runtime.metrics

@@ -26,8 +26,9 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..clock import Clock
 from ..errors import StateError, TrustError
 from ..httpclient import HttpError, fetch, is_loopback_url
 from ..secrets import read_secret
@@ -48,10 +49,29 @@ from .sets import SecurityEvent, SetError, peek, verify_set
 from .subjects import SubjectError, resolve
 
 if TYPE_CHECKING:
-    from ..serve.runtime import Runtime
     from ..state.replica import Replica
+    from ..trust.bundles import IssuerTrust
 
-__all__ = ["Receivers", "push_response"]
+__all__ = ["ReceiverHost", "Receivers", "push_response"]
+
+
+class ReceiverHost(Protocol):
+    """What receiving needs of the server, and nothing more: the settings in force, the transmitters'
+    keys in the current trust snapshot, the clock, and the replica it reads and writes state through.
+    The server hands an adapter over its runtime (ssf/service.py); a test can hand anything like it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def transmitters(self) -> Mapping[str, IssuerTrust]: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def replica(self) -> Replica: ...
+
 
 log = logging.getLogger("ext_authz.ssf")
 SET_MEDIA_TYPE = "application/secevent+jwt"
@@ -179,8 +199,8 @@ class _Outcome:
 
 
 class Receivers:
-    def __init__(self, runtime: Runtime, on_event: Callable[[str, str], None] | None = None) -> None:
-        self.runtime = runtime
+    def __init__(self, host: ReceiverHost, on_event: Callable[[str, str], None] | None = None) -> None:
+        self.host = host
         self.on_event = on_event or (lambda event, result: None)
         self.receivers: dict[str, ReceiverState] = {}
         self.errors = 0  # unexpected faults (each logged), for /readyz and tests
@@ -229,7 +249,7 @@ class Receivers:
     def _keys(self, state: ReceiverState) -> JwtKeys:
         """The transmitter's keys in the current trust snapshot: from its JWKS file, or fetched from its
         URL by the trust source (trust/remote.TransmitterKeys) and fresh."""
-        trust = self.runtime.engine.trust.transmitters.get(state.cfg.issuer)
+        trust = self.host.transmitters.get(state.cfg.issuer)
         if trust is None:
             raise SetError("invalid_key", "no keys for this transmitter")
         if trust.remote and trust.fetched_at is None:
@@ -239,7 +259,7 @@ class Receivers:
         return trust.keys
 
     def _now(self) -> float:
-        return self.runtime.clock.now().timestamp()
+        return self.host.clock.now().timestamp()
 
     # -- push ----------------------------------------------------------------------------------------
     async def push(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, str, dict[str, str]]:
@@ -277,7 +297,6 @@ class Receivers:
         """Verify and apply one SET: the result (``applied``, ``ignored``, ``duplicate``, ``verified``).
         Raises SetError for one to refuse, StateError when the store could not take it."""
         rc = state.cfg
-        engine = self.runtime.engine
         event = verify_set(
             token,
             issuer=rc.issuer,
@@ -291,14 +310,14 @@ class Receivers:
         label = metric_event(event.event_type)
         async with state.lock:
             seen_id = SeenEvent.id_for(rc.issuer, event.jti)
-            if self.runtime.replica.get(SeenEvent, seen_id) is not None:
+            if self.host.replica.get(SeenEvent, seen_id) is not None:
                 self.on_event(label, "duplicate")
                 log.info(
                     "SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
                 )
                 return "duplicate"
             try:
-                outcome = self._apply(state, event, engine.config)
+                outcome = self._apply(state, event, self.host.settings)
                 now = self._now()
                 seen = SeenEvent(
                     id=seen_id,
@@ -311,7 +330,7 @@ class Receivers:
                     expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
                 )
                 # What the SET changes, and that it was seen: one transaction, all of it or none.
-                await self.runtime.replica.put_all([*outcome.writes, (seen, "", "", "")])
+                await self.host.replica.put_all([*outcome.writes, (seen, "", "", "")])
             except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
                 self.on_event(label, "invalid_request")
                 raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
@@ -398,7 +417,7 @@ class Receivers:
             )
             return _Outcome("ignored")
         actor = f"ssf:{rc.issuer}"
-        replica = self.runtime.replica
+        replica = self.host.replica
         writes: list[tuple[Record, str, str, str]] = []
         notes: list[str] = []
         for rev in changes.revocations:
@@ -601,7 +620,7 @@ class Receivers:
         """What keeps a receiver from taking SETs in, for /readyz (every SET would be refused)."""
         out = []
         now = self._now()
-        transmitters = self.runtime.engine.trust.transmitters
+        transmitters = self.host.transmitters
         for iss, st in sorted(self.receivers.items()):
             trust = transmitters.get(iss)
             if st.cfg.jwks_url and (trust is None or trust.stale(now)):

@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..serve.http import Request, Response
 from ..settings import Settings
-from .receiver import Receivers
+from .receiver import ReceiverHost, Receivers
 from .transmitter import Stream, Transmitter
 
 if TYPE_CHECKING:
-    from ..serve.runtime import Runtime
+    from ..observe.metrics import Metrics
 
 __all__ = ["SharedSignals"]
 
@@ -38,11 +38,18 @@ def _json(status: int, doc: Any) -> Response:
     return Response(status, json.dumps(doc), _JSON, dict(_NO_STORE))
 
 
+class SignalsHost(ReceiverHost, Protocol):
+    """What the shared-signals edge needs of the server: the receiver's needs, and the metrics."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
 class SharedSignals:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        metrics = runtime.metrics
-        self.receivers = Receivers(runtime, lambda event, result: metrics.ssf_events.get(event, result).inc())
+    def __init__(self, host: SignalsHost) -> None:
+        self.host = host
+        metrics = host.metrics
+        self.receivers = Receivers(host, lambda event, result: metrics.ssf_events.get(event, result).inc())
         self.transmitter: Transmitter | None = None
         self._transmitter_cfg: Any = None
         self._unwatch: Any = None
@@ -58,18 +65,18 @@ class SharedSignals:
             if old is not None and self._unwatch is not None:
                 self._unwatch()
             if cfg is not None:
-                metrics = self.runtime.metrics
+                metrics = self.host.metrics
                 self.transmitter = Transmitter(
                     cfg,
                     lambda: cfg.issuer.rstrip("/"),
                     lambda result: metrics.ssf_sent.get(result).inc(),
-                    clock=self.runtime.clock,
+                    clock=self.host.clock,
                     on_refused=lambda stream, error: metrics.ssf_refused.get(stream, error).inc(),
                 )
-                self._unwatch = self.runtime.replica.watch(self.transmitter.on_revocation)
+                self._unwatch = self.host.replica.watch(self.transmitter.on_revocation)
 
     async def start(self) -> None:
-        self.configure(self.runtime.engine.config)
+        self.configure(self.host.settings)
         await self.receivers.start()
         if self.transmitter is not None:
             await self.transmitter.start()
@@ -77,7 +84,7 @@ class SharedSignals:
     async def reconfigure(self) -> None:
         """After a reload: receivers and the transmitter follow the settings now in force."""
         before = self.transmitter
-        self.configure(self.runtime.engine.config)
+        self.configure(self.host.settings)
         await self.receivers.start()
         if self.transmitter is not before:
             if before is not None:
@@ -168,7 +175,7 @@ class SharedSignals:
         if path == "/ssf/verify" and method == "POST":
             # The runtime's clock, so a test can move it. A wall clock set back must not silence
             # verification until it catches up: a last verification "in the future" does not count.
-            now = self.runtime.clock.now().timestamp()
+            now = self.host.clock.now().timestamp()
             last = stream.last_verification
             if last is not None and 0 <= now - last < 10:
                 return Response(429, "at most one verification every 10s\n", headers={"Retry-After": "10"})

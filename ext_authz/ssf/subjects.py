@@ -36,7 +36,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..identity.spiffe_id import SpiffeId, SpiffeIdError
+from ..spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["Reading", "Subject", "SubjectError", "resolve"]
 

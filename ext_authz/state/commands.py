@@ -14,10 +14,10 @@ import secrets
 from collections.abc import Iterable
 
 from ..identity.names import NameError_, parse_name, parse_serial
-from ..identity.spiffe_id import SpiffeId, SpiffeIdError
 from ..match import HostPattern, PatternError, parse_host, path_pattern
 from ..principal import PrincipalError, parse_principal, parse_scoped
 from ..settings import GrantsSettings, QuarantineSettings, Settings, SignalsSettings
+from ..spiffe_id import SpiffeId, SpiffeIdError
 from .records import (
     NARROWING_KINDS,
     REVOCATION_KINDS,

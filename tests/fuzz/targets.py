@@ -34,10 +34,10 @@ from ext_authz.envoy.xfcc import (
 )
 from ext_authz.errors import REASON_STATUS, ConfigError, CredentialError
 from ext_authz.identity.jwt import verify_token
-from ext_authz.identity.spiffe_id import SpiffeId, SpiffeIdError
 from ext_authz.identity.x509_svid import verify_x509_svid
 from ext_authz.loader import load_engine
 from ext_authz.pipeline import Caches, Engine, decide
+from ext_authz.spiffe_id import SpiffeId, SpiffeIdError
 
 NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)  # the demo PKI below is issued at this time
 

@@ -16,14 +16,10 @@ __all__ = ["BACKENDS", "Backend", "Batch", "Change", "ChangeLog", "open_log"]
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One store: how to open it, and what the settings must require of it."""
+    """One store: how to open it. What its scheme means (shared, TLS, URL form) is in
+    ``ext_authz.stores``, where the settings read it."""
 
     open: Callable[[StateSettings], ChangeLog]
-    # Shared over a network by replicas that trust each other's records only when authenticated: the
-    # settings require hmac_key_file, and accept username, password_file/password_env and tls.
-    shared: bool = False
-    tls: bool = False  # the scheme is the TLS one (tls: is accepted only here)
-    url_form: str = ""  # a required prefix of the URL, e.g. sqlite:/// (an absolute path)
 
 
 def _memory(s: StateSettings) -> ChangeLog:
@@ -46,9 +42,9 @@ def _redis(s: StateSettings) -> ChangeLog:
 
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(_memory),
-    "sqlite": Backend(_sqlite, url_form="sqlite:///"),
-    "redis": Backend(_redis, shared=True),
-    "rediss": Backend(_redis, shared=True, tls=True),
+    "sqlite": Backend(_sqlite),
+    "redis": Backend(_redis),
+    "rediss": Backend(_redis),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ext_authz.identity.spiffe_id import (
+from ext_authz.spiffe_id import (
     MAX_TRUST_DOMAIN_BYTES,
     Matcher,
     SpiffeId,

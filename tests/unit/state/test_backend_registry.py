@@ -1,5 +1,6 @@
-"""A store backend is one file plus one registry line: the settings read the registry, so a new scheme
-is accepted, and a shared one must be protected, without touching settings.py."""
+"""A store backend is one file plus a line in each registry: what its scheme means (ext_authz.stores,
+which the settings read without loading a backend) and how to open it (state/backends). A new scheme is
+accepted, and a shared one must be protected, without touching settings.py."""
 
 from __future__ import annotations
 
@@ -14,14 +15,20 @@ from ext_authz.errors import ConfigError
 from ext_authz.settings import Settings
 from ext_authz.state.backends import BACKENDS, Backend, open_log
 from ext_authz.state.backends.memory import MemoryLog
+from ext_authz.stores import SCHEMES, StoreScheme
 
 
 @pytest.fixture
 def etcd() -> Iterator[None]:
-    BACKENDS["etcd"] = Backend(MemoryLog.from_settings, shared=True)
-    BACKENDS["etcds"] = Backend(MemoryLog.from_settings, shared=True, tls=True)
+    SCHEMES["etcd"] = StoreScheme(shared=True)
+    SCHEMES["etcds"] = StoreScheme(shared=True, tls=True)
+    BACKENDS["etcd"] = BACKENDS["etcds"] = Backend(MemoryLog.from_settings)
     yield
-    del BACKENDS["etcd"], BACKENDS["etcds"]
+    del BACKENDS["etcd"], BACKENDS["etcds"], SCHEMES["etcd"], SCHEMES["etcds"]
+
+
+def test_every_scheme_has_a_backend_and_every_backend_a_scheme() -> None:
+    assert set(SCHEMES) == set(BACKENDS)
 
 
 def parse(tmp_path: Path, state: object) -> Settings:
