@@ -1,4 +1,4 @@
-"""What deploy/ ships besides the Helm chart (tests/unit/test_helm.py): the Docker image's recipe and its
+"""What deploy/ ships besides the Helm chart (tests/tools/test_helm.py): the Docker image's recipe and its
 build context, the licence, and no raw Kubernetes manifests that could drift from the chart again.
 
 No Docker daemon runs here, so the image is not built: the recipe is checked to install only what
@@ -136,7 +136,7 @@ def test_license_is_the_apache_license_verbatim() -> None:
 
 def test_no_raw_manifests_beside_the_chart() -> None:
     """Kubernetes objects come from the chart (tested); the only other YAML is istiod's values and the
-    Prometheus rule file with its promtool tests (the chart renders the same rules; test_alerts.py)."""
+    Prometheus rule file with its promtool tests (the chart renders the same rules; tests/tools/test_alerts.py)."""
     outside = sorted(
         str(p.relative_to(DEPLOY))
         for p in DEPLOY.rglob("*.y*ml")
