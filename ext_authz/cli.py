@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -149,11 +148,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 
-    from .envoy.normalize import normalize
-    from .envoy.render import render
     from .errors import AuthzError
     from .loader import load_engine
-    from .pipeline import Caches, decide
+    from .offline import decide_offline
 
     try:
         engine = load_engine(args.config)
@@ -180,12 +177,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         except AuthzError as exc:
             print(f"ext-authz: --state: {exc.detail}", file=sys.stderr)
             return EXIT_INVALID
-    ctx = normalize(request, engine.config.limits)
-    if state is None:
-        decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex)
-    else:
-        decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex, state)
-    response = render(decision, ctx.http.headers if ctx.http else None)
+    decision, response = decide_offline(request, engine, now, state)
     out = _decision_json(decision, response)
     if state is not None:
         out["state"] = {

@@ -27,7 +27,6 @@ named is compared. An unknown key anywhere in a case is an error, never ignored.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,14 +37,13 @@ from xml.sax.saxutils import escape
 import yaml
 from google.protobuf import json_format
 
-from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest, CheckResponse
 
-from .envoy.normalize import normalize
-from .envoy.render import render
 from .errors import AuthzError
 from .loader import load_engine
 from .model import Decision, Identity, Principal
-from .pipeline import Caches, Engine, decide
+from .offline import decide_offline
+from .pipeline import Engine
 from .spiffe_id import SpiffeId, SpiffeIdError
 from .state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from .state.snapshot import StateSnapshot
@@ -236,9 +234,8 @@ def _state(spec: dict[str, Any], now: float) -> StateSnapshot:
     return StateSnapshot.build(1, revocations=revs, grants=grants, exceptions=excs, signals=sigs)
 
 
-def _got(d: Decision) -> dict[str, Any]:
+def _got(d: Decision, resp: CheckResponse) -> dict[str, Any]:
     """What Envoy is told: the decision, and the response rendered as Envoy gets it."""
-    resp = render(d)
     md = json_format.MessageToDict(resp.dynamic_metadata)
     got: dict[str, Any] = {
         "decision": "allow" if d.allowed else "deny",
@@ -294,13 +291,13 @@ def run_case(
     if "identity" in case and "credentials" in case:
         raise TestFileError("a case gives identity (taken as verified) or credentials (verified), not both")
     try:
-        ctx = normalize(_request(case, base), engine.config.limits)
+        request = _request(case, base)
         state = _state(_only(_map(case.get("state"), "state"), _STATE_KEYS, "state"), now.timestamp())
     except (KeyError, TypeError, OSError) as exc:
         raise TestFileError(f"{type(exc).__name__}: {exc}") from exc
     principal = _identities(_map(case["identity"], "identity")) if "identity" in case else None
-    decision = decide(ctx, engine, Caches.sized(0), now, uuid.uuid4().hex, state, principal=principal)
-    got = _got(decision)
+    decision, response = decide_offline(request, engine, now, state, principal=principal)
+    got = _got(decision, response)
     passed = _matches(expected, got)
     shown = {k: v for k, v in got.items() if k in _BASICS or k in expected}
     return CaseResult(file, name, passed, dict(expected), shown)

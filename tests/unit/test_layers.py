@@ -43,7 +43,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ext_authz.ssf",  # SETs, subjects, events (pure) and the receiver/transmitter edges
         ),
     ),
-    (4, ("ext_authz.pipeline", "ext_authz.config", "ext_authz.loader")),
+    (4, ("ext_authz.pipeline", "ext_authz.config", "ext_authz.loader", "ext_authz.offline")),
     (5, ("ext_authz.observe",)),
     (6, ("ext_authz.serve", "ext_authz.admin", "ext_authz.ssf.service")),
     (7, ("ext_authz.cli", "ext_authz.dev", "ext_authz.policytest")),
