@@ -11,6 +11,7 @@ __all__ = [
     "AuthzError",
     "ConfigError",
     "CredentialError",
+    "Error",
     "StateError",
     "TrustError",
     "status_for",
@@ -60,8 +61,13 @@ def status_for(reason: str) -> int:
     return REASON_STATUS.get(reason, 403)
 
 
-class AuthzError(Exception):
-    """Root of every ext-authz error. ``reason`` is a stable code, ``detail`` a log message."""
+class Error(Exception):
+    """The root of every exception ext-authz defines (a test checks). Each keeps the builtin it is a
+    kind of (ValueError, RuntimeError) as a second base, so code catching that still catches it."""
+
+
+class AuthzError(Error):
+    """An error with a stable ``reason`` code (a denial's, a fault's) and a ``detail`` for the log."""
 
     reason: str = "internal"
 

@@ -35,12 +35,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import Error
+
 __all__ = ["BodyTooLarge", "DeadlineExceeded", "HttpError", "HttpResponse", "fetch", "is_loopback_url"]
 
 CHUNK = 64 * 1024
 
 
-class HttpError(Exception):
+class HttpError(Error):
     """No answer: unreachable, refused, a TLS failure, a malformed response, too slow, too large. The
     message names the URL."""
 

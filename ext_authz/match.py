@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .errors import Error
+
 __all__ = [
     "METHODS",
     "Glob",
@@ -45,7 +47,7 @@ _MAX_NAME = 253
 _MAX_LABEL = 63
 
 
-class PatternError(ValueError):
+class PatternError(Error, ValueError):
     """A pattern that is not in the matcher's syntax (the message says what is wrong)."""
 
 

@@ -39,7 +39,7 @@ from google.protobuf import json_format
 
 from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest, CheckResponse
 
-from .errors import AuthzError
+from .errors import AuthzError, Error
 from .loader import load_engine
 from .model import Decision, Identity, Principal
 from .offline import decide_offline
@@ -66,7 +66,7 @@ _CREDENTIAL_KEYS = {"certificate", "token"}
 _STATE_KEYS = {"revocations", "signals", "grants", "exceptions"}
 
 
-class TestFileError(ValueError):
+class TestFileError(Error, ValueError):
     """A test file that cannot be run: one line naming the file and the case."""
 
     __test__ = False  # not a pytest class

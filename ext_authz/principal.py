@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from .errors import Error
 from .spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["PrincipalError", "parse_principal", "parse_scoped", "user_key", "workload_scope"]
@@ -26,7 +27,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXAMPLE = "https://idp.example.com#alice"
 
 
-class PrincipalError(ValueError):
+class PrincipalError(Error, ValueError):
     """Text that does not name a principal; the message says how to write one."""
 
 

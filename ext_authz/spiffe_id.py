@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .errors import Error
+
 __all__ = [
     "MAX_TRUST_DOMAIN_BYTES",
     "Matcher",
@@ -53,7 +55,7 @@ _TRUST_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 _SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
 
 
-class SpiffeIdError(ValueError):
+class SpiffeIdError(Error, ValueError):
     """A SPIFFE ID, trust domain name, path or path segment breaks the SPIFFE-ID standard.
 
     The message says which rule was broken and, for a bad character, which character and where.

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from .._proto import admin_pb2 as pb
 from .._proto import admin_pb2_grpc
+from ..errors import Error
 from ..settings import DEFAULT_ADMIN_LISTEN, parse_duration
 from ..state.commands import InvalidArgument, revocation_value
 from . import ACTOR_METADATA
@@ -27,7 +28,7 @@ from . import ACTOR_METADATA
 __all__ = ["add_admin_commands"]
 
 
-class CliError(Exception):
+class CliError(Error):
     """One line for the person at the terminal; ``code``: 3 invalid input, 4 unreachable."""
 
     def __init__(self, message: str, code: int = 3) -> None:

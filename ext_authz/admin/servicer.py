@@ -320,12 +320,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return g
 
     def _may_approve(self, actor: str) -> None:
-        if actor.startswith("local:") and not self.runtime.engine.config.admin.local_approvals:
-            raise InvalidArgument(
-                "approvals over the unix socket are refused: every local caller names itself, so one"
-                " person could be two; approve over the TCP admin API with your own SVID (or set"
-                " admin.local_approvals: true for one operator or a demo)"
-            )
+        commands.may_approve(actor, self.runtime.engine.config.admin.local_approvals)
 
     async def ApproveGrant(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from spiffe import WorkloadApiClient, X509Svid
 
+from ..errors import Error
 from . import tools
 
 __all__ = [
@@ -49,7 +50,7 @@ MAX_SOCKET_PATH = 107
 _T = TypeVar("_T")
 
 
-class SpireError(RuntimeError):
+class SpireError(Error, RuntimeError):
     """SPIRE did not start, or a command failed: the message names the command and its output."""
 
 

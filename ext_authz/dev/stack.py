@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import Error
 from .demo import BACKEND_ID, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
 
 __all__ = [
@@ -509,7 +510,7 @@ curl -si {ca} -H "Authorization: Bearer $(cat {d}/tokens/alice.jwt)" https://loc
 """
 
 
-class DemoBusy(RuntimeError):
+class DemoBusy(Error, RuntimeError):
     """Another demo runs from this directory."""
 
 

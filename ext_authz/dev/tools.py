@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import Error
+
 __all__ = [
     "TOOLS",
     "Binary",
@@ -43,7 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 TOOLS_SRC = REPO / "tools"
 
 
-class ToolError(Exception):
+class ToolError(Error):
     """A tool cannot be had: the message is one line saying why."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import Error
 from ..settings import MAX_XFCC_BYTES
 
 __all__ = [
@@ -30,11 +31,11 @@ MAX_XFCC_STRUCTURE = 512  # Envoy writes a handful per element; a Subject DN add
 _BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n")
 
 
-class MultipleCertificates(ValueError):
+class MultipleCertificates(Error, ValueError):
     """``source.certificate`` must hold exactly one certificate, the peer's leaf."""
 
 
-class XfccTooComplex(ValueError):
+class XfccTooComplex(Error, ValueError):
     """An XFCC header with more structure than any Envoy writes (fields, quotes, escapes)."""
 
 

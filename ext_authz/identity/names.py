@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from cryptography import x509
 
+from ..errors import Error
+
 __all__ = ["NameError_", "canonical_name", "parse_name", "parse_serial"]
 
 _MAX_SERIAL_HEX = 40  # RFC 5280: at most 20 octets
@@ -68,7 +70,7 @@ _SHORT = {
 _HEX = frozenset("0123456789abcdef")
 
 
-class NameError_(ValueError):
+class NameError_(Error, ValueError):
     """A name or serial that does not parse; the message says what was expected."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from cel_expr_python import cel
 
+from ..errors import Error
 from .types import TYPED_ENV
 
 __all__ = ["EVAL_ENV", "CompileError", "compile_many"]
@@ -50,7 +51,7 @@ _RETURNS: dict[str, tuple[tuple[str, ...] | None, str]] = {
 }
 
 
-class CompileError(ValueError):
+class CompileError(Error, ValueError):
     """Not a valid CEL condition: the message says why (cel-cpp's words, on one line)."""
 
 

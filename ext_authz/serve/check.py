@@ -20,6 +20,7 @@ from ext_authz._proto.envoy import external_auth_pb2, external_auth_pb2_grpc
 
 from ..envoy.normalize import normalize
 from ..envoy.render import render_wire
+from ..errors import Error
 from ..model import Decision, RequestContext
 from ..observe.decision_log import Pending, logged_request, pending_record
 from ..pipeline import Engine, decide
@@ -39,7 +40,7 @@ class AnswersCheck(Protocol):
     def answer_check_with(self, answer: Callable[[Any], bytes]) -> None: ...
 
 
-class CheckFailed(Exception):
+class CheckFailed(Error):
     """A Check that faulted. The message is what its caller is told: the decision id (the log has the
     rest)."""
 

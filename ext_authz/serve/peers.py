@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..clock import Clock
 from ..envoy.xfcc import split_pem_chain
-from ..errors import CredentialError
+from ..errors import CredentialError, Error
 from ..identity.cache import LruCache
 from ..identity.x509_svid import verify_x509_svid
 from ..settings import TlsFiles
@@ -29,7 +29,7 @@ __all__ = ["PeerRefused", "ServerIdentity", "SvidPeers", "files_identity", "tls_
 log = logging.getLogger("ext_authz")
 
 
-class PeerRefused(Exception):
+class PeerRefused(Error):
     """The caller is not a verified X.509-SVID on the allow-list; the message says why (for logs)."""
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CredentialError
+from ..errors import CredentialError, Error
 from ..identity.jwt import select_key, verify_signature
 from ..trust.bundles import JwtKeys
 
@@ -45,7 +45,7 @@ ERROR_CODES = (
 )
 
 
-class SetError(Exception):
+class SetError(Error):
     """A SET refused, with the RFC 8935 §2.4 error code and a description for the transmitter."""
 
     def __init__(self, err: str, description: str) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Error
 from ..spiffe_id import SpiffeId, SpiffeIdError
 
 __all__ = ["Reading", "Subject", "SubjectError", "resolve"]
@@ -57,7 +58,7 @@ Reading = tuple[tuple[str, str], ...]  # (kind, value) pairs, one per kind, in a
 _KIND_ORDER = {k: i for i, k in enumerate(("sid", "jti", "sub", "spiffe_id", "device", "tenant"))}
 
 
-class SubjectError(ValueError):
+class SubjectError(Error, ValueError):
     """A ``sub_id`` that is not a subject identifier (the SET is ``invalid_request``)."""
 
 

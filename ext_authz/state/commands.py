@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Iterable
 
+from ..errors import Error
 from ..identity.names import NameError_, parse_name, parse_serial
 from ..match import HostPattern, PatternError, parse_host, path_pattern
 from ..principal import PrincipalError, parse_principal, parse_scoped
@@ -42,6 +43,7 @@ __all__ = [
     "end_grant",
     "end_revocation",
     "known_issuer",
+    "may_approve",
     "new_id",
     "open_exception",
     "put_signal",
@@ -65,7 +67,7 @@ _MAX_LEAD = 7 * 86400.0  # a grant may be made for a window that starts at most 
 _TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{8,}")
 
 
-class InvalidArgument(ValueError):
+class InvalidArgument(Error, ValueError):
     """Input the state cannot take; the message is one line for the person who gave it."""
 
 
@@ -197,6 +199,17 @@ def _scoped(what: Scope, record: str) -> Scope:
             f" everything{every}"
         )
     return what
+
+
+def may_approve(actor: str, local_approvals: bool) -> None:
+    """Who may approve at all: a caller whose name is its own claim (``local:``, the unix socket) only
+    where ``admin.local_approvals`` says there is one operator; over TCP a verified SPIFFE ID."""
+    if actor.startswith("local:") and not local_approvals:
+        raise InvalidArgument(
+            "approvals over the unix socket are refused: every local caller names itself, so one"
+            " person could be two; approve over the TCP admin API with your own SVID (or set"
+            " admin.local_approvals: true for one operator or a demo)"
+        )
 
 
 def _second_person(actor: str, first: str, what: str) -> None:

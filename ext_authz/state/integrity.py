@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import StateError
+from ..errors import Error, StateError
 
 __all__ = ["MIN_KEY_BYTES", "IntegrityError", "Sealer", "load_key"]
 
@@ -30,7 +30,7 @@ MIN_KEY_BYTES = 32
 _VERSION = 2
 
 
-class IntegrityError(ValueError):
+class IntegrityError(Error, ValueError):
     """Stored text that is not a valid envelope, or whose MAC does not verify (``reason`` says which)."""
 
     def __init__(self, reason: str, detail: str) -> None:

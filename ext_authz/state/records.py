@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from ..errors import Error
 from ..match import Selector, Target
 
 __all__ = [
@@ -52,7 +53,7 @@ SIGNAL_SUBJECTS = ("device", "workload", "user", "token")
 APPROVAL_WAIT = 24 * 3600.0
 
 
-class RecordError(ValueError):
+class RecordError(Error, ValueError):
     """Stored text that is not a record of its kind."""
 
 

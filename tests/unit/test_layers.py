@@ -184,3 +184,20 @@ def test_the_admin_cli_does_not_load_the_servicer() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ext_authz.state.commands" in out
     assert "ext_authz.admin.servicer" not in out and "ext_authz.serve" not in out
+
+
+def test_every_exception_class_derives_from_the_one_root() -> None:
+    """errors.Error is the root of every exception ext_authz defines (a private one aside)."""
+    import importlib
+    import inspect
+
+    from ext_authz.errors import Error
+
+    strays = []
+    for name in sorted(graph()):
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name and issubclass(cls, BaseException) and not cls_name.startswith("_"):
+                if not issubclass(cls, Error):
+                    strays.append(f"{name}.{cls_name}")
+    assert strays == []
