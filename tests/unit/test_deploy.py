@@ -136,7 +136,8 @@ def test_license_is_the_apache_license_verbatim() -> None:
 
 def test_no_raw_manifests_beside_the_chart() -> None:
     """Kubernetes objects come from the chart (tested); the only other YAML is istiod's values and the
-    Prometheus rule file with its promtool tests (the chart renders the same rules; tests/tools/test_alerts.py)."""
+    Prometheus rule file with its promtool tests (the chart renders the same rules;
+    tests/tools/test_alerts.py)."""
     outside = sorted(
         str(p.relative_to(DEPLOY))
         for p in DEPLOY.rglob("*.y*ml")

@@ -197,7 +197,7 @@ def test_every_exception_class_derives_from_the_one_root() -> None:
     for name in sorted(graph()):
         module = importlib.import_module(name)
         for cls_name, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ == name and issubclass(cls, BaseException) and not cls_name.startswith("_"):
-                if not issubclass(cls, Error):
-                    strays.append(f"{name}.{cls_name}")
+            ours = cls.__module__ == name and not cls_name.startswith("_")
+            if ours and issubclass(cls, BaseException) and not issubclass(cls, Error):
+                strays.append(f"{name}.{cls_name}")
     assert strays == []
