@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from .principal import user_key, workload_scope
+from .spiffe_id import SpiffeId
 from .values import value
 
 __all__ = [
@@ -124,6 +125,20 @@ class Identity:
         object.__setattr__(self, "principal", principal)
         object.__setattr__(self, "scope", scope)
         object.__setattr__(self, "channel", "peer" if self.kind == "x509_svid" else "bearer")
+
+    @classmethod
+    def workload(cls, kind: IdentityKind, sid: SpiffeId, **proved: Any) -> Identity:
+        """A workload's identity from its verified SPIFFE ID (``kind`` x509_svid or jwt_svid), with
+        whatever else its verifier ``proved`` (times, audiences, certificate fields). The one place that
+        says which fields a SPIFFE ID fills."""
+        return cls(
+            kind=kind,
+            spiffe_id=str(sid),
+            trust_domain=sid.trust_domain.name,
+            path=sid.path,
+            subject=str(sid),
+            **proved,
+        )
 
     @property
     def is_user(self) -> bool:

@@ -117,13 +117,7 @@ def _workload(
                 f"trust domain {sid.trust_domain.name!r} is not configured",
                 credential="x509",
             )
-        return Identity(
-            kind="x509_svid",
-            spiffe_id=str(sid),
-            trust_domain=sid.trust_domain.name,
-            path=sid.path,
-            subject=str(sid),
-        )
+        return Identity.workload("x509_svid", sid)
     if creds.peer_certificate is None:
         return None
     limits = engine.config.limits

@@ -158,15 +158,7 @@ def _identities(spec: dict[str, Any]) -> Principal:
                 sid = SpiffeId.parse(str(spec[key]))
             except SpiffeIdError as exc:
                 raise TestFileError(f"identity.{key}: a SPIFFE ID, got {spec[key]!r} ({exc})") from exc
-            identities.append(
-                Identity(
-                    kind=kind,  # type: ignore[arg-type]
-                    spiffe_id=str(sid),
-                    trust_domain=sid.trust_domain.name,
-                    path=sid.path,
-                    subject=str(sid),
-                )
-            )
+            identities.append(Identity.workload(kind, sid))  # type: ignore[arg-type]
     if "user" in spec:
         user = _map(spec["user"], "identity.user")
         if "issuer" not in user or "subject" not in user:

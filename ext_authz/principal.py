@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from .errors import Error
-from .spiffe_id import SpiffeId, SpiffeIdError
+from .spiffe_id import SpiffeId, SpiffeIdError, workload_id
 
 __all__ = ["PrincipalError", "parse_principal", "parse_scoped", "user_key", "workload_scope"]
 
@@ -61,12 +61,9 @@ def parse_principal(text: str) -> str:
         raise PrincipalError(f"a principal is required: a SPIFFE ID, or ISSUER#SUBJECT such as {_EXAMPLE}")
     if text.startswith("spiffe://") and "#" not in text:
         try:
-            sid = SpiffeId.parse(text)
+            return str(workload_id(text))
         except SpiffeIdError as exc:
-            raise PrincipalError(f"not a valid SPIFFE ID: {exc}") from exc
-        if not sid.path:
-            raise PrincipalError(f"{text} names a trust domain, not a workload")
-        return str(sid)
+            raise PrincipalError(f"not a workload's SPIFFE ID: {exc}") from exc
     if "#" not in text:
         raise PrincipalError(
             f"{text!r} is ambiguous: name a user with its token issuer, ISSUER#SUBJECT (e.g. {_EXAMPLE}),"

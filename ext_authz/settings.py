@@ -37,7 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from .httpclient import is_loopback_url
 from .match import PatternError, Selector
-from .spiffe_id import SpiffeId, SpiffeIdError, TrustDomain
+from .spiffe_id import SpiffeId, SpiffeIdError, TrustDomain, workload_id
 from .stores import SCHEMES
 
 __all__ = [
@@ -192,12 +192,9 @@ ListenAddress = Annotated[StrictStr, AfterValidator(_listen_address)]
 
 def _spiffe_id(value: str) -> str:
     try:
-        sid = SpiffeId.parse(value)
+        return str(workload_id(value))
     except SpiffeIdError as exc:
-        raise ValueError(f"not a valid SPIFFE ID: {exc}") from exc
-    if not sid.path:
-        raise ValueError(f"{value!r} names a trust domain, not a workload")
-    return str(sid)
+        raise ValueError(f"{value!r} is not a workload's SPIFFE ID: {exc}") from exc
 
 
 SpiffeIdText = Annotated[StrictStr, AfterValidator(_spiffe_id)]

@@ -286,3 +286,12 @@ def match_member_of(td: TrustDomain | None) -> Matcher:
         return actual is not None and actual.trust_domain == td
 
     return matcher
+
+
+def workload_id(text: str) -> SpiffeId:
+    """A workload's SPIFFE ID: a valid one with a path (a trust domain alone names no workload).
+    SpiffeIdError otherwise. The one place that says so, for settings, state and verifiers."""
+    sid = SpiffeId.parse(text)
+    if not sid.path:
+        raise SpiffeIdError("it names a trust domain, not a workload (it has no path)")
+    return sid

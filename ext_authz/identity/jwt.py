@@ -199,12 +199,9 @@ def _verify_jwt_svid(
     auds = _audiences(claims)
     _check_audience(auds, cfg.audiences)
     iat, exp = _check_times(claims, now, cfg.leeway)
-    return Identity(
-        kind="jwt_svid",
-        spiffe_id=str(sid),
-        trust_domain=sid.trust_domain.name,
-        path=sid.path,
-        subject=str(sid),
+    return Identity.workload(
+        "jwt_svid",
+        sid,
         issuer=str(claims.get("iss", "")),
         audiences=auds,
         issued_at=iat,

@@ -352,12 +352,9 @@ def verify_x509_svid(
         raise _fail("cert_untrusted", f"no valid path to a root of {sid.trust_domain.name!r}: {exc}") from exc
     except ValueError as exc:  # a certificate that loads lazily may still fail to parse in full here
         raise _fail("cert_malformed", f"a certificate in the chain cannot be parsed ({exc})") from exc
-    return Identity(
-        kind="x509_svid",
-        spiffe_id=str(sid),
-        trust_domain=sid.trust_domain.name,
-        path=sid.path,
-        subject=str(sid),
+    return Identity.workload(
+        "x509_svid",
+        sid,
         issued_at=int(leaf.not_valid_before_utc.timestamp()),
         # Usable until the first certificate of the validated path expires.
         expires_at=int(min(c.not_valid_after_utc for c in verified.chain).timestamp()),

@@ -18,7 +18,7 @@ from ..identity.names import NameError_, parse_name, parse_serial
 from ..match import HostPattern, PatternError, parse_host, path_pattern
 from ..principal import PrincipalError, parse_principal, parse_scoped
 from ..settings import GrantsSettings, QuarantineSettings, Settings, SignalsSettings
-from ..spiffe_id import SpiffeId, SpiffeIdError
+from ..spiffe_id import SpiffeIdError, workload_id
 from .records import (
     NARROWING_KINDS,
     REVOCATION_KINDS,
@@ -95,12 +95,9 @@ def principal(value: str) -> str:
 
 def _spiffe_id(value: str) -> str:
     try:
-        sid = SpiffeId.parse(value)
+        return str(workload_id(value))
     except SpiffeIdError as exc:
-        raise InvalidArgument(f"not a valid SPIFFE ID: {exc}") from exc
-    if not sid.path:
-        raise InvalidArgument(f"{value} names a trust domain, not a workload")
-    return str(sid)
+        raise InvalidArgument(f"not a workload's SPIFFE ID: {exc}") from exc
 
 
 def _cert(value: str) -> str:
