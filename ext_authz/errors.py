@@ -39,6 +39,7 @@ REASON_STATUS: dict[str, int] = {
     "token_audience": 401,
     "token_issuer": 401,
     "token_claims": 401,
+    "token_binding": 401,  # RFC 8705: not presented with the certificate the token is bound to
     "token_too_old": 401,
     "trust_stale": 401,
     "session_too_old": 401,

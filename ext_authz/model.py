@@ -158,7 +158,15 @@ class Identity:
             "audiences": list(self.audiences),
             "issued_at": self.issued_at if self.issued_at is not None else 0,
             "expires_at": self.expires_at if self.expires_at is not None else 0,
+            "bound": self.bound,
         }
+
+    @property
+    def bound(self) -> str:
+        """How this token is bound to its holder: ``x5t#S256`` (RFC 8705, a certificate's thumbprint,
+        checked against the request's peer certificate before policy runs), else ''."""
+        cnf = self.claims.get("cnf") if self.channel == "bearer" else None
+        return "x5t#S256" if isinstance(cnf, dict) and "x5t#S256" in cnf else ""
 
 
 @value

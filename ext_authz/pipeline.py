@@ -6,7 +6,9 @@ mutable thing touched is the verified-credential cache, which never changes an o
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,7 +211,48 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
         raise CredentialError(
             "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
         ) from exc
+    if token is not None:
+        _check_binding(token, workload, engine)
     return caches.principal(workload, token)
+
+
+def _check_binding(token: Identity, peer: Identity | None, engine: Engine) -> None:
+    """RFC 8705: a token whose ``cnf`` names a certificate thumbprint (``x5t#S256``) is accepted only
+    on a request whose verified peer certificate has it. A token without ``cnf`` is accepted unless its
+    issuer says ``binding: required``. A ``cnf`` naming only a method not checked here (a DPoP ``jkt``)
+    is refused: used as a bare bearer token, the binding would mean nothing."""
+    cfg = engine.config
+    if token.kind == "jwt_svid":
+        required = cfg.jwt_svid.binding == "required"
+    else:
+        issuer = cfg.issuers.get(token.issuer)
+        required = issuer is not None and issuer.binding == "required"
+    cnf = token.claims.get("cnf")
+    if cnf is None:
+        if required:
+            raise CredentialError(
+                "token_binding", "the issuer requires a certificate-bound token (cnf)", credential="token"
+            )
+        return
+    thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    if not isinstance(thumbprint, str):
+        methods = sorted(str(k)[:32] for k in cnf)[:4] if isinstance(cnf, dict) else []
+        raise CredentialError(
+            "token_binding",
+            f"cnf binds the token by {methods or 'nothing usable'}; only x5t#S256 (RFC 8705) is checked here",
+            credential="token",
+        )
+    if peer is None or not peer.cert_sha256:
+        raise CredentialError(
+            "token_binding",
+            "the token is bound to a certificate, and the request presents none (verified)",
+            credential="token",
+        )
+    ours = base64.urlsafe_b64encode(bytes.fromhex(peer.cert_sha256)).rstrip(b"=").decode()
+    if not hmac.compare_digest(thumbprint.encode(), ours.encode()):
+        raise CredentialError(
+            "token_binding", "the token is bound to another certificate (cnf x5t#S256)", credential="token"
+        )
 
 
 # What CEL's `identity` holds for a caller without a credential; every key an identity can have.
@@ -228,6 +271,7 @@ ANONYMOUS_IDENTITY: Mapping[str, Any] = {
     "expires_at": 0,
     "x509": {},
     "token": {},
+    "bound": "",
 }
 
 
@@ -247,6 +291,7 @@ def identity_for_cel(principal: Principal, claims: Mapping[str, Any] | None = No
             audiences=list(tok.audiences),
             issued_at=tok.issued_at or 0,
             expires_at=tok.expires_at or 0,
+            bound=tok.bound,
         )
     out["kinds"] = list(principal.kinds)
     out["x509"] = principal.workload.as_cel() if principal.workload else {}

@@ -276,8 +276,16 @@ def _algorithms(allowed: tuple[str, ...]) -> Any:
     return AfterValidator(check)
 
 
+Binding = Literal["optional", "required"]
+_BINDING = (
+    "optional: a token with cnf x5t#S256 is checked against the peer certificate (RFC 8705), one without"
+    " is accepted; required: one without is refused (401 token_binding)"
+)
+
+
 class JwtSvidSettings(Section):
     audiences: TextList = Field((), description="a JWT-SVID must name one of these (aud)")
+    binding: Binding = Field("optional", description=_BINDING)
     algorithms: Annotated[TextList, _algorithms(JWT_SVID_ALGORITHMS)] = JWT_SVID_ALGORITHMS
     leeway: Duration = 30.0
 
@@ -296,6 +304,7 @@ class IssuerSettings(Section):
     algorithms: Annotated[TextList, _algorithms(ASYMMETRIC_ALGORITHMS)] = ("RS256", "ES256")
     leeway: Duration = 30.0
     subject_claim: Text = "sub"
+    binding: Binding = Field("optional", description=_BINDING)
 
     @model_validator(mode="before")
     @classmethod

@@ -33,6 +33,7 @@ _CREDENTIAL = [
     ("audiences", "list:string"),
     ("issued_at", "int64"),
     ("expires_at", "int64"),
+    ("bound", "string"),  # a token bound to its holder, how: x5t#S256 (RFC 8705); else ""
 ]
 FIELDS: dict[str, list[tuple[str, str]]] = {
     "Request": [

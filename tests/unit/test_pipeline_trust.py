@@ -25,7 +25,7 @@ from ext_authz.envoy.normalize import normalize
 from ext_authz.envoy.render import render
 from ext_authz.loader import load_engine
 from ext_authz.model import CountDenial, Decision, NewSession, RequestContext
-from ext_authz.pipeline import Caches, Engine, decide
+from ext_authz.pipeline import Caches, Engine, decide, identity_for_cel
 from ext_authz.state.commands import InvalidArgument, revocation_value
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ext_authz.state.snapshot import StateSnapshot
@@ -1060,3 +1060,60 @@ def test_a_check_never_walks_every_record_held(trust: Trust, monkeypatch: pytest
     assert outcome(check(trust, ctx, snapshot)) == ALLOWED
     revoked_too = StateSnapshot.build(1, revocations=[*held, revocation(kind, value, "rev_x")])
     assert outcome(check(trust, ctx, revoked_too)) == (False, 403, "revoked")
+
+
+# --- certificate-bound tokens (RFC 8705) ------------------------------------------------------------
+
+
+def thumbprint(t: Trust, workload: str = "frontend") -> str:
+    """RFC 8705 §3.1: base64url (no padding) of the SHA-256 of the certificate's DER."""
+    import base64
+
+    leaf = x509.load_pem_x509_certificates((t.dir / f"svid/{workload}.pem").read_bytes())[0]
+    return base64.urlsafe_b64encode(leaf.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
+
+
+def test_a_bound_token_with_its_certificate_passes_and_policy_sees_how(trust: Trust) -> None:
+    tok = trust.token(cnf={"x5t#S256": thumbprint(trust)})
+    d = check(trust, trust.ctx("/api/orders", workload="frontend", token=tok))
+    assert outcome(d) == ALLOWED
+    view = identity_for_cel(d.principal)
+    assert view["token"]["bound"] == "x5t#S256" and view["bound"] == "x5t#S256"
+    assert identity_for_cel(check(trust, trust.ctx(workload="frontend")).principal)["bound"] == ""
+
+
+@pytest.mark.parametrize(
+    ("cnf", "workload", "why"),
+    [
+        ("billing", "billing", "another workload's certificate: the token was lifted from frontend"),
+        ("frontend", None, "no certificate at all (the edge listener)"),
+        ({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, "frontend", "DPoP-bound: not checked here"),
+        ({}, "frontend", "an empty confirmation"),
+        ("not-an-object", "frontend", "cnf that is not an object"),
+    ],
+)
+def test_a_bound_token_elsewhere_is_401_token_binding(
+    trust: Trust, cnf: object, workload: str | None, why: str
+) -> None:
+    if cnf == "billing" or cnf == "frontend":
+        cnf = {"x5t#S256": thumbprint(trust, "frontend")}
+    tok = trust.token(cnf=cnf)
+    listener = "mesh" if workload else "edge"
+    d = check(trust, trust.ctx("/api/orders", workload=workload, token=tok, listener=listener))
+    assert outcome(d) == (False, 401, "token_binding"), why
+    www = {h.header.key: h.header.value for h in render(d).denied_response.headers}["www-authenticate"]
+    assert 'error="invalid_token"' in www
+
+
+def test_an_issuer_may_require_binding(trust: Trust) -> None:
+    cfg = yaml.safe_load((trust.dir / "trust.yaml").read_text())
+    cfg["issuers"][ISSUER]["binding"] = "required"
+    path = trust.dir / "bound.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    required = load_engine(path)
+    plain = trust.token()
+    d = check(trust, trust.ctx("/api/orders", workload="frontend", token=plain), engine=required)
+    assert outcome(d) == (False, 401, "token_binding")
+    bound = trust.token(cnf={"x5t#S256": thumbprint(trust)})
+    assert check(trust, trust.ctx("/api/orders", workload="frontend", token=bound), engine=required).allowed
+    assert check(trust, trust.ctx("/api/orders", workload="frontend", token=plain)).allowed  # optional
