@@ -199,6 +199,41 @@ def _state_at(settings: Any, url: str, at: float) -> Any:
     return asyncio.run(snapshot_at(settings, url, at))
 
 
+def _suggest(args: argparse.Namespace, since: datetime | None, engine: Any) -> int:
+    """``report --suggest``: the suggested policy as YAML on stdout, what it drops as comments."""
+    import yaml
+
+    from .observe.report import build_report, read_records
+    from .observe.suggest import suggest, suggested_config
+
+    temporary = engine.policy.reading("grants") if engine is not None else ()
+    try:
+        with sys.stdin if args.log == "-" else open(args.log, encoding="utf-8", errors="replace") as f:
+            records = list(read_records(f, since))
+    except OSError as exc:
+        print(f"ext-authz: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
+    suggestions = suggest(records, temporary)
+    config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
+    doc = suggested_config(config, suggestions, shadow=args.shadow)
+    lines = [
+        f"# ext-authz report --suggest: from {len(records)} decisions"
+        + (f" since {since.isoformat()}" if since else "")
+        + f", {len(suggestions)} identities allowed something.",
+        "# Each suggested rule covers exactly the methods, hosts and paths its identity used (ids as *).",
+    ]
+    if engine is not None:
+        unused = [u for u in build_report(records, engine, datetime.now(UTC)) if u.unused_rules]
+        if unused:
+            lines.append("# What the current policy allows that was never used (dropped here):")
+            lines.extend(f"#   {u.identity}: {', '.join(u.unused_rules)}" for u in unused)
+        if args.shadow:
+            lines.append("# The suggested rules run in shadow beside the enforced ones: compare with report.")
+    print("\n".join(lines))
+    print(yaml.safe_dump(doc, sort_keys=False, width=110), end="")
+    return EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
@@ -230,6 +265,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         except AuthzError as exc:
             print(f"ext-authz: invalid config: {exc.detail}", file=sys.stderr)
             return EXIT_INVALID
+    if args.shadow and not args.suggest:
+        print("ext-authz: --shadow goes with --suggest", file=sys.stderr)
+        return EXIT_USAGE
+    if args.suggest:
+        return _suggest(args, since, engine)
     try:
         with sys.stdin if args.log == "-" else open(args.log, encoding="utf-8", errors="replace") as f:
             report = build_report(read_records(f, since), engine, datetime.now(UTC))
@@ -522,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", metavar="URL", help="read the audit log from this store instead of the config's"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        help="write a least-privilege policy from what each identity used (YAML: with --config, that"
+        " config with its allow rules replaced; its deny and anonymous rules kept)",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="with --suggest: add the suggested rules beside the enforced ones, in mode: shadow",
+    )
     p.set_defaults(func=_cmd_report)
 
     dev = sub.add_parser("dev", help="demo identities and a local Envoy stack").add_subparsers(
