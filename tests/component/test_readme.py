@@ -5,12 +5,14 @@ printed commands) is tested in tests/e2e/test_demo_walkthrough.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,47 @@ def test_the_promtool_command_runs_as_printed() -> None:
     (line,) = re.findall(r"`(promtool test rules [^`]+)`", page("observing"))
     res = run(line, REPO)
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_suggest_commands_run_as_printed(repo_with_demo: Path) -> None:
+    """The observing page's `report --suggest` lines, on a decision log of the demo."""
+    from ext_authz.loader import load_engine
+    from ext_authz.observe.decision_log import record
+    from ext_authz.offline import decide_offline
+    from tests.component.checkreq import check_request
+
+    demo = repo_with_demo / "demo"
+    engine = load_engine(demo / "config.yaml")
+    now = datetime.now(UTC)
+    lines = []
+    for workload, path in (
+        ("frontend", "/api/orders/7"),
+        ("frontend", "/api/orders/8"),
+        ("billing", "/api/x"),
+    ):
+        decision, _ = decide_offline(check_request(demo, workload=workload, path=path), engine, now)
+        rec = record(
+            decision.decision_id,
+            now,
+            ("", "GET", "backend.internal", path, "", None),
+            decision,
+            0.001,
+            engine.revision,
+            "",
+            0,
+        )
+        lines.append(json.dumps(rec, default=str))
+    (demo / ".run").mkdir(exist_ok=True)
+    (demo / ".run/ext-authz.log").write_text("\n".join(lines) + "\n")
+    block = sh_blocks(
+        section("observing", "Least-privilege report").split("### A policy written from use")[1]
+    )[0]
+    for line in commands(block):
+        target = None
+        if " > " in line:
+            line, target = line.split(" > ")
+        res = run(line, repo_with_demo)
+        assert res.returncode == 0, f"{line}\n{res.stdout}{res.stderr}"
+        if target:
+            (repo_with_demo / target.strip()).write_text(res.stdout)
+    assert "suggested-web" in (demo / "suggested.yaml").read_text()
