@@ -32,6 +32,8 @@ admin_listen: unix://{dir}/.run/admin.sock   # the CLI finds it here: --config {
 admin:
   local_approvals: true   # a demo: approvals over the unix socket, where each caller names itself
 state: sqlite://{dir}/state.db
+decision_log:
+  path: {dir}/.run/decisions.log   # JSON decisions here; ext-authz's own log is .run/ext-authz.log
 
 trust_domains:
   example.org:

@@ -253,6 +253,11 @@ class Stack:
             }
         cfg["http_listen"] = f"127.0.0.1:{self.asked.ext_authz_http}"
         cfg["admin_listen"] = f"unix://{self.run_dir.resolve()}/admin.sock"
+        # Decisions in their own file (JSON lines), apart from ext-authz's log.
+        cfg["decision_log"] = {
+            **(cfg.get("decision_log") or {}),
+            "path": str(self.run_dir.resolve() / "decisions.log"),
+        }
         cfg.update(self.overrides)
         self._as_is = self.base_config is None and cfg == (yaml.safe_load(source.read_text()) or {})
         if self._as_is:  # the demo's own file is the config in force: no copy
@@ -387,7 +392,8 @@ def _try_these(d: Path, p: Ports, config: Path | None = None) -> str:
     frontend, billing = WORKLOADS["frontend"], WORKLOADS["billing"]
     return f"""
 ext-authz demo is up: Envoy mesh listener {mesh} (mTLS), edge listener {edge} (bearer tokens).
-Decision log: {d}/.run/ext-authz.log   Envoy's access log: {d}/.run/envoy.log   Stop with Ctrl-C.
+Decisions: {d}/.run/decisions.log   ext-authz's log: {d}/.run/ext-authz.log   Envoy's access log:
+{d}/.run/envoy.log   Stop with Ctrl-C.
 Config in force: {config or f"{d}/config.yaml"} (edit it: ext-authz reloads it). State starts empty on
 every run: {d}/state.db is made anew (the last run's logs are kept as *.log.1).
 
@@ -461,13 +467,13 @@ curl -si {ca} {bi} {mesh}/api/orders
 #    always visible: listed, with who opened and who approved it → exit 0
 {ext} exception list {cfg}
 #    and marked in every decision it changed → exit 0
-grep '"exception_id"' {d}/.run/ext-authz.log
+grep '"exception_id"' {d}/.run/decisions.log
 
 # 12. the audit log: every change above, who made it, when and why → exit 0
 {ext} audit --since 1h {cfg}
 
 # 13. what each identity used, and every grant and exception with its use → exit 0
-{ext} report --log {d}/.run/ext-authz.log {cfg}
+{ext} report --log {d}/.run/decisions.log {cfg}
 """
 
 
@@ -497,7 +503,7 @@ def _yours(d: Path, p: Ports, run_dir: Path, config: Path) -> str:
 ext-authz demo is up with your configuration {config}: its rules and trust decide, on the demo's
 listeners and identities. Envoy mesh listener {mesh} (mTLS), edge listener https://localhost:{p.edge}.
 The config in force (yours, listeners replaced, paths made absolute): {run_dir}/ext-authz.yaml
-Decision log: {run_dir}/ext-authz.log   Stop with Ctrl-C.
+Decisions: {run_dir}/decisions.log   ext-authz's log: {run_dir}/ext-authz.log   Stop with Ctrl-C.
 
 # the frontend workload (X.509-SVID) asks for /api/orders; your rules answer
 curl -si {ca} {fe} {mesh}/api/orders
@@ -506,7 +512,7 @@ curl -si {ca} -H "Authorization: Bearer $(cat {d}/tokens/alice.jwt)" https://loc
 # the admin CLI reaches this stack through the config in force, e.g. watch decisions:
   {ext} tail {cfg}
 # what each identity used so far
-{ext} report --log {run_dir}/ext-authz.log {cfg}
+{ext} report --log {run_dir}/decisions.log {cfg}
 """
 
 

@@ -141,7 +141,7 @@ def test_the_suggest_commands_run_as_printed(repo_with_demo: Path) -> None:
         )
         lines.append(json.dumps(rec, default=str))
     (demo / ".run").mkdir(exist_ok=True)
-    (demo / ".run/ext-authz.log").write_text("\n".join(lines) + "\n")
+    (demo / ".run/decisions.log").write_text("\n".join(lines) + "\n")
     block = sh_blocks(
         section("observing", "Least-privilege report").split("### A policy written from use")[1]
     )[0]

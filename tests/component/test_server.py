@@ -43,6 +43,7 @@ def write_config(demo: Path, dest: Path, *, listen: str | None = None, **overrid
     cfg["reload_interval"] = "50ms"
     cfg["shutdown_grace"] = "2s"
     cfg["drain_delay"] = "0s"
+    cfg["decision_log"] = {"path": "stdout"}  # the demo's own file is its run's, not a test's
     dest.mkdir(parents=True, exist_ok=True)
     bundle = dest / "bundle.json"
     shutil.copy(demo / "bundle/example.org.spiffe.json", bundle)

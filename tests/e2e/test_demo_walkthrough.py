@@ -77,7 +77,7 @@ def test_a_second_run_starts_clean_and_a_concurrent_one_is_refused(tmp_path: Pat
         steps, _ = walkthrough.parse(printed)
         assert "Config in force: " in printed and "State starts empty" in printed
         walkthrough.run(steps[0])
-        log = demo / ".run/ext-authz.log"
+        log = demo / ".run/decisions.log"
         until_sync(lambda: '"decision_id"' in log.read_text(), "the first decision logged")
         first = log.read_text()
         # Leave state behind: an approved exception that would allow billing (step 2 says 403).
@@ -126,7 +126,7 @@ def test_a_second_run_starts_clean_and_a_concurrent_one_is_refused(tmp_path: Pat
         steps, _ = walkthrough.parse(printed)
         outputs = [walkthrough.run(step) for step in steps[:2]]  # step 2: billing → 403 no_rule
         assert "403" in outputs[1] and "no_rule" in outputs[1]
-        assert (demo / ".run/ext-authz.log.1").read_text().startswith(first)
+        assert (demo / ".run/decisions.log.1").read_text().startswith(first)
         assert first not in log.read_text()  # this run's log starts empty
 
 

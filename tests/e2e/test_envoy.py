@@ -188,7 +188,7 @@ def test_access_log_carries_the_decision_id(stack: Stack) -> None:
     assert any(f"decision_id={allowed}" in ln and " 200 " in ln for ln in log.splitlines())
 
     def logged_ids() -> set[str]:  # ext-authz writes its decision log from a background thread
-        text = stack.log_path("ext-authz").read_text()
+        text = stack.log_path("decisions").read_text()
         complete = text[: text.rfind("\n") + 1]  # not a line still being written
         return {json.loads(x)["decision_id"] for x in complete.splitlines() if x.startswith("{")}
 
@@ -266,11 +266,11 @@ def test_no_secret_reaches_any_log(stack: Stack) -> None:
     until_sync(  # the access log and the background decision-log writer have flushed this request
         lambda: (
             "/user/profile" in stack.log_path("envoy").read_text().splitlines()[-1]
-            and '"path":"/user/profile"' in stack.log_path("ext-authz").read_text()
+            and '"path":"/user/profile"' in stack.log_path("decisions").read_text()
         ),
         "both logs hold the last request",
     )
-    logs = stack.log_path("ext-authz").read_text() + stack.log_path("envoy").read_text()
+    logs = "".join(stack.log_path(n).read_text() for n in ("ext-authz", "decisions", "envoy"))
     secrets = [token(stack, n) for n in ("alice", "alice-expired", "forged", "frontend-jwt-svid")]
     secrets += [t.split(".")[2] for t in secrets]  # signatures alone
     secrets += ["qs3cr3t", "c00kie-value", "apikey-123456"]

@@ -76,7 +76,7 @@ def test_a_pushed_session_revoked_event_refuses_the_next_proxied_request(stack: 
     assert r.status == 403 and r.headers["x-ext-authz-reason"] == "revoked"
 
     def logged() -> bool:  # the decision log is written off the Check path
-        lines = stack.log_path("ext-authz").read_text().splitlines()
+        lines = stack.log_path("decisions").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.startswith('{"')]
         return any((rec.get("revocation") or {}).get("kind") == "sub" for rec in records)
 

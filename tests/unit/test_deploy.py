@@ -95,7 +95,7 @@ def test_the_docker_context_holds_no_environment_demo_results_or_keys() -> None:
         "demo/config.yaml",
         "demo/svid/frontend.key",
         "demo/bundle/root.pem",
-        "demo/.run/ext-authz.log",
+        "demo/.run/decisions.log",
         "bench/results/envoy.md",
         "dist/ext_authz-0.1.0-py3-none-any.whl",
         "site/index.html",
