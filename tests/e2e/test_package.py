@@ -93,7 +93,8 @@ def test_validate_the_cookbook(installed: Path, tmp_path: Path) -> None:
     shutil.copy(REPO / "docs/cookbook/policies.yaml", tmp_path / "policies.yaml")
     res = run(installed, "validate", "policies.yaml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.startswith("ok: policies.yaml: 12 rules"), res.stdout
+    rules = len(yaml.safe_load((tmp_path / "policies.yaml").read_text())["rules"])
+    assert res.stdout.startswith(f"ok: policies.yaml: {rules} rules"), res.stdout
     assert not res.stderr, res.stderr  # no warning of any kind at start
 
 
