@@ -999,3 +999,21 @@ def test_shared_mode_can_autoscale() -> None:
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 9)
     assert "replicas" not in r.deployment()["spec"]  # the HPA owns the count
     assert render_values(base.values).of("HorizontalPodAutoscaler") == []
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_a_servicemonitor_follows_the_crd_and_reaches_the_pods_http_port(mode: str) -> None:
+    base = next(c for c in CASES if c.mode == mode)
+    values = {**base.values, "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kp"}}}}
+    r = render_values(values)
+    (monitor,) = r.of("ServiceMonitor")
+    validator = podmonitor_validator("monitoring.coreos.com_servicemonitors.yaml")
+    assert [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(monitor)] == []
+    (service,) = [s for s in r.of("Service") if s["metadata"]["name"].endswith("-metrics")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    pod_labels = r.deployment()["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    ports = {p["name"] for p in r.container("ext-authz")["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    assert monitor["metadata"]["labels"]["release"] == "kp"
+    assert render_values(base.values).of("ServiceMonitor") == []
