@@ -1017,3 +1017,18 @@ def test_a_servicemonitor_follows_the_crd_and_reaches_the_pods_http_port(mode: s
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
     assert monitor["metadata"]["labels"]["release"] == "kp"
     assert render_values(base.values).of("ServiceMonitor") == []
+
+
+def test_native_sidecars_start_before_the_app_and_validate() -> None:
+    base = next(c for c in CASES if c.mode == "sidecar")
+    r = render_values({**base.values, "nativeSidecars": True})
+    spec = r.deployment()["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["validate-config", "ext-authz", "envoy"]
+    assert [c.get("restartPolicy") for c in spec["initContainers"]] == [None, "Always", "Always"]
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+    kubernetes_validate.validate(r.deployment(), K8S_VERSION, strict=True)
+    # the same containers as without: only where they run changes
+    plain = render_values(base.values).deployment()["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in plain["containers"]}
+    for c in spec["initContainers"][1:]:
+        assert {k: v for k, v in c.items() if k != "restartPolicy"} == by_name[c["name"]]

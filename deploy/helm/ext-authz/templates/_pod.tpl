@@ -79,8 +79,10 @@ spec:
         matchLabels:
           {{- include "ext-authz.selectorLabels" . | nindent 10 }}
   {{- end }}
-  {{- if $v.validateConfig }}
+  {{- $native := and $sidecar $v.nativeSidecars }}
+  {{- if or $v.validateConfig $native }}
   initContainers:
+    {{- if $v.validateConfig }}
     # `ext-authz validate` on the rendered config and the files it names: a pod whose config does not
     # load never starts, so a bad policy rolled out by `helm upgrade` stops at the first new pod.
     - name: validate-config
@@ -93,6 +95,12 @@ spec:
         {{- include "ext-authz.containerSecurityContext" (dict "root" . "user" $v.runAsUser "group" $v.runAsGroup) | nindent 8 }}
       volumeMounts:
         {{- include "ext-authz.mounts" . | nindent 8 }}
+    {{- end }}
+    {{- if $native }}
+    # ext-authz first: with its startup probe passed, Envoy starts, then the app.
+    {{- include "ext-authz.authzContainer" (dict "root" . "native" true) | nindent 4 }}
+    {{- include "ext-authz.envoyContainer" (dict "root" . "native" true) | nindent 4 }}
+    {{- end }}
   {{- end }}
   containers:
     {{- if $sidecar }}
@@ -123,64 +131,13 @@ spec:
       livenessProbe:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-    - name: envoy
-      image: {{ include "ext-authz.image" (dict "image" $v.envoy.image "default" "") }}
-      imagePullPolicy: {{ $v.envoy.image.pullPolicy }}
-      command: [envoy]
-      args: [-c, /etc/envoy/envoy.yaml, --log-level, {{ $v.envoy.logLevel }}, --disable-hot-restart]
-      ports:
-        - {name: mtls, containerPort: {{ $v.envoy.ports.mtls }}}
-        - {name: envoy-ready, containerPort: {{ $v.envoy.ports.ready }}}
-      resources:
-        {{- toYaml $v.envoy.resources | nindent 8 }}
-      securityContext:
-        {{- include "ext-authz.containerSecurityContext" (dict "root" . "user" $v.envoy.runAsUser "group" $v.envoy.runAsUser) | nindent 8 }}
-      # The `ready` listener (0.0.0.0) proxies GET /ready to the admin socket's /ready.
-      readinessProbe:
-        httpGet: {path: /ready, port: envoy-ready}
-        periodSeconds: 5
-        failureThreshold: 3
-      volumeMounts:
-        - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
-        - {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
-        - {name: envoy-admin, mountPath: {{ dir $p.envoyAdminSocket }}}
-        - {name: spiffe-workload-api, mountPath: {{ include "ext-authz.socketDir" . }}, readOnly: true}
+    {{- if not $native }}
+    {{- include "ext-authz.envoyContainer" (dict "root" . "native" false) | nindent 4 }}
     {{- end }}
-    - name: ext-authz
-      image: {{ include "ext-authz.image" (dict "image" $v.image "default" .Chart.AppVersion) }}
-      imagePullPolicy: {{ $v.image.pullPolicy }}
-      args: [serve, --config, {{ $p.config }}{{ range $v.extraArgs }}, {{ . | quote }}{{ end }}]
-      {{- with $v.extraEnv }}
-      env:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      ports:
-        {{- if not $sidecar }}
-        - {name: check, containerPort: {{ $v.ports.check }}}
-        {{- end }}
-        - {name: http, containerPort: {{ $v.ports.http }}}
-      resources:
-        {{- toYaml $v.resources | nindent 8 }}
-      securityContext:
-        {{- include "ext-authz.containerSecurityContext" (dict "root" . "user" $v.runAsUser "group" $v.runAsGroup) | nindent 8 }}
-      # http_listen is 0.0.0.0:{{ $v.ports.http }}: /readyz is 200 once config, state and policy are loaded
-      # (after waiting up to 10 s for the Workload API's first answer), and stays 200 ("degraded") if
-      # Redis is down, since Checks go on with the last snapshot. The Check port cannot be probed: a unix
-      # socket (sidecar) or TLS with client certificates (shared), which kubelet's grpc probe does not speak.
-      startupProbe:
-        httpGet: {path: /readyz, port: http}
-        periodSeconds: 2
-        failureThreshold: 60
-      readinessProbe:
-        httpGet: {path: /readyz, port: http}
-        periodSeconds: 5
-        failureThreshold: 2
-      livenessProbe:
-        httpGet: {path: /healthz, port: http}
-        periodSeconds: 10
-        failureThreshold: 3
-      volumeMounts:
-        {{- include "ext-authz.mounts" . | nindent 8 }}
+    {{- end }}
+    {{- if not $native }}
+    {{- include "ext-authz.authzContainer" (dict "root" . "native" false) | nindent 4 }}
+    {{- end }}
   volumes:
     - name: config
       configMap: {name: {{ include "ext-authz.fullname" . }}-config}
@@ -298,3 +255,80 @@ spec:
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{- define "ext-authz.envoyContainer" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $p := include "ext-authz.paths" $root | fromYaml -}}
+{{- $sidecar := eq $v.mode "sidecar" -}}
+- name: envoy
+  {{- if .native }}
+  restartPolicy: Always  # a native sidecar (Kubernetes 1.29+): up before the app, down after
+  {{- end }}
+  image: {{ include "ext-authz.image" (dict "image" $v.envoy.image "default" "") }}
+  imagePullPolicy: {{ $v.envoy.image.pullPolicy }}
+  command: [envoy]
+  args: [-c, /etc/envoy/envoy.yaml, --log-level, {{ $v.envoy.logLevel }}, --disable-hot-restart]
+  ports:
+    - {name: mtls, containerPort: {{ $v.envoy.ports.mtls }}}
+    - {name: envoy-ready, containerPort: {{ $v.envoy.ports.ready }}}
+  resources:
+    {{- toYaml $v.envoy.resources | nindent 8 }}
+  securityContext:
+    {{- include "ext-authz.containerSecurityContext" (dict "root" $root "user" $v.envoy.runAsUser "group" $v.envoy.runAsUser) | nindent 8 }}
+  # The `ready` listener (0.0.0.0) proxies GET /ready to the admin socket's /ready.
+  readinessProbe:
+    httpGet: {path: /ready, port: envoy-ready}
+    periodSeconds: 5
+    failureThreshold: 3
+  volumeMounts:
+    - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
+    - {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
+    - {name: envoy-admin, mountPath: {{ dir $p.envoyAdminSocket }}}
+    - {name: spiffe-workload-api, mountPath: {{ include "ext-authz.socketDir" $root }}, readOnly: true}
+{{- end -}}
+
+{{- define "ext-authz.authzContainer" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $p := include "ext-authz.paths" $root | fromYaml -}}
+{{- $sidecar := eq $v.mode "sidecar" -}}
+- name: ext-authz
+  {{- if .native }}
+  restartPolicy: Always  # a native sidecar (Kubernetes 1.29+): up before the app, down after
+  {{- end }}
+  image: {{ include "ext-authz.image" (dict "image" $v.image "default" $root.Chart.AppVersion) }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  args: [serve, --config, {{ $p.config }}{{ range $v.extraArgs }}, {{ . | quote }}{{ end }}]
+  {{- with $v.extraEnv }}
+  env:
+    {{- toYaml . | nindent 8 }}
+  {{- end }}
+  ports:
+    {{- if not $sidecar }}
+    - {name: check, containerPort: {{ $v.ports.check }}}
+    {{- end }}
+    - {name: http, containerPort: {{ $v.ports.http }}}
+  resources:
+    {{- toYaml $v.resources | nindent 8 }}
+  securityContext:
+    {{- include "ext-authz.containerSecurityContext" (dict "root" $root "user" $v.runAsUser "group" $v.runAsGroup) | nindent 8 }}
+  # http_listen is 0.0.0.0:{{ $v.ports.http }}: /readyz is 200 once config, state and policy are loaded
+  # (after waiting up to 10 s for the Workload API's first answer), and stays 200 ("degraded") if
+  # Redis is down, since Checks go on with the last snapshot. The Check port cannot be probed: a unix
+  # socket (sidecar) or TLS with client certificates (shared), which kubelet's grpc probe does not speak.
+  startupProbe:
+    httpGet: {path: /readyz, port: http}
+    periodSeconds: 2
+    failureThreshold: 60
+  readinessProbe:
+    httpGet: {path: /readyz, port: http}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /healthz, port: http}
+    periodSeconds: 10
+    failureThreshold: 3
+  volumeMounts:
+    {{- include "ext-authz.mounts" $root | nindent 8 }}
+{{- end -}}
