@@ -241,6 +241,9 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
     body: str | None = None
     metadata: str = ""
+    # The same for every request of these credentials (literals, or read only from identity): its
+    # rendered response may be kept as a template. A response read from the request is rendered each time.
+    cacheable: bool = True
 
 
 @value

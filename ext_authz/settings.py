@@ -447,6 +447,8 @@ def _header_names(names: Mapping[str, Any] | tuple[str, ...]) -> Any:
             raise ValueError(f"{name!r}: a header name is lower-case token characters (RFC 9110), no ':'")
         if name in OWNED_HEADERS or name.startswith(OWNED_PREFIX):
             raise ValueError(f"{name!r} is ext-authz's own: no rule may set or remove it")
+        if name.startswith("x-envoy-"):
+            raise ValueError(f"{name!r} is Envoy's own (x-envoy-*): no rule may set or remove it")
         if name in HOP_BY_HOP:
             raise ValueError(f"{name!r} is hop-by-hop or frames the message: no rule may set or remove it")
     return names
@@ -454,8 +456,8 @@ def _header_names(names: Mapping[str, Any] | tuple[str, ...]) -> Any:
 
 def _literal_values(headers: Mapping[str, Any]) -> Any:
     for name, v in headers.items():
-        if isinstance(v, str) and re.search(r"[\r\n\x00]", v):
-            raise ValueError(f"{name}: a header value holds no CR, LF or NUL")
+        if isinstance(v, str) and re.search(r"[\x00-\x08\x0a-\x1f\x7f]", v):
+            raise ValueError(f"{name}: a header value holds no control character (CR, LF, NUL …)")
     return headers
 
 

@@ -36,9 +36,9 @@ from spiffe import SpiffeId, TrustDomain, WorkloadApiClient, X509BundleSet, X509
 from spiffe.workloadapi.workload_api_client import StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context
 
-from .demo import BACKEND_ID, DEMO_TD, WORKLOADS, init_demo, leaf_expiry, mint_demo_tokens
+from .demo import BACKEND_ID, DEMO_TD, WORKLOADS
 from .spire import MAX_SOCKET_PATH, Entry, SpireAgent, SpireError, SpireServer, short_dir, wait_until
-from .stack import DemoBusy, Ports, Stack, _try_these, demo_session
+from .stack import DemoBusy, Ports, Stack, _try_these, demo_session, fresh_demo, start_clean
 
 __all__ = [
     "SDS_CLUSTER",
@@ -371,22 +371,27 @@ class SpireDemo:
 
 def run_spire_demo(demo_dir: Path, envoy_template: Path) -> int:
     """`ext-authz dev up --spire`: run until Ctrl-C or SIGTERM, printing the requests to try."""
-    from datetime import UTC, datetime, timedelta
-
-    if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(
-        hours=1
-    ):
-        init_demo(demo_dir)  # the policy, the OIDC issuer and the people's tokens come from the file demo
-    mint_demo_tokens(demo_dir)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     ports = Ports.free() if os.environ.get("EXT_AUTHZ_DEMO_PORTS") == "free" else Ports()
-    demo = SpireDemo(demo_dir, envoy_template, ports)
+    # The lock first: a refused second demo must not touch the running one's files.
     try:
-        with demo_session(demo_dir.resolve(), demo.run_dir), demo:
+        with demo_session(demo_dir.resolve()):
+            fresh_demo(demo_dir)  # the policy, the OIDC issuer and the people's tokens: the file demo's
+            demo = SpireDemo(demo_dir, envoy_template, ports)
+            start_clean(demo.run_dir)
+            return _run_spire_demo(demo)
+    except DemoBusy as exc:
+        print(f"ext-authz: {exc}", file=sys.stderr)
+        return 3
+
+
+def _run_spire_demo(demo: SpireDemo) -> int:
+    try:
+        with demo:
             print(
                 f"SPIRE issues the identities: spire-server for {DEMO_TD} and a spire-agent, Workload API and"
                 f" SDS at {demo.agent.socket}\n(SPIRE logs: {demo.spire_root}/*/*.log). SVIDs, bundle and"
@@ -401,9 +406,6 @@ def run_spire_demo(demo_dir: Path, envoy_template: Path) -> int:
             dead = [n for n, p in procs.items() if p is None or p.poll() is not None]
             if dead:
                 print(f"stopped because {', '.join(dead)} exited; see {demo.run_dir}", file=sys.stderr)
-    except DemoBusy as exc:
-        print(f"ext-authz: {exc}", file=sys.stderr)
-        return 3
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"demo failed to start: {exc}; logs in {demo.run_dir} and {demo.spire_root}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -516,6 +517,15 @@ curl -si {ca} -H "Authorization: Bearer $(cat {d}/tokens/alice.jwt)" https://loc
 """
 
 
+def start_clean(run_dir: Path) -> None:
+    """A run directory as a new run finds it: the last run's logs kept once, as NAME.log.1, and the ids
+    its printed commands wrote gone."""
+    for log in run_dir.glob("*.log"):
+        log.replace(log.with_name(log.name + ".1"))
+    for leftover in (run_dir / "grant.id", run_dir / "exception.id"):
+        leftover.unlink(missing_ok=True)
+
+
 class DemoBusy(Error, RuntimeError):
     """Another demo runs from this directory."""
 
@@ -530,7 +540,12 @@ def demo_session(demo_dir: Path, *run_dirs: Path) -> Iterator[None]:
 
     run = demo_dir / ".run"
     run.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    # Never through a link (it would truncate what it points at), and only a file of our own.
+    fd = os.open(run / "demo.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise DemoBusy(f"{run / 'demo.lock'} is not a lock file of ours; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -546,16 +561,32 @@ def demo_session(demo_dir: Path, *run_dirs: Path) -> Iterator[None]:
         for name in ("state.db", "state.db-wal", "state.db-shm"):
             (demo_dir / name).unlink(missing_ok=True)
         for d in (run, *run_dirs):
-            for log in d.glob("*.log"):  # the last run's logs are kept once, as NAME.log.1
-                log.replace(log.with_name(log.name + ".1"))
-            for leftover in (d / "grant.id", d / "exception.id"):
-                leftover.unlink(missing_ok=True)
+            start_clean(d)
         yield
     finally:
         os.close(fd)  # the lock goes with it
 
 
 def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -> int:
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C: every process is stopped
+
+    signal.signal(signal.SIGTERM, on_term)
+    run_dir = demo_dir.resolve() / ".run"
+    try:
+        # The lock first: a refused second demo must not touch the running one's files.
+        with demo_session(demo_dir.resolve()):
+            return _run_demo(demo_dir, envoy_template, config)
+    except DemoBusy as exc:
+        print(f"ext-authz: {exc}", file=sys.stderr)
+        return 3
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"demo failed to start: {exc}; logs in {run_dir}", file=sys.stderr)
+        return 1
+
+
+def fresh_demo(demo_dir: Path) -> None:
+    """The demo's identities, made again when missing or within an hour of expiring; tokens minted."""
     from datetime import UTC, datetime, timedelta
 
     if not (demo_dir / "config.yaml").exists() or leaf_expiry(demo_dir) < datetime.now(UTC) + timedelta(
@@ -564,10 +595,9 @@ def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -
         init_demo(demo_dir)
     mint_demo_tokens(demo_dir)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C: every process is stopped
 
-    signal.signal(signal.SIGTERM, on_term)
+def _run_demo(demo_dir: Path, envoy_template: Path, config: Path | None) -> int:
+    fresh_demo(demo_dir)
     # EXT_AUTHZ_DEMO_PORTS=free: free ports instead of envoy.yaml's (tests run the demo beside others).
     ports = Ports.free() if os.environ.get("EXT_AUTHZ_DEMO_PORTS") == "free" else Ports()
     stack = Stack(
@@ -582,22 +612,15 @@ def run_demo(demo_dir: Path, envoy_template: Path, config: Path | None = None) -
         if problem:
             print(f"ext-authz: {problem}", file=sys.stderr)
             return 3  # invalid input (the CLI's exit codes)
-    try:
-        with demo_session(demo_dir.resolve()), stack:
-            if config is None:
-                print(_try_these(demo_dir.resolve(), stack.ports, stack.config_path), flush=True)
-            else:
-                print(_yours(demo_dir.resolve(), stack.ports, stack.run_dir, config), flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                while all(p.poll() is None for p in stack.procs.values()):
-                    time.sleep(0.5)
-            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
-            if dead:
-                print(f"stopped because {', '.join(dead)} exited; see {stack.run_dir}/*.log", file=sys.stderr)
-    except DemoBusy as exc:
-        print(f"ext-authz: {exc}", file=sys.stderr)
-        return 3
-    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
-        print(f"demo failed to start: {exc}; logs in {stack.run_dir}", file=sys.stderr)
-        return 1
+    with stack:
+        if config is None:
+            print(_try_these(demo_dir.resolve(), stack.ports, stack.config_path), flush=True)
+        else:
+            print(_yours(demo_dir.resolve(), stack.ports, stack.run_dir, config), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in stack.procs.values()):
+                time.sleep(0.5)
+        dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+        if dead:
+            print(f"stopped because {', '.join(dead)} exited; see {stack.run_dir}/*.log", file=sys.stderr)
     return 0

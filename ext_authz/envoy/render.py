@@ -176,7 +176,11 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
         if s.challenge:
             challenge = s.challenge
         elif s.credential_failed == "token":
-            challenge = f'Bearer error="invalid_token", error_description="{s.reason}"'
+            challenge = (
+                'Bearer error="invalid_token"'
+                if s.hide_reason
+                else f'Bearer error="invalid_token", error_description="{s.reason}"'
+            )
         else:
             challenge = 'Bearer realm="ext-authz"'
         headers.append(_option("www-authenticate", challenge))
@@ -220,8 +224,12 @@ def _template(shape: _Shape) -> CheckResponse:
 def render(decision: Decision, request_headers: Mapping[str, str] | None = None) -> CheckResponse:
     """Build the CheckResponse. Forged identity headers are removed whether or not
     ``request_headers`` (the caller's, kept for callers and tests) show them."""
+    shape = _shape(decision)
     resp = CheckResponse()
-    resp.CopyFrom(_template(_shape(decision)))
+    if decision.response is not None and not decision.response.cacheable:
+        resp.CopyFrom(_build(shape, _ID))  # read from the request: no template kept of it
+    else:
+        resp.CopyFrom(_template(shape))
     did = decision.decision_id
     resp.dynamic_metadata.fields["decision_id"].string_value = did
     if decision.allowed:
@@ -247,6 +255,8 @@ def render_wire(decision: Decision) -> bytes:
     and serialized in full."""
     d = decision
     principal, shadow, response = d.principal, d.shadow, d.response
+    if response is not None and not response.cacheable:
+        return bytes(render(d).SerializeToString())
     key = (
         id(principal),
         id(shadow),

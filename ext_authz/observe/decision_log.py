@@ -66,9 +66,10 @@ MAX_LOGGED_PATH = 2048  # a path is logged up to this many characters
 # --- paths: tokens travel in them too (password-reset and magic links, session ids in matrix params) --
 # What makes a path worth a closer look; most paths have none of it and are kept as they are, at the
 # cost of one scan.
-_PATH_SUSPECT = re.compile(r"[;%]|eyJ|[^/]{20,}")
-# A percent-encoded '?', '#' or '=': what follows is a query, a fragment or a value sent inside the path.
-_ENCODED_CUT = re.compile(r"%(?:3[fF]|23|3[dD])")
+_PATH_SUSPECT = re.compile(r"[;%=]|eyJ|[^/]{20,}")
+# A percent-encoded '?', '#' or '=', encoded once or more ('%3F', '%253F', '%25253F'): what follows is a
+# query, a fragment or a value sent inside the path.
+_ENCODED_CUT = re.compile(r"%(?:25)*(?:3[fF]|23|3[dD])")
 # A compact JWS or JWE, whole or cut short.
 _JOSE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]")
 # 16+ letters and digits in a row, with both: nothing a person names a resource with looks like that.
@@ -129,13 +130,30 @@ def redact_path(path: str, extra: tuple[re.Pattern[str], ...] = ()) -> str:
         segments = path.split("/")
         for i, segment in enumerate(segments):
             name, semicolon, _params = segment.partition(";")
-            if _random_looking(name) or _JOSE.search(name):
+            key, equals, _value = name.partition("=")  # `token=…` in a path is a value sent there
+            if equals:
+                name = f"{key}={REDACTED}"
+            elif _random_looking(name) or _JOSE.search(name):
                 name = REDACTED
             segments[i] = f"{name};{REDACTED}" if semicolon else name
         path = "/".join(segments)
     for pattern in extra:
         path = pattern.sub(REDACTED, path)
     return path
+
+
+# Headers whose value is a URL or a path: logged as the path is (no query string, tokens replaced).
+_URL_HEADERS = frozenset(
+    (
+        "referer",
+        "origin",
+        "location",
+        "x-envoy-original-path",
+        "x-forwarded-uri",
+        "x-original-uri",
+        "x-original-url",
+    )
+)
 
 
 class Redactor:
@@ -151,6 +169,13 @@ class Redactor:
     def header(self, name: str, value: str) -> str:
         if name in self.headers:
             return REDACTED
+        if name in _URL_HEADERS:  # a URL's query string and tokens in its path, as for the path itself
+            base, _, _query = value.partition("?")
+            scheme, sep, rest = base.partition("://")
+            if sep:
+                host, slash, path = rest.partition("/")
+                return f"{scheme}://{host}{slash and self.path('/' + path)}"
+            return self.path(base)
         return _TOKENISH.sub(REDACTED, value)
 
     def headers_map(self, headers: Mapping[str, str]) -> dict[str, str]:

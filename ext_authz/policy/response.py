@@ -26,7 +26,11 @@ from .cel import CompileError, compile_many
 
 __all__ = ["CompiledResponse", "compile_response"]
 
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+# What no header value may hold (RFC 9110 field values: visible characters, space, tab, obs-text).
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# What a computed location may not hold at all: browsers drop tabs and newlines from a URL and read a
+# backslash as a slash, so "/\t/evil" and "/\\evil" leave the site.
+_UNSAFE_LOCATION = re.compile(r"[\x00-\x20\x7f\\]")
 Activation = Callable[[], Mapping[str, Any]]
 _VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
 _VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
@@ -98,7 +102,7 @@ class CompiledResponse:
                 errors.append((self.rule, f"{what}: {len(got.encode())} bytes, over the limit ({limit})"))
                 return None
             if what != "body" and _BAD_VALUE.search(got):
-                errors.append((self.rule, f"{what}: holds CR, LF or NUL"))
+                errors.append((self.rule, f"{what}: holds a control character"))
                 return None
             return got
 
@@ -130,6 +134,7 @@ class CompiledResponse:
             except (TypeError, ValueError) as exc:
                 errors.append((self.rule, f"metadata {key}: {exc}"))
         response = Response(
+            cacheable=self.identity_only,
             upstream=headers(self.upstream),
             remove=self.remove,
             client=headers(self.client),
@@ -143,7 +148,9 @@ class CompiledResponse:
     def _may_send_to(self, location: str, spec: _Value) -> bool:
         if spec.expr is None:
             return True  # the operator wrote it
-        if location.startswith("/") and not location.startswith("//") and "\\" not in location:
+        if _UNSAFE_LOCATION.search(location):
+            return False
+        if location.startswith("/") and not location.startswith("//"):
             return True  # a path on this site
         parts = urllib.parse.urlsplit(location)
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username or parts.password:
@@ -171,7 +178,7 @@ def compile_response(
                 what = "max_response_header_bytes" if header else "max_response_body_bytes"
                 raise ConfigError(file, where, f"{len(value.encode())} bytes: over limits.{what} ({limit})")
             if header and _BAD_VALUE.search(value):
-                raise ConfigError(file, where, "a header value holds no CR, LF or NUL")
+                raise ConfigError(file, where, "a header value holds no control character (CR, LF, NUL …)")
 
     def collect(section: str, items: Mapping[str, Any], kind: str) -> None:
         for name, v in items.items():

@@ -175,9 +175,16 @@ _ANY_PATHS = ("/", "/zz9/q.r")
 _ANY_HOSTS = tuple(h for h in map(parse_host, ("a", "zz9.q.example", "[::1]:1", "192.0.2.1:65535")) if h)
 
 
+def _every_host(pattern: str) -> bool:
+    """Does a host pattern name no host in particular: every one, or every one of a shape (``*.*``,
+    ``*.*.*:443``)? Its name is nothing but `*` and dots."""
+    name = pattern if pattern.endswith("]") else pattern.rsplit(":", 1)[0]
+    return set(name) <= {"*", "."} or all(HostPattern.parse(pattern).match(t) for t in _ANY_HOSTS)
+
+
 def _everything(what: Scope) -> tuple[str, str]:
     """The host and the path pattern of ``what`` that match every request ('' where none does)."""
-    host = next((h for h in what.hosts if all(HostPattern.parse(h).match(t) for t in _ANY_HOSTS)), "")
+    host = next((h for h in what.hosts if _every_host(h)), "")
     path = next((p for p in what.paths if all(path_pattern(p).match(t) for t in _ANY_PATHS)), "")
     return host, path
 

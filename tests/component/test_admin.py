@@ -633,6 +633,8 @@ async def test_allow_unknown_keeps_the_record_and_says_it_matches_nothing(
         ([], ["/api/*", "/*"], "--path '/*' is every path"),  # one of them is everything: so is the list
         (["*"], [], "--host '*' is every host"),
         (["*:*"], ["/*"], "--host '*:*' is every host"),
+        (["*.*"], [], "--host '*.*' is every host"),
+        (["*.*.*:443"], [], "--host '*.*.*:443' is every host"),
     ],
 )
 async def test_a_scope_that_matches_everything_is_no_scope(

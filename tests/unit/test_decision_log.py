@@ -283,6 +283,10 @@ JWS = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
         ("/a%23b", "/a[REDACTED]"),
         ("/a/k%3Dv/b", "/a/k[REDACTED]"),
         ("/a%2Fb", "/a%2Fb"),  # an encoded slash is no secret
+        ("/reset%253Fcode%253D839201", "/reset[REDACTED]"),  # encoded twice
+        ("/r%25253Fx", "/r[REDACTED]"),  # three times
+        ("/reset/token=abcdefghijklmnopqrstuvwxyz", "/reset/token=[REDACTED]"),  # a value in the path
+        ("/x;k=v/p=q", "/x;[REDACTED]/p=[REDACTED]"),
         ("/files/RxFwyPK-tOe0OpdRITivlUxta5soBob_2I-limiRUCM", "/files/[REDACTED]"),  # base64url, 256 bits
         ("/v/010da569a072b9391a1019b421b6a926", "/v/[REDACTED]"),  # hex, 128 bits
         ("/keys/AKIAIOSFODNN7EXAMPLE", "/keys/[REDACTED]"),
@@ -322,3 +326,13 @@ def test_operators_add_path_patterns(tmp_path: Path) -> None:
         DecisionLogSettings.model_validate({"redact_paths": ["x*"]})
     with pytest.raises(ValueError, match="not a regular expression"):
         DecisionLogSettings.model_validate({"redact_paths": ["(unclosed"]})
+
+
+def test_url_headers_lose_their_query_and_path_tokens() -> None:
+    r = Redactor()
+    jws = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig"
+    assert r.header("referer", f"https://app.example.com/reset/{jws}?token=abc") == (
+        "https://app.example.com/reset/[REDACTED]"
+    )
+    assert r.header("x-envoy-original-path", "/login?code=SECRET") == "/login"
+    assert r.header("x-forwarded-uri", "/a;jsessionid=S?x=1") == "/a;[REDACTED]"

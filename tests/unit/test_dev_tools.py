@@ -91,3 +91,19 @@ def test_make_run_serves_the_demos_own_config(tmp_path: Path) -> None:
     free = Stack(demo.resolve(), repo / "envoy.yaml", demo.resolve() / ".run", Ports(ext_authz_http=0))
     free.write_configs()
     assert free.config_path == demo.resolve() / ".run/ext-authz.yaml" and free.config_path.exists()
+
+
+def test_the_demo_lock_never_follows_a_link(tmp_path: Path) -> None:
+    from ext_authz.dev.stack import DemoBusy, demo_session
+
+    demo = tmp_path / "demo"
+    (demo / ".run").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    (demo / ".run/demo.lock").symlink_to(victim)
+    with pytest.raises(OSError, match=r"(?i)symbolic link|too many levels"), demo_session(demo):
+        pass
+    assert victim.read_text() == "precious data"
+    (demo / ".run/demo.lock").unlink()
+    with demo_session(demo), pytest.raises(DemoBusy, match="already running"), demo_session(demo):
+        pass

@@ -209,6 +209,9 @@ def test_a_browser_is_redirected_and_an_api_client_gets_401(demo: Demo) -> None:
         ("https://login.example.com@evil.test/", False),
         ("javascript:alert(1)", False),
         ("/\\evil.test", False),
+        ("/\t/evil.test/phish", False),  # browsers drop the tab: //evil.test
+        ("/\n/evil.test", False),
+        ("/ /evil.test", False),
     ],
 )
 def test_a_computed_location_goes_only_where_the_operator_allows(
@@ -221,9 +224,8 @@ def test_a_computed_location_goes_only_where_the_operator_allows(
         assert denied.status.code == 302 and headers(denied.headers)["location"] == target
     else:
         assert denied.status.code == 403 and "location" not in headers(denied.headers)
-        assert d.response_errors == (
-            ("computed-redirect", "header location: not a path here nor on redirect_hosts"),
-        )
+        (error,) = d.response_errors
+        assert error[0] == "computed-redirect" and error[1].startswith("header location:")
 
 
 def test_a_value_that_fails_is_left_out_and_counted_and_the_decision_stands(demo: Demo) -> None:
@@ -297,7 +299,7 @@ def test_responses_of_identity_alone_are_remembered(demo: Demo) -> None:
         ({"response": {"upstream_headers": {"connection": "close"}}}, "upstream_headers", "hop-by-hop"),
         ({"response": {"client_headers": {"transfer-encoding": "x"}}}, "client_headers", "hop-by-hop"),
         ({"response": {"upstream_headers": {"X Bad": "y"}}}, "upstream_headers", "lower-case token"),
-        ({"response": {"upstream_headers": {"x": "a\r\nb"}}}, "upstream_headers", "CR, LF or NUL"),
+        ({"response": {"upstream_headers": {"x": "a\r\nb"}}}, "upstream_headers", "control character"),
         ({"effect": "deny", "response": {"body": "x" * 20000}}, "response.body", "max_response_body_bytes"),
         (
             {"response": {"upstream_headers": {"x": {"cel": "[1, 2]"}}}},
@@ -360,3 +362,36 @@ def test_a_reason_without_a_deciding_rule_can_have_its_own_answer(demo: Demo) ->
     )
     with pytest.raises(ConfigError, match="not a denial reason"):
         engine_with(demo.dir, "bad-reason", RULES, response={"reasons": {"allowed": {"body": "x"}}})
+
+
+def test_hidden_reasons_stay_hidden_in_www_authenticate(demo: Demo) -> None:
+    quiet = engine_with(demo.dir, "quiet-401", RULES, response={"reason_header": False})
+    expired = demo.token(exp=int(TS) - 3600)
+    d = demo.decide("/user/me", engine=quiet, token=expired, listener="edge")
+    www = {o.header.key: o.header.value for o in render(d).denied_response.headers}["www-authenticate"]
+    assert www == 'Bearer error="invalid_token"' and d.reason not in str(render(d).denied_response)
+
+
+def test_a_response_read_from_the_request_keeps_no_template(demo: Demo) -> None:
+    """A body or header computed from the request is rendered each time: the template caches would
+    otherwise keep every request's values (thousands of them, each up to the limits)."""
+    from ext_authz.envoy import render as render_module
+
+    eng = engine_with(
+        demo.dir,
+        "echo",
+        [
+            {
+                "name": "echo",
+                "effect": "deny",
+                "match": {"paths": ["/echo/*"]},
+                "response": {"status": 400, "body": {"cel": "request.path"}},
+            }
+        ],
+    )
+    before = len(render_module._templates) + len(render_module._wire_templates)
+    for i in range(50):
+        d = demo.decide(f"/echo/{i}", workload="frontend", engine=eng)
+        assert render(d).denied_response.body == f"/echo/{i}"
+        assert CheckResponse.FromString(render_wire(d)) == render(d)
+    assert len(render_module._templates) + len(render_module._wire_templates) == before
