@@ -215,18 +215,29 @@ def _suggest(args: argparse.Namespace, since: datetime | None, engine: Any) -> i
         return EXIT_INVALID
     suggestions = suggest(records, temporary)
     config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
-    doc = suggested_config(config, suggestions, shadow=args.shadow)
+    notes: list[str] = []
+    doc = suggested_config(config, suggestions, shadow=args.shadow, notes=notes)
+
+    def comment(text: str) -> str:
+        # Identities come from the log, which callers wrote: as JSON with every character past ASCII
+        # escaped, so nothing in one (a U+2028 line break YAML honours) can end the comment.
+        return "#   " + json.dumps(text)[1:-1]
+
     lines = [
         f"# ext-authz report --suggest: from {len(records)} decisions"
         + (f" since {since.isoformat()}" if since else "")
-        + f", {len(suggestions)} identities allowed something.",
-        "# Each suggested rule covers exactly the methods, hosts and paths its identity used (ids as *).",
+        + f", {len({s.identity for s in suggestions})} identities allowed something.",
+        "# Each suggested rule covers the hosts and paths one identity used with one method under one rule,",
+        "# within that rule (its condition, context extensions, step-up and response kept); ids are *.",
     ]
+    if notes:
+        lines.append("# Not written:")
+        lines.extend(comment(n) for n in notes)
     if engine is not None:
         unused = [u for u in build_report(records, engine, datetime.now(UTC)) if u.unused_rules]
         if unused:
             lines.append("# What the current policy allows that was never used (dropped here):")
-            lines.extend(f"#   {u.identity}: {', '.join(u.unused_rules)}" for u in unused)
+            lines.extend(comment(f"{u.identity}: {', '.join(u.unused_rules)}") for u in unused)
         if args.shadow:
             lines.append("# The suggested rules run in shadow beside the enforced ones: compare with report.")
     print("\n".join(lines))

@@ -84,3 +84,66 @@ async def test_the_suggested_policy_allows_what_was_used_and_no_more(demo_dir: P
         r["name"] for r in cfg["rules"] if r.get("mode") != "shadow"
     ]
     assert any(r["name"].startswith("suggested-") and r["mode"] == "shadow" for r in rules)
+
+
+def _record(principal: str, rule: str, method: str, path: str) -> dict[str, object]:
+    return {
+        "decision_id": "d",
+        "time": "2026-12-07T10:00:00+00:00",
+        "decision": "allow",
+        "reason": "allowed",
+        "rule": rule,
+        "method": method,
+        "host": "backend.internal",
+        "path": path,
+        "identity": {"principals": [principal]},
+    }
+
+
+def _suggest(tmp_path: Path, cfg_path: Path, records: list[dict[str, object]]) -> str:
+    import json
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    res = subprocess.run(
+        [*CLI, "report", "--suggest", "--config", str(cfg_path), "--log", str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_an_identity_from_the_log_cannot_write_config(demo_dir: Path, tmp_path: Path) -> None:
+    """A subject holding U+2028 (a line break to YAML) once ended the comment it was listed in and wrote
+    `grants: {require_approval: false}` into the suggested config."""
+    cfg_path = write_config(demo_dir, tmp_path)
+    evil = "https://idp.example.com#mallory\u2028grants: {require_approval: false}\u2028#"
+    out = _suggest(tmp_path, cfg_path, [_record(evil, "people-read-profile", "GET", "/user/profile")])
+    doc = yaml.safe_load(out)
+    assert set(doc) == set(yaml.safe_load(cfg_path.read_text())), sorted(doc)
+    assert "grants" not in doc or doc["grants"] == yaml.safe_load(cfg_path.read_text()).get("grants")
+
+
+def test_a_suggestion_is_never_broader_than_the_rule_it_replaces(demo_dir: Path, tmp_path: Path) -> None:
+    cfg_path = write_config(demo_dir, tmp_path)
+    frontend = "spiffe://example.org/ns/frontend/sa/web"
+    out = _suggest(
+        tmp_path,
+        cfg_path,
+        [
+            _record(frontend, "frontend-reads", "GET", f"/api/{name}")
+            for name in ("orders", "customers", "items", "invoices", "12345")
+        ]
+        + [_record("https://idp.example.com#alice", "people-read-profile", "GET", "/12345")],
+    )
+    rules = {r["name"]: r for r in yaml.safe_load(out)["rules"]}
+    (mine,) = [r for n, r in rules.items() if n.startswith("suggested-web-frontend-reads")]
+    assert mine["match"]["methods"] == ["GET"]  # used: GET only (the rule allows HEAD too)
+    assert mine["match"]["context_extensions"] == {"listener": "mesh"}  # kept: mesh only
+    assert mine["when"].startswith('(identity.spiffe_id.startsWith("spiffe://example.org/ns/frontend/"))')
+    assert mine["match"]["paths"] == ["/api/*"]  # five siblings, within the rule's /api/*
+    # An id at the root would be every path: not written, and said.
+    assert not any(n.startswith("suggested-alice") for n in rules)
+    assert "every path" in out
