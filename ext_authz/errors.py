@@ -39,7 +39,8 @@ REASON_STATUS: dict[str, int] = {
     "token_audience": 401,
     "token_issuer": 401,
     "token_claims": 401,
-    "token_binding": 401,  # RFC 8705: not presented with the certificate the token is bound to
+    "token_binding": 401,  # RFC 8705 / 9449: not presented with what the token is bound to
+    "dpop_proof": 401,  # RFC 9449: the proof is missing, malformed, stale, replayed or for another request
     "token_too_old": 401,
     "trust_stale": 401,
     "session_too_old": 401,

@@ -73,8 +73,10 @@ class Credentials:
     peer_certificate: str | None = None  # the leaf as Envoy sent it: URL-encoded PEM (decoded on demand)
     xfcc: str = ""  # the x-forwarded-client-cert header; its Chain holds untrusted intermediates
     principal: str | None = None  # Envoy's source.principal (URI SAN of a verified peer)
-    bearer: str | None = None  # the raw token after "Bearer "
+    bearer: str | None = None  # the raw token after "Bearer " (or "DPoP ")
     bearer_malformed: bool = False  # an Authorization: Bearer header that is not a token
+    scheme: str = "bearer"  # how the token was sent: bearer, or dpop (Authorization: DPoP)
+    dpop: str | None = None  # the DPoP header: a proof of possession (RFC 9449); None without one
 
 
 @value
@@ -164,9 +166,12 @@ class Identity:
     @property
     def bound(self) -> str:
         """How this token is bound to its holder: ``x5t#S256`` (RFC 8705, a certificate's thumbprint,
-        checked against the request's peer certificate before policy runs), else ''."""
+        checked against the request's peer certificate), ``dpop`` (RFC 9449, a key the request proved it
+        holds), both comma-separated, else ''. Checked before policy runs."""
         cnf = self.claims.get("cnf") if self.channel == "bearer" else None
-        return "x5t#S256" if isinstance(cnf, dict) and "x5t#S256" in cnf else ""
+        if not isinstance(cnf, dict):
+            return ""
+        return ",".join(m for m, k in (("x5t#S256", "x5t#S256"), ("dpop", "jkt")) if k in cnf)
 
 
 @value

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import hmac
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 from .envoy.xfcc import MultipleCertificates, XfccTooComplex, chain_from_xfcc, decode_certificate
 from .errors import CredentialError, status_for
 from .identity.cache import LruCache
+from .identity.dpop import verify_proof
 from .identity.jwt import TokenSettings, verify_token
 from .identity.x509_svid import verify_x509_svid
 from .match import Target, parse_host
@@ -67,6 +69,9 @@ class Engine:
         return dataclasses.replace(self, trust=trust)
 
 
+MAX_PROOFS = 100_000  # DPoP proofs remembered against replay, per process
+
+
 @dataclass(slots=True)
 class Caches:
     x509: LruCache[str] = field(default_factory=lambda: LruCache(10_000))
@@ -77,10 +82,30 @@ class Caches:
     principals: dict[tuple[int, int], tuple[Identity | None, Identity | None, Principal]] = field(
         default_factory=dict
     )
+    # DPoP proofs seen, (key thumbprint, jti) → until when a replay could still pass (oldest first).
+    proofs: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
 
     @classmethod
     def sized(cls, size: int) -> Caches:
         return cls(LruCache(size), LruCache(size))
+
+    def replayed(self, jkt: str, jti: str, until: float, now: float) -> bool:
+        """Has this proof been seen? Remembered until it could no longer pass for fresh. Bounded at
+        MAX_PROOFS: past it the oldest are forgotten (a replay of one of those, inside its few seconds
+        of freshness, would pass; see docs)."""
+        proofs = self.proofs
+        while proofs:
+            first = next(iter(proofs.values()))
+            if first > now:
+                break
+            proofs.popitem(last=False)
+        key = (jkt, jti)
+        if key in proofs:
+            return True
+        proofs[key] = until
+        if len(proofs) > MAX_PROOFS:
+            proofs.popitem(last=False)
+        return False
 
     def principal(self, workload: Identity | None, token: Identity | None) -> Principal:
         key = (id(workload), id(token))
@@ -212,36 +237,75 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
             "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
         ) from exc
     if token is not None:
-        _check_binding(token, workload, engine)
+        _check_binding(token, workload, ctx, engine, caches, ts)
     return caches.principal(workload, token)
 
 
-def _check_binding(token: Identity, peer: Identity | None, engine: Engine) -> None:
-    """RFC 8705: a token whose ``cnf`` names a certificate thumbprint (``x5t#S256``) is accepted only
-    on a request whose verified peer certificate has it. A token without ``cnf`` is accepted unless its
-    issuer says ``binding: required``. A ``cnf`` naming only a method not checked here (a DPoP ``jkt``)
-    is refused: used as a bare bearer token, the binding would mean nothing."""
+def _check_dpop(
+    token: Identity, jkt: str, ctx: RequestContext, max_age: float, caches: Caches, ts: float, cfg: Settings
+) -> None:
+    creds = ctx.credentials
+    if creds.scheme != "dpop":
+        raise _binding_error("a DPoP-bound token sent as Bearer: it needs the DPoP scheme and a proof")
+    if not creds.dpop:
+        raise CredentialError("dpop_proof", "no DPoP proof (the DPoP header)", credential="token")
+    http = ctx.http
+    if http is None or not creds.bearer:
+        raise CredentialError("dpop_proof", "a DPoP proof needs an HTTP request", credential="token")
+    url = f"{http.scheme or 'https'}://{http.host}{http.path_only}"
+    leeway = cfg.issuers[token.issuer].leeway if token.issuer in cfg.issuers else 30.0
+    proof = verify_proof(
+        creds.dpop, token=creds.bearer, method=http.method, url=url, now=ts, max_age=max_age, leeway=leeway
+    )
+    if not hmac.compare_digest(proof.jkt.encode(), jkt.encode()):
+        raise _binding_error("the DPoP proof is signed by another key than the token is bound to (jkt)")
+    if caches.replayed(proof.jkt, proof.jti, proof.iat + max_age + leeway, ts):
+        raise CredentialError("dpop_proof", "the DPoP proof was used before (jti)", credential="token")
+
+
+def _binding_error(detail: str) -> CredentialError:
+    return CredentialError("token_binding", detail, credential="token")
+
+
+def _check_binding(
+    token: Identity, peer: Identity | None, ctx: RequestContext, engine: Engine, caches: Caches, ts: float
+) -> None:
+    """A token bound to its holder is accepted only with the holder's proof: RFC 8705 (``cnf``
+    ``x5t#S256``: the request's verified peer certificate has that thumbprint) and RFC 9449 (``cnf``
+    ``jkt``: sent with the DPoP scheme and a fresh, unreplayed proof signed by that key). An issuer's
+    ``binding: required`` refuses a token without a certificate binding, ``dpop: required`` one without
+    a key binding. A ``cnf`` naming only methods not checked here is refused: read as a bare bearer
+    token, the binding would mean nothing."""
     cfg = engine.config
+    issuer = cfg.issuers.get(token.issuer) if token.kind != "jwt_svid" else None
     if token.kind == "jwt_svid":
-        required = cfg.jwt_svid.binding == "required"
+        cert_required, dpop_required = cfg.jwt_svid.binding == "required", False
     else:
-        issuer = cfg.issuers.get(token.issuer)
-        required = issuer is not None and issuer.binding == "required"
+        cert_required = issuer is not None and issuer.binding == "required"
+        dpop_required = issuer is not None and issuer.dpop == "required"
+    creds = ctx.credentials
     cnf = token.claims.get("cnf")
-    if cnf is None:
-        if required:
-            raise CredentialError(
-                "token_binding", "the issuer requires a certificate-bound token (cnf)", credential="token"
-            )
-        return
-    thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-    if not isinstance(thumbprint, str):
+    if cnf is not None and (not isinstance(cnf, dict) or not ({"x5t#S256", "jkt"} & set(cnf))):
         methods = sorted(str(k)[:32] for k in cnf)[:4] if isinstance(cnf, dict) else []
-        raise CredentialError(
-            "token_binding",
-            f"cnf binds the token by {methods or 'nothing usable'}; only x5t#S256 (RFC 8705) is checked here",
-            credential="token",
+        raise _binding_error(
+            f"cnf binds the token by {methods or 'nothing usable'}; x5t#S256 (RFC 8705) and jkt"
+            " (RFC 9449) are checked here"
         )
+    cnf = cnf or {}
+    jkt = cnf.get("jkt")
+    if jkt is not None:
+        _check_dpop(token, str(jkt), ctx, issuer.dpop_max_age if issuer else 60.0, caches, ts, cfg)
+    elif creds.scheme == "dpop":
+        raise _binding_error("the DPoP scheme with a token not bound to a key (no cnf jkt)")
+    elif dpop_required:
+        raise _binding_error("the issuer requires a DPoP-bound token (cnf jkt)")
+    if "x5t#S256" not in cnf:
+        if cert_required:
+            raise _binding_error("the issuer requires a certificate-bound token (cnf x5t#S256)")
+        return
+    thumbprint = cnf.get("x5t#S256")
+    if not isinstance(thumbprint, str):
+        raise _binding_error("cnf x5t#S256 is not a thumbprint")
     if peer is None or not peer.cert_sha256:
         raise CredentialError(
             "token_binding",

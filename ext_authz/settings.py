@@ -305,6 +305,12 @@ class IssuerSettings(Section):
     leeway: Duration = 30.0
     subject_claim: Text = "sub"
     binding: Binding = Field("optional", description=_BINDING)
+    dpop: Binding = Field(
+        "optional",
+        description="optional: a token with cnf jkt needs the DPoP scheme and a valid proof (RFC 9449), one"
+        " without is a bearer token; required: only DPoP-bound tokens (401 token_binding otherwise)",
+    )
+    dpop_max_age: Duration = Field(60.0, description="how old a DPoP proof may be (its iat), plus leeway")
 
     @model_validator(mode="before")
     @classmethod

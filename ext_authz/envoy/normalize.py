@@ -28,20 +28,21 @@ def _is_b64token(token: str) -> bool:
     return bool(body) and body.isascii() and not body.encode().translate(None, _TOKEN_ALPHABET)
 
 
-def _bearer(headers: dict[str, str]) -> tuple[str | None, bool]:
+def _bearer(headers: dict[str, str]) -> tuple[str | None, bool, str]:
+    """(the token, whether a token was meant but is malformed, its scheme: bearer or dpop)."""
     auth = headers.get("authorization")
     if auth is None:
-        return None, False
+        return None, False, "bearer"
     parts = auth.strip().split(None, 1)
-    scheme = parts[0] if parts else ""
-    if scheme.lower() != "bearer":
-        if scheme.lower().startswith("bearer"):
-            return None, True  # "Bearer<junk>": meant as a token, not well formed
-        return None, False  # another scheme (Basic, …) is not our credential
+    scheme = parts[0].lower() if parts else ""
+    if scheme not in ("bearer", "dpop"):
+        if scheme.startswith(("bearer", "dpop")):
+            return None, True, "bearer"  # "Bearer<junk>": meant as a token, not well formed
+        return None, False, "bearer"  # another scheme (Basic, …) is not our credential
     token = parts[1].strip() if len(parts) > 1 else ""
     if not _is_b64token(token):
-        return None, True
-    return token, False
+        return None, True, scheme
+    return token, False, scheme
 
 
 def _address(peer: Any) -> str:
@@ -111,13 +112,15 @@ def normalize(request: Any, limits: Limits = _DEFAULT_LIMITS) -> RequestContext:
         )
     source = attrs.source
     principal = source.principal
-    bearer, malformed = _bearer(headers)
+    bearer, malformed, scheme = _bearer(headers)
     creds = Credentials(
         source.certificate or None,
         headers.get("x-forwarded-client-cert", ""),
         principal or None,
         bearer,
         malformed,
+        scheme,
+        headers.get("dpop"),
     )
     extensions = attrs.context_extensions
     return RequestContext(

@@ -22,6 +22,7 @@ from ext_authz._proto.envoy.base_pb2 import HeaderValue, HeaderValueOption
 from ext_authz._proto.envoy.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
 from ext_authz._proto.envoy.http_status_pb2 import HttpStatus, StatusCode
 
+from ..identity.dpop import DPOP_ALGORITHMS
 from ..model import Decision, Response
 
 __all__ = ["IDENTITY_HEADERS", "render", "render_wire"]
@@ -175,6 +176,8 @@ def _build(s: _Shape, decision_id: str) -> CheckResponse:
     if s.status == 401 and "www-authenticate" not in mine:
         if s.challenge:
             challenge = s.challenge
+        elif s.reason == "dpop_proof":  # RFC 9449 §7.1: the scheme is DPoP, with the algorithms we take
+            challenge = f'DPoP error="invalid_dpop_proof", algs="{" ".join(DPOP_ALGORITHMS)}"'
         elif s.credential_failed == "token":
             challenge = (
                 'Bearer error="invalid_token"'

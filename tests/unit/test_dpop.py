@@ -1,0 +1,180 @@
+"""DPoP (RFC 9449): a token bound to a key is accepted only with a fresh proof of that key, for this
+request, once. Real keys and tokens, the whole pipeline, and the response Envoy gets."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from joserfc import jws
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from ext_authz.envoy.normalize import normalize
+from ext_authz.envoy.render import render
+from ext_authz.identity.dpop import token_hash
+from ext_authz.pipeline import Caches, decide, identity_for_cel
+from tests.component.checkreq import check_request
+from tests.unit.test_pipeline_trust import ALLOWED, NOW, TS, Trust, outcome, trust  # noqa: F401
+
+URL = "https://backend.internal/user/profile"
+
+
+@pytest.fixture(scope="module")
+def t(trust: Trust) -> Trust:  # noqa: F811 - the demo's trust, shared with test_pipeline_trust
+    return trust
+
+
+HOLDER = ECKey.generate_key("P-256")
+OTHER = ECKey.generate_key("P-256")
+
+
+def bound_token(t: Trust, key: Any = HOLDER, **changes: Any) -> str:
+    return t.token(cnf={"jkt": key.thumbprint()}, **changes)
+
+
+def proof(
+    token: str,
+    key: Any = HOLDER,
+    *,
+    htm: str = "GET",
+    htu: str = URL,
+    iat: float = TS,
+    jti: str | None = None,
+    header: dict[str, Any] | None = None,
+    claims: dict[str, Any] | None = None,
+    alg: str = "ES256",
+) -> str:
+    head = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False), **(header or {})}
+    body = {"jti": jti or uuid.uuid4().hex, "htm": htm, "htu": htu, "iat": int(iat), "ath": token_hash(token)}
+    body.update(claims or {})
+    payload = json.dumps({k: v for k, v in body.items() if v is not None})
+    return jws.serialize_compact(head, payload, key, algorithms=[alg])
+
+
+def decide_with(
+    t: Trust,
+    token: str,
+    dpop: str | None,
+    *,
+    scheme: str = "DPoP",
+    caches: Caches | None = None,
+    path: str = "/user/profile",
+    method: str = "GET",
+) -> Any:
+    headers = {"authorization": f"{scheme} {token}"}
+    if dpop is not None:
+        headers["dpop"] = dpop
+    ctx = normalize(check_request(t.dir, path=path, method=method, listener="edge", headers=headers))
+    return decide(ctx, t.engine, caches or Caches(), NOW, "d" * 32)
+
+
+def test_a_bound_token_with_its_proof_passes_and_policy_sees_it(t: Trust) -> None:
+    tok = bound_token(t)
+    d = decide_with(t, tok, proof(tok))
+    assert outcome(d) == ALLOWED
+    assert identity_for_cel(d.principal)["token"]["bound"] == "dpop"
+
+
+def test_the_same_proof_twice_is_a_replay(t: Trust) -> None:
+    tok = bound_token(t)
+    p = proof(tok)
+    caches = Caches()
+    assert decide_with(t, tok, p, caches=caches).allowed
+    d = decide_with(t, tok, p, caches=caches)
+    assert outcome(d) == (False, 401, "dpop_proof")
+    www = {h.header.key: h.header.value for h in render(d).denied_response.headers}["www-authenticate"]
+    assert www.startswith('DPoP error="invalid_dpop_proof", algs="ES256')
+    assert decide_with(t, tok, proof(tok), caches=caches).allowed  # a new proof: fine
+
+
+def _private_jwk() -> dict[str, Any]:
+    return HOLDER.as_dict(private=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "why"),
+    [
+        (lambda tok: proof(tok, htu="http://backend.internal/user/profile"), "dpop_proof", "another scheme"),
+        (lambda tok: proof(tok, htu="https://other.internal/user/profile"), "dpop_proof", "another host"),
+        (
+            lambda tok: proof(tok, htu="https://backend.internal:8443/user/profile"),
+            "dpop_proof",
+            "another port",
+        ),
+        (lambda tok: proof(tok, htu="https://backend.internal/User/profile"), "dpop_proof", "path case"),
+        (
+            lambda tok: proof(tok, htu="https://backend.internal/user/profile/"),
+            "dpop_proof",
+            "trailing slash",
+        ),
+        (lambda tok: proof(tok, htm="POST"), "dpop_proof", "another method"),
+        (lambda tok: proof(tok, iat=TS - 600), "dpop_proof", "stale"),
+        (lambda tok: proof(tok, iat=TS + 600), "dpop_proof", "from the future"),
+        (lambda tok: proof(tok, claims={"ath": None}), "dpop_proof", "no ath"),
+        (lambda tok: proof(tok, claims={"ath": token_hash(tok + "x")}), "dpop_proof", "ath of another token"),
+        (lambda tok: proof(tok, key=OTHER), "token_binding", "signed by another key than cnf.jkt"),
+        (lambda tok: proof(tok, header={"jwk": _private_jwk()}), "dpop_proof", "a private key in the jwk"),
+        (lambda tok: proof(tok, header={"typ": "JWT"}), "dpop_proof", "typ not dpop+jwt"),
+        (lambda tok: proof(tok, claims={"jti": None}), "dpop_proof", "no jti"),
+        (lambda tok: None, "dpop_proof", "no proof at all"),
+        (lambda tok: "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6Im5vbmUifQ.e30.", "dpop_proof", "alg none"),
+        (lambda tok: "a" * 10_000, "dpop_proof", "oversized"),
+        (lambda tok: "not.a.jws.at.all", "dpop_proof", "malformed"),
+    ],
+)
+def test_a_proof_that_does_not_hold_is_refused(t: Trust, make: Any, reason: str, why: str) -> None:
+    tok = bound_token(t)
+    d = decide_with(t, tok, make(tok))
+    assert outcome(d) == (False, 401, reason), why
+
+
+def test_hs256_with_a_symmetric_jwk_is_refused(t: Trust) -> None:
+    tok = bound_token(t)
+    secret = OctKey.generate_key(256)
+    head = {"typ": "dpop+jwt", "alg": "HS256", "jwk": secret.as_dict(private=True)}
+    body = {"jti": "x", "htm": "GET", "htu": URL, "iat": int(TS), "ath": token_hash(tok)}
+    forged = jws.serialize_compact(head, json.dumps(body), secret, algorithms=["HS256"])
+    assert outcome(decide_with(t, tok, forged)) == (False, 401, "dpop_proof")
+
+
+def test_a_proof_for_another_token_is_refused(t: Trust) -> None:
+    tok = bound_token(t)
+    other = bound_token(t, jti="another-token")
+    assert outcome(decide_with(t, tok, proof(other))) == (False, 401, "dpop_proof")
+
+
+def test_the_binding_decides_the_scheme(t: Trust) -> None:
+    tok = bound_token(t)
+    # A DPoP-bound token sent as Bearer (what a thief who copied only the token would do).
+    assert outcome(decide_with(t, tok, None, scheme="Bearer")) == (False, 401, "token_binding")
+    assert outcome(decide_with(t, tok, proof(tok), scheme="Bearer")) == (False, 401, "token_binding")
+    # The DPoP scheme with a token bound to nothing.
+    plain = t.token()
+    assert outcome(decide_with(t, plain, proof(plain))) == (False, 401, "token_binding")
+
+
+def test_an_rsa_proof_works_too(t: Trust) -> None:
+    key = RSAKey.generate_key(2048)
+    tok = bound_token(t, key=key)
+    assert decide_with(t, tok, proof(tok, key=key, alg="PS256")).allowed
+
+
+def test_an_issuer_may_require_dpop(t: Trust) -> None:
+    import yaml
+
+    from ext_authz.loader import load_engine
+
+    cfg = yaml.safe_load((t.dir / "trust.yaml").read_text())
+    cfg["issuers"]["https://idp.example.com"]["dpop"] = "required"
+    path = t.dir / "dpop-required.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    engine = load_engine(path)
+    plain = t.token()
+    ctx = normalize(check_request(t.dir, path="/user/profile", listener="edge", token=plain))
+    assert outcome(decide(ctx, engine, Caches(), NOW, "d" * 32)) == (False, 401, "token_binding")
+    tok = bound_token(t)
+    headers = {"authorization": f"DPoP {tok}", "dpop": proof(tok)}
+    ctx = normalize(check_request(t.dir, path="/user/profile", listener="edge", headers=headers))
+    assert decide(ctx, engine, Caches(), NOW, "d" * 32).allowed
