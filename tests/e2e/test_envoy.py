@@ -278,3 +278,56 @@ def test_no_secret_reaches_any_log(stack: Stack) -> None:
         secrets.append(key.read_text().splitlines()[1])  # a line of private key material
     for s in secrets:
         assert s not in logs, s[:20]
+
+
+def test_a_dpop_bound_token_needs_its_proof_through_envoy(stack: Stack) -> None:
+    """A client that signs DPoP proofs (RFC 9449) gets in; the same token copied without the key, or a
+    proof replayed, does not."""
+    import time
+    import uuid
+
+    from joserfc import jws
+    from joserfc.jwk import ECKey, RSAKey
+
+    from ext_authz.dev.pki import mint_jwt
+    from ext_authz.identity.dpop import token_hash
+
+    holder = ECKey.generate_key("P-256")
+    idp = RSAKey.import_key(json.loads((stack.demo_dir / "idp/idp.key.json").read_text()))
+    now = int(time.time())
+    claims = {
+        "iss": "https://idp.example.com",
+        "aud": "backend-api",
+        "sub": "alice",
+        "roles": ["reader"],
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 600,
+        "cnf": {"jkt": holder.thumbprint()},
+    }
+    tok = mint_jwt(idp, claims, alg="RS256")
+    url = f"https://localhost:{stack.ports.edge}/user/profile"
+
+    def proof() -> str:
+        head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": holder.as_dict(private=False)}
+        body = {
+            "jti": uuid.uuid4().hex,
+            "htm": "GET",
+            "htu": url,
+            "iat": int(time.time()),
+            "ath": token_hash(tok),
+        }
+        return jws.serialize_compact(head, json.dumps(body), holder, algorithms=["ES256"])
+
+    def get(headers: dict[str, str]) -> Reply:
+        return request(stack, "/user/profile", listener="edge", workload=None, headers=headers)
+
+    one = proof()
+    ok = get({"Authorization": f"DPoP {tok}", "DPoP": one})
+    assert ok.status == 200, ok.body
+    assert ok.echo()["x-ext-authz-subject"] == "alice"
+    stolen = get({"Authorization": f"Bearer {tok}"})  # the token alone, as a thief has it
+    assert stolen.status == 401 and stolen.headers["x-ext-authz-reason"] == "token_binding"
+    replayed = get({"Authorization": f"DPoP {tok}", "DPoP": one})
+    assert replayed.status == 401 and replayed.headers["x-ext-authz-reason"] == "dpop_proof"
+    assert replayed.headers["www-authenticate"].startswith('DPoP error="invalid_dpop_proof"')
