@@ -178,3 +178,39 @@ def test_an_issuer_may_require_dpop(t: Trust) -> None:
     headers = {"authorization": f"DPoP {tok}", "dpop": proof(tok)}
     ctx = normalize(check_request(t.dir, path="/user/profile", listener="edge", headers=headers))
     assert decide(ctx, engine, Caches(), NOW, "d" * 32).allowed
+
+
+# -- interop: the RFC's own example (tests/data/dpop/rfc9449.json, with its source) -------------------
+def test_the_rfcs_example_proof_verifies_and_its_neighbours_do_not() -> None:
+    from pathlib import Path
+
+    from ext_authz.errors import CredentialError
+    from ext_authz.identity.dpop import verify_proof
+
+    rfc = json.loads((Path(__file__).resolve().parents[1] / "data/dpop/rfc9449.json").read_text())
+    assert token_hash(rfc["access_token"]) == rfc["ath"]
+    args = {
+        "token": rfc["access_token"],
+        "method": rfc["method"],
+        "url": rfc["url"],
+        "max_age": 60,
+        "leeway": 5,
+    }
+    got = verify_proof(rfc["resource_proof"], now=rfc["iat"] + 2, **args)
+    assert (got.jkt, got.jti, got.iat) == (rfc["jkt"], rfc["jti"], rfc["iat"])
+    for change in (
+        {"method": "POST"},
+        {"url": "https://resource.example.org/protectedresource/"},
+        {"token": rfc["access_token"] + "x"},
+    ):
+        with pytest.raises(CredentialError):
+            verify_proof(rfc["resource_proof"], now=rfc["iat"] + 2, **{**args, **change})
+    with pytest.raises(CredentialError, match="too old"):
+        verify_proof(rfc["resource_proof"], now=rfc["iat"] + 3600, **args)
+    # The token request's proof carries no ath: at a resource it proves nothing about the token.
+    with pytest.raises(CredentialError, match="ath"):
+        verify_proof(
+            rfc["token_request_proof"],
+            now=1562262620,
+            **{**args, "method": "POST", "url": "https://server.example.com/token"},
+        )
