@@ -276,6 +276,46 @@ def _certificate_cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
     return cases
 
 
+def _dpop_cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
+    from joserfc import jws
+    from joserfc.jwk import RSAKey
+
+    from ext_authz.dev.pki import mint_jwt
+    from ext_authz.identity.dpop import token_hash
+
+    idp = RSAKey.import_key(json.loads((demo / "idp/idp.key.json").read_text()))
+    holder = RSAKey.generate_key(4096)
+    ts = int(now.timestamp())
+    claims = {
+        "iss": "https://idp.example.com",
+        "aud": "backend-api",
+        "sub": "alice",
+        "roles": ["reader"],
+        "iat": ts,
+        "exp": ts + 3600,
+        "cnf": {"jkt": holder.thumbprint()},
+    }
+    tok = mint_jwt(idp, claims, alg="RS256")
+    body = {"jti": "j1", "htm": "GET", "htu": "https://backend.internal/user/profile", "iat": ts}
+    body["ath"] = token_hash(tok)
+    jwk = holder.as_dict(private=False)
+    good = jws.serialize_compact(
+        {"typ": "dpop+jwt", "alg": "PS512", "jwk": jwk}, json.dumps(body), holder, algorithms=["PS512"]
+    )
+    huge_e = {**jwk, "e": base64.urlsafe_b64encode(b"\xff" * 512).rstrip(b"=").decode()}
+    slow = jws.serialize_compact(
+        {"typ": "dpop+jwt", "alg": "PS512", "jwk": huge_e}, json.dumps(body), holder, algorithms=["PS512"]
+    )
+    out = {}
+    for name, proof in (
+        ("dpop: a proof by a 4096-bit RSA key (the largest taken)", good),
+        ("dpop: a proof by a key with a 4096-bit exponent (refused unread)", slow),
+    ):
+        headers = {"authorization": f"DPoP {tok}", "dpop": proof}
+        out[name] = check_request(demo, path="/user/profile", listener="edge", headers=headers)
+    return out
+
+
 def _cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
     frontend = check_request(demo, workload="frontend")
     cases: dict[str, CheckRequest] = {"normal: frontend, mTLS, warm policy": frontend}
@@ -335,6 +375,9 @@ def _cases(demo: Path, now: datetime) -> dict[str, CheckRequest]:
     cases["path: long, aimed at the glob and the CEL regex"] = check_request(
         demo, workload="frontend", path=path
     )
+    # DPoP (RFC 9449): the proof's key is the caller's choice; the largest RSA key taken, and a proof
+    # whose key is over it (refused unread).
+    cases.update(_dpop_cases(demo, now))
     # Paths aimed at the redaction of tokens in paths (its cost is on the Check path).
     cases["path: 2 KB of 20-character random-looking segments"] = check_request(
         demo, workload="frontend", path="/" + "/".join(["aB3dE5gH7jK9mN1pQ3sT"] * 100)

@@ -32,6 +32,7 @@ __all__ = ["DPOP_ALGORITHMS", "MAX_PROOF_BYTES", "Proof", "verify_proof"]
 DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 MAX_PROOF_BYTES = 8 * 1024
 MAX_JTI = 256
+MAX_RSA_N_CHARS = 683  # base64url of a 4096-bit modulus
 _PRIVATE = frozenset(("d", "p", "q", "dp", "dq", "qi", "oth", "k"))
 _KTY = {"ES": "EC", "RS": "RSA", "PS": "RSA", "Ed": "OKP"}
 
@@ -121,6 +122,10 @@ def verify_proof(
         raise _fail("the proof's jwk holds a private key")
     if jwk["kty"] != _KTY.get(alg[:2]):
         raise _fail(f"the proof's jwk is not a key for {alg}")
+    if jwk["kty"] == "RSA":  # the caller chose this key: one made to verify slowly is refused unread
+        n, e = jwk.get("n"), jwk.get("e")
+        if not isinstance(n, str) or not isinstance(e, str) or len(n) > MAX_RSA_N_CHARS or len(e) > 6:
+            raise _fail("the proof's RSA key is over 4096 bits, or its exponent over 32 bits")
     try:
         key = JWKRegistry.import_key(jwk)
         obj = jws.extract_compact(proof.encode("ascii"), registry=_REGISTRY)

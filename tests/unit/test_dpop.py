@@ -214,3 +214,19 @@ def test_the_rfcs_example_proof_verifies_and_its_neighbours_do_not() -> None:
             now=1562262620,
             **{**args, "method": "POST", "url": "https://server.example.com/token"},
         )
+
+
+def test_a_proof_key_made_to_verify_slowly_is_refused_unread(t: Trust) -> None:
+    """The caller chooses the proof's key: an RSA modulus over 4096 bits, or a huge exponent, would make
+    every verification cost milliseconds. Refused before any arithmetic."""
+    import base64
+
+    tok = bound_token(t)
+    key = RSAKey.generate_key(2048)
+    jwk = key.as_dict(private=False)
+    for bad in (
+        {**jwk, "e": base64.urlsafe_b64encode(b"\xff" * 512).rstrip(b"=").decode()},
+        {**jwk, "n": "A" * 1400},
+    ):
+        p = proof(tok, key=key, alg="PS256", header={"jwk": bad})
+        assert outcome(decide_with(t, tok, p)) == (False, 401, "dpop_proof")
