@@ -43,6 +43,8 @@ class IdentityUsage:
     denials: Counter[str] = field(default_factory=Counter)
     unused_rules: list[str] = field(default_factory=list)
     sample: dict[str, Any] = field(default_factory=dict)
+    # Where the rules in shadow would have decided otherwise: (enforced, shadow) → requests.
+    shadow_differs: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class IdentityUsage:
             "allowed_by_exception": dict(self.exceptions.most_common()),
             "denials_by_reason": dict(self.denials.most_common()),
             "unused_allow_rules": self.unused_rules,
+            "shadow_would_differ": dict(self.shadow_differs.most_common()),
         }
 
 
@@ -149,6 +152,9 @@ def build_report(
             u = usage[key] = IdentityUsage(key, sample=rec)
         u.requests += 1
         u.kinds.update((rec.get("identity") or {}).get("kinds") or [])
+        shadow = rec.get("shadow_decision")
+        if shadow in ("allow", "deny") and shadow != rec.get("decision"):
+            u.shadow_differs[f"{rec.get('decision')} → shadow {shadow}"] += 1
         if rec.get("decision") == "allow":
             u.allowed += 1
             if rec.get("exception_id"):
@@ -183,6 +189,11 @@ def render_report(report: list[IdentityUsage], *, with_policy: bool) -> str:
         ):
             if counts:
                 lines.append(f"  {label} " + ", ".join(f"{k} ({n})" for k, n in counts.most_common()))
+        if u.shadow_differs:
+            lines.append(
+                "  shadow rules differ:   "
+                + ", ".join(f"{k} ({n})" for k, n in u.shadow_differs.most_common())
+            )
         if with_policy:
             unused = ", ".join(u.unused_rules) if u.unused_rules else "none"
             lines.append(f"  covered but never used: {unused}")

@@ -147,3 +147,27 @@ def test_a_suggestion_is_never_broader_than_the_rule_it_replaces(demo_dir: Path,
     # An id at the root would be every path: not written, and said.
     assert not any(n.startswith("suggested-alice") for n in rules)
     assert "every path" in out
+
+
+def test_report_counts_where_shadow_rules_would_have_decided_otherwise() -> None:
+    from ext_authz.observe.report import build_report, render_report
+
+    def rec(decision: str, shadow: str | None) -> dict[str, object]:
+        r: dict[str, object] = {
+            "decision_id": "d",
+            "decision": decision,
+            "reason": "x",
+            "rule": "r",
+            "identity": {"principals": ["spiffe://example.org/a"]},
+        }
+        if shadow is not None:
+            r["shadow_decision"] = shadow
+        return r
+
+    (u,) = build_report(
+        [rec("deny", "allow"), rec("deny", "allow"), rec("allow", "allow"), rec("deny", None)],
+        None,
+        datetime.now(UTC),
+    )
+    assert dict(u.shadow_differs) == {"deny → shadow allow": 2}
+    assert "shadow rules differ:   deny → shadow allow (2)" in render_report([u], with_policy=False)
