@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ext_authz._proto import admin_pb2 as pb
-from ext_authz.admin import cli
+from ext_authz.admin import revocations as cli
 
 
 def test_an_ssf_revocation_says_it_refuses_only_older_credentials(
