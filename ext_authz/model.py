@@ -171,7 +171,13 @@ class Identity:
         cnf = self.claims.get("cnf") if self.channel == "bearer" else None
         if not isinstance(cnf, dict):
             return ""
-        return ",".join(m for m, k in (("x5t#S256", "x5t#S256"), ("dpop", "jkt")) if k in cnf)
+        # The same test the binding check makes: a member that is not a non-empty string binds nothing
+        # (and is refused there).
+        return ",".join(
+            m
+            for m, k in (("x5t#S256", "x5t#S256"), ("dpop", "jkt"))
+            if isinstance(cnf.get(k), str) and cnf[k]
+        )
 
 
 @value

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import heapq
 import hmac
 import json
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +37,7 @@ from .model import (
 )
 from .policy import Policy
 from .policy.engine import StepUp
-from .settings import Limits, ResponseSettings, Settings
+from .settings import IssuerSettings, Limits, ResponseSettings, Settings
 from .spiffe_id import SpiffeId, SpiffeIdError
 from .state.records import Signal
 from .state.snapshot import StateSnapshot
@@ -70,6 +71,40 @@ class Engine:
 
 
 MAX_PROOFS = 100_000  # DPoP proofs remembered against replay, per process
+MAX_PROOFS_PER_KEY = 1_000  # … of which at most this many by one key at a time
+
+
+class ProofMemory:
+    """The DPoP proofs seen, each until it could no longer pass for fresh. It fails closed: when full
+    (MAX_PROOFS), or full for one key (MAX_PROOFS_PER_KEY: one caller cannot fill it for everyone), a new
+    proof is refused rather than a live one forgotten (a forgotten one could be replayed). It outlives
+    engine generations: a reload or a key rotation forgets nothing."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], float] = {}
+        self.per_key: Counter[str] = Counter()
+        self._expiry: list[tuple[float, str, str]] = []  # a heap: the earliest expiry first
+
+    def see(self, jkt: str, jti: str, until: float, now: float) -> str:
+        """'' for a proof not seen before (now remembered); else why it is refused."""
+        expiry, seen = self._expiry, self.seen
+        while expiry and expiry[0][0] < now:
+            at, k, j = heapq.heappop(expiry)
+            if seen.get((k, j)) == at:
+                del seen[(k, j)]
+                self.per_key[k] -= 1
+                if self.per_key[k] <= 0:
+                    del self.per_key[k]
+        if (jkt, jti) in seen:
+            return "the DPoP proof was used before (jti)"
+        if self.per_key[jkt] >= MAX_PROOFS_PER_KEY:
+            return f"more than {MAX_PROOFS_PER_KEY} fresh DPoP proofs of one key"
+        if len(seen) >= MAX_PROOFS:
+            return "the DPoP replay memory is full: proofs are refused until some expire"
+        seen[(jkt, jti)] = until
+        self.per_key[jkt] += 1
+        heapq.heappush(expiry, (until, jkt, jti))
+        return ""
 
 
 @dataclass(slots=True)
@@ -82,30 +117,16 @@ class Caches:
     principals: dict[tuple[int, int], tuple[Identity | None, Identity | None, Principal]] = field(
         default_factory=dict
     )
-    # DPoP proofs seen, (key thumbprint, jti) → until when a replay could still pass (oldest first).
-    proofs: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+    # DPoP proofs seen: (key thumbprint, jti) → until when a replay could still pass for fresh.
+    proofs: ProofMemory = field(default_factory=lambda: ProofMemory())
 
     @classmethod
     def sized(cls, size: int) -> Caches:
         return cls(LruCache(size), LruCache(size))
 
-    def replayed(self, jkt: str, jti: str, until: float, now: float) -> bool:
-        """Has this proof been seen? Remembered until it could no longer pass for fresh. Bounded at
-        MAX_PROOFS: past it the oldest are forgotten (a replay of one of those, inside its few seconds
-        of freshness, would pass; see docs)."""
-        proofs = self.proofs
-        while proofs:
-            first = next(iter(proofs.values()))
-            if first > now:
-                break
-            proofs.popitem(last=False)
-        key = (jkt, jti)
-        if key in proofs:
-            return True
-        proofs[key] = until
-        if len(proofs) > MAX_PROOFS:
-            proofs.popitem(last=False)
-        return False
+    def replayed(self, jkt: str, jti: str, until: float, now: float) -> str:
+        """'' for a DPoP proof not seen before (now remembered); else why it is refused."""
+        return self.proofs.see(jkt, jti, until, now)
 
     def principal(self, workload: Identity | None, token: Identity | None) -> Principal:
         key = (id(workload), id(token))
@@ -242,8 +263,15 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
 
 
 def _check_dpop(
-    token: Identity, jkt: str, ctx: RequestContext, max_age: float, caches: Caches, ts: float, cfg: Settings
+    token: Identity,
+    jkt: str,
+    ctx: RequestContext,
+    issuer: IssuerSettings | None,
+    caches: Caches,
+    ts: float,
+    cfg: Settings,
 ) -> None:
+    max_age = issuer.dpop_max_age if issuer is not None else 60.0
     creds = ctx.credentials
     if creds.scheme != "dpop":
         raise _binding_error("a DPoP-bound token sent as Bearer: it needs the DPoP scheme and a proof")
@@ -252,15 +280,21 @@ def _check_dpop(
     http = ctx.http
     if http is None or not creds.bearer:
         raise CredentialError("dpop_proof", "a DPoP proof needs an HTTP request", credential="token")
-    url = f"{http.scheme or 'https'}://{http.host}{http.path_only}"
-    leeway = cfg.issuers[token.issuer].leeway if token.issuer in cfg.issuers else 30.0
+    leeway = issuer.leeway if issuer is not None else 30.0
+    # The URL the proof must name: this service's own origin when the issuer names them (dpop_origins),
+    # else what the request says (its Host is the caller's to choose: see docs).
+    origins = issuer.dpop_origins if issuer is not None else ()
+    urls = tuple(f"{o.rstrip('/')}{http.path_only}" for o in origins) or (
+        f"{http.scheme or 'https'}://{http.host}{http.path_only}",
+    )
     proof = verify_proof(
-        creds.dpop, token=creds.bearer, method=http.method, url=url, now=ts, max_age=max_age, leeway=leeway
+        creds.dpop, token=creds.bearer, method=http.method, url=urls, now=ts, max_age=max_age, leeway=leeway
     )
     if not hmac.compare_digest(proof.jkt.encode(), jkt.encode()):
         raise _binding_error("the DPoP proof is signed by another key than the token is bound to (jkt)")
-    if caches.replayed(proof.jkt, proof.jti, proof.iat + max_age + leeway, ts):
-        raise CredentialError("dpop_proof", "the DPoP proof was used before (jti)", credential="token")
+    refused = caches.replayed(proof.jkt, proof.jti, proof.iat + max_age + leeway, ts)
+    if refused:
+        raise CredentialError("dpop_proof", refused, credential="token")
 
 
 def _binding_error(detail: str) -> CredentialError:
@@ -292,9 +326,11 @@ def _check_binding(
             " (RFC 9449) are checked here"
         )
     cnf = cnf or {}
-    jkt = cnf.get("jkt")
-    if jkt is not None:
-        _check_dpop(token, str(jkt), ctx, issuer.dpop_max_age if issuer else 60.0, caches, ts, cfg)
+    if "jkt" in cnf:
+        jkt = cnf["jkt"]
+        if not isinstance(jkt, str) or not jkt:
+            raise _binding_error("cnf jkt is not a key thumbprint")
+        _check_dpop(token, jkt, ctx, issuer, caches, ts, cfg)
     elif creds.scheme == "dpop":
         raise _binding_error("the DPoP scheme with a token not bound to a key (no cnf jkt)")
     elif dpop_required:

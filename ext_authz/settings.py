@@ -283,6 +283,16 @@ _BINDING = (
 )
 
 
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        parts = urllib.parse.urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{v!r}: an origin is scheme://host[:port], nothing after it")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{v!r}: an origin is scheme://host[:port], nothing after it")
+    return values
+
+
 class JwtSvidSettings(Section):
     audiences: TextList = Field((), description="a JWT-SVID must name one of these (aud)")
     binding: Binding = Field("optional", description=_BINDING)
@@ -311,6 +321,11 @@ class IssuerSettings(Section):
         " without is a bearer token; required: only DPoP-bound tokens (401 token_binding otherwise)",
     )
     dpop_max_age: Duration = Field(60.0, description="how old a DPoP proof may be (its iat), plus leeway")
+    dpop_origins: Annotated[TextList, AfterValidator(_origins)] = Field(
+        (),
+        description="this service's public origins (https://api.example.com): a DPoP proof's htu must name"
+        " one, with the request's path; empty: the request's own scheme and Host, which its caller chooses",
+    )
 
     @model_validator(mode="before")
     @classmethod

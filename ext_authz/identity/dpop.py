@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256"
 MAX_PROOF_BYTES = 8 * 1024
 MAX_JTI = 256
 MAX_RSA_N_CHARS = 683  # base64url of a 4096-bit modulus
+_UNSAFE_URL = re.compile(r"[\x00-\x20\x7f]")  # urlsplit drops tabs and newlines: none is taken
 _PRIVATE = frozenset(("d", "p", "q", "dp", "dq", "qi", "oth", "k"))
 _KTY = {"ES": "EC", "RS": "RSA", "PS": "RSA", "Ed": "OKP"}
 
@@ -97,13 +99,14 @@ def verify_proof(
     *,
     token: str,
     method: str,
-    url: str,
+    url: str | tuple[str, ...],
     now: float,
     max_age: float,
     leeway: float,
     algorithms: tuple[str, ...] = DPOP_ALGORITHMS,
 ) -> Proof:
-    """The verified proof, or CredentialError ``dpop_proof`` saying what is wrong with it."""
+    """The verified proof, or CredentialError ``dpop_proof`` saying what is wrong with it. ``url``: the
+    request's URL, or every URL it may be named by (this service's origins, each with the path)."""
     if len(proof) > MAX_PROOF_BYTES:
         raise _fail(f"the proof is longer than {MAX_PROOF_BYTES} bytes")
     segments = proof.split(".")
@@ -120,6 +123,8 @@ def verify_proof(
         raise _fail("the proof's header has no public key (jwk)")
     if _PRIVATE & set(jwk):
         raise _fail("the proof's jwk holds a private key")
+    if "b64" in header or "crit" in header:  # the claims are read as base64url JSON, and only that
+        raise _fail("the proof's header names b64 or crit")
     if jwk["kty"] != _KTY.get(alg[:2]):
         raise _fail(f"the proof's jwk is not a key for {alg}")
     if jwk["kty"] == "RSA":  # the caller chose this key: one made to verify slowly is refused unread
@@ -144,8 +149,11 @@ def verify_proof(
     if claims.get("htm") != method:
         raise _fail("the proof is for another method (htm)")
     htu = claims.get("htu")
-    ours = _origin_and_path(url)
-    if not isinstance(htu, str) or ours is None or _origin_and_path(htu) != ours:
+    urls = (url,) if isinstance(url, str) else url
+    if not isinstance(htu, str) or _UNSAFE_URL.search(htu):
+        raise _fail("the proof has no usable htu")
+    named = _origin_and_path(htu)
+    if named is None or all(_origin_and_path(u) != named for u in urls):
         raise _fail("the proof is for another URL (htu)")
     iat = claims.get("iat")
     if isinstance(iat, bool) or not isinstance(iat, int | float) or not abs(iat) < 2**53:

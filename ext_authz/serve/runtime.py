@@ -113,7 +113,9 @@ class Runtime:
             or engine.config.cache.size != self.engine.config.cache.size
         ):
             self._retired_cache = self.cache_totals()
+            proofs = self.caches.proofs  # DPoP proofs seen: a reload or a key rotation forgets none
             self.caches = Caches.sized(engine.config.cache.size)
+            self.caches.proofs = proofs
         self.engine = engine
         self._configure_edges()
 

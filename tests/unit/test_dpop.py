@@ -230,3 +230,83 @@ def test_a_proof_key_made_to_verify_slowly_is_refused_unread(t: Trust) -> None:
     ):
         p = proof(tok, key=key, alg="PS256", header={"jwk": bad})
         assert outcome(decide_with(t, tok, p)) == (False, 401, "dpop_proof")
+
+
+# -- after review ------------------------------------------------------------------------------------
+def test_with_dpop_origins_a_proof_must_name_this_service_whatever_the_host_says(t: Trust) -> None:
+    """The Host is the caller's to choose: a proof made for another server that takes the same audience
+    passed with that server's Host. With dpop_origins the proof must name one of ours."""
+    import yaml
+
+    from ext_authz.loader import load_engine
+
+    cfg = yaml.safe_load((t.dir / "trust.yaml").read_text())
+    cfg["issuers"]["https://idp.example.com"]["dpop_origins"] = ["https://backend.internal"]
+    path = t.dir / "dpop-origins.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    engine = load_engine(path)
+    tok = bound_token(t)
+    elsewhere = "https://api.partner.example/user/profile"
+
+    def check(host: str, htu: str) -> Any:
+        headers = {"authorization": f"DPoP {tok}", "dpop": proof(tok, htu=htu), ":authority": host}
+        req = check_request(t.dir, path="/user/profile", listener="edge", headers=headers)
+        req.attributes.request.http.host = host
+        return decide(normalize(req), engine, Caches(), NOW, "d" * 32)
+
+    assert outcome(check("api.partner.example", elsewhere)) == (False, 401, "dpop_proof")
+    assert check("api.partner.example", URL).allowed  # ours, whatever Host the caller sent
+    assert check("backend.internal", URL).allowed
+
+
+def test_one_caller_cannot_flush_the_replay_memory(t: Trust, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full, the memory refuses new proofs rather than forgetting live ones; one key fills at most its
+    share. (A flood once evicted the victim's proof, whose replay then passed.)"""
+    import ext_authz.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_PROOFS", 5)
+    monkeypatch.setattr(pipeline, "MAX_PROOFS_PER_KEY", 3)
+    caches = Caches()
+    tok = bound_token(t)
+    victim = proof(tok)
+    assert decide_with(t, tok, victim, caches=caches).allowed
+    mallory_key = ECKey.generate_key("P-256")
+    mallory = bound_token(t, key=mallory_key, jti="mallory")
+    results = [decide_with(t, mallory, proof(mallory, key=mallory_key), caches=caches) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]  # her share, then refused
+    assert outcome(decide_with(t, tok, victim, caches=caches)) == (False, 401, "dpop_proof")  # still seen
+
+
+def test_a_reload_forgets_no_proof(t: Trust) -> None:
+    from ext_authz.pipeline import ProofMemory
+
+    memory = ProofMemory()
+    assert memory.see("k", "j", TS + 60, TS) == ""
+    carried = Caches()
+    carried.proofs = memory  # what serve/runtime does when a new generation is installed
+    assert carried.replayed("k", "j", TS + 60, TS + 1) != ""
+    assert carried.replayed("k", "j", TS + 60, TS + 61) == ""  # expired: free again
+
+
+@pytest.mark.parametrize("cnf", [{"jkt": None}, {"jkt": ""}, {"jkt": 7}])
+def test_a_jkt_that_is_no_thumbprint_is_refused_and_binds_nothing(t: Trust, cnf: dict[str, Any]) -> None:
+    tok = t.token(cnf=cnf)
+    d = decide_with(t, tok, None, scheme="Bearer")
+    assert outcome(d) == (False, 401, "token_binding")
+
+
+def test_proof_headers_and_urls_that_read_two_ways_are_refused(t: Trust) -> None:
+    import base64
+
+    def b64(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    tok = bound_token(t)
+    body = {"jti": "j", "htm": "GET", "htu": URL, "iat": int(TS), "ath": token_hash(tok)}
+    for extra in ({"b64": False, "crit": ["b64"]}, {"crit": ["exp"]}):
+        head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": HOLDER.as_dict(private=False), **extra}
+        refused = decide_with(t, tok, f"{b64(head)}.{b64(body)}.c2ln")
+        assert outcome(refused) == (False, 401, "dpop_proof")
+        assert "b64 or crit" in refused.detail
+    tabbed = "https://backend.internal/user/prof\tile"
+    assert outcome(decide_with(t, tok, proof(tok, htu=tabbed))) == (False, 401, "dpop_proof")
