@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from .._proto import admin_pb2 as pb
+from .approvable import EXCEPTION, add_lifecycle_parsers, made
 from .client import _call, _common, _duration, _run, _scope, _scope_args, _scoped
-from .output import _out, _scope_text, _state, _table, _unmatched, _warn_unmatched, _when
+from .output import _out, _scope_text, _state, _table, _unmatched, _when
 
 
 # -- exceptions -------------------------------------------------------------------------------------
@@ -22,32 +23,8 @@ def cmd_exception_open(args: argparse.Namespace) -> None:
     )
     resp = _call(args, "OpenException", req)
     e = resp.exception
-    _warn_unmatched(e.unmatched)
-    if args.quiet:
-        print(e.id)
-        return
-
-    def text() -> str:
-        line = f"exception {e.id} open for {e.principal} {_scope_text(e.scope)} until {_when(e.expires_at)}"
-        if not e.approved_at:
-            line += (
-                f"\npending: no effect until someone else runs"
-                f" `ext-authz exception approve {e.id} --reason TEXT`"
-            )
-        return line
-
-    _out(args, resp, text)
-
-
-def cmd_exception_approve(args: argparse.Namespace) -> None:
-    resp = _call(args, "ApproveException", pb.ApproveExceptionRequest(id=args.id, reason=args.reason))
-    e = resp.exception
-    _out(args, resp, lambda: f"approved exception {e.id} ({e.principal} until {_when(e.expires_at)})")
-
-
-def cmd_exception_close(args: argparse.Namespace) -> None:
-    resp = _call(args, "CloseException", pb.CloseExceptionRequest(id=args.id, reason=args.reason))
-    _out(args, resp, lambda: f"closed exception {resp.exception.id}")
+    line = f"exception {e.id} open for {e.principal} {_scope_text(e.scope)} until {_when(e.expires_at)}"
+    made(EXCEPTION, args, resp, line)
 
 
 def cmd_exception_list(args: argparse.Namespace) -> None:
@@ -95,14 +72,7 @@ def add_parsers(sub: Any) -> None:
         help="accept an issuer or trust domain not configured yet (it matches nothing until it is)",
     )
     p.set_defaults(func=_run(cmd_exception_open))
-    p = _common(exc.add_parser("approve", help="approve a pending exception (not your own)"))
-    p.add_argument("id")
-    p.add_argument("--reason", required=True)
-    p.set_defaults(func=_run(cmd_exception_approve))
-    p = _common(exc.add_parser("close", help="close an exception"))
-    p.add_argument("id")
-    p.add_argument("--reason", required=True)
-    p.set_defaults(func=_run(cmd_exception_close))
+    add_lifecycle_parsers(EXCEPTION, exc, "close an exception")
     p = _common(exc.add_parser("list", help="list open and pending exceptions"))
     p.add_argument("--all", action="store_true", help="include closed and expired ones")
     p.set_defaults(func=_run(cmd_exception_list))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from .._proto import admin_pb2 as pb
+from .approvable import GRANT, add_lifecycle_parsers, made
 from .client import CliError, _call, _common, _duration, _run, _scope, _scope_args, _scoped
-from .output import _out, _scope_text, _state, _table, _unmatched, _warn_unmatched, _when
+from .output import _out, _scope_text, _state, _table, _unmatched, _when
 
 
 # -- grants -----------------------------------------------------------------------------------------
@@ -34,33 +34,8 @@ def cmd_grant_create(args: argparse.Namespace) -> None:
     )
     resp = _call(args, "CreateGrant", req)
     g = resp.grant
-    _warn_unmatched(g.unmatched)
-    for warning in resp.warnings:
-        print(f"ext-authz: warning: {warning}", file=sys.stderr)
-    if args.quiet:
-        print(g.id)
-        return
-
-    def text() -> str:
-        line = f"granted {g.principal} {_scope_text(g.scope)} until {_when(g.not_after)} (id {g.id})"
-        if not g.approved_at:
-            line += (
-                f"\npending: no effect until someone else runs `ext-authz grant approve {g.id} --reason TEXT`"
-            )
-        return line
-
-    _out(args, resp, text)
-
-
-def cmd_grant_approve(args: argparse.Namespace) -> None:
-    resp = _call(args, "ApproveGrant", pb.ApproveGrantRequest(id=args.id, reason=args.reason))
-    g = resp.grant
-    _out(args, resp, lambda: f"approved grant {g.id} ({g.principal} until {_when(g.not_after)})")
-
-
-def cmd_grant_end(args: argparse.Namespace) -> None:
-    resp = _call(args, "EndGrant", pb.EndGrantRequest(id=args.id, reason=args.reason))
-    _out(args, resp, lambda: f"ended grant {resp.grant.id} ({resp.grant.principal})")
+    line = f"granted {g.principal} {_scope_text(g.scope)} until {_when(g.not_after)} (id {g.id})"
+    made(GRANT, args, resp, line, resp.warnings)
 
 
 def cmd_grants(args: argparse.Namespace) -> None:
@@ -114,14 +89,7 @@ def add_parsers(sub: Any) -> None:
         " caller approves with `grant approve`)",
     )
     p.set_defaults(func=_run(cmd_grant_create))
-    p = _common(grant.add_parser("approve", help="approve a pending grant (not your own)"))
-    p.add_argument("id")
-    p.add_argument("--reason", required=True)
-    p.set_defaults(func=_run(cmd_grant_approve))
-    p = _common(grant.add_parser("end", help="end a grant early (the task is done)"))
-    p.add_argument("id")
-    p.add_argument("--reason", required=True)
-    p.set_defaults(func=_run(cmd_grant_end))
+    add_lifecycle_parsers(GRANT, grant, "end a grant early (the task is done)")
     p = _common(grant.add_parser("list", help="list active and pending grants"))
     p.add_argument("--all", action="store_true")
     p.set_defaults(func=_run(cmd_grants))
