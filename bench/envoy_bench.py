@@ -310,6 +310,7 @@ def main() -> None:
                 transport=transport,
                 cache={"size": cache},
                 decision_log={"path": str(tmp / f"{name}.jsonl"), "enabled": log},
+                check={} if (listen or "").startswith("unix://") else {"plaintext": True},
             )
             for td in cfg["trust_domains"].values():
                 for k in ("x509_bundle", "jwt_bundle"):

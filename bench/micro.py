@@ -57,7 +57,12 @@ def rss_mb() -> float:
 
 async def grpc_us(config: Path, requests: list[CheckRequest], n: int, cache_size: int) -> float:
     cfg = yaml.safe_load(config.read_text())
-    cfg.update(listen=f"127.0.0.1:{free_port()}", http_listen=None, cache={"size": cache_size})
+    cfg.update(
+        listen=f"127.0.0.1:{free_port()}",
+        http_listen=None,
+        cache={"size": cache_size},
+        check={"plaintext": True},
+    )
     cfg["admin_listen"] = f"unix://{config.parent}/bench-admin-{uuid.uuid4().hex[:6]}.sock"
     cfg["state"] = "memory://"
     path = config.parent / f"bench-{cache_size}.yaml"

@@ -42,6 +42,7 @@ def config(demo: Path, dest: Path, **over: Any) -> Path:
         http_listen=f"127.0.0.1:{free_port()}",
         admin_listen=f"unix://{dest}/admin.sock",
         decision_log={"path": str(dest / "decisions.jsonl")},
+        check={"plaintext": True},
     )
     cfg["trust_domains"]["example.org"] = {
         "x509_bundle": str(demo / "bundle/example.org.spiffe.json"),

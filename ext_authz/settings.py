@@ -81,7 +81,7 @@ __all__ = [
     "parse_duration",
 ]
 
-DEFAULT_LISTEN = "127.0.0.1:9191"
+DEFAULT_LISTEN = "unix:///run/ext-authz/check.sock"  # the fast path: native, and the mode says who calls
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9192"
 DEFAULT_ADMIN_LISTEN = "unix:///run/ext-authz/admin.sock"
 DEFAULT_STATE = "sqlite:///var/lib/ext-authz/state.db"
@@ -1337,11 +1337,13 @@ class Settings(Section):
             self._svid_domains_known("check.allowed_spiffe_ids", check.allowed_spiffe_ids)
         elif check.allowed_spiffe_ids:
             raise _KeyError("check.allowed_spiffe_ids", "takes effect only with check.tls")
-        if tcp and check.tls is None and not is_loopback(self.listen) and not check.plaintext:
+        if tcp and check.tls is None and not check.plaintext:
+            where = "on this host" if is_loopback(self.listen) else "beyond this host"
             raise _KeyError(
                 "listen",
-                f"{self.listen} is reachable beyond this host in plaintext, and Check has side effects:"
-                " use a unix socket, check.tls with allowed_spiffe_ids, or say check.plaintext: true",
+                f"{self.listen} is plaintext TCP, reachable by anything {where}, and Check has side effects:"
+                " use a unix socket (the default), check.tls with allowed_spiffe_ids, or say"
+                " check.plaintext: true",
             )
         admin = self.admin
         if not self.admin_listen.startswith("unix://"):

@@ -159,12 +159,13 @@ class Server:
             )
             self.bound_port = self.grpc.add_secure_port(listen, creds)
         else:
-            if not is_loopback(listen):  # the settings refuse this unless check.plaintext says so
-                log.warning(
-                    "Check is served in plaintext on %s (check.plaintext: true): anyone who can reach it can"
-                    " call Check and cause its side effects",
-                    listen,
-                )
+            # The settings refuse plaintext TCP unless check.plaintext says so: it is said at every start.
+            log.warning(
+                "Check is served in plaintext on %s (check.plaintext: true): anyone who can reach it%s can"
+                " call Check and cause its side effects; a unix socket (the default) or check.tls is safer",
+                listen,
+                " on this host" if is_loopback(listen) else "",
+            )
             if cfg.check_transport == "native":
                 log.warning(
                     "Check is served by pygrpc-native on TCP %s: it reads a whole request before its size"

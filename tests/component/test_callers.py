@@ -145,7 +145,7 @@ async def test_plaintext_beyond_loopback_is_served_only_when_said_and_then_with_
     from ext_authz.loader import load_engine
 
     with pytest.raises(ConfigError, match=r"check\.plaintext"):
-        load_engine(write_config(demo_dir, tmp_path / "refused", listen="0.0.0.0:0"))
+        load_engine(write_config(demo_dir, tmp_path / "refused", listen="0.0.0.0:0", check={}))
     config = write_config(demo_dir, tmp_path / "said", listen="0.0.0.0:0", check={"plaintext": True})
     r = await start(config)
     port = r.server.bound_port

@@ -37,6 +37,8 @@ def write_config(demo: Path, dest: Path, *, listen: str | None = None, **overrid
     """A copy of the demo config in ``dest`` with its own ports and absolute trust file paths."""
     cfg = yaml.safe_load((demo / "config.yaml").read_text())
     cfg["listen"] = listen or "127.0.0.1:0"  # port 0: the server takes a free one and says which
+    if not cfg["listen"].startswith("unix://"):
+        cfg["check"] = {"plaintext": True}  # a test's own loopback port (overrides may name check.tls)
     cfg["http_listen"] = "127.0.0.1:0"
     cfg["admin_listen"] = f"unix://{dest}/admin.sock"
     cfg["state"] = "memory://"

@@ -82,7 +82,7 @@ def test_every_top_level_key_is_optional(text: str) -> None:
     cfg = parse(text)
 
     assert cfg.source == SOURCE
-    assert cfg.listen == DEFAULT_LISTEN == "127.0.0.1:9191"
+    assert cfg.listen == DEFAULT_LISTEN == "unix:///run/ext-authz/check.sock"
     assert cfg.http_listen == DEFAULT_HTTP_LISTEN == "127.0.0.1:9192"
     assert cfg.admin_listen == DEFAULT_ADMIN_LISTEN
     assert cfg.state.url == DEFAULT_STATE == "sqlite:///var/lib/ext-authz/state.db"
@@ -212,7 +212,7 @@ def test_listen_accepts_host_port_and_unix_sockets(address: str) -> None:
 @pytest.mark.parametrize("value", ["null", '""', "~"])
 def test_http_listen_can_be_turned_off(value: str) -> None:
     assert parse(f"http_listen: {value}").http_listen is None
-    assert parse("listen: 127.0.0.1:1").http_listen == DEFAULT_HTTP_LISTEN
+    assert parse("listen: unix:///run/x.sock").http_listen == DEFAULT_HTTP_LISTEN
 
 
 @pytest.mark.parametrize("key", ["listen", "http_listen", "admin_listen"])
@@ -637,22 +637,33 @@ def test_transport_is_native_on_a_unix_socket_and_grpcio_where_tls_is_needed() -
     """auto: pygrpc-native (installed with the dev extras) where it is safe, the unix-socket sidecar."""
     assert parse("").transport == "auto"
     assert parse("listen: unix:///run/ext-authz/check.sock").check_transport == "native"
-    assert parse("").check_transport == "grpcio"  # TCP (loopback here): grpcio, as for TLS
+    assert parse("").check_transport == "native"  # the default: a unix socket, native
+    tcp = "listen: 127.0.0.1:9191\ncheck: {plaintext: true}\n"
+    assert parse(tcp).check_transport == "grpcio"  # TCP: grpcio, as for TLS
     assert parse("listen: unix:///run/x.sock\ntransport: grpcio").check_transport == "grpcio"
-    assert parse("transport: native").check_transport == "native"
+    assert parse(tcp + "transport: native").check_transport == "native"
+
+
+def test_plaintext_tcp_is_said_out_loud_even_on_loopback() -> None:
+    """Any local process can call a loopback port and cause Check's side effects: TCP without TLS needs
+    check.plaintext: true, as beyond the host."""
+    err = parse_error("listen: 127.0.0.1:9191")
+    assert err.key == "listen" and "check.plaintext: true" in str(err) and "on this host" in str(err)
+    assert parse("listen: 127.0.0.1:9191\ncheck: {plaintext: true}").listen == "127.0.0.1:9191"
 
 
 def test_native_on_localhost_must_name_the_loopback_address() -> None:
     """Native binds one address for ``localhost`` (grpcio binds all it names): another local process
     could take the other family's and answer an Envoy that resolves there."""
-    err = parse_error("listen: localhost:9191\ntransport: native")
+    err = parse_error("listen: localhost:9191\ncheck: {plaintext: true}\ntransport: native")
 
     assert err.key == "listen" and "127.0.0.1" in str(err)
     other = parse_error("listen: LocalHost.:9191\ncheck: {plaintext: true}\ntransport: native")
     assert other.key == "listen" and "name the loopback address" in str(other)
-    assert parse("listen: localhost:9191").check_transport == "grpcio"
-    assert parse("listen: 127.0.0.1:9191\ntransport: native").check_transport == "native"
-    assert parse("listen: '[::1]:9191'\ntransport: native").check_transport == "native"
+    plain = "check: {plaintext: true}\n"
+    assert parse(plain + "listen: localhost:9191").check_transport == "grpcio"
+    assert parse(plain + "listen: 127.0.0.1:9191\ntransport: native").check_transport == "native"
+    assert parse(plain + "listen: '[::1]:9191'\ntransport: native").check_transport == "native"
 
 
 def test_an_unknown_transport_is_refused() -> None:
