@@ -475,9 +475,13 @@ def _header_names(names: Mapping[str, Any] | tuple[str, ...]) -> Any:
     return names
 
 
+# What no header value may hold (RFC 9110 field values: visible characters, space, tab, obs-text).
+HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _literal_values(headers: Mapping[str, Any]) -> Any:
     for name, v in headers.items():
-        if isinstance(v, str) and re.search(r"[\x00-\x08\x0a-\x1f\x7f]", v):
+        if isinstance(v, str) and HEADER_VALUE_FORBIDDEN.search(v):
             raise ValueError(f"{name}: a header value holds no control character (CR, LF, NUL …)")
     return headers
 

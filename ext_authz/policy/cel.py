@@ -12,8 +12,9 @@ starting them costs more (0.6 s) than they save below tens of thousands of condi
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cel_expr_python import cel
@@ -21,7 +22,18 @@ from cel_expr_python import cel
 from ..errors import Error
 from .types import TYPED_ENV
 
-__all__ = ["EVAL_ENV", "CompileError", "compile_many"]
+__all__ = ["EVAL_ENV", "VARIABLES", "Activation", "CompileError", "compile_many", "variables_read"]
+
+# What conditions and response values see, built on demand; and the names they may read.
+Activation = Callable[[], Mapping[str, Any]]
+VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
+_VARIABLE_RE = re.compile(r"\b(" + "|".join(VARIABLES) + r")\b")
+
+
+def variables_read(source: str) -> frozenset[str]:
+    """The top-level variables an expression reads (conservatively: any use of the word)."""
+    return frozenset(_VARIABLE_RE.findall(source))
+
 
 _DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 EVAL_ENV = cel.NewEnv(

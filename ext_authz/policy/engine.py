@@ -19,16 +19,11 @@ from ..match import METHODS, Selector, Target
 from ..model import Response, ShadowResult
 from ..settings import Limits, RuleSettings
 from ..values import value
-from .cel import CompileError, compile_many
+from .cel import VARIABLES, Activation, CompileError, compile_many, variables_read
 from .index import RuleIndex
 from .response import CompiledResponse, compile_response
 
 __all__ = ["CompiledRule", "Policy", "PolicyResult", "Selection", "StepUp", "compile_policy"]
-
-Activation = Callable[[], Mapping[str, Any]]
-_VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
-# Top-level variables an expression mentions (conservatively: any use of the word).
-_VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +44,7 @@ class CompiledRule:
     context_extensions: tuple[tuple[str, str], ...]
     when: Any  # cel Expression | None
     when_source: str
-    variables: frozenset[str] = frozenset(_VARIABLES)
+    variables: frozenset[str] = frozenset(VARIABLES)
     exceptable: bool = False  # a deny rule a break-glass exception may override
     step_up: StepUp | None = None  # an allow rule that also requires this of the user's authentication
     response: CompiledResponse | None = None  # what its decision answers besides allow or deny
@@ -434,7 +429,7 @@ def compile_policy(rules: tuple[RuleSettings, ...], file: str, limits: Limits | 
                 context_extensions=tuple(sorted(m.context_extensions.items())),
                 when=compiled_when.get(index),
                 when_source=rc.when or "",
-                variables=frozenset(_VARIABLE_RE.findall(rc.when or "")),
+                variables=variables_read(rc.when or ""),
                 exceptable=rc.exceptable,
                 step_up=StepUp(rc.step_up.acr_values, rc.step_up.max_age) if rc.step_up else None,
                 response=compile_response(rc.name, rc.response, file, f"rules[{index}].response", limits)

@@ -14,26 +14,21 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 from ..match import HostPattern, PatternError, parse_host
 from ..model import Response
-from ..settings import CelValue, Limits, RuleResponseSettings
-from .cel import CompileError, compile_many
+from ..settings import HEADER_VALUE_FORBIDDEN, CelValue, Limits, RuleResponseSettings
+from .cel import Activation, CompileError, compile_many, variables_read
 
 __all__ = ["CompiledResponse", "compile_response"]
 
-# What no header value may hold (RFC 9110 field values: visible characters, space, tab, obs-text).
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # What a computed location may not hold at all: browsers drop tabs and newlines from a URL and read a
 # backslash as a slash, so "/\t/evil" and "/\\evil" leave the site.
 _UNSAFE_LOCATION = re.compile(r"[\x00-\x20\x7f\\]")
-Activation = Callable[[], Mapping[str, Any]]
-_VARIABLES = ("request", "source", "identity", "signals", "grants", "now")
-_VARIABLE_RE = re.compile(r"\b(" + "|".join(_VARIABLES) + r")\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +96,7 @@ class CompiledResponse:
             if len(got.encode()) > limit:
                 errors.append((self.rule, f"{what}: {len(got.encode())} bytes, over the limit ({limit})"))
                 return None
-            if what != "body" and _BAD_VALUE.search(got):
+            if what != "body" and HEADER_VALUE_FORBIDDEN.search(got):
                 errors.append((self.rule, f"{what}: holds a control character"))
                 return None
             return got
@@ -173,12 +168,11 @@ def compile_response(
     value_exprs: list[tuple[str, str]] = []
 
     def check_literal(where: str, value: Any, limit: int, header: bool) -> None:
-        if isinstance(value, str):
-            if len(value.encode()) > limit:
-                what = "max_response_header_bytes" if header else "max_response_body_bytes"
-                raise ConfigError(file, where, f"{len(value.encode())} bytes: over limits.{what} ({limit})")
-            if header and _BAD_VALUE.search(value):
-                raise ConfigError(file, where, "a header value holds no control character (CR, LF, NUL …)")
+        # Control characters in a literal header are refused as the settings are read; the limits are
+        # known only here.
+        if isinstance(value, str) and len(value.encode()) > limit:
+            what = "max_response_header_bytes" if header else "max_response_body_bytes"
+            raise ConfigError(file, where, f"{len(value.encode())} bytes: over limits.{what} ({limit})")
 
     def collect(section: str, items: Mapping[str, Any], kind: str) -> None:
         for name, v in items.items():
@@ -217,7 +211,7 @@ def compile_response(
 
     def value(where: str, v: Any) -> _Value:
         if isinstance(v, CelValue):
-            names = frozenset(_VARIABLE_RE.findall(v.cel))
+            names = variables_read(v.cel)
             variables.update(names)
             return _Value(None, compiled[where], names)
         return _Value(v)

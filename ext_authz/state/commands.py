@@ -616,26 +616,32 @@ def _source_of(name: str) -> tuple[str, str]:
     return "issuer", name.partition("#")[0]
 
 
+def _unconfigured(record: Record, settings: Settings) -> tuple[str, str, list[str]] | None:
+    """(``trust domain`` or ``issuer``, the one ``record`` names, those configured) when what it names
+    is not configured; None when it is, or when it names no issuer."""
+    name = _named_source(record)
+    if not name:
+        return None
+    what, source = _source_of(name)
+    configured = settings.trust_domains if what == "trust domain" else settings.issuers
+    return None if source in configured else (what, source, sorted(configured))
+
+
 def unmatched(record: Record, settings: Settings) -> str:
     """Why ``record`` can match no request under ``settings`` ('' when it can): it names an issuer or a
     trust domain that is not configured, so no credential this server accepts is ever about it."""
-    name = _named_source(record)
-    if not name:
-        return ""
-    what, source = _source_of(name)
-    configured = settings.trust_domains if what == "trust domain" else settings.issuers
-    return "" if source in configured else f"{what} {source!r} is not configured"
+    found = _unconfigured(record, settings)
+    return f"{found[0]} {found[1]!r} is not configured" if found else ""
 
 
 def known_issuer(record: Record, settings: Settings) -> None:
     """Refuse a record that names an issuer or trust domain this server does not verify: it would be
     kept, listed and audited, and protect (or grant) nothing. The message lists what is configured and
     suggests a close spelling (a trailing slash, a different case)."""
-    name = _named_source(record)
-    if not name or not unmatched(record, settings):
+    found = _unconfigured(record, settings)
+    if found is None:
         return
-    what, source = _source_of(name)
-    configured = sorted(settings.trust_domains if what == "trust domain" else settings.issuers)
+    what, source, configured = found
     folded = {c.lower().rstrip("/"): c for c in configured}
     close = folded.get(source.lower().rstrip("/"))
     if close is None:

@@ -11,7 +11,7 @@ import pytest
 from ext_authz.errors import ConfigError, status_for
 from ext_authz.model import Credentials, HttpRequest, RequestContext, ShadowResult
 from ext_authz.pipeline import target_of
-from ext_authz.policy.engine import Activation as ActivationFn
+from ext_authz.policy.cel import Activation as ActivationFn
 from ext_authz.policy.engine import Policy, PolicyResult, compile_policy, comprehension_depth
 from ext_authz.settings import Limits, MatchSettings, RuleSettings
 
