@@ -119,13 +119,13 @@ def rules_section(demo: Path, sizes: list[int]) -> dict[str, Any]:
         cfg = {**base, "rules": policy_rules(n)}
         as_json = demo / f"rules-{n}.json"  # JSON is YAML too; generated policies are often written so
         as_json.write_text(json.dumps(cfg))
-        cel._memory.clear()  # a first load: nothing compiled yet
+        cel.forget()  # a first load: nothing compiled yet
         t0 = time.perf_counter()
         load_engine(as_json)
         out["load_json_s"].append(round(time.perf_counter() - t0, 3))
         path = demo / f"rules-{n}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cel._memory.clear()
+        cel.forget()
         t0 = time.perf_counter()
         engine = load_engine(path)
         out["load_s"].append(round(time.perf_counter() - t0, 3))

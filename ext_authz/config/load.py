@@ -20,12 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from ..settings import Settings
+from . import yamlread
+from .yamlread import read_yaml
 
 __all__ = ["load_settings", "parse_settings", "read_config"]
-
-# libyaml's parser with PyYAML's safe constructor (what yaml.safe_load does, in C): a config of ten
-# thousand rules parses in a fraction of the time.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_config(path: str | Path) -> bytes:
@@ -43,8 +41,10 @@ def load_settings(path: str | Path) -> Settings:
 # A YAML file larger than this is parsed in a child process when the caller asks (a reload, while Checks
 # are answered): libyaml's parser holds the GIL throughout, a quarter of a second for ten thousand rules.
 ISOLATED_FROM = 256 * 1024
-_CHILD = """
-import sys, yaml, orjson
+_CHILD = (
+    Path(yamlread.__file__).read_text()
+    + """
+import sys, orjson
 def plain(v):
     if isinstance(v, dict):
         return all(isinstance(k, str) and plain(x) for k, x in v.items())
@@ -52,13 +52,14 @@ def plain(v):
         return all(plain(x) for x in v)
     return v is None or type(v) in (str, int, float, bool)
 try:
-    data = yaml.load(sys.stdin.buffer.read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    data = read_yaml(sys.stdin.buffer.read())
 except Exception:
     sys.exit(3)  # the parent reads it again, and says what is wrong
 if not plain(data):
     sys.exit(4)  # YAML-only values (dates, binary): the parent reads it itself
 sys.stdout.buffer.write(orjson.dumps(data))
 """
+)
 
 
 def _yaml_elsewhere(text: bytes | str) -> Any:
@@ -87,7 +88,7 @@ def parse_settings(text: bytes | str, source: Path, *, isolated: bool = False) -
         data = _yaml_elsewhere(text)
     try:
         if data is None:
-            data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - the safe loader, in C where libyaml is there
+            data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", f"not valid YAML: {exc}") from exc
     except RecursionError as exc:

@@ -72,6 +72,13 @@ _lock = threading.Lock()
 _memories: dict[str, dict[str, Any]] = {kind: {} for kind in _RETURNS}
 
 
+def forget() -> None:
+    """Drop every remembered expression: the next load compiles from nothing (benchmarks measure that)."""
+    with _lock:
+        for memory in _memories.values():
+            memory.clear()
+
+
 def _check(source: str, kind: str = "condition") -> bytes:
     """Type-check ``source`` against what conditions see; the checked expression, serialized."""
     try:

