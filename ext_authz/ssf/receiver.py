@@ -34,7 +34,7 @@ from ..httpclient import HttpError, fetch, is_loopback_url
 from ..secrets import read_secret
 from ..settings import Settings, SsfReceiverSettings
 from ..state import commands
-from ..state.records import Record, Revocation, SeenEvent, Signal
+from ..state.records import R, Record, Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
 from .events import (
     APPLIED,
@@ -98,7 +98,7 @@ def _opaque_as(setting: str, key: str, payload: Mapping[str, Any]) -> str:
 
 
 def _newer_account_event(
-    replica: Replica, marker: Signal, disable: Revocation | None, issuer: str, now: float
+    replica: _InFlight, marker: Signal, disable: Revocation | None, issuer: str, now: float
 ) -> Signal | None:
     """The account marker held that makes this account event late: its own (same principal and parts)
     when newer; for a disable, also a newer enable of fewer parts (an enable of jane everywhere is newer
@@ -188,6 +188,47 @@ class ReceiverState:
         return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
 
+class _InFlight:
+    """The state as SETs are decided against: what the replica holds, under what SETs decided before and
+    has not stored yet (so a SET pushed again while the first is being written is a duplicate, and a
+    later event sees what an earlier one revoked or lifted)."""
+
+    def __init__(self, host: ReceiverHost) -> None:
+        self._host = host
+        self._records: dict[tuple[str, str], tuple[Record, object]] = {}  # newest decided, by whom
+
+    def get(self, cls: type[R], rid: str) -> R | None:
+        held = self._records.get((cls.RECORD, rid))
+        if held is not None:
+            return held[0] if isinstance(held[0], cls) else None
+        return self._host.replica.get(cls, rid)
+
+    def named(self, value: str) -> list[Revocation]:
+        """Every revocation that names ``value``, each as it will be once what is in flight is stored."""
+        found = {
+            rev.id: rev
+            for rev in self._host.replica.snapshot.named(value)
+            if ("revocation", rev.id) not in self._records
+        }
+        for record, _ in self._records.values():
+            if isinstance(record, Revocation) and record.value == value:
+                found[record.id] = record
+        return list(found.values())
+
+    def hold(self, writes: list[tuple[Record, str, str, str]]) -> tuple[object, list[tuple[str, str]]]:
+        token, keys = object(), [(record.RECORD, record.record_id) for record, *_ in writes]
+        for (record, *_), key in zip(writes, keys, strict=True):
+            self._records[key] = (record, token)
+        return token, keys
+
+    def release(self, held: tuple[object, list[tuple[str, str]]]) -> None:
+        """Stored (or failed): the replica holds what it holds; a record decided again since is kept."""
+        token, keys = held
+        for key in keys:
+            if (entry := self._records.get(key)) is not None and entry[1] is token:
+                del self._records[key]
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """A verified SET's result, and what it changes: records to write with their audit action, actor
@@ -203,6 +244,7 @@ class Receivers:
         self.host = host
         self.on_event = on_event or (lambda event, result: None)
         self.receivers: dict[str, ReceiverState] = {}
+        self._in_flight = _InFlight(host)
         self.errors = 0  # unexpected faults (each logged), for /readyz and tests
 
     # -- configuration -------------------------------------------------------------------------------
@@ -295,7 +337,12 @@ class Receivers:
     # -- one SET -------------------------------------------------------------------------------------
     async def receive(self, state: ReceiverState, token: str) -> str:
         """Verify and apply one SET: the result (``applied``, ``ignored``, ``duplicate``, ``verified``).
-        Raises SetError for one to refuse, StateError when the store could not take it."""
+        Raises SetError for one to refuse, StateError when the store could not take it.
+
+        What a SET changes is decided under the receiver's lock, against the state held and every change
+        decided before it and not yet stored (``_InFlight``); the lock is let go before the write, so SETs
+        pushed together are stored together: the replica puts writes queued together in one transaction
+        and one snapshot swap. Writes are queued in the order they were decided."""
         rc = state.cfg
         event = verify_set(
             token,
@@ -310,14 +357,15 @@ class Receivers:
         label = metric_event(event.event_type)
         async with state.lock:
             seen_id = SeenEvent.id_for(rc.issuer, event.jti)
-            if self.host.replica.get(SeenEvent, seen_id) is not None:
+            if self._in_flight.get(SeenEvent, seen_id) is not None:
                 self.on_event(label, "duplicate")
                 log.info(
                     "SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
                 )
                 return "duplicate"
+            settings = self.host.settings
             try:
-                outcome = self._apply(state, event, self.host.settings)
+                outcome = self._apply(state, event, settings)
                 now = self._now()
                 seen = SeenEvent(
                     id=seen_id,
@@ -329,19 +377,28 @@ class Receivers:
                     # clock, within the leeway, counts from now).
                     expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
                 )
-                # What the SET changes, and that it was seen: one transaction, all of it or none.
-                await self.host.replica.put_all([*outcome.writes, (seen, "", "", "")])
+                writes = [*outcome.writes, (seen, "", "", "")]
+                for record, *_ in writes:  # what the replica would refuse, refused here: this SET alone
+                    commands.check_record(record, settings)
             except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
                 self.on_event(label, "invalid_request")
                 raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
             except SetError as exc:
                 self.on_event(label, exc.err)
                 raise
-            for note in outcome.notes:
-                log.warning("SSF %r: %s", event.name, _line(note, 600))
-            result = outcome.result
-        self.on_event(label, result)
-        return result
+            held = self._in_flight.hold(writes)
+        try:
+            # What the SET changes, and that it was seen: one transaction, all of it or none.
+            await self.host.replica.put_all(writes)
+        except commands.InvalidArgument as exc:  # settings reloaded meanwhile
+            self.on_event(label, "invalid_request")
+            raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
+        finally:
+            self._in_flight.release(held)
+        for note in outcome.notes:
+            log.warning("SSF %r: %s", event.name, _line(note, 600))
+        self.on_event(label, outcome.result)
+        return outcome.result
 
     def _apply(self, state: ReceiverState, event: SecurityEvent, settings: Settings) -> _Outcome:
         """What a verified SET changes: the records to write (nothing is written here), or a result."""
@@ -417,7 +474,7 @@ class Receivers:
             )
             return _Outcome("ignored")
         actor = f"ssf:{rc.issuer}"
-        replica = self.host.replica
+        replica = self._in_flight
         writes: list[tuple[Record, str, str, str]] = []
         notes: list[str] = []
         for rev in changes.revocations:
@@ -451,7 +508,7 @@ class Receivers:
         for kind, value, also in changes.lift:
             if value in stale:
                 continue
-            for rev in replica.snapshot.named(value):
+            for rev in replica.named(value):
                 if (
                     rev.kind == kind
                     and rev.created_by == actor
