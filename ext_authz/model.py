@@ -22,6 +22,7 @@ __all__ = [
     "IdentityKind",
     "NewSession",
     "Principal",
+    "ProofUsed",
     "RequestContext",
     "Response",
     "ShadowResult",
@@ -279,7 +280,21 @@ class UnknownKeyId:
     issuer: str
 
 
-Effect = NewSession | CountDenial | UnknownKeyId
+@value
+class ProofUsed:
+    """A DPoP proof this request used, already remembered by this process. RFC 9449 §11.1: a proof is
+    used once; a fleet (or workers) sharing a state store claims it there before the answer stands."""
+
+    jkt: str
+    jti: str
+    until: float  # after this it could no longer pass for fresh: forgotten then
+
+    @property
+    def key(self) -> str:
+        return f"dpop\0{self.jkt}\0{self.jti}"
+
+
+Effect = NewSession | CountDenial | UnknownKeyId | ProofUsed
 
 
 @value

@@ -31,6 +31,7 @@ from .model import (
     Identity,
     NewSession,
     Principal,
+    ProofUsed,
     RequestContext,
     Response,
     UnknownKeyId,
@@ -44,7 +45,7 @@ from .state.snapshot import StateSnapshot
 from .trust.bundles import TrustSnapshot
 from .trust.revision import Revision
 
-__all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "verify_principal"]
+__all__ = ["ANONYMOUS_IDENTITY", "Caches", "Engine", "decide", "proof_replayed", "verify_principal"]
 
 # Decisions an open exception may turn into an allow: policy outcomes (and of those, an explicit deny
 # rule's only where it says `exceptable: true`), never credential failures, revocations or quarantine.
@@ -235,7 +236,15 @@ def _token(ctx: RequestContext, engine: Engine, caches: Caches, ts: float) -> Id
 
 
 def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: datetime) -> Principal:
-    """Verify every credential presented. Raises CredentialError if any one fails.
+    """Verify every credential presented. Raises CredentialError if any one fails."""
+    return _verified(ctx, engine, caches, now)[0]
+
+
+def _verified(
+    ctx: RequestContext, engine: Engine, caches: Caches, now: datetime
+) -> tuple[Principal, ProofUsed | None]:
+    """The principal of every credential presented, and the DPoP proof used (if any). Raises
+    CredentialError if any one fails.
 
     Whatever a hostile credential makes a verifier raise, it is that credential's failure (401),
     never an internal fault that Envoy's failure_mode_allow could turn into an allow.
@@ -257,9 +266,8 @@ def verify_principal(ctx: RequestContext, engine: Engine, caches: Caches, now: d
         raise CredentialError(
             "token_malformed", f"token could not be verified ({type(exc).__name__})", credential="token"
         ) from exc
-    if token is not None:
-        _check_binding(token, workload, ctx, engine, caches, ts)
-    return caches.principal(workload, token)
+    used = _check_binding(token, workload, ctx, engine, caches, ts) if token is not None else None
+    return caches.principal(workload, token), used
 
 
 def _check_dpop(
@@ -270,7 +278,7 @@ def _check_dpop(
     caches: Caches,
     ts: float,
     cfg: Settings,
-) -> None:
+) -> ProofUsed:
     max_age = issuer.dpop_max_age if issuer is not None else 60.0
     creds = ctx.credentials
     if creds.scheme != "dpop":
@@ -292,9 +300,11 @@ def _check_dpop(
     )
     if not hmac.compare_digest(proof.jkt.encode(), jkt.encode()):
         raise _binding_error("the DPoP proof is signed by another key than the token is bound to (jkt)")
-    refused = caches.replayed(proof.jkt, proof.jti, proof.iat + max_age + leeway, ts)
+    until = proof.iat + max_age + leeway
+    refused = caches.replayed(proof.jkt, proof.jti, until, ts)
     if refused:
         raise CredentialError("dpop_proof", refused, credential="token")
+    return ProofUsed(proof.jkt, proof.jti, until)
 
 
 def _binding_error(detail: str) -> CredentialError:
@@ -303,13 +313,13 @@ def _binding_error(detail: str) -> CredentialError:
 
 def _check_binding(
     token: Identity, peer: Identity | None, ctx: RequestContext, engine: Engine, caches: Caches, ts: float
-) -> None:
+) -> ProofUsed | None:
     """A token bound to its holder is accepted only with the holder's proof: RFC 8705 (``cnf``
     ``x5t#S256``: the request's verified peer certificate has that thumbprint) and RFC 9449 (``cnf``
     ``jkt``: sent with the DPoP scheme and a fresh, unreplayed proof signed by that key). An issuer's
     ``binding: required`` refuses a token without a certificate binding, ``dpop: required`` one without
     a key binding. A ``cnf`` naming only methods not checked here is refused: read as a bare bearer
-    token, the binding would mean nothing."""
+    token, the binding would mean nothing. The DPoP proof used, if any."""
     cfg = engine.config
     issuer = cfg.issuers.get(token.issuer) if token.kind != "jwt_svid" else None
     if token.kind == "jwt_svid":
@@ -326,11 +336,12 @@ def _check_binding(
             " (RFC 9449) are checked here"
         )
     cnf = cnf or {}
+    used = None
     if "jkt" in cnf:
         jkt = cnf["jkt"]
         if not isinstance(jkt, str) or not jkt:
             raise _binding_error("cnf jkt is not a key thumbprint")
-        _check_dpop(token, jkt, ctx, issuer, caches, ts, cfg)
+        used = _check_dpop(token, jkt, ctx, issuer, caches, ts, cfg)
     elif creds.scheme == "dpop":
         raise _binding_error("the DPoP scheme with a token not bound to a key (no cnf jkt)")
     elif dpop_required:
@@ -338,7 +349,7 @@ def _check_binding(
     if "x5t#S256" not in cnf:
         if cert_required:
             raise _binding_error("the issuer requires a certificate-bound token (cnf x5t#S256)")
-        return
+        return used
     thumbprint = cnf.get("x5t#S256")
     if not isinstance(thumbprint, str):
         raise _binding_error("cnf x5t#S256 is not a thumbprint")
@@ -353,6 +364,7 @@ def _check_binding(
         raise CredentialError(
             "token_binding", "the token is bound to another certificate (cnf x5t#S256)", credential="token"
         )
+    return used
 
 
 # What CEL's `identity` holds for a caller without a credential; every key an identity can have.
@@ -643,7 +655,22 @@ def decide(
 ) -> Decision:
     """Decide one request. ``principal``: identities taken as verified (``ext-authz test`` only, to test
     policy apart from key material); by default every credential the request carries is verified."""
-    decision = _decide(ctx, engine, caches, now, decision_id, state, principal)
+    return _finished(_decide(ctx, engine, caches, now, decision_id, state, principal), engine)
+
+
+def proof_replayed(decision_id: str, engine: Engine) -> Decision:
+    """The answer to a request whose DPoP proof another process sharing the state store used first."""
+    refused = _refused(
+        decision_id,
+        "dpop_proof",
+        "the DPoP proof was used before (jti), at another replica or worker",
+        credential_failed="token",
+    )
+    return _finished(refused, engine)
+
+
+def _finished(decision: Decision, engine: Engine) -> Decision:
+    """A denial with what ``response`` says of its reason."""
     if decision.allowed:
         return decision
     cfg = engine.config.response
@@ -693,9 +720,10 @@ def _decide(
             decision_id, "request_invalid", "the Host is not a name or IP literal with an optional port"
         )
     given = principal is not None  # identities taken as verified: not a function of the credentials
+    used: ProofUsed | None = None
     try:
         if principal is None:
-            principal = verify_principal(ctx, engine, caches, now)
+            principal, used = _verified(ctx, engine, caches, now)
     except CredentialError as exc:
         effects: tuple[Effect, ...] = ()
         if exc.reason == "token_unknown_key" and exc.issuer:
@@ -703,6 +731,22 @@ def _decide(
         return _refused(
             decision_id, exc.reason, exc.detail, credential_failed=exc.credential, effects=effects
         )
+    decision = _decide_verified(ctx, engine, now, decision_id, state, principal, target, given)
+    if used is None:
+        return decision
+    return dataclasses.replace(decision, effects=(*decision.effects, used))
+
+
+def _decide_verified(
+    ctx: RequestContext,
+    engine: Engine,
+    now: datetime,
+    decision_id: str,
+    state: StateSnapshot,
+    principal: Principal,
+    target: Target,
+    given: bool,
+) -> Decision:
     ts = now.timestamp()
     device = _device_id(ctx, principal, engine)
     if state.any_revocations and (principal.authenticated or device):

@@ -7,10 +7,12 @@ X.509-SVID on ``check.allowed_spiffe_ids`` is refused before its request is read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,9 +23,10 @@ from ext_authz._proto.envoy import external_auth_pb2, external_auth_pb2_grpc
 from ..envoy.normalize import normalize
 from ..envoy.render import render_wire
 from ..errors import Error
-from ..model import Decision, RequestContext
+from ..model import Decision, ProofUsed, RequestContext
 from ..observe.decision_log import Pending, logged_request, pending_record
-from ..pipeline import Engine, decide
+from ..pipeline import Engine, decide, proof_replayed
+from ..stores import SCHEMES
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
 
@@ -37,7 +40,35 @@ AUTH_SERVICE = "envoy.service.auth.v3.Authorization"
 class AnswersCheck(Protocol):
     """A server that can answer Check with a synchronous function (serve/native.py)."""
 
-    def answer_check_with(self, answer: Callable[[Any], bytes]) -> None: ...
+    def answer_check_with(self, answer: Callable[[Any], bytes | Coroutine[Any, Any, bytes]]) -> None: ...
+
+
+CLAIM_DEADLINE = 0.5  # seconds a Check waits for the shared store to claim its DPoP proof
+
+
+@dataclass(slots=True)
+class Checked:
+    """One Check, as it is recorded once answered."""
+
+    engine: Engine
+    decision_id: str
+    now: datetime
+    ctx: RequestContext | None
+    decision: Decision | None
+    started: float
+    span: Any
+
+
+def _shared_proof(decision: Decision, engine: Engine) -> ProofUsed | None:
+    """The DPoP proof to claim before answering, when the state store is shared with other processes
+    (a fleet on Redis, or workers on one SQLite file); this process remembered it already."""
+    if not decision.effects:
+        return None
+    used = next((e for e in decision.effects if isinstance(e, ProofUsed)), None)
+    if used is None:
+        return None
+    cfg = engine.config
+    return used if SCHEMES[cfg.state.scheme].shared or cfg.workers > 1 else None
 
 
 class CheckFailed(Error):
@@ -60,32 +91,40 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 log.warning("Check refused: %s (peer %s)", exc, context.peer())
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller is not an allowed Envoy")
         try:
-            return self.answer(request)
+            answer = self.answer(request)
+            return answer if isinstance(answer, bytes) else await answer
         except CheckFailed as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
             raise  # abort raises; this keeps type checkers honest
 
-    def answer(self, request: Any) -> bytes:
+    def answer(self, request: Any) -> bytes | Coroutine[Any, Any, bytes]:
         """Decide one CheckRequest of a verified caller: its serialized CheckResponse, recorded.
 
         Synchronous (nothing here waits), so a transport may call it straight from its event loop (see
-        serve/native.py). A fault is never an allow: it raises :class:`CheckFailed`, whose message names
-        the decision, and the transport answers INTERNAL (Envoy's failure_mode_allow=false and
-        status_on_error decide what the client sees)."""
+        serve/native.py). One case waits: a request whose DPoP proof must be claimed in a state store
+        shared with other processes (``claimed``); then the answer is a coroutine to await. A fault is
+        never an allow: it raises :class:`CheckFailed`, whose message names the decision, and the
+        transport answers INTERNAL (Envoy's failure_mode_allow=false and status_on_error decide what the
+        client sees)."""
         rt = self.runtime
         started = time.perf_counter()
         now = rt.clock.now()
         decision_id = _new_decision_id()
-        engine, caches = rt.engine, rt.caches
+        engine = rt.engine
         ctx: RequestContext | None = None
         decision: Decision | None = None
         fault = ""
         span = None
+        later = False
         try:
             ctx = normalize(request, engine.config.limits)
             if rt.tracing is not None:  # after the limits: the trace headers are within them
                 span = rt.tracing.start(ctx.http.headers if ctx.http else None)
-            decision = decide(ctx, engine, caches, now, decision_id, rt.replica.snapshot)
+            decision = decide(ctx, engine, rt.caches, now, decision_id, rt.replica.snapshot)
+            used = _shared_proof(decision, engine)
+            if used is not None:
+                later = True
+                return self._claimed(used, Checked(engine, decision_id, now, ctx, decision, started, span))
             rt.apply(decision)
             return render_wire(decision)
         except Exception as exc:
@@ -94,25 +133,54 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             decision = None
             raise CheckFailed(f"ext-authz internal error (decision {decision_id})") from exc
         finally:
-            # Each record is kept apart: one that fails is logged and neither changes the answer nor
-            # keeps the others from being made.
-            latency = time.perf_counter() - started
+            if not later:
+                self._record(Checked(engine, decision_id, now, ctx, decision, started, span), fault)
+
+    async def _claimed(self, used: ProofUsed, checked: Checked) -> bytes:
+        """The answer once the request's DPoP proof is claimed in the shared state store: a proof another
+        process took first is a replay (401 ``dpop_proof``); a store that cannot say within
+        CLAIM_DEADLINE fails the Check (INTERNAL: closed)."""
+        rt = self.runtime
+        fault = ""
+        try:
+            assert checked.decision is not None
+            fresh = await asyncio.wait_for(rt.replica.claim_once(used.key, used.until), CLAIM_DEADLINE)
+            if not fresh:
+                checked.decision = proof_replayed(checked.decision.decision_id, checked.engine)
+            rt.apply(checked.decision)
+            return render_wire(checked.decision)
+        except Exception as exc:
+            fault = type(exc).__name__
+            log.error("Check %s failed: the DPoP proof could not be claimed (%s)", checked.decision_id, fault)
+            checked.decision = None
+            raise CheckFailed(f"ext-authz internal error (decision {checked.decision_id})") from exc
+        finally:
+            self._record(checked, fault)
+
+    def _record(self, checked: Checked, fault: str) -> None:
+        """Each record is kept apart: one that fails is logged and neither changes the answer nor keeps
+        the others from being made."""
+        rt = self.runtime
+        decision, decision_id, span = checked.decision, checked.decision_id, checked.span
+        latency = time.perf_counter() - checked.started
+        try:
+            rt.metrics.observe(decision, latency)
+        except Exception:
+            log.exception("Check %s: the metrics failed", decision_id)
+        if rt.tracing is not None:
             try:
-                rt.metrics.observe(decision, latency)
+                if span is None:  # the request was refused before its headers could be read
+                    span = rt.tracing.start(None)
+                rt.tracing.finish(span, decision_id, checked.ctx, decision, fault, rt.redactor.path)
             except Exception:
-                log.exception("Check %s: the metrics failed", decision_id)
-            if rt.tracing is not None:
-                try:
-                    if span is None:  # the request was refused before its headers could be read
-                        span = rt.tracing.start(None)
-                    rt.tracing.finish(span, decision_id, ctx, decision, fault, rt.redactor.path)
-                except Exception:
-                    log.exception("Check %s: tracing failed", decision_id)
-            if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
-                try:
-                    self._log(engine, decision_id, now, ctx, decision, latency, fault, span)
-                except Exception:
-                    log.exception("Check %s: the decision log failed", decision_id)
+                log.exception("Check %s: tracing failed", decision_id)
+        if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
+            try:
+                self._log(
+                    checked.engine, decision_id, checked.now, checked.ctx, decision, latency, fault, span
+                )
+            except Exception:
+                log.exception("Check %s: the decision log failed", decision_id)
 
     def _log(
         self,

@@ -26,9 +26,10 @@ pins that the direct path is the one taken).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -57,13 +58,14 @@ class NativeServer(pygrpc_native.aio.Server):
 
     def __init__(self, options: Iterable[tuple[str, Any]]) -> None:
         super().__init__(options=options)
-        self._answer: Callable[[Any], bytes] | None = None
+        self._answer: Callable[[Any], bytes | Coroutine[Any, Any, bytes]] | None = None
+        self._later: set[asyncio.Task[None]] = set()  # answers awaiting a claim (held: not collected)
         self._check_id = -1  # the front's id for Check, once started
         self.direct_answers = 0  # Checks answered here (a test pins that this path is taken)
         self._undecodable = 0  # requests that were not a CheckRequest, since the last warning
         self._undecodable_warned = -_WARN_EVERY
 
-    def answer_check_with(self, answer: Callable[[Any], bytes]) -> None:
+    def answer_check_with(self, answer: Callable[[Any], bytes | Coroutine[Any, Any, bytes]]) -> None:
         """Answer Check with ``answer(CheckRequest) -> serialized CheckResponse`` (it raises
         CheckFailed on a fault). Check must also be registered as a method, as for any server."""
         missing = [name for name in _INTERNALS if not hasattr(self, name)]
@@ -103,7 +105,9 @@ class NativeServer(pygrpc_native.aio.Server):
         if others:
             super()._on_events(others)
 
-    def _check(self, answer: Callable[[Any], bytes], call_id: int, payload: bytes) -> None:
+    def _check(
+        self, answer: Callable[[Any], bytes | Coroutine[Any, Any, bytes]], call_id: int, payload: bytes
+    ) -> None:
         front = self._front
         assert front is not None
         self.direct_answers += 1
@@ -130,7 +134,23 @@ class NativeServer(pygrpc_native.aio.Server):
             log.exception("Check failed")
             front.fail(call_id, _INTERNAL, "ext-authz internal error")
             return
-        front.respond(call_id, response)  # False if the caller left meanwhile: it was decided anyway
+        if isinstance(response, bytes):
+            front.respond(call_id, response)  # False if the caller left meanwhile: it was decided anyway
+            return
+        task = asyncio.ensure_future(self._respond_later(call_id, response))  # a shared DPoP claim
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _respond_later(self, call_id: int, response: Coroutine[Any, Any, bytes]) -> None:
+        front = self._front
+        assert front is not None
+        try:
+            front.respond(call_id, await response)
+        except CheckFailed as exc:  # logged and recorded by answer()
+            front.fail(call_id, _INTERNAL, str(exc))
+        except Exception:
+            log.exception("Check failed")
+            front.fail(call_id, _INTERNAL, "ext-authz internal error")
 
     def _refused_undecodable(self) -> None:
         """Warn, at most every _WARN_EVERY seconds: anyone who can connect could otherwise fill the log."""

@@ -601,6 +601,11 @@ class Replica:
             entries.append(entry)
         return entries
 
+    async def claim_once(self, key: str, until: float) -> bool:
+        """Take ``key`` in the store until ``until`` unless another replica (or this one) holds it:
+        True when taken here. StateError if the store cannot say."""
+        return await self.backend.claim_once(key, until, self._now())
+
     # -- writing -------------------------------------------------------------------------------------------
     async def put(self, record: Record, *, action: str = "", actor: str = "", reason: str = "") -> None:
         """Write a record (made by the admin API or by ext-authz itself) and apply it here once the store

@@ -78,6 +78,11 @@ class ChangeLog(Protocol):
     async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
         """Record first uses (the first write of a key wins) and log them for the other replicas."""
 
+    async def claim_once(self, key: str, until: float, now: float) -> bool:
+        """Hold ``key`` until ``until`` unless it is held already (by any replica): True when this call
+        took it. What is used once fleet-wide (a DPoP proof) is claimed here; the claim is forgotten after
+        ``until``, so the store holds only what could still be replayed."""
+
     async def forget(self, items: list[tuple[str, str, str]], now: float, audit_before: float) -> None:
         """Delete records that ended past the retention, each only if it still holds that body; prune
         the log's old entries, and audit entries older than ``audit_before``."""

@@ -20,6 +20,7 @@ class MemoryLog:
         self._sessions: dict[str, str] = {}
         self._seq = 0
         self._audit: dict[str, AuditRow] = {}
+        self._claims: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: StateSettings) -> MemoryLog:
@@ -53,6 +54,14 @@ class MemoryLog:
             elif change.op == "delete":
                 self._records.pop((change.kind, change.id), None)
             self._seq += 1
+
+    async def claim_once(self, key: str, until: float, now: float) -> bool:
+        if len(self._claims) > 10_000:
+            self._claims = {k: u for k, u in self._claims.items() if u >= now}
+        if self._claims.get(key, 0.0) >= now:
+            return False
+        self._claims[key] = until
+        return True
 
     async def follow(self, position: str, *, wait: bool = True) -> Batch:
         # This process is the only writer, and the replica applies its own writes as it makes them.

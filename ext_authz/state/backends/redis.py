@@ -10,6 +10,7 @@ verifies the server against ``state.tls.ca`` and may present a client certificat
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,7 @@ CHANGES = "ext-authz:changes"
 SESSIONS = "ext-authz:sessions"
 AUDIT = "ext-authz:audit"  # sorted set: entry id scored by its time
 AUDIT_ROWS = "ext-authz:audit:rows"  # hash: entry id -> principal \x1f sealed body
+CLAIMS = "ext-authz:claim:"  # + the claimed key's digest: a string that expires with the claim
 AUDIT_SCAN = 100_000  # entries looked at, at most, to find those about one principal
 MAX_CHANGES = 1_000_000  # the stream is trimmed (approximately) past this many entries
 # Delete each (field, body) pair only if the field still holds that body: a record set again since it
@@ -270,6 +272,15 @@ class RedisLog:
         args = [str(MAX_CHANGES)] + [x for item in sessions.items() for x in item]
         try:
             await r.eval(_SESSIONS, 2, SESSIONS, CHANGES, *args)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def claim_once(self, key: str, until: float, now: float) -> bool:
+        r = self._client_or_fail()
+        name = CLAIMS + hashlib.sha256(key.encode()).hexdigest()
+        ttl_ms = max(1, int((until - now) * 1000))  # by our clock: Redis's may differ from ours
+        try:
+            return bool(await r.set(name, "1", nx=True, px=ttl_ms))
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
 

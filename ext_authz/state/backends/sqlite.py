@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, at REAL NOT NULL, princip
                                   body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE INDEX IF NOT EXISTS audit_principal ON audit (principal, at);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 _Row = tuple[int, float, str, str, str, str]
 FOLLOW_BATCH = 1000  # change-log entries read per follow: a burst is applied a batch at a time
@@ -191,6 +192,18 @@ class SqliteLog:
 
         await self._call(write)
 
+    async def claim_once(self, key: str, until: float, now: float) -> bool:
+        def claim(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                cur = db.execute(
+                    "INSERT INTO claims (key, until) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE claims.until < ?",
+                    (key, until, now),
+                )
+                return cur.rowcount == 1
+
+        return await self._call(claim)
+
     async def add_audit(self, rows: list[AuditRow]) -> None:
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
@@ -219,6 +232,7 @@ class SqliteLog:
                 db.executemany("DELETE FROM records WHERE kind = ? AND id = ? AND body = ?", items)
                 db.execute("DELETE FROM changes WHERE at < ?", (now - self.CHANGE_LOG_KEEP,))
                 db.execute("DELETE FROM audit WHERE at < ?", (audit_before,))
+                db.execute("DELETE FROM claims WHERE until < ?", (now,))
 
         await self._call(write)
 
