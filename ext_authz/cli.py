@@ -432,6 +432,18 @@ def _cmd_dev_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dev_dpop_proof(args: argparse.Namespace) -> int:
+    from .dev.demo import dpop_proof
+
+    try:
+        token = Path(args.token).read_text().strip()
+        print(dpop_proof(Path(args.key), token, args.method, args.url))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"cannot make a proof: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
 def _cmd_dev_up(args: argparse.Namespace) -> int:
     if args.spire:
         from .dev.spire_stack import run_spire_demo
@@ -593,6 +605,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--force", action="store_true", help="overwrite an existing demo")
     p.set_defaults(func=_cmd_dev_init)
+    p = dev.add_parser(
+        "dpop-proof",
+        help="print a DPoP proof (RFC 9449) for one request, signed by a holder's key (the demo's client)",
+    )
+    p.add_argument("key", help="the holder's private key, a JWK file (EC P-256)")
+    p.add_argument("token", help="a file holding the DPoP-bound token the proof goes with")
+    p.add_argument("method", help="the request's method, e.g. GET")
+    p.add_argument(
+        "url", help="the request's URL without query or fragment, e.g. https://localhost:10444/user/profile"
+    )
+    p.set_defaults(func=_cmd_dev_dpop_proof)
     p = dev.add_parser("up", help="run ext-authz + Envoy + a demo upstream (what `make run` does)")
     p.add_argument("dir", nargs="?", default="demo")
     p.add_argument("--envoy-config", default="envoy.yaml")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from joserfc import jws
 from joserfc.jwk import ECKey, Key, RSAKey
 
+from ..identity.dpop import token_hash
 from . import pki
 
-__all__ = ["DEMO_TD", "WORKLOADS", "init_demo", "mint_demo_tokens"]
+__all__ = ["DEMO_TD", "WORKLOADS", "dpop_proof", "init_demo", "mint_demo_tokens"]
 
 DEMO_TD = "example.org"
 ISSUER = "https://idp.example.com"
@@ -202,6 +205,21 @@ def init_demo(directory: Path, *, now: datetime | None = None, days: float = 30)
     mint_demo_tokens(d, now=now)
 
 
+def dpop_proof(key_file: Path, token: str, method: str, url: str, *, now: float | None = None) -> str:
+    """A DPoP proof (RFC 9449) for one request, signed by the holder's key in ``key_file`` (a private
+    JWK, EC P-256): what a client that holds a DPoP-bound token sends in the ``DPoP`` header."""
+    holder = ECKey.import_key(json.loads(key_file.read_text()))
+    head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": holder.as_dict(private=False)}
+    claims = {
+        "jti": secrets.token_urlsafe(16),
+        "htm": method.upper(),
+        "htu": url,
+        "iat": int(time.time() if now is None else now),
+        "ath": token_hash(token),
+    }
+    return jws.serialize_compact(head, json.dumps(claims), holder, algorithms=["ES256"])
+
+
 def _import_private(path: Path) -> Key:
     data = json.loads(path.read_text())
     return RSAKey.import_key(data) if data.get("kty") == "RSA" else ECKey.import_key(data)
@@ -227,8 +245,15 @@ def mint_demo_tokens(directory: Path, *, now: datetime | None = None, hours: flo
         "iat": iat,
         "exp": exp,
     }
+    # alice's key, which her DPoP-bound token names (cnf jkt): kept across runs, as a client keeps its own
+    holder_file = d / "tokens" / "alice-dpop.key.json"
+    if not holder_file.exists():
+        _write(holder_file, json.dumps(ECKey.generate_key("P-256").as_dict(private=True)), secret=True)
+    holder = ECKey.import_key(json.loads(holder_file.read_text()))
+    bound = {**user, "jti": secrets.token_hex(8), "cnf": {"jkt": holder.thumbprint()}}
     tokens = {
         "alice": pki.mint_jwt(idp, user, alg="RS256"),
+        "alice-dpop": pki.mint_jwt(idp, bound, alg="RS256"),
         "alice-expired": pki.mint_jwt(idp, {**user, "iat": iat - 7200, "exp": iat - 3600}, alg="RS256"),
         "forged": pki.mint_jwt(stranger, user, alg="RS256"),
         "frontend-jwt-svid": pki.mint_jwt(

@@ -475,6 +475,18 @@ grep '"exception_id"' {d}/.run/decisions.log
 
 # 13. what each identity used, and every grant and exception with its use → exit 0
 {ext} report --log {d}/.run/decisions.log {cfg}
+
+# 14. a token bound to alice's key (RFC 9449 DPoP): her client signs a proof for one request → exit 0
+{ext} dev dpop-proof {tok}/alice-dpop.key.json {tok}/alice-dpop.jwt GET {edge}/user/profile \\
+     > {d}/.run/proof.jwt
+#    token and proof → 200
+curl -si {ca} -H "Authorization: DPoP $(cat {tok}/alice-dpop.jwt)" -H "DPoP: $(cat {d}/.run/proof.jwt)" \
+     {edge}/user/profile
+#    the same proof again, captured and replayed → 401 dpop_proof
+curl -si {ca} -H "Authorization: DPoP $(cat {tok}/alice-dpop.jwt)" -H "DPoP: $(cat {d}/.run/proof.jwt)" \
+     {edge}/user/profile
+#    the token stolen from a log and sent without the key, as a bearer token → 401 token_binding
+curl -si {ca} -H "Authorization: Bearer $(cat {tok}/alice-dpop.jwt)" {edge}/user/profile
 """
 
 

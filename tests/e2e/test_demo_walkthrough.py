@@ -64,7 +64,7 @@ def test_the_printed_walkthrough_works_as_printed(tmp_path: Path) -> None:
         for line in ("revoke", "unrevoke", "grant", "approve", "open"):
             assert f" {line} " in audit, audit
         assert "local:bob" in audit and "FIN-88 checked" in audit and "key rotated" in audit
-        report = outputs[-1]
+        report = next(o for c, o in by_comment.items() if "what each identity used" in c)
         assert "allowed by exceptions:" in report and "spiffe://example.org/ns/billing/sa/worker" in report
         assert "made by local:oncall, approved by local:lead" in report, report
 

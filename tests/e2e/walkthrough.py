@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 __all__ = ["STEPS", "Step", "parse", "run"]
 
-STEPS = 29  # commands the walkthrough prints (with or without SPIRE): a test fails if one is not found
+STEPS = 33  # commands the walkthrough prints (with or without SPIRE): a test fails if one is not found
 
 _EXPECT = re.compile(r"→\s*(exit\s+(\d+)|(\d{3})(?:\s+(\w+))?)\s*$")
 _STATUS_LINE = re.compile(r"^HTTP/[\d.]+\s+(\d{3})", re.M)
