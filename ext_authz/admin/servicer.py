@@ -46,6 +46,11 @@ MAX_WATCH_QUEUE = 1000
 T = TypeVar("T")
 
 
+A = TypeVar("A", Grant, ExceptionGrant)
+# How loudly each approvable's steps are logged: an exception overrides policy, a grant widens it.
+_LOUDNESS = {"grant": logging.INFO, "exception": logging.WARNING}
+
+
 def _iso(ts: float) -> str:
     """A time as the admin log prints it: RFC 3339, UTC."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -313,34 +318,47 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
         return await self._run(context, run)
 
-    async def _grant(self, context: Any, gid: str) -> Grant:
-        g = self.replica.get(Grant, gid)
-        if g is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no grant {gid!r}")
-        return g
-
     def _may_approve(self, actor: str) -> None:
         commands.may_approve(actor, self.runtime.engine.config.admin.local_approvals)
 
-    async def ApproveGrant(self, request: Any, context: Any) -> Any:
-        async def run(actor: str, now: float) -> Any:
+    async def _find(self, context: Any, kind: commands.Lifecycle[A], rid: str) -> A:
+        record = self.replica.get(kind.cls, rid)
+        if record is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no {kind.noun} {rid!r}")
+        return record
+
+    async def _approve(self, context: Any, kind: commands.Lifecycle[A], rid: str, reason: str) -> A:
+        """Approve a pending grant or exception: by a second person, audited, logged."""
+
+        async def run(actor: str, now: float) -> A:
             self._may_approve(actor)
-            g = commands.approve_grant(await self._grant(context, request.id), request.reason, actor, now)
-            await self.replica.put(g, action="approve", actor=actor, reason=request.reason.strip())
-            log.info("grant %s approved by %s: %s", g.id, actor, request.reason.strip())
-            return pb.ApproveGrantResponse(grant=grant_pb(g, self.settings))
+            approved = kind.approve(await self._find(context, kind, rid), reason, actor, now)
+            await self.replica.put(approved, action="approve", actor=actor, reason=reason.strip())
+            log.log(_LOUDNESS[kind.noun], "%s %s approved by %s: %s", kind.noun, rid, actor, reason.strip())
+            return approved
 
         return await self._run(context, run)
+
+    async def _end(self, context: Any, kind: commands.Lifecycle[A], rid: str, reason: str) -> A:
+        """End a grant or close an exception early: audited, logged."""
+
+        async def run(actor: str, now: float) -> A:
+            ended = kind.end(await self._find(context, kind, rid), reason, actor, now)
+            await self.replica.put(ended, action=kind.end_action, actor=actor, reason=reason.strip())
+            log.log(
+                _LOUDNESS[kind.noun], "%s %s %s by %s: %s", kind.noun, rid, kind.ended, actor, reason.strip()
+            )
+            return ended
+
+        return await self._run(context, run)
+
+    async def ApproveGrant(self, request: Any, context: Any) -> Any:
+        g = await self._approve(context, commands.GRANTS, request.id, request.reason)
+        return pb.ApproveGrantResponse(grant=grant_pb(g, self.settings))
 
     async def EndGrant(self, request: Any, context: Any) -> Any:
-        async def run(actor: str, now: float) -> Any:
-            g = await self._grant(context, request.id)
-            ended = commands.end_grant(g, request.reason, actor, now)
-            await self.replica.put(ended, action="end", actor=actor, reason=ended.end_reason)
-            log.info("grant %s ended by %s: %s", g.id, actor, ended.end_reason)
-            return pb.EndGrantResponse(grant=grant_pb(ended, self.settings))
-
-        return await self._run(context, run)
+        g = await self._end(context, commands.GRANTS, request.id, request.reason)
+        return pb.EndGrantResponse(grant=grant_pb(g, self.settings))
 
     async def ListGrants(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:
@@ -382,32 +400,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
         return await self._run(context, run)
 
-    async def _exception(self, context: Any, eid: str) -> ExceptionGrant:
-        e = self.replica.get(ExceptionGrant, eid)
-        if e is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no exception {eid!r}")
-        return e
-
     async def ApproveException(self, request: Any, context: Any) -> Any:
-        async def run(actor: str, now: float) -> Any:
-            self._may_approve(actor)
-            e = await self._exception(context, request.id)
-            approved = commands.approve_exception(e, request.reason, actor, now)
-            await self.replica.put(approved, action="approve", actor=actor, reason=request.reason.strip())
-            log.warning("exception %s approved by %s: %s", e.id, actor, request.reason.strip())
-            return pb.ApproveExceptionResponse(exception=exception_pb(approved, self.settings))
-
-        return await self._run(context, run)
+        e = await self._approve(context, commands.EXCEPTIONS, request.id, request.reason)
+        return pb.ApproveExceptionResponse(exception=exception_pb(e, self.settings))
 
     async def CloseException(self, request: Any, context: Any) -> Any:
-        async def run(actor: str, now: float) -> Any:
-            e = await self._exception(context, request.id)
-            closed = commands.close_exception(e, request.reason, actor, now)
-            await self.replica.put(closed, action="close", actor=actor, reason=closed.close_reason)
-            log.warning("exception %s closed by %s: %s", closed.id, actor, closed.close_reason)
-            return pb.CloseExceptionResponse(exception=exception_pb(closed, self.settings))
-
-        return await self._run(context, run)
+        e = await self._end(context, commands.EXCEPTIONS, request.id, request.reason)
+        return pb.CloseExceptionResponse(exception=exception_pb(e, self.settings))
 
     async def ListExceptions(self, request: Any, context: Any) -> Any:
         async def run(actor: str, now: float) -> Any:

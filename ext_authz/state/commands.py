@@ -11,7 +11,9 @@ import dataclasses
 import difflib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from ..errors import Error
 from ..identity.names import NameError_, parse_name, parse_serial
@@ -33,8 +35,13 @@ from .records import (
     Signal,
 )
 
+A = TypeVar("A", Grant, ExceptionGrant)
+
 __all__ = [
+    "EXCEPTIONS",
+    "GRANTS",
     "InvalidArgument",
+    "Lifecycle",
     "approve_exception",
     "approve_grant",
     "check_record",
@@ -314,15 +321,46 @@ def create_grant(
     )
 
 
+# --- what grants and exceptions share: made, approved by a second person, ended early -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle(Generic[A]):
+    """An approvable record's steps, and what they are called for it."""
+
+    noun: str  # grant, exception
+    cls: type[A]
+    approve: Callable[[A, str, str, float], A]
+    end: Callable[[A, str, str, float], A]
+    end_action: str  # the audit action (and command) of ending one early: end, close
+    ended: str  # what it is once ended: ended, closed
+
+
+def _may_be_approved(
+    record: Grant | ExceptionGrant, approved_by: str, maker: str, ended: str | None, *, actor: str, now: float
+) -> None:
+    """A pending record, not ended (``ended`` says how, if it was) nor waited past APPROVAL_WAIT, approved
+    by someone other than its maker."""
+    name = f"{record.RECORD} {record.id}"
+    if not record.pending:
+        raise InvalidArgument(f"{name} is already approved (by {approved_by})")
+    if ended is not None or now >= (record.finished_at() or 0):
+        raise InvalidArgument(f"{name} {ended or 'has ended'} or waited too long; make a new one")
+    _second_person(actor, maker, name)
+
+
+def _may_end(record: Grant | ExceptionGrant, ended: str, by: str | None) -> None:
+    """Ending one already ended (``by`` someone) is refused, as lifting a lifted revocation is."""
+    if by is not None:
+        raise InvalidArgument(f"{record.RECORD} {record.id} {ended} (by {by})")
+
+
 def approve_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
     """Approve a pending grant. Its window starts now if it was to start earlier: a 2-minute grant
     approved an hour after it was asked for lasts 2 minutes from the approval. A request waits for its
     approval at most APPROVAL_WAIT (24h)."""
-    if not grant.pending:
-        raise InvalidArgument(f"grant {grant.id} is already approved (by {grant.approver})")
-    if grant.ended_at is not None or now >= (grant.finished_at() or 0):
-        raise InvalidArgument(f"grant {grant.id} has ended or waited too long; make a new one")
-    _second_person(actor, grant.created_by, f"grant {grant.id}")
+    ended = "has ended" if grant.ended_at is not None else None
+    _may_be_approved(grant, grant.approver, grant.created_by, ended, actor=actor, now=now)
     _text(reason, "a reason")
     start = max(now, grant.not_before)
     return dataclasses.replace(
@@ -335,9 +373,8 @@ def approve_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
 
 
 def end_grant(grant: Grant, reason: str, actor: str, now: float) -> Grant:
-    """End a grant early. Ending one already ended is refused, as lifting a lifted revocation is."""
-    if grant.ended_at is not None:
-        raise InvalidArgument(f"grant {grant.id} has already ended (by {grant.ended_by})")
+    """End a grant early."""
+    _may_end(grant, "has already ended", grant.ended_by if grant.ended_at is not None else None)
     return dataclasses.replace(grant, ended_at=now, ended_by=actor, end_reason=_text(reason, "a reason"))
 
 
@@ -375,11 +412,8 @@ def open_exception(
 def approve_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
     """Approve a pending exception: its time box starts now, as long as it was asked for. A request
     waits for its approval at most APPROVAL_WAIT (24h)."""
-    if not exc.pending:
-        raise InvalidArgument(f"exception {exc.id} is already approved (by {exc.approved_by or 'config'})")
-    if exc.closed_at is not None or now >= (exc.finished_at() or 0):
-        raise InvalidArgument(f"exception {exc.id} is closed or waited too long; open a new one")
-    _second_person(actor, exc.opened_by, f"exception {exc.id}")
+    closed = "is closed" if exc.closed_at is not None else None
+    _may_be_approved(exc, exc.approved_by or "config", exc.opened_by, closed, actor=actor, now=now)
     _text(reason, "a reason")
     return dataclasses.replace(
         exc, approved_by=actor, approved_at=now, expires_at=now + (exc.expires_at - exc.opened_at)
@@ -387,10 +421,15 @@ def approve_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) 
 
 
 def close_exception(exc: ExceptionGrant, reason: str, actor: str, now: float) -> ExceptionGrant:
-    """Close an exception. Closing one already closed is refused, as lifting a lifted revocation is."""
-    if exc.closed_at is not None:
-        raise InvalidArgument(f"exception {exc.id} is already closed (by {exc.closed_by})")
+    """Close an exception."""
+    _may_end(exc, "is already closed", exc.closed_by if exc.closed_at is not None else None)
     return dataclasses.replace(exc, closed_at=now, closed_by=actor, close_reason=_text(reason, "a reason"))
+
+
+GRANTS: Lifecycle[Grant] = Lifecycle("grant", Grant, approve_grant, end_grant, "end", "ended")
+EXCEPTIONS: Lifecycle[ExceptionGrant] = Lifecycle(
+    "exception", ExceptionGrant, approve_exception, close_exception, "close", "closed"
+)
 
 
 def _signal_subject(subject_kind: str, subject: str) -> str:
