@@ -20,8 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from ..settings import Settings
-from . import yamlread
-from .yamlread import read_yaml
+from .yamlread import SOURCE, read_yaml
 
 __all__ = ["load_settings", "parse_settings", "read_config"]
 
@@ -42,7 +41,7 @@ def load_settings(path: str | Path) -> Settings:
 # are answered): libyaml's parser holds the GIL throughout, a quarter of a second for ten thousand rules.
 ISOLATED_FROM = 256 * 1024
 _CHILD = (
-    Path(yamlread.__file__).read_text()
+    Path(SOURCE).read_text()
     + """
 import sys, orjson
 def plain(v):

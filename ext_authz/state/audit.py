@@ -15,13 +15,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from .integrity import IntegrityError, Sealer
 from .records import ExceptionGrant, Grant, Record, Revocation, Signal, as_dict
 
-__all__ = ["ACTIONS", "AuditEntry", "AuditRow", "about", "entry_id", "expiry_entry", "new_entry"]
+__all__ = ["ACTIONS", "AuditEntry", "AuditLog", "AuditRow", "about", "entry_id", "expiry_entry", "new_entry"]
+
+log = logging.getLogger("ext_authz.state")
 
 ACTIONS = (
     "revoke",
@@ -155,3 +159,37 @@ def expiry_entry(record: Record, ended: float) -> AuditEntry:
     """The entry for a record that ran out by itself at ``ended``; its id is the same on every replica."""
     digest = hashlib.sha256(f"{record.RECORD}\0{record.record_id}\0{ended!r}".encode()).hexdigest()
     return new_entry(f"aud_x{digest[:20]}", ended, EXPIRY_ACTOR, "expire", record, record)
+
+
+class _Stored(Protocol):
+    async def read_audit(self, since: float, principal: str, limit: int) -> list[AuditRow]: ...
+
+
+class AuditLog:
+    """Entries sealed for the store (written by the replica, in the transaction of the change they
+    describe), and read back with suspicion: one that is not authentic is skipped and counted."""
+
+    def __init__(self, store: _Stored, sealer: Sealer) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.rejected = 0  # entries read whose MAC or shape did not hold
+
+    def row(self, entry: AuditEntry) -> AuditRow:
+        body = self.sealer.seal("audit", "audit", entry.id, entry.canonical())
+        return AuditRow(entry.id, entry.at, entry.principal, body)
+
+    async def read(self, since: float = 0.0, principal: str = "", limit: int = 1000) -> list[AuditEntry]:
+        """The latest ``limit`` entries at or after ``since`` (about ``principal`` if given), oldest first."""
+        entries = []
+        for row in await self.store.read_audit(since, principal, limit):
+            try:
+                entry = AuditEntry.decode(self.sealer.open("audit", "audit", row.id, row.body))
+            except (IntegrityError, ValueError) as exc:
+                self.rejected += 1
+                log.warning("audit: ignoring entry %r: %s", row.id[:80], exc)
+                continue
+            if entry.id != row.id or entry.principal != row.principal:
+                self.rejected += 1
+                continue
+            entries.append(entry)
+        return entries

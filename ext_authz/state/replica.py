@@ -36,7 +36,7 @@ from ..clock import Clock, SystemClock
 from ..collect import paused_collection
 from ..errors import StateError
 from ..settings import Settings
-from .audit import AuditEntry, AuditRow, entry_id, expiry_entry, new_entry
+from .audit import AuditEntry, AuditLog, AuditRow, entry_id, expiry_entry, new_entry
 from .backends.base import Change, ChangeLog
 from .commands import InvalidArgument, check_record
 from .integrity import IntegrityError, Sealer
@@ -165,7 +165,7 @@ class Replica:
         self.rejected: Counter[tuple[str, str]] = Counter()  # (kind, reason) -> records ignored
         self.connected = False
         self.errors = 0  # failed attempts to follow the change log (the follower retries)
-        self.audit_rejected = 0  # audit entries read whose MAC or shape did not hold
+        self.audit_log = AuditLog(backend, self.sealer)
         self.sessions = Sessions(self.sealer, durable=backend.durable, reject=self._reject)
         self.snapshot = StateSnapshot(0, self.sessions.view)
         # Every record held, by kind and id: this replica's own (the Check path reads the snapshot).
@@ -559,7 +559,11 @@ class Replica:
         expiries = self._pending_expiries[:FORGET_BATCH]
         self._pending_expiries = self._pending_expiries[FORGET_BATCH:]
         if expiries:  # every replica may write them; the entry id makes them one
-            rows = [self._row(expiry_entry(r, end)) for r in expiries if (end := r.finished_at()) is not None]
+            rows = [
+                self.audit_log.row(expiry_entry(r, end))
+                for r in expiries
+                if (end := r.finished_at()) is not None
+            ]
             try:
                 await self.backend.add_audit(rows)
             except StateError:
@@ -575,31 +579,16 @@ class Replica:
             self._forgotten[:0] = forgotten  # try again next time
             raise
 
-    # -- the audit log -------------------------------------------------------------------------------------
-    def _row(self, entry: AuditEntry) -> AuditRow:
-        return AuditRow(
-            entry.id,
-            entry.at,
-            entry.principal,
-            self.sealer.seal("audit", "audit", entry.id, entry.canonical()),
-        )
+    # -- the audit log (audit.py) ---------------------------------------------------------------------------
+    @property
+    def audit_rejected(self) -> int:
+        """Audit entries read whose MAC or shape did not hold."""
+        return self.audit_log.rejected
 
     async def audit(self, since: float = 0.0, principal: str = "", limit: int = 1000) -> list[AuditEntry]:
         """The latest ``limit`` audit entries at or after ``since`` (about ``principal`` if given),
         oldest first. An entry that is not authentic is skipped and counted (``audit_rejected``)."""
-        entries = []
-        for row in await self.backend.read_audit(since, principal, limit):
-            try:
-                entry = AuditEntry.decode(self.sealer.open("audit", "audit", row.id, row.body))
-            except (IntegrityError, ValueError) as exc:
-                self.audit_rejected += 1
-                log.warning("audit: ignoring entry %r: %s", row.id[:80], exc)
-                continue
-            if entry.id != row.id or entry.principal != row.principal:
-                self.audit_rejected += 1
-                continue
-            entries.append(entry)
-        return entries
+        return await self.audit_log.read(since, principal, limit)
 
     async def claim_once(self, key: str, until: float) -> bool:
         """Take ``key`` in the store until ``until`` unless another replica (or this one) holds it:
@@ -640,7 +629,9 @@ class Replica:
                 and known.fresh(at)
             ):
                 continue  # a refresh of the same fact is not a change worth an entry
-            audit.append(self._row(new_entry(entry_id(at), at, actor, action, known, record, reason)))
+            audit.append(
+                self.audit_log.row(new_entry(entry_id(at), at, actor, action, known, record, reason))
+            )
         await self._write(_Write(changes, audit, [r for r, _, _, _ in items], self._future()))
 
     async def delete(self, cls: type[R], rid: str, *, action: str, actor: str, reason: str = "") -> R | None:
@@ -649,7 +640,7 @@ class Replica:
             return None
         kind, at = cls.RECORD, self._now()
         body = self.sealer.seal("delete", kind, rid, encode(record))
-        entry = self._row(new_entry(entry_id(at), at, actor, action, record, None, reason))
+        entry = self.audit_log.row(new_entry(entry_id(at), at, actor, action, record, None, reason))
         await self._write(_Write([Change("delete", kind, rid, body, at)], [entry], [record], self._future()))
         return record
 
