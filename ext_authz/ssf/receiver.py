@@ -10,29 +10,24 @@ SQLite or Redis, in every snapshot within a second; then remember its ``jti`` in
 
 A receiver may manage its stream at the transmitter (``manage_stream``): discovery, the stream's
 configuration (create it if there is none), and a verification round trip whose ``state`` must come
-back in a verification event.
+back in a verification event. That HTTP client, and polling, are stream.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import logging
-import secrets
-import ssl
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import Clock
-from ..errors import StateError, TrustError
-from ..httpclient import HttpError, fetch, is_loopback_url
+from ..errors import StateError
 from ..secrets import read_secret
-from ..settings import Settings, SsfReceiverSettings
+from ..settings import Settings
 from ..state import commands
 from ..state.records import R, Record, Revocation, SeenEvent, Signal
 from ..trust.bundles import JwtKeys
@@ -46,6 +41,7 @@ from .events import (
     event_key,
 )
 from .sets import SecurityEvent, SetError, peek, verify_set
+from .stream import ReceiverState, line, manage, poll
 from .subjects import SubjectError, resolve
 
 if TYPE_CHECKING:
@@ -75,7 +71,6 @@ class ReceiverHost(Protocol):
 
 log = logging.getLogger("ext_authz.ssf")
 SET_MEDIA_TYPE = "application/secevent+jwt"
-MAX_POLL_BODY = 4 * 1024 * 1024
 
 
 def push_response(err: SetError) -> tuple[int, str, str, dict[str, str]]:
@@ -122,12 +117,6 @@ def _newer_account_event(
     return None
 
 
-def _line(value: object, limit: int) -> str:
-    """A transmitter's text as one short printable line (for state shown to operators, and logs)."""
-    text = value if isinstance(value, str) else ""
-    return "".join(c if c.isprintable() else " " for c in text[:limit])
-
-
 def _named(rev: Revocation) -> str:
     narrowed = "".join(f" with {k} {v}" for k, v in rev.also)
     return f"{rev.kind} {rev.value}{narrowed}"
@@ -137,55 +126,6 @@ def metric_event(event_type: str) -> str:
     """A bounded label: the known event names, else ``other``."""
     key = event_key(event_type)
     return key.split("/", 1)[1] if key in APPLIED | VERIFICATION | STREAM_UPDATED else "other"
-
-
-def _request(
-    method: str, url: str, body: bytes | None, headers: dict[str, str], ca: str | None, timeout: float = 10.0
-) -> tuple[int, bytes]:
-    """One HTTP exchange (https, or http on loopback; within ``timeout`` overall; redirects are not
-    followed): (status, body), or a TrustError saying why not — whatever the peer sends."""
-    if not (url.startswith("https://") or (url.startswith("http://") and is_loopback_url(url))):
-        raise TrustError(f"{url}: only https:// (or http:// on loopback) is used")
-    ctx = None
-    if url.startswith("https://"):
-        ctx = ssl.create_default_context()
-        if ca:
-            ctx.load_verify_locations(cafile=ca)
-    try:
-        resp = fetch(
-            url,
-            method=method,
-            body=body,
-            headers=headers,
-            timeout=timeout,
-            max_body=MAX_POLL_BODY,
-            context=ctx,
-        )
-    except HttpError as exc:
-        raise TrustError(str(exc)[:300]) from exc
-    return resp.status, resp.body
-
-
-@dataclass
-class ReceiverState:
-    cfg: SsfReceiverSettings
-    secret: str = ""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    expected_state: str | None = None  # the verification state we asked for, until it comes back
-    verified_at: float | None = None
-    stream_id: str = ""
-    stream_status: str = ""
-    poll_url: str = ""
-    critical: frozenset[str] = frozenset()  # critical_subject_members from the transmitter's metadata
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def authorized(self, header: str) -> bool:
-        if not self.secret:
-            return True
-        return hmac.compare_digest(header.encode(), f"Bearer {self.secret}".encode())
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
 
 class _InFlight:
@@ -271,9 +211,9 @@ class Receivers:
         if state.tasks:
             return
         if state.cfg.manage_stream:
-            state.tasks.append(asyncio.create_task(self._manage(state)))
+            state.tasks.append(asyncio.create_task(manage(state)))
         if state.cfg.delivery == "poll":
-            state.tasks.append(asyncio.create_task(self._poll(state)))
+            state.tasks.append(asyncio.create_task(poll(state, self.receive, self._fault)))
 
     async def reconfigure(self, settings: Settings) -> None:
         self.configure(settings)
@@ -302,6 +242,9 @@ class Receivers:
 
     def _now(self) -> float:
         return self.host.clock.now().timestamp()
+
+    def _fault(self) -> None:
+        self.errors += 1
 
     # -- push ----------------------------------------------------------------------------------------
     async def push(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, str, dict[str, str]]:
@@ -396,7 +339,7 @@ class Receivers:
         finally:
             self._in_flight.release(held)
         for note in outcome.notes:
-            log.warning("SSF %r: %s", event.name, _line(note, 600))
+            log.warning("SSF %r: %s", event.name, line(note, 600))
         self.on_event(label, outcome.result)
         return outcome.result
 
@@ -417,10 +360,10 @@ class Receivers:
             log.info("SSF stream of %s verified", rc.issuer)
             return _Outcome("verified")
         if key in STREAM_UPDATED:
-            status = _line(event.payload.get("status"), 32)
+            status = line(event.payload.get("status"), 32)
             state.stream_status = status
             log.warning(
-                "SSF stream of %s is now %r: %r", rc.issuer, status, _line(event.payload.get("reason"), 200)
+                "SSF stream of %s is now %r: %r", rc.issuer, status, line(event.payload.get("reason"), 200)
             )
             return _Outcome("applied")
         if key not in APPLIED:
@@ -450,7 +393,7 @@ class Receivers:
         except SubjectError as exc:
             raise SetError("invalid_request", f"sub_id: {exc}") from exc
         for note in subject.ignored:
-            log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, _line(note, 600))
+            log.info("SSF %r %r from %s: %s", event.name, event.jti, rc.issuer, line(note, 600))
         if subject.discard:
             # SSF 1.0 §3.4: an event whose subject has a critical member we cannot process is discarded
             # (acknowledged, counted as discarded, nothing applied).
@@ -530,148 +473,6 @@ class Receivers:
         sub = event.sub_id
         if not (isinstance(sub, dict) and sub.get("format") == "opaque" and sub.get("id") == state.stream_id):
             raise SetError("invalid_request", "sub_id does not name this receiver's stream")
-
-    # -- poll (RFC 8936) --------------------------------------------------------------------------------
-    async def _poll(self, state: ReceiverState) -> None:
-        ack: list[str] = []
-        errs: dict[str, dict[str, str]] = {}
-        backoff = 1.0
-        while True:
-            url = state.cfg.poll_url or state.poll_url
-            if not url:
-                await asyncio.sleep(1.0)  # the stream's poll endpoint comes from stream management
-                continue
-            request: dict[str, Any] = {"returnImmediately": True, "maxEvents": 100, "ack": ack}
-            headers = {"Content-Type": "application/json", "Accept": "application/json", **state.headers()}
-            if errs:
-                request["setErrs"] = errs
-                headers["Content-Language"] = "en"
-            try:
-                status, body = await asyncio.to_thread(
-                    _request,
-                    "POST",
-                    url,
-                    json.dumps(request).encode(),
-                    headers,
-                    str(state.cfg.ca or "") or None,
-                )
-                if status != 200:
-                    raise TrustError(f"{url}: HTTP {status}")
-                doc = json.loads(body)
-                sets = doc.get("sets") if isinstance(doc, dict) else None
-                if not isinstance(sets, dict):
-                    raise TrustError(f"{url}: the poll response has no sets")
-            except Exception as exc:  # unreachable, a bad answer (even a JSON bomb): back off, poll again
-                log.warning(
-                    "SSF poll of %s failed: %s; retrying in %.0fs", state.cfg.issuer, str(exc)[:200], backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-                continue
-            backoff = 1.0
-            ack, errs = [], {}
-            for jti, token in list(sets.items())[:1000]:
-                try:
-                    if not isinstance(token, str):
-                        raise SetError("invalid_request", "a SET is a string")
-                    await self.receive(state, token)
-                    ack.append(str(jti))
-                except SetError as exc:
-                    errs[str(jti)] = {"err": exc.err, "description": exc.description}
-                except StateError as exc:
-                    log.error("SSF poll: SET %r not recorded (%s); it will come again", jti[:200], exc.detail)
-                except Exception as exc:  # a fault of ours with this SET: report it, keep polling
-                    self.errors += 1
-                    log.error("SSF poll: SET %r failed (%s)", jti[:200], type(exc).__name__, exc_info=True)
-                    errs[str(jti)] = {
-                        "err": "invalid_request",
-                        "description": "the receiver could not apply it",
-                    }
-            if not (ack or errs or doc.get("moreAvailable")):
-                await asyncio.sleep(state.cfg.poll_interval)
-
-    # -- stream management (SSF §7, §8) -----------------------------------------------------------------
-    async def _manage(self, state: ReceiverState) -> None:
-        backoff = 2.0
-        while True:
-            try:
-                await self._manage_once(state)
-                return
-            except Exception as exc:  # whatever the transmitter answers, management retries
-                log.warning(
-                    "SSF stream management with %s failed: %s; retrying in %.0fs",
-                    state.cfg.issuer,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 300.0)
-
-    async def _call(self, state: ReceiverState, method: str, url: str, doc: Any = None) -> tuple[int, Any]:
-        headers = {"Accept": "application/json", **state.headers()}
-        body = None
-        if doc is not None:
-            body = json.dumps(doc).encode()
-            headers["Content-Type"] = "application/json"
-        status, raw = await asyncio.to_thread(
-            _request, method, url, body, headers, str(state.cfg.ca or "") or None
-        )
-        try:
-            return status, json.loads(raw) if raw.strip() else None
-        except ValueError:
-            return status, None
-
-    async def _manage_once(self, state: ReceiverState) -> None:
-        rc = state.cfg
-        parts = urllib.parse.urlsplit(rc.issuer)
-        path = parts.path.rstrip("/")
-        discovery = f"{parts.scheme}://{parts.netloc}/.well-known/ssf-configuration{path}"
-        status, meta = await self._call(state, "GET", discovery)
-        if status != 200 or not isinstance(meta, dict):
-            raise TrustError(f"{discovery}: HTTP {status}")
-        if meta.get("issuer") != rc.issuer:
-            raise TrustError(f"{discovery}: issuer is {meta.get('issuer')!r}, expected {rc.issuer!r}")
-        config_url = meta.get("configuration_endpoint")
-        if not isinstance(config_url, str):
-            raise TrustError(f"{discovery}: no configuration_endpoint")
-        status, streams = await self._call(state, "GET", config_url)
-        stream = (
-            streams[0]
-            if isinstance(streams, list) and streams
-            else streams
-            if isinstance(streams, dict)
-            else None
-        )
-        if stream is None:
-            delivery: dict[str, Any] = {
-                "method": "urn:ietf:rfc:8935" if rc.delivery == "push" else "urn:ietf:rfc:8936"
-            }
-            if rc.delivery == "push":
-                delivery["endpoint_url"] = rc.push_url
-            status, stream = await self._call(
-                state, "POST", config_url, {"delivery": delivery, "description": "ext-authz"}
-            )
-            if status not in (200, 201) or not isinstance(stream, dict):
-                raise TrustError(f"{config_url}: creating the stream: HTTP {status}")
-        if stream.get("iss") != rc.issuer:
-            raise TrustError(f"{config_url}: the stream's iss is {stream.get('iss')!r}")
-        state.stream_id = _line(stream.get("stream_id"), 256)
-        endpoint = (stream.get("delivery") or {}).get("endpoint_url")
-        if rc.delivery == "poll" and isinstance(endpoint, str):
-            state.poll_url = endpoint
-        critical = meta.get("critical_subject_members")
-        if isinstance(critical, list):
-            state.critical = frozenset(_line(c, 64) for c in critical[:32] if isinstance(c, str))
-        verify_url = meta.get("verification_endpoint")
-        if isinstance(verify_url, str) and state.stream_id:
-            state.expected_state = secrets.token_urlsafe(16)
-            status, _ = await self._call(
-                state, "POST", verify_url, {"stream_id": state.stream_id, "state": state.expected_state}
-            )
-            if status not in (200, 202, 204):
-                state.expected_state = None
-                raise TrustError(f"{verify_url}: HTTP {status}")
-        log.info("SSF stream %r of %s configured (%s)", state.stream_id[:200], rc.issuer, rc.delivery)
 
     def problems(self) -> list[str]:
         """What keeps a receiver from taking SETs in, for /readyz (every SET would be refused)."""
