@@ -30,7 +30,6 @@ from ..loader import load_engine
 from ..observe.decision_log import DecisionLog
 from ..pipeline import Engine
 from ..settings import Limits, Settings, TlsFiles, TlsServer, is_loopback
-from ..ssf.service import SharedSignals
 from ..state.offline import open_replica
 from ..trust.remote import RemoteTrust, TransmitterKeys
 from ..trust.sources import TrustSources
@@ -41,6 +40,7 @@ from .http import HTTP_BACKLOG, bound_address, with_port
 from .peers import ServerIdentity, SvidPeers, files_identity, tls_server_credentials
 from .reload import Reloader
 from .runtime import Runtime, RuntimeView
+from .signals import SharedSignals
 
 __all__ = ["WORKER_ENV", "WORKER_HTTP_ENV", "Server", "StopSignals", "serve", "worker_index"]
 

@@ -123,7 +123,7 @@ class Reloader:
             if rt.ssf is not None:
                 await rt.ssf.reconfigure()
             elif (ss.receivers or ss.transmitter is not None) and rt.worker in (None, 0):
-                from ..ssf.service import SharedSignals
+                from .signals import SharedSignals
 
                 rt.ssf = SharedSignals(RuntimeView(rt))
                 await rt.ssf.start()

@@ -22,12 +22,12 @@ from ..observe.stream import DecisionHub
 from ..observe.tracing import Tracing
 from ..pipeline import Caches, Engine
 from ..settings import Settings
-from ..ssf.service import SharedSignals
 from ..state import commands
 from ..state.quarantine import DenialCounter
 from ..state.replica import Replica, RevocationEvent
 from ..trust.bundles import IssuerTrust
 from ..trust.sources import TrustSources
+from .signals import SharedSignals
 
 __all__ = ["Runtime"]
 
@@ -202,7 +202,7 @@ class Runtime:
 
 
 class RuntimeView:
-    """The runtime as the shared-signals edge sees it (ssf.service.SignalsHost): what is in force now."""
+    """The runtime as the shared-signals edge sees it (serve/signals.SignalsHost): what is in force now."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime

@@ -54,7 +54,7 @@ __all__ = ["ReceiverHost", "Receivers", "push_response"]
 class ReceiverHost(Protocol):
     """What receiving needs of the server, and nothing more: the settings in force, the transmitters'
     keys in the current trust snapshot, the clock, and the replica it reads and writes state through.
-    The server hands an adapter over its runtime (ssf/service.py); a test can hand anything like it."""
+    The server hands an adapter over its runtime (serve/signals.py); a test can hand anything like it."""
 
     @property
     def settings(self) -> Settings: ...

@@ -45,7 +45,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     ),
     (4, ("ext_authz.pipeline", "ext_authz.config", "ext_authz.loader", "ext_authz.offline")),
     (5, ("ext_authz.observe",)),
-    (6, ("ext_authz.serve", "ext_authz.admin", "ext_authz.ssf.service")),
+    (6, ("ext_authz.serve", "ext_authz.admin")),
     (7, ("ext_authz.cli", "ext_authz.dev", "ext_authz.policytest")),
 ]
 

@@ -19,10 +19,10 @@ import logging
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..serve.http import Request, Response
 from ..settings import Settings
-from .receiver import ReceiverHost, Receivers
-from .transmitter import Stream, Transmitter
+from ..ssf.receiver import ReceiverHost, Receivers
+from ..ssf.transmitter import Stream, Transmitter
+from .http import Request, Response
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
