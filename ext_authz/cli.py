@@ -433,12 +433,14 @@ def _cmd_dev_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev_dpop_proof(args: argparse.Namespace) -> int:
+    from joserfc.errors import JoseError
+
     from .dev.demo import dpop_proof
 
     try:
         token = Path(args.token).read_text().strip()
         print(dpop_proof(Path(args.key), token, args.method, args.url))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, JoseError) as exc:
         print(f"cannot make a proof: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return 0

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .yamlread import SOURCE, read_yaml
+from .yamlread import read_yaml
 
 __all__ = ["load_settings", "parse_settings", "read_config"]
 
@@ -41,7 +41,7 @@ def load_settings(path: str | Path) -> Settings:
 # are answered): libyaml's parser holds the GIL throughout, a quarter of a second for ten thousand rules.
 ISOLATED_FROM = 256 * 1024
 _CHILD = (
-    Path(SOURCE).read_text()
+    Path(read_yaml.__code__.co_filename).read_text()  # yamlread.py's text, then the child's own
     + """
 import sys, orjson
 def plain(v):

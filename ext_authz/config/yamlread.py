@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SOURCE", "read_yaml"]
-
-SOURCE = __file__  # this module's text is the child's program (config/load.py)
+__all__ = ["read_yaml"]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"

@@ -26,7 +26,6 @@ from ..errors import Error
 from ..model import Decision, ProofUsed, RequestContext
 from ..observe.decision_log import Pending, logged_request, pending_record
 from ..pipeline import Engine, decide, proof_replayed
-from ..stores import SCHEMES
 from .peers import PeerRefused, SvidPeers
 from .runtime import Runtime
 
@@ -59,16 +58,13 @@ class Checked:
     span: Any
 
 
-def _shared_proof(decision: Decision, engine: Engine) -> ProofUsed | None:
-    """The DPoP proof to claim before answering, when the state store is shared with other processes
-    (a fleet on Redis, or workers on one SQLite file); this process remembered it already."""
-    if not decision.effects:
+def _shared_proof(decision: Decision, shared: bool) -> ProofUsed | None:
+    """The DPoP proof an allow must claim before it stands, when the state store may be shared with
+    other processes (Redis; SQLite, whose file any process on the host may open): this process
+    remembered it already. A denial claims nothing: it is answered at once, whatever the store says."""
+    if not (decision.allowed and decision.effects and shared):
         return None
-    used = next((e for e in decision.effects if isinstance(e, ProofUsed)), None)
-    if used is None:
-        return None
-    cfg = engine.config
-    return used if SCHEMES[cfg.state.scheme].shared or cfg.workers > 1 else None
+    return next((e for e in decision.effects if isinstance(e, ProofUsed)), None)
 
 
 class CheckFailed(Error):
@@ -121,7 +117,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             if rt.tracing is not None:  # after the limits: the trace headers are within them
                 span = rt.tracing.start(ctx.http.headers if ctx.http else None)
             decision = decide(ctx, engine, rt.caches, now, decision_id, rt.replica.snapshot)
-            used = _shared_proof(decision, engine)
+            used = _shared_proof(decision, rt.replica.backend.durable)
             if used is not None:
                 later = True
                 return self._claimed(used, Checked(engine, decision_id, now, ctx, decision, started, span))
@@ -149,6 +145,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 checked.decision = proof_replayed(checked.decision.decision_id, checked.engine)
             rt.apply(checked.decision)
             return render_wire(checked.decision)
+        except asyncio.CancelledError:  # the caller left (Envoy's timeout), or the server stops
+            fault, checked.decision = "cancelled", None
+            raise
         except Exception as exc:
             fault = type(exc).__name__
             log.error("Check %s failed: the DPoP proof could not be claimed (%s)", checked.decision_id, fault)

@@ -63,6 +63,7 @@ log = logging.getLogger("ext_authz.state")
 R = TypeVar("R", bound=Record)
 MAINTENANCE_EVERY = 30.0
 SLICE = 0.001  # seconds of work on the event loop before it is let go (Checks are answered there)
+CLAIM_MARGIN = 60.0  # seconds a claim outlives its own time (replicas' clocks differ)
 WRITE_BATCH = 256  # writes that share one store transaction, at most
 FORGET_BATCH = 5000  # records forgotten from the store per maintenance, at most
 OWN_KEPT = 20_000
@@ -592,8 +593,9 @@ class Replica:
 
     async def claim_once(self, key: str, until: float) -> bool:
         """Take ``key`` in the store until ``until`` unless another replica (or this one) holds it:
-        True when taken here. StateError if the store cannot say."""
-        return await self.backend.claim_once(key, until, self._now())
+        True when taken here. StateError if the store cannot say. Held CLAIM_MARGIN longer: another
+        replica's clock may run behind this one's, and would take the same thing for fresh that long."""
+        return await self.backend.claim_once(key, until + CLAIM_MARGIN, self._now())
 
     # -- writing -------------------------------------------------------------------------------------------
     async def put(self, record: Record, *, action: str = "", actor: str = "", reason: str = "") -> None:

@@ -4,6 +4,7 @@ other; a store that cannot say fails the Check closed; workers on one SQLite fil
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -24,9 +25,9 @@ from tests.component.checkreq import check_request
 from tests.component.test_server import Running, write_config
 from tests.component.test_server import start as start_server
 from tests.redis_server import RedisServer
+from tests.waiting import until
 
 ISSUER = "https://idp.example.com"
-URL = "https://backend.internal/user/profile"
 HOLDER = ECKey.generate_key("P-256")
 
 
@@ -67,12 +68,12 @@ def bound_token(demo: Path) -> str:
     return mint_jwt(idp, claims, alg="RS256")
 
 
-def proof(token: str) -> str:
+def proof(token: str, path: str = "/user/profile") -> str:
     head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": HOLDER.as_dict(private=False)}
     body = {
         "jti": uuid.uuid4().hex,
         "htm": "GET",
-        "htu": URL,
+        "htu": f"https://backend.internal{path}",
         "iat": int(time.time()),
         "ath": token_hash(token),
     }
@@ -115,6 +116,69 @@ async def test_a_store_that_cannot_claim_fails_the_check_closed(
         # Checks without a proof to claim are answered from the last snapshot, as ever.
         plain = await r.stub.Check(check_request(demo_dir, workload="frontend"), timeout=10)
         assert plain.dynamic_metadata.fields["reason"].string_value == "allowed"
+
+
+@pytest.fixture
+async def one_host(demo_dir: Path, tmp_path: Path) -> AsyncIterator[list[Running]]:
+    """Two processes' worth of servers (workers: 1 each) on one SQLite file, as docs/fleet.md allows."""
+    state = f"sqlite:///{tmp_path}/state.db"
+    a = write_config(demo_dir, tmp_path / "a", transport="grpcio", state=state)
+    b = write_config(demo_dir, tmp_path / "b", transport="grpcio", state=state)
+    replicas = [await start_server(a), await start_server(b)]
+    yield replicas
+    for r in replicas:
+        await r.channel.close()
+        await r.server.stop(0)
+
+
+async def test_a_proof_replayed_to_another_server_on_the_same_sqlite_file_is_refused(
+    one_host: list[Running], demo_dir: Path
+) -> None:
+    a, b = one_host
+    token = bound_token(demo_dir)
+    used = proof(token)
+    assert await reason(a, demo_dir, token, used) == "allowed"
+    assert await reason(b, demo_dir, token, used) == "dpop_proof"
+
+
+async def test_a_denial_is_answered_whatever_the_store_says(
+    fleet: list[Running], demo_dir: Path, redis_server: RedisServer
+) -> None:
+    """Only an allow waits for the claim: a denial with a good proof is a denial, store or no store."""
+    a, _ = fleet
+    token = bound_token(demo_dir)
+    redis_server.stop()
+    headers = {"authorization": f"DPoP {token}", "dpop": proof(token, "/admin/users")}
+    req = check_request(demo_dir, path="/admin/users", listener="edge", headers=headers)
+    resp = await a.stub.Check(req, timeout=10)
+    assert resp.dynamic_metadata.fields["reason"].string_value == "policy_denied"
+
+
+async def test_a_check_abandoned_while_its_proof_is_claimed_is_recorded_as_a_fault(
+    fleet: list[Running], demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, b = fleet
+    token = bound_token(demo_dir)
+    store = b.runtime.replica
+    real = store.claim_once
+    gate = asyncio.Event()
+
+    async def slow(key: str, until: float) -> bool:
+        await gate.wait()  # a store slower than Envoy's timeout
+        return await real(key, until)
+
+    monkeypatch.setattr(store, "claim_once", slow)
+    headers = {"authorization": f"DPoP {token}", "dpop": proof(token)}
+    req = check_request(demo_dir, path="/user/profile", listener="edge", headers=headers)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.stub.Check(req, timeout=0.2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def recorded() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in b.log.getvalue().splitlines() if line.startswith("{")]
+
+    await until(lambda: bool(recorded()), "the abandoned Check recorded")
+    assert recorded()[-1]["reason"] != "allowed"  # no answer was given and nothing was claimed
 
 
 async def test_workers_on_one_sqlite_file_share_their_claims(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from ext_authz.state.backends.redis import RedisLog
 from ext_authz.state.integrity import Sealer, load_key
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal, encode
 from ext_authz.state.replica import Replica, RevocationEvent
+from tests import factories
 from tests.component.checkreq import check_request
 from tests.component.test_server import _http_get
 from tests.component.test_streams import sample, scrape, start
@@ -38,7 +39,7 @@ T = time.time()
 
 
 def rev(rid: str, value: str = FRONTEND) -> Revocation:
-    return Revocation(rid, "spiffe_id", value, "test", "tester", T)
+    return factories.revocation(rid, "spiffe_id", value, created_at=T, reason="test", created_by="tester")
 
 
 @pytest.fixture(params=["plain", "tls+auth"])

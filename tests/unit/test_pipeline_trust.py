@@ -29,6 +29,7 @@ from ext_authz.pipeline import Caches, Engine, decide, identity_for_cel
 from ext_authz.state.commands import InvalidArgument, revocation_value
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ext_authz.state.snapshot import StateSnapshot
+from tests import factories
 from tests.component.checkreq import check_request
 
 NOW = datetime(2033, 3, 1, 12, 0, tzinfo=UTC)
@@ -202,16 +203,7 @@ NO_RULE = (False, 403, "no_rule")
 def revocation(
     kind: str, value: str, rid: str = "rev_1", *, expires_at: float | None = None, source: str = "api"
 ) -> Revocation:
-    return Revocation(
-        id=rid,
-        kind=kind,
-        value=value,
-        reason="credential leaked",
-        created_by="ops@example.org",
-        created_at=TS - 60,
-        expires_at=expires_at,
-        source=source,
-    )
+    return factories.revocation(rid, kind, value, created_at=TS - 60, expires_at=expires_at, source=source)
 
 
 def revoked(*revs: Revocation) -> StateSnapshot:
@@ -229,20 +221,10 @@ def grant(
     reason: str = "INC-42",
     pending: bool = False,
 ) -> Grant:
-    return Grant(
-        id=gid,
-        principal=principal,
-        scope=scope,
-        not_before=not_before,
-        not_after=not_after,
-        reason=reason,
-        approver="bob",
-        created_by="alice",
-        created_at=TS - 60,
-        ended_at=ended_at,
-        ended_by="alice" if ended_at is not None else "",
-        approved_at=None if pending else not_before,
-    )
+    return factories.grant(
+        gid, principal, scope, created_at=TS - 60, not_before=not_before, not_after=not_after,
+        ended_at=ended_at, reason=reason, pending=pending,
+    )  # fmt: skip
 
 
 def exception(
@@ -255,31 +237,19 @@ def exception(
     closed_at: float | None = None,
     pending: bool = False,
 ) -> ExceptionGrant:
-    return ExceptionGrant(
-        id=eid,
-        principal=principal,
-        scope=Scope(paths=paths),
-        reason="payroll run blocked by a policy bug",
-        opened_by="oncall",
+    return factories.exception(
+        eid,
+        principal,
+        paths,
         opened_at=opened_at,
         expires_at=expires_at,
         closed_at=closed_at,
-        closed_by="oncall" if closed_at is not None else "",
-        approved_by="" if pending else "lead",
-        approved_at=None if pending else opened_at,
+        pending=pending,
     )
 
 
 def signal(kind: str, subject: str, key: str, value: str, *, expires_at: float = TS + 300) -> Signal:
-    return Signal(
-        subject_kind=kind,
-        subject=subject,
-        key=key,
-        value=value,
-        set_by="mdm",
-        set_at=TS - 10,
-        expires_at=expires_at,
-    )
+    return factories.signal(kind, subject, key, value, set_at=TS - 10, expires_at=expires_at)
 
 
 # --- revocations ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ext_authz.state.backends.memory import MemoryLog
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ext_authz.state.replica import FOLD_FROM, Replica
 from ext_authz.state.snapshot import StateSnapshot
+from tests import factories
 
 T = 1_900_000_000.0
 RETENTION = 600.0
@@ -58,14 +59,14 @@ ops = st.lists(
 
 def revocation(i: int, value: str, expires: float | None, now: float) -> Revocation:
     kind = "device" if value in DEVICES else ("spiffe_id" if value.startswith("spiffe://") else "sub")
-    return Revocation(
-        id=f"rev_{i}",
-        kind=kind,
-        value=value,
-        reason="test",
-        created_by="ops",
+    return factories.revocation(
+        f"rev_{i}",
+        kind,
+        value,
         created_at=now - 1000,  # made earlier, so that it may have ended already
         expires_at=None if expires is None else now + expires,
+        reason="test",
+        created_by="ops",
     )
 
 

@@ -32,6 +32,7 @@ from ext_authz.state.commands import InvalidArgument
 from ext_authz.state.integrity import Sealer
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal, encode
 from ext_authz.state.replica import Replica, RevocationEvent
+from tests import factories
 from tests.waiting import until
 
 T = 1_900_000_000.0
@@ -47,14 +48,8 @@ def at(ts: float) -> datetime:
 
 
 def revocation(rid: str, value: str = FRONTEND, *, expires_at: float | None = None) -> Revocation:
-    return Revocation(
-        id=rid,
-        kind="spiffe_id",
-        value=value,
-        reason="key leaked",
-        created_by="ops@example.org",
-        created_at=T,
-        expires_at=expires_at,
+    return factories.revocation(
+        rid, "spiffe_id", value, created_at=T, expires_at=expires_at, reason="key leaked"
     )
 
 

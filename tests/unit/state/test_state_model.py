@@ -11,6 +11,7 @@ from ext_authz.match import Target, parse_host
 from ext_authz.model import path_without_query
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal
 from ext_authz.state.snapshot import StateSnapshot
+from tests import factories
 
 T = 1_900_000_000.0
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
@@ -20,14 +21,8 @@ BILLING = "spiffe://example.org/ns/billing/sa/worker"
 def revocation(
     rid: str, kind: str = "spiffe_id", value: str = FRONTEND, *, expires_at: float | None = None
 ) -> Revocation:
-    return Revocation(
-        id=rid,
-        kind=kind,
-        value=value,
-        reason="compromised",
-        created_by="ops",
-        created_at=T - 100,
-        expires_at=expires_at,
+    return factories.revocation(
+        rid, kind, value, created_at=T - 100, expires_at=expires_at, reason="compromised", created_by="ops"
     )
 
 
@@ -40,20 +35,10 @@ def grant(
     ended_at: float | None = None,
     pending: bool = False,
 ) -> Grant:
-    return Grant(
-        id=gid,
-        principal=principal,
-        scope=Scope(paths=("/reports/*",)),
-        not_before=not_before,
-        not_after=not_after,
-        reason="INC-42",
-        approver="bob",
-        created_by="alice",
-        created_at=T - 10,
-        ended_at=ended_at,
-        ended_by="alice" if ended_at is not None else "",
-        approved_at=None if pending else not_before,
-    )
+    return factories.grant(
+        gid, principal, Scope(paths=("/reports/*",)), created_at=T - 10, not_before=not_before,
+        not_after=not_after, ended_at=ended_at, pending=pending,
+    )  # fmt: skip
 
 
 def exception(
@@ -65,19 +50,10 @@ def exception(
     closed_at: float | None = None,
     pending: bool = False,
 ) -> ExceptionGrant:
-    return ExceptionGrant(
-        id=eid,
-        principal=principal,
-        scope=Scope(paths=("/payroll/*",)),
-        reason="outage",
-        opened_by="oncall",
-        opened_at=opened_at,
-        expires_at=expires_at,
-        closed_at=closed_at,
-        closed_by="oncall" if closed_at is not None else "",
-        approved_by="" if pending else "lead",
-        approved_at=None if pending else opened_at,
-    )
+    return factories.exception(
+        eid, principal, ("/payroll/*",), opened_at=opened_at, expires_at=expires_at, closed_at=closed_at,
+        pending=pending, reason="outage",
+    )  # fmt: skip
 
 
 def signal(
@@ -89,15 +65,7 @@ def signal(
     set_at: float = T - 10,
     expires_at: float = T + 60,
 ) -> Signal:
-    return Signal(
-        subject_kind=subject_kind,
-        subject=subject,
-        key=key,
-        value=value,
-        set_by="mdm",
-        set_at=set_at,
-        expires_at=expires_at,
-    )
+    return factories.signal(subject_kind, subject, key, value, set_at=set_at, expires_at=expires_at)
 
 
 # --- Scope: the one matcher (ext_authz/match.py) ---------------------------------------------------
