@@ -5,6 +5,10 @@ rules that is a pause of 0.1 to 1 s, on whatever thread triggered it, Checks inc
 makes many long-lived objects and no cyclic garbage (a test checks it of the engine; records are
 frozen dataclasses of strings and numbers), so the collector is paused while it runs, and what it made
 is then moved out of the collector's way for good (``gc.freeze``): no later collection walks it.
+
+Other threads go on meanwhile (a reload runs beside the Checks), and their cyclic garbage would be
+frozen with it, never to be freed: one collection first frees it. It walks only what was made since
+the last freeze (what is frozen is never walked again), so it costs about what the load made.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ def paused_collection() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.collect()  # garbage made meanwhile, by any thread, is freed: not frozen for good
         gc.freeze()
         if was:
             gc.enable()
