@@ -3,8 +3,9 @@
 libyaml (PyYAML's C parser) composes the node tree; PyYAML's safe constructor then builds the values
 through a generator per mapping and per sequence, about 40% of the time for a ten-thousand-rule policy.
 Here mappings, sequences and strings are built directly; every other node (numbers, booleans, null,
-timestamps, binary, sets, merge keys ``<<``, non-scalar keys) goes to PyYAML's own constructor, so
-the result is the one ``yaml.safe_load`` gives. Aliases stay shared objects, as there.
+timestamps, binary, sets, non-scalar keys) goes to PyYAML's own constructor, and a document with a
+merge key (``<<``) or a ``=`` key anywhere is built by PyYAML whole (merges may alias what encloses
+them), so the result is the one ``yaml.safe_load`` gives. Aliases stay shared objects, as there.
 
 This module imports only PyYAML: the child process that parses large files on reload runs it too.
 """
@@ -22,6 +23,11 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"  # a plain `=` key: PyYAML's mappings turn it back into a string
+
+
+class _Whole(Exception):
+    """The document has what only PyYAML's constructor builds right: it builds all of it."""
 
 
 def read_yaml(text: bytes | str) -> Any:
@@ -29,7 +35,12 @@ def read_yaml(text: bytes | str) -> Any:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        return None if node is None else _Build(loader).value(node)
+        if node is None:
+            return None
+        try:
+            return _Build(loader).value(node)
+        except _Whole:
+            return loader.construct_document(node)
     finally:
         loader.dispose()
 
@@ -54,7 +65,8 @@ class _Build:
                 out[self.value(key_node)] = self.value(value_node)
         elif tag == _SEQ and isinstance(node, yaml.SequenceNode):
             out = self.made[id(node)] = []
-            out.extend(self.value(item) for item in node.value)
+            for item in node.value:  # (a loop, not a generator: one frame per level of nesting)
+                out.append(self.value(item))
         else:
             out = self.loader.construct_object(node, deep=True)
         self.made[id(node)] = out
@@ -62,6 +74,12 @@ class _Build:
 
     @staticmethod
     def _plain_keys(node: Any) -> bool:
-        """Every key a scalar that is not a merge (``<<``): those go to PyYAML's constructor, which says
-        what is wrong with an unhashable key and how merges fold."""
-        return all(isinstance(k, yaml.ScalarNode) and k.tag != _MERGE for k, _ in node.value)
+        """Every key a scalar: else PyYAML's constructor says what is wrong with the unhashable one.
+        A merge or ``=`` key: PyYAML builds the whole document (_Whole)."""
+        plain = True
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                plain = False
+            elif key.tag in (_MERGE, _VALUE):
+                raise _Whole
+        return plain
