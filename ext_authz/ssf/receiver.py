@@ -130,18 +130,26 @@ def metric_event(event_type: str) -> str:
 
 class _InFlight:
     """The state as SETs are decided against: what the replica holds, under what SETs decided before and
-    has not stored yet (so a SET pushed again while the first is being written is a duplicate, and a
-    later event sees what an earlier one revoked or lifted)."""
+    has not stored yet (so a later event sees what an earlier one revoked or lifted). A SET pushed again
+    while the first is being stored waits for the outcome (``pending``): a duplicate if it was stored,
+    decided afresh if not. A write that fails fails every write queued behind it (the replica), so
+    nothing decided on a failed write is kept."""
 
     def __init__(self, host: ReceiverHost) -> None:
         self._host = host
-        self._records: dict[tuple[str, str], tuple[Record, object]] = {}  # newest decided, by whom
+        # newest decided, by whom, and that write's outcome (True: stored)
+        self._records: dict[tuple[str, str], tuple[Record, asyncio.Future[bool]]] = {}
 
     def get(self, cls: type[R], rid: str) -> R | None:
         held = self._records.get((cls.RECORD, rid))
         if held is not None:
             return held[0] if isinstance(held[0], cls) else None
         return self._host.replica.get(cls, rid)
+
+    def pending(self, cls: type[Record], rid: str) -> asyncio.Future[bool] | None:
+        """The outcome of the write of this record, while it is in flight."""
+        held = self._records.get((cls.RECORD, rid))
+        return None if held is None else held[1]
 
     def named(self, value: str) -> list[Revocation]:
         """Every revocation that names ``value``, each as it will be once what is in flight is stored."""
@@ -155,18 +163,23 @@ class _InFlight:
                 found[record.id] = record
         return list(found.values())
 
-    def hold(self, writes: list[tuple[Record, str, str, str]]) -> tuple[object, list[tuple[str, str]]]:
-        token, keys = object(), [(record.RECORD, record.record_id) for record, *_ in writes]
+    def hold(
+        self, writes: list[tuple[Record, str, str, str]]
+    ) -> tuple[asyncio.Future[bool], list[tuple[str, str]]]:
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        keys = [(record.RECORD, record.record_id) for record, *_ in writes]
         for (record, *_), key in zip(writes, keys, strict=True):
-            self._records[key] = (record, token)
-        return token, keys
+            self._records[key] = (record, outcome)
+        return outcome, keys
 
-    def release(self, held: tuple[object, list[tuple[str, str]]]) -> None:
+    def release(self, held: tuple[asyncio.Future[bool], list[tuple[str, str]]], stored: bool) -> None:
         """Stored (or failed): the replica holds what it holds; a record decided again since is kept."""
-        token, keys = held
+        outcome, keys = held
         for key in keys:
-            if (entry := self._records.get(key)) is not None and entry[1] is token:
+            if (entry := self._records.get(key)) is not None and entry[1] is outcome:
                 del self._records[key]
+        if not outcome.done():
+            outcome.set_result(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,50 +311,69 @@ class Receivers:
             leeway=rc.leeway,
         )
         label = metric_event(event.event_type)
-        async with state.lock:
-            seen_id = SeenEvent.id_for(rc.issuer, event.jti)
-            if self._in_flight.get(SeenEvent, seen_id) is not None:
-                self.on_event(label, "duplicate")
-                log.info(
-                    "SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
-                )
-                return "duplicate"
-            settings = self.host.settings
-            try:
-                outcome = self._apply(state, event, settings)
-                now = self._now()
-                seen = SeenEvent(
-                    id=seen_id,
-                    issuer=rc.issuer,
-                    jti=event.jti,
-                    event=event.event_type[-200:],
-                    seen_at=now,
-                    # Kept until the iat check would refuse the SET anyway (an iat a little ahead of our
-                    # clock, within the leeway, counts from now).
-                    expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
-                )
-                writes = [*outcome.writes, (seen, "", "", "")]
-                for record, *_ in writes:  # what the replica would refuse, refused here: this SET alone
-                    commands.check_record(record, settings)
-            except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
-                self.on_event(label, "invalid_request")
-                raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
-            except SetError as exc:
-                self.on_event(label, exc.err)
-                raise
-            held = self._in_flight.hold(writes)
+        seen_id = SeenEvent.id_for(rc.issuer, event.jti)
+        while True:
+            async with state.lock:
+                first = self._in_flight.pending(SeenEvent, seen_id)
+                if first is None:
+                    decided = self._decide(state, event, seen_id, label)
+                    if isinstance(decided, str):
+                        return decided
+                    outcome, writes = decided
+                    held = self._in_flight.hold(writes)
+                    break
+            # The same SET, pushed again while the first push is being stored: what happens to that
+            # write decides (a duplicate if stored; else this one applies it). Never a 202 before then.
+            await asyncio.wait({first})
+        stored = False
         try:
             # What the SET changes, and that it was seen: one transaction, all of it or none.
             await self.host.replica.put_all(writes)
+            stored = True
         except commands.InvalidArgument as exc:  # settings reloaded meanwhile
             self.on_event(label, "invalid_request")
             raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
         finally:
-            self._in_flight.release(held)
+            self._in_flight.release(held, stored)
         for note in outcome.notes:
             log.warning("SSF %r: %s", event.name, line(note, 600))
         self.on_event(label, outcome.result)
         return outcome.result
+
+    def _decide(
+        self, state: ReceiverState, event: SecurityEvent, seen_id: str, label: str
+    ) -> str | tuple[_Outcome, list[tuple[Record, str, str, str]]]:
+        """Under the receiver's lock: ``duplicate``, or what the SET changes and the writes that say so
+        (with the record that it was seen). Raises SetError for one to refuse."""
+        rc = state.cfg
+        if self._in_flight.get(SeenEvent, seen_id) is not None:
+            self.on_event(label, "duplicate")
+            log.info("SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer)
+            return "duplicate"
+        settings = self.host.settings
+        try:
+            outcome = self._apply(state, event, settings)
+            now = self._now()
+            seen = SeenEvent(
+                id=seen_id,
+                issuer=rc.issuer,
+                jti=event.jti,
+                event=event.event_type[-200:],
+                seen_at=now,
+                # Kept until the iat check would refuse the SET anyway (an iat a little ahead of our
+                # clock, within the leeway, counts from now).
+                expires_at=max(event.iat, now) + rc.max_age + rc.leeway,
+            )
+            writes = [*outcome.writes, (seen, "", "", "")]
+            for record, *_ in writes:  # what the replica would refuse, refused here: this SET alone
+                commands.check_record(record, settings)
+        except commands.InvalidArgument as exc:  # a record our own rules refuse (a token as a value…)
+            self.on_event(label, "invalid_request")
+            raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
+        except SetError as exc:
+            self.on_event(label, exc.err)
+            raise
+        return outcome, writes
 
     def _apply(self, state: ReceiverState, event: SecurityEvent, settings: Settings) -> _Outcome:
         """What a verified SET changes: the records to write (nothing is written here), or a result."""

@@ -676,7 +676,10 @@ class Replica:
                     [c for w in batch for c in w.changes], [a for w in batch for a in w.audit]
                 )
             except BaseException as exc:
-                for w in batch:
+                # Every write queued behind it fails too: it was decided after this one, perhaps on it
+                # (an SSF event that saw this one's records in flight); each writer tries again.
+                failed, self._writes = [*batch, *self._writes], []
+                for w in failed:
                     if not w.done.done():
                         w.done.set_exception(exc if isinstance(exc, Exception) else StateError(str(exc)))
                 if not isinstance(exc, Exception):

@@ -30,13 +30,15 @@ class Gate:
         self.entered = asyncio.Event()
         self.open = asyncio.Event()
         self.fail = False
+        self.fail_once = False
         self.calls = 0
 
     async def append(self, changes: Sequence[Any], audit: Sequence[Any] = ()) -> None:
         self.calls += 1
         self.entered.set()
         await self.open.wait()
-        if self.fail:
+        if self.fail or self.fail_once:
+            self.fail_once = False
             raise StateError("the store is down (test)")
         await self.real(changes, audit)
 
@@ -63,24 +65,87 @@ def queued(stack: SsfStack) -> int:
     return len(stack.running.runtime.replica._writes)
 
 
-async def test_the_same_set_pushed_again_while_the_first_is_stored_is_a_duplicate(
-    stack: SsfStack, gate: Gate
+def spy_on_waits(stack: SsfStack, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The times a SET found the same SET's write in flight (and so waits for its outcome)."""
+    signals = stack.running.runtime.ssf
+    assert signals is not None
+    in_flight = signals.receivers._in_flight
+    real = in_flight.pending
+    waits: list[object] = []
+
+    def pending(cls: Any, rid: str) -> Any:
+        found = real(cls, rid)
+        if found is not None:
+            waits.append(found)
+        return found
+
+    monkeypatch.setattr(in_flight, "pending", pending)
+    return waits
+
+
+async def test_the_same_set_pushed_again_while_the_first_is_stored_waits_then_is_a_duplicate(
+    stack: SsfStack, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    waits = spy_on_waits(stack, monkeypatch)
     t = now()
     body = a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": t})
     first = asyncio.create_task(push(stack, body))
     await asyncio.wait_for(gate.entered.wait(), 10)
-    # The first is not stored yet; the same SET again is answered at once, and applies nothing.
-    assert (await push(stack, body))[0] == 202
-    assert not first.done()
+    retry = asyncio.create_task(push(stack, body))
+    await until(lambda: bool(waits), "the retry found the first in flight")
+    assert not retry.done()  # no 202 for it before the first is stored: it could still fail
     gate.open.set()
     assert (await first)[0] == 202
+    assert (await retry)[0] == 202
     m = await stack.metrics()
     assert sample(m, "ext_authz_ssf_events_total", event="session-revoked", result="applied") == 1
     assert sample(m, "ext_authz_ssf_events_total", event="session-revoked", result="duplicate") == 1
     assert len(stack.running.runtime.replica.all(Revocation)) == 1
     entries = await stack.running.runtime.replica.audit()
     assert [e.action for e in entries] == ["revoke"]
+
+
+async def test_a_retry_waiting_on_a_write_that_fails_applies_the_set(
+    stack: SsfStack, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transmitter's first try times out on its side and fails on ours: its retry must not be a
+    202 'duplicate' of nothing (the transmitter would never send the event again)."""
+    waits = spy_on_waits(stack, monkeypatch)
+    t = now()
+    token = stack.token(IDP, "jane", t - 100)
+    body = a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": t})
+    first = asyncio.create_task(push(stack, body))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    retry = asyncio.create_task(push(stack, body))
+    await until(lambda: bool(waits), "the retry found the first in flight")
+    gate.fail_once = True
+    gate.open.set()
+    assert (await first)[0] == 503
+    assert (await retry)[0] == 202
+    assert await stack.reason(token) == "revoked"
+    m = await stack.metrics()
+    assert sample(m, "ext_authz_ssf_events_total", event="session-revoked", result="applied") == 1
+
+
+async def test_what_was_decided_on_a_failed_write_fails_with_it(stack: SsfStack, gate: Gate) -> None:
+    """An enable decided while its disable is in flight lifts the disable's revocation: if the disable's
+    write fails, the enable fails too (each is retried), and nothing half-applied is left."""
+    t = now()
+    token = stack.token(IDP, "jane", t - 100)
+    disable = asyncio.create_task(
+        push(stack, a_set(RISC + "account-disabled", user("jane"), {"event_timestamp": t - 20}))
+    )
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    enable = asyncio.create_task(
+        push(stack, a_set(RISC + "account-enabled", user("jane"), {"event_timestamp": t - 5}))
+    )
+    await until(lambda: queued(stack) == 1, "the enable decided and queued behind the disable")
+    gate.fail_once = True
+    gate.open.set()
+    assert (await disable)[0] == 503
+    assert (await enable)[0] == 503
+    assert stack.running.runtime.replica.all(Revocation) == []
+    assert await stack.reason(token) == "allowed"
 
 
 async def test_an_enable_decided_while_its_disable_is_stored_lifts_it(stack: SsfStack, gate: Gate) -> None:
