@@ -33,9 +33,9 @@ from ext_authz.dev import pki  # noqa: E402
 from ext_authz.dev.demo import init_demo  # noqa: E402
 from ext_authz.envoy.normalize import normalize  # noqa: E402
 from ext_authz.envoy.render import render_wire  # noqa: E402
-from ext_authz.envoy.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
 from ext_authz.identity.jwt import verify_token  # noqa: E402
 from ext_authz.identity.x509_svid import verify_x509_svid  # noqa: E402
+from ext_authz.identity.xfcc import chain_from_xfcc, decode_certificate  # noqa: E402
 from ext_authz.loader import load_engine  # noqa: E402
 from ext_authz.observe.decision_log import DecisionLog  # noqa: E402
 from ext_authz.pipeline import Caches, decide  # noqa: E402

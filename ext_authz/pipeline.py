@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .envoy.xfcc import MultipleCertificates, XfccTooComplex, chain_from_xfcc, decode_certificate
 from .errors import CredentialError, status_for
 from .identity.cache import LruCache
 from .identity.dpop import verify_proof
 from .identity.jwt import TokenSettings, verify_token
 from .identity.x509_svid import verify_x509_svid
+from .identity.xfcc import MultipleCertificates, XfccTooComplex, chain_from_xfcc, decode_certificate
 from .match import Target, parse_host
 from .model import (
     CountDenial,

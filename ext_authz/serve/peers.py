@@ -17,10 +17,10 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..clock import Clock
-from ..envoy.xfcc import split_pem_chain
 from ..errors import CredentialError, Error
 from ..identity.cache import LruCache
 from ..identity.x509_svid import verify_x509_svid
+from ..identity.xfcc import split_pem_chain
 from ..settings import TlsFiles
 from ..trust.bundles import TrustSnapshot
 

@@ -25,16 +25,16 @@ from ext_authz.config import parse_settings
 from ext_authz.dev.demo import init_demo
 from ext_authz.envoy.normalize import normalize
 from ext_authz.envoy.render import render
-from ext_authz.envoy.xfcc import (
+from ext_authz.errors import REASON_STATUS, ConfigError, CredentialError
+from ext_authz.identity.jwt import verify_token
+from ext_authz.identity.x509_svid import verify_x509_svid
+from ext_authz.identity.xfcc import (
     MultipleCertificates,
     XfccTooComplex,
     chain_from_xfcc,
     decode_certificate,
     parse_xfcc,
 )
-from ext_authz.errors import REASON_STATUS, ConfigError, CredentialError
-from ext_authz.identity.jwt import verify_token
-from ext_authz.identity.x509_svid import verify_x509_svid
 from ext_authz.loader import load_engine
 from ext_authz.pipeline import Caches, Engine, decide
 from ext_authz.spiffe_id import SpiffeId, SpiffeIdError

@@ -38,12 +38,20 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ext_authz.identity",
             "ext_authz.trust",
             "ext_authz.policy",
-            "ext_authz.envoy",
             "ext_authz.state",
             "ext_authz.ssf",  # SETs, subjects, events (pure) and the receiver/transmitter edges
         ),
     ),
-    (4, ("ext_authz.pipeline", "ext_authz.config", "ext_authz.loader", "ext_authz.offline")),
+    (
+        4,
+        (
+            "ext_authz.pipeline",
+            "ext_authz.envoy",
+            "ext_authz.config",
+            "ext_authz.loader",
+            "ext_authz.offline",
+        ),
+    ),
     (5, ("ext_authz.observe",)),
     (6, ("ext_authz.serve", "ext_authz.admin")),
     (7, ("ext_authz.cli", "ext_authz.dev", "ext_authz.policytest")),
@@ -153,7 +161,7 @@ def test_lazy_and_type_checking_imports_are_counted() -> None:
 
 def test_the_graph_is_read() -> None:
     g = graph()
-    assert {"ext_authz.settings", "ext_authz.state.snapshot", "ext_authz.envoy.xfcc"} <= g[
+    assert {"ext_authz.settings", "ext_authz.state.snapshot", "ext_authz.identity.xfcc"} <= g[
         "ext_authz.pipeline"
     ]
     assert "ext_authz.serve.runtime" in g["ext_authz.serve.app"]

@@ -13,7 +13,7 @@ from ext_authz._proto.envoy.base_pb2 import HeaderValue
 from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz.dev import pki
 from ext_authz.envoy.normalize import normalize
-from ext_authz.envoy.xfcc import (
+from ext_authz.identity.xfcc import (
     MAX_XFCC_BYTES,
     MultipleCertificates,
     chain_from_xfcc,
