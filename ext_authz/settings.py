@@ -950,6 +950,17 @@ class StateSettings(Section):
         None,
         description="shared key (at least 32 bytes) that authenticates every record (required for Redis)",
     )
+    sentinels: tuple[StrictStr, ...] = Field(
+        (),
+        description="Redis Sentinels (HOST:PORT each); the URL's host then names the master: redis://mymaster/0",
+    )
+    wait_replicas: Annotated[StrictInt, Field(ge=0, le=16)] = Field(
+        0,
+        description="a change is acknowledged once this many Redis replicas have it (WAIT); 0: the primary",
+    )
+    wait_timeout: Annotated[Duration, Field(gt=0, le=10)] = Field(
+        1.0, description="how long a change waits for wait_replicas before it is reported as not acknowledged"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> StateSettings:
@@ -985,6 +996,16 @@ class StateSettings(Section):
             )
         if self.password_file and self.password_env:
             raise ValueError("either password_file or password_env, not both")
+        if (self.sentinels or self.wait_replicas) and not backend.shared:
+            raise _SubKeyError("sentinels" if self.sentinels else "wait_replicas", "for Redis only")
+        for i, address in enumerate(self.sentinels):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise _SubKeyError("sentinels", f"entry {i}: expected HOST:PORT, got {address!r}")
+        if self.sentinels and ":" in self.url.split("://", 1)[1].split("/", 1)[0]:
+            raise _SubKeyError(
+                "url", "with sentinels the URL names the master, not an address: redis://NAME/DB"
+            )
         if self.tls is not None and not backend.tls:
             tls_schemes = ", ".join(f"{n}://" for n, b in SCHEMES.items() if b.tls)
             raise _SubKeyError("tls", f"TLS needs a TLS URL ({tls_schemes})")

@@ -25,10 +25,14 @@ ATTEMPTS = 5
 
 
 def launch(
-    argv_for: Callable[[int], list[str]], log: Path, port: int | None
+    argv_for: Callable[[int], list[str]],
+    log: Path,
+    port: int | None,
+    ready: str = "Ready to accept connections",
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start redis-server on ``port``, or on a free one (another, if it is taken before redis binds it).
-    Returns once this process logged that it accepts connections."""
+    Returns once this process logged ``ready`` (that it accepts connections; a Sentinel, that it
+    monitors its master)."""
     for _ in range(ATTEMPTS if port is None else 1):
         chosen = port or free_port()
         offset = log.stat().st_size if log.exists() else 0
@@ -36,7 +40,7 @@ def launch(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")[offset:] if log.exists() else ""
-            if "Ready to accept connections" in text and proc.poll() is None:
+            if ready in text and proc.poll() is None:
                 return proc, chosen
             if proc.poll() is not None:
                 break
@@ -60,8 +64,11 @@ def redis_binary(name: str = "redis-server") -> str:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None, *, secure: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, secure: bool = False, replica_of: int = 0
+    ) -> None:
         self.dir = directory
+        self.replica_of = replica_of  # the primary's port: this one starts as its replica
         self.port = port or 0  # chosen at the first start, then kept (a restart comes back on it)
         self.secure = secure
         self.proc: subprocess.Popen[bytes] | None = None
@@ -147,6 +154,19 @@ class RedisServer:
             ]
         else:
             argv += ["--port", str(port)]
+        if self.replica_of:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        # A replica syncs at once (not after the 5 s wait for others), and a stop does not wait 10 s for
+        # replicas to catch up nor refuse while its first AOF is written: the failover tests start, stop and
+        # kill servers in turn.
+        argv += [
+            "--repl-diskless-sync-delay",
+            "0",
+            "--shutdown-timeout",
+            "0",
+            "--shutdown-on-sigterm",
+            "force",
+        ]
         return argv
 
     def stop(self) -> None:
@@ -157,4 +177,41 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+
+
+class SentinelServer:
+    """A Redis Sentinel on loopback watching the primary ``mymaster`` (quorum 2 of 3, down after 500 ms)."""
+
+    MASTER = "mymaster"
+
+    def __init__(self, directory: Path, primary_port: int) -> None:
+        self.dir = directory
+        self.primary_port = primary_port
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        self.proc, self.port = launch(self._argv, self.dir / "sentinel.log", None, ready="+monitor master")
+
+    def _argv(self, port: int) -> list[str]:
+        conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own config: written afresh per start
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 500\n"
+            f"sentinel failover-timeout {self.MASTER} 5000\n"
+            f"sentinel parallel-syncs {self.MASTER} 1\n"
+        )
+        return [redis_binary(), str(conf), "--sentinel"]
+
+    def cli(self, *args: str) -> str:
+        argv = [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
         self.proc = None

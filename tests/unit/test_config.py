@@ -768,3 +768,44 @@ def test_a_large_yaml_file_parsed_in_a_child_process_is_the_same_config(tmp_path
     assert str(a.value) == str(b.value)
     dated = text + b"\nwhen_written: 2024-01-01\n"  # a YAML date: not JSON, read here instead
     assert config_load._yaml_elsewhere(dated) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "key", "message"),
+    [
+        ({"url": "sqlite:///tmp/s.db", "sentinels": ["127.0.0.1:26379"]}, "sentinels", "for Redis only"),
+        ({"url": "sqlite:///tmp/s.db", "wait_replicas": 1}, "wait_replicas", "for Redis only"),
+        ({"url": "redis://mymaster/0", "sentinels": ["127.0.0.1"]}, "sentinels", "entry 0: expected HOST:PORT"),
+        ({"url": "redis://mymaster/0", "sentinels": ["h:99999"]}, "sentinels", "entry 0: expected HOST:PORT"),
+        ({"url": "redis://10.0.0.1:6379/0", "sentinels": ["h:26379"]}, "url", "names the master"),
+        ({"url": "redis://mymaster/0", "wait_replicas": 17}, "wait_replicas", ""),
+    ],
+)
+def test_sentinel_and_wait_settings_are_checked(
+    tmp_path: Path, state: dict[str, object], key: str, message: str
+) -> None:
+    hmac = tmp_path / "hmac.key"
+    hmac.write_text("k" * 64)
+    if str(state["url"]).startswith("redis"):
+        state = {**state, "hmac_key_file": str(hmac)}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"allow_empty": True, "state": state}))
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert key in str(err.value) and message in str(err.value)
+
+
+def test_sentinel_settings_are_read(tmp_path: Path) -> None:
+    hmac = tmp_path / "hmac.key"
+    hmac.write_text("k" * 64)
+    cfg = tmp_path / "config.yaml"
+    state = {
+        "url": "redis://mymaster/0",
+        "sentinels": ["10.0.0.5:26379", "[::1]:26379"],
+        "wait_replicas": 1,
+        "wait_timeout": "500ms",
+        "hmac_key_file": str(hmac),
+    }
+    cfg.write_text(yaml.safe_dump({"allow_empty": True, "state": state}))
+    s = load_settings(cfg).state
+    assert s.sentinels == ("10.0.0.5:26379", "[::1]:26379") and s.wait_replicas == 1 and s.wait_timeout == 0.5

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from ...errors import StateError
@@ -100,9 +101,16 @@ class RedisLog:
         password: str | None = None,
         tls: dict[str, Any] | None = None,
         block_ms: int = 1000,
+        sentinels: tuple[tuple[str, int], ...] = (),
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self.url = url
         self.block_ms = block_ms
+        # With Sentinels the URL's host names the master; each connection asks them where it is now.
+        self.sentinels = sentinels
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self._options: dict[str, Any] = {"username": username, "password": password, **(tls or {})}
         self._redis: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
@@ -135,9 +143,36 @@ class RedisLog:
                 tls["ssl_certfile"] = str(settings.tls.cert)
             if settings.tls.key is not None:
                 tls["ssl_keyfile"] = str(settings.tls.key)
-        return cls(settings.url, username=settings.username, password=password, tls=tls)
+        sentinels = tuple(
+            (a.rpartition(":")[0].strip("[]"), int(a.rpartition(":")[2])) for a in settings.sentinels
+        )
+        return cls(
+            settings.url,
+            username=settings.username,
+            password=password,
+            tls=tls,
+            sentinels=sentinels,
+            wait_replicas=settings.wait_replicas,
+            wait_timeout=settings.wait_timeout,
+        )
 
     def _client(self, timeout: float | None) -> aioredis.Redis:
+        if self.sentinels:
+            parts = urllib.parse.urlsplit(self.url)
+            options = {k: v for k, v in self._options.items() if v is not None}
+            if parts.scheme == "rediss":
+                options["ssl"] = True
+            sentinel = Sentinel(
+                list(self.sentinels),
+                sentinel_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+                socket_connect_timeout=2,
+                health_check_interval=0,
+            )
+            db = int(parts.path.strip("/") or 0)
+            client: aioredis.Redis = sentinel.master_for(
+                parts.hostname or "", db=db, decode_responses=True, socket_timeout=timeout, **options
+            )
+            return client
         return aioredis.from_url(
             self.url,
             decode_responses=True,
@@ -153,7 +188,7 @@ class RedisLog:
         return self._redis
 
     async def open(self) -> None:
-        self._redis = self._client(2.0)
+        self._redis = self._client(2.0 + (self.wait_timeout if self.wait_replicas else 0.0))
         self._reader = self._client(self.block_ms / 1000 + 5)
 
     async def close(self) -> None:
@@ -204,8 +239,10 @@ class RedisLog:
             yield [(str(k), str(v)) for k, v in found.items()]
 
     def _where(self) -> str:
-        """host:port/db, for messages: never a password, user or query."""
+        """host:port/db (or the Sentinel master's name), for messages: never a password, user or query."""
         parts = urllib.parse.urlsplit(self.url)
+        if self.sentinels:
+            return f"Sentinel master {parts.hostname or ''}{parts.path}"
         return f"{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
     async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
@@ -229,8 +266,23 @@ class RedisLog:
                     pipe.hsetnx(AUDIT_ROWS, row.id, f"{row.principal}\x1f{row.body}")
                     pipe.zadd(AUDIT, {row.id: row.at}, nx=True)
                 await pipe.execute()
+            await self._replicated(r)
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def _replicated(self, r: aioredis.Redis) -> None:
+        """With ``wait_replicas``: a change counts as written once that many replicas have it (WAIT), so a
+        failover cannot lose it. Else StateError: it is on the primary, and the writer tries again (a
+        record put twice is the same record)."""
+        if not self.wait_replicas:
+            return
+        acked = int(await r.wait(self.wait_replicas, int(self.wait_timeout * 1000)))
+        if acked < self.wait_replicas:
+            raise StateError(
+                f"{self._where()}: the change reached {acked} of the {self.wait_replicas} replicas"
+                f" state.wait_replicas asks for within {self.wait_timeout:g}s: not acknowledged (it is on"
+                " the primary, and would be lost if the primary failed now)"
+            )
 
     async def follow(self, position: str, *, wait: bool = True) -> Batch:
         if self._reader is None:
