@@ -287,8 +287,10 @@ class SpireDemo:
         self.server.create_entries(self.entries())
         self.agent.wait_for_svids([*WORKLOADS.values(), BACKEND_ID])
         self._start_writers()
-        for name in ("alice", "alice-expired", "forged"):
-            shutil.copyfile(self.demo_dir / "tokens" / f"{name}.jwt", self.out / "tokens" / f"{name}.jwt")
+        for name in ("alice.jwt", "alice-expired.jwt", "forged.jwt", "alice-dpop.jwt", "alice-dpop.key.json"):
+            copied = self.out / "tokens" / name
+            shutil.copyfile(self.demo_dir / "tokens" / name, copied)
+            copied.chmod(0o600)  # tokens and alice's key are secrets, as in the file demo
         (self.out / "requests").mkdir(exist_ok=True)  # the offline `ext-authz check` example's request
         shutil.copyfile(
             self.demo_dir / "requests/alice-profile.json", self.out / "requests/alice-profile.json"

@@ -77,9 +77,10 @@ def test_a_shared_store_url_takes_no_query(tmp_path: Path) -> None:
 def test_redis_messages_name_host_port_and_db_only() -> None:
     from ext_authz.state.backends.redis import RedisLog
 
-    log = RedisLog.__new__(RedisLog)
-    log.url = "rediss://user:secret@r.example:6380/2?x=secret"
+    log = RedisLog("rediss://user:secret@r.example:6380/2?x=secret")
     assert log._where() == "r.example:6380/2"
+    sentinel = RedisLog("redis://mymaster/0", sentinels=(("10.0.0.5", 26379),))
+    assert sentinel._where() == "Sentinel master mymaster/0"
 
 
 def test_rediss_checks_the_servers_certificate_and_name_even_without_a_tls_section(tmp_path: Path) -> None:
