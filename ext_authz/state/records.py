@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -327,6 +327,7 @@ class _Spec:
     numbers: tuple[str, ...]
     optional_numbers: tuple[str, ...]
     shared: tuple[str, ...]  # few distinct values across records (kinds, makers): held once, interned
+    fill: Callable[[dict[str, Any]], Any]  # the record from its data: see _filler
 
 
 # Fields whose values repeat across many records: interning holds each value once (a million SSF
@@ -364,7 +365,7 @@ def _spec(cls: type[Record]) -> _Spec:
         (n, getattr(cls, n), None if f.default is dataclasses.MISSING else f.default)
         for n, f in fields.items()
     )
-    return _Spec(
+    made = _Spec(
         frozenset(fields),
         frozenset(required),
         slots,
@@ -376,11 +377,9 @@ def _spec(cls: type[Record]) -> _Spec:
             for n, t in kinds.items()
             if t == "str" and n in _SHARED and not (cls is Revocation and n == "value")
         ),
+        fill=lambda data: None,
     )
-
-
-def _number(value: object) -> bool:
-    return type(value) is float or (type(value) is int)
+    return dataclasses.replace(made, fill=_filler(cls, made))
 
 
 def _build(cls: type[R], data: dict[str, Any]) -> R:
@@ -389,19 +388,6 @@ def _build(cls: type[R], data: dict[str, Any]) -> R:
     if not (keys <= spec.names and spec.required <= keys):
         unknown, missing = set(keys) - spec.names, spec.required - set(keys)
         raise RecordError(f"not a {cls.RECORD}: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
-    for name in spec.strings:
-        if name in data and type(data[name]) is not str:
-            raise RecordError(f"{name} is not a string")
-    for name in spec.numbers:
-        if name in data and not _number(data[name]):
-            raise RecordError(f"{name} is not a number")
-    for name in spec.optional_numbers:
-        value = data.get(name)
-        if value is not None and not _number(value):
-            raise RecordError(f"{name} is not a number")
-    for name in spec.shared:  # (``data`` is the decoder's own: its strings are replaced in place)
-        if name in data:
-            data[name] = sys.intern(data[name])
     if "scope" in data:
         scope = data["scope"]
         if not isinstance(scope, dict) or set(scope) - {"hosts", "paths", "methods"}:
@@ -419,13 +405,40 @@ def _build(cls: type[R], data: dict[str, Any]) -> R:
         ):
             raise RecordError("also is a list of [kind, value] pairs")
         data["also"] = tuple((kind, value) for kind, value in also)
-    # As the dataclass's own __init__ would, field by field (records have no __post_init__), through the
-    # slot descriptors: a frozen dataclass's __init__ goes through object.__setattr__ for each field,
-    # which is most of the cost of reading a million records.
-    record = object.__new__(cls)
-    for name, slot, default in spec.slots:
-        slot.__set__(record, data.get(name, default))
-    return record
+    return spec.fill(data)  # type: ignore[no-any-return]
+
+
+_MISSING = object()
+
+
+def _filler(cls: type[Record], spec: _Spec) -> Callable[[dict[str, Any]], Any]:
+    """A record of ``cls`` from its checked-for-keys data: each field's type checked (shared strings
+    interned) and set through its slot descriptor, as the dataclass's own __init__ would (records have no
+    __post_init__). Written out per type, once: a loop over the fields and a frozen dataclass's __init__
+    (object.__setattr__ per field) are most of the cost of reading a million records."""
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_intern": sys.intern, "_E": RecordError}
+    env.update(_MISSING=_MISSING, _float=float, _int=int, _str=str)
+    lines = ["def fill(data):", "    r = _new(_cls)"]
+    for i, (name, slot, default) in enumerate(spec.slots):
+        env[f"_set{i}"], env[f"_default{i}"] = slot.__set__, default
+        lines.append(f"    v = data.get({name!r}, _MISSING)")
+        lines.append("    if v is _MISSING:")
+        lines.append(f"        v = _default{i}")
+        if name in spec.strings:
+            lines.append("    elif type(v) is not _str:")
+            lines.append(f"        raise _E({name + ' is not a string'!r})")
+            if name in spec.shared:
+                lines.append("    else:")
+                lines.append("        v = _intern(v)")
+        elif name in spec.numbers or name in spec.optional_numbers:
+            none_ok = " and v is not None" if name in spec.optional_numbers else ""
+            lines.append(f"    elif type(v) is not _float and type(v) is not _int{none_ok}:")
+            lines.append(f"        raise _E({name + ' is not a number'!r})")
+        lines.append(f"    _set{i}(r, v)")
+    lines.append("    return r")
+    exec("\n".join(lines), env)  # noqa: S102 - text made here from the record types' own field names
+    fill: Callable[[dict[str, Any]], Any] = env["fill"]
+    return fill
 
 
 def decode(kind: str, data: object) -> Record:
