@@ -1000,12 +1000,17 @@ class StateSettings(Section):
             raise _SubKeyError("sentinels" if self.sentinels else "wait_replicas", "for Redis only")
         for i, address in enumerate(self.sentinels):
             host, _, port = address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise _SubKeyError("sentinels", f"entry {i}: expected HOST:PORT, got {address!r}")
-        if self.sentinels and ":" in self.url.split("://", 1)[1].split("/", 1)[0]:
-            raise _SubKeyError(
-                "url", "with sentinels the URL names the master, not an address: redis://NAME/DB"
-            )
+            bare_v6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+            if not host.strip("[]") or bare_v6 or not port.isdigit() or not 0 < int(port) < 65536:
+                raise _SubKeyError("sentinels", f"entry {i}: expected HOST:PORT ([V6]:PORT), got {address!r}")
+        if self.sentinels:
+            name, _, db = self.url.split("://", 1)[1].partition("/")
+            if ":" in name or not name:
+                raise _SubKeyError(
+                    "url", "with sentinels the URL names the master, not an address: redis://NAME/DB"
+                )
+            if db and not db.isdigit():
+                raise _SubKeyError("url", f"the database is a number: redis://NAME/DB, got {db!r}")
         if self.tls is not None and not backend.tls:
             tls_schemes = ", ".join(f"{n}://" for n, b in SCHEMES.items() if b.tls)
             raise _SubKeyError("tls", f"TLS needs a TLS URL ({tls_schemes})")

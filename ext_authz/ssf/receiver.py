@@ -117,6 +117,11 @@ def _newer_account_event(
     return None
 
 
+def _stored(write: asyncio.Future[None]) -> bool:
+    """The write ended, and the store has it."""
+    return not write.cancelled() and write.exception() is None
+
+
 def _named(rev: Revocation) -> str:
     narrowed = "".join(f" with {k} {v}" for k, v in rev.also)
     return f"{rev.kind} {rev.value}{narrowed}"
@@ -325,16 +330,16 @@ class Receivers:
             # The same SET, pushed again while the first push is being stored: what happens to that
             # write decides (a duplicate if stored; else this one applies it). Never a 202 before then.
             await asyncio.wait({first})
-        stored = False
+        # What the SET changes, and that it was seen: one transaction, all of it or none. The write goes
+        # on if this push is cancelled (the transmitter left, a reload, a stop): what is in flight is
+        # released when the write itself ends, never before.
+        write = asyncio.ensure_future(self.host.replica.put_all(writes))
+        write.add_done_callback(lambda done: self._in_flight.release(held, _stored(done)))
         try:
-            # What the SET changes, and that it was seen: one transaction, all of it or none.
-            await self.host.replica.put_all(writes)
-            stored = True
+            await asyncio.shield(write)
         except commands.InvalidArgument as exc:  # settings reloaded meanwhile
             self.on_event(label, "invalid_request")
             raise SetError("invalid_request", f"the event cannot be applied: {exc}") from exc
-        finally:
-            self._in_flight.release(held, stored)
         for note in outcome.notes:
             log.warning("SSF %r: %s", event.name, line(note, 600))
         self.on_event(label, outcome.result)

@@ -14,10 +14,10 @@ import pytest
 
 from ext_authz.errors import StateError
 from ext_authz.state.records import Revocation
-from tests.component.ssfstack import SsfStack, now, start_stack
+from tests.component.ssfstack import SECRET, SsfStack, now, start_stack
 from tests.component.test_ssf_semantics import IDP, TX, a_set, user
 from tests.component.test_streams import sample
-from tests.ssfkit import CAEP, RISC
+from tests.ssfkit import CAEP, RISC, mint_set
 from tests.waiting import until
 
 
@@ -219,3 +219,31 @@ async def test_sets_pushed_together_are_stored_together(stack: SsfStack, gate: G
     assert {status for status, _ in await asyncio.gather(first, *rest)} == {202}
     assert gate.calls == 2  # the first alone; the 39 decided meanwhile in one transaction
     assert len(stack.running.runtime.replica.all(Revocation)) == 40
+
+
+async def test_a_push_cancelled_while_its_write_is_queued_never_undoes_a_newer_event(
+    stack: SsfStack, gate: Gate
+) -> None:
+    """A reload or a stop cancels a push whose write is queued: the write goes on, and what is in flight
+    stays known until it lands, so a newer enable decided meanwhile still lifts the disable (from the
+    second review's reproduction)."""
+    signals = stack.running.runtime.ssf
+    assert signals is not None
+    t = now()
+    token = stack.token(IDP, "jane", t - 100)
+
+    def raw_push(claims: dict[str, Any]) -> asyncio.Task[Any]:
+        headers = {"content-type": "application/secevent+jwt", "authorization": f"Bearer {SECRET}"}
+        return asyncio.create_task(signals.receivers.push(mint_set(stack.set_key, claims).encode(), headers))
+
+    disable = raw_push(a_set(RISC + "account-disabled", user("jane"), {"event_timestamp": t - 20}))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    disable.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await disable
+    enable = raw_push(a_set(RISC + "account-enabled", user("jane"), {"event_timestamp": t - 5}))
+    await until(lambda: queued(stack) == 1, "the enable decided and queued behind the disable")
+    gate.open.set()
+    assert (await enable)[0] == 202
+    await until(lambda: not queued(stack), "both written")
+    assert await stack.reason(token) == "allowed"

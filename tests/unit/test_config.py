@@ -809,3 +809,32 @@ def test_sentinel_settings_are_read(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"allow_empty": True, "state": state}))
     s = load_settings(cfg).state
     assert s.sentinels == ("10.0.0.5:26379", "[::1]:26379") and s.wait_replicas == 1 and s.wait_timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    ("url", "sentinels", "message"),
+    [
+        ("redis://mymaster/zero", ["h:26379"], "the database is a number"),
+        ("redis://mymaster/0", ["::1"], "expected HOST:PORT"),
+        ("redis://mymaster/0", ["::1:26379"], "expected HOST:PORT"),
+    ],
+)
+def test_sentinel_settings_that_could_not_work_are_refused(
+    tmp_path: Path, url: str, sentinels: list[str], message: str
+) -> None:
+    hmac = tmp_path / "hmac.key"
+    hmac.write_text("k" * 64)
+    cfg = tmp_path / "config.yaml"
+    state = {"url": url, "sentinels": sentinels, "hmac_key_file": str(hmac)}
+    cfg.write_text(yaml.safe_dump({"allow_empty": True, "state": state}))
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg)
+
+
+def test_a_sentinel_master_keeps_its_case() -> None:
+    from ext_authz.state.backends.redis import RedisLog
+
+    log = RedisLog("redis://MyMaster/0", sentinels=(("127.0.0.1", 26379),))
+    assert log._where() == "Sentinel master MyMaster/0"
+    client = log._client(1.0)
+    assert getattr(client.connection_pool, "service_name", "") == "MyMaster"

@@ -168,10 +168,10 @@ class RedisLog:
                 socket_connect_timeout=2,
                 health_check_interval=0,
             )
-            db = int(parts.path.strip("/") or 0)
+            db = int(parts.path.strip("/") or 0)  # a number: checked with the settings
             client: aioredis.Redis = sentinel.master_for(
-                parts.hostname or "", db=db, decode_responses=True, socket_timeout=timeout, **options
-            )
+                parts.netloc, db=db, decode_responses=True, socket_timeout=timeout, **options
+            )  # (netloc: a master's name is case-sensitive, and hostname lowercases it)
             return client
         return aioredis.from_url(
             self.url,
@@ -242,7 +242,7 @@ class RedisLog:
         """host:port/db (or the Sentinel master's name), for messages: never a password, user or query."""
         parts = urllib.parse.urlsplit(self.url)
         if self.sentinels:
-            return f"Sentinel master {parts.hostname or ''}{parts.path}"
+            return f"Sentinel master {parts.netloc}{parts.path}"
         return f"{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
     async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
