@@ -223,6 +223,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             self._known(rev, request.allow_unknown)
             for known in self.replica.snapshot.named(rev.value):  # an index lookup, not a scan
                 if commands.same_revocation(rev, known, now):
+                    # Made before, perhaps by a write whose acknowledgement failed (no replica had it
+                    # in time): acknowledged now only as an acknowledged write would be.
+                    await self.replica.confirm()
                     return pb.RevokeResponse(revocation=rev_pb(known, self.settings), existing=True)
             await self.replica.put(rev, action="revoke", actor=actor, reason=rev.reason)
             log.info("revoked %s %s by %s: %s", rev.kind, rev.value, rev.created_by, rev.reason)

@@ -322,11 +322,18 @@ class Receivers:
                 first = self._in_flight.pending(SeenEvent, seen_id)
                 if first is None:
                     decided = self._decide(state, event, seen_id, label)
-                    if isinstance(decided, str):
-                        return decided
-                    outcome, writes = decided
-                    held = self._in_flight.hold(writes)
-                    break
+                    if not isinstance(decided, str):
+                        outcome, writes = decided
+                        held = self._in_flight.hold(writes)
+                        break
+            if first is None:  # a duplicate: as safe as an acknowledged write, or a 503 and a retry
+                # (its first write may have been refused for want of replicas, yet be on the primary)
+                await self.host.replica.confirm()
+                self.on_event(label, "duplicate")
+                log.info(
+                    "SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer
+                )
+                return "duplicate"
             # The same SET, pushed again while the first push is being stored: what happens to that
             # write decides (a duplicate if stored; else this one applies it). Never a 202 before then.
             await asyncio.wait({first})
@@ -352,8 +359,6 @@ class Receivers:
         (with the record that it was seen). Raises SetError for one to refuse."""
         rc = state.cfg
         if self._in_flight.get(SeenEvent, seen_id) is not None:
-            self.on_event(label, "duplicate")
-            log.info("SSF %r %r from %s: a duplicate, not applied again", event.name, event.jti, rc.issuer)
             return "duplicate"
         settings = self.host.settings
         try:

@@ -591,6 +591,12 @@ class Replica:
         oldest first. An entry that is not authentic is skipped and counted (``audit_rejected``)."""
         return await self.audit_log.read(since, principal, limit)
 
+    async def confirm(self) -> None:
+        """StateError unless everything the store took is as safe as an acknowledged write (with
+        ``state.wait_replicas``: on that many Redis replicas). Before answering "already done" for a
+        change whose own write may not have been acknowledged."""
+        await self.backend.confirm()
+
     async def claim_once(self, key: str, until: float) -> bool:
         """Take ``key`` in the store until ``until`` unless another replica (or this one) holds it:
         True when taken here. StateError if the store cannot say. Held CLAIM_MARGIN longer: another

@@ -22,6 +22,7 @@ from joserfc.jwk import RSAKey
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
 from ext_authz.dev.pki import mint_jwt
+from ext_authz.state.records import Revocation
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
 from tests.component.test_streams import start
@@ -222,6 +223,52 @@ async def test_a_change_no_replica_has_is_not_acknowledged(demo_dir: Path, tmp_p
         finally:
             await r.channel.close()
             await r.server.stop(0)
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+async def test_a_change_found_made_is_acknowledged_only_once_a_replica_has_it(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """A write WAIT refused is on the primary all the same, and read back: the transmitter's retry of
+    that SET, or the operator's of that revocation, finds it made. Neither is acknowledged until a
+    replica has it (from the second review's reproduction)."""
+    from ext_authz.state.records import SeenEvent
+    from tests.component.ssfstack import start_stack
+    from tests.component.test_ssf_semantics import IDP, TX, a_set, user
+    from tests.ssfkit import CAEP
+
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
+    replica.start()
+    try:
+        until_sync(lambda: linked(replica), "the replica in sync")
+        state = {**primary.settings(), "wait_replicas": 1, "wait_timeout": "300ms"}
+        stack = await start_stack(demo_dir, tmp_path / "s", transmitters=[TX], issuers=[IDP], state=state)
+        try:
+            replica.stop()
+            body = a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": int(time.time())})
+            assert (await stack.push(body))[0] == 503
+            held = stack.running.runtime.replica
+            await until(lambda: bool(held.all(SeenEvent)), "the unacknowledged change read back")
+            assert (await stack.push(body))[0] == 503  # no replica has it yet: not a 202 duplicate
+            request = pb.RevokeRequest(kind="jti", value=f"{ISSUER}#jti-once", reason="leaked")
+            async with grpc.aio.insecure_channel(stack.running.runtime.engine.config.admin_listen) as ch:
+                admin = admin_pb2_grpc.AdminStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await admin.Revoke(request, timeout=10)
+                await until(lambda: len(held.all(Revocation)) == 2, "the revocation read back")
+                with pytest.raises(grpc.aio.AioRpcError) as err:  # found made: still not acknowledged
+                    await admin.Revoke(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                replica.start()
+                until_sync(lambda: linked(replica), "the replica back")
+                assert (await admin.Revoke(request, timeout=10)).existing
+            assert (await stack.push(body))[0] == 202  # now a duplicate, safe on a replica
+        finally:
+            await stack.close()
     finally:
         replica.stop()
         primary.stop()

@@ -78,6 +78,10 @@ class ChangeLog(Protocol):
     async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
         """Record first uses (the first write of a key wins) and log them for the other replicas."""
 
+    async def confirm(self) -> None:
+        """StateError unless what the store took so far is as safe as an acknowledged write must be (a
+        store that waits for replicas: on them); nothing to do for the others."""
+
     async def claim_once(self, key: str, until: float, now: float) -> bool:
         """Hold ``key`` until ``until`` unless it is held already (by any replica): True when this call
         took it. What is used once fleet-wide (a DPoP proof) is claimed here; the claim is forgotten after

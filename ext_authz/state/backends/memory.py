@@ -55,6 +55,9 @@ class MemoryLog:
                 self._records.pop((change.kind, change.id), None)
             self._seq += 1
 
+    async def confirm(self) -> None:
+        return None  # a write here is acknowledged once committed: nothing more to wait for
+
     async def claim_once(self, key: str, until: float, now: float) -> bool:
         if len(self._claims) > 10_000:
             self._claims = {k: u for k, u in self._claims.items() if u >= now}

@@ -10,6 +10,7 @@ verifies the server against ``state.tls.ca`` and may present a client certificat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import urllib.parse
@@ -31,6 +32,7 @@ CHANGES = "ext-authz:changes"
 SESSIONS = "ext-authz:sessions"
 AUDIT = "ext-authz:audit"  # sorted set: entry id scored by its time
 AUDIT_ROWS = "ext-authz:audit:rows"  # hash: entry id -> principal \x1f sealed body
+CONFIRMS = "ext-authz:confirms"  # a counter written only so that a WAIT after it covers what came before
 CLAIMS = "ext-authz:claim:"  # + the claimed key's digest: a string that expires with the claim
 AUDIT_SCAN = 100_000  # entries looked at, at most, to find those about one principal
 MAX_CHANGES = 1_000_000  # the stream is trimmed (approximately) past this many entries
@@ -114,6 +116,8 @@ class RedisLog:
         self._options: dict[str, Any] = {"username": username, "password": password, **(tls or {})}
         self._redis: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
+        self._writer: aioredis.Redis | None = None
+        self._writing = asyncio.Lock()
         self._check_trim = False  # after a failure: was the stream trimmed past our position meanwhile?
 
     @classmethod
@@ -156,7 +160,9 @@ class RedisLog:
             wait_timeout=settings.wait_timeout,
         )
 
-    def _client(self, timeout: float | None) -> aioredis.Redis:
+    def _client(self, timeout: float | None, *, single: bool = False) -> aioredis.Redis:
+        """``single``: one connection, so a WAIT counts exactly the writes sent before it."""
+        pool: dict[str, Any] = {"max_connections": 1} if single else {}
         if self.sentinels:
             parts = urllib.parse.urlsplit(self.url)
             options = {k: v for k, v in self._options.items() if v is not None}
@@ -170,7 +176,7 @@ class RedisLog:
             )
             db = int(parts.path.strip("/") or 0)  # a number: checked with the settings
             client: aioredis.Redis = sentinel.master_for(
-                parts.netloc, db=db, decode_responses=True, socket_timeout=timeout, **options
+                parts.netloc, db=db, decode_responses=True, socket_timeout=timeout, **options, **pool
             )  # (netloc: a master's name is case-sensitive, and hostname lowercases it)
             return client
         return aioredis.from_url(
@@ -180,6 +186,7 @@ class RedisLog:
             socket_timeout=timeout,
             health_check_interval=0,
             **{k: v for k, v in self._options.items() if v is not None},
+            **pool,
         )
 
     def _client_or_fail(self) -> aioredis.Redis:
@@ -188,11 +195,13 @@ class RedisLog:
         return self._redis
 
     async def open(self) -> None:
-        self._redis = self._client(2.0 + (self.wait_timeout if self.wait_replicas else 0.0))
+        self._redis = self._client(2.0)
         self._reader = self._client(self.block_ms / 1000 + 5)
+        # Records are written, and confirmed, over one connection, one write at a time.
+        self._writer = self._client(2.0 + (self.wait_timeout if self.wait_replicas else 0.0), single=True)
 
     async def close(self) -> None:
-        for client in (self._redis, self._reader):
+        for client in (self._redis, self._reader, self._writer):
             if client is not None:
                 # A connection interrupted mid-XREAD may never answer a polite close: bound it.
                 try:
@@ -200,7 +209,7 @@ class RedisLog:
                     await client.aclose()
                 except _ERRORS:
                     pass
-        self._redis = self._reader = None
+        self._redis = self._reader = self._writer = None
 
     async def position(self) -> str:
         r = self._client_or_fail()
@@ -245,28 +254,48 @@ class RedisLog:
             return f"Sentinel master {parts.netloc}{parts.path}"
         return f"{parts.hostname or ''}:{parts.port or 6379}{parts.path}"
 
+    def _writer_or_fail(self) -> aioredis.Redis:
+        if self._writer is None:
+            raise StateError("the state store is not open")
+        return self._writer
+
     async def append(self, changes: Sequence[Change], audit: Sequence[AuditRow] = ()) -> None:
-        r = self._client_or_fail()
+        r = self._writer_or_fail()
         try:
-            async with r.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all of them or none
-                for change in changes:
-                    fields = {
-                        "op": change.op,
-                        "kind": change.kind,
-                        "id": change.id,
-                        "body": change.body,
-                        "at": repr(change.at),
-                    }
-                    if change.op == "put":
-                        pipe.hset(RECORDS, _field(change.kind, change.id), change.body)
-                    else:
-                        pipe.hdel(RECORDS, _field(change.kind, change.id))
-                    pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
-                for row in audit:
-                    pipe.hsetnx(AUDIT_ROWS, row.id, f"{row.principal}\x1f{row.body}")
-                    pipe.zadd(AUDIT, {row.id: row.at}, nx=True)
-                await pipe.execute()
-            await self._replicated(r)
+            async with self._writing:  # one write at a time on the writer's one connection
+                async with r.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all of them or none
+                    for change in changes:
+                        fields = {
+                            "op": change.op,
+                            "kind": change.kind,
+                            "id": change.id,
+                            "body": change.body,
+                            "at": repr(change.at),
+                        }
+                        if change.op == "put":
+                            pipe.hset(RECORDS, _field(change.kind, change.id), change.body)
+                        else:
+                            pipe.hdel(RECORDS, _field(change.kind, change.id))
+                        pipe.xadd(CHANGES, fields, maxlen=MAX_CHANGES, approximate=True)  # type: ignore[arg-type]
+                    for row in audit:
+                        pipe.hsetnx(AUDIT_ROWS, row.id, f"{row.principal}\x1f{row.body}")
+                        pipe.zadd(AUDIT, {row.id: row.at}, nx=True)
+                    await pipe.execute()
+                await self._replicated(r)
+        except _ERRORS as exc:
+            raise StateError(f"{self._where()}: {exc}") from exc
+
+    async def confirm(self) -> None:
+        """With ``wait_replicas``: StateError unless that many replicas have everything the primary took
+        so far (a write of its own on the writer's connection, then WAIT: replication is one ordered
+        stream). For a change found already made, whose first write was not acknowledged."""
+        if not self.wait_replicas:
+            return
+        r = self._writer_or_fail()
+        try:
+            async with self._writing:
+                await r.incr(CONFIRMS)
+                await self._replicated(r)
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
 

@@ -192,6 +192,9 @@ class SqliteLog:
 
         await self._call(write)
 
+    async def confirm(self) -> None:
+        return None  # a write here is acknowledged once committed: nothing more to wait for
+
     async def claim_once(self, key: str, until: float, now: float) -> bool:
         def claim(db: sqlite3.Connection) -> bool:
             with _transaction(db):
