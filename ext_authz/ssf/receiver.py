@@ -340,7 +340,7 @@ class Receivers:
         # What the SET changes, and that it was seen: one transaction, all of it or none. The write goes
         # on if this push is cancelled (the transmitter left, a reload, a stop): what is in flight is
         # released when the write itself ends, never before.
-        write = asyncio.ensure_future(self.host.replica.put_all(writes))
+        write = asyncio.ensure_future(self.host.replica.put_all(writes, chained=True))
         write.add_done_callback(lambda done: self._in_flight.release(held, _stored(done)))
         try:
             await asyncio.shield(write)

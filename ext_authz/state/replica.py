@@ -85,6 +85,7 @@ class _Write:
     audit: list[AuditRow]
     records: list[Record]  # what each change puts, or for a delete, the record it deletes
     done: asyncio.Future[None]
+    chained: bool = False  # decided on writes queued before it: fails if one of them fails
 
 
 class _Tracking:
@@ -611,9 +612,11 @@ class Replica:
         here too (InvalidArgument)."""
         await self.put_all([(record, action, actor, reason)])
 
-    async def put_all(self, items: list[tuple[Record, str, str, str]]) -> None:
+    async def put_all(self, items: list[tuple[Record, str, str, str]], *, chained: bool = False) -> None:
         """Write records (each with its audit action, actor and reason, as for :meth:`put`) in one store
-        transaction: all of them or none. Every one is checked before any is written."""
+        transaction: all of them or none. Every one is checked before any is written. ``chained``: it was
+        decided on writes queued before it (the SSF receiver's, against what is in flight), and fails
+        with any of them."""
         settings = self.settings()
         for record, _, _, _ in items:
             check_record(record, settings)
@@ -640,7 +643,7 @@ class Replica:
             audit.append(
                 self.audit_log.row(new_entry(entry_id(at), at, actor, action, known, record, reason))
             )
-        await self._write(_Write(changes, audit, [r for r, _, _, _ in items], self._future()))
+        await self._write(_Write(changes, audit, [r for r, _, _, _ in items], self._future(), chained))
 
     async def delete(self, cls: type[R], rid: str, *, action: str, actor: str, reason: str = "") -> R | None:
         record = self.get(cls, rid)
@@ -682,9 +685,11 @@ class Replica:
                     [c for w in batch for c in w.changes], [a for w in batch for a in w.audit]
                 )
             except BaseException as exc:
-                # Every write queued behind it fails too: it was decided after this one, perhaps on it
-                # (an SSF event that saw this one's records in flight); each writer tries again.
-                failed, self._writes = [*batch, *self._writes], []
+                # Every chained write queued behind it fails too: it was decided after this one, perhaps
+                # on it (an SSF event that saw this one's records in flight); each writer tries again.
+                # Others (an operator's, a quarantine) are still written.
+                failed = [*batch, *(w for w in self._writes if w.chained)]
+                self._writes = [w for w in self._writes if not w.chained]
                 for w in failed:
                     if not w.done.done():
                         w.done.set_exception(exc if isinstance(exc, Exception) else StateError(str(exc)))

@@ -247,3 +247,41 @@ async def test_a_push_cancelled_while_its_write_is_queued_never_undoes_a_newer_e
     assert (await enable)[0] == 202
     await until(lambda: not queued(stack), "both written")
     assert await stack.reason(token) == "allowed"
+
+
+@pytest.fixture
+async def qstack(demo_dir: Path, tmp_path: Path) -> AsyncIterator[SsfStack]:
+    s = await start_stack(
+        demo_dir,
+        tmp_path,
+        transmitters=[TX],
+        issuers=[IDP],
+        quarantine={"denials": 2, "window": "60s", "duration": "1m"},
+    )
+    yield s
+    await s.close()
+
+
+async def test_a_failed_set_write_does_not_take_an_unrelated_write_with_it(
+    qstack: SsfStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what was decided on the failed write fails with it: a quarantine queued behind it (which
+    nobody retries) is still written (from the second review's reproduction)."""
+    from ext_authz.state import commands
+
+    gate = Gate(qstack)
+    monkeypatch.setattr(gate.backend, "append", gate.append)
+    rt = qstack.running.runtime
+    assert rt.engine.config.quarantine is not None
+    t = now()
+    first = asyncio.create_task(
+        push(qstack, a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": t}))
+    )
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    rev = commands.quarantine("spiffe://example.org/ns/x/sa/attacker", rt.engine.config.quarantine, t)
+    rt.spawn(rt._write_quarantine(rev))
+    await until(lambda: queued(qstack) == 1, "the quarantine queued behind the SET's write")
+    gate.fail_once = True
+    gate.open.set()
+    assert (await first)[0] == 503
+    await until(lambda: rt.replica.get(Revocation, rev.id) is not None, "the quarantine written")
