@@ -2,10 +2,11 @@
 
 libyaml (PyYAML's C parser) composes the node tree; PyYAML's safe constructor then builds the values
 through a generator per mapping and per sequence, about 40% of the time for a ten-thousand-rule policy.
-Here mappings, sequences and strings are built directly; every other node (numbers, booleans, null,
-timestamps, binary, sets, non-scalar keys) goes to PyYAML's own constructor, and a document with a
-merge key (``<<``) or a ``=`` key anywhere is built by PyYAML whole (merges may alias what encloses
-them), so the result is the one ``yaml.safe_load`` gives. Aliases stay shared objects, as there.
+Here mappings, sequences and strings are built directly, and other scalars (numbers, booleans, null,
+timestamps, binary) by PyYAML's own constructor; a document with a merge key (``<<``), a ``=`` key, a
+non-scalar key, a set, an omap or pairs anywhere, or nested deeper than this can recurse, is built by
+PyYAML whole (they may alias what encloses them), so the result is the one ``yaml.safe_load`` gives.
+Aliases stay shared objects, as there.
 
 This module imports only PyYAML: the child process that parses large files on reload runs it too.
 """
@@ -39,7 +40,7 @@ def read_yaml(text: bytes | str) -> Any:
             return None
         try:
             return _Build(loader).value(node)
-        except _Whole:
+        except (_Whole, RecursionError):  # (nested deeper than frames allow here: PyYAML may manage)
             return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -67,19 +68,18 @@ class _Build:
             out = self.made[id(node)] = []
             for item in node.value:  # (a loop, not a generator: one frame per level of nesting)
                 out.append(self.value(item))
-        else:
+        elif isinstance(node, yaml.ScalarNode):  # numbers, booleans, null, timestamps, binary: immutable
             out = self.loader.construct_object(node, deep=True)
+        else:  # a set, an omap, pairs: containers only PyYAML builds, which may alias ours
+            raise _Whole
         self.made[id(node)] = out
         return out
 
     @staticmethod
     def _plain_keys(node: Any) -> bool:
-        """Every key a scalar: else PyYAML's constructor says what is wrong with the unhashable one.
-        A merge or ``=`` key: PyYAML builds the whole document (_Whole)."""
-        plain = True
+        """Every key a plain scalar; else PyYAML builds the whole document (_Whole), and says what is
+        wrong with an unhashable key."""
         for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                plain = False
-            elif key.tag in (_MERGE, _VALUE):
+            if not isinstance(key, yaml.ScalarNode) or key.tag in (_MERGE, _VALUE):
                 raise _Whole
-        return plain
+        return True

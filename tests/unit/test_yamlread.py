@@ -64,7 +64,10 @@ ODD = [
     "--- 1\n--- 2\n",  # two documents
     "a: {=: x}\n",  # a plain `=` key: PyYAML's mappings make it a string again
     "a: &A\n  x: 1\n  y: [ {<<: {z: 2}, back: *A} ]\n",  # a merge beside an alias of what encloses it
-    "[" * 300 + "]" * 300,  # deep nesting (with the reviewer's reproductions, 2026-12-07)
+    "[" * 300 + "]" * 300,  # deep nesting (with the reviewers' reproductions, 2026-12-07)
+    "&a !!pairs [ {k: *a} ]\n",  # containers only PyYAML builds, aliasing what encloses them
+    "&l [ !!omap [ {k: *l} ] ]\n",
+    "s: &s !!set {a, b}\nt: *s\n",
     "key: 'quoted: text'\nother: \"esc\\u00e9\"\nblock: |\n  line\n  next\nfolded: >\n  a\n  b\n",
 ]
 
