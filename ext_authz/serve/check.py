@@ -98,7 +98,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
         Synchronous (nothing here waits), so a transport may call it straight from its event loop (see
         serve/native.py). One case waits: a request whose DPoP proof must be claimed in a state store
-        shared with other processes (``claimed``); then the answer is a coroutine to await. A fault is
+        shared with other processes (:meth:`_claimed`); then the answer is a coroutine to await. A fault is
         never an allow: it raises :class:`CheckFailed`, whose message names the decision, and the
         transport answers INTERNAL (Envoy's failure_mode_allow=false and status_on_error decide what the
         client sees)."""
@@ -129,8 +129,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             decision = None
             raise CheckFailed(f"ext-authz internal error (decision {decision_id})") from exc
         finally:
-            if not later:
-                self._record(Checked(engine, decision_id, now, ctx, decision, started, span), fault)
+            if not later:  # (the hot path: the record's parts as they are, no object made for them)
+                self._record(engine, decision_id, now, ctx, decision, started, span, fault)
 
     async def _claimed(self, used: ProofUsed, checked: Checked) -> bytes:
         """The answer once the request's DPoP proof is claimed in the shared state store: a proof another
@@ -154,14 +154,24 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             checked.decision = None
             raise CheckFailed(f"ext-authz internal error (decision {checked.decision_id})") from exc
         finally:
-            self._record(checked, fault)
+            c = checked
+            self._record(c.engine, c.decision_id, c.now, c.ctx, c.decision, c.started, c.span, fault)
 
-    def _record(self, checked: Checked, fault: str) -> None:
+    def _record(
+        self,
+        engine: Engine,
+        decision_id: str,
+        now: datetime,
+        ctx: RequestContext | None,
+        decision: Decision | None,
+        started: float,
+        span: Any,
+        fault: str,
+    ) -> None:
         """Each record is kept apart: one that fails is logged and neither changes the answer nor keeps
         the others from being made."""
         rt = self.runtime
-        decision, decision_id, span = checked.decision, checked.decision_id, checked.span
-        latency = time.perf_counter() - checked.started
+        latency = time.perf_counter() - started
         try:
             rt.metrics.observe(decision, latency)
         except Exception:
@@ -170,14 +180,12 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             try:
                 if span is None:  # the request was refused before its headers could be read
                     span = rt.tracing.start(None)
-                rt.tracing.finish(span, decision_id, checked.ctx, decision, fault, rt.redactor.path)
+                rt.tracing.finish(span, decision_id, ctx, decision, fault, rt.redactor.path)
             except Exception:
                 log.exception("Check %s: tracing failed", decision_id)
         if rt.decision_log.enabled or rt.hub.subscribers:  # else nothing is built
             try:
-                self._log(
-                    checked.engine, decision_id, checked.now, checked.ctx, decision, latency, fault, span
-                )
+                self._log(engine, decision_id, now, ctx, decision, latency, fault, span)
             except Exception:
                 log.exception("Check %s: the decision log failed", decision_id)
 
