@@ -303,6 +303,22 @@ CASES: tuple[Case, ...] = (
         frozenset({("Secret", "redis-credentials")}),
     ),
     Case(
+        "shared-external-redis-sentinel",
+        {
+            **SHARED,
+            "state": {"waitReplicas": 1, "waitTimeout": "500ms"},
+            "redis": {
+                "deploy": False,
+                "auth": {"existingSecret": "redis-credentials"},
+                "external": {
+                    "sentinels": ["redis-sentinel.redis.svc:26379"],
+                    "masterName": "MyMaster",
+                },
+            },
+        },
+        frozenset({("Secret", "redis-credentials")}),
+    ),
+    Case(
         "shared-istio",
         {
             "mode": "shared",

@@ -750,6 +750,9 @@ def test_existing_secrets_are_not_generated() -> None:
     plain = next(c for c in CASES if c.name == "shared-external-redis-plaintext")
     assert settings_of(render(plain)).state.url == "redis://r.example:6379/0"
     assert "WARNING: redis.external.tls.enabled is false" in notes(plain.values)
+    s = settings_of(render(next(c for c in CASES if c.name == "shared-external-redis-sentinel"))).state
+    assert s.url == "rediss://MyMaster/0" and s.sentinels == ("redis-sentinel.redis.svc:26379",)
+    assert s.wait_replicas == 1 and s.wait_timeout == 0.5
 
 
 # ---- Istio -----------------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ envoyAdminSocket: /run/envoy/admin.sock
 {{- if eq (include "ext-authz.stateBackend" .) "redis" -}}
 {{- $state := dict "url" (include "ext-authz.redisUrl" .) "password_file" (printf "%s/password" $p.redisAuth) "hmac_key_file" (printf "%s/hmac-key" $p.hmac) -}}
 {{- if $v.redis.auth.username }}{{ $_ := set $state "username" $v.redis.auth.username }}{{ end -}}
+{{- if and (not $v.redis.deploy) $v.redis.external.sentinels }}{{ $_ := set $state "sentinels" $v.redis.external.sentinels }}{{ end -}}
+{{- if $v.state.waitReplicas }}{{ $_ := set $state "wait_replicas" $v.state.waitReplicas }}{{ $_ := set $state "wait_timeout" $v.state.waitTimeout }}{{ end -}}
 {{- if include "ext-authz.redisCaSource" . -}}
 {{- $_ := set $state "tls" (dict "ca" (printf "%s/ca.crt" $p.redisCa)) -}}
 {{- end -}}

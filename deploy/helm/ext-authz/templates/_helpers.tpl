@@ -115,7 +115,9 @@ sqlite
 {{- end -}}
 
 {{- define "ext-authz.redisHost" -}}
-{{- if .Values.redis.deploy -}}
+{{- if and (not .Values.redis.deploy) .Values.redis.external.sentinels -}}
+{{- required "redis.external.masterName names the Sentinel master" .Values.redis.external.masterName -}}
+{{- else if .Values.redis.deploy -}}
 {{- printf "%s.%s.svc" (include "ext-authz.redisName" .) .Release.Namespace -}}
 {{- else -}}
 {{- required "redis.external.host is required when redis.deploy is false" .Values.redis.external.host -}}
@@ -127,8 +129,13 @@ sqlite
 {{- end -}}
 
 {{- define "ext-authz.redisUrl" -}}
+{{- $scheme := ternary "rediss" "redis" (eq (include "ext-authz.redisTls" .) "true") -}}
+{{- if and (not .Values.redis.deploy) .Values.redis.external.sentinels -}}
+{{- printf "%s://%s/%v" $scheme (include "ext-authz.redisHost" .) .Values.redis.db -}}
+{{- else -}}
 {{- $port := ternary 6379 .Values.redis.external.port .Values.redis.deploy -}}
-{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" (eq (include "ext-authz.redisTls" .) "true")) (include "ext-authz.redisHost" .) $port .Values.redis.db -}}
+{{- printf "%s://%s:%v/%v" $scheme (include "ext-authz.redisHost" .) $port .Values.redis.db -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "ext-authz.redisAuthSecret" -}}
