@@ -22,6 +22,7 @@ from ext_authz.clock import FixedClock, SystemClock
 from ext_authz.errors import StateError
 from ext_authz.settings import Settings, StateSettings
 from ext_authz.state.backends import open_log
+from ext_authz.state.backends.base import Change
 from ext_authz.state.backends.redis import RedisLog
 from ext_authz.state.integrity import Sealer, load_key
 from ext_authz.state.records import ExceptionGrant, Grant, Revocation, Scope, Signal, encode
@@ -555,3 +556,30 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_and_replicas_
 def test_the_fixtures_secrets_stay_out_of_the_settings_text(secure_redis: RedisServer) -> None:
     text = json.dumps(secure_redis.settings())
     assert secure_redis.password not in text  # the config names a file, never the password itself
+
+
+async def test_a_log_that_ends_before_our_position_is_loaded_again(tmp_path: Path) -> None:
+    """After a failover to a replica that never had the last entries a follower read, the log ends before
+    the follower's position, and new entries may get ids below it: reading on would skip them. The
+    follower loads everything again instead."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        log = RedisLog(server.url)
+        await log.open()
+        try:
+            sealed = Sealer(b"k" * 32).seal("put", "revocation", "rev_1", "{}")
+            await log.append([Change("put", "revocation", "rev_1", sealed, T)])
+            await log.append([Change("put", "revocation", "rev_2", sealed, T)])
+            position = await log.position()
+            server.cli("XDEL", "ext-authz:changes", position)  # the entry the failover lost
+            log._check_trim = True  # as after the connection failed
+            assert (await log.follow(position, wait=False)).behind
+            log._check_trim = True
+            earlier = (await log.follow("0-0", wait=False)).position  # a position the log still has
+            log._check_trim = True
+            assert not (await log.follow(earlier, wait=False)).behind
+        finally:
+            await log.close()
+    finally:
+        server.stop()

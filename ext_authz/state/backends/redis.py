@@ -342,11 +342,18 @@ class RedisLog:
         return Batch(position, changes)
 
     async def _trimmed(self, position: str) -> bool:
+        """After a failure: can the log no longer be followed from ``position``? Trimmed past it; gone
+        (Redis lost its data, or was flushed); or ending before it: what this replica read last is no
+        longer there (a failover to a replica that never had it), and the ids after it may be given to
+        new entries, which reading on would skip. Then everything is loaded again."""
         r = self._client_or_fail()
         first: Any = await r.xrange(CHANGES, count=1)
-        if first:
-            return position != "0-0" and _older(position, str(first[0][0]))
-        return position != "0-0"  # the stream is gone (Redis lost its data, or was flushed)
+        if not first:
+            return position != "0-0"
+        if position != "0-0" and _older(position, str(first[0][0])):
+            return True
+        last: Any = await r.xrevrange(CHANGES, count=1)
+        return bool(last) and _older(str(last[0][0]), position)
 
     async def add_sessions(self, sessions: dict[str, str], now: float) -> None:
         r = self._client_or_fail()
