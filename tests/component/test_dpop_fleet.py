@@ -15,19 +15,18 @@ from typing import Any
 import grpc
 import pytest
 from joserfc import jws
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey
 
-from ext_authz.dev.pki import mint_jwt
 from ext_authz.identity.dpop import token_hash
 from ext_authz.state.backends.memory import MemoryLog
 from ext_authz.state.backends.sqlite import SqliteLog
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running, write_config
 from tests.component.test_server import start as start_server
+from tests.component.test_ssf import alice_token
 from tests.redis_server import RedisServer
 from tests.waiting import until
 
-ISSUER = "https://idp.example.com"
 HOLDER = ECKey.generate_key("P-256")
 
 
@@ -54,18 +53,8 @@ async def fleet(demo_dir: Path, tmp_path: Path, redis_server: RedisServer) -> As
 
 
 def bound_token(demo: Path) -> str:
-    idp = RSAKey.import_key(json.loads((demo / "idp/idp.key.json").read_text()))
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": "backend-api",
-        "sub": "alice",
-        "roles": ["reader"],
-        "iat": now - 10,
-        "exp": now + 3600,
-        "cnf": {"jkt": HOLDER.thumbprint()},
-    }
-    return mint_jwt(idp, claims, alg="RS256")
+    """alice's token from the demo's issuer, bound to HOLDER's key (cnf jkt)."""
+    return alice_token(demo, iat=int(time.time()) - 10, cnf={"jkt": HOLDER.thumbprint()})
 
 
 def proof(token: str, path: str = "/user/profile") -> str:

@@ -7,7 +7,6 @@ had acknowledged revoking."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import signal
 import time
@@ -18,14 +17,13 @@ from typing import Any
 
 import grpc
 import pytest
-from joserfc.jwk import RSAKey
 
 from ext_authz._proto import admin_pb2 as pb
 from ext_authz._proto import admin_pb2_grpc
-from ext_authz.dev.pki import mint_jwt
 from ext_authz.state.records import Revocation
 from tests.component.checkreq import check_request
 from tests.component.test_server import Running
+from tests.component.test_ssf import alice_token
 from tests.component.test_streams import start
 from tests.redis_server import RedisServer, SentinelServer
 from tests.waiting import until, until_sync
@@ -62,14 +60,25 @@ def linked(server: RedisServer) -> bool:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
+def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and its replica, in sync."""
     primary = RedisServer(tmp_path / "primary")
     primary.start()
     replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
     replica.start()
-    r = Redis(primary, replica)
     try:
         until_sync(lambda: linked(replica), "the replica in sync with the primary")
+        yield primary, replica
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path, replicated: tuple[RedisServer, RedisServer]) -> Iterator[Redis]:
+    r = Redis(*replicated)
+    primary = r.primary
+    try:
         for i in range(3):
             sentinel = SentinelServer(tmp_path / f"sentinel-{i}", primary.port)
             sentinel.start()
@@ -87,8 +96,6 @@ def redis(tmp_path: Path) -> Iterator[Redis]:
     finally:
         for s in r.sentinels:
             s.stop()
-        replica.stop()
-        primary.stop()
 
 
 @pytest.fixture
@@ -101,17 +108,22 @@ async def fleet(demo_dir: Path, tmp_path: Path, redis: Redis) -> AsyncIterator[l
 
 
 def token(demo: Path, jti: str) -> str:
-    idp = RSAKey.import_key(json.loads((demo / "idp/idp.key.json").read_text()))
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": "backend-api",
-        "sub": "alice",
-        "jti": jti,
-        "iat": now - 5,
-        "exp": now + 3600,
-    }
-    return mint_jwt(idp, claims, alg="RS256")
+    return alice_token(demo, jti=jti, iat=int(time.time()) - 5)
+
+
+async def acknowledged(admin: Any, request: Any) -> Any:
+    """The admin call's answer, once a replica has caught up and WAIT says so: until then UNAVAILABLE."""
+    answers: list[Any] = []
+
+    async def taken() -> bool:
+        try:
+            answers.append(await admin.Revoke(request, timeout=10))
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    await until(taken, "the revocation acknowledged, a replica holding it")
+    return answers[-1]
 
 
 async def reason(r: Running, demo: Path, tok: str) -> str:
@@ -215,48 +227,34 @@ async def test_acknowledged_revocations_survive_the_primary_failing(
     assert len(answers) > 100
 
 
-async def test_a_change_no_replica_has_is_not_acknowledged(demo_dir: Path, tmp_path: Path) -> None:
+async def test_a_change_no_replica_has_is_not_acknowledged(
+    demo_dir: Path, tmp_path: Path, replicated: tuple[RedisServer, RedisServer]
+) -> None:
     """wait_replicas: 1 with the replica gone: the revocation is refused (UNAVAILABLE, the operator tries
     again), not acknowledged while only the primary holds it; with the replica back it is."""
-    primary = RedisServer(tmp_path / "primary")
-    primary.start()
-    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
-    replica.start()
+    primary, replica = replicated
+    state = {**primary.settings(), "wait_replicas": 1, "wait_timeout": "300ms"}
+    r = await start(demo_dir, tmp_path / "a", state=state)
     try:
-        until_sync(lambda: linked(replica), "the replica in sync")
-        state = {**primary.settings(), "wait_replicas": 1, "wait_timeout": "300ms"}
-        r = await start(demo_dir, tmp_path / "a", state=state)
-        try:
-            request = pb.RevokeRequest(kind="jti", value=f"{ISSUER}#jti-wait", reason="leaked")
-            async with grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen) as ch:
-                admin = admin_pb2_grpc.AdminStub(ch)
-                replica.stop()
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await admin.Revoke(request, timeout=10)
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert "not acknowledged" in (err.value.details() or "")
-                replica.start()
-                until_sync(lambda: linked(replica), "the replica back in sync")
-
-                async def acknowledged() -> bool:  # once the replica has caught up and says so
-                    try:
-                        await admin.Revoke(request, timeout=10)
-                    except grpc.aio.AioRpcError:
-                        return False
-                    return True
-
-                await until(acknowledged, "the revocation acknowledged, a replica holding it")
-            assert await reason(r, demo_dir, token(demo_dir, "jti-wait")) == "revoked"
-        finally:
-            await r.channel.close()
-            await r.server.stop(0)
+        request = pb.RevokeRequest(kind="jti", value=f"{ISSUER}#jti-wait", reason="leaked")
+        async with grpc.aio.insecure_channel(r.runtime.engine.config.admin_listen) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)
+            replica.stop()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.Revoke(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not acknowledged" in (err.value.details() or "")
+            replica.start()
+            until_sync(lambda: linked(replica), "the replica back in sync")
+            await acknowledged(admin, request)
+        assert await reason(r, demo_dir, token(demo_dir, "jti-wait")) == "revoked"
     finally:
-        replica.stop()
-        primary.stop()
+        await r.channel.close()
+        await r.server.stop(0)
 
 
 async def test_a_change_found_made_is_acknowledged_only_once_a_replica_has_it(
-    demo_dir: Path, tmp_path: Path
+    demo_dir: Path, tmp_path: Path, replicated: tuple[RedisServer, RedisServer]
 ) -> None:
     """A write WAIT refused is on the primary all the same, and read back: the transmitter's retry of
     that SET, or the operator's of that revocation, finds it made. Neither is acknowledged until a
@@ -266,43 +264,28 @@ async def test_a_change_found_made_is_acknowledged_only_once_a_replica_has_it(
     from tests.component.test_ssf_semantics import IDP, TX, a_set, user
     from tests.ssfkit import CAEP
 
-    primary = RedisServer(tmp_path / "primary")
-    primary.start()
-    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
-    replica.start()
+    primary, replica = replicated
+    state = {**primary.settings(), "wait_replicas": 1, "wait_timeout": "300ms"}
+    stack = await start_stack(demo_dir, tmp_path / "s", transmitters=[TX], issuers=[IDP], state=state)
     try:
-        until_sync(lambda: linked(replica), "the replica in sync")
-        state = {**primary.settings(), "wait_replicas": 1, "wait_timeout": "300ms"}
-        stack = await start_stack(demo_dir, tmp_path / "s", transmitters=[TX], issuers=[IDP], state=state)
-        try:
-            replica.stop()
-            body = a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": int(time.time())})
-            assert (await stack.push(body))[0] == 503
-            held = stack.running.runtime.replica
-            await until(lambda: bool(held.all(SeenEvent)), "the unacknowledged change read back")
-            assert (await stack.push(body))[0] == 503  # no replica has it yet: not a 202 duplicate
-            request = pb.RevokeRequest(kind="jti", value=f"{ISSUER}#jti-once", reason="leaked")
-            async with grpc.aio.insecure_channel(stack.running.runtime.engine.config.admin_listen) as ch:
-                admin = admin_pb2_grpc.AdminStub(ch)
-                with pytest.raises(grpc.aio.AioRpcError):
-                    await admin.Revoke(request, timeout=10)
-                await until(lambda: len(held.all(Revocation)) == 2, "the revocation read back")
-                with pytest.raises(grpc.aio.AioRpcError) as err:  # found made: still not acknowledged
-                    await admin.Revoke(request, timeout=10)
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-                replica.start()
-                until_sync(lambda: linked(replica), "the replica back")
-
-                async def acknowledged() -> bool:  # once the replica has caught up and says so
-                    try:
-                        return bool((await admin.Revoke(request, timeout=10)).existing)
-                    except grpc.aio.AioRpcError:
-                        return False
-
-                await until(acknowledged, "the revocation acknowledged, a replica holding it")
-            assert (await stack.push(body))[0] == 202  # now a duplicate, safe on a replica
-        finally:
-            await stack.close()
-    finally:
         replica.stop()
-        primary.stop()
+        body = a_set(CAEP + "session-revoked", user("jane"), {"event_timestamp": int(time.time())})
+        assert (await stack.push(body))[0] == 503
+        held = stack.running.runtime.replica
+        await until(lambda: bool(held.all(SeenEvent)), "the unacknowledged change read back")
+        assert (await stack.push(body))[0] == 503  # no replica has it yet: not a 202 duplicate
+        request = pb.RevokeRequest(kind="jti", value=f"{ISSUER}#jti-once", reason="leaked")
+        async with grpc.aio.insecure_channel(stack.running.runtime.engine.config.admin_listen) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await admin.Revoke(request, timeout=10)
+            await until(lambda: len(held.all(Revocation)) == 2, "the revocation read back")
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # found made: still not acknowledged
+                await admin.Revoke(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            replica.start()
+            until_sync(lambda: linked(replica), "the replica back")
+            assert (await acknowledged(admin, request)).existing
+        assert (await stack.push(body))[0] == 202  # now a duplicate, safe on a replica
+    finally:
+        await stack.close()

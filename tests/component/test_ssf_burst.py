@@ -61,6 +61,22 @@ async def push(stack: SsfStack, body: dict[str, Any]) -> tuple[int, str]:
     return await asyncio.wait_for(stack.push(body), 10)  # a SET held behind another fails, not hangs
 
 
+def account(event: str, at: int) -> dict[str, Any]:
+    """A RISC account event about jane, dated ``at``."""
+    return a_set(RISC + f"account-{event}", user("jane"), {"event_timestamp": at})
+
+
+async def one_behind_another(
+    stack: SsfStack, gate: Gate, first: dict[str, Any], second: dict[str, Any]
+) -> tuple[asyncio.Task[tuple[int, str]], asyncio.Task[tuple[int, str]]]:
+    """``first`` pushed and held in the store's write; ``second`` pushed, decided, and queued behind it."""
+    held = asyncio.create_task(push(stack, first))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    behind = asyncio.create_task(push(stack, second))
+    await until(lambda: queued(stack) == 1, "the second decided and queued behind the first")
+    return held, behind
+
+
 def queued(stack: SsfStack) -> int:
     return len(stack.running.runtime.replica._writes)
 
@@ -132,14 +148,9 @@ async def test_what_was_decided_on_a_failed_write_fails_with_it(stack: SsfStack,
     write fails, the enable fails too (each is retried), and nothing half-applied is left."""
     t = now()
     token = stack.token(IDP, "jane", t - 100)
-    disable = asyncio.create_task(
-        push(stack, a_set(RISC + "account-disabled", user("jane"), {"event_timestamp": t - 20}))
+    disable, enable = await one_behind_another(
+        stack, gate, account("disabled", t - 20), account("enabled", t - 5)
     )
-    await asyncio.wait_for(gate.entered.wait(), 10)
-    enable = asyncio.create_task(
-        push(stack, a_set(RISC + "account-enabled", user("jane"), {"event_timestamp": t - 5}))
-    )
-    await until(lambda: queued(stack) == 1, "the enable decided and queued behind the disable")
     gate.fail_once = True
     gate.open.set()
     assert (await disable)[0] == 503
@@ -151,14 +162,9 @@ async def test_what_was_decided_on_a_failed_write_fails_with_it(stack: SsfStack,
 async def test_an_enable_decided_while_its_disable_is_stored_lifts_it(stack: SsfStack, gate: Gate) -> None:
     t = now()
     token = stack.token(IDP, "jane", t - 100)
-    disable = asyncio.create_task(
-        push(stack, a_set(RISC + "account-disabled", user("jane"), {"event_timestamp": t - 20}))
+    disable, enable = await one_behind_another(
+        stack, gate, account("disabled", t - 20), account("enabled", t - 5)
     )
-    await asyncio.wait_for(gate.entered.wait(), 10)
-    enable = asyncio.create_task(
-        push(stack, a_set(RISC + "account-enabled", user("jane"), {"event_timestamp": t - 5}))
-    )
-    await until(lambda: queued(stack) == 1, "the enable decided and queued behind the disable")
     gate.open.set()
     assert (await disable)[0] == 202
     assert (await enable)[0] == 202
@@ -171,14 +177,9 @@ async def test_a_late_disable_decided_while_a_newer_enable_is_stored_is_not_appl
 ) -> None:
     t = now()
     token = stack.token(IDP, "jane", t - 100)
-    enable = asyncio.create_task(
-        push(stack, a_set(RISC + "account-enabled", user("jane"), {"event_timestamp": t - 5}))
+    enable, late = await one_behind_another(
+        stack, gate, account("enabled", t - 5), account("disabled", t - 20)
     )
-    await asyncio.wait_for(gate.entered.wait(), 10)
-    late = asyncio.create_task(
-        push(stack, a_set(RISC + "account-disabled", user("jane"), {"event_timestamp": t - 20}))
-    )
-    await until(lambda: queued(stack) == 1, "the late disable decided and queued behind the enable")
     gate.open.set()
     assert (await enable)[0] == 202
     assert (await late)[0] == 202
