@@ -932,6 +932,15 @@ def _url_or_section(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [{"type": "string"}, section]
 
 
+def _sentinel_address(address: str) -> tuple[str, int] | None:
+    """HOST:PORT or [V6]:PORT as (host, port); None if it is neither."""
+    host, _, port = address.rpartition(":")
+    bare_v6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if not host.strip("[]") or bare_v6 or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 class StateSettings(Section):
     """Where continuous-trust state lives, and how it is protected."""
 
@@ -999,9 +1008,7 @@ class StateSettings(Section):
         if (self.sentinels or self.wait_replicas) and not backend.shared:
             raise _SubKeyError("sentinels" if self.sentinels else "wait_replicas", "for Redis only")
         for i, address in enumerate(self.sentinels):
-            host, _, port = address.rpartition(":")
-            bare_v6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
-            if not host.strip("[]") or bare_v6 or not port.isdigit() or not 0 < int(port) < 65536:
+            if _sentinel_address(address) is None:
                 raise _SubKeyError("sentinels", f"entry {i}: expected HOST:PORT ([V6]:PORT), got {address!r}")
         if self.sentinels:
             name, _, db = self.url.split("://", 1)[1].partition("/")
@@ -1019,6 +1026,11 @@ class StateSettings(Section):
     @property
     def scheme(self) -> str:
         return self.url.split("://", 1)[0] if "://" in self.url else ""
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``sentinels`` as (host, port), IPv6 hosts without their brackets (checked when read)."""
+        return tuple(a for a in map(_sentinel_address, self.sentinels) if a is not None)
 
 
 def _path_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:

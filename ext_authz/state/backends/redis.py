@@ -147,15 +147,12 @@ class RedisLog:
                 tls["ssl_certfile"] = str(settings.tls.cert)
             if settings.tls.key is not None:
                 tls["ssl_keyfile"] = str(settings.tls.key)
-        sentinels = tuple(
-            (a.rpartition(":")[0].strip("[]"), int(a.rpartition(":")[2])) for a in settings.sentinels
-        )
         return cls(
             settings.url,
             username=settings.username,
             password=password,
             tls=tls,
-            sentinels=sentinels,
+            sentinels=settings.sentinel_addresses,
             wait_replicas=settings.wait_replicas,
             wait_timeout=settings.wait_timeout,
         )
