@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..errors import Error
 from ..identity.names import NameError_, parse_name, parse_serial
@@ -86,10 +87,13 @@ def no_token(value: str, what: str) -> None:
     """Refuse a whole token where a claim's value (or a person's words) belongs. The message never
     repeats the value: a pasted token is a secret, and it must not reach a log or a terminal again."""
     if _TOKENISH.search(value):
-        raise InvalidArgument(
-            f"{what} looks like a whole token (a JWT), not a value: pass the claim's value instead"
-            " (the token was neither stored nor logged)"
-        )
+        raise InvalidArgument(f"{what} {_WHOLE_JWT_MESSAGE}")
+
+
+_WHOLE_JWT_MESSAGE = (
+    "looks like a whole token (a JWT), not a value: pass the claim's value instead"
+    " (the token was neither stored nor logged)"
+)
 
 
 def principal(value: str) -> str:
@@ -157,12 +161,24 @@ def revocation_value(kind: str, value: str) -> tuple[str, str]:
 
 
 def _text(value: str, what: str, limit: int = _MAX_TEXT) -> str:
+    try:
+        return _plain_text(value, limit)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_text(value: str, limit: int) -> str:
+    """``value`` stripped, if it is bounded, not empty and no token (ValueError saying what is wrong).
+    Remembered: the same few makers and reasons recur across a million stored records, each checked
+    again when they are read. Only accepted text is remembered (a refusal raises), so no token is."""
     value = value.strip()
     if not value:
-        raise InvalidArgument(f"{what} is required")
+        raise ValueError("is required")
     if len(value) > limit:
-        raise InvalidArgument(f"{what} is longer than {limit} characters")
-    no_token(value, what)
+        raise ValueError(f"is longer than {limit} characters")
+    if _TOKENISH.search(value):
+        raise ValueError(_WHOLE_JWT_MESSAGE)
     return value
 
 
@@ -616,21 +632,22 @@ def _check_seen(s: SeenEvent, settings: Settings) -> None:
         raise InvalidArgument("a seen SET kept longer than its receiver's max_age")
 
 
+# Per record type: the field naming who made it (checked as text), and the type's own checks.
+_RECORD_CHECKS: dict[type, tuple[str, Callable[[Any, Settings], None]]] = {
+    Revocation: ("created_by", _check_revocation),
+    Grant: ("created_by", _check_grant),
+    ExceptionGrant: ("opened_by", _check_exception),
+    Signal: ("set_by", _check_signal),
+    SeenEvent: ("", _check_seen),
+}
+
+
 def check_record(record: Record, settings: Settings) -> None:
     """Raise InvalidArgument unless ``record`` is one this replica's own settings would have made."""
-    for audit in ("created_by", "opened_by", "set_by"):
-        if hasattr(record, audit):
-            _text(getattr(record, audit), audit)
-    if isinstance(record, Revocation):
-        _check_revocation(record, settings)
-    elif isinstance(record, ExceptionGrant):
-        _check_exception(record, settings)
-    elif isinstance(record, Grant):
-        _check_grant(record, settings)
-    elif isinstance(record, Signal):
-        _check_signal(record, settings)
-    else:
-        _check_seen(record, settings)
+    maker, check = _RECORD_CHECKS[type(record)]
+    if maker:
+        _text(getattr(record, maker), maker)
+    check(record, settings)
 
 
 # --- records that name an issuer or trust domain this config does not verify ------------------------
