@@ -36,6 +36,7 @@ __all__ = [
     "Signal",
     "as_of",
     "decode",
+    "decode_verified",
     "encode",
     "finished_at",
 ]
@@ -328,6 +329,7 @@ class _Spec:
     optional_numbers: tuple[str, ...]
     shared: tuple[str, ...]  # few distinct values across records (kinds, makers): held once, interned
     fill: Callable[[dict[str, Any]], Any]  # the record from its data: see _filler
+    fill_verified: Callable[[dict[str, Any]], Any]  # the same, for data decoded once already
 
 
 # Fields whose values repeat across many records: interning holds each value once (a million SSF
@@ -378,8 +380,9 @@ def _spec(cls: type[Record]) -> _Spec:
             if t == "str" and n in _SHARED and not (cls is Revocation and n == "value")
         ),
         fill=lambda data: None,
+        fill_verified=lambda data: None,
     )
-    return dataclasses.replace(made, fill=_filler(cls, made))
+    return dataclasses.replace(made, fill=_filler(cls, made), fill_verified=_filler(cls, made, checked=False))
 
 
 def _build(cls: type[R], data: dict[str, Any]) -> R:
@@ -411,11 +414,12 @@ def _build(cls: type[R], data: dict[str, Any]) -> R:
 _MISSING = object()
 
 
-def _filler(cls: type[Record], spec: _Spec) -> Callable[[dict[str, Any]], Any]:
+def _filler(cls: type[Record], spec: _Spec, *, checked: bool = True) -> Callable[[dict[str, Any]], Any]:
     """A record of ``cls`` from its checked-for-keys data: each field's type checked (shared strings
     interned) and set through its slot descriptor, as the dataclass's own __init__ would (records have no
     __post_init__). Written out per type, once: a loop over the fields and a frozen dataclass's __init__
-    (object.__setattr__ per field) are most of the cost of reading a million records."""
+    (object.__setattr__ per field) are most of the cost of reading a million records. Not ``checked``:
+    for data :func:`decode` accepted already (see decode_verified), the types are not checked again."""
     env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_intern": sys.intern, "_E": RecordError}
     env.update(_MISSING=_MISSING, _float=float, _int=int, _str=str)
     lines = ["def fill(data):", "    r = _new(_cls)"]
@@ -424,7 +428,11 @@ def _filler(cls: type[Record], spec: _Spec) -> Callable[[dict[str, Any]], Any]:
         lines.append(f"    v = data.get({name!r}, _MISSING)")
         lines.append("    if v is _MISSING:")
         lines.append(f"        v = _default{i}")
-        if name in spec.strings:
+        if not checked:
+            if name in spec.shared:
+                lines.append("    else:")
+                lines.append("        v = _intern(v)")
+        elif name in spec.strings:
             lines.append("    elif type(v) is not _str:")
             lines.append(f"        raise _E({name + ' is not a string'!r})")
             if name in spec.shared:
@@ -455,6 +463,18 @@ def decode(kind: str, data: object) -> Record:
     except (TypeError, ValueError) as exc:  # a bad scope pattern, a wrong shape
         raise RecordError(f"not a {kind}: {exc}") from exc
     return record
+
+
+def decode_verified(kind: str, data: dict[str, Any]) -> Record:
+    """The record :func:`decode` made of this same data already, in another process (the start-up
+    verifier, loading.py): made again the same way, its fields and types not checked again. Only for
+    data that passed decode and the checks after it."""
+    spec = _SPECS[RECORD_TYPES[kind]]
+    if "scope" in data:
+        data["scope"] = Scope(**{k: tuple(v) for k, v in data["scope"].items()})
+    if "also" in data:
+        data["also"] = tuple((k, v) for k, v in data["also"])
+    return spec.fill_verified(data)  # type: ignore[no-any-return]
 
 
 _SPECS.update({cls: _spec(cls) for cls in RECORD_TYPES.values()})

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -38,19 +38,27 @@ from ..errors import StateError
 from ..settings import Settings
 from .audit import AuditEntry, AuditLog, AuditRow, entry_id, expiry_entry, new_entry
 from .backends.base import Change, ChangeLog
-from .commands import InvalidArgument, check_record
-from .integrity import IntegrityError, Sealer
+from .commands import check_record
+from .integrity import Sealer
+from .loading import (
+    AHEAD,
+    VERIFY_ASIDE_AFTER,
+    Answer,
+    Refusal,
+    Verifier,
+    open_stored,
+    read_ahead,
+)
 from .records import (
     RECORD_TYPES,
     ExceptionGrant,
     Grant,
     Record,
-    RecordError,
     Revocation,
     SeenEvent,
     Signal,
     as_of,
-    decode,
+    decode_verified,
     encode,
 )
 from .sessions import Sessions
@@ -68,6 +76,9 @@ WRITE_BATCH = 256  # writes that share one store transaction, at most
 FORGET_BATCH = 5000  # records forgotten from the store per maintenance, at most
 OWN_KEPT = 20_000
 FOLD_FROM = 50_000  # keys changed since the snapshot's bases were built: fold them in (in slices)
+
+
+_Loaded = tuple[StateSnapshot, dict[str, dict[str, Record]], "_Tracking"]  # what _load read
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +169,12 @@ class Replica:
         sealer: Sealer | None = None,
         clock: Clock | None = None,
         retention: float | None = None,
+        verify_aside_after: int | None = VERIFY_ASIDE_AFTER,
     ) -> None:
         self.backend = backend
+        # records a load reads before it starts a second process to verify beside it (None: never)
+        self.verify_aside_after = verify_aside_after
+        self.verifier: Verifier | None = None  # the one verifying beside the load under way, if any
         self.settings = settings
         self.sealer = sealer or Sealer(None)
         self.clock = clock or SystemClock()
@@ -247,49 +262,85 @@ class Replica:
 
     def _open(self, op: str, kind: str, rid: str, body: str) -> Record | None:
         """The record a stored body holds, if it is authentic and one our settings would have made."""
-        if kind not in RECORD_TYPES:
-            self._reject(kind, rid, "unknown_kind", "not a kind of record this version knows")
+        opened = open_stored(self.sealer, self.settings(), op, kind, rid, body)
+        if isinstance(opened, Refusal):
+            self._refused(kind, rid, opened)
             return None
-        try:
-            data = self.sealer.open(op, kind, rid, body)
-            record = decode(kind, data)
-        except IntegrityError as exc:
-            self._legacy += exc.reason == "legacy"
-            self._reject(kind, rid, exc.reason, str(exc))
-            return None
-        except RecordError as exc:
-            self._reject(kind, rid, "malformed", str(exc))
-            return None
-        if record.record_id != rid:
-            self._reject(kind, rid, "malformed", "stored under another id than its own")
-            return None
-        try:
-            check_record(record, self.settings())
-        except InvalidArgument as exc:
-            self._reject(kind, rid, "invalid", str(exc))
-            return None
-        return record
+        return opened
 
-    async def _load(self) -> tuple[StateSnapshot, dict[str, dict[str, Record]]]:
-        """Everything the store holds, opened and checked: a snapshot (not yet in force) and the records
-        by id. Read in pages; the loop is let go every ``SLICE``."""
+    def _refused(self, kind: str, rid: str, refusal: Refusal) -> None:
+        self._legacy += refusal.reason == "legacy"
+        self._reject(kind, rid, refusal.reason, refusal.detail)
+
+    async def _load(self) -> _Loaded:
+        """Everything the store holds, opened and checked: a snapshot (not yet in force), the records by
+        id and when they end. Read in pages; the loop is let go every ``SLICE``."""
         legacy_before = self._legacy
         self._written_while_loading = []  # what this replica writes meanwhile is applied again after
         position = await self.backend.position()
         builder = Builder()
         by_id: dict[str, dict[str, Record]] = {kind: {} for kind in RECORD_TYPES}
-        started = time.perf_counter()
-        n = 0
-        async for page in self.backend.records():
-            for kind, rid, body in page:
-                record = self._open("put", kind, rid, body)
+        tracking = _Tracking(self.retention)
+        began = started = time.perf_counter()
+        # Pages in the order read, each with the verifier's answer to come (None: verified here).
+        queue: deque[tuple[list[tuple[str, str, str]], Answer | None]] = deque()
+        aside = 0  # pages the verifier answered
+
+        async def file(rows: list[tuple[str, str, str]], answer: Answer | None) -> None:
+            nonlocal started, aside
+            refused: dict[int, Refusal] = {}
+            if answer is not None:
+                try:
+                    refused = {i: Refusal(reason, detail) for i, reason, detail in await answer}
+                    aside += 1
+                except Exception as exc:  # a broken verifier: this process verifies instead
+                    if self.verifier is not None:
+                        self.verifier.fail("failed", exc)
+                    answer = None
+            for i, (kind, rid, body) in enumerate(rows):
+                if answer is None:
+                    record = self._open("put", kind, rid, body)
+                elif i in refused:
+                    self._refused(kind, rid, refused[i])
+                    record = None
+                else:
+                    record = decode_verified(kind, self.sealer.read_verified(body))
                 if record is not None:
                     held = by_id[kind]
-                    builder.add(record, held.get(rid))  # read twice (a scan may): the last one is held
+                    known = held.get(rid)  # read twice (a scan may): the last one is held
+                    builder.add(record, known)
+                    tracking.track(known, record)
                     held[rid] = record
-                n += 1
-                if not n % 64:
+                if not i % 64:
                     started = await _breathe(started)
+
+        read, pages = 0, 0
+        try:
+            async for page in read_ahead(self.backend.records()):
+                read, pages = read + len(page), pages + 1
+                after = self.verify_aside_after
+                if self.verifier is None and after is not None and read > after:
+                    self.verifier = await Verifier.start(self.sealer.key, self.settings())
+                answer = None
+                if self.verifier is not None and (queue or self.verifier.ready):
+                    answer = self.verifier.verify(page)
+                queue.append((page, answer))
+                while queue and (queue[0][1] is None or queue[0][1].done() or len(queue) > AHEAD):
+                    await file(*queue.popleft())
+            while queue:
+                await file(*queue.popleft())
+        finally:
+            verifier, self.verifier = self.verifier, None
+            if verifier is not None:
+                await verifier.close()
+        if aside:
+            log.info(
+                "state: read %d records in %.1f s, %d of %d pages verified beside by a second process",
+                read,
+                time.perf_counter() - began,
+                aside,
+                pages,
+            )
         legacy = self._legacy - legacy_before
         if legacy:
             raise StateError(
@@ -303,24 +354,15 @@ class Replica:
                 self.sessions.read(key, body)
             started = await _breathe(started)
         self._position = position
-        return builder.finish(self._revision + 1, self.sessions.view), by_id
+        return builder.finish(self._revision + 1, self.sessions.view), by_id, tracking
 
-    async def _install(self, loaded: tuple[StateSnapshot, dict[str, dict[str, Record]]]) -> None:
-        """Put a whole new snapshot in force (at start, or after loading again). Its records are filed
-        first, while the last snapshot is still served; then it replaces that one with no pause in between,
-        together with what this replica wrote while it was loading (those writes are persisted, but after
-        the log position the load started from: without this they would be missing until the next read of
-        the log)."""
-        snapshot, by_id = loaded
-        tracking = _Tracking(self.retention)
-        started = time.perf_counter()
-        n = 0
-        for records in by_id.values():
-            for record in records.values():
-                tracking.track(None, record)
-                n += 1
-                if not n % 256:
-                    started = await _breathe(started)
+    async def _install(self, loaded: _Loaded) -> None:
+        """Put a whole new snapshot in force (at start, or after loading again). Its records were filed
+        while it loaded, while the last snapshot was still served; it replaces that one with no pause in
+        between, together with what this replica wrote while it was loading (those writes are persisted,
+        but after the log position the load started from: without this they would be missing until the
+        next read of the log)."""
+        snapshot, by_id, tracking = loaded
         self._tracking = tracking
         self._revision = snapshot.revision
         self.snapshot = snapshot
@@ -335,7 +377,7 @@ class Replica:
         ``at``: for ``ext-authz check --state``. Only what the store still holds can be reproduced."""
         await self.backend.open()
         try:
-            _, by_id = await self._load()
+            _, by_id, _ = await self._load()
         finally:
             with contextlib.suppress(StateError):
                 await self.backend.close()

@@ -228,7 +228,7 @@ class RedisLog:
             except _ERRORS as exc:
                 raise StateError(f"{self._where()}: {exc}") from exc
             if found:
-                yield dict(found)
+                yield found
             if int(cursor) == 0:
                 return
 
@@ -236,8 +236,8 @@ class RedisLog:
         async for found in self._scan(RECORDS, page):
             out = []
             for fld, body in found.items():
-                kind, _, rid = str(fld).partition("\x1f")
-                out.append((kind, rid, str(body)))
+                kind, _, rid = fld.partition("\x1f")
+                out.append((kind, rid, body))
             yield out
 
     async def sessions(self, page: int = PAGE) -> AsyncIterator[list[tuple[str, str]]]:
