@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +98,18 @@ class Sealer:
         if self._key is not None:  # an envelope laid out otherwise than seal() lays it out
             mac = env.get("mac")
             canonical = json.dumps(record, separators=(",", ":"), sort_keys=True)
-            if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
+            if not isinstance(mac, str) or not _is_mac(mac):
+                raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
+            if not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
                 raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
         return record
 
-    def read_verified(self, stored: str) -> Any:
+    def read_verified(self, stored: str) -> Any | None:
         """The record's decoded JSON from an envelope :meth:`open` accepted already, in another process
         (the start-up verifier, loading.py), from this same text: parsed as open() parses it, the MAC not
-        computed again. Never for text that was not verified."""
-        fast = self._open_sealed("", "", "", stored, verify=False)
-        if fast is not None:
-            return fast
-        return json.loads(stored)["record"]
+        computed again. Only an envelope laid out exactly as :meth:`seal` lays it out: None for any other
+        (the caller opens that one itself, with every check). Never for text that was not verified."""
+        return self._open_sealed("", "", "", stored, verify=False)
 
     def _open_sealed(self, op: str, kind: str, rid: str, stored: str, *, verify: bool = True) -> Any | None:
         """The fast way, for an envelope exactly as :meth:`seal` writes it (every one this version and
@@ -132,13 +133,20 @@ class Sealer:
             return None
         if not isinstance(record, dict):
             return None
-        if (
-            verify
-            and self._key is not None
-            and not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical))
-        ):
+        if not verify or self._key is None:
+            return record
+        if not _is_mac(mac) or not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
             raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
         return record
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_mac(mac: object) -> bool:
+    """Is ``mac`` written as seal() writes one (64 lowercase hex digits)? Anything else is not compared:
+    hmac.compare_digest raises on text that is not ASCII."""
+    return isinstance(mac, str) and _HEX64.fullmatch(mac) is not None
 
 
 # How seal() lays an envelope out (json.dumps with sorted keys and compact separators).

@@ -68,20 +68,26 @@ def open_stored(
     sealer: Sealer, settings: Settings, op: str, kind: str, rid: str, body: str
 ) -> Record | Refusal:
     """The record a stored body holds, if it is authentic and one ``settings`` would have made."""
-    if kind not in RECORD_TYPES:
+    if not isinstance(kind, str) or kind not in RECORD_TYPES:
         return Refusal("unknown_kind", "not a kind of record this version knows")
+    if not isinstance(rid, str) or not isinstance(body, str):
+        return Refusal("malformed", "not text")
     try:
         record = decode(kind, sealer.open(op, kind, rid, body))
     except IntegrityError as exc:
         return Refusal(exc.reason, str(exc))
     except RecordError as exc:
         return Refusal("malformed", str(exc))
+    except (ValueError, TypeError, RecursionError) as exc:  # whatever else odd input raises: never a crash
+        return Refusal("malformed", f"cannot be read ({type(exc).__name__})")
     if record.record_id != rid:
         return Refusal("malformed", "stored under another id than its own")
     try:
         check_record(record, settings)
     except InvalidArgument as exc:
         return Refusal("invalid", str(exc))
+    except (ValueError, TypeError, RecursionError) as exc:
+        return Refusal("invalid", f"cannot be checked ({type(exc).__name__})")
     return record
 
 
@@ -115,8 +121,8 @@ def _refusals(sealer: Sealer, settings: Settings, rows: Sequence[Row]) -> list[t
     refused = []
     for i, (kind, rid, body) in enumerate(rows):
         opened = open_stored(sealer, settings, "put", kind, rid, body)
-        if isinstance(opened, Refusal):
-            refused.append((i, opened.reason, opened.detail))
+        if isinstance(opened, Refusal):  # the detail may quote stored text: made fit to cross the pipe
+            refused.append((i, opened.reason, opened.detail.encode("utf-8", "backslashreplace").decode()))
     return refused
 
 
@@ -164,6 +170,8 @@ def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
 class Verifier:
     """A process that verifies pages of stored rows for one load (see the module's docstring)."""
 
+    STALL = 10.0  # seconds without the answer a page waits for: the verifier is given up (killed)
+
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
         self._answers: deque[Answer] = deque()
@@ -177,8 +185,13 @@ class Verifier:
         if cores() < 2:
             return None
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            process = await asyncio.create_subprocess_exec(  # -P: ext_authz as installed, not from the cwd
+                sys.executable,
+                "-P",
+                "-m",
+                __name__,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
             log.warning("state: loading on one core (a second process cannot start: %s)", exc)
@@ -227,15 +240,32 @@ class Verifier:
             answer = self._answers.popleft()
             if not answer.done():
                 answer.set_exception(RuntimeError(f"the verifier {why}"))
+                answer.exception()  # retrieved: whoever awaits it is told, and nobody else need be
 
     def verify(self, rows: Sequence[Row]) -> Answer | None:
-        """The answer for one page, to come; None once the verifier failed."""
+        """The answer for one page, to come; None once the verifier failed, or for a page that cannot be
+        sent (a field that is not text: this process refuses it)."""
         if self.failed:
+            return None
+        try:
+            page = orjson.dumps(rows)
+        except (TypeError, orjson.JSONEncodeError):
             return None
         answer: Answer = asyncio.get_running_loop().create_future()
         self._answers.append(answer)
-        self._send(orjson.dumps(rows))
+        self._send(page)
         return answer
+
+    async def refusals(self, answer: Answer) -> list[tuple[int, str, str]]:
+        """The rows of a page the verifier refused; RuntimeError (that page is then verified here) if it
+        failed, or gave no answer within STALL seconds (it is then killed and not used again)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), self.STALL)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            self.fail("stalled")
+            raise RuntimeError("the verifier stalled") from None
 
     async def close(self) -> None:
         """Stop it (its stdin ends), and wait for it to exit (killed if it does not within 2 s)."""

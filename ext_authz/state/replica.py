@@ -289,13 +289,14 @@ class Replica:
         async def file(rows: list[tuple[str, str, str]], answer: Answer | None) -> None:
             nonlocal started, aside
             refused: dict[int, Refusal] = {}
-            if answer is not None:
+            if answer is not None and self.verifier is not None:
                 try:
-                    refused = {i: Refusal(reason, detail) for i, reason, detail in await answer}
+                    refused = {
+                        i: Refusal(why, detail) for i, why, detail in await self.verifier.refusals(answer)
+                    }
                     aside += 1
                 except Exception as exc:  # a broken verifier: this process verifies instead
-                    if self.verifier is not None:
-                        self.verifier.fail("failed", exc)
+                    self.verifier.fail("failed", exc)
                     answer = None
             for i, (kind, rid, body) in enumerate(rows):
                 if answer is None:
@@ -304,7 +305,10 @@ class Replica:
                     self._refused(kind, rid, refused[i])
                     record = None
                 else:
-                    record = decode_verified(kind, self.sealer.read_verified(body))
+                    data = self.sealer.read_verified(body)  # None: laid out otherwise, opened here
+                    record = (
+                        self._open("put", kind, rid, body) if data is None else decode_verified(kind, data)
+                    )
                 if record is not None:
                     held = by_id[kind]
                     known = held.get(rid)  # read twice (a scan may): the last one is held

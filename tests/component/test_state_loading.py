@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -28,8 +29,8 @@ import pytest
 
 from ext_authz.state.backends.sqlite import SqliteLog
 from ext_authz.state.integrity import Sealer
-from ext_authz.state.loading import cores, serve_verifier
-from ext_authz.state.records import RECORD_TYPES, Record, encode
+from ext_authz.state.loading import Verifier, cores, serve_verifier
+from ext_authz.state.records import RECORD_TYPES, Record, SeenEvent, encode
 from ext_authz.state.replica import Replica
 from tests import factories
 from tests.unit.state.test_replica import BILLING, EXCEPTION, GRANT, SETTINGS, SIGNAL, T
@@ -279,3 +280,121 @@ async def test_a_load_limited_to_one_core_starts_no_verifier(
     r = await load(store, 0, look)
     await r.close()
     assert started and started == [None] * len(started)
+
+
+# --- hostile rows and a hostile verifier (a security review's reproductions) ---------------------------
+
+
+def small_store(tmp_path: Path, *odd: tuple[object, object, str]) -> Path:
+    """300 good revocations, with ``odd`` rows written among them as someone with the store's access."""
+    path = tmp_path / "s.db"
+
+    async def create() -> None:
+        backend = SqliteLog(path)
+        await backend.open()
+        await backend.close()
+
+    asyncio.run(create())
+    db = sqlite3.connect(path, isolation_level=None)
+    for i in range(300):
+        rev = factories.revocation(
+            f"rev_{i:04d}", "spiffe_id", f"spiffe://example.org/ns/n{i}/sa/w", created_at=T, expires_at=T + 1
+        )
+        put(db, "revocation", rev.id, sealed(rev))
+        if i == 200:
+            for kind, rid, body in odd:
+                db.execute(
+                    "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?, ?, ?)", (kind, rid, body)
+                )
+    db.close()
+    return path
+
+
+async def same_either_way(store: Path, caplog: pytest.LogCaptureFixture) -> Replica:
+    """Load ``store`` alone and with the verifier: the same records and refusals, and the verifier kept."""
+    alone = await reference(store)
+    beside = await load(store, 0, ready)
+    try:
+        assert held(beside) == held(alone)
+        assert beside.rejected == alone.rejected
+        assert not any("verifying the rest" in r.getMessage() for r in caplog.records)
+        return alone
+    finally:
+        await alone.close()
+        await beside.close()
+
+
+def test_a_valid_mac_in_an_envelope_laid_out_otherwise_is_opened_here_with_every_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The MAC covers the record, not the envelope: an envelope with a deeply nested extra member (parsed
+    last-wins) passes in the verifier, and must never be parsed again here without the same guards."""
+    rev = factories.revocation("rev_0001", "spiffe_id", "spiffe://example.org/ns/n1/sa/w", created_at=T)
+    mac = json.loads(sealed(rev))["mac"]
+    deep = '{"v":' + "[" * 980 + "]" * 980 + f',"v":2,"mac":"{mac}","record":{encode(rev)}}}'
+    alone = asyncio.run(same_either_way(small_store(tmp_path, ("revocation", rev.id, deep)), caplog))
+    assert sum(alone.rejected.values()) <= 1
+
+
+def test_a_row_whose_kind_is_not_text_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    alone = asyncio.run(same_either_way(small_store(tmp_path, (b"\xff", "x", "{}")), caplog))
+    assert alone.rejected[("unknown", "unknown_kind")] == 1
+
+
+@pytest.mark.parametrize("mac", ["é" * 64, "g" * 64, "A" * 64, "0" * 63, "0" * 65])
+def test_a_mac_that_is_not_64_hex_digits_is_unauthenticated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mac: str
+) -> None:
+    """Before, a non-ASCII MAC made hmac.compare_digest raise: one row written without the key kept every
+    replica from starting."""
+    rev = factories.revocation("rev_odd", "spiffe_id", BILLING, created_at=T)
+    fast = f'{{"mac":"{mac}","record":{encode(rev)},"v":2}}'
+    general = f'{{"v":2,"record":{encode(rev)},"mac":"{mac}"}}'
+    store = small_store(tmp_path, ("revocation", "rev_odd", fast), ("revocation", "rev_odd2", general))
+    alone = asyncio.run(same_either_way(store, caplog))
+    assert alone.rejected[("revocation", "unauthenticated")] == 2
+
+
+def test_a_refusal_that_names_a_lone_surrogate_does_not_stop_the_verifier(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key holder's SET seen from an issuer spelled with a lone surrogate: refused (not a configured
+    receiver), and the refusal's text still crosses the pipe."""
+    seen = SeenEvent(
+        id="set_0123456789abcdef0123456789abcdef",
+        issuer="https://idp\ud800.example",
+        jti="jti-1",
+        event="session-revoked",
+        seen_at=T,
+        expires_at=T + 60,
+    )
+    body = Sealer(KEY).seal("put", "seen", seen.id, encode(seen))
+    alone = asyncio.run(same_either_way(small_store(tmp_path, ("seen", seen.id, body)), caplog))
+    assert alone.rejected[("seen", "invalid")] == 1
+
+
+async def test_a_stalled_verifier_is_given_up_and_the_load_finishes_here(
+    store: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Verifier, "STALL", 0.5)
+    stopped: list[int] = []
+
+    async def stop(r: Replica, n: int) -> None:
+        await ready(r, n)
+        if n == 2:
+            assert r.verifier is not None
+            stopped.append(r.verifier._process.pid)
+            os.kill(stopped[0], signal.SIGSTOP)
+
+    alone = await reference(store)
+    try:
+        stalled = await asyncio.wait_for(load(store, 0, stop), 30)
+        assert held(stalled) == held(alone)
+        assert stalled.rejected == alone.rejected
+        assert any("stalled" in r.getMessage() for r in caplog.records)
+        await stalled.close()
+    finally:
+        await alone.close()
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped[0], signal.SIGCONT)
