@@ -10,7 +10,11 @@ verifies it and forwards it (and the XFCC chain) to ext-authz, exactly as in env
 the decision log off; (k) the sidecar default: ext-authz on a unix socket, where `transport: auto` is
 native; (l) (h) with the decision log off (the log's cost where CPU per Check is small and steady);
 (m) the allow-all floor on the path (h) and (k) take: pygrpc-native with Check answered from its batch
-callback, without a task per call (serve/native.py).
+callback, without a task per call (serve/native.py); the shared deployment, Envoy calling Check over mTLS
+with the frontend's X.509-SVID: (n) ext-authz terminating TLS itself (grpcio, `check.tls` +
+`allowed_spiffe_ids`), (o) an Envoy in front of it terminating TLS and matching the caller's SPIFFE ID,
+forwarding over a unix socket to ext-authz on native (the chart's `check.terminator: envoy`); for (o) the
+authorizer's CPU is ext-authz's and that Envoy's together.
 Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
@@ -41,7 +45,8 @@ from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
 from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
-CONFIGS = "abcdefghijklm"
+CONFIGS = "abcdefghijklmno"
+FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 
 
 def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,6 +191,30 @@ def cluster(name: str, port: int | str, streams_per_connection: int = 0) -> dict
     }
 
 
+def terminator_config(demo: Path, port: int, socket: str, admin_port: int) -> dict[str, Any]:
+    """A TLS terminator as the chart's (templates/_terminator.tpl), with the demo's files instead of SDS:
+    the caller's X.509-SVID verified and matched against the allowed SPIFFE IDs, each Check forwarded
+    over HTTP/2 on a unix socket."""
+    lst = front_listener("terminator", port, "authz_uds")
+    chain = lst["filter_chains"][0]
+    tls = _tls(demo, "envoy/server.pem", "envoy/server.key")
+    tls["validation_context"]["match_typed_subject_alt_names"] = [
+        {"san_type": "URI", "matcher": {"exact": FRONTEND}}
+    ]
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": tls,
+        },
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [lst], "clusters": [cluster("authz_uds", socket)]},
+    }
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -266,7 +295,7 @@ def open_loop(
 
 def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklm"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklmno"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -286,10 +315,13 @@ def main() -> None:
             "nolog",
             "native_nolog",
             "direct_floor",
+            "shared_tls",
+            "terminator",
         )
         ports = {k: free_port() for k in (*CONFIGS, *names)}
 
         sidecar_socket = f"{tmp}/sidecar-check.sock"
+        shared_socket = f"{tmp}/shared-check.sock"
 
         def authz_config(
             name: str,
@@ -299,6 +331,7 @@ def main() -> None:
             transport: str = "grpcio",
             log: bool = True,
             listen: str = "",
+            tls: bool = False,
         ) -> Path:
             cfg = yaml.safe_load((demo / "config.yaml").read_text())
             cfg.update(
@@ -312,6 +345,11 @@ def main() -> None:
                 decision_log={"path": str(tmp / f"{name}.jsonl"), "enabled": log},
                 check={} if (listen or "").startswith("unix://") else {"plaintext": True},
             )
+            if tls:
+                cfg["check"] = {
+                    "tls": {"cert": str(demo / "envoy/server.pem"), "key": str(demo / "envoy/server.key")},
+                    "allowed_spiffe_ids": [FRONTEND],
+                }
             for td in cfg["trust_domains"].values():
                 for k in ("x509_bundle", "jwt_bundle"):
                     td[k] = str(demo / td[k])
@@ -378,6 +416,8 @@ def main() -> None:
                     listener("l", ports["l"], [ext_authz("native_nolog")]),
                     listener("k", ports["k"], [ext_authz("sidecar")]),
                     listener("m", ports["m"], [ext_authz("direct_floor")]),
+                    listener("n", ports["n"], [ext_authz("shared_tls")]),
+                    listener("o", ports["o"], [ext_authz("shared_envoy")]),
                 ],
                 "clusters": [
                     cluster("floor", ports["floor"]),
@@ -392,10 +432,14 @@ def main() -> None:
                     cluster("native_nolog", ports["native_nolog"]),
                     cluster("sidecar", sidecar_socket),
                     cluster("direct_floor", ports["direct_floor"]),
+                    mtls_cluster("shared_tls", ports["shared_tls"], demo),
+                    mtls_cluster("shared_envoy", ports["terminator"], demo),
                 ],
             },
         }
         (tmp / "envoy.json").write_text(json.dumps(envoy_cfg))
+        terminator_cfg = terminator_config(demo, ports["terminator"], shared_socket, free_port())
+        (tmp / "terminator.json").write_text(json.dumps(terminator_cfg))
         py = sys.executable
 
         def serve(config: Path) -> subprocess.Popen[bytes]:
@@ -432,8 +476,26 @@ def main() -> None:
             native_nolog = serve(
                 authz_config("native_nolog", ports["native_nolog"], 10_000, transport="native", log=False)
             )
+            shared_tls = serve(authz_config("shared_tls", ports["shared_tls"], 10_000, tls=True))
+            shared_native = serve(
+                authz_config("shared_native", 0, 10_000, transport="native", listen=f"unix://{shared_socket}")
+            )
+            terminator = subprocess.Popen(
+                [
+                    envoy_binary(),
+                    "-c",
+                    str(tmp / "terminator.json"),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--disable-hot-restart",
+                    "--base-id",
+                    "7",
+                ]
+            )
             procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog]
-            procs += [direct_floor, envoy]
+            procs += [direct_floor, envoy, shared_tls, shared_native, terminator]
             time.sleep(4)
             servers = {
                 "c": floor,
@@ -446,7 +508,10 @@ def main() -> None:
                 "k": sidecar,
                 "l": native_nolog,
                 "m": direct_floor,
+                "n": shared_tls,
+                "o": shared_native,
             }
+            helpers = {"o": terminator}  # CPU counted with the server's
             work = {
                 "a": ("/", None),
                 "b": ("/user/me", alice),
@@ -461,6 +526,8 @@ def main() -> None:
                 "k": ("/internal/jobs", jwt_svid),
                 "l": ("/internal/jobs", jwt_svid),
                 "m": ("/internal/jobs", jwt_svid),
+                "n": ("/internal/jobs", jwt_svid),
+                "o": ("/internal/jobs", jwt_svid),
             }
             for k, (path, tok) in work.items():  # warm up every path once
                 subprocess.run(
@@ -481,10 +548,12 @@ def main() -> None:
                 order = list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS))
                 for k in order:
                     path, tok = work[k]
-                    before = proc_cpu(servers[k].pid) if k in servers else 0.0
+                    counted = [p.pid for p in (servers.get(k), helpers.get(k)) if p is not None]
+                    before = sum(proc_cpu(pid) for pid in counted)
                     res = h2load(ports[k], path, tok, tmp / f"{k}{r}.log")
                     if k in servers:
-                        cpu_per_check[k].append((proc_cpu(servers[k].pid) - before) / REQUESTS * 1e6)
+                        cpu = sum(proc_cpu(pid) for pid in counted) - before
+                        cpu_per_check[k].append(cpu / REQUESTS * 1e6)
                     results[k].append(res)
                 # Latency at a fixed, moderate rate: what a request pays for the hop.
                 for k in ("c", "d", "h"):
@@ -511,6 +580,8 @@ def main() -> None:
         "k": "Envoy + ext-authz sidecar: unix socket, transport auto (native)",
         "l": "Envoy + ext-authz, warm, transport: native, decision log off",
         "m": "Envoy + allow-all on pygrpc-native, Check answered from the batch (direct floor)",
+        "n": "Envoy --mTLS--> ext-authz (grpcio terminates TLS), shared, warm",
+        "o": "Envoy --mTLS--> Envoy terminator --unix--> ext-authz native, shared, warm",
     }
     table = {}
     for k in CONFIGS:
@@ -552,6 +623,8 @@ def main() -> None:
         "cpu k/m": round(table["k"]["cpu_us_per_check"] / table["m"]["cpu_us_per_check"], 3),
         "k/b": round(table["k"]["rps"] / table["b"]["rps"], 3),
         "h/b": round(table["h"]["rps"] / table["b"]["rps"], 3),
+        "shared o/n": round(table["o"]["rps"] / table["n"]["rps"], 3),
+        "cpu shared o/n": round(table["o"]["cpu_us_per_check"] / table["n"]["cpu_us_per_check"], 3),
     }
     out = {
         "machine": f"{os.cpu_count()} cores",

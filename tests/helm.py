@@ -176,6 +176,20 @@ class Case:
     def mode(self) -> str:
         return str(self.values.get("mode", "sidecar"))
 
+    @property
+    def terminator(self) -> bool:
+        """Shared mode, the pod's Envoy terminating the callers' mTLS (check.terminator, default envoy)."""
+        return (
+            self.mode == "shared"
+            and not self.values.get("istio", {}).get("enabled")
+            and self.values.get("check", {}).get("terminator", "envoy") == "envoy"
+        )
+
+    @property
+    def envoy(self) -> bool:
+        """An Envoy container in the pod (the sidecar's or the terminator)."""
+        return self.mode == "sidecar" or self.terminator
+
 
 def render(case: Case) -> Rendered:
     return render_values(case.values)
@@ -317,6 +331,23 @@ CASES: tuple[Case, ...] = (
             },
         },
         frozenset({("Secret", "redis-credentials")}),
+    ),
+    Case(
+        "shared-grpcio-terminates",
+        {**SHARED, "check": {**SHARED["check"], "terminator": "ext-authz"}},
+    ),
+    Case(
+        "shared-grpcio-terminates-bundle-files",
+        {
+            **SHARED,
+            "spiffe": {"workloadApi": False, "bundles": {"trustDomains": _inline_bundles()}},
+            "check": {
+                **SHARED["check"],
+                "terminator": "ext-authz",
+                "tls": {"existingSecret": "ext-authz-check-tls"},
+            },
+        },
+        frozenset({("Secret", "ext-authz-check-tls")}),
     ),
     Case(
         "shared-istio",

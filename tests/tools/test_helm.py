@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ext_authz.config import parse_settings
+from ext_authz.dev import pki
 from ext_authz.dev.stack import envoy_binary
 from ext_authz.settings import Settings, is_loopback
 from tests.conftest import REPO
@@ -47,7 +48,7 @@ from tests.helm import (
 )
 
 IDS = [c.name for c in CASES]
-SIDECAR_CASES = [c for c in CASES if c.mode == "sidecar"]
+ENVOY_CASES = [c for c in CASES if c.envoy]  # a pod with an Envoy: the sidecar's, or the terminator
 CONFIG_PATH = Path("/etc/ext-authz/config/config.yaml")
 DATA = REPO / "tests/data/k8s"
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -277,11 +278,24 @@ def test_istio_objects_pass_istioctl_validate(tmp_path: Path) -> None:
 # ---- configs the chart writes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", SIDECAR_CASES, ids=[c.name for c in SIDECAR_CASES])
+@pytest.mark.parametrize("case", ENVOY_CASES, ids=[c.name for c in ENVOY_CASES])
 def test_the_envoy_config_passes_envoy_validate(case: Case, tmp_path: Path) -> None:
-    """`envoy --mode validate` needs no SDS server and no socket to exist: the config is checked as is."""
+    """`envoy --mode validate` needs no SDS server and no socket to exist: the config is checked as is.
+    Files it names (a terminator's certificate and bundles without the Workload API) are read: here they
+    are written where the pod mounts them, moved under tmp_path."""
     text = render(case).envoy_config()
     assert text is not None
+    if "/etc/ext-authz/" in text:
+        ca = pki.make_ca("chart test root", spiffe_td="example.org")
+        leaf = pki.make_leaf(ca, ["spiffe://example.org/ns/authz/sa/ext-authz"])
+        for path, content in (
+            ("check-tls/tls.crt", leaf.pem),
+            ("check-tls/tls.key", leaf.key_pem),
+            ("bundles/example.org.x509.pem", ca.pem),
+        ):
+            (tmp_path / path).parent.mkdir(exist_ok=True)
+            (tmp_path / path).write_text(content)
+        text = text.replace("/etc/ext-authz/", f"{tmp_path}/")
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
     res = subprocess.run(
@@ -319,7 +333,7 @@ def test_the_ext_authz_config_follows_the_contract(case: Case) -> None:
     assert errors == []
     assert settings.admin_listen.startswith("unix://")
     assert settings.http_listen is not None and not is_loopback(settings.http_listen)
-    if case.mode == "sidecar":
+    if case.envoy:  # the pod's Envoy calls Check on the socket: the sidecar's, or the terminator
         assert settings.listen == "unix:///run/ext-authz/check.sock"
         assert settings.check.socket_mode == 0o660 and settings.check.tls is None
         assert settings.mtls.source == "certificate"
@@ -531,7 +545,7 @@ def test_the_probe_check_sees_a_loopback_only_port() -> None:
     assert 9902 not in {p for h, p in envoy_listens(config) if _beyond_loopback(h)}
 
 
-@pytest.mark.parametrize("case", SIDECAR_CASES, ids=[c.name for c in SIDECAR_CASES])
+@pytest.mark.parametrize("case", ENVOY_CASES, ids=[c.name for c in ENVOY_CASES])
 def test_envoys_readiness_port_serves_its_admin_ready_from_a_private_socket(case: Case) -> None:
     r = render(case)
     config = yaml.safe_load(r.envoy_config() or "")
@@ -636,7 +650,7 @@ def test_network_policies_can_be_turned_off() -> None:
     assert render(case).of("PodDisruptionBudget") == []  # one replica: nothing to budget
 
 
-@pytest.mark.parametrize("case", SIDECAR_CASES, ids=[c.name for c in SIDECAR_CASES])
+@pytest.mark.parametrize("case", ENVOY_CASES, ids=[c.name for c in ENVOY_CASES])
 def test_the_check_socket_is_shared_by_envoy_and_ext_authz_only(case: Case) -> None:
     r = render(case)
     pod = r.deployment()["spec"]["template"]["spec"]

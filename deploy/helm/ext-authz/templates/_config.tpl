@@ -74,6 +74,17 @@ envoyAdminSocket: /run/envoy/admin.sock
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%v" $v.ports.check) -}}
 {{- $_ := set $check "plaintext" true -}}
 {{- $_ := set $mtls "source" "principal" -}}
+{{- else if include "ext-authz.terminator" . -}}
+{{- /* The pod's Envoy terminates the callers' mTLS, admits only check.allowedSpiffeIds, and forwards each
+       Check over this socket (in an emptyDir only Envoy and ext-authz mount): native, as in a sidecar. */ -}}
+{{- if not $v.check.allowedSpiffeIds -}}
+{{- fail "check.allowedSpiffeIds is required in shared mode: the SPIFFE IDs of the Envoys that may call Check" -}}
+{{- end -}}
+{{- if and (not (include "ext-authz.workloadApi" .)) (not $v.check.tls.existingSecret) -}}
+{{- fail "check.tls.existingSecret is required in shared mode without the Workload API: the Check server certificate the pod's Envoy presents" -}}
+{{- end -}}
+{{- $_ := set $cfg "listen" (printf "unix://%s" $p.checkSocket) -}}
+{{- $_ := set $check "socket_mode" "0660" -}}
 {{- else -}}
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%v" $v.ports.check) -}}
 {{- if include "ext-authz.workloadApi" . -}}

@@ -90,6 +90,25 @@ sqlite
 {{- if and .Values.spiffe.workloadApi (not .Values.istio.enabled) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Shared mode without Istio, with an Envoy in each pod terminating the callers' mTLS (check.terminator). */}}
+{{- define "ext-authz.terminator" -}}
+{{- if and (eq .Values.mode "shared") (not .Values.istio.enabled) (eq .Values.check.terminator "envoy") -}}true{{- end -}}
+{{- end -}}
+
+{{/* An Envoy container in the pod: the sidecar's, or the shared mode's terminator. */}}
+{{- define "ext-authz.envoy" -}}
+{{- if or (eq .Values.mode "sidecar") (include "ext-authz.terminator" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The pod's Envoy bootstrap: the sidecar's, or the terminator's. */}}
+{{- define "ext-authz.podEnvoyConfig" -}}
+{{- if eq .Values.mode "sidecar" -}}
+{{- include "ext-authz.envoyConfig" . -}}
+{{- else -}}
+{{- include "ext-authz.terminatorConfig" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Trust domains from bundle files (spiffe.bundles), without Istio. */}}
 {{- define "ext-authz.bundleFiles" -}}
 {{- if and .Values.spiffe.bundles.trustDomains (not .Values.istio.enabled) -}}true{{- end -}}
@@ -173,6 +192,9 @@ cluster: they always show a fresh value.
 {{- end }}
 {{- if and .Values.istio.enabled (ne .Values.mode "shared") }}
 {{- fail "istio.enabled needs mode: shared (in the mesh, Istio's sidecar is the workload's Envoy)" }}
+{{- end }}
+{{- if not (has .Values.check.terminator (list "envoy" "ext-authz")) }}
+{{- fail (printf "check.terminator: expected envoy or ext-authz, got %q" .Values.check.terminator) }}
 {{- end }}
 {{- if and .Values.istio.enabled (not .Values.istio.allowedPrincipals) }}
 {{- fail "istio.allowedPrincipals: name the Istio principals (TD/ns/NS/sa/SA) whose sidecars call Check" }}

@@ -61,6 +61,10 @@ and verifying ext-authz's own X509-SVID (from the Workload API), e.g. spiffe://{
 {{- else }}
 and verifying ext-authz's certificate from Secret {{ .Values.check.tls.existingSecret }}.
 {{- end }}
+{{- if include "ext-authz.terminator" . }}
+In each pod an Envoy terminates that mTLS (check.terminator: envoy) and forwards to ext-authz over a unix
+socket; a caller not on the list is refused in the handshake.
+{{- end }}
 Label those Envoys' pods ext-authz/client=true (or set networkPolicy.checkClients).
 {{- end }}
 

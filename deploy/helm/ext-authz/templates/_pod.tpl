@@ -16,6 +16,8 @@ ext-authz alone, Envoy's admin socket's into Envoy alone, each Secret into ext-a
 {{- $v := .Values -}}
 {{- $p := include "ext-authz.paths" . | fromYaml -}}
 {{- $sidecar := eq $v.mode "sidecar" -}}
+{{- $envoy := include "ext-authz.envoy" . -}}
+{{- $terminator := include "ext-authz.terminator" . -}}
 {{- $redis := eq (include "ext-authz.stateBackend" .) "redis" -}}
 {{- $caSource := include "ext-authz.redisCaSource" . -}}
 {{- $ca := splitList " " $caSource -}}
@@ -33,9 +35,9 @@ metadata:
     # ext-authz reloads config.yaml by itself, keeping the last good one; a changed config still rolls
     # the pods, so a new policy is validated (the init container) before any pod serves it.
     checksum/config: {{ include "ext-authz.config" . | sha256sum }}
-    {{- if $sidecar }}
+    {{- if $envoy }}
     # Envoy reads its bootstrap once: a new one needs new pods. ext-authz reloads config.yaml by itself.
-    checksum/envoy: {{ include "ext-authz.envoyConfig" . | sha256sum }}
+    checksum/envoy: {{ include "ext-authz.podEnvoyConfig" . | sha256sum }}
     {{- end }}
     {{- with $v.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -135,13 +137,16 @@ spec:
     {{- include "ext-authz.envoyContainer" (dict "root" . "native" false) | nindent 4 }}
     {{- end }}
     {{- end }}
+    {{- if $terminator }}
+    {{- include "ext-authz.envoyContainer" (dict "root" . "native" false) | nindent 4 }}
+    {{- end }}
     {{- if not $native }}
     {{- include "ext-authz.authzContainer" (dict "root" . "native" false) | nindent 4 }}
     {{- end }}
   volumes:
     - name: config
       configMap: {name: {{ include "ext-authz.fullname" . }}-config}
-    {{- if $sidecar }}
+    {{- if $envoy }}
     - name: envoy-config
       configMap: {name: {{ include "ext-authz.fullname" . }}-envoy}
     # The Check socket (mode 0660, group fsGroup): Envoy and ext-authz only.
@@ -224,7 +229,7 @@ spec:
 {{- $redis := eq (include "ext-authz.stateBackend" .) "redis" -}}
 {{- $caSource := include "ext-authz.redisCaSource" . -}}
 - {name: config, mountPath: {{ dir $p.config }}, readOnly: true}
-{{- if $sidecar }}
+{{- if include "ext-authz.envoy" . }}
 - {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
 {{- end }}
 - {name: admin-socket, mountPath: {{ dir $p.adminSocket }}}
@@ -238,7 +243,7 @@ spec:
 {{- if include "ext-authz.bundleFiles" . }}
 - {name: bundles, mountPath: {{ $p.bundles }}, readOnly: true}
 {{- end }}
-{{- if and (not $sidecar) (not $v.istio.enabled) (not (include "ext-authz.workloadApi" .)) }}
+{{- if and (not $sidecar) (not $v.istio.enabled) (not (include "ext-authz.workloadApi" .)) (not (include "ext-authz.terminator" .)) }}
 - {name: check-tls, mountPath: {{ $p.checkTls }}, readOnly: true}
 {{- end }}
 {{- if $v.istio.enabled }}
@@ -270,7 +275,11 @@ spec:
   command: [envoy]
   args: [-c, /etc/envoy/envoy.yaml, --log-level, {{ $v.envoy.logLevel }}, --disable-hot-restart]
   ports:
+    {{- if $sidecar }}
     - {name: mtls, containerPort: {{ $v.envoy.ports.mtls }}}
+    {{- else }}
+    - {name: check, containerPort: {{ $v.ports.check }}}
+    {{- end }}
     - {name: envoy-ready, containerPort: {{ $v.envoy.ports.ready }}}
   resources:
     {{- toYaml $v.envoy.resources | nindent 8 }}
@@ -285,7 +294,15 @@ spec:
     - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
     - {name: check-socket, mountPath: {{ dir $p.checkSocket }}}
     - {name: envoy-admin, mountPath: {{ dir $p.envoyAdminSocket }}}
+    {{- if or $sidecar (include "ext-authz.workloadApi" $root) }}
     - {name: spiffe-workload-api, mountPath: {{ include "ext-authz.socketDir" $root }}, readOnly: true}
+    {{- else }}
+    # The terminator's server certificate and the callers' bundles, from files.
+    - {name: check-tls, mountPath: {{ $p.checkTls }}, readOnly: true}
+    {{- if include "ext-authz.bundleFiles" $root }}
+    - {name: bundles, mountPath: {{ $p.bundles }}, readOnly: true}
+    {{- end }}
+    {{- end }}
 {{- end -}}
 
 {{- define "ext-authz.authzContainer" -}}
@@ -305,7 +322,7 @@ spec:
     {{- toYaml . | nindent 8 }}
   {{- end }}
   ports:
-    {{- if not $sidecar }}
+    {{- if not (include "ext-authz.envoy" $root) }}
     - {name: check, containerPort: {{ $v.ports.check }}}
     {{- end }}
     - {name: http, containerPort: {{ $v.ports.http }}}

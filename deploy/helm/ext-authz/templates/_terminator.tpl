@@ -1,0 +1,152 @@
+{{/*
+Envoy's bootstrap for mode shared with check.terminator envoy (rendered into the RELEASE-envoy ConfigMap).
+The callers (Envoys elsewhere) reach this pod's `check` port over mTLS: this Envoy verifies each one's
+X509-SVID against its trust domain's bundle, admits only check.allowedSpiffeIds (a handshake with any
+other certificate, or none, fails), and forwards every Check over HTTP/2 on the unix socket in the emptyDir
+only Envoy and ext-authz mount, where ext-authz serves it on the native transport. With the Workload API
+the server certificate and the bundles come over SDS from the SPIRE agent; without it, from
+check.tls.existingSecret and spiffe.bundles (X.509 bundles as PEM).
+*/}}
+{{- define "ext-authz.terminatorConfig" -}}
+{{- $v := .Values -}}
+{{- $p := include "ext-authz.paths" . | fromYaml -}}
+{{- $sds := printf "{resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: spire_agent}}]}}" -}}
+{{- $workloadApi := include "ext-authz.workloadApi" . -}}
+node: {id: {{ include "ext-authz.fullname" . | quote }}, cluster: {{ include "ext-authz.fullname" . | quote }}}
+# The admin interface is a unix socket in an emptyDir only the Envoy container mounts (not on the network).
+admin:
+  address: {pipe: {path: {{ $p.envoyAdminSocket }}, mode: 384}}   # 0600
+overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: {{ $v.envoy.maxDownstreamConnections }}
+static_resources:
+  listeners:
+  - name: check
+    address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.ports.check }}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [h2]
+            {{- if $workloadApi }}
+            tls_certificate_sds_secret_configs:
+            - name: {{ $v.envoy.sds.svidName | quote }}
+              sds_config: {{ $sds }}
+            # Each trust domain by its own bundle (from the agent), and only these callers.
+            combined_validation_context:
+              default_validation_context:
+                match_typed_subject_alt_names:
+                {{- range $v.check.allowedSpiffeIds }}
+                - {san_type: URI, matcher: {exact: {{ . | quote }}}}
+                {{- end }}
+              validation_context_sds_secret_config:
+                name: {{ $v.envoy.sds.validationContextName | quote }}
+                sds_config: {{ $sds }}
+            {{- else }}
+            tls_certificates:
+            - certificate_chain: {filename: {{ $p.checkTls }}/tls.crt}
+              private_key: {filename: {{ $p.checkTls }}/tls.key}
+            validation_context:
+              match_typed_subject_alt_names:
+              {{- range $v.check.allowedSpiffeIds }}
+              - {san_type: URI, matcher: {exact: {{ . | quote }}}}
+              {{- end }}
+              # Each trust domain by its own bundle (Envoy's SPIFFE validator).
+              custom_validator_config:
+                name: envoy.tls.cert_validator.spiffe
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig
+                  trust_domains:
+                  {{- range $td, $b := include "ext-authz.trustDomains" . | fromYaml }}
+                  {{- if $b.x509_bundle }}
+                  - {name: {{ $td | quote }}, trust_bundle: {filename: {{ $b.x509_bundle }}}}
+                  {{- end }}
+                  {{- end }}
+            {{- end }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: check
+          codec_type: HTTP2
+          # Nothing a caller says about certificates is passed on.
+          forward_client_cert_details: SANITIZE
+          route_config:
+            name: check
+            virtual_hosts:
+            - name: check
+              domains: ["*"]
+              routes:
+              - match: {prefix: /envoy.service.auth.v3.Authorization/, grpc: {}}
+                route: {cluster: ext_authz, timeout: {{ $v.envoy.checkTimeout }}}
+              - match: {prefix: /grpc.health.v1.Health/, grpc: {}}
+                route: {cluster: ext_authz, timeout: {{ $v.envoy.checkTimeout }}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  # Readiness for kubelet, as in the sidecar's config: GET /ready is the admin interface's /ready.
+  - name: ready
+    address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.envoy.ports.ready }}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ready
+          route_config:
+            name: ready
+            virtual_hosts:
+            - name: ready
+              domains: ["*"]
+              routes:
+              - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
+                route: {cluster: envoy_admin, timeout: 2s}
+              - match: {prefix: "/"}
+                direct_response: {status: 404}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: ext_authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: ext_authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {pipe: {path: {{ $p.checkSocket }}}}}
+  {{- if $workloadApi }}
+  - name: spire_agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: spire_agent
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {pipe: {path: {{ $v.spiffe.socketPath }}}}}
+  {{- end }}
+  - name: envoy_admin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: envoy_admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {pipe: {path: {{ $p.envoyAdminSocket }}}}}
+{{- end -}}

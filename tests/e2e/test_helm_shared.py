@@ -1,0 +1,255 @@
+"""The Helm chart's shared pod with its default terminator, run for real: the Envoy and ext-authz configs
+the chart renders for `mode: shared` (the Envoy in the pod terminating the callers' mTLS, ext-authz on
+native behind it over a unix socket), a real spire-server and spire-agent standing in for SPIRE and its
+CSI driver. As in test_helm_sidecar.py, only what differs outside a pod is rewritten: the sockets' and the
+state file's directories, the ports (free ones), and 0.0.0.0 as 127.0.0.1.
+
+What it shows: a caller proving an allowed SPIFFE ID with its X509-SVID gets its Checks decided by
+ext-authz (the chart's default rule: the frontend may GET /api/*); a caller with an SVID of the same trust
+domain that is not on check.allowedSpiffeIds, or with no certificate, or with a certificate of another
+CA, is refused in the handshake and no Check reaches ext-authz; the probes answer where the chart points
+them; the Check socket is mode 0660.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import grpc
+import pytest
+
+from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
+from ext_authz._proto.envoy.external_auth_pb2_grpc import AuthorizationStub
+from ext_authz.dev import pki
+from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
+from ext_authz.dev.stack import envoy_binary, envoy_listener_ports
+from tests.e2e.test_helm_sidecar import _get, _status_or_none
+from tests.helm import render_values
+
+pytestmark = pytest.mark.e2e
+
+TD = "example.org"
+POD_ID = f"spiffe://{TD}/ns/authz/sa/ext-authz"
+GATEWAY = f"spiffe://{TD}/ns/edge/sa/gateway"  # on check.allowedSpiffeIds
+INTRUDER = f"spiffe://{TD}/ns/billing/sa/worker"  # a valid SVID of the trust domain, not on the list
+FRONTEND = f"spiffe://{TD}/ns/frontend/sa/web"
+BILLING = f"spiffe://{TD}/ns/billing/sa/worker"
+
+
+@dataclass
+class Pod:
+    root: Path
+    ports: dict[str, int]
+    bundle: Path
+    svids: dict[str, tuple[Path, Path]]
+    procs: dict[str, subprocess.Popen[bytes]]
+    check_socket: Path
+
+    def alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited: {(self.root / f'{name}.log').read_text()[-1500:]}")
+
+
+@pytest.fixture(scope="module")
+def pod() -> Iterator[Pod]:
+    root = short_dir("ext-authz-shared-")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(SpireServer(root / "server", TD))
+            agent = stack.enter_context(SpireAgent(root / "agent", server))
+            server.create_entries([Entry(POD_ID, parent=agent.spiffe_id, dns_names=("localhost",))])
+            agent.wait_for_svids([POD_ID])
+            svids: dict[str, tuple[Path, Path]] = {}
+            bundle = Path()
+            for name, sid in (("gateway", GATEWAY), ("intruder", INTRUDER), ("frontend", FRONTEND)):
+                chain, key, bundle = server.mint_x509(sid, root / name)
+                svids[name] = (chain, key)
+            # The default shared values, SQLite for one replica (Redis is test_helm_redis.py's subject).
+            r = render_values(
+                {
+                    "mode": "shared",
+                    "replicas": 1,
+                    "check": {"allowedSpiffeIds": [GATEWAY]},
+                    "state": {"backend": "sqlite"},
+                }
+            )
+            envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
+            assert envoy_text is not None
+            run = root / "run"
+            for d in ("check", "admin", "envoy", "state"):
+                (run / d).mkdir(parents=True)
+            ports = {"check": 0, "ready": 0, "http": 0}
+
+            def local(text: str) -> str:
+                for pod_path, here in (
+                    ("/spiffe-workload-api/spire-agent.sock", str(agent.socket)),
+                    ("/run/ext-authz/", f"{run}/check/"),
+                    ("/run/ext-authz-admin/", f"{run}/admin/"),
+                    ("/run/envoy/", f"{run}/envoy/"),
+                    ("/var/lib/ext-authz/", f"{run}/state/"),
+                ):
+                    text = text.replace(pod_path, here)
+                for name, pod_port in (("check", 9191), ("ready", 9902), ("http", 9192)):
+                    text = re.sub(rf"\b{pod_port}\b", str(ports[name]), text)
+                return text.replace("0.0.0.0", "127.0.0.1")
+
+            def spawn(name: str, argv: list[str]) -> None:
+                with (root / f"{name}.log").open("wb") as log:
+                    procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+            py = sys.executable
+            (root / "config.yaml").write_text(local(config_text))
+            spawn(
+                "ext-authz",
+                [
+                    py,
+                    "-m",
+                    "ext_authz.cli",
+                    "serve",
+                    "--config",
+                    str(root / "config.yaml"),
+                    "--ready-file",
+                    str(root / "ready"),
+                ],
+            )
+
+            def reported() -> str | None:
+                if procs["ext-authz"].poll() is not None:
+                    raise RuntimeError((root / "ext-authz.log").read_text()[-1500:])
+                text = (root / "ready").read_text() if (root / "ready").exists() else ""
+                return text if text.endswith("\n") else None
+
+            bound = json.loads(wait_until("ext-authz to report its ports", reported, 60))
+            ports["http"] = int(bound["http"].rpartition(":")[2])
+            (root / "envoy.yaml").write_text(local(envoy_text))
+            spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
+
+            def listening() -> dict[str, int] | None:
+                if procs["envoy"].poll() is not None:
+                    raise RuntimeError((root / "envoy.log").read_text()[-1500:])
+                with contextlib.suppress(OSError, ValueError):
+                    found = envoy_listener_ports(f"unix://{run}/envoy/admin.sock")
+                    if {"check", "ready"} <= found.keys():
+                        return found
+                return None
+
+            found = wait_until("the terminator's listeners", listening, 60)
+            ports["check"], ports["ready"] = found["check"], found["ready"]
+            p = Pod(root, ports, bundle, svids, procs, run / "check/check.sock")
+
+            def ready() -> bool | None:
+                ok = _status_or_none(ports["http"], "/readyz") == 200
+                return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
+
+            wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
+            yield p
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def request(leaf_pem: str, path: str = "/api/orders") -> CheckRequest:
+    """A Check as an Envoy sends it for a request whose client presented ``leaf_pem``."""
+    req = CheckRequest()
+    h = req.attributes.request.http
+    h.method, h.path, h.host, h.scheme, h.protocol = "GET", path, "backend.internal", "https", "HTTP/2"
+    h.headers.update({":method": "GET", ":path": path, ":authority": "backend.internal"})
+    req.attributes.source.address.socket_address.address = "127.0.0.1"
+    req.attributes.source.certificate = quote(leaf_pem, safe="")
+    req.attributes.context_extensions["listener"] = "mesh"
+    return req
+
+
+def leaf(chain: Path) -> str:
+    pem = chain.read_text()
+    return pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")] + "\n"
+
+
+def check(pod: Pod, caller: tuple[bytes, bytes] | None, req: CheckRequest) -> tuple[int, str]:
+    """Call Check on the pod's port over mTLS as ``caller`` (chain, key PEM; None: no certificate):
+    (HTTP status ext-authz answered, its reason header)."""
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pod.bundle.read_bytes(),
+        private_key=caller[1] if caller else None,
+        certificate_chain=caller[0] if caller else None,
+    )
+    target = f"127.0.0.1:{pod.ports['check']}"
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(target, creds, options=options) as channel:
+        resp = AuthorizationStub(channel).Check(req, timeout=10)
+    if resp.HasField("ok_response"):
+        return 200, ""
+    headers = {h.header.key: h.header.value for h in resp.denied_response.headers}
+    return resp.denied_response.status.code, headers.get("x-ext-authz-reason", "")
+
+
+def svid(pod: Pod, name: str) -> tuple[bytes, bytes]:
+    chain, key = pod.svids[name]
+    return chain.read_bytes(), key.read_bytes()
+
+
+def test_an_allowed_caller_gets_checks_decided_by_the_charts_rule(pod: Pod) -> None:
+    frontend = leaf(pod.svids["frontend"][0])
+    assert check(pod, svid(pod, "gateway"), request(frontend)) == (200, "")
+    assert check(pod, svid(pod, "gateway"), request(frontend, "/admin")) == (403, "no_rule")
+    assert check(pod, svid(pod, "gateway"), request(leaf(pod.svids["intruder"][0]))) == (403, "no_rule")
+    pod.alive()
+
+
+@pytest.mark.parametrize("who", ["intruder", "none", "other-ca"])
+def test_a_caller_not_on_the_list_is_refused_in_the_handshake(pod: Pod, who: str, tmp_path: Path) -> None:
+    if who == "other-ca":  # the gateway's very SPIFFE ID, under a CA the trust domain never had
+        ca = pki.make_ca("impostor", spiffe_td=TD)
+        fake = pki.make_leaf(ca, [GATEWAY])
+        caller: tuple[bytes, bytes] | None = (fake.pem.encode(), fake.key_pem.encode())
+    else:
+        caller = None if who == "none" else svid(pod, who)
+    before = decided(pod)
+    with pytest.raises(grpc.RpcError) as err:
+        check(pod, caller, request(leaf(pod.svids["frontend"][0])))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    assert decided(pod) == before  # no Check reached ext-authz
+    assert check(pod, svid(pod, "gateway"), request(leaf(pod.svids["frontend"][0])))[0] == 200
+    assert decided(pod) == before + 1  # ...while the allowed caller's does
+    pod.alive()
+
+
+def decided(pod: Pod) -> float:
+    """Checks ext-authz decided so far (its ext_authz_decisions_total, on its metrics port)."""
+    _, body = _get(pod.ports["http"], "/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith("ext_authz_decisions_total{")
+    )
+
+
+def test_the_probes_answer_where_the_chart_points_them(pod: Pod) -> None:
+    assert _get(pod.ports["http"], "/readyz")[0] == 200
+    assert _get(pod.ports["http"], "/healthz")[0] == 200
+    assert _get(pod.ports["ready"], "/ready")[0] == 200
+    assert _get(pod.ports["ready"], "/stats")[0] == 404
+
+
+def test_the_check_socket_is_owner_and_group_only(pod: Pod) -> None:
+    assert stat.S_IMODE(pod.check_socket.stat().st_mode) == 0o660
