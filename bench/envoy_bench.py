@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,26 @@ def terminator_config(demo: Path, port: int, socket: str, admin_port: int) -> di
     }
 
 
+def cluster_stats(admin_port: int, cluster_name: str | None) -> dict[str, float]:
+    """An upstream cluster's wire counters from Envoy's admin /stats: bytes each way, connections."""
+    if cluster_name is None:
+        return {}
+    wanted = {
+        f"cluster.{cluster_name}.upstream_cx_tx_bytes_total": "tx_bytes",
+        f"cluster.{cluster_name}.upstream_cx_rx_bytes_total": "rx_bytes",
+        f"cluster.{cluster_name}.upstream_cx_total": "connections",
+    }
+    url = f"http://127.0.0.1:{admin_port}/stats"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -294,9 +315,13 @@ def open_loop(
 
 
 def main() -> None:
+    only = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. `dhk`: those rows only, printed, not saved
+    measured = [k for k in CONFIGS if not only or k in only]
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
     cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklmno"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
+    envoy_cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    wire: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -398,8 +423,9 @@ def main() -> None:
                 },
             },
         }
+        envoy_admin = free_port()
         envoy_cfg = {
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": envoy_admin}}},
             "static_resources": {
                 "listeners": [
                     listener("a", ports["a"], []),
@@ -512,6 +538,20 @@ def main() -> None:
                 "o": shared_native,
             }
             helpers = {"o": terminator}  # CPU counted with the server's
+            # the ext_authz cluster each listener's filter calls: its wire bytes and frames per Check
+            clusters = {
+                "c": "floor",
+                "d": "warm",
+                "e": "cold",
+                "g": "native_floor",
+                "h": "native",
+                "j": "nolog",
+                "k": "sidecar",
+                "l": "native_nolog",
+                "m": "direct_floor",
+                "n": "shared_tls",
+                "o": "shared_envoy",
+            }
             work = {
                 "a": ("/", None),
                 "b": ("/user/me", alice),
@@ -545,18 +585,24 @@ def main() -> None:
                     check=True,
                 )
             for r in range(ROUNDS):
-                order = list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS))
+                order = measured if r % 2 == 0 else measured[::-1]
                 for k in order:
                     path, tok = work[k]
                     counted = [p.pid for p in (servers.get(k), helpers.get(k)) if p is not None]
                     before = sum(proc_cpu(pid) for pid in counted)
+                    envoy_before = proc_cpu(envoy.pid)
+                    wire_before = cluster_stats(envoy_admin, clusters.get(k))
                     res = h2load(ports[k], path, tok, tmp / f"{k}{r}.log")
+                    envoy_cpu[k].append((proc_cpu(envoy.pid) - envoy_before) / REQUESTS * 1e6)
+                    if k in clusters:
+                        after = cluster_stats(envoy_admin, clusters[k])
+                        wire[k].append({n: (after[n] - wire_before[n]) / REQUESTS for n in after})
                     if k in servers:
                         cpu = sum(proc_cpu(pid) for pid in counted) - before
                         cpu_per_check[k].append(cpu / REQUESTS * 1e6)
                     results[k].append(res)
                 # Latency at a fixed, moderate rate: what a request pays for the hop.
-                for k in ("c", "d", "h"):
+                for k in ("c", "d", "h") if not only else ():
                     path, tok = work[k]
                     fixed[k].append(open_loop(ports[k], path, tok))
             rss = {k: round(proc_rss_mb(p.pid), 1) for k, p in servers.items()}
@@ -584,7 +630,7 @@ def main() -> None:
         "o": "Envoy --mTLS--> Envoy terminator --unix--> ext-authz native, shared, warm",
     }
     table = {}
-    for k in CONFIGS:
+    for k in measured:
         rows = results[k]
         table[k] = {
             "name": names[k],
@@ -592,10 +638,19 @@ def main() -> None:
             "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 2),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 2),
             "errors": sum(REQUESTS - r["ok"] for r in rows),
+            "envoy_cpu_us_per_request": round(statistics.median(envoy_cpu[k]), 1),
         }
+        if wire[k]:
+            table[k]["ext_authz_wire_per_check"] = {
+                n: round(statistics.median(w[n] for w in wire[k]), 2) for n in wire[k][0]
+            }
         if k in cpu_per_check:
             table[k]["cpu_us_per_check"] = round(statistics.median(cpu_per_check[k]), 1)
             table[k]["rss_mb"] = rss[k]
+    if only:
+        for k, row in table.items():
+            print(k, json.dumps(row))
+        return
     at_rate = {
         k: {
             "p50_ms": round(statistics.median(r["p50_ms"] for r in fixed[k]), 2),
@@ -644,15 +699,28 @@ def main() -> None:
         f"{out['machine']}, {out['when']}; {REQUESTS} requests x {ROUNDS} rounds, {CONC} connections (h2c);"
         f" {out['python']}",
         "",
-        "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | RSS MB | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| config | req/s | p50 ms | p99 ms | authz CPU µs/Check | Envoy CPU µs/request | RSS MB | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k in CONFIGS:
         t = table[k]
         lines.append(
             f"| ({k}) {t['name']} | {t['rps']} | {t['p50_ms']} | {t['p99_ms']} | "
-            f"{t.get('cpu_us_per_check', '-')} | {t.get('rss_mb', '-')} | {t['errors']} |"
+            f"{t.get('cpu_us_per_check', '-')} | {t['envoy_cpu_us_per_request']} | {t.get('rss_mb', '-')} | "
+            f"{t['errors']} |"
         )
+    lines += [
+        "",
+        "Envoy's side of each Check, per Check (its ext_authz cluster's stats): bytes sent and received,"
+        " connections opened",
+        "",
+        "| config | tx bytes | rx bytes | connections |",
+        "|---|---|---|---|",
+    ]
+    for k in CONFIGS:
+        w = table[k].get("ext_authz_wire_per_check")
+        if w:
+            lines.append(f"| ({k}) | {w['tx_bytes']} | {w['rx_bytes']} | {w['connections']} |")
     lines += ["", "ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items())]
     lines += [
         "",

@@ -68,7 +68,10 @@ def check_server(transport: str, limits: Limits, *, reuse_port: bool) -> grpc.ai
         from .native import NativeServer  # optional: the settings checked pygrpc-native is installed
 
         return NativeServer(options)
-    return grpc.aio.server(options=options)
+    # No BDP probing: it sizes flow-control windows for bulk transfers with PINGs the caller must answer,
+    # and a Check is one small message each way. Off, Envoy spent 6 us less CPU per Check and grpcio 13 us
+    # less (about 10% more Checks per second through one Envoy; docs/performance.md).
+    return grpc.aio.server(options=[*options, ("grpc.http2.bdp_probe", 0)])
 
 
 @contextlib.contextmanager
