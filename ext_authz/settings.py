@@ -963,6 +963,18 @@ class StateSettings(Section):
         (),
         description="Redis Sentinels (HOST:PORT each); the URL's host then names the master: redis://mymaster/0",
     )
+    sentinel_password_file: FilePath | None = Field(
+        None,
+        description="the Sentinels' own password (their requirepass) from this file, if they ask for one",
+    )
+    sentinel_password_env: StrictStr | None = Field(
+        None, description="the Sentinels' own password from this environment variable"
+    )
+    sentinel_tls: StrictBool | None = Field(
+        None,
+        description="TLS to the Sentinels, with state.tls's CA and client certificate (default: on with"
+        " rediss://)",
+    )
     wait_replicas: Annotated[StrictInt, Field(ge=0, le=16)] = Field(
         0,
         description="a change is acknowledged once this many Redis replicas have it (WAIT); 0: the primary",
@@ -1010,6 +1022,15 @@ class StateSettings(Section):
         for i, address in enumerate(self.sentinels):
             if _sentinel_address(address) is None:
                 raise _SubKeyError("sentinels", f"entry {i}: expected HOST:PORT ([V6]:PORT), got {address!r}")
+        sentinel_keys = [
+            k
+            for k in ("sentinel_password_file", "sentinel_password_env", "sentinel_tls")
+            if getattr(self, k) is not None
+        ]
+        if sentinel_keys and not self.sentinels:
+            raise _SubKeyError(sentinel_keys[0], "takes effect only with sentinels")
+        if self.sentinel_password_file and self.sentinel_password_env:
+            raise ValueError("either sentinel_password_file or sentinel_password_env, not both")
         if self.sentinels:
             name, _, db = self.url.split("://", 1)[1].partition("/")
             if ":" in name or not name:

@@ -185,29 +185,48 @@ class SentinelServer:
 
     MASTER = "mymaster"
 
-    def __init__(self, directory: Path, primary_port: int) -> None:
+    def __init__(self, directory: Path, primary_port: int, *, secure: RedisServer | None = None) -> None:
+        """``secure``: the primary is that TLS server with a password; this Sentinel then speaks TLS too
+        (the primary's certificate and CA), knows the primary's password, and asks its own."""
         self.dir = directory
         self.primary_port = primary_port
+        self.secure = secure
+        self.password = secrets.token_urlsafe(24) if secure else ""
+        self.password_file = self.dir / "sentinel-password"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(self.password + "\n")
 
     def start(self) -> None:
         self.proc, self.port = launch(self._argv, self.dir / "sentinel.log", None, ready="+monitor master")
 
     def _argv(self, port: int) -> list[str]:
         conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own config: written afresh per start
+        listen = f"port {port}\n"
+        if self.secure:
+            d = self.secure.dir
+            listen = (
+                f"port 0\ntls-port {port}\n"
+                f"tls-cert-file {d / 'server.pem'}\ntls-key-file {d / 'server.key'}\n"
+                f"tls-ca-cert-file {self.secure.ca}\ntls-auth-clients no\ntls-replication yes\n"
+                f"requirepass {self.password}\n"
+            )
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+            f"{listen}bind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
             f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary_port} 2\n"
-            f"sentinel down-after-milliseconds {self.MASTER} 500\n"
+            + (f"sentinel auth-pass {self.MASTER} {self.secure.password}\n" if self.secure else "")
+            + f"sentinel down-after-milliseconds {self.MASTER} 500\n"
             f"sentinel failover-timeout {self.MASTER} 5000\n"
             f"sentinel parallel-syncs {self.MASTER} 1\n"
         )
         return [redis_binary(), str(conf), "--sentinel"]
 
     def cli(self, *args: str) -> str:
-        argv = [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), *args]
+        argv = [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), "--no-auth-warning"]
+        if self.secure:
+            argv += ["--tls", "--cacert", str(self.secure.ca), "-a", self.password]
+        argv += args
         return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
 
     def stop(self) -> None:

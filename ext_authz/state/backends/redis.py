@@ -15,6 +15,7 @@ import hashlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -104,6 +105,7 @@ class RedisLog:
         tls: dict[str, Any] | None = None,
         block_ms: int = 1000,
         sentinels: tuple[tuple[str, int], ...] = (),
+        sentinel_options: dict[str, Any] | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
     ) -> None:
@@ -111,6 +113,7 @@ class RedisLog:
         self.block_ms = block_ms
         # With Sentinels the URL's host names the master; each connection asks them where it is now.
         self.sentinels = sentinels
+        self._sentinel_options = sentinel_options or {}  # the Sentinels' own password and TLS
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._options: dict[str, Any] = {"username": username, "password": password, **(tls or {})}
@@ -122,20 +125,13 @@ class RedisLog:
 
     @classmethod
     def from_settings(cls, settings: StateSettings) -> RedisLog:
-        password = None
-        if settings.password_file is not None:
-            try:
-                password = settings.password_file.read_text().strip()
-            except OSError as exc:
-                raise StateError(
-                    f"{settings.password_file}: cannot read the Redis password ({exc.strerror})"
-                ) from exc
-        elif settings.password_env is not None:
-            password = os.environ.get(settings.password_env)
-            if not password:
-                raise StateError(
-                    f"state.password_env: the environment variable {settings.password_env} is not set"
-                )
+        password = _secret(settings.password_file, settings.password_env, "password", "the Redis password")
+        sentinel_password = _secret(
+            settings.sentinel_password_file,
+            settings.sentinel_password_env,
+            "sentinel_password",
+            "the Sentinels' password",
+        )
         tls: dict[str, Any] = {}
         if settings.scheme == "rediss":  # with or without a tls: section (the system's CAs then)
             tls["ssl_cert_reqs"] = "required"
@@ -147,12 +143,18 @@ class RedisLog:
                 tls["ssl_certfile"] = str(settings.tls.cert)
             if settings.tls.key is not None:
                 tls["ssl_keyfile"] = str(settings.tls.key)
+        # The Sentinels: their own password if they ask for one; TLS as the URL says unless sentinel_tls
+        # says otherwise, with the same CA and client certificate as Redis.
+        to_sentinels: dict[str, Any] = {"password": sentinel_password} if sentinel_password else {}
+        if settings.sentinel_tls if settings.sentinel_tls is not None else settings.scheme == "rediss":
+            to_sentinels.update(tls, ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True)
         return cls(
             settings.url,
             username=settings.username,
             password=password,
             tls=tls,
             sentinels=settings.sentinel_addresses,
+            sentinel_options=to_sentinels,
             wait_replicas=settings.wait_replicas,
             wait_timeout=settings.wait_timeout,
         )
@@ -167,7 +169,11 @@ class RedisLog:
                 options["ssl"] = True
             sentinel = Sentinel(
                 list(self.sentinels),
-                sentinel_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+                sentinel_kwargs={
+                    "socket_timeout": 2.0,
+                    "socket_connect_timeout": 2.0,
+                    **self._sentinel_options,
+                },
                 socket_connect_timeout=2,
                 health_check_interval=0,
             )
@@ -414,3 +420,18 @@ class RedisLog:
                 pass
         except _ERRORS as exc:
             raise StateError(f"{self._where()}: {exc}") from exc
+
+
+def _secret(path: Path | None, env: str | None, key: str, what: str) -> str | None:
+    """A password from state.KEY_file or state.KEY_env (None when neither is set)."""
+    if path is not None:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise StateError(f"state.{key}_env: the environment variable {env} is not set")
+        return value
+    return None
