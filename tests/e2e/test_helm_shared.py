@@ -17,12 +17,14 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import grpc
@@ -61,10 +63,89 @@ class Pod:
                 raise RuntimeError(f"{name} exited: {(self.root / f'{name}.log').read_text()[-1500:]}")
 
 
+@contextlib.contextmanager
+def run_pod(
+    root: Path, values: dict[str, Any], rewrites: list[tuple[str, str]], bundle: Path, svids: dict[str, Any]
+) -> Iterator[Pod]:
+    """The chart's rendered shared pod for ``values`` (its Envoy terminator and ext-authz), as processes
+    here; ``rewrites``: pod paths to where they are here, besides the pod's own sockets and state."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        r = render_values({"mode": "shared", "replicas": 1, "state": {"backend": "sqlite"}, **values})
+        envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
+        assert envoy_text is not None
+        run = root / "run"
+        for d in ("check", "admin", "envoy", "state"):
+            (run / d).mkdir(parents=True)
+        ports = {"check": 0, "ready": 0, "http": 0}
+
+        def local(text: str) -> str:
+            for pod_path, here in (
+                *rewrites,
+                ("/run/ext-authz/", f"{run}/check/"),
+                ("/run/ext-authz-admin/", f"{run}/admin/"),
+                ("/run/envoy/", f"{run}/envoy/"),
+                ("/var/lib/ext-authz/", f"{run}/state/"),
+            ):
+                text = text.replace(pod_path, here)
+            for name, pod_port in (("check", 9191), ("ready", 9902), ("http", 9192)):
+                text = re.sub(rf"\b{pod_port}\b", str(ports[name]), text)
+            return text.replace("0.0.0.0", "127.0.0.1")
+
+        def spawn(name: str, argv: list[str]) -> None:
+            with (root / f"{name}.log").open("wb") as log:
+                procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+        (root / "config.yaml").write_text(local(config_text))
+        argv = [sys.executable, "-m", "ext_authz.cli", "serve", "--config", str(root / "config.yaml")]
+        spawn("ext-authz", [*argv, "--ready-file", str(root / "ready")])
+
+        def reported() -> str | None:
+            if procs["ext-authz"].poll() is not None:
+                raise RuntimeError((root / "ext-authz.log").read_text()[-1500:])
+            text = (root / "ready").read_text() if (root / "ready").exists() else ""
+            return text if text.endswith("\n") else None
+
+        bound = json.loads(wait_until("ext-authz to report its ports", reported, 60))
+        ports["http"] = int(bound["http"].rpartition(":")[2])
+        (root / "envoy.yaml").write_text(local(envoy_text))
+        spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
+
+        def listening() -> dict[str, int] | None:
+            if procs["envoy"].poll() is not None:
+                raise RuntimeError((root / "envoy.log").read_text()[-1500:])
+            with contextlib.suppress(OSError, ValueError):
+                found = envoy_listener_ports(f"unix://{run}/envoy/admin.sock")
+                if {"check", "ready"} <= found.keys():
+                    return found
+            return None
+
+        found = wait_until("the terminator's listeners", listening, 60)
+        ports["check"], ports["ready"] = found["check"], found["ready"]
+        p = Pod(root, ports, bundle, svids, procs, run / "check/check.sock")
+
+        def ready() -> bool | None:
+            ok = _status_or_none(ports["http"], "/readyz") == 200
+            return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
+
+        wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
+        yield p
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
 def pod() -> Iterator[Pod]:
+    """With SPIRE: the terminator's certificate and bundles over SDS from a real agent."""
     root = short_dir("ext-authz-shared-")
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(SpireServer(root / "server", TD))
@@ -76,95 +157,10 @@ def pod() -> Iterator[Pod]:
             for name, sid in (("gateway", GATEWAY), ("intruder", INTRUDER), ("frontend", FRONTEND)):
                 chain, key, bundle = server.mint_x509(sid, root / name)
                 svids[name] = (chain, key)
-            # The default shared values, SQLite for one replica (Redis is test_helm_redis.py's subject).
-            r = render_values(
-                {
-                    "mode": "shared",
-                    "replicas": 1,
-                    "check": {"allowedSpiffeIds": [GATEWAY]},
-                    "state": {"backend": "sqlite"},
-                }
-            )
-            envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
-            assert envoy_text is not None
-            run = root / "run"
-            for d in ("check", "admin", "envoy", "state"):
-                (run / d).mkdir(parents=True)
-            ports = {"check": 0, "ready": 0, "http": 0}
-
-            def local(text: str) -> str:
-                for pod_path, here in (
-                    ("/spiffe-workload-api/spire-agent.sock", str(agent.socket)),
-                    ("/run/ext-authz/", f"{run}/check/"),
-                    ("/run/ext-authz-admin/", f"{run}/admin/"),
-                    ("/run/envoy/", f"{run}/envoy/"),
-                    ("/var/lib/ext-authz/", f"{run}/state/"),
-                ):
-                    text = text.replace(pod_path, here)
-                for name, pod_port in (("check", 9191), ("ready", 9902), ("http", 9192)):
-                    text = re.sub(rf"\b{pod_port}\b", str(ports[name]), text)
-                return text.replace("0.0.0.0", "127.0.0.1")
-
-            def spawn(name: str, argv: list[str]) -> None:
-                with (root / f"{name}.log").open("wb") as log:
-                    procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-
-            py = sys.executable
-            (root / "config.yaml").write_text(local(config_text))
-            spawn(
-                "ext-authz",
-                [
-                    py,
-                    "-m",
-                    "ext_authz.cli",
-                    "serve",
-                    "--config",
-                    str(root / "config.yaml"),
-                    "--ready-file",
-                    str(root / "ready"),
-                ],
-            )
-
-            def reported() -> str | None:
-                if procs["ext-authz"].poll() is not None:
-                    raise RuntimeError((root / "ext-authz.log").read_text()[-1500:])
-                text = (root / "ready").read_text() if (root / "ready").exists() else ""
-                return text if text.endswith("\n") else None
-
-            bound = json.loads(wait_until("ext-authz to report its ports", reported, 60))
-            ports["http"] = int(bound["http"].rpartition(":")[2])
-            (root / "envoy.yaml").write_text(local(envoy_text))
-            spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
-
-            def listening() -> dict[str, int] | None:
-                if procs["envoy"].poll() is not None:
-                    raise RuntimeError((root / "envoy.log").read_text()[-1500:])
-                with contextlib.suppress(OSError, ValueError):
-                    found = envoy_listener_ports(f"unix://{run}/envoy/admin.sock")
-                    if {"check", "ready"} <= found.keys():
-                        return found
-                return None
-
-            found = wait_until("the terminator's listeners", listening, 60)
-            ports["check"], ports["ready"] = found["check"], found["ready"]
-            p = Pod(root, ports, bundle, svids, procs, run / "check/check.sock")
-
-            def ready() -> bool | None:
-                ok = _status_or_none(ports["http"], "/readyz") == 200
-                return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
-
-            wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
-            yield p
+            rewrites = [("/spiffe-workload-api/spire-agent.sock", str(agent.socket))]
+            values = {"check": {"allowedSpiffeIds": [GATEWAY]}}
+            yield stack.enter_context(run_pod(root, values, rewrites, bundle, svids))
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -253,3 +249,121 @@ def test_the_probes_answer_where_the_chart_points_them(pod: Pod) -> None:
 
 def test_the_check_socket_is_owner_and_group_only(pod: Pod) -> None:
     assert stat.S_IMODE(pod.check_socket.stat().st_mode) == 0o660
+
+
+# --- the terminator from files (spiffe.workloadApi false), and hostile callers ----------------------------
+
+PARTNER = "spiffe://partner.org/ns/x/sa/y"
+
+
+@pytest.fixture(scope="module")
+def files_pod() -> Iterator[Pod]:
+    """The terminator's certificate from a Secret and two trust domains' bundles from files (example.org
+    and a federated partner.org), with a connection cap of 4 so that holding it is cheap to test."""
+    root = short_dir("ext-authz-shared-files-")
+    try:
+        ca = pki.make_ca("example.org CA", spiffe_td=TD)
+        partner = pki.make_ca("partner.org CA", spiffe_td="partner.org")
+        for directory in ("bundles", "check-tls", "callers"):
+            (root / directory).mkdir()
+        (root / "bundles/example.org.x509.pem").write_text(ca.pem)
+        (root / "bundles/partner.org.x509.pem").write_text(partner.pem)
+        server = pki.make_leaf(ca, [POD_ID], dns=["localhost"], ips=["127.0.0.1"])
+        (root / "check-tls/tls.crt").write_text(server.pem)
+        (root / "check-tls/tls.key").write_text(server.key_pem)
+        callers = {
+            "gateway": pki.make_leaf(ca, [GATEWAY]),
+            "frontend": pki.make_leaf(ca, [FRONTEND]),
+            # an allowed ID second, behind the partner's own: the partner's CA vouches for the first only
+            "smuggled": pki.make_leaf(partner, [PARTNER, GATEWAY]),
+            "two-sans": pki.make_leaf(ca, [GATEWAY, f"spiffe://{TD}/ns/other/sa/x"]),
+            "partner": pki.make_leaf(partner, [PARTNER]),
+        }
+        svids: dict[str, tuple[Path, Path]] = {}
+        for name, issued in callers.items():
+            chain, key = root / f"callers/{name}.pem", root / f"callers/{name}.key"
+            chain.write_text(issued.pem)
+            key.write_text(issued.key_pem)
+            svids[name] = (chain, key)
+        values = {
+            "check": {"allowedSpiffeIds": [GATEWAY], "tls": {"existingSecret": "check-tls"}},
+            "spiffe": {
+                "workloadApi": False,
+                "bundles": {
+                    "trustDomains": {
+                        TD: {"x509": ca.pem},
+                        "partner.org": {"x509": partner.pem},
+                    }
+                },
+            },
+            "envoy": {"maxDownstreamConnections": 4},
+        }
+        rewrites = [
+            ("/etc/ext-authz/bundles/", f"{root}/bundles/"),
+            ("/etc/ext-authz/check-tls/", f"{root}/check-tls/"),
+        ]
+        (root / "bundle.pem").write_text(ca.pem)
+        with run_pod(root, values, rewrites, root / "bundle.pem", svids) as p:
+            yield p
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_from_files_an_allowed_caller_gets_checks_decided(files_pod: Pod) -> None:
+    frontend = leaf(files_pod.svids["frontend"][0])
+    assert check(files_pod, svid(files_pod, "gateway"), request(frontend)) == (200, "")
+
+
+@pytest.mark.parametrize("who", ["smuggled", "two-sans", "partner"])
+def test_an_allowed_id_beside_another_uri_san_is_refused(files_pod: Pod, who: str) -> None:
+    """A federated trust domain's CA putting an allowed ID second (the validator judges the certificate
+    by its first URI SAN, and a SAN matcher passes if any SAN matches), or a certificate with the allowed
+    ID and another one: refused, as ext-authz's own TLS refuses more than one URI SAN."""
+    before = decided(files_pod)
+    with pytest.raises(grpc.RpcError) as err:
+        check(files_pod, svid(files_pod, who), request(leaf(files_pod.svids["frontend"][0])))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    assert decided(files_pod) == before
+    files_pod.alive()
+
+
+def test_a_check_larger_than_ext_authz_could_accept_is_refused_by_the_terminator(files_pod: Pod) -> None:
+    """Native reads a whole request before its own size limit refuses it: the terminator never forwards
+    one larger than ext-authz's limits allow (the chart's limits: 96 KiB of headers, 8 KiB of body)."""
+    big = request(leaf(files_pod.svids["frontend"][0]))
+    big.attributes.request.http.body = "x" * (512 * 1024)
+    before = decided(files_pod)
+    with pytest.raises(grpc.RpcError) as err:
+        check(files_pod, svid(files_pod, "gateway"), big)
+    # Envoy's 413 (gRPC UNKNOWN), not native's RESOURCE_EXHAUSTED after it had read the whole message
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNKNOWN, "Payload Too Large")
+    assert decided(files_pod) == before
+    assert (
+        check(files_pod, svid(files_pod, "gateway"), request(leaf(files_pod.svids["frontend"][0])))[0] == 200
+    )
+
+
+def test_connections_that_prove_nothing_are_dropped_and_never_starve_the_probe(files_pod: Pod) -> None:
+    idle = [socket.create_connection(("127.0.0.1", files_pod.ports["check"]), timeout=30) for _ in range(4)]
+    try:
+        # the cap of 4 is held; readiness is outside it
+        assert _get(files_pod.ports["ready"], "/ready")[0] == 200
+
+        def closed(conn: socket.socket) -> bool:
+            try:
+                return conn.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        for conn in idle:  # each closed by the terminator (no handshake within 5 s)
+            conn.settimeout(30)
+            assert closed(conn)
+    finally:
+        for conn in idle:
+            conn.close()
+    frontend = leaf(files_pod.svids["frontend"][0])
+    wait_until(
+        "the allowed caller served again",
+        lambda: check(files_pod, svid(files_pod, "gateway"), request(frontend)) == (200, "") or None,
+        30,
+    )

@@ -28,14 +28,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from ext_authz.config import parse_settings
 from ext_authz.dev import pki
 from ext_authz.dev.stack import envoy_binary
-from ext_authz.settings import Settings, is_loopback
+from ext_authz.settings import Limits, Settings, is_loopback
 from tests.conftest import REPO
 from tests.helm import (
     CASES,
     CHART,
+    ENVOY_IDS,
     K8S_VERSION,
     NAMESPACE,
     RELEASE,
+    SHARED,
     Case,
     HelmError,
     Rendered,
@@ -137,7 +139,7 @@ def test_every_top_level_value_is_documented() -> None:
                 "check": {"allowedSpiffeIds": ["spiffe://example.org/e"]},
                 "spiffe": {
                     "workloadApi": False,
-                    "bundles": {"trustDomains": {"example.org": {"x509": "PEM"}}},
+                    "bundles": {"trustDomains": {"example.org": {"x509": "-----BEGIN CERTIFICATE-----"}}},
                 },
             },
             "check.tls.existingSecret is required",
@@ -1049,3 +1051,64 @@ def test_native_sidecars_start_before_the_app_and_validate() -> None:
     by_name = {c["name"]: c for c in plain["containers"]}
     for c in spec["initContainers"][1:]:
         assert {k: v for k, v in c.items() if k != "restartPolicy"} == by_name[c["name"]]
+
+
+# ---- shared mode's terminator -----------------------------------------------------------------------
+
+
+def _terminator(values: dict[str, Any]) -> dict[str, Any]:
+    config = yaml.safe_load(render_values(values).envoy_config() or "")
+    return next(li for li in config["static_resources"]["listeners"] if li["name"] == "check")
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_header_bytes": 200_000, "max_body_bytes": 0}])
+def test_the_terminator_forwards_no_check_larger_than_ext_authz_accepts(limits: dict[str, int]) -> None:
+    """The bound grpcio's transport applies (serve/app.py check_server), from the same limits."""
+    values = {**SHARED, "config": {**VALUES["config"], "limits": limits}} if limits else SHARED
+    filters = _terminator(values)["filter_chains"][0]["filters"][1]["typed_config"]["http_filters"]
+    (buffer,) = [f for f in filters if f["name"] == "envoy.filters.http.buffer"]
+    defaults = Limits()
+    expected = (
+        limits.get("max_header_bytes", defaults.max_header_bytes)
+        + limits.get("max_body_bytes", defaults.max_body_bytes)
+        + 64 * 1024
+    )
+    assert buffer["typed_config"]["max_request_bytes"] == expected
+
+
+def test_the_terminator_admits_exactly_one_uri_san_from_the_allow_list() -> None:
+    chain = _terminator(SHARED)["filter_chains"][0]
+    rbac = chain["filters"][0]["typed_config"]
+    assert chain["filters"][0]["name"] == "envoy.filters.network.rbac"
+    tree = rbac["matcher"]["matcher_tree"]
+    assert tree["input"]["typed_config"]["@type"].endswith("ssl.v3.UriSanInput")  # every URI SAN, joined
+    assert set(tree["exact_match_map"]["map"]) == set(ENVOY_IDS)
+    assert rbac["matcher"]["on_no_match"]["action"]["typed_config"]["action"] == "DENY"
+    assert chain["transport_socket_connect_timeout"] == "5s"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {**SHARED, "check": {"allowedSpiffeIds": ["spiffe://other.org/ns/edge/sa/gw"]}},
+            "whose bundle the pod's Envoy does not get from SPIRE",
+        ),
+        (
+            {
+                **SHARED,
+                "check": {**SHARED["check"], "tls": {"existingSecret": "t"}},
+                "spiffe": {
+                    "workloadApi": False,
+                    "bundles": {"trustDomains": {"example.org": {"x509": '{"keys": []}'}}},
+                },
+            },
+            "the X.509 bundle is PEM",
+        ),
+    ],
+)
+def test_a_terminator_that_would_refuse_its_callers_is_not_rendered(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(HelmError, match=message):
+        render_values(values)

@@ -196,6 +196,22 @@ cluster: they always show a fresh value.
 {{- if not (has .Values.check.terminator (list "envoy" "ext-authz")) }}
 {{- fail (printf "check.terminator: expected envoy or ext-authz, got %q" .Values.check.terminator) }}
 {{- end }}
+{{- if include "ext-authz.terminator" . }}
+{{- $spire := prepend .Values.spiffe.federatedTrustDomains .Values.spiffe.trustDomain }}
+{{- range .Values.check.allowedSpiffeIds }}
+{{- $td := index (splitList "/" (trimPrefix "spiffe://" .)) 0 }}
+{{- if and (include "ext-authz.workloadApi" $) (not (has $td $spire)) }}
+{{- fail (printf "check.allowedSpiffeIds: %s is of trust domain %s, whose bundle the pod's Envoy does not get from SPIRE (spiffe.trustDomain, spiffe.federatedTrustDomains): it would be refused" . $td) }}
+{{- end }}
+{{- end }}
+{{- if not (include "ext-authz.workloadApi" .) }}
+{{- range $td, $b := .Values.spiffe.bundles.trustDomains }}
+{{- if and $b.x509 (not (hasPrefix "-----BEGIN" (trim $b.x509))) }}
+{{- fail (printf "spiffe.bundles.trustDomains.%s.x509: with check.terminator envoy the X.509 bundle is PEM (the pod's Envoy reads it), not SPIFFE bundle JSON" $td) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.istio.enabled (not .Values.istio.allowedPrincipals) }}
 {{- fail "istio.allowedPrincipals: name the Istio principals (TD/ns/NS/sa/SA) whose sidecars call Check" }}
 {{- end }}

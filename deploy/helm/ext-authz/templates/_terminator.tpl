@@ -12,6 +12,12 @@ check.tls.existingSecret and spiffe.bundles (X.509 bundles as PEM).
 {{- $p := include "ext-authz.paths" . | fromYaml -}}
 {{- $sds := printf "{resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: spire_agent}}]}}" -}}
 {{- $workloadApi := include "ext-authz.workloadApi" . -}}
+{{- /* The largest Check ext-authz could accept (its limits' headers and body, and room for the rest), as
+       its grpcio transport bounds it: anything larger is refused here, before native would read it whole. */ -}}
+{{- $limits := $v.config.limits | default dict -}}
+{{- $headerBytes := hasKey $limits "max_header_bytes" | ternary $limits.max_header_bytes 98304 -}}
+{{- $bodyBytes := hasKey $limits "max_body_bytes" | ternary $limits.max_body_bytes 8192 -}}
+{{- $maxRequest := add $headerBytes $bodyBytes 65536 -}}
 node: {id: {{ include "ext-authz.fullname" . | quote }}, cluster: {{ include "ext-authz.fullname" . | quote }}}
 # The admin interface is a unix socket in an emptyDir only the Envoy container mounts (not on the network).
 admin:
@@ -69,12 +75,35 @@ static_resources:
                   {{- end }}
                   {{- end }}
             {{- end }}
+      # A connection that has not finished its handshake within 5 s is closed: one that proves nothing
+      # holds no slot for long.
+      transport_socket_connect_timeout: 5s
       filters:
+      # The allow-list once more, over every URI SAN at once: they must be exactly one allowed SPIFFE ID.
+      # The validator picks a certificate's trust domain from its first URI SAN, and the SAN matchers pass
+      # if any SAN matches: a CA of another trust domain this pod trusts (federated) could otherwise put
+      # an allowed ID second.
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: check_callers
+          matcher:
+            matcher_tree:
+              input:
+                name: uri_sans
+                typed_config: {"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput}
+              exact_match_map:
+                map:
+                  {{- range $v.check.allowedSpiffeIds }}
+                  {{ . | quote }}: {action: {name: allow, typed_config: {"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: allow, action: ALLOW}}}
+                  {{- end }}
+            on_no_match: {action: {name: deny, typed_config: {"@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: deny, action: DENY}}}
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: check
           codec_type: HTTP2
+          http2_protocol_options: {max_concurrent_streams: 100}
           # Nothing a caller says about certificates is passed on.
           forward_client_cert_details: SANITIZE
           route_config:
@@ -88,12 +117,19 @@ static_resources:
               - match: {prefix: /grpc.health.v1.Health/, grpc: {}}
                 route: {cluster: ext_authz, timeout: {{ $v.envoy.checkTimeout }}}
           http_filters:
+          # A Check larger than ext-authz's limits could accept is refused here (413), whole requests only.
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: {{ $maxRequest }}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  # Readiness for kubelet, as in the sidecar's config: GET /ready is the admin interface's /ready.
+  # Readiness for kubelet, as in the sidecar's config: GET /ready is the admin interface's /ready. Outside
+  # the connection cap, so connections to the check port cannot make the pod look not ready.
   - name: ready
     address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.envoy.ports.ready }}}}
+    ignore_global_conn_limit: true
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
