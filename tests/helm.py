@@ -327,10 +327,11 @@ CASES: tuple[Case, ...] = (
                 "external": {
                     "sentinels": ["redis-sentinel.redis.svc:26379"],
                     "masterName": "MyMaster",
+                    "sentinelAuth": {"existingSecret": "sentinel-credentials"},
                 },
             },
         },
-        frozenset({("Secret", "redis-credentials")}),
+        frozenset({("Secret", "redis-credentials"), ("Secret", "sentinel-credentials")}),
     ),
     Case(
         "shared-grpcio-terminates",

@@ -12,6 +12,7 @@ bundles: /etc/ext-authz/bundles
 checkTls: /etc/ext-authz/check-tls
 istioCa: /etc/ext-authz/istio-ca
 redisAuth: /etc/ext-authz/redis-auth
+sentinelAuth: /etc/ext-authz/sentinel-auth
 redisCa: /etc/ext-authz/redis-ca
 hmac: /etc/ext-authz/state-hmac
 envoyAdminSocket: /run/envoy/admin.sock
@@ -106,6 +107,7 @@ envoyAdminSocket: /run/envoy/admin.sock
 {{- $state := dict "url" (include "ext-authz.redisUrl" .) "password_file" (printf "%s/password" $p.redisAuth) "hmac_key_file" (printf "%s/hmac-key" $p.hmac) -}}
 {{- if $v.redis.auth.username }}{{ $_ := set $state "username" $v.redis.auth.username }}{{ end -}}
 {{- if and (not $v.redis.deploy) $v.redis.external.sentinels }}{{ $_ := set $state "sentinels" $v.redis.external.sentinels }}{{ end -}}
+{{- if include "ext-authz.sentinelAuth" . }}{{ $_ := set $state "sentinel_password_file" (printf "%s/password" $p.sentinelAuth) }}{{ end -}}
 {{- if $v.state.waitReplicas }}{{ $_ := set $state "wait_replicas" $v.state.waitReplicas }}{{ $_ := set $state "wait_timeout" $v.state.waitTimeout }}{{ end -}}
 {{- if include "ext-authz.redisCaSource" . -}}
 {{- $_ := set $state "tls" (dict "ca" (printf "%s/ca.crt" $p.redisCa)) -}}

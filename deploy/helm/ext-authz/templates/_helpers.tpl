@@ -157,6 +157,13 @@ sqlite
 {{- end -}}
 {{- end -}}
 
+{{/* The Sentinels' own password's Secret, when an external Redis's Sentinels ask for one. */}}
+{{- define "ext-authz.sentinelAuth" -}}
+{{- if and (eq (include "ext-authz.stateBackend" .) "redis") (not .Values.redis.deploy) .Values.redis.external.sentinels .Values.redis.external.sentinelAuth.existingSecret -}}
+{{- .Values.redis.external.sentinelAuth.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "ext-authz.redisAuthSecret" -}}
 {{- if .Values.redis.auth.existingSecret -}}
 {{- .Values.redis.auth.existingSecret -}}

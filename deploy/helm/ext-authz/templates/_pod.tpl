@@ -206,6 +206,14 @@ spec:
         defaultMode: 0440
         items:
           - {key: {{ $v.redis.auth.key }}, path: password}
+    {{- with include "ext-authz.sentinelAuth" . }}
+    - name: sentinel-auth
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          - {key: {{ $v.redis.external.sentinelAuth.key }}, path: password}
+    {{- end }}
     {{- if $caSource }}
     # Only the CA: Redis's own key stays in the Redis pod.
     - name: redis-ca
@@ -256,6 +264,9 @@ spec:
 {{- if $redis }}
 - {name: state-hmac, mountPath: {{ $p.hmac }}, readOnly: true}
 - {name: redis-auth, mountPath: {{ $p.redisAuth }}, readOnly: true}
+{{- if include "ext-authz.sentinelAuth" . }}
+- {name: sentinel-auth, mountPath: {{ $p.sentinelAuth }}, readOnly: true}
+{{- end }}
 {{- if $caSource }}
 - {name: redis-ca, mountPath: {{ $p.redisCa }}, readOnly: true}
 {{- end }}
