@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from urllib.parse import quote
 
 import grpc
 import pytest
+from cryptography import x509
 
 from ext_authz._proto.envoy.external_auth_pb2 import CheckRequest
 from ext_authz._proto.envoy.external_auth_pb2_grpc import AuthorizationStub
@@ -74,14 +76,16 @@ def run_pod(
         r = render_values({"mode": "shared", "replicas": 1, "state": {"backend": "sqlite"}, **values})
         envoy_text, config_text = r.envoy_config(), r.ext_authz_config()
         assert envoy_text is not None
+        (envoy_files,) = [d["data"] for d in r.of("ConfigMap") if "envoy.yaml" in d["data"]]
         run = root / "run"
-        for d in ("check", "admin", "envoy", "state"):
+        for d in ("check", "admin", "envoy", "state", "envoy-config"):
             (run / d).mkdir(parents=True)
         ports = {"check": 0, "ready": 0, "http": 0}
 
         def local(text: str) -> str:
             for pod_path, here in (
                 *rewrites,
+                ("/etc/envoy/", f"{run}/envoy-config/"),
                 ("/run/ext-authz/", f"{run}/check/"),
                 ("/run/ext-authz-admin/", f"{run}/admin/"),
                 ("/run/envoy/", f"{run}/envoy/"),
@@ -108,6 +112,8 @@ def run_pod(
 
         bound = json.loads(wait_until("ext-authz to report its ports", reported, 60))
         ports["http"] = int(bound["http"].rpartition(":")[2])
+        for name, text in envoy_files.items():  # the rest of Envoy's ConfigMap, where Envoy reads it
+            (run / "envoy-config" / name).write_text(local(text))
         (root / "envoy.yaml").write_text(local(envoy_text))
         spawn("envoy", [envoy_binary(), "-c", str(root / "envoy.yaml"), "--disable-hot-restart"])
 
@@ -268,9 +274,7 @@ def files_pod() -> Iterator[Pod]:
             (root / directory).mkdir()
         (root / "bundles/example.org.x509.pem").write_text(ca.pem)
         (root / "bundles/partner.org.x509.pem").write_text(partner.pem)
-        server = pki.make_leaf(ca, [POD_ID], dns=["localhost"], ips=["127.0.0.1"])
-        (root / "check-tls/tls.crt").write_text(server.pem)
-        (root / "check-tls/tls.key").write_text(server.key_pem)
+        mount_secret(root / "check-tls", pki.make_leaf(ca, [POD_ID], dns=["localhost"], ips=["127.0.0.1"]), 1)
         callers = {
             "gateway": pki.make_leaf(ca, [GATEWAY]),
             "frontend": pki.make_leaf(ca, [FRONTEND]),
@@ -299,14 +303,61 @@ def files_pod() -> Iterator[Pod]:
             "envoy": {"maxDownstreamConnections": 4},
         }
         rewrites = [
-            ("/etc/ext-authz/bundles/", f"{root}/bundles/"),
-            ("/etc/ext-authz/check-tls/", f"{root}/check-tls/"),
+            ("/etc/ext-authz/bundles", f"{root}/bundles"),
+            ("/etc/ext-authz/check-tls", f"{root}/check-tls"),
         ]
         (root / "bundle.pem").write_text(ca.pem)
+        (root / "ca.pem").write_text(ca.pem)
+        (root / "ca.key").write_text(ca.key_pem)
         with run_pod(root, values, rewrites, root / "bundle.pem", svids) as p:
             yield p
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def mount_secret(directory: Path, issued: pki.Issued, version: int) -> None:
+    """tls.crt and tls.key as kubelet lays a Secret out: links into ``..data``, itself a link to the
+    current version's directory, swapped in one rename when the Secret changes."""
+    data = directory / f"..v{version}"
+    data.mkdir()
+    (data / "tls.crt").write_text(issued.pem)
+    (data / "tls.key").write_text(issued.key_pem)
+    swap = directory / "..data_tmp"
+    swap.symlink_to(data.name)
+    swap.replace(directory / "..data")
+    for name in ("tls.crt", "tls.key"):
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+
+
+def served_serial(pod: Pod) -> int:
+    """The serial of the certificate the terminator presents (to the gateway, which it admits)."""
+    ctx = ssl.create_default_context(cafile=str(pod.bundle))
+    ctx.load_cert_chain(*pod.svids["gateway"])
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", pod.ports["check"]), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_from_files_a_renewed_certificate_is_served_without_a_restart(files_pod: Pod) -> None:
+    before = served_serial(files_pod)
+    ca = pki.load_issued((files_pod.root / "ca.pem").read_bytes(), (files_pod.root / "ca.key").read_bytes())
+    renewed = pki.make_leaf(ca, [POD_ID], dns=["localhost"], ips=["127.0.0.1"])
+    mount_secret(files_pod.root / "check-tls", renewed, 2)
+    wait_until(
+        "the renewed certificate served",
+        lambda: served_serial(files_pod) == renewed.cert.serial_number or None,
+        30,
+        alive=files_pod.alive,
+    )
+    assert before != renewed.cert.serial_number
+    frontend = leaf(files_pod.svids["frontend"][0])
+    assert check(files_pod, svid(files_pod, "gateway"), request(frontend)) == (200, "")
 
 
 def test_from_files_an_allowed_caller_gets_checks_decided(files_pod: Pod) -> None:

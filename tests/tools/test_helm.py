@@ -285,8 +285,15 @@ def test_the_envoy_config_passes_envoy_validate(case: Case, tmp_path: Path) -> N
     """`envoy --mode validate` needs no SDS server and no socket to exist: the config is checked as is.
     Files it names (a terminator's certificate and bundles without the Workload API) are read: here they
     are written where the pod mounts them, moved under tmp_path."""
-    text = render(case).envoy_config()
+    r = render(case)
+    text = r.envoy_config()
     assert text is not None
+    (files,) = [d["data"] for d in r.of("ConfigMap") if "envoy.yaml" in d["data"]]
+    for name, content in files.items():  # the rest of Envoy's ConfigMap, where the config points
+        if name != "envoy.yaml":
+            (tmp_path / "envoy-config").mkdir(exist_ok=True)
+            (tmp_path / "envoy-config" / name).write_text(content.replace("/etc/ext-authz/", f"{tmp_path}/"))
+            text = text.replace(f"/etc/envoy/{name}", str(tmp_path / "envoy-config" / name))
     if "/etc/ext-authz/" in text:
         ca = pki.make_ca("chart test root", spiffe_td="example.org")
         leaf = pki.make_leaf(ca, ["spiffe://example.org/ns/authz/sa/ext-authz"])

@@ -37,7 +37,7 @@ metadata:
     checksum/config: {{ include "ext-authz.config" . | sha256sum }}
     {{- if $envoy }}
     # Envoy reads its bootstrap once: a new one needs new pods. ext-authz reloads config.yaml by itself.
-    checksum/envoy: {{ include "ext-authz.podEnvoyConfig" . | sha256sum }}
+    checksum/envoy: {{ printf "%s%s" (include "ext-authz.podEnvoyConfig" .) (include "ext-authz.terminatorCertificate" .) | sha256sum }}
     {{- if and $terminator (include "ext-authz.bundleFiles" .) (not $v.spiffe.bundles.existingConfigMap) }}
     # ...and the callers' bundles it reads from files, at start (ext-authz reloads its own).
     checksum/bundles: {{ toJson $v.spiffe.bundles.trustDomains | sha256sum }}

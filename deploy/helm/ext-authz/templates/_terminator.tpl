@@ -55,9 +55,11 @@ static_resources:
                 name: {{ $v.envoy.sds.validationContextName | quote }}
                 sds_config: {{ $sds }}
             {{- else }}
-            tls_certificates:
-            - certificate_chain: {filename: {{ $p.checkTls }}/tls.crt}
-              private_key: {filename: {{ $p.checkTls }}/tls.key}
+            # From the Secret's files, over file-based SDS: re-read when Kubernetes swaps the Secret's
+            # files (a renewed certificate is served without a restart).
+            tls_certificate_sds_secret_configs:
+            - name: check_tls
+              sds_config: {resource_api_version: V3, path_config_source: {path: /etc/envoy/check-tls.yaml}}
             validation_context:
               match_typed_subject_alt_names:
               {{- range $v.check.allowedSpiffeIds }}
@@ -185,4 +187,17 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {address: {pipe: {path: {{ $p.envoyAdminSocket }}}}}
+{{- end -}}
+
+{{/* The file-based SDS resource for the terminator's certificate (without the Workload API): the
+Secret's files, watched through the directory Kubernetes swaps atomically on an update. */}}
+{{- define "ext-authz.terminatorCertificate" -}}
+{{- $p := include "ext-authz.paths" . | fromYaml -}}
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: check_tls
+  tls_certificate:
+    certificate_chain: {filename: {{ $p.checkTls }}/tls.crt}
+    private_key: {filename: {{ $p.checkTls }}/tls.key}
+    watched_directory: {path: {{ $p.checkTls }}}
 {{- end -}}
