@@ -369,10 +369,25 @@ def p99(values: list[float]) -> float:
     return values[int(len(values) * 0.99)] * 1000 if values else float("nan")
 
 
+# --pin: the server on CPU 0, the Check load and the pushers on CPU 1 (the server's own core, as a sidecar
+# with a CPU of its own would have it); empty: all share every CPU.
+PIN: dict[str, list[str]] = {}
+
+
 def serve(config: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     ready = tmp / "ready.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ext_authz.cli", "serve", "--config", str(config), "--ready-file", str(ready)],
+        [
+            *PIN.get("server", []),
+            sys.executable,
+            "-m",
+            "ext_authz.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "serve.log", "wb"),  # noqa: SIM115 - the child holds it
     )
@@ -386,7 +401,18 @@ def serve(config: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], dict[str, s
 
 def check_load(target: str, seconds: float, rate: float, demo: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", CHECK_LOAD, target, str(seconds), str(rate), str(demo), str(out)], cwd=ROOT
+        [
+            *PIN.get("load", []),
+            sys.executable,
+            "-c",
+            CHECK_LOAD,
+            target,
+            str(seconds),
+            str(rate),
+            str(demo),
+            str(out),
+        ],
+        cwd=ROOT,
     )
 
 
@@ -621,8 +647,12 @@ def markdown(r: dict[str, Any]) -> str:
                 for x in r["burst"]
             ),
             "",
-            "The Check load (300 Checks/s, open loop) and the pushing client run on the same 2 cores as the"
-            " server.",
+            (
+                f"Pinned: {r['pinned']} (300 Checks/s, open loop)."
+                if r.get("pinned")
+                else "The Check load (300 Checks/s, open loop) and the pushing client run on the same 2"
+                " cores as the server."
+            ),
             "",
         ]
     if "reload" in r:
@@ -643,7 +673,11 @@ def main() -> int:
     p.add_argument("--only", choices=("rules", "state", "callers", "burst", "reload"))
     p.add_argument("--max-records", type=int, default=1_000_000)
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--pin", action="store_true", help="burst: the server on CPU 0, load and pushers on CPU 1")
     args = p.parse_args()
+    if args.pin:
+        PIN.update(server=["taskset", "-c", "0"], load=["taskset", "-c", "1"])
+        os.sched_setaffinity(0, {1})  # the pushers
     result: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -678,6 +712,9 @@ def main() -> int:
             result["reload"] = reload_section(demo, tmp / "reload", 10_000)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "scale" if not args.only else f"scale-{args.only}"
+    if args.pin:
+        name += "-pinned"
+        result["pinned"] = "server on CPU 0; Check load and pushers on CPU 1"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
     print(markdown(result))
