@@ -1031,6 +1031,13 @@ class StateSettings(Section):
             raise _SubKeyError(sentinel_keys[0], "takes effect only with sentinels")
         if self.sentinel_password_file and self.sentinel_password_env:
             raise ValueError("either sentinel_password_file or sentinel_password_env, not both")
+        if self.sentinel_tls is False and self.scheme == "rediss":
+            raise _SubKeyError(
+                "sentinel_tls",
+                "Sentinels in plaintext name the primary a TLS client then trusts with the Redis password:"
+                " anyone on the path could name their own host with any certificate state.tls.ca signs."
+                " Speak TLS to the Sentinels (the default with rediss://)",
+            )
         if self.sentinels:
             name, _, db = self.url.split("://", 1)[1].partition("/")
             if ":" in name or not name:

@@ -1112,6 +1112,24 @@ def test_the_terminator_admits_exactly_one_uri_san_from_the_allow_list() -> None
             },
             "the X.509 bundle is PEM",
         ),
+        (
+            {
+                **SHARED,
+                "redis": {
+                    "deploy": False,
+                    "auth": {"existingSecret": "r"},
+                    "external": {"host": "r.example", "sentinelAuth": {"existingSecret": "s"}},
+                },
+            },
+            "it needs redis.external.sentinels",
+        ),
+        (
+            {
+                **SHARED,
+                "check": {"allowedSpiffeIds": ["spiffe://example.org/a,spiffe://example.org/ns/edge/sa/gw"]},
+            },
+            "allowedSpiffeIds",
+        ),
     ],
 )
 def test_a_terminator_that_would_refuse_its_callers_is_not_rendered(
@@ -1119,3 +1137,19 @@ def test_a_terminator_that_would_refuse_its_callers_is_not_rendered(
 ) -> None:
     with pytest.raises(HelmError, match=message):
         render_values(values)
+
+
+def test_a_pem_bundle_with_text_before_it_is_rendered() -> None:
+    """openssl writes a subject line before each certificate; both Envoy and ext-authz read past it."""
+    pem = "subject=CN = example.org root\n" + _ca_pem_text()
+    render_values(
+        {
+            **SHARED,
+            "check": {**SHARED["check"], "tls": {"existingSecret": "t"}},
+            "spiffe": {"workloadApi": False, "bundles": {"trustDomains": {"example.org": {"x509": pem}}}},
+        }
+    )
+
+
+def _ca_pem_text() -> str:
+    return pki.make_ca("chart test root", spiffe_td="example.org").pem

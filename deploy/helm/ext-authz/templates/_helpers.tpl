@@ -213,11 +213,14 @@ cluster: they always show a fresh value.
 {{- end }}
 {{- if not (include "ext-authz.workloadApi" .) }}
 {{- range $td, $b := .Values.spiffe.bundles.trustDomains }}
-{{- if and $b.x509 (not (hasPrefix "-----BEGIN" (trim $b.x509))) }}
+{{- if and $b.x509 (hasPrefix "{" (trim $b.x509)) }}
 {{- fail (printf "spiffe.bundles.trustDomains.%s.x509: with check.terminator envoy the X.509 bundle is PEM (the pod's Envoy reads it), not SPIFFE bundle JSON" $td) }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- if and .Values.redis.external.sentinelAuth.existingSecret (not .Values.redis.external.sentinels) }}
+{{- fail "redis.external.sentinelAuth is the Sentinels' password: it needs redis.external.sentinels" }}
 {{- end }}
 {{- if and .Values.istio.enabled (not .Values.istio.allowedPrincipals) }}
 {{- fail "istio.allowedPrincipals: name the Istio principals (TD/ns/NS/sa/SA) whose sidecars call Check" }}

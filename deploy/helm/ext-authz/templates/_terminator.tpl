@@ -106,6 +106,9 @@ static_resources:
           stat_prefix: check
           codec_type: HTTP2
           http2_protocol_options: {max_concurrent_streams: 100}
+          # A Check is buffered whole (below): one not received within 5 s is dropped, so an allowed
+          # caller cannot hold streams, and their memory, for the idle timeout.
+          request_timeout: 5s
           # Nothing a caller says about certificates is passed on.
           forward_client_cert_details: SANITIZE
           route_config:
