@@ -14,7 +14,10 @@ callback, without a task per call (serve/native.py); the shared deployment, Envo
 with the frontend's X.509-SVID: (n) ext-authz terminating TLS itself (grpcio, `check.tls` +
 `allowed_spiffe_ids`), (o) an Envoy in front of it terminating TLS and matching the caller's SPIFFE ID,
 forwarding over a unix socket to ext-authz on native (the chart's `check.terminator: envoy`); for (o) the
-authorizer's CPU is ext-authz's and that Envoy's together.
+authorizer's CPU is ext-authz's and that Envoy's together. Many callers: (p) the sidecar (k)
+with 10,000 distinct valid JWT-SVIDs in a Zipf mix (s = 1.1), as callers repeat in production (h2load
+varies the path: a Lua filter in front moves the token from the query into Authorization); (q) the same
+Lua front with one token throughout, so p/q is the cost of the mix alone.
 Configurations
 alternate round by round so machine noise hits all alike. Bearer tokens (JWT-SVID) are the credential
 here: h2load cannot present client certificates; mTLS SVID costs are in bench/micro.py.
@@ -26,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -46,7 +50,7 @@ from ext_authz.dev.stack import envoy_binary, proc_rss_mb  # noqa: E402
 from ext_authz.serve.http import free_port  # noqa: E402
 
 ROUNDS, REQUESTS, CONC = 3, 12_000, 16
-CONFIGS = "abcdefghijklmno"
+CONFIGS = "abcdefghijklmnopq"
 FRONTEND = "spiffe://example.org/ns/frontend/sa/web"
 
 
@@ -192,6 +196,51 @@ def cluster(name: str, port: int | str, streams_per_connection: int = 0) -> dict
     }
 
 
+ZIPF_TOKENS, ZIPF_S = 10_000, 1.1
+LUA_FRONT = """
+function envoy_on_request(h)
+  local path = h:headers():get(":path")
+  local token = string.match(path, "[?&]t=([^&]+)")
+  if token then
+    h:headers():replace(":path", "/internal/jobs")
+    h:headers():add("authorization", "Bearer " .. token)
+  end
+end
+"""
+
+
+def zipf_uris(demo: Path, out: Path, n: int, base: str, batch: str) -> Path:
+    """``n`` request URIs carrying one of ZIPF_TOKENS distinct JWT-SVIDs of the frontend each (new ones
+    for each ``batch``), drawn with Zipf weights (the k-th most frequent caller 1/k**ZIPF_S as often as
+    the first); seeded."""
+    from joserfc.jwk import ECKey
+
+    from ext_authz.dev import pki
+
+    key = ECKey.import_key(json.loads((demo / "jwt/jwt-svid.key.json").read_text()))
+    exp = int(time.time()) + 3600
+    aud = ["spiffe://example.org/ns/backend/sa/api"]
+    tokens = [
+        pki.mint_jwt(key, {"sub": FRONTEND, "jti": f"{batch}-{i}", "aud": aud, "exp": exp}, alg="ES256")
+        for i in range(ZIPF_TOKENS)
+    ]
+    rng = random.Random(7)  # noqa: S311 - a reproducible load, not a secret
+    weights = [1 / (k + 1) ** ZIPF_S for k in range(ZIPF_TOKENS)]
+    picks = rng.choices(range(ZIPF_TOKENS), weights=weights, k=n)
+    out.write_text("".join(f"{base}/internal/jobs?t={tokens[i]}\n" for i in picks))
+    return out
+
+
+def lua_front() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_FRONT},
+        },
+    }
+
+
 def terminator_config(demo: Path, port: int, socket: str, admin_port: int) -> dict[str, Any]:
     """A TLS terminator as the chart's (templates/_terminator.tpl), with the demo's files instead of SDS:
     the caller's X.509-SVID verified and matched against the allowed SPIFFE IDs, each Check forwarded
@@ -241,18 +290,26 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def h2load(port: int, path: str, token: str | None, log: Path) -> dict[str, float]:
+def h2load(
+    port: int, path: str, token: str | None, log: Path, *, one_stream: bool = False
+) -> dict[str, float]:
+    """``path`` may be ``@FILE``: the request URIs, one a line (h2load -i). ``one_stream``: one connection
+    with CONC streams at once, so one pass goes through the URIs in order (h2load starts every client at
+    the first)."""
+    target = ["-i", path[1:]] if path.startswith("@") else []
+    clients, streams = (1, CONC) if one_stream else (CONC, 1)
     args = [
         "h2load",
         "-n",
         str(REQUESTS),
         "-c",
-        str(CONC),
+        str(clients),
         "-m",
-        "1",
+        str(streams),
         "--log-file",
         str(log),
-        f"http://127.0.0.1:{port}{path}",
+        *target,
+        *([] if target else [f"http://127.0.0.1:{port}{path}"]),
     ]
     if token:
         args[1:1] = ["-H", f"authorization: Bearer {token}"]
@@ -318,7 +375,7 @@ def main() -> None:
     only = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. `dhk`: those rows only, printed, not saved
     measured = [k for k in CONFIGS if not only or k in only]
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklmno"}
+    cpu_per_check: dict[str, list[float]] = {k: [] for k in "cdeghijklmnopq"}
     fixed: dict[str, list[dict[str, float]]] = {k: [] for k in "cdh"}
     envoy_cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
     wire: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
@@ -347,6 +404,7 @@ def main() -> None:
 
         sidecar_socket = f"{tmp}/sidecar-check.sock"
         shared_socket = f"{tmp}/shared-check.sock"
+        zipf_socket = f"{tmp}/zipf-check.sock"
 
         def authz_config(
             name: str,
@@ -442,6 +500,8 @@ def main() -> None:
                     listener("l", ports["l"], [ext_authz("native_nolog")]),
                     listener("k", ports["k"], [ext_authz("sidecar")]),
                     listener("m", ports["m"], [ext_authz("direct_floor")]),
+                    listener("p", ports["p"], [lua_front(), ext_authz("zipf")]),
+                    listener("q", ports["q"], [lua_front(), ext_authz("zipf")]),
                     listener("n", ports["n"], [ext_authz("shared_tls")]),
                     listener("o", ports["o"], [ext_authz("shared_envoy")]),
                 ],
@@ -457,6 +517,7 @@ def main() -> None:
                     cluster("nolog", ports["nolog"]),
                     cluster("native_nolog", ports["native_nolog"]),
                     cluster("sidecar", sidecar_socket),
+                    cluster("zipf", zipf_socket),  # (p) and (q): the sidecar's config, a process of its own
                     cluster("direct_floor", ports["direct_floor"]),
                     mtls_cluster("shared_tls", ports["shared_tls"], demo),
                     mtls_cluster("shared_envoy", ports["terminator"], demo),
@@ -464,6 +525,8 @@ def main() -> None:
             },
         }
         (tmp / "envoy.json").write_text(json.dumps(envoy_cfg))
+        base_p = f"http://127.0.0.1:{ports['p']}"
+        zipf = zipf_uris(demo, tmp / "zipf-warm-up.txt", 200, base_p, "warm-up")
         terminator_cfg = terminator_config(demo, ports["terminator"], shared_socket, free_port())
         (tmp / "terminator.json").write_text(json.dumps(terminator_cfg))
         py = sys.executable
@@ -520,7 +583,21 @@ def main() -> None:
                     "7",
                 ]
             )
-            procs = [floor, warm, cold, workers, native_floor, native, nolog, sidecar, native_nolog]
+            zipf_server = serve(
+                authz_config("zipf", 0, 10_000, transport="auto", listen=f"unix://{zipf_socket}")
+            )
+            procs = [
+                floor,
+                warm,
+                cold,
+                workers,
+                native_floor,
+                native,
+                nolog,
+                sidecar,
+                native_nolog,
+                zipf_server,
+            ]
             procs += [direct_floor, envoy, shared_tls, shared_native, terminator]
             time.sleep(4)
             servers = {
@@ -536,6 +613,8 @@ def main() -> None:
                 "m": direct_floor,
                 "n": shared_tls,
                 "o": shared_native,
+                "p": zipf_server,
+                "q": zipf_server,
             }
             helpers = {"o": terminator}  # CPU counted with the server's
             # the ext_authz cluster each listener's filter calls: its wire bytes and frames per Check
@@ -551,6 +630,8 @@ def main() -> None:
                 "m": "direct_floor",
                 "n": "shared_tls",
                 "o": "shared_envoy",
+                "p": "zipf",
+                "q": "zipf",
             }
             work = {
                 "a": ("/", None),
@@ -568,8 +649,11 @@ def main() -> None:
                 "m": ("/internal/jobs", jwt_svid),
                 "n": ("/internal/jobs", jwt_svid),
                 "o": ("/internal/jobs", jwt_svid),
+                "p": ("@" + str(zipf), None),
+                "q": (f"/internal/jobs?t={jwt_svid}", None),
             }
             for k, (path, tok) in work.items():  # warm up every path once
+                target = ["-i", path[1:]] if path.startswith("@") else [f"http://127.0.0.1:{ports[k]}{path}"]
                 subprocess.run(
                     [
                         "h2load",
@@ -577,7 +661,7 @@ def main() -> None:
                         "200",
                         "-c",
                         "4",
-                        f"http://127.0.0.1:{ports[k]}{path}",
+                        *target,
                         *(["-H", f"authorization: Bearer {tok}"] if tok else []),
                     ],
                     capture_output=True,
@@ -592,7 +676,9 @@ def main() -> None:
                     before = sum(proc_cpu(pid) for pid in counted)
                     envoy_before = proc_cpu(envoy.pid)
                     wire_before = cluster_stats(envoy_admin, clusters.get(k))
-                    res = h2load(ports[k], path, tok, tmp / f"{k}{r}.log")
+                    if k == "p":  # callers never seen before, in every round: the cache warms as it goes
+                        path = "@" + str(zipf_uris(demo, tmp / f"zipf-{r}.txt", REQUESTS, base_p, f"r{r}"))
+                    res = h2load(ports[k], path, tok, tmp / f"{k}{r}.log", one_stream=k in "pq")
                     envoy_cpu[k].append((proc_cpu(envoy.pid) - envoy_before) / REQUESTS * 1e6)
                     if k in clusters:
                         after = cluster_stats(envoy_admin, clusters[k])
@@ -628,6 +714,8 @@ def main() -> None:
         "m": "Envoy + allow-all on pygrpc-native, Check answered from the batch (direct floor)",
         "n": "Envoy --mTLS--> ext-authz (grpcio terminates TLS), shared, warm",
         "o": "Envoy --mTLS--> Envoy terminator --unix--> ext-authz native, shared, warm",
+        "p": "(k) with 10,000 distinct JWT-SVIDs in a Zipf mix (s 1.1), via a Lua front",
+        "q": "(k) with one JWT-SVID, via the same Lua front",
     }
     table = {}
     for k in measured:
@@ -679,6 +767,8 @@ def main() -> None:
         "k/b": round(table["k"]["rps"] / table["b"]["rps"], 3),
         "h/b": round(table["h"]["rps"] / table["b"]["rps"], 3),
         "shared o/n": round(table["o"]["rps"] / table["n"]["rps"], 3),
+        "zipf p/q": round(table["p"]["rps"] / table["q"]["rps"], 3),
+        "cpu zipf p/q": round(table["p"]["cpu_us_per_check"] / table["q"]["cpu_us_per_check"], 3),
         "cpu shared o/n": round(table["o"]["cpu_us_per_check"] / table["n"]["cpu_us_per_check"], 3),
     }
     out = {
