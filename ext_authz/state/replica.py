@@ -318,12 +318,13 @@ class Replica:
                 if not i % 64:
                     started = await _breathe(started)
 
-        read, pages = 0, 0
+        read, pages, tried = 0, 0, False
         try:
             async for page in read_ahead(self.backend.records()):
                 read, pages = read + len(page), pages + 1
                 after = self.verify_aside_after
-                if self.verifier is None and after is not None and read > after:
+                if not tried and after is not None and read > after:  # once a load: it may not start
+                    tried = True
                     self.verifier = await Verifier.start(self.sealer.key, self.settings())
                 answer = None
                 if self.verifier is not None and (queue or self.verifier.ready):
