@@ -271,7 +271,13 @@ def test_a_cgroup_cpu_quota_bounds_the_cores_counted(
 async def test_a_load_limited_to_one_core_starts_no_verifier(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ext_authz.state.loading.cores", lambda: 1.0)
+    asked: list[float] = []
+
+    def one_core() -> float:
+        asked.append(1.0)
+        return 1.0
+
+    monkeypatch.setattr("ext_authz.state.loading.cores", one_core)
     started: list[object] = []
 
     async def look(r: Replica, n: int) -> None:
@@ -280,6 +286,7 @@ async def test_a_load_limited_to_one_core_starts_no_verifier(
     r = await load(store, 0, look)
     await r.close()
     assert started and started == [None] * len(started)
+    assert asked == [1.0]  # asked once a load, not again for every page
 
 
 # --- hostile rows and a hostile verifier (a security review's reproductions) ---------------------------
