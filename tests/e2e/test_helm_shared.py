@@ -37,6 +37,7 @@ from ext_authz._proto.envoy.external_auth_pb2_grpc import AuthorizationStub
 from ext_authz.dev import pki
 from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
 from ext_authz.dev.stack import envoy_binary, envoy_listener_ports
+from tests.conftest import REPO
 from tests.e2e.test_helm_sidecar import _get, _status_or_none
 from tests.helm import render_values
 
@@ -417,4 +418,36 @@ def test_connections_that_prove_nothing_are_dropped_and_never_starve_the_probe(f
         "the allowed caller served again",
         lambda: check(files_pod, svid(files_pod, "gateway"), request(frontend)) == (200, "") or None,
         30,
+    )
+
+
+def terminator_stats(pod: Pod) -> dict[str, float]:
+    status, body = _get(pod.ports["ready"], "/stats/prometheus")
+    assert status == 200
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_the_terminators_refusals_are_counted_where_the_alert_reads_them(files_pod: Pod) -> None:
+    """ExtAuthzTerminatorCallersRefused (deploy/prometheus/ext-authz.rules.yaml) reads these series."""
+    rules = (REPO / "deploy/prometheus/ext-authz.rules.yaml").read_text()
+    before = terminator_stats(files_pod)
+    denied = 'envoy_rbac_denied{envoy_rbac_prefix="check_callers"}'
+    for name in (
+        "envoy_listener_ssl_fail_verify_san",
+        "envoy_listener_ssl_fail_verify_error",
+        "envoy_rbac_denied",
+    ):
+        assert name in rules
+        assert any(series.startswith(name + "{") for series in before), name
+    with pytest.raises(grpc.RpcError):
+        check(files_pod, svid(files_pod, "smuggled"), request(leaf(files_pod.svids["frontend"][0])))
+    wait_until(
+        "the refusal counted",
+        lambda: terminator_stats(files_pod).get(denied, 0) > before.get(denied, 0) or None,
+        20,
     )

@@ -27,7 +27,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_rules() -> None:
     res = promtool("check", "rules", str(RULES), cwd=REPO)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 12 rules found" in res.stdout
+    assert "SUCCESS: 13 rules found" in res.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:

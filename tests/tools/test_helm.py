@@ -227,7 +227,8 @@ def test_podmonitors_follow_the_prometheus_operator_crd() -> None:
             labels = render(case).deployment()["spec"]["template"]["metadata"]["labels"]
             assert selector.items() <= labels.items()
             assert doc["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-            ports = {p["name"] for p in render(case).container("ext-authz")["ports"]}
+            pod = render(case).deployment()["spec"]["template"]["spec"]
+            ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
             assert {e["port"] for e in doc["spec"]["podMetricsEndpoints"]} <= ports
             checked += 1
     assert checked >= 2
@@ -571,7 +572,10 @@ def test_envoys_readiness_port_serves_its_admin_ready_from_a_private_socket(case
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     to_admin = [rt for rt in routes if rt.get("route", {}).get("cluster") == "envoy_admin"]
-    assert [rt["match"]["path"] for rt in to_admin] == ["/ready"]
+    # the terminator's also serves its stats (the callers it refused) for Prometheus
+    assert [rt["match"]["path"] for rt in to_admin] == ["/ready", "/stats/prometheus"][
+        : 2 if case.terminator else 1
+    ]
     assert all("direct_response" in rt for rt in routes if rt not in to_admin)
     assert "transport_socket" not in listener["filter_chains"][0]
     cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "envoy_admin")
@@ -631,6 +635,9 @@ def test_network_policies_admit_only_envoys_to_check_and_only_ext_authz_to_redis
     defaults = VALUES["networkPolicy"]
     http = VALUES["ports"]["http"]
     assert [rule["from"] for rule in rules[http]] == [defaults["metricsFrom"]]
+    if case.terminator:  # its Envoy's stats (the callers it refused) for whoever scrapes /metrics
+        ready = VALUES["envoy"]["ports"]["ready"]
+        assert [rule["from"] for rule in rules.pop(ready)] == [defaults["metricsFrom"]]
     if case.mode == "shared":
         check = VALUES["ports"]["check"]
         assert set(rules) == {check, http}

@@ -149,6 +149,9 @@ static_resources:
               routes:
               - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
                 route: {cluster: envoy_admin, timeout: 2s}
+              # ...and its stats for Prometheus: the callers it refused are counted here, not by ext-authz.
+              - match: {path: /stats/prometheus, headers: [{name: ":method", string_match: {exact: GET}}]}
+                route: {cluster: envoy_admin, timeout: 5s}
               - match: {prefix: "/"}
                 direct_response: {status: 404}
           http_filters:
