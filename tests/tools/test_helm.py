@@ -1160,3 +1160,18 @@ def test_a_pem_bundle_with_text_before_it_is_rendered() -> None:
 
 def _ca_pem_text() -> str:
     return pki.make_ca("chart test root", spiffe_td="example.org").pem
+
+
+def test_the_terminator_sheds_load_before_its_memory_limit_kills_it() -> None:
+    r = render_values(SHARED)
+    config = yaml.safe_load(r.envoy_config() or "")
+    overload = config["overload_manager"]
+    (heap,) = [m for m in overload["resource_monitors"] if m["name"] == "envoy.resource_monitors.fixed_heap"]
+    limit = r.container("envoy")["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert heap["typed_config"]["max_heap_size_bytes"] < int(limit[:-2]) * 1024 * 1024
+    actions = {a["name"]: a["triggers"][0]["threshold"]["value"] for a in overload["actions"]}
+    assert actions == {
+        "envoy.overload_actions.shrink_heap": 0.9,
+        "envoy.overload_actions.stop_accepting_requests": 0.95,
+    }

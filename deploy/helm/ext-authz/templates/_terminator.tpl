@@ -22,12 +22,25 @@ node: {id: {{ include "ext-authz.fullname" . | quote }}, cluster: {{ include "ex
 # The admin interface is a unix socket in an emptyDir only the Envoy container mounts (not on the network).
 admin:
   address: {pipe: {path: {{ $p.envoyAdminSocket }}, mode: 384}}   # 0600
+# Connections are capped; so is the heap that buffered Checks could fill: near envoy.maxHeapBytes (below
+# the container's memory limit) it gives memory back, then stops accepting requests (503, fail closed)
+# rather than being killed with every connection it holds.
 overload_manager:
+  refresh_interval: 0.25s
   resource_monitors:
   - name: envoy.resource_monitors.global_downstream_max_connections
     typed_config:
       "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
       max_active_downstream_connections: {{ $v.envoy.maxDownstreamConnections }}
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: {{ int64 $v.envoy.maxHeapBytes }}
+  actions:
+  - name: envoy.overload_actions.shrink_heap
+    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.9}}]
+  - name: envoy.overload_actions.stop_accepting_requests
+    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.95}}]
 static_resources:
   listeners:
   - name: check
