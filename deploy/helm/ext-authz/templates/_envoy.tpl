@@ -93,53 +93,10 @@ static_resources:
   # Envoy is initialized and not draining, 503 otherwise), through the admin socket; anything else is 404.
   # Chosen over the health_check filter, which answers 200 as soon as its own listener is up, even while
   # the mTLS listener still waits for its SVID.
-  - name: ready
-    address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.envoy.ports.ready }}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ready
-          route_config:
-            name: ready
-            virtual_hosts:
-            - name: ready
-              domains: ["*"]
-              routes:
-              - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
-                route: {cluster: envoy_admin, timeout: 2s}
-              - match: {prefix: "/"}
-                direct_response: {status: 404}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  {{- include "ext-authz.envoyReadyListener" (dict "root" . "terminator" false) | nindent 2 }}
   clusters:
-  - name: ext_authz
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: ext_authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $p.checkSocket }}}}}
-  - name: spire_agent
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: spire_agent
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $v.spiffe.socketPath }}}}}
+  {{- include "ext-authz.envoyCheckCluster" . | nindent 2 }}
+  {{- include "ext-authz.envoySpireCluster" . | nindent 2 }}
   - name: app
     type: STATIC
     connect_timeout: 1s
@@ -148,12 +105,87 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{ $v.app.port }}}}}
-  - name: envoy_admin
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: envoy_admin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $p.envoyAdminSocket }}}}}
+  {{- include "ext-authz.envoyAdminCluster" . | nindent 2 }}
+{{- end -}}
+
+{{/*
+What both of the pod's Envoy bootstraps (the sidecar's above, the terminator's in _terminator.tpl) have:
+the readiness listener (the terminator's also serves its stats, and stands outside the connection cap),
+the Check socket's cluster, the SPIRE agent's, and the admin socket's.
+*/}}
+{{- define "ext-authz.envoyReadyListener" -}}
+{{- $v := .root.Values -}}
+- name: ready
+  address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.envoy.ports.ready }}}}
+  {{- if .terminator }}
+  ignore_global_conn_limit: true
+  {{- end }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: ready
+        route_config:
+          name: ready
+          virtual_hosts:
+          - name: ready
+            domains: ["*"]
+            routes:
+            - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
+              route: {cluster: envoy_admin, timeout: 2s}
+            {{- if .terminator }}
+            # ...and its stats for Prometheus: the callers it refused are counted here, not by ext-authz.
+            - match: {path: /stats/prometheus, headers: [{name: ":method", string_match: {exact: GET}}]}
+              route: {cluster: envoy_admin, timeout: 5s}
+            {{- end }}
+            - match: {prefix: "/"}
+              direct_response: {status: 404}
+        http_filters:
+        - name: envoy.filters.http.router
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{- end -}}
+
+{{- define "ext-authz.envoyCheckCluster" -}}
+{{- $p := include "ext-authz.paths" . | fromYaml -}}
+- name: ext_authz
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: {http2_protocol_options: {}}
+  load_assignment:
+    cluster_name: ext_authz
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {address: {pipe: {path: {{ $p.checkSocket }}}}}
+{{- end -}}
+
+{{- define "ext-authz.envoySpireCluster" -}}
+- name: spire_agent
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: {http2_protocol_options: {}}
+  load_assignment:
+    cluster_name: spire_agent
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {address: {pipe: {path: {{ .Values.spiffe.socketPath }}}}}
+{{- end -}}
+
+{{- define "ext-authz.envoyAdminCluster" -}}
+{{- $p := include "ext-authz.paths" . | fromYaml -}}
+- name: envoy_admin
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: envoy_admin
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {address: {pipe: {path: {{ $p.envoyAdminSocket }}}}}
 {{- end -}}

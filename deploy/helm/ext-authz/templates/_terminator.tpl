@@ -145,67 +145,13 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   # Readiness for kubelet, as in the sidecar's config: GET /ready is the admin interface's /ready. Outside
   # the connection cap, so connections to the check port cannot make the pod look not ready.
-  - name: ready
-    address: {socket_address: {address: 0.0.0.0, port_value: {{ $v.envoy.ports.ready }}}}
-    ignore_global_conn_limit: true
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ready
-          route_config:
-            name: ready
-            virtual_hosts:
-            - name: ready
-              domains: ["*"]
-              routes:
-              - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
-                route: {cluster: envoy_admin, timeout: 2s}
-              # ...and its stats for Prometheus: the callers it refused are counted here, not by ext-authz.
-              - match: {path: /stats/prometheus, headers: [{name: ":method", string_match: {exact: GET}}]}
-                route: {cluster: envoy_admin, timeout: 5s}
-              - match: {prefix: "/"}
-                direct_response: {status: 404}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  {{- include "ext-authz.envoyReadyListener" (dict "root" . "terminator" true) | nindent 2 }}
   clusters:
-  - name: ext_authz
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: ext_authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $p.checkSocket }}}}}
+  {{- include "ext-authz.envoyCheckCluster" . | nindent 2 }}
   {{- if $workloadApi }}
-  - name: spire_agent
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: spire_agent
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $v.spiffe.socketPath }}}}}
+  {{- include "ext-authz.envoySpireCluster" . | nindent 2 }}
   {{- end }}
-  - name: envoy_admin
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: envoy_admin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {pipe: {path: {{ $p.envoyAdminSocket }}}}}
+  {{- include "ext-authz.envoyAdminCluster" . | nindent 2 }}
 {{- end -}}
 
 {{/* The file-based SDS resource for the terminator's certificate (without the Workload API): the
