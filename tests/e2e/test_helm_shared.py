@@ -38,7 +38,7 @@ from ext_authz.dev import pki
 from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
 from ext_authz.dev.stack import envoy_binary, envoy_listener_ports
 from tests.conftest import REPO
-from tests.e2e.test_helm_sidecar import _get, _status_or_none
+from tests.e2e.chartpod import get, stop, wait_for_probes
 from tests.helm import render_values
 
 pytestmark = pytest.mark.e2e
@@ -131,22 +131,10 @@ def run_pod(
         ports["check"], ports["ready"] = found["check"], found["ready"]
         p = Pod(root, ports, bundle, svids, procs, run / "check/check.sock")
 
-        def ready() -> bool | None:
-            ok = _status_or_none(ports["http"], "/readyz") == 200
-            return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
-
-        wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
+        wait_for_probes(ports, p.alive)
         yield p
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(procs)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +227,7 @@ def test_a_caller_not_on_the_list_is_refused_in_the_handshake(pod: Pod, who: str
 
 def decided(pod: Pod) -> float:
     """Checks ext-authz decided so far (its ext_authz_decisions_total, on its metrics port)."""
-    _, body = _get(pod.ports["http"], "/metrics")
+    _, body = get(pod.ports["http"], "/metrics")
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in body.decode().splitlines()
@@ -248,10 +236,10 @@ def decided(pod: Pod) -> float:
 
 
 def test_the_probes_answer_where_the_chart_points_them(pod: Pod) -> None:
-    assert _get(pod.ports["http"], "/readyz")[0] == 200
-    assert _get(pod.ports["http"], "/healthz")[0] == 200
-    assert _get(pod.ports["ready"], "/ready")[0] == 200
-    assert _get(pod.ports["ready"], "/stats")[0] == 404
+    assert get(pod.ports["http"], "/readyz")[0] == 200
+    assert get(pod.ports["http"], "/healthz")[0] == 200
+    assert get(pod.ports["ready"], "/ready")[0] == 200
+    assert get(pod.ports["ready"], "/stats")[0] == 404
 
 
 def test_the_check_socket_is_owner_and_group_only(pod: Pod) -> None:
@@ -399,7 +387,7 @@ def test_connections_that_prove_nothing_are_dropped_and_never_starve_the_probe(f
     idle = [socket.create_connection(("127.0.0.1", files_pod.ports["check"]), timeout=30) for _ in range(4)]
     try:
         # the cap of 4 is held; readiness is outside it
-        assert _get(files_pod.ports["ready"], "/ready")[0] == 200
+        assert get(files_pod.ports["ready"], "/ready")[0] == 200
 
         def closed(conn: socket.socket) -> bool:
             try:
@@ -422,7 +410,7 @@ def test_connections_that_prove_nothing_are_dropped_and_never_starve_the_probe(f
 
 
 def terminator_stats(pod: Pod) -> dict[str, float]:
-    status, body = _get(pod.ports["ready"], "/stats/prometheus")
+    status, body = get(pod.ports["ready"], "/stats/prometheus")
     assert status == 200
     out: dict[str, float] = {}
     for line in body.decode().splitlines():

@@ -29,6 +29,7 @@ import pytest
 
 from ext_authz.dev.spire import Entry, SpireAgent, SpireServer, short_dir, wait_until
 from ext_authz.dev.stack import envoy_binary, envoy_listener_ports
+from tests.e2e.chartpod import get, stop, wait_for_probes
 from tests.helm import render_values
 
 pytestmark = pytest.mark.e2e
@@ -55,23 +56,6 @@ class Pod:
             if p.poll() is not None:
                 log = self.root / f"{name}.log"
                 raise RuntimeError(f"{name} exited: {log.read_text()[-1500:]}")
-
-
-def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def _status_or_none(port: int, path: str) -> int | None:
-    with contextlib.suppress(OSError):
-        status, _ = _get(port, path)
-        return status
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -172,22 +156,10 @@ def pod() -> Iterator[Pod]:
                 run / "check/check.sock",
             )
 
-            def ready() -> bool | None:
-                ok = _status_or_none(ports["http"], "/readyz") == 200
-                return True if ok and _status_or_none(ports["ready"], "/ready") == 200 else None
-
-            wait_until("the pod's probes to pass", ready, 60, alive=p.alive)
+            wait_for_probes(ports, p.alive)
             yield p
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(procs)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -204,18 +176,18 @@ def _mtls(pod: Pod, cert: tuple[Path, Path], path: str) -> tuple[int, dict[str, 
 
 
 def test_envoys_ready_listener_serves_only_the_admin_ready(pod: Pod) -> None:
-    status, body = _get(pod.ports["ready"], "/ready")
+    status, body = get(pod.ports["ready"], "/ready")
     assert (status, body.strip()) == (200, b"LIVE")
     for path in ("/stats", "/config_dump", "/clusters", "/ready/x"):
-        assert _get(pod.ports["ready"], path)[0] == 404, path
-    assert _get(pod.ports["ready"], "/quitquitquit", method="POST")[0] == 404
-    assert _get(pod.ports["ready"], "/ready", method="POST")[0] == 404
+        assert get(pod.ports["ready"], path)[0] == 404, path
+    assert get(pod.ports["ready"], "/quitquitquit", method="POST")[0] == 404
+    assert get(pod.ports["ready"], "/ready", method="POST")[0] == 404
     pod.alive()
 
 
 def test_ext_authz_answers_its_probes(pod: Pod) -> None:
-    assert _get(pod.ports["http"], "/readyz")[0] == 200
-    assert _get(pod.ports["http"], "/healthz")[0] == 200
+    assert get(pod.ports["http"], "/readyz")[0] == 200
+    assert get(pod.ports["http"], "/healthz")[0] == 200
 
 
 def test_the_check_socket_is_owner_and_group_only(pod: Pod) -> None:
