@@ -146,28 +146,39 @@ async def reference(store: Path) -> Replica:
     return await load(store, None, nothing)
 
 
+async def like_alone(
+    store: Path, between: Callable[[Replica, int], Awaitable[None]], *, within: float | None = None
+) -> tuple[Replica, Replica]:
+    """``store`` loaded alone, and with a verifier as ``between`` lets it: the same records held and the
+    same refusals counted. Both replicas, closed (what they held stays readable)."""
+    alone = await reference(store)
+    try:
+        other = await asyncio.wait_for(load(store, 0, between), within)
+        try:
+            assert held(other) == held(alone)
+            assert other.rejected == alone.rejected
+        finally:
+            await other.close()
+    finally:
+        await alone.close()
+    return alone, other
+
+
 async def test_a_page_verified_beside_is_held_and_refused_as_one_verified_here(
     store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alone = await reference(store)
     caplog.set_level(logging.INFO, "ext_authz.state")
-    beside = await load(store, 0, ready)
-    try:
-        assert held(beside) == held(alone)
-        assert sum(len(v) for v in held(alone).values()) == GOOD + 3
-        assert beside.rejected == alone.rejected
-        assert sum(alone.rejected.values()) == 8
-        assert alone.rejected[("revocation", "unauthenticated")] == 3
-        assert alone.rejected[("revocation", "malformed")] == 2
-        assert alone.rejected[("unknown", "unknown_kind")] == 1
-        assert beside.snapshot.revoked("spiffe_id", "spiffe://example.org/ns/n7/sa/w", T) is not None
-        assert beside.snapshot.revoked("spiffe_id", BILLING, T) is None  # only forged ones named it
-        verified = [r.getMessage() for r in caplog.records if "verified beside" in r.getMessage()]
-        assert len(verified) == 1 and "of 13 pages" in verified[0], verified
-        assert not verified[0].split(" pages verified")[0].endswith(" 0 of 13")
-    finally:
-        await alone.close()
-        await beside.close()
+    alone, beside = await like_alone(store, ready)
+    assert sum(len(v) for v in held(alone).values()) == GOOD + 3
+    assert sum(alone.rejected.values()) == 8
+    assert alone.rejected[("revocation", "unauthenticated")] == 3
+    assert alone.rejected[("revocation", "malformed")] == 2
+    assert alone.rejected[("unknown", "unknown_kind")] == 1
+    assert beside.snapshot.revoked("spiffe_id", "spiffe://example.org/ns/n7/sa/w", T) is not None
+    assert beside.snapshot.revoked("spiffe_id", BILLING, T) is None  # only forged ones named it
+    verified = [r.getMessage() for r in caplog.records if "verified beside" in r.getMessage()]
+    assert len(verified) == 1 and "of 13 pages" in verified[0], verified
+    assert not verified[0].split(" pages verified")[0].endswith(" 0 of 13")
 
 
 async def test_the_key_reaches_the_verifier_over_its_pipe_only(store: Path) -> None:
@@ -200,30 +211,16 @@ async def test_a_verifier_killed_part_way_changes_nothing_but_the_time(
             verifier = r.verifier
             await until(lambda: bool(verifier.failed), "the load notices its verifier is gone")
 
-    alone = await reference(store)
-    killed = await load(store, 0, kill)
-    try:
-        assert held(killed) == held(alone)
-        assert killed.rejected == alone.rejected
-        assert any("verifying the rest of this load here" in r.getMessage() for r in caplog.records)
-    finally:
-        await alone.close()
-        await killed.close()
+    await like_alone(store, kill)
+    assert any("verifying the rest of this load here" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_verifier_that_cannot_start_leaves_the_load_to_this_process(
     store: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
-    alone = await reference(store)
-    here = await load(store, 0, nothing)
-    try:
-        assert held(here) == held(alone)
-        assert here.rejected == alone.rejected
-        assert any("a second process cannot start" in r.getMessage() for r in caplog.records)
-    finally:
-        await alone.close()
-        await here.close()
+    await like_alone(store, nothing)
+    assert any("a second process cannot start" in r.getMessage() for r in caplog.records)
 
 
 def test_the_verifier_refuses_what_this_process_refuses(store: Path) -> None:
@@ -319,16 +316,9 @@ def small_store(tmp_path: Path, *odd: tuple[object, object, str]) -> Path:
 
 async def same_either_way(store: Path, caplog: pytest.LogCaptureFixture) -> Replica:
     """Load ``store`` alone and with the verifier: the same records and refusals, and the verifier kept."""
-    alone = await reference(store)
-    beside = await load(store, 0, ready)
-    try:
-        assert held(beside) == held(alone)
-        assert beside.rejected == alone.rejected
-        assert not any("verifying the rest" in r.getMessage() for r in caplog.records)
-        return alone
-    finally:
-        await alone.close()
-        await beside.close()
+    alone, _ = await like_alone(store, ready)
+    assert not any("verifying the rest" in r.getMessage() for r in caplog.records)
+    return alone
 
 
 def test_a_valid_mac_in_an_envelope_laid_out_otherwise_is_opened_here_with_every_check(
@@ -393,15 +383,10 @@ async def test_a_stalled_verifier_is_given_up_and_the_load_finishes_here(
             stopped.append(r.verifier._process.pid)
             os.kill(stopped[0], signal.SIGSTOP)
 
-    alone = await reference(store)
     try:
-        stalled = await asyncio.wait_for(load(store, 0, stop), 30)
-        assert held(stalled) == held(alone)
-        assert stalled.rejected == alone.rejected
+        await like_alone(store, stop, within=30)
         assert any("stalled" in r.getMessage() for r in caplog.records)
-        await stalled.close()
     finally:
-        await alone.close()
         if stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped[0], signal.SIGCONT)
