@@ -19,7 +19,7 @@ import hmac
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -98,9 +98,7 @@ class Sealer:
         if self._key is not None:  # an envelope laid out otherwise than seal() lays it out
             mac = env.get("mac")
             canonical = json.dumps(record, separators=(",", ":"), sort_keys=True)
-            if not isinstance(mac, str) or not _is_mac(mac):
-                raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
-            if not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
+            if not _is_mac(mac) or not hmac.compare_digest(mac, self._mac(op, kind, rid, canonical)):
                 raise IntegrityError("unauthenticated", "its MAC does not verify under this replica's key")
         return record
 
@@ -143,7 +141,7 @@ class Sealer:
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _is_mac(mac: object) -> bool:
+def _is_mac(mac: object) -> TypeGuard[str]:
     """Is ``mac`` written as seal() writes one (64 lowercase hex digits)? Anything else is not compared:
     hmac.compare_digest raises on text that is not ASCII."""
     return isinstance(mac, str) and _HEX64.fullmatch(mac) is not None

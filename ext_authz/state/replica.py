@@ -361,7 +361,7 @@ class Replica:
         self._position = position
         return builder.finish(self._revision + 1, self.sessions.view), by_id, tracking
 
-    async def _install(self, loaded: _Loaded) -> None:
+    def _install(self, loaded: _Loaded) -> None:
         """Put a whole new snapshot in force (at start, or after loading again). Its records were filed
         while it loaded, while the last snapshot was still served; it replaces that one with no pause in
         between, together with what this replica wrote while it was loading (those writes are persisted,
@@ -399,7 +399,7 @@ class Replica:
         """Open the backend and load everything: a replica that cannot read its store does not start."""
         await self.backend.open()
         with paused_collection():
-            await self._install(await self._load())
+            self._install(await self._load())
         self.connected = True
         self._maintained = self._now()
         self._follower = asyncio.create_task(self._follow())
@@ -421,7 +421,7 @@ class Replica:
         """Read everything again (after the settings changed: re-validate under the new ones)."""
         async with self._applying:
             with paused_collection():
-                await self._install(await self._load())
+                self._install(await self._load())
 
     async def sync(self) -> bool:
         """One step of following the change log now, without waiting: True if the snapshot changed.
@@ -436,7 +436,7 @@ class Replica:
             if batch.behind:
                 log.warning("the state change log was pruned past our position: loading all state")
                 with paused_collection():
-                    await self._install(await self._load())  # the last snapshot is served meanwhile
+                    self._install(await self._load())  # the last snapshot is served meanwhile
                 return True
             changed = await self._apply(batch.changes) if batch.changes else False
             self._position = batch.position
